@@ -1,0 +1,98 @@
+// RMSNorm forward and backward. x, y, dy, dx: [rows, dim]; w, dw: [dim].
+//   r = 1 / sqrt(mean_j x_j^2 + eps);  y_j = x_j * r * w_j
+//   dx_j = r * (dy_j w_j - x_j r * mean_k(dy_k w_k x_k r))
+//   dw_j = sum_rows dy_j * x_j * r   (partials per row chunk, then summed: deterministic)
+// One block of 256 threads per row; f32 accumulation for every dtype.
+#include "common.cuh"
+
+template <typename T>
+__device__ void rms_norm_fwd(const T* x, const T* w, T* y, int rows, int dim, float eps) {
+    __shared__ float scratch[32];
+    const int row = blockIdx.x;
+    if (row >= rows) return;
+    const T* xr = x + (size_t)row * dim;
+    T* yr = y + (size_t)row * dim;
+    float ss = 0.f;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) {
+        float v = to_f32(xr[j]);
+        ss += v * v;
+    }
+    ss = block_sum(ss, scratch);
+    const float r = rsqrtf(ss / dim + eps);
+    for (int j = threadIdx.x; j < dim; j += blockDim.x)
+        yr[j] = from_f32<T>(to_f32(xr[j]) * r * to_f32(w[j]));
+}
+
+// dx for one row per block; also writes r (the row's inverse RMS) for the dw kernel.
+template <typename T>
+__device__ void rms_norm_bwd_dx(const T* x, const T* w, const T* dy, T* dx, float* rstd,
+                                int rows, int dim, float eps) {
+    __shared__ float scratch[32];
+    const int row = blockIdx.x;
+    if (row >= rows) return;
+    const T* xr = x + (size_t)row * dim;
+    const T* dyr = dy + (size_t)row * dim;
+    float ss = 0.f, dot = 0.f;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) {
+        float xv = to_f32(xr[j]);
+        ss += xv * xv;
+        dot += to_f32(dyr[j]) * to_f32(w[j]) * xv;
+    }
+    ss = block_sum(ss, scratch);
+    dot = block_sum(dot, scratch);
+    const float r = rsqrtf(ss / dim + eps);
+    const float c = dot * r * r * r / dim;
+    if (threadIdx.x == 0) rstd[row] = r;
+    if (dx == nullptr) return;
+    T* dxr = dx + (size_t)row * dim;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x)
+        dxr[j] = from_f32<T>(r * to_f32(dyr[j]) * to_f32(w[j]) - c * to_f32(xr[j]));
+}
+
+// partial[chunk, j] = sum over rows of chunk (rows_per_chunk rows) of dy * x * r.
+// Grid: (ceil(dim / blockDim.x), chunks). Threads of a warp read consecutive columns.
+template <typename T>
+__device__ void rms_norm_bwd_dw_partial(const T* x, const T* dy, const float* rstd, float* partial,
+                                        int rows, int dim, int rows_per_chunk) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    const int chunk = blockIdx.y;
+    if (j >= dim) return;
+    const int r0 = chunk * rows_per_chunk;
+    const int r1 = min(rows, r0 + rows_per_chunk);
+    float acc = 0.f;
+    for (int r = r0; r < r1; ++r)
+        acc += to_f32(dy[(size_t)r * dim + j]) * to_f32(x[(size_t)r * dim + j]) * rstd[r];
+    partial[(size_t)chunk * dim + j] = acc;
+}
+
+// dw[j] = sum_chunk partial[chunk, j]
+template <typename T>
+__device__ void rms_norm_bwd_dw_reduce(const float* partial, T* dw, int chunks, int dim) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= dim) return;
+    float acc = 0.f;
+    for (int c = 0; c < chunks; ++c) acc += partial[(size_t)c * dim + j];
+    dw[j] = from_f32<T>(acc);
+}
+
+#define RMS_NORM_KERNELS(T, S)                                                                  \
+    extern "C" __global__ void rms_norm_fwd_##S(const T* x, const T* w, T* y, int rows, int dim,  \
+                                                float eps) {                                    \
+        rms_norm_fwd<T>(x, w, y, rows, dim, eps);                                               \
+    }                                                                                           \
+    extern "C" __global__ void rms_norm_bwd_dx_##S(const T* x, const T* w, const T* dy, T* dx,   \
+                                                   float* rstd, int rows, int dim, float eps) {  \
+        rms_norm_bwd_dx<T>(x, w, dy, dx, rstd, rows, dim, eps);                                 \
+    }                                                                                           \
+    extern "C" __global__ void rms_norm_bwd_dw_partial_##S(const T* x, const T* dy,             \
+                                                           const float* rstd, float* partial,   \
+                                                           int rows, int dim, int rpc) {        \
+        rms_norm_bwd_dw_partial<T>(x, dy, rstd, partial, rows, dim, rpc);                       \
+    }                                                                                           \
+    extern "C" __global__ void rms_norm_bwd_dw_reduce_##S(const float* partial, T* dw,          \
+                                                          int chunks, int dim) {                \
+        rms_norm_bwd_dw_reduce<T>(partial, dw, chunks, dim);                                    \
+    }
+
+RMS_NORM_KERNELS(float, f32)
+RMS_NORM_KERNELS(bf16, bf16)

@@ -1,0 +1,120 @@
+//! `sparsetune eval` and `sparsetune generate`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+
+use super::{default_asset, default_model, device_and_dtype, progress};
+use crate::data::{tokenize_file, windows_of_streams};
+use crate::eval::perplexity;
+use crate::model::llama;
+use crate::Result;
+
+/// Arguments of `sparsetune eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Model: GGUF, safetensors, or a directory with model.safetensors (default: SmolLM2-135M).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Text files, each tokenized whole (default: Moby Dick).
+    #[arg(long = "text")]
+    texts: Vec<PathBuf>,
+    /// Tokens per window.
+    #[arg(long, default_value_t = 512)]
+    seq_len: usize,
+    /// Evaluate only the first K windows (default: all).
+    #[arg(long)]
+    windows: Option<usize>,
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// f32 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `sparsetune generate`.
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Model (default: SmolLM2-135M).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Prompt text.
+    #[arg(long)]
+    prompt: String,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 20)]
+    max_new: usize,
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// f32 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+/// Runs `eval`.
+pub fn run_eval(a: EvalArgs) -> Result<()> {
+    let model_path = match a.model {
+        Some(p) => p,
+        None => default_model()?,
+    };
+    let texts = if a.texts.is_empty() { vec![default_asset("moby-dick/data.txt")?] } else { a.texts };
+    let (device, dtype) = device_and_dtype(&a.device, &a.dtype)?;
+    let t0 = Instant::now();
+    let tokenizer = llama::load_tokenizer(&model_path)?;
+    let model = llama::load(&model_path, &device, dtype)?;
+    let load_seconds = t0.elapsed().as_secs_f64();
+    let streams = texts.iter().map(|p| tokenize_file(&tokenizer, p)).collect::<Result<Vec<_>>>()?;
+    let windows = windows_of_streams(&streams, a.seq_len, a.windows)?;
+    let pb = progress::bar(windows.len() as u64, "eval");
+    let report = perplexity(&model, &windows, |done, _| pb.set_position(done as u64))?;
+    pb.finish_and_clear();
+    if a.json {
+        let v = serde_json::json!({
+            "perplexity": report.perplexity,
+            "mean_loss": report.mean_loss,
+            "tokens_scored": report.tokens_scored,
+            "windows": report.windows,
+            "seconds": report.seconds,
+            "tokens_per_second": report.tokens_per_second,
+            "load_seconds": load_seconds,
+            "model": model_path.display().to_string(),
+            "texts": texts.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "text_tokens": streams.iter().map(Vec::len).collect::<Vec<_>>(),
+            "seq_len": a.seq_len,
+            "device": device.label(),
+            "dtype": dtype.as_str(),
+        });
+        println!("{v}");
+    } else {
+        println!("model             {}", model_path.display());
+        println!("device / dtype    {} / {}", device.label(), dtype);
+        println!("text tokens       {:?}", streams.iter().map(Vec::len).collect::<Vec<_>>());
+        println!("windows × seq-len {} × {}", report.windows, a.seq_len);
+        println!("tokens scored     {}", report.tokens_scored);
+        println!("mean loss         {:.4}", report.mean_loss);
+        println!("perplexity        {:.3}", report.perplexity);
+        println!("seconds           {:.2} ({:.0} tokens/s; load {:.2} s)", report.seconds, report.tokens_per_second, load_seconds);
+    }
+    Ok(())
+}
+
+/// Runs `generate`.
+pub fn run_generate(a: GenerateArgs) -> Result<()> {
+    let model_path = match a.model {
+        Some(p) => p,
+        None => default_model()?,
+    };
+    let (device, dtype) = device_and_dtype(&a.device, &a.dtype)?;
+    let tokenizer = llama::load_tokenizer(&model_path)?;
+    let model = llama::load(&model_path, &device, dtype)?;
+    let prompt = tokenizer.encode(&a.prompt)?;
+    let out = model.generate_greedy(&prompt, a.max_new, tokenizer.eos_token_id())?;
+    println!("{}{}", a.prompt, tokenizer.decode(&out)?);
+    Ok(())
+}

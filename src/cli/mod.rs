@@ -1,0 +1,70 @@
+//! The `sparsetune` command line. Results go to stdout (a table, or one JSON object with
+//! `--json`); progress bars and warnings go to stderr.
+
+mod eval;
+mod progress;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::{DType, Device, Error, Result};
+
+/// Prune LLaMA-family models and repair them with sparsity-preserving fine-tuning.
+#[derive(Parser, Debug)]
+#[command(name = "sparsetune", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Perplexity of a model over text files, in non-overlapping windows.
+    Eval(eval::EvalArgs),
+    /// Greedy continuation of a prompt (a smoke check of a model).
+    Generate(eval::GenerateArgs),
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Eval(a) => eval::run_eval(a),
+        Command::Generate(a) => eval::run_generate(a),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+/// Where the default assets live (see scripts/fetch-assets.sh).
+fn default_asset(rel: &str) -> Result<PathBuf> {
+    let p = crate::io::cache_dir().join(rel);
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(Error::invalid(format!(
+            "default asset {} not found: run scripts/fetch-assets.sh (or pass a path)",
+            p.display()
+        )))
+    }
+}
+
+/// The default model: SmolLM2-135M-Instruct (GGUF, Q4_1).
+pub(crate) fn default_model() -> Result<PathBuf> {
+    default_asset("SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// Parses `--device` and `--dtype`.
+pub(crate) fn device_and_dtype(device: &str, dtype: &str) -> Result<(Device, DType)> {
+    let dtype: DType = dtype.parse()?;
+    if !dtype.is_compute_float() {
+        return Err(Error::invalid(format!("--dtype must be f32 or bf16, not {dtype}")));
+    }
+    Ok((Device::from_name(device)?, dtype))
+}

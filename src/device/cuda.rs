@@ -1,0 +1,277 @@
+//! The CUDA device: one context, one stream, a cuBLAS handle, a lazy cache of our PTX
+//! modules, and the one allocator every GPU buffer goes through ([`CudaDevice::alloc`]),
+//! which counts current and peak bytes.
+//!
+//! The driver is loaded dynamically: on a machine without `libcuda.so`, [`CudaDevice::new`]
+//! returns [`Error::NoCuda`] (cudarc itself would panic, so we check for the library first).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtrMut, DeviceRepr,
+    LaunchConfig,
+};
+use cudarc::nvrtc::Ptx;
+
+use super::memory::{MemTicket, MemoryCounter, MemoryStats};
+use crate::{Error, Result};
+
+include!(concat!(env!("OUT_DIR"), "/ptx_registry.rs"));
+
+/// A CUDA GPU. Cheap to clone; clones share the context, stream and allocator.
+#[derive(Clone)]
+pub struct CudaDevice(Arc<CudaInner>);
+
+struct CudaInner {
+    ordinal: usize,
+    name: String,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    memory: Arc<MemoryCounter>,
+    poison: AtomicBool,
+}
+
+/// A device buffer obtained from [`CudaDevice::alloc`]; its bytes are counted until drop.
+#[derive(Debug)]
+pub struct CudaBuffer<T> {
+    slice: CudaSlice<T>,
+    _ticket: MemTicket,
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaDevice({}: {})", self.0.ordinal, self.0.name)
+    }
+}
+
+impl CudaDevice {
+    /// Opens GPU `ordinal`. Errors (never panics) when no driver or device is present.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        // SAFETY: only tries to dlopen the driver library; no CUDA call is made.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(Error::NoCuda("libcuda.so (the NVIDIA driver) was not found".into()));
+        }
+        let count = CudaContext::device_count()?;
+        if ordinal >= count.max(0) as usize {
+            return Err(Error::NoCuda(format!(
+                "device {ordinal} requested, {count} present"
+            )));
+        }
+        // SAFETY: dlopen probe only.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(Error::NoCuda("libcublas.so was not found".into()));
+        }
+        let ctx = CudaContext::new(ordinal)?;
+        // One stream: cross-stream event tracking is pure overhead for us.
+        // SAFETY: called before any buffer exists on this context.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let blas = CudaBlas::new(stream.clone())?;
+        let name = ctx.name()?;
+        Ok(CudaDevice(Arc::new(CudaInner {
+            ordinal,
+            name,
+            ctx,
+            stream,
+            blas,
+            modules: Mutex::new(HashMap::new()),
+            memory: Arc::new(MemoryCounter::default()),
+            poison: AtomicBool::new(false),
+        })))
+    }
+
+    /// Device index.
+    pub fn ordinal(&self) -> usize {
+        self.0.ordinal
+    }
+
+    /// Device name as the driver reports it (e.g. "NVIDIA H200").
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// The stream all our work is queued on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.0.stream
+    }
+
+    /// The cuBLAS handle bound to [`Self::stream`].
+    pub fn blas(&self) -> &CudaBlas {
+        &self.0.blas
+    }
+
+    /// Compute capability (major, minor).
+    pub fn compute_capability(&self) -> Result<(i32, i32)> {
+        Ok(self.0.ctx.compute_capability()?)
+    }
+
+    /// Live and peak bytes of buffers from [`Self::alloc`].
+    pub fn memory(&self) -> MemoryStats {
+        self.0.memory.stats()
+    }
+
+    /// Resets the peak to the current value.
+    pub fn reset_peak_memory(&self) {
+        self.0.memory.reset_peak()
+    }
+
+    /// When on, every new buffer is filled with 0xFF bytes (NaN in f32, bf16 and f16),
+    /// so a kernel that fails to write an output element shows up in tests.
+    pub fn set_poison_allocations(&self, on: bool) {
+        self.0.poison.store(on, Ordering::Relaxed);
+    }
+
+    /// Waits for all queued work.
+    pub fn synchronize(&self) -> Result<()> {
+        Ok(self.0.stream.synchronize()?)
+    }
+
+    /// True when two handles refer to the same context.
+    pub fn same(&self, other: &CudaDevice) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// The one place GPU memory is allocated: `len` elements of `T`, uninitialised
+    /// (or NaN-poisoned, see [`Self::set_poison_allocations`]), counted until dropped.
+    pub fn alloc<T: DeviceRepr>(&self, len: usize) -> Result<CudaBuffer<T>> {
+        // SAFETY: the memory is uninitialised; every caller either writes all of it before
+        // reading (kernels check their sizes) or it is poisoned/zeroed below.
+        let mut slice = unsafe { self.0.stream.alloc::<T>(len) }?;
+        if self.0.poison.load(Ordering::Relaxed) && len > 0 {
+            let bytes = len * std::mem::size_of::<T>();
+            let (ptr, _sync) = slice.device_ptr_mut(&self.0.stream);
+            // SAFETY: `ptr` points to `bytes` bytes we own, on our stream.
+            unsafe {
+                cudarc::driver::result::memset_d8_async(ptr, 0xFF, bytes, self.0.stream.cu_stream())
+            }?;
+        }
+        let bytes = len * std::mem::size_of::<T>();
+        Ok(CudaBuffer {
+            slice,
+            _ticket: MemTicket::new(&self.0.memory, bytes),
+        })
+    }
+
+    /// `len` zeroed elements.
+    pub fn alloc_zeros<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        len: usize,
+    ) -> Result<CudaBuffer<T>> {
+        let mut buf = self.alloc::<T>(len)?;
+        self.0.stream.memset_zeros(&mut buf.slice)?;
+        Ok(buf)
+    }
+
+    /// Copies host data into a new buffer.
+    pub fn htod<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaBuffer<T>> {
+        let mut buf = self.alloc::<T>(data.len())?;
+        self.0.stream.memcpy_htod(data, &mut buf.slice)?;
+        Ok(buf)
+    }
+
+    /// Copies a buffer back to the host (synchronises).
+    pub fn dtoh<T: DeviceRepr + Default + Clone>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>> {
+        Ok(self.0.stream.clone_dtoh(buf)?)
+    }
+
+    /// A kernel from one of our embedded PTX modules (`cuda/<module>.cu`), loading the
+    /// module on first use.
+    pub fn function(&self, module: &'static str, name: &str) -> Result<CudaFunction> {
+        let module_handle = {
+            let mut cache = self
+                .0
+                .modules
+                .lock()
+                .map_err(|_| Error::NoCuda("module cache lock poisoned".into()))?;
+            match cache.get(module) {
+                Some(m) => m.clone(),
+                None => {
+                    let src = PTX_MODULES
+                        .iter()
+                        .find(|(n, _)| *n == module)
+                        .map(|(_, src)| *src)
+                        .ok_or_else(|| {
+                            Error::invalid(format!("no embedded PTX module named '{module}'"))
+                        })?;
+                    let m = self.0.ctx.load_module(Ptx::from_src(src))?;
+                    cache.insert(module, m.clone());
+                    m
+                }
+            }
+        };
+        Ok(module_handle.load_function(name)?)
+    }
+}
+
+impl<T> CudaBuffer<T> {
+    /// The underlying slice, for kernel arguments.
+    pub fn slice(&self) -> &CudaSlice<T> {
+        &self.slice
+    }
+
+    /// The underlying slice, mutably.
+    pub fn slice_mut(&mut self) -> &mut CudaSlice<T> {
+        &mut self.slice
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.slice.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.slice.len() == 0
+    }
+}
+
+/// Launch geometry for a 1-D elementwise kernel over `n` items with `threads` per block.
+pub fn grid_1d(n: usize, threads: u32) -> Result<LaunchConfig> {
+    let blocks = n.div_ceil(threads as usize);
+    let blocks = u32::try_from(blocks)
+        .map_err(|_| Error::invalid(format!("{n} elements exceed one CUDA grid")))?;
+    Ok(LaunchConfig {
+        grid_dim: (blocks.max(1), 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// Float element types our kernels are instantiated for; `SUFFIX` picks the kernel name
+/// (`<kernel>_f32`, `<kernel>_bf16`).
+pub trait CudaFloat: crate::storage::FloatElement {
+    /// Kernel-name suffix.
+    const SUFFIX: &'static str;
+}
+
+impl CudaFloat for f32 {
+    const SUFFIX: &'static str = "f32";
+}
+
+impl CudaFloat for half::bf16 {
+    const SUFFIX: &'static str = "bf16";
+}
+
+/// Runs `$body` with `$t` bound to f32 or bf16 according to a compute dtype.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! with_compute_type {
+    ($dtype:expr, $op:expr, $t:ident => $body:expr) => {
+        match $dtype {
+            $crate::DType::F32 => {
+                type $t = f32;
+                $body
+            }
+            $crate::DType::BF16 => {
+                type $t = half::bf16;
+                $body
+            }
+            other => Err($crate::Error::DType { op: $op, dtype: other, msg: "expected f32 or bf16" }),
+        }
+    };
+}

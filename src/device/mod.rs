@@ -1,0 +1,109 @@
+//! Devices: [`Device::Cpu`] and [`Device::Cuda`]. Each device counts the bytes of the
+//! buffers it hands out ([`MemoryStats`]), so peak memory can be reported on both.
+
+pub mod cpu;
+pub mod cuda;
+mod memory;
+
+pub use cpu::{CpuBuffer, CpuDevice};
+pub use cuda::{CudaBuffer, CudaDevice};
+pub use memory::{MemTicket, MemoryCounter, MemoryStats};
+
+use crate::Result;
+
+/// Where a tensor lives.
+#[derive(Clone, Debug)]
+pub enum Device {
+    /// Host memory.
+    Cpu(CpuDevice),
+    /// A CUDA GPU.
+    Cuda(CudaDevice),
+}
+
+impl Device {
+    /// A CPU device with a fresh memory counter.
+    pub fn cpu() -> Device {
+        Device::Cpu(CpuDevice::new())
+    }
+
+    /// CUDA device `ordinal`, or [`crate::Error::NoCuda`] when there is none.
+    pub fn cuda(ordinal: usize) -> Result<Device> {
+        Ok(Device::Cuda(CudaDevice::new(ordinal)?))
+    }
+
+    /// Parses "cpu", "cuda" or "cuda:N".
+    pub fn from_name(name: &str) -> Result<Device> {
+        match name {
+            "cpu" => Ok(Device::cpu()),
+            "cuda" | "gpu" => Device::cuda(0),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(i)) => Device::cuda(i),
+                _ => Err(crate::Error::invalid(format!(
+                    "unknown device '{other}' (expected cpu, cuda or cuda:N)"
+                ))),
+            },
+        }
+    }
+
+    /// True for CUDA.
+    pub fn is_cuda(&self) -> bool {
+        matches!(self, Device::Cuda(_))
+    }
+
+    /// Same physical device (all CPU devices are the same host).
+    pub fn same(&self, other: &Device) -> bool {
+        match (self, other) {
+            (Device::Cpu(_), Device::Cpu(_)) => true,
+            (Device::Cuda(a), Device::Cuda(b)) => a.same(b),
+            _ => false,
+        }
+    }
+
+    /// Live and peak bytes allocated through this device.
+    pub fn memory(&self) -> MemoryStats {
+        match self {
+            Device::Cpu(d) => d.memory(),
+            Device::Cuda(d) => d.memory(),
+        }
+    }
+
+    /// Resets the peak counter to the current value.
+    pub fn reset_peak_memory(&self) {
+        match self {
+            Device::Cpu(d) => d.reset_peak_memory(),
+            Device::Cuda(d) => d.reset_peak_memory(),
+        }
+    }
+
+    /// Waits for queued GPU work (no-op on CPU).
+    pub fn synchronize(&self) -> Result<()> {
+        match self {
+            Device::Cpu(_) => Ok(()),
+            Device::Cuda(d) => d.synchronize(),
+        }
+    }
+
+    /// "cpu" or "cuda:N (name)".
+    pub fn label(&self) -> String {
+        match self {
+            Device::Cpu(_) => "cpu".to_string(),
+            Device::Cuda(d) => format!("cuda:{} ({})", d.ordinal(), d.name()),
+        }
+    }
+}
+
+/// For tests: CUDA device 0 with NaN-poisoned allocations, or `None` after printing
+/// `skipped: no CUDA device (...)` so a run without a GPU says what it did not test.
+#[doc(hidden)]
+pub fn cuda_for_tests(test: &str) -> Option<Device> {
+    match CudaDevice::new(0) {
+        Ok(d) => {
+            d.set_poison_allocations(true);
+            Some(Device::Cuda(d))
+        }
+        Err(e) => {
+            eprintln!("skipped: no CUDA device ({e}) in {test}");
+            None
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! File formats: GGUF models (read, dequantise to f32; a small writer for tests and
+//! tools), safetensors (read and atomic write), and the tokenizer (from GGUF metadata or a
+//! Hugging Face `tokenizer.json`). Also where tests find the downloaded assets:
+//! `$SPARSETUNE_CACHE`, else `$HOME/.cache/sparsetune`, filled by `scripts/fetch-assets.sh`.
+
+pub mod gguf;
+pub mod safetensors;
+pub mod tokenizer;
+
+use std::path::PathBuf;
+
+pub use gguf::{GgmlType, GgufFile, GgufTensorInfo, GgufValue, GgufWriter};
+pub use safetensors::{write_safetensors, SafetensorsEntry, SafetensorsFile};
+pub use tokenizer::Tokenizer;
+
+/// The asset cache: `$SPARSETUNE_CACHE` if set and non-empty, else
+/// `$HOME/.cache/sparsetune` (`.cache/sparsetune` relative to the working directory when
+/// `HOME` is unset).
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SPARSETUNE_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default()
+        .join(".cache")
+        .join("sparsetune")
+}
+
+/// For tests: the path of asset `rel` (relative to [`cache_dir`]) if the file exists.
+/// Otherwise prints `skipped: asset <path> not found (run scripts/fetch-assets.sh)` and
+/// returns `None`, so the test can return early — unless `SPARSETUNE_REQUIRE_ASSETS=1`,
+/// in which case it panics, so that CI with assets cannot skip silently.
+pub fn asset_path(rel: &str) -> Option<PathBuf> {
+    let path = cache_dir().join(rel);
+    if path.is_file() {
+        return Some(path);
+    }
+    if std::env::var("SPARSETUNE_REQUIRE_ASSETS").as_deref() == Ok("1") {
+        panic!(
+            "asset {} not found and SPARSETUNE_REQUIRE_ASSETS=1 (run scripts/fetch-assets.sh)",
+            path.display()
+        );
+    }
+    println!(
+        "skipped: asset {} not found (run scripts/fetch-assets.sh)",
+        path.display()
+    );
+    None
+}
+
+/// A fresh-per-process scratch directory for unit tests: `<tmp>/sparsetune-<pid>/<name>`.
+#[cfg(test)]
+pub(crate) fn test_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir()
+        .join(format!("sparsetune-{}", std::process::id()))
+        .join(name);
+    std::fs::create_dir_all(&dir).expect("create test scratch directory");
+    dir
+}

@@ -1,0 +1,5 @@
+//! The `sparsetune` binary: see `sparsetune --help`.
+
+fn main() {
+    std::process::exit(sparsetune::cli::main());
+}

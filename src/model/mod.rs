@@ -1,0 +1,3 @@
+//! Models. LLaMA-family decoders are the one architecture sparsetune targets.
+
+pub mod llama;

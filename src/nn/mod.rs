@@ -1,0 +1,5 @@
+//! Layers built from ops: [`Linear`].
+
+pub mod linear;
+
+pub use linear::Linear;

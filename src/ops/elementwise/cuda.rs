@@ -1,0 +1,39 @@
+//! Launches `cuda/elementwise.cu` (grid-stride loops, 256 threads per block).
+
+use cudarc::driver::{CudaSlice, PushKernelArg};
+
+use crate::device::cuda::{grid_1d, CudaFloat};
+use crate::device::CudaDevice;
+use crate::Result;
+
+const THREADS: u32 = 256;
+
+/// `kind` is "add" or "mul": out = a ∘ b over n elements.
+pub fn binary<T: CudaFloat>(dev: &CudaDevice, kind: &str, a: &CudaSlice<T>, b: &CudaSlice<T>, out: &mut CudaSlice<T>, n: usize) -> Result<()> {
+    let f = dev.function("elementwise", &format!("{kind}_{}", T::SUFFIX))?;
+    let mut l = dev.stream().launch_builder(&f);
+    l.arg(a).arg(b).arg(out).arg(&n);
+    // SAFETY: a, b, out hold n elements (checked by the caller); grid-stride loop stays below n.
+    unsafe { l.launch(grid_1d(n.min(1 << 24), THREADS)?) }?;
+    Ok(())
+}
+
+/// out = a · s.
+pub fn scale<T: CudaFloat>(dev: &CudaDevice, a: &CudaSlice<T>, s: f32, out: &mut CudaSlice<T>, n: usize) -> Result<()> {
+    let f = dev.function("elementwise", &format!("scale_{}", T::SUFFIX))?;
+    let mut l = dev.stream().launch_builder(&f);
+    l.arg(a).arg(&s).arg(out).arg(&n);
+    // SAFETY: a, out hold n elements.
+    unsafe { l.launch(grid_1d(n.min(1 << 24), THREADS)?) }?;
+    Ok(())
+}
+
+/// a += b.
+pub fn add_assign<T: CudaFloat>(dev: &CudaDevice, a: &mut CudaSlice<T>, b: &CudaSlice<T>, n: usize) -> Result<()> {
+    let f = dev.function("elementwise", &format!("add_assign_{}", T::SUFFIX))?;
+    let mut l = dev.stream().launch_builder(&f);
+    l.arg(a).arg(b).arg(&n);
+    // SAFETY: a, b hold n elements.
+    unsafe { l.launch(grid_1d(n.min(1 << 24), THREADS)?) }?;
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! Differentiable ops, one folder each: `mod.rs` (API, tape recording, docs, tests),
+//! `cpu.rs` (the readable reference, generic over [`Real`] so tests can run it in f64),
+//! `cuda.rs` (launcher for `cuda/<op>.cu`, or cuBLAS for matmul).
+//!
+//! Every op takes `tape: Option<&mut Tape>`; with a tape it records its backward when an
+//! input is tracked. `forward`/`backward` functions in each folder are the plain
+//! (non-recording) computations, usable directly.
+//!
+//! Float tensors are F32 or BF16. On the CPU a BF16 input is widened to f32, computed,
+//! and the result rounded back to BF16, which is what the CUDA kernels do per element.
+
+pub mod attention;
+pub mod cast;
+pub mod cross_entropy;
+pub mod elementwise;
+pub mod embedding;
+pub mod matmul;
+pub mod rms_norm;
+pub mod rope;
+pub mod swiglu;
+
+pub use attention::attention;
+pub use cast::cast;
+pub use cross_entropy::cross_entropy;
+pub use elementwise::{add, mul, scale};
+pub use embedding::embedding;
+pub use matmul::{matmul, matmul_nt};
+pub use rms_norm::rms_norm;
+pub use rope::rope;
+pub use swiglu::swiglu;
+
+use std::ops::{Add, AddAssign, Deref, Div, Mul, MulAssign, Neg, Sub, SubAssign};
+use std::sync::RwLockReadGuard;
+
+use crate::storage::Storage;
+use crate::{DType, Device, Error, Result, Tensor};
+
+/// The float types the CPU references are written for: f32 for tensors, f64 for
+/// finite-difference checks. Long sums accumulate in f64 either way.
+pub trait Real:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + std::fmt::Debug
+    + Default
+    + 'static
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + AddAssign
+    + SubAssign
+    + MulAssign
+{
+    /// Converts from f64 (rounding for f32).
+    fn from_f64(v: f64) -> Self;
+    /// Widens to f64.
+    fn to_f64(self) -> f64;
+    /// e^self.
+    fn exp(self) -> Self;
+    /// sqrt(self).
+    fn sqrt(self) -> Self;
+}
+
+impl Real for f32 {
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn exp(self) -> Self {
+        f32::exp(self)
+    }
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
+    }
+}
+
+impl Real for f64 {
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn exp(self) -> Self {
+        f64::exp(self)
+    }
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
+    }
+}
+
+/// Host view of a float tensor as f32: borrowed when it already is host f32, converted
+/// otherwise (BF16 widened, device data copied back).
+pub(crate) enum HostF32<'a> {
+    Borrowed(RwLockReadGuard<'a, Storage>),
+    Owned(Vec<f32>),
+}
+
+impl Deref for HostF32<'_> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            // `host_f32` only builds this variant for host f32 storage.
+            HostF32::Borrowed(g) => g.cpu::<f32>().unwrap_or_default(),
+            HostF32::Owned(v) => v,
+        }
+    }
+}
+
+/// The tensor's values as f32 on the host (see [`HostF32`]).
+pub(crate) fn host_f32(t: &Tensor) -> Result<HostF32<'_>> {
+    if t.dtype() == DType::F32 && !t.device().is_cuda() {
+        return Ok(HostF32::Borrowed(t.read()?));
+    }
+    Ok(HostF32::Owned(t.to_f32_vec()?))
+}
+
+/// Error unless `t` is F32 or BF16.
+pub(crate) fn expect_float(op: &'static str, t: &Tensor) -> Result<()> {
+    if t.dtype().is_compute_float() {
+        Ok(())
+    } else {
+        Err(Error::DType { op, dtype: t.dtype(), msg: "expected f32 or bf16" })
+    }
+}
+
+/// Error unless all tensors share one device and (for floats) one dtype.
+pub(crate) fn expect_same(op: &'static str, ts: &[&Tensor]) -> Result<()> {
+    let Some(first) = ts.first() else { return Ok(()) };
+    for t in &ts[1..] {
+        if !t.device().same(first.device()) {
+            return Err(Error::DeviceMismatch { op, lhs: first.device().label(), rhs: t.device().label() });
+        }
+        if t.dtype() != first.dtype() {
+            return Err(Error::DType { op, dtype: t.dtype(), msg: "operands must share one dtype" });
+        }
+    }
+    Ok(())
+}
+
+/// The CUDA device of `t`, or an error (used by launchers).
+pub(crate) fn cuda_device(t: &Tensor) -> Result<&crate::device::CudaDevice> {
+    match t.device() {
+        Device::Cuda(d) => Ok(d),
+        Device::Cpu(_) => Err(Error::invalid("expected a CUDA tensor")),
+    }
+}
+
+/// Checked conversion of a size to the `i32` our kernels take.
+pub(crate) fn to_i32(op: &'static str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::invalid(format!("{op}: size {v} exceeds i32")))
+}
+
+
+/// Wraps a finished device buffer as a tensor.
+pub(crate) fn cuda_tensor<T: crate::storage::Element>(
+    buf: crate::device::CudaBuffer<T>,
+    shape: impl Into<crate::Shape>,
+    device: &Device,
+) -> Result<Tensor> {
+    Tensor::from_storage(Storage::Cuda(T::wrap_cuda(buf)), shape, device)
+}
+
+/// `x` viewed with another shape (no copy), recorded so gradients follow the view.
+pub fn reshape(tape: Option<&mut crate::Tape>, x: &Tensor, shape: impl Into<crate::Shape>) -> Result<Tensor> {
+    let y = x.reshape(shape)?;
+    if let Some(tape) = tape {
+        let in_shape = x.shape().clone();
+        tape.record("reshape", &[x], &y, vec![], move |ctx| {
+            let g = ctx.grad_out().reshape(in_shape)?;
+            ctx.add_grad(0, g)
+        });
+    }
+    Ok(y)
+}

@@ -1,0 +1,49 @@
+//! RMSNorm reference. x, y, dy, dx: [rows, dim] row-major; w, dw: [dim].
+//!   r = 1 / sqrt(mean_j x_j² + eps),  y_j = x_j · r · w_j
+//!   dx_j = r·dy_j·w_j − x_j · r³ · mean_k(dy_k·w_k·x_k),  dw_j = Σ_rows dy_j · x_j · r
+
+use crate::ops::Real;
+
+/// Forward into `y`.
+pub fn forward<F: Real>(x: &[F], w: &[F], eps: f64, dim: usize, y: &mut [F]) {
+    for (xr, yr) in x.chunks_exact(dim).zip(y.chunks_exact_mut(dim)) {
+        let ss: f64 = xr.iter().map(|v| v.to_f64() * v.to_f64()).sum();
+        let r = 1.0 / (ss / dim as f64 + eps).sqrt();
+        for j in 0..dim {
+            yr[j] = F::from_f64(xr[j].to_f64() * r * w[j].to_f64());
+        }
+    }
+}
+
+/// Backward: writes `dx` (if given) and `dw` (if given, overwritten with the sum over rows).
+pub fn backward<F: Real>(
+    x: &[F],
+    w: &[F],
+    dy: &[F],
+    eps: f64,
+    dim: usize,
+    mut dx: Option<&mut [F]>,
+    dw: Option<&mut [F]>,
+) {
+    let mut dw_acc = vec![0f64; if dw.is_some() { dim } else { 0 }];
+    for (row, (xr, dyr)) in x.chunks_exact(dim).zip(dy.chunks_exact(dim)).enumerate() {
+        let ss: f64 = xr.iter().map(|v| v.to_f64() * v.to_f64()).sum();
+        let r = 1.0 / (ss / dim as f64 + eps).sqrt();
+        let dot: f64 = (0..dim).map(|j| dyr[j].to_f64() * w[j].to_f64() * xr[j].to_f64()).sum();
+        let c = dot * r * r * r / dim as f64;
+        if let Some(dx) = dx.as_deref_mut() {
+            let dxr = &mut dx[row * dim..(row + 1) * dim];
+            for j in 0..dim {
+                dxr[j] = F::from_f64(r * dyr[j].to_f64() * w[j].to_f64() - c * xr[j].to_f64());
+            }
+        }
+        for (j, acc) in dw_acc.iter_mut().enumerate() {
+            *acc += dyr[j].to_f64() * xr[j].to_f64() * r;
+        }
+    }
+    if let Some(dw) = dw {
+        for (d, a) in dw.iter_mut().zip(dw_acc) {
+            *d = F::from_f64(a);
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Launches `cuda/swiglu.cu`: grid-stride elementwise kernels, 256 threads per block.
+
+use cudarc::driver::{CudaSlice, PushKernelArg};
+
+use crate::device::cuda::{grid_1d, CudaFloat};
+use crate::device::CudaDevice;
+use crate::Result;
+
+const THREADS: u32 = 256;
+/// Grid-stride loops cover any n; more blocks than this only add scheduling overhead.
+const MAX_ITEMS_PER_GRID: usize = 1 << 24;
+
+/// h = silu(gate) · up. Slices: gate, up, h `[n]` (checked by the caller).
+pub fn forward<T: CudaFloat>(
+    dev: &CudaDevice,
+    gate: &CudaSlice<T>,
+    up: &CudaSlice<T>,
+    h: &mut CudaSlice<T>,
+    n: usize,
+) -> Result<()> {
+    let f = dev.function("swiglu", &format!("swiglu_fwd_{}", T::SUFFIX))?;
+    let mut b = dev.stream().launch_builder(&f);
+    b.arg(gate).arg(up).arg(h).arg(&n);
+    // SAFETY: gate, up and h hold n elements (checked in ops::swiglu); the grid-stride loop
+    // stays below n.
+    unsafe { b.launch(grid_1d(n.min(MAX_ITEMS_PER_GRID), THREADS)?) }?;
+    Ok(())
+}
+
+/// dgate and/or dup (whichever is given). Slices: all `[n]` (checked by the caller).
+pub fn backward<T: CudaFloat>(
+    dev: &CudaDevice,
+    gate: &CudaSlice<T>,
+    up: &CudaSlice<T>,
+    dh: &CudaSlice<T>,
+    dgate: Option<&mut CudaSlice<T>>,
+    dup: Option<&mut CudaSlice<T>>,
+    n: usize,
+) -> Result<()> {
+    let f = dev.function("swiglu", &format!("swiglu_bwd_{}", T::SUFFIX))?;
+    // A null pointer tells the kernel to skip that output.
+    let null: u64 = 0;
+    let mut b = dev.stream().launch_builder(&f);
+    b.arg(gate).arg(up).arg(dh);
+    match dgate {
+        Some(d) => b.arg(d),
+        None => b.arg(&null),
+    };
+    match dup {
+        Some(d) => b.arg(d),
+        None => b.arg(&null),
+    };
+    b.arg(&n);
+    // SAFETY: gate, up, dh and the given outputs hold n elements (checked in ops::swiglu);
+    // the grid-stride loop stays below n and never touches a null output.
+    unsafe { b.launch(grid_1d(n.min(MAX_ITEMS_PER_GRID), THREADS)?) }?;
+    Ok(())
+}

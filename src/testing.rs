@@ -1,0 +1,70 @@
+//! Test helpers shared by unit tests, integration tests and benches: tolerance checks
+//! that report the worst element, f64 finite differences, seeded random data.
+//! Tolerances are `atol + rtol·|ref|` per element.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Seeded uniform values in [-scale, scale).
+pub fn random_f64(n: usize, scale: f64, seed: u64) -> Vec<f64> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| scale * (2.0 * rng.random::<f64>() - 1.0)).collect()
+}
+
+/// Seeded uniform f32 values in [-scale, scale).
+pub fn random_f32(n: usize, scale: f32, seed: u64) -> Vec<f32> {
+    random_f64(n, scale as f64, seed).into_iter().map(|v| v as f32).collect()
+}
+
+/// Worst violation of `|got − want| ≤ atol + rtol·|want|`: (index, got, want, excess ratio).
+/// NaN or a length mismatch is always a violation.
+pub fn worst_error(got: &[f64], want: &[f64], atol: f64, rtol: f64) -> Option<(usize, f64, f64, f64)> {
+    if got.len() != want.len() {
+        return Some((usize::MAX, got.len() as f64, want.len() as f64, f64::INFINITY));
+    }
+    let mut worst: Option<(usize, f64, f64, f64)> = None;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let ratio = if g.is_nan() || w.is_nan() { f64::INFINITY } else { (g - w).abs() / (atol + rtol * w.abs()) };
+        if ratio > 1.0 && worst.is_none_or(|(_, _, _, r)| ratio > r) {
+            worst = Some((i, g, w, ratio));
+        }
+    }
+    worst
+}
+
+/// Panics with the worst element when `got` is not within `atol + rtol·|want|` of `want`.
+pub fn assert_close_f64(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {
+    let max_abs = got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
+    if let Some((i, g, w, r)) = worst_error(got, want, atol, rtol) {
+        panic!(
+            "{what}: mismatch at index {i}: got {g:e}, want {w:e} ({r:.2}× the tolerance \
+             atol {atol:e} + rtol {rtol:e}·|ref|); max abs error {max_abs:e}; lengths {} vs {}",
+            got.len(),
+            want.len()
+        );
+    }
+}
+
+/// [`assert_close_f64`] for f32 data.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f64, rtol: f64) {
+    let g: Vec<f64> = got.iter().map(|&v| v as f64).collect();
+    let w: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+    assert_close_f64(what, &g, &w, atol, rtol)
+}
+
+/// Gradient of `Σ_i f(x)_i · weights_i` with respect to x by central differences.
+pub fn finite_diff(f: impl Fn(&[f64]) -> Vec<f64>, x: &[f64], weights: &[f64], h: f64) -> Vec<f64> {
+    let mut xp = x.to_vec();
+    let dot = |y: Vec<f64>| y.iter().zip(weights).map(|(a, b)| a * b).sum::<f64>();
+    (0..x.len())
+        .map(|i| {
+            let orig = xp[i];
+            xp[i] = orig + h;
+            let plus = dot(f(&xp));
+            xp[i] = orig - h;
+            let minus = dot(f(&xp));
+            xp[i] = orig;
+            (plus - minus) / (2.0 * h)
+        })
+        .collect()
+}

@@ -1,0 +1,35 @@
+//! Shared helpers for the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use sparsetune::model::llama::{Llama, LlamaConfig};
+use sparsetune::{DType, Device, Tensor};
+
+/// A fresh scratch directory for this test process.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sparsetune-it-{}", std::process::id())).join(name);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// The tiny random LLaMA used across tests (GQA 4/2, tied embeddings, 2 layers).
+pub fn tiny_model(dtype: DType, device: &Device, seed: u64) -> Llama {
+    Llama::random(&LlamaConfig::tiny(), dtype, device, seed).expect("tiny model")
+}
+
+/// Token ids and next-token targets [batch, t] from a deterministic pattern.
+pub fn tokens(batch: usize, t: usize, vocab: usize, device: &Device) -> (Tensor, Tensor) {
+    let all: Vec<u32> = (0..batch * (t + 1)).map(|i| ((i * 37 + 11) % vocab) as u32).collect();
+    let mut ids = Vec::new();
+    let mut targets = Vec::new();
+    for b in 0..batch {
+        let row = &all[b * (t + 1)..(b + 1) * (t + 1)];
+        ids.extend_from_slice(&row[..t]);
+        targets.extend_from_slice(&row[1..]);
+    }
+    (
+        Tensor::from_vec(ids, [batch, t], device).expect("ids"),
+        Tensor::from_vec(targets, [batch, t], device).expect("targets"),
+    )
+}

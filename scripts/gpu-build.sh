@@ -6,8 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -rf .carry && mkdir -p .carry/bin
-json="$(cargo test --profile gpu --no-run --message-format=json 2>/dev/null)"
-json+="$(cargo bench --profile gpu --no-run --message-format=json 2>/dev/null)"
+json="$(cargo test --profile gpu --no-run --message-format=json 2>/dev/null)
+$(cargo bench --profile gpu --no-run --message-format=json 2>/dev/null)"
 cargo build --profile gpu --bin sparsetune
 cp target/gpu/sparsetune .carry/bin/
 echo "$json" | python3 -c '

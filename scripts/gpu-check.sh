@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine (device `run`, repository root, with .carry/bin.tar.xz from
 # scripts/gpu-build.sh): run every test executable (CUDA tests included), the benches,
-# and optionally compute-sanitizer on the op tests; logs under $OUT.
+# (CUDA groups only: CPU figures are measured on the CPU machine), and optionally
+# compute-sanitizer on the op tests; logs under $OUT.
 #   scripts/gpu-check.sh [tests] [bench] [sanitize]     (default: tests bench)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,7 @@ if [[ " $what " == *" tests "* ]]; then
 fi
 if [[ " $what " == *" sanitize "* ]]; then
     for tool in memcheck racecheck; do
-        compute-sanitizer --tool "$tool" "$BIN"/test-sparsetune-lib cuda_matches_cpu --test-threads=1 \
+        timeout 170 compute-sanitizer --tool "$tool" "$BIN"/test-sparsetune-lib cuda_matches_cpu --test-threads=1 \
             > "$OUT/sanitize-$tool.log" 2>&1
         echo "compute-sanitizer $tool: exit $? ($(grep -c "ERROR SUMMARY: 0 errors" "$OUT/sanitize-$tool.log") clean summaries)"
         tail -n 3 "$OUT/sanitize-$tool.log"
@@ -32,6 +33,6 @@ fi
 if [[ " $what " == *" bench "* ]]; then
     for b in "$BIN"/bench-*; do
         echo "=== $(basename "$b")" | tee -a "$OUT/bench.log"
-        "$b" --bench --warm-up-time 1 --measurement-time 3 2>&1 | tee -a "$OUT/bench.log" | grep -E "time:|thrpt:|^[a-z_0-9]+/" 
+        "$b" --bench cuda --warm-up-time 1 --measurement-time 3 2>&1 | tee -a "$OUT/bench.log" | grep -E "time:|thrpt:|^[a-z_0-9]+/" 
     done
 fi

@@ -161,3 +161,33 @@ fn bad_model_files_are_clear_errors() {
     let e = LlamaConfig::from_hf_json(r#"{"model_type":"gpt2","vocab_size":1,"hidden_size":4,"intermediate_size":4,"num_hidden_layers":1,"num_attention_heads":1}"#).unwrap_err();
     assert!(e.to_string().contains("not llama"), "{e}");
 }
+
+/// A Hugging Face style directory: model.safetensors without our metadata, config.json
+/// and tokenizer.json beside it.
+#[test]
+fn hf_directory_with_config_and_tokenizer_json_loads() {
+    let dev = Device::cpu();
+    let m = common::tiny_model(DType::F32, &dev, 8);
+    let dir = common::scratch("hfdir");
+    let blobs: Vec<(String, Vec<usize>, Vec<f32>)> =
+        m.named_tensors().into_iter().map(|(p, t)| (p.hf_name(), t.dims().to_vec(), t.to_f32_vec().unwrap())).collect();
+    let entries: Vec<_> = blobs
+        .iter()
+        .map(|(n, s, d)| sparsetune::io::SafetensorsEntry { name: n.clone(), dtype: DType::F32, shape: s.clone(), data: bytemuck::cast_slice(d) })
+        .collect();
+    sparsetune::io::write_safetensors(dir.join("model.safetensors"), &entries, &BTreeMap::new()).unwrap();
+    assert!(llama::load(&dir, &dev, DType::F32).unwrap_err().to_string().contains("config.json"));
+    std::fs::write(dir.join("config.json"), m.config.to_hf_json()).unwrap();
+    let back = llama::load(&dir, &dev, DType::F32).unwrap();
+    assert_eq!(logits(&back), logits(&m));
+    assert!(llama::load_tokenizer(&dir).is_err(), "no tokenizer anywhere is an error");
+    let vocab: Vec<String> = (0..m.config.vocab_size).map(|i| format!("t{i}")).collect();
+    let json = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab.iter().enumerate().map(|(i, t)| (t.clone(), serde_json::json!(i))).collect::<serde_json::Map<_, _>>(), "unk_token": "t0"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), json.to_string()).unwrap();
+    let tok = llama::load_tokenizer(&dir).unwrap();
+    assert_eq!(tok.encode("t5 t7").unwrap(), vec![5, 7]);
+}

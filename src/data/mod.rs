@@ -37,7 +37,7 @@ pub fn windows(tokens: &[u32], seq_len: usize, max: Option<usize>) -> Vec<&[u32]
 /// Windows from several token streams in order (all of the first stream's, then the
 /// second's, ...), at most `max` in total. Errors when there are none, naming the
 /// stream lengths.
-pub fn windows_of_streams<'a>(streams: &'a [Vec<u32>], seq_len: usize, max: Option<usize>) -> Result<Vec<&'a [u32]>> {
+pub fn windows_of_streams(streams: &[Vec<u32>], seq_len: usize, max: Option<usize>) -> Result<Vec<&[u32]>> {
     if seq_len < 2 {
         return Err(Error::invalid(format!("seq-len must be at least 2, got {seq_len}")));
     }

@@ -107,3 +107,19 @@ pub fn cuda_for_tests(test: &str) -> Option<Device> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_cuda_is_an_error_not_a_panic() {
+        match Device::cuda(0) {
+            Ok(d) => assert!(d.is_cuda()),
+            Err(e) => assert!(matches!(e, crate::Error::NoCuda(_)), "unexpected error kind: {e}"),
+        }
+        assert!(Device::from_name("tpu").is_err());
+        assert!(Device::from_name("cuda:x").is_err());
+        assert!(!Device::from_name("cpu").unwrap().is_cuda());
+    }
+}

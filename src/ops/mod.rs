@@ -143,6 +143,17 @@ pub(crate) fn expect_same(op: &'static str, ts: &[&Tensor]) -> Result<()> {
     Ok(())
 }
 
+/// Error unless `t` is a U32 tensor (ids, targets) on `device`.
+pub(crate) fn expect_u32(op: &'static str, t: &Tensor, device: &Device) -> Result<()> {
+    if t.dtype() != DType::U32 {
+        return Err(Error::DType { op, dtype: t.dtype(), msg: "indices must be u32" });
+    }
+    if !t.device().same(device) {
+        return Err(Error::DeviceMismatch { op, lhs: device.label(), rhs: t.device().label() });
+    }
+    Ok(())
+}
+
 /// The CUDA device of `t`, or an error (used by launchers).
 pub(crate) fn cuda_device(t: &Tensor) -> Result<&crate::device::CudaDevice> {
     match t.device() {

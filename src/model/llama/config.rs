@@ -71,7 +71,7 @@ impl LlamaConfig {
         if self.head_dim() % 2 != 0 {
             return bad(format!("head_dim {} must be even for RoPE", self.head_dim()));
         }
-        if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 0.0) {
+        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 || self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return bad("rms_norm_eps and rope_theta must be positive".into());
         }
         Ok(())

@@ -15,7 +15,7 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::autograd::{Saved, Tape};
-use crate::ops::{cuda_device, cuda_tensor, expect_float, host_f32};
+use crate::ops::{cuda_device, cuda_tensor, expect_float, expect_u32, host_f32};
 use crate::{with_compute_type, DType, Device, Error, Result, Shape, Tensor};
 
 /// A target with this value contributes neither to the loss nor to the row count.
@@ -24,12 +24,7 @@ pub const IGNORE_INDEX: u32 = u32::MAX;
 /// (rows, vocab) after checking dtypes, devices and shapes.
 fn check(logits: &Tensor, targets: &Tensor) -> Result<(usize, usize)> {
     expect_float("cross_entropy", logits)?;
-    if targets.dtype() != DType::U32 {
-        return Err(Error::DType { op: "cross_entropy", dtype: targets.dtype(), msg: "targets must be u32" });
-    }
-    if !targets.device().same(logits.device()) {
-        return Err(Error::DeviceMismatch { op: "cross_entropy", lhs: logits.device().label(), rhs: targets.device().label() });
-    }
+    expect_u32("cross_entropy", targets, logits.device())?;
     let dims = logits.dims();
     let Some((&vocab, leading)) = dims.split_last() else {
         return Err(Error::BadShape { op: "cross_entropy", shape: logits.shape().clone(), msg: "logits need a vocabulary dimension".into() });

@@ -9,19 +9,8 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::autograd::{Saved, Tape};
-use crate::ops::{cuda_device, cuda_tensor, expect_float, host_f32};
-use crate::{with_compute_type, DType, Device, Error, Result, Shape, Tensor};
-
-/// Error unless `ids` is a U32 tensor on `device`.
-fn check_ids(ids: &Tensor, device: &Device) -> Result<()> {
-    if ids.dtype() != DType::U32 {
-        return Err(Error::DType { op: "embedding", dtype: ids.dtype(), msg: "ids must be u32" });
-    }
-    if !ids.device().same(device) {
-        return Err(Error::DeviceMismatch { op: "embedding", lhs: device.label(), rhs: ids.device().label() });
-    }
-    Ok(())
-}
+use crate::ops::{cuda_device, cuda_tensor, expect_float, expect_u32, host_f32};
+use crate::{with_compute_type, Device, Error, Result, Shape, Tensor};
 
 /// The ids on the host, or an error naming the first one that is ≥ vocab.
 fn host_ids(ids: &Tensor, vocab: usize) -> Result<Vec<u32>> {
@@ -46,7 +35,7 @@ fn out_shape(ids: &Tensor, dim: usize) -> Shape {
 pub fn forward(weight: &Tensor, ids: &Tensor) -> Result<Tensor> {
     expect_float("embedding", weight)?;
     let [vocab, dim] = weight.shape().dims_n::<2>("embedding")?;
-    check_ids(ids, weight.device())?;
+    expect_u32("embedding", ids, weight.device())?;
     let ids_host = host_ids(ids, vocab)?;
     let shape = out_shape(ids, dim);
     match weight.device() {
@@ -68,7 +57,7 @@ pub fn forward(weight: &Tensor, ids: &Tensor) -> Result<Tensor> {
 /// `dout` ([..., dim] with the ids' shape in front).
 pub fn backward(ids: &Tensor, dout: &Tensor, vocab: usize) -> Result<Tensor> {
     expect_float("embedding backward", dout)?;
-    check_ids(ids, dout.device())?;
+    expect_u32("embedding", ids, dout.device())?;
     let dim = dout.shape().last_dim();
     if out_shape(ids, dim) != *dout.shape() {
         return Err(Error::ShapeMismatch { op: "embedding backward", lhs: ids.shape().clone(), rhs: dout.shape().clone() });
@@ -114,6 +103,7 @@ mod tests {
     use super::*;
     use crate::testing::{assert_close, assert_close_f64, finite_diff, random_f32, random_f64};
     use crate::device::cuda_for_tests;
+    use crate::DType;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 

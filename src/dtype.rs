@@ -60,9 +60,9 @@ impl std::str::FromStr for DType {
             "f16" | "float16" => Ok(DType::F16),
             "u32" => Ok(DType::U32),
             "u8" => Ok(DType::U8),
-            other => Err(crate::Error::invalid(format!(
-                "unknown dtype '{other}' (expected f32, bf16, f16, u32 or u8)"
-            ))),
+            other => {
+                Err(crate::Error::invalid(format!("unknown dtype '{other}' (expected f32, bf16, f16, u32 or u8)")))
+            }
         }
     }
 }

@@ -25,35 +25,19 @@ pub enum Error {
 
     /// Two shapes that must agree do not.
     #[error("{op}: shape mismatch, {lhs} vs {rhs}")]
-    ShapeMismatch {
-        op: &'static str,
-        lhs: Shape,
-        rhs: Shape,
-    },
+    ShapeMismatch { op: &'static str, lhs: Shape, rhs: Shape },
 
     /// A shape is invalid for an operation (wrong rank, zero size, ...).
     #[error("{op}: invalid shape {shape}: {msg}")]
-    BadShape {
-        op: &'static str,
-        shape: Shape,
-        msg: String,
-    },
+    BadShape { op: &'static str, shape: Shape, msg: String },
 
     /// An operation got a dtype it does not support.
     #[error("{op}: unsupported dtype {dtype} ({msg})")]
-    DType {
-        op: &'static str,
-        dtype: crate::DType,
-        msg: &'static str,
-    },
+    DType { op: &'static str, dtype: crate::DType, msg: &'static str },
 
     /// Tensors that must live on one device do not.
     #[error("{op}: tensors on different devices ({lhs} vs {rhs})")]
-    DeviceMismatch {
-        op: &'static str,
-        lhs: String,
-        rhs: String,
-    },
+    DeviceMismatch { op: &'static str, lhs: String, rhs: String },
 
     /// An I/O error, with the file it happened on.
     #[error("{path}: {source}")]
@@ -65,19 +49,11 @@ pub enum Error {
 
     /// A file is not in the format it claims to be (truncated, corrupted, inconsistent).
     #[error("{path}: invalid {format} file: {msg}")]
-    Format {
-        path: PathBuf,
-        format: &'static str,
-        msg: String,
-    },
+    Format { path: PathBuf, format: &'static str, msg: String },
 
     /// A GGUF tensor uses a quantisation type we do not read.
     #[error("{path}: tensor {tensor} uses unsupported GGUF type {ggml_type}")]
-    UnsupportedQuant {
-        path: PathBuf,
-        tensor: String,
-        ggml_type: String,
-    },
+    UnsupportedQuant { path: PathBuf, tensor: String, ggml_type: String },
 
     /// A tensor the model needs is not in the file.
     #[error("{path}: missing tensor {name}")]
@@ -99,19 +75,12 @@ pub enum Error {
 impl Error {
     /// Helper for [`Error::Io`].
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 
     /// Helper for [`Error::Format`].
     pub fn format(path: impl Into<PathBuf>, format: &'static str, msg: impl Into<String>) -> Self {
-        Error::Format {
-            path: path.into(),
-            format,
-            msg: msg.into(),
-        }
+        Error::Format { path: path.into(), format, msg: msg.into() }
     }
 
     /// Helper for [`Error::InvalidArgument`].

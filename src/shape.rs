@@ -68,11 +68,7 @@ impl Shape {
         if self == other {
             Ok(())
         } else {
-            Err(Error::ShapeMismatch {
-                op,
-                lhs: self.clone(),
-                rhs: other.clone(),
-            })
+            Err(Error::ShapeMismatch { op, lhs: self.clone(), rhs: other.clone() })
         }
     }
 }

@@ -184,9 +184,9 @@ impl Storage {
     /// Host elements of type `T`.
     pub fn cpu<T: Element>(&self) -> Result<&[T]> {
         match self {
-            Storage::Cpu(d) => T::cpu_ref(d)
-                .map(|b| b.as_slice())
-                .ok_or_else(|| wrong_type("cpu storage", d.dtype(), T::DTYPE)),
+            Storage::Cpu(d) => {
+                T::cpu_ref(d).map(|b| b.as_slice()).ok_or_else(|| wrong_type("cpu storage", d.dtype(), T::DTYPE))
+            }
             Storage::Cuda(_) => Err(Error::invalid("expected CPU storage, found CUDA")),
         }
     }
@@ -196,9 +196,7 @@ impl Storage {
         match self {
             Storage::Cpu(d) => {
                 let dt = d.dtype();
-                T::cpu_mut(d)
-                    .map(|b| b.as_mut_slice())
-                    .ok_or_else(|| wrong_type("cpu storage", dt, T::DTYPE))
+                T::cpu_mut(d).map(|b| b.as_mut_slice()).ok_or_else(|| wrong_type("cpu storage", dt, T::DTYPE))
             }
             Storage::Cuda(_) => Err(Error::invalid("expected CPU storage, found CUDA")),
         }
@@ -207,9 +205,9 @@ impl Storage {
     /// Device slice of type `T`.
     pub fn cuda<T: Element>(&self) -> Result<&CudaSlice<T>> {
         match self {
-            Storage::Cuda(d) => T::cuda_ref(d)
-                .map(|b| b.slice())
-                .ok_or_else(|| wrong_type("cuda storage", d.dtype(), T::DTYPE)),
+            Storage::Cuda(d) => {
+                T::cuda_ref(d).map(|b| b.slice()).ok_or_else(|| wrong_type("cuda storage", d.dtype(), T::DTYPE))
+            }
             Storage::Cpu(_) => Err(Error::invalid("expected CUDA storage, found CPU")),
         }
     }
@@ -219,9 +217,7 @@ impl Storage {
         match self {
             Storage::Cuda(d) => {
                 let dt = d.dtype();
-                T::cuda_mut(d)
-                    .map(|b| b.slice_mut())
-                    .ok_or_else(|| wrong_type("cuda storage", dt, T::DTYPE))
+                T::cuda_mut(d).map(|b| b.slice_mut()).ok_or_else(|| wrong_type("cuda storage", dt, T::DTYPE))
             }
             Storage::Cpu(_) => Err(Error::invalid("expected CUDA storage, found CPU")),
         }

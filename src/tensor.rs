@@ -39,14 +39,7 @@ struct TensorInner {
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Tensor({:?}, {}, {}, {})",
-            self.0.id,
-            self.0.shape,
-            self.0.dtype,
-            self.0.device.label()
-        )
+        write!(f, "Tensor({:?}, {}, {}, {})", self.0.id, self.0.shape, self.0.dtype, self.0.device.label())
     }
 }
 
@@ -68,11 +61,7 @@ macro_rules! with_float_type {
                 type $t = half::f16;
                 $body
             }
-            other => Err($crate::Error::DType {
-                op: $op,
-                dtype: other,
-                msg: "expected a float type",
-            }),
+            other => Err($crate::Error::DType { op: $op, dtype: other, msg: "expected a float type" }),
         }
     };
 }
@@ -87,11 +76,7 @@ impl Tensor {
         let shape = shape.into();
         let len = storage_len(&storage);
         if len != shape.elem_count() {
-            return Err(Error::BadShape {
-                op: "from_storage",
-                shape,
-                msg: format!("storage holds {len} elements"),
-            });
+            return Err(Error::BadShape { op: "from_storage", shape, msg: format!("storage holds {len} elements") });
         }
         Ok(Tensor(Arc::new(TensorInner {
             id: TensorId::fresh(),
@@ -106,11 +91,7 @@ impl Tensor {
     pub fn from_vec<T: Element>(data: Vec<T>, shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
         let shape = shape.into();
         if data.len() != shape.elem_count() {
-            return Err(Error::BadShape {
-                op: "from_vec",
-                shape,
-                msg: format!("{} values given", data.len()),
-            });
+            return Err(Error::BadShape { op: "from_vec", shape, msg: format!("{} values given", data.len()) });
         }
         let storage = match device {
             Device::Cpu(d) => Storage::Cpu(T::wrap_cpu(d.buffer(data))),
@@ -172,7 +153,14 @@ impl Tensor {
     }
 
     /// Uniform values in [lo, hi) from a seeded ChaCha8 stream, made on the host.
-    pub fn rand_uniform(shape: impl Into<Shape>, lo: f32, hi: f32, dtype: DType, device: &Device, seed: u64) -> Result<Tensor> {
+    pub fn rand_uniform(
+        shape: impl Into<Shape>,
+        lo: f32,
+        hi: f32,
+        dtype: DType,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Tensor> {
         let shape = shape.into();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let v = (0..shape.elem_count()).map(|_| lo + (hi - lo) * rng.random::<f32>()).collect();
@@ -273,7 +261,11 @@ impl Tensor {
     /// The single value of a one-element float tensor.
     pub fn to_scalar_f32(&self) -> Result<f32> {
         if self.elem_count() != 1 {
-            return Err(Error::BadShape { op: "to_scalar_f32", shape: self.shape().clone(), msg: "expected one element".into() });
+            return Err(Error::BadShape {
+                op: "to_scalar_f32",
+                shape: self.shape().clone(),
+                msg: "expected one element".into(),
+            });
         }
         Ok(self.to_f32_vec()?[0])
     }
@@ -288,7 +280,9 @@ impl Tensor {
                 drop(s);
                 let host = host_data(self)?;
                 return match device {
-                    Device::Cpu(d) => Tensor::from_storage(Storage::Cpu(host.into_cpu(d)), self.shape().clone(), device),
+                    Device::Cpu(d) => {
+                        Tensor::from_storage(Storage::Cpu(host.into_cpu(d)), self.shape().clone(), device)
+                    }
                     Device::Cuda(d) => {
                         let cpu = host.into_cpu(&CpuDevice::new());
                         Tensor::from_storage(Storage::Cuda(upload(&cpu, d)?), self.shape().clone(), device)
@@ -476,8 +470,10 @@ mod tests {
         let t = Tensor::from_f32(v.clone(), [1001], DType::F32, &Device::cpu()).unwrap().to_device(&gpu).unwrap();
         assert_eq!(gpu.memory().current_bytes - before, 4004);
         assert_eq!(t.to_f32_vec().unwrap(), v);
-        assert_eq!(t.to_dtype(DType::BF16).unwrap().to_device(&Device::cpu()).unwrap().to_f32_vec().unwrap(),
-                   Tensor::from_f32(v, [1001], DType::BF16, &Device::cpu()).unwrap().to_f32_vec().unwrap());
+        assert_eq!(
+            t.to_dtype(DType::BF16).unwrap().to_device(&Device::cpu()).unwrap().to_f32_vec().unwrap(),
+            Tensor::from_f32(v, [1001], DType::BF16, &Device::cpu()).unwrap().to_f32_vec().unwrap()
+        );
         drop(t);
         assert_eq!(gpu.memory().current_bytes, before);
         assert!(gpu.memory().peak_bytes >= before + 4004);

@@ -19,12 +19,26 @@ fn sparsetune(args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn eval_json_reproduces_reference_perplexity() {
-    let (Some(model), Some(text)) = (asset_path("SmolLM2-135M-Instruct.Q4_1.gguf"), asset_path("sotu/2009_barack_obama_d.txt")) else { return };
+    let (Some(model), Some(text)) =
+        (asset_path("SmolLM2-135M-Instruct.Q4_1.gguf"), asset_path("sotu/2009_barack_obama_d.txt"))
+    else {
+        return;
+    };
     let (code, stdout, stderr) = sparsetune(&[
-        "eval", "--model", model.to_str().unwrap(), "--text", text.to_str().unwrap(), "--seq-len", "512", "--windows", "1", "--json",
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--text",
+        text.to_str().unwrap(),
+        "--seq-len",
+        "512",
+        "--windows",
+        "1",
+        "--json",
     ]);
     assert_eq!(code, 0, "stderr: {stderr}");
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {stdout}"));
+    let v: serde_json::Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {stdout}"));
     let ppl = v["perplexity"].as_f64().unwrap();
     assert!((ppl - 21.81).abs() <= 0.02, "perplexity {ppl}");
     assert_eq!(v["tokens_scored"].as_u64(), Some(511));

@@ -51,11 +51,16 @@ fn loss_gradient_matches_finite_differences() {
         }
     }
     let (ids, targets) = common::tokens(2, 7, m.config.vocab_size, &dev);
-    let parts = [Part::Linear(0, Proj::Q), Part::Linear(1, Proj::K), Part::Linear(0, Proj::Down), Part::Linear(1, Proj::O), Part::InputNorm(1), Part::Embed];
-    let tensors: Vec<Tensor> = parts
-        .iter()
-        .map(|p| m.named_tensors().into_iter().find(|(q, _)| q == p).unwrap().1.clone())
-        .collect();
+    let parts = [
+        Part::Linear(0, Proj::Q),
+        Part::Linear(1, Proj::K),
+        Part::Linear(0, Proj::Down),
+        Part::Linear(1, Proj::O),
+        Part::InputNorm(1),
+        Part::Embed,
+    ];
+    let tensors: Vec<Tensor> =
+        parts.iter().map(|p| m.named_tensors().into_iter().find(|(q, _)| q == p).unwrap().1.clone()).collect();
     let grads = grads_of(&m, &ids, &targets, &tensors.iter().collect::<Vec<_>>(), false);
     for (i, (part, t)) in parts.iter().zip(&tensors).enumerate() {
         let g = grads.get(t).unwrap_or_else(|| panic!("no gradient for {part:?}")).to_f32_vec().unwrap();
@@ -69,7 +74,8 @@ fn loss_gradient_matches_finite_differences() {
             let dir_rms = (dir.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / dir.len() as f64).sqrt();
             let h = (0.04 * w_rms / dir_rms) as f32;
             let central = |h: f32| {
-                (loss_value(&perturbed(&m, part, &dir, h), &ids, &targets) - loss_value(&perturbed(&m, part, &dir, -h), &ids, &targets))
+                (loss_value(&perturbed(&m, part, &dir, h), &ids, &targets)
+                    - loss_value(&perturbed(&m, part, &dir, -h), &ids, &targets))
                     / (2.0 * h as f64)
             };
             let fd = (4.0 * central(h / 2.0) - central(h)) / 3.0;
@@ -77,7 +83,10 @@ fn loss_gradient_matches_finite_differences() {
             // a random direction has a smaller signal, so f32 noise allows ~1% there.
             let tol = if what == "random direction" { 1e-4 + 2e-2 * fd.abs() } else { 1e-5 + 5e-3 * fd.abs() };
             println!("{part:?} along the {what}: analytic {analytic:.6e}, finite difference {fd:.6e}");
-            assert!((analytic - fd).abs() <= tol, "{part:?} along the {what}: analytic {analytic:e} vs finite difference {fd:e} (tol {tol:e})");
+            assert!(
+                (analytic - fd).abs() <= tol,
+                "{part:?} along the {what}: analytic {analytic:e} vs finite difference {fd:e} (tol {tol:e})"
+            );
         }
         let g_norm2: f64 = g.iter().map(|v| (*v as f64).powi(2)).sum();
         assert!(g_norm2 > 1e-6, "{part:?}: the gradient is too small for a meaningful check ({g_norm2:e})");

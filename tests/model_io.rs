@@ -144,13 +144,16 @@ fn bad_model_files_are_clear_errors() {
     llama::save_safetensors(&m, &p, DType::F32, None, &BTreeMap::new()).unwrap();
     let raw = sparsetune::io::SafetensorsFile::open(&p).unwrap();
     let names = raw.names().iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let blobs: Vec<(String, Vec<usize>, Vec<u8>)> = names
-        .iter()
-        .map(|n| (n.clone(), raw.info(n).unwrap().1, raw.tensor_bytes(n).unwrap().to_vec()))
-        .collect();
+    let blobs: Vec<(String, Vec<usize>, Vec<u8>)> =
+        names.iter().map(|n| (n.clone(), raw.info(n).unwrap().1, raw.tensor_bytes(n).unwrap().to_vec())).collect();
     let entries: Vec<_> = blobs
         .iter()
-        .map(|(n, s, d)| sparsetune::io::SafetensorsEntry { name: n.clone(), dtype: DType::F32, shape: s.clone(), data: d })
+        .map(|(n, s, d)| sparsetune::io::SafetensorsEntry {
+            name: n.clone(),
+            dtype: DType::F32,
+            shape: s.clone(),
+            data: d,
+        })
         .collect();
     let p2 = dir.join("shape2.safetensors");
     sparsetune::io::write_safetensors(&p2, &entries, &meta).unwrap();
@@ -173,7 +176,12 @@ fn hf_directory_with_config_and_tokenizer_json_loads() {
         m.named_tensors().into_iter().map(|(p, t)| (p.hf_name(), t.dims().to_vec(), t.to_f32_vec().unwrap())).collect();
     let entries: Vec<_> = blobs
         .iter()
-        .map(|(n, s, d)| sparsetune::io::SafetensorsEntry { name: n.clone(), dtype: DType::F32, shape: s.clone(), data: bytemuck::cast_slice(d) })
+        .map(|(n, s, d)| sparsetune::io::SafetensorsEntry {
+            name: n.clone(),
+            dtype: DType::F32,
+            shape: s.clone(),
+            data: bytemuck::cast_slice(d),
+        })
         .collect();
     sparsetune::io::write_safetensors(dir.join("model.safetensors"), &entries, &BTreeMap::new()).unwrap();
     assert!(llama::load(&dir, &dev, DType::F32).unwrap_err().to_string().contains("config.json"));

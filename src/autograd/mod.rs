@@ -213,10 +213,8 @@ impl Tape {
         saved: Vec<Saved>,
         backward: impl FnOnce(&mut BackwardCtx<'_>) -> Result<()> + 'static,
     ) -> bool {
-        let ids: Vec<Option<TensorId>> = inputs
-            .iter()
-            .map(|t| self.tracked.contains(&t.id()).then(|| t.id()))
-            .collect();
+        let ids: Vec<Option<TensorId>> =
+            inputs.iter().map(|t| self.tracked.contains(&t.id()).then(|| t.id())).collect();
         if ids.iter().all(Option::is_none) {
             return false;
         }
@@ -233,14 +231,7 @@ impl Tape {
         backward: BackwardFn,
     ) {
         self.tracked.insert(output.id());
-        self.nodes.push(Node {
-            op,
-            scope: self.scope.clone(),
-            output: output.id(),
-            inputs,
-            saved,
-            backward,
-        });
+        self.nodes.push(Node { op, scope: self.scope.clone(), output: output.id(), inputs, saved, backward });
     }
 
     /// What every recorded op holds, in recording order.
@@ -294,12 +285,7 @@ impl Tape {
             let Some(g) = local.take(node.output) else {
                 continue; // the output did not influence the loss
             };
-            let mut ctx = BackwardCtx {
-                grad_out: g,
-                saved: node.saved,
-                inputs: &node.inputs,
-                grads: &mut local,
-            };
+            let mut ctx = BackwardCtx { grad_out: g, saved: node.saved, inputs: &node.inputs, grads: &mut local };
             (node.backward)(&mut ctx)?;
         }
         for (id, g) in local.map {
@@ -315,10 +301,6 @@ impl Tape {
     }
 
     fn with_watched(watched: HashSet<TensorId>) -> Tape {
-        Tape {
-            tracked: watched.clone(),
-            watched,
-            ..Tape::default()
-        }
+        Tape { tracked: watched.clone(), watched, ..Tape::default() }
     }
 }

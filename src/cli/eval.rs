@@ -99,7 +99,10 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         println!("tokens scored     {}", report.tokens_scored);
         println!("mean loss         {:.4}", report.mean_loss);
         println!("perplexity        {:.3}", report.perplexity);
-        println!("seconds           {:.2} ({:.0} tokens/s; load {:.2} s)", report.seconds, report.tokens_per_second, load_seconds);
+        println!(
+            "seconds           {:.2} ({:.0} tokens/s; load {:.2} s)",
+            report.seconds, report.tokens_per_second, load_seconds
+        );
     }
     Ok(())
 }

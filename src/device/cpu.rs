@@ -37,10 +37,7 @@ impl CpuDevice {
     /// Takes ownership of `data` and counts its bytes.
     pub fn buffer<T>(&self, data: Vec<T>) -> CpuBuffer<T> {
         let bytes = data.len() * std::mem::size_of::<T>();
-        CpuBuffer {
-            data,
-            _ticket: MemTicket::new(&self.memory, bytes),
-        }
+        CpuBuffer { data, _ticket: MemTicket::new(&self.memory, bytes) }
     }
 }
 

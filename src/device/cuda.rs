@@ -11,8 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtrMut, DeviceRepr,
-    LaunchConfig,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtrMut, DeviceRepr, LaunchConfig,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -58,9 +57,7 @@ impl CudaDevice {
         }
         let count = CudaContext::device_count()?;
         if ordinal >= count.max(0) as usize {
-            return Err(Error::NoCuda(format!(
-                "device {ordinal} requested, {count} present"
-            )));
+            return Err(Error::NoCuda(format!("device {ordinal} requested, {count} present")));
         }
         // SAFETY: dlopen probe only.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
@@ -146,22 +143,14 @@ impl CudaDevice {
             let bytes = len * std::mem::size_of::<T>();
             let (ptr, _sync) = slice.device_ptr_mut(&self.0.stream);
             // SAFETY: `ptr` points to `bytes` bytes we own, on our stream.
-            unsafe {
-                cudarc::driver::result::memset_d8_async(ptr, 0xFF, bytes, self.0.stream.cu_stream())
-            }?;
+            unsafe { cudarc::driver::result::memset_d8_async(ptr, 0xFF, bytes, self.0.stream.cu_stream()) }?;
         }
         let bytes = len * std::mem::size_of::<T>();
-        Ok(CudaBuffer {
-            slice,
-            _ticket: MemTicket::new(&self.0.memory, bytes),
-        })
+        Ok(CudaBuffer { slice, _ticket: MemTicket::new(&self.0.memory, bytes) })
     }
 
     /// `len` zeroed elements.
-    pub fn alloc_zeros<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
-        &self,
-        len: usize,
-    ) -> Result<CudaBuffer<T>> {
+    pub fn alloc_zeros<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, len: usize) -> Result<CudaBuffer<T>> {
         let mut buf = self.alloc::<T>(len)?;
         self.0.stream.memset_zeros(&mut buf.slice)?;
         Ok(buf)
@@ -183,11 +172,7 @@ impl CudaDevice {
     /// module on first use.
     pub fn function(&self, module: &'static str, name: &str) -> Result<CudaFunction> {
         let module_handle = {
-            let mut cache = self
-                .0
-                .modules
-                .lock()
-                .map_err(|_| Error::NoCuda("module cache lock poisoned".into()))?;
+            let mut cache = self.0.modules.lock().map_err(|_| Error::NoCuda("module cache lock poisoned".into()))?;
             match cache.get(module) {
                 Some(m) => m.clone(),
                 None => {
@@ -195,9 +180,7 @@ impl CudaDevice {
                         .iter()
                         .find(|(n, _)| *n == module)
                         .map(|(_, src)| *src)
-                        .ok_or_else(|| {
-                            Error::invalid(format!("no embedded PTX module named '{module}'"))
-                        })?;
+                        .ok_or_else(|| Error::invalid(format!("no embedded PTX module named '{module}'")))?;
                     let m = self.0.ctx.load_module(Ptx::from_src(src))?;
                     cache.insert(module, m.clone());
                     m
@@ -233,13 +216,8 @@ impl<T> CudaBuffer<T> {
 /// Launch geometry for a 1-D elementwise kernel over `n` items with `threads` per block.
 pub fn grid_1d(n: usize, threads: u32) -> Result<LaunchConfig> {
     let blocks = n.div_ceil(threads as usize);
-    let blocks = u32::try_from(blocks)
-        .map_err(|_| Error::invalid(format!("{n} elements exceed one CUDA grid")))?;
-    Ok(LaunchConfig {
-        grid_dim: (blocks.max(1), 1, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
-    })
+    let blocks = u32::try_from(blocks).map_err(|_| Error::invalid(format!("{n} elements exceed one CUDA grid")))?;
+    Ok(LaunchConfig { grid_dim: (blocks.max(1), 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 })
 }
 
 /// Float element types our kernels are instantiated for; `SUFFIX` picks the kernel name

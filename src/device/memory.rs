@@ -32,8 +32,7 @@ impl MemoryCounter {
 
     /// Sets the peak to the current value, to measure the peak of a region.
     pub fn reset_peak(&self) {
-        self.peak
-            .store(self.current.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.peak.store(self.current.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     fn add(&self, bytes: usize) {
@@ -57,10 +56,7 @@ impl MemTicket {
     /// Counts `bytes` against `counter` until the ticket is dropped.
     pub(crate) fn new(counter: &Arc<MemoryCounter>, bytes: usize) -> Self {
         counter.add(bytes);
-        MemTicket {
-            counter: counter.clone(),
-            bytes,
-        }
+        MemTicket { counter: counter.clone(), bytes }
     }
 
     /// Bytes this ticket accounts for.

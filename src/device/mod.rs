@@ -38,9 +38,7 @@ impl Device {
             "cuda" | "gpu" => Device::cuda(0),
             other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
                 Some(Ok(i)) => Device::cuda(i),
-                _ => Err(crate::Error::invalid(format!(
-                    "unknown device '{other}' (expected cpu, cuda or cuda:N)"
-                ))),
+                _ => Err(crate::Error::invalid(format!("unknown device '{other}' (expected cpu, cuda or cuda:N)"))),
             },
         }
     }

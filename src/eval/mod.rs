@@ -26,7 +26,11 @@ pub struct PerplexityReport {
 }
 
 /// Perplexity of `model` over `windows`; `progress(done, total)` is called after each.
-pub fn perplexity(model: &Llama, windows: &[&[u32]], mut progress: impl FnMut(usize, usize)) -> Result<PerplexityReport> {
+pub fn perplexity(
+    model: &Llama,
+    windows: &[&[u32]],
+    mut progress: impl FnMut(usize, usize),
+) -> Result<PerplexityReport> {
     let start = Instant::now();
     let (mut sum, mut count, mut tokens) = (0f64, 0usize, 0usize);
     for (i, w) in windows.iter().enumerate() {

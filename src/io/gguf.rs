@@ -318,9 +318,8 @@ impl GgufTensorInfo {
 /// Bytes of data for `shape` stored as `ty`, or why it cannot be sized: a type we do not
 /// read, or a row length (innermost dimension) that is not a whole number of blocks.
 fn data_len(ty: GgmlType, shape: &[usize]) -> std::result::Result<usize, String> {
-    let (block_elems, block_bytes) = ty
-        .block_layout()
-        .ok_or_else(|| format!("{ty} is not a type this reader decodes"))?;
+    let (block_elems, block_bytes) =
+        ty.block_layout().ok_or_else(|| format!("{ty} is not a type this reader decodes"))?;
     let row_len = shape.last().copied().unwrap_or(1);
     if row_len % block_elems != 0 {
         return Err(format!(
@@ -414,17 +413,13 @@ impl GgufFile {
         expected: &str,
         convert: impl FnOnce(&'a GgufValue) -> Option<T>,
     ) -> Result<T> {
-        let value = self.get(key).ok_or_else(|| {
-            Error::format(&self.path, FORMAT, format!("missing metadata key '{key}'"))
-        })?;
+        let value =
+            self.get(key).ok_or_else(|| Error::format(&self.path, FORMAT, format!("missing metadata key '{key}'")))?;
         convert(value).ok_or_else(|| {
             Error::format(
                 &self.path,
                 FORMAT,
-                format!(
-                    "metadata key '{key}' is a {}, expected {expected}",
-                    value.type_name()
-                ),
+                format!("metadata key '{key}' is a {}, expected {expected}", value.type_name()),
             )
         })
     }
@@ -447,10 +442,7 @@ impl GgufFile {
     /// An array of strings.
     pub fn get_str_array(&self, key: &str) -> Result<Vec<String>> {
         self.get_typed(key, "an array of strings", |v| {
-            v.as_array()?
-                .iter()
-                .map(|e| e.as_str().map(str::to_owned))
-                .collect()
+            v.as_array()?.iter().map(|e| e.as_str().map(str::to_owned)).collect()
         })
     }
 
@@ -467,10 +459,9 @@ impl GgufFile {
     /// The tensor's elements as f32, row-major in [`GgufTensorInfo::shape`] order,
     /// dequantised from F32, F16, BF16, Q4_0, Q4_1 or Q8_0 (in parallel over blocks).
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>> {
-        let info = self.tensor_info(name).ok_or_else(|| Error::MissingTensor {
-            path: self.path.clone(),
-            name: name.to_owned(),
-        })?;
+        let info = self
+            .tensor_info(name)
+            .ok_or_else(|| Error::MissingTensor { path: self.path.clone(), name: name.to_owned() })?;
         if let GgmlType::Other(_) = info.ggml_type {
             return Err(Error::UnsupportedQuant {
                 path: self.path.clone(),
@@ -528,16 +519,13 @@ fn for_each_block(
     block_bytes: usize,
     decode: impl Fn(&[u8], &mut [f32]) + Sync,
 ) {
-    out.par_chunks_mut(block_elems * BLOCKS_PER_TASK)
-        .zip(src.par_chunks(block_bytes * BLOCKS_PER_TASK))
-        .for_each(|(out_run, src_run)| {
-            for (o, b) in out_run
-                .chunks_exact_mut(block_elems)
-                .zip(src_run.chunks_exact(block_bytes))
-            {
+    out.par_chunks_mut(block_elems * BLOCKS_PER_TASK).zip(src.par_chunks(block_bytes * BLOCKS_PER_TASK)).for_each(
+        |(out_run, src_run)| {
+            for (o, b) in out_run.chunks_exact_mut(block_elems).zip(src_run.chunks_exact(block_bytes)) {
                 decode(b, o);
             }
-        });
+        },
+    );
 }
 
 fn f16_at(b: &[u8], at: usize) -> f32 {
@@ -588,18 +576,14 @@ fn parse(buf: &[u8], path: &Path) -> Result<Header> {
     let mut r = Reader { buf, pos: 0, path };
     let magic = r.array::<4>("magic")?;
     if magic != MAGIC {
-        return Err(r.err(format!(
-            "bad magic {magic:02x?} (expected \"GGUF\" = {MAGIC:02x?}); not a GGUF file"
-        )));
+        return Err(r.err(format!("bad magic {magic:02x?} (expected \"GGUF\" = {MAGIC:02x?}); not a GGUF file")));
     }
     let version = r.u32("version")?;
     if matches!(version.swap_bytes(), 2 | 3) {
         return Err(r.err("big-endian GGUF files are not supported"));
     }
     if version != 2 && version != 3 {
-        return Err(r.err(format!(
-            "unsupported GGUF version {version} (this reader handles 2 and 3, little-endian)"
-        )));
+        return Err(r.err(format!("unsupported GGUF version {version} (this reader handles 2 and 3, little-endian)")));
     }
     let n_tensors = r.u64("tensor count")?;
     let n_kv = r.u64("metadata count")?;
@@ -625,75 +609,47 @@ fn parse(buf: &[u8], path: &Path) -> Result<Header> {
         let what = format!("tensor info of '{name}'");
         let n_dims = r.u32(&what)? as usize;
         if n_dims > MAX_DIMS {
-            return Err(r.err(format!(
-                "tensor '{name}' has {n_dims} dimensions (ggml allows at most {MAX_DIMS})"
-            )));
+            return Err(r.err(format!("tensor '{name}' has {n_dims} dimensions (ggml allows at most {MAX_DIMS})")));
         }
         let mut shape = Vec::with_capacity(n_dims);
         for _ in 0..n_dims {
             let ne = r.u64(&what)?;
-            shape.push(usize::try_from(ne).map_err(|_| {
-                r.err(format!(
-                    "tensor '{name}': dimension {ne} does not fit in memory"
-                ))
-            })?);
+            shape.push(
+                usize::try_from(ne)
+                    .map_err(|_| r.err(format!("tensor '{name}': dimension {ne} does not fit in memory")))?,
+            );
         }
         shape.reverse();
-        if shape
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .is_none()
-        {
-            return Err(r.err(format!(
-                "tensor '{name}': element count of shape {shape:?} overflows"
-            )));
+        if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none() {
+            return Err(r.err(format!("tensor '{name}': element count of shape {shape:?} overflows")));
         }
         let ggml_type = GgmlType::from_id(r.u32(&what)?);
         let offset = r.u64(&what)?;
         if tensor_index.insert(name.clone(), i).is_some() {
             return Err(r.err(format!("duplicate tensor name '{name}'")));
         }
-        tensors.push(GgufTensorInfo {
-            name,
-            shape,
-            ggml_type,
-            offset,
-        });
+        tensors.push(GgufTensorInfo { name, shape, ggml_type, offset });
     }
 
     let alignment = match metadata.get("general.alignment") {
         None => DEFAULT_ALIGNMENT,
         Some(v) => match v.as_u64() {
             Some(a) if a.is_power_of_two() => a,
-            Some(a) => {
-                return Err(r.err(format!(
-                    "general.alignment must be a power of two, found {a}"
-                )))
-            }
-            None => {
-                return Err(r.err(format!(
-                    "general.alignment must be an integer, found a {}",
-                    v.type_name()
-                )))
-            }
+            Some(a) => return Err(r.err(format!("general.alignment must be a power of two, found {a}"))),
+            None => return Err(r.err(format!("general.alignment must be an integer, found a {}", v.type_name()))),
         },
     };
     let file_len = buf.len() as u64;
-    let data_start = (r.pos as u64)
-        .checked_next_multiple_of(alignment)
-        .ok_or_else(|| r.err("data section offset overflows"))?;
+    let data_start =
+        (r.pos as u64).checked_next_multiple_of(alignment).ok_or_else(|| r.err("data section offset overflows"))?;
     for t in &mut tensors {
         // Unknown types cannot be sized: only their start is checked here, and reading
         // them fails anyway.
         let len = match t.ggml_type {
             GgmlType::Other(_) => 0,
-            ty => data_len(ty, &t.shape)
-                .map_err(|msg| r.err(format!("tensor '{}': {msg}", t.name)))?
-                as u64,
+            ty => data_len(ty, &t.shape).map_err(|msg| r.err(format!("tensor '{}': {msg}", t.name)))? as u64,
         };
-        let range = data_start
-            .checked_add(t.offset)
-            .and_then(|start| Some((start, start.checked_add(len)?)));
+        let range = data_start.checked_add(t.offset).and_then(|start| Some((start, start.checked_add(len)?)));
         match range {
             Some((start, end)) if end <= file_len => t.offset = start,
             _ => {
@@ -705,12 +661,7 @@ fn parse(buf: &[u8], path: &Path) -> Result<Header> {
             }
         }
     }
-    Ok(Header {
-        version,
-        metadata,
-        tensors,
-        tensor_index,
-    })
+    Ok(Header { version, metadata, tensors, tensor_index })
 }
 
 /// Bounds-checked little-endian cursor over the mapped file.
@@ -730,17 +681,13 @@ impl<'a> Reader<'a> {
     }
 
     fn bytes(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
-        let slice = self
-            .pos
-            .checked_add(n)
-            .and_then(|end| self.buf.get(self.pos..end))
-            .ok_or_else(|| {
-                self.err(format!(
-                    "truncated: {what} needs {n} bytes at offset {} but the file is {} bytes",
-                    self.pos,
-                    self.buf.len()
-                ))
-            })?;
+        let slice = self.pos.checked_add(n).and_then(|end| self.buf.get(self.pos..end)).ok_or_else(|| {
+            self.err(format!(
+                "truncated: {what} needs {n} bytes at offset {} but the file is {} bytes",
+                self.pos,
+                self.buf.len()
+            ))
+        })?;
         self.pos += n;
         Ok(slice)
     }
@@ -761,9 +708,7 @@ impl<'a> Reader<'a> {
 
     /// `count` as usize if `count × min_item_bytes` fits in the rest of the file.
     fn check_count(&self, count: u64, min_item_bytes: u64, what: &str) -> Result<usize> {
-        let fits = count
-            .checked_mul(min_item_bytes)
-            .is_some_and(|need| need <= self.remaining() as u64);
+        let fits = count.checked_mul(min_item_bytes).is_some_and(|need| need <= self.remaining() as u64);
         match usize::try_from(count) {
             Ok(n) if fits => Ok(n),
             _ => Err(self.err(format!(
@@ -805,9 +750,9 @@ impl<'a> Reader<'a> {
             VT_STRING => GgufValue::String(self.string(key)?),
             VT_ARRAY => {
                 if depth >= MAX_ARRAY_NESTING {
-                    return Err(self.err(format!(
-                        "metadata key '{key}': arrays nested deeper than {MAX_ARRAY_NESTING}"
-                    )));
+                    return Err(
+                        self.err(format!("metadata key '{key}': arrays nested deeper than {MAX_ARRAY_NESTING}"))
+                    );
                 }
                 let elem_ty = self.u32(key)?;
                 let count = self.u64(key)?;
@@ -822,9 +767,7 @@ impl<'a> Reader<'a> {
                 }
                 GgufValue::Array(items)
             }
-            other => {
-                return Err(self.err(format!("metadata key '{key}': unknown value type {other}")))
-            }
+            other => return Err(self.err(format!("metadata key '{key}': unknown value type {other}"))),
         })
     }
 }
@@ -881,10 +824,7 @@ impl GgufWriter {
 
     /// Sets an array of strings.
     pub fn add_str_array<S: AsRef<str>>(&mut self, key: &str, values: &[S]) -> &mut Self {
-        let items = values
-            .iter()
-            .map(|s| GgufValue::String(s.as_ref().to_owned()))
-            .collect();
+        let items = values.iter().map(|s| GgufValue::String(s.as_ref().to_owned())).collect();
         self.add_metadata(key, GgufValue::Array(items))
     }
 
@@ -903,34 +843,19 @@ impl GgufWriter {
     /// Adds a tensor whose data is already encoded as `ggml_type` (e.g. hand-built Q4_1
     /// blocks, or F16 bits). For types we read, `bytes` must have exactly the size the
     /// shape implies; bytes for other types are written unchecked.
-    pub fn add_tensor_raw(
-        &mut self,
-        name: &str,
-        shape: &[usize],
-        ggml_type: GgmlType,
-        bytes: Vec<u8>,
-    ) -> Result<()> {
+    pub fn add_tensor_raw(&mut self, name: &str, shape: &[usize], ggml_type: GgmlType, bytes: Vec<u8>) -> Result<()> {
         if shape.len() > MAX_DIMS {
-            return Err(Error::invalid(format!(
-                "GGUF tensor '{name}': rank {} exceeds {MAX_DIMS}",
-                shape.len()
-            )));
+            return Err(Error::invalid(format!("GGUF tensor '{name}': rank {} exceeds {MAX_DIMS}", shape.len())));
         }
-        if shape
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .is_none()
-        {
-            return Err(Error::invalid(format!(
-                "GGUF tensor '{name}': element count of {shape:?} overflows"
-            )));
+        if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none() {
+            return Err(Error::invalid(format!("GGUF tensor '{name}': element count of {shape:?} overflows")));
         }
         if self.tensors.iter().any(|(t, _)| t.name == name) {
             return Err(Error::invalid(format!("GGUF tensor '{name}' added twice")));
         }
         if !matches!(ggml_type, GgmlType::Other(_)) {
-            let expected = data_len(ggml_type, shape)
-                .map_err(|msg| Error::invalid(format!("GGUF tensor '{name}': {msg}")))?;
+            let expected =
+                data_len(ggml_type, shape).map_err(|msg| Error::invalid(format!("GGUF tensor '{name}': {msg}")))?;
             if bytes.len() != expected {
                 return Err(Error::invalid(format!(
                     "GGUF tensor '{name}' ({ggml_type}, shape {shape:?}) needs {expected} bytes, \
@@ -939,12 +864,7 @@ impl GgufWriter {
                 )));
             }
         }
-        let info = GgufTensorInfo {
-            name: name.to_owned(),
-            shape: shape.to_vec(),
-            ggml_type,
-            offset: 0,
-        };
+        let info = GgufTensorInfo { name: name.to_owned(), shape: shape.to_vec(), ggml_type, offset: 0 };
         self.tensors.push((info, bytes));
         Ok(())
     }
@@ -1016,9 +936,7 @@ fn put_value(out: &mut Vec<u8>, key: &str, value: &GgufValue) -> Result<()> {
             // An empty array still needs an element type; u8 is as good as any.
             let elem_ty = items.first().map_or(VT_U8, GgufValue::type_id);
             if items.iter().any(|v| v.type_id() != elem_ty) {
-                return Err(Error::invalid(format!(
-                    "GGUF metadata '{key}': array elements must all have one type"
-                )));
+                return Err(Error::invalid(format!("GGUF metadata '{key}': array elements must all have one type")));
             }
             out.extend_from_slice(&elem_ty.to_le_bytes());
             out.extend_from_slice(&(items.len() as u64).to_le_bytes());
@@ -1073,8 +991,7 @@ mod tests {
         // Two rows of one block each, to check row-major order too.
         let mut two = block.clone();
         two.extend(&block);
-        w.add_tensor_raw("q", &[2, 32], GgmlType::Q4_1, two)
-            .unwrap();
+        w.add_tensor_raw("q", &[2, 32], GgmlType::Q4_1, two).unwrap();
         let f = write_and_open(&w, "q4_1.gguf").unwrap();
         assert_eq!(f.tensor_info("q").unwrap().shape, vec![2, 32]);
         let got = f.tensor_f32("q").unwrap();
@@ -1095,8 +1012,7 @@ mod tests {
         let qs: Vec<i8> = (0..32).map(|j| (j * 9 - 128) as i8).collect();
         block.extend(qs.iter().map(|&q| q as u8));
         let mut w = GgufWriter::new();
-        w.add_tensor_raw("q", &[1, 32], GgmlType::Q8_0, block)
-            .unwrap();
+        w.add_tensor_raw("q", &[1, 32], GgmlType::Q8_0, block).unwrap();
         let f = write_and_open(&w, "q8_0.gguf").unwrap();
         let got = f.tensor_f32("q").unwrap();
         for j in 0..32 {
@@ -1112,15 +1028,10 @@ mod tests {
         let f16_bytes: Vec<u8> = vals.iter().flat_map(|&v| h(v)).collect();
         // bf16 keeps f32's exponent: 1e30 and 2^-100 survive.
         let bvals = [1.0f32, -3.0, 1.0e30, 2f32.powi(-100), 0.5078125];
-        let bf16_bytes: Vec<u8> = bvals
-            .iter()
-            .flat_map(|&v| bf16::from_f32(v).to_bits().to_le_bytes())
-            .collect();
+        let bf16_bytes: Vec<u8> = bvals.iter().flat_map(|&v| bf16::from_f32(v).to_bits().to_le_bytes()).collect();
         let mut w = GgufWriter::new();
-        w.add_tensor_raw("h", &[vals.len()], GgmlType::F16, f16_bytes)
-            .unwrap();
-        w.add_tensor_raw("b", &[bvals.len()], GgmlType::BF16, bf16_bytes)
-            .unwrap();
+        w.add_tensor_raw("h", &[vals.len()], GgmlType::F16, f16_bytes).unwrap();
+        w.add_tensor_raw("b", &[bvals.len()], GgmlType::BF16, bf16_bytes).unwrap();
         let f = write_and_open(&w, "half.gguf").unwrap();
         let got = f.tensor_f32("h").unwrap();
         for (g, v) in got.iter().zip(vals) {
@@ -1151,15 +1062,11 @@ mod tests {
             .add_metadata("x.u8", GgufValue::U8(7))
             .add_metadata(
                 "x.nested",
-                GgufValue::Array(vec![
-                    GgufValue::Array(vec![GgufValue::I16(-1)]),
-                    GgufValue::Array(vec![]),
-                ]),
+                GgufValue::Array(vec![GgufValue::Array(vec![GgufValue::I16(-1)]), GgufValue::Array(vec![])]),
             );
         let m: Vec<f32> = (0..6).map(|i| i as f32 * 0.5 - 1.0).collect();
         w.add_tensor_f32("m", &[2, 3], &m).unwrap();
-        w.add_tensor_f32("v", &[5], &[1.0, 2.0, 3.0, 4.0, 5.0])
-            .unwrap();
+        w.add_tensor_f32("v", &[5], &[1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
         w
     }
 
@@ -1172,10 +1079,7 @@ mod tests {
         assert_eq!(f.get_u64("llama.block_count").unwrap(), 2);
         assert_eq!(f.get_f32("llama.rope.freq_base").unwrap(), 10000.0);
         assert_eq!(f.get_f32("llama.block_count").unwrap(), 2.0);
-        assert_eq!(
-            f.get_str_array("tokenizer.ggml.tokens").unwrap(),
-            ["a", "b", "ab"]
-        );
+        assert_eq!(f.get_str_array("tokenizer.ggml.tokens").unwrap(), ["a", "b", "ab"]);
         let types: Vec<i64> = f
             .get("tokenizer.ggml.token_type")
             .and_then(GgufValue::as_array)
@@ -1190,15 +1094,9 @@ mod tests {
         assert_eq!(f.get("x.f64").and_then(GgufValue::as_f64), Some(0.1));
         assert_eq!(f.get("x.bool"), Some(&GgufValue::Bool(true)));
         assert_eq!(f.get_u64("x.u8").unwrap(), 7);
-        assert_eq!(
-            f.get("x.nested"),
-            sample_writer().metadata.last().map(|(_, v)| v)
-        );
+        assert_eq!(f.get("x.nested"), sample_writer().metadata.last().map(|(_, v)| v));
         let err = f.get_str("llama.block_count").unwrap_err().to_string();
-        assert!(
-            err.contains("llama.block_count") && err.contains("u32"),
-            "{err}"
-        );
+        assert!(err.contains("llama.block_count") && err.contains("u32"), "{err}");
         let err = f.get_u64("no.such.key").unwrap_err().to_string();
         assert!(err.contains("no.such.key"), "{err}");
 
@@ -1210,10 +1108,7 @@ mod tests {
         assert_eq!(m.offset % DEFAULT_ALIGNMENT, 0);
         assert_eq!(f.tensor_f32("m").unwrap(), [-1.0, -0.5, 0.0, 0.5, 1.0, 1.5]);
         assert_eq!(f.tensor_f32("v").unwrap(), [1.0, 2.0, 3.0, 4.0, 5.0]);
-        assert!(matches!(
-            f.tensor_f32("nope"),
-            Err(Error::MissingTensor { .. })
-        ));
+        assert!(matches!(f.tensor_f32("nope"), Err(Error::MissingTensor { .. })));
     }
 
     #[test]
@@ -1266,12 +1161,7 @@ mod tests {
         let bytes = sample_writer().to_bytes().unwrap();
         let path = test_dir("gguf").join("absurd.gguf");
         // n_tensors at 8, n_kv at 16; then the first key's length at 24.
-        for (at, value) in [
-            (8, 1u64 << 60),
-            (16, 1 << 60),
-            (16, u64::MAX),
-            (24, u64::MAX),
-        ] {
+        for (at, value) in [(8, 1u64 << 60), (16, 1 << 60), (16, u64::MAX), (24, u64::MAX)] {
             let mut bad = bytes.clone();
             bad[at..at + 8].copy_from_slice(&value.to_le_bytes());
             std::fs::write(&path, &bad).unwrap();
@@ -1305,15 +1195,12 @@ mod tests {
     fn unknown_type_opens_but_does_not_load() {
         let mut w = GgufWriter::new();
         // Q4_K (type 12): 144-byte super-blocks of 256; we do not read it.
-        w.add_tensor_raw("k", &[256], GgmlType::Other(12), vec![0; 144])
-            .unwrap();
+        w.add_tensor_raw("k", &[256], GgmlType::Other(12), vec![0; 144]).unwrap();
         w.add_tensor_f32("ok", &[2], &[1.0, 2.0]).unwrap();
         let f = write_and_open(&w, "unknown.gguf").unwrap();
         assert_eq!(f.tensor_info("k").unwrap().ggml_type, GgmlType::Other(12));
         match f.tensor_f32("k") {
-            Err(Error::UnsupportedQuant {
-                tensor, ggml_type, ..
-            }) => {
+            Err(Error::UnsupportedQuant { tensor, ggml_type, .. }) => {
                 assert_eq!(tensor, "k");
                 assert_eq!(ggml_type, "Q4_K (ggml type 12)");
             }
@@ -1325,10 +1212,7 @@ mod tests {
     /// Position of the `n_dims` field of tensor `name`'s info (right after its name).
     fn tensor_info_pos(bytes: &[u8], name: &str) -> usize {
         let pattern = [&(name.len() as u64).to_le_bytes()[..], name.as_bytes()].concat();
-        let at = bytes
-            .windows(pattern.len())
-            .position(|w| w == pattern.as_slice())
-            .expect("tensor info present");
+        let at = bytes.windows(pattern.len()).position(|w| w == pattern.as_slice()).expect("tensor info present");
         at + pattern.len()
     }
 
@@ -1339,10 +1223,7 @@ mod tests {
         // Drop the file's last byte: tensor "v" now ends past EOF.
         std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
         let err = GgufFile::open(&path).unwrap_err().to_string();
-        assert!(
-            err.contains("'v'") && err.contains("beyond the end"),
-            "{err}"
-        );
+        assert!(err.contains("'v'") && err.contains("beyond the end"), "{err}");
         // Relative offsets of "v" (rank 1: n_dims 4 + ne 8 + type 4, then offset) that point
         // past the end, or overflow when added to the data start.
         let offset_at = tensor_info_pos(&bytes, "v") + 4 + 8 + 4;
@@ -1356,12 +1237,9 @@ mod tests {
 
         // The writer refuses a Q8_0 row of 33 elements ...
         let mut w = GgufWriter::new();
-        assert!(w
-            .add_tensor_raw("q", &[33], GgmlType::Q8_0, vec![0; 34])
-            .is_err());
+        assert!(w.add_tensor_raw("q", &[33], GgmlType::Q8_0, vec![0; 34]).is_err());
         // ... and the reader rejects one patched into a file.
-        w.add_tensor_raw("q", &[64], GgmlType::Q8_0, vec![0; 68])
-            .unwrap();
+        w.add_tensor_raw("q", &[64], GgmlType::Q8_0, vec![0; 68]).unwrap();
         let mut bad = w.to_bytes().unwrap();
         let ne_at = tensor_info_pos(&bad, "q") + 4;
         bad[ne_at..ne_at + 8].copy_from_slice(&33u64.to_le_bytes());
@@ -1380,20 +1258,13 @@ mod tests {
         assert_eq!(f.get_str("general.architecture").unwrap(), "llama");
         assert_eq!(f.get_u64("llama.embedding_length").unwrap(), 576);
         assert_eq!(f.get_u64("llama.block_count").unwrap(), 30);
-        for (k, v) in f
-            .metadata()
-            .range("llama.".to_string().."llama/".to_string())
-        {
+        for (k, v) in f.metadata().range("llama.".to_string().."llama/".to_string()) {
             println!("{k} = {v:?}");
         }
         for (k, v) in f.metadata() {
             if !k.starts_with("llama.") {
                 let shown = match v {
-                    GgufValue::Array(a) => format!(
-                        "array of {} {}",
-                        a.len(),
-                        a.first().map_or("", |e| e.type_name())
-                    ),
+                    GgufValue::Array(a) => format!("array of {} {}", a.len(), a.first().map_or("", |e| e.type_name())),
                     GgufValue::String(s) if s.len() > 80 => format!("string of {} bytes", s.len()),
                     other => format!("{other:?}"),
                 };
@@ -1418,35 +1289,16 @@ mod tests {
         // Spot values from an independent pure-Python decode of the same file.
         let close = |got: &[f32], want: &[f64]| {
             for (g, w) in got.iter().zip(want) {
-                assert!(
-                    (f64::from(*g) - w).abs() <= 1e-6 * w.abs().max(1e-3),
-                    "{got:?} vs {want:?}"
-                );
+                assert!((f64::from(*g) - w).abs() <= 1e-6 * w.abs().max(1e-3), "{got:?} vs {want:?}");
             }
         };
         let q = f.tensor_f32("blk.0.attn_q.weight").unwrap();
-        close(
-            &q[..4],
-            &[-0.0963134766, 0.157348633, -0.0963134766, -0.73046875],
-        );
+        close(&q[..4], &[-0.0963134766, 0.157348633, -0.0963134766, -0.73046875]);
         close(&q[16..18], &[-0.223144531, 0.284179688]);
         let emb = f.tensor_f32("token_embd.weight").unwrap();
-        close(
-            &emb[..3],
-            &[
-                -0.10654449462890625,
-                0.032978057861328125,
-                0.048198699951171875,
-            ],
-        );
-        close(
-            &emb[emb.len() - 2..],
-            &[-0.11989402770996094, -0.0417022705078125],
-        );
-        close(
-            &f.tensor_f32("output_norm.weight").unwrap()[..3],
-            &[1.7578125, 1.8203125, 1.78125],
-        );
+        close(&emb[..3], &[-0.10654449462890625, 0.032978057861328125, 0.048198699951171875]);
+        close(&emb[emb.len() - 2..], &[-0.11989402770996094, -0.0417022705078125]);
+        close(&f.tensor_f32("output_norm.weight").unwrap()[..3], &[1.7578125, 1.8203125, 1.78125]);
         drop((q, emb));
 
         let start = Instant::now();
@@ -1455,11 +1307,7 @@ mod tests {
         for t in f.tensors() {
             let w = f.tensor_f32(&t.name).unwrap();
             assert_eq!(w.len(), t.elem_count());
-            assert!(
-                w.iter().all(|v| v.is_finite()),
-                "{} has non-finite values",
-                t.name
-            );
+            assert!(w.iter().all(|v| v.is_finite()), "{} has non-finite values", t.name);
             total += w.len();
         }
         println!(

@@ -20,11 +20,7 @@ pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("SPARSETUNE_CACHE").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
     }
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default()
-        .join(".cache")
-        .join("sparsetune")
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(".cache").join("sparsetune")
 }
 
 /// For tests: the path of asset `rel` (relative to [`cache_dir`]) if the file exists.
@@ -37,24 +33,16 @@ pub fn asset_path(rel: &str) -> Option<PathBuf> {
         return Some(path);
     }
     if std::env::var("SPARSETUNE_REQUIRE_ASSETS").as_deref() == Ok("1") {
-        panic!(
-            "asset {} not found and SPARSETUNE_REQUIRE_ASSETS=1 (run scripts/fetch-assets.sh)",
-            path.display()
-        );
+        panic!("asset {} not found and SPARSETUNE_REQUIRE_ASSETS=1 (run scripts/fetch-assets.sh)", path.display());
     }
-    println!(
-        "skipped: asset {} not found (run scripts/fetch-assets.sh)",
-        path.display()
-    );
+    println!("skipped: asset {} not found (run scripts/fetch-assets.sh)", path.display());
     None
 }
 
 /// A fresh-per-process scratch directory for unit tests: `<tmp>/sparsetune-<pid>/<name>`.
 #[cfg(test)]
 pub(crate) fn test_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir()
-        .join(format!("sparsetune-{}", std::process::id()))
-        .join(name);
+    let dir = std::env::temp_dir().join(format!("sparsetune-{}", std::process::id())).join(name);
     std::fs::create_dir_all(&dir).expect("create test scratch directory");
     dir
 }

@@ -96,8 +96,8 @@ impl SafetensorsFile {
         // SAFETY: the map is read-only and lives as long as `SafetensorsFile`; like every
         // memory-mapped reader we rely on the file not being truncated while it is open.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-        let (header_len, parsed) = SafeTensors::read_metadata(&mmap)
-            .map_err(|e| Error::format(&path, FORMAT, e.to_string()))?;
+        let (header_len, parsed) =
+            SafeTensors::read_metadata(&mmap).map_err(|e| Error::format(&path, FORMAT, e.to_string()))?;
         // `read_metadata` checked that header and data fit the file exactly.
         let data_start = PREFIX_LEN + header_len;
         let mut entries: Vec<Entry> = parsed
@@ -112,23 +112,13 @@ impl SafetensorsFile {
             })
             .collect();
         entries.sort_by_key(|e| (e.start, e.end));
-        let index = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.name.clone(), i))
-            .collect();
+        let index = entries.iter().enumerate().map(|(i, e)| (e.name.clone(), i)).collect();
         let metadata = parsed
             .metadata()
             .as_ref()
             .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
-        Ok(SafetensorsFile {
-            path,
-            mmap,
-            entries,
-            index,
-            metadata,
-        })
+        Ok(SafetensorsFile { path, mmap, entries, index, metadata })
     }
 
     /// Path the file was opened from.
@@ -146,10 +136,7 @@ impl SafetensorsFile {
         self.index
             .get(name)
             .map(|&i| &self.entries[i])
-            .ok_or_else(|| Error::MissingTensor {
-                path: self.path.clone(),
-                name: name.to_owned(),
-            })
+            .ok_or_else(|| Error::MissingTensor { path: self.path.clone(), name: name.to_owned() })
     }
 
     /// dtype and row-major shape of a tensor; `None` if it is absent or its dtype is not
@@ -171,10 +158,7 @@ impl SafetensorsFile {
             Error::format(
                 &self.path,
                 FORMAT,
-                format!(
-                    "tensor '{name}': data [{}, {}) outside the file",
-                    e.start, e.end
-                ),
+                format!("tensor '{name}': data [{}, {}) outside the file", e.start, e.end),
             )
         })
     }
@@ -184,16 +168,9 @@ impl SafetensorsFile {
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>> {
         let e = self.entry(name)?;
         let bytes = self.tensor_bytes(name)?;
-        let halves = || {
-            bytes
-                .chunks_exact(2)
-                .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        };
+        let halves = || bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]));
         match e.dtype {
-            Dtype::F32 => Ok(bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()),
+            Dtype::F32 => Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
             Dtype::BF16 => Ok(halves().map(|b| bf16::from_bits(b).to_f32()).collect()),
             Dtype::F16 => Ok(halves().map(|b| f16::from_bits(b).to_f32()).collect()),
             other => Err(Error::format(
@@ -248,10 +225,7 @@ pub fn write_safetensors(
         if !seen.insert(t.name.as_str()) {
             return Err(invalid(format!("tensor '{}' given twice", t.name)));
         }
-        let expected = t
-            .shape
-            .iter()
-            .try_fold(t.dtype.size_in_bytes(), |a, &d| a.checked_mul(d));
+        let expected = t.shape.iter().try_fold(t.dtype.size_in_bytes(), |a, &d| a.checked_mul(d));
         if expected != Some(t.data.len()) {
             return Err(invalid(format!(
                 "tensor '{}' ({}, shape {:?}) needs {} bytes, got {}",
@@ -266,12 +240,10 @@ pub fn write_safetensors(
     let mut order: Vec<&SafetensorsEntry<'_>> = tensors.iter().collect();
     order.sort_by_key(|t| std::cmp::Reverse(t.dtype.size_in_bytes()));
 
-    let header = header_json(&order, metadata)
-        .map_err(|e| Error::format(path, FORMAT, format!("serialising header: {e}")))?;
+    let header =
+        header_json(&order, metadata).map_err(|e| Error::format(path, FORMAT, format!("serialising header: {e}")))?;
 
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| invalid("path has no file name".into()))?;
+    let file_name = path.file_name().ok_or_else(|| invalid("path has no file name".into()))?;
     let mut tmp_name = file_name.to_os_string();
     tmp_name.push(format!(".tmp-{}", std::process::id()));
     let tmp = path.with_file_name(tmp_name);
@@ -296,16 +268,10 @@ pub fn write_safetensors(
 }
 
 /// The JSON header, padded with spaces to a multiple of 8 bytes.
-fn header_json(
-    order: &[&SafetensorsEntry<'_>],
-    metadata: &BTreeMap<String, String>,
-) -> serde_json::Result<String> {
+fn header_json(order: &[&SafetensorsEntry<'_>], metadata: &BTreeMap<String, String>) -> serde_json::Result<String> {
     let mut fields = Vec::with_capacity(order.len() + 1);
     if !metadata.is_empty() {
-        fields.push(format!(
-            "\"__metadata__\":{}",
-            serde_json::to_string(metadata)?
-        ));
+        fields.push(format!("\"__metadata__\":{}", serde_json::to_string(metadata)?));
     }
     let mut offset = 0usize;
     for t in order {
@@ -327,8 +293,7 @@ fn header_json(
 fn write_file(tmp: &Path, header: &str, order: &[&SafetensorsEntry<'_>]) -> Result<()> {
     let io = |e| Error::io(tmp, e);
     let mut w = BufWriter::new(File::create(tmp).map_err(io)?);
-    w.write_all(&(header.len() as u64).to_le_bytes())
-        .map_err(io)?;
+    w.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
     w.write_all(header.as_bytes()).map_err(io)?;
     for t in order {
         w.write_all(t.data).map_err(io)?;
@@ -349,40 +314,15 @@ mod tests {
     /// A small file with F32, BF16, U8 and U32 tensors and metadata.
     fn sample(path: &Path) -> (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
         let w = f32_bytes(&[1.0, -2.5, f32::MIN_POSITIVE, 3.0e38, -0.0, 7.0]);
-        let b: Vec<u8> = [1.0f32, -0.5, 1.0e30]
-            .iter()
-            .flat_map(|&x| bf16::from_f32(x).to_bits().to_le_bytes())
-            .collect();
+        let b: Vec<u8> =
+            [1.0f32, -0.5, 1.0e30].iter().flat_map(|&x| bf16::from_f32(x).to_bits().to_le_bytes()).collect();
         let m = vec![0b1010_0101u8, 0xFF, 0];
-        let ids: Vec<u8> = [0u32, 49151, u32::MAX]
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect();
+        let ids: Vec<u8> = [0u32, 49151, u32::MAX].iter().flat_map(|x| x.to_le_bytes()).collect();
         let tensors = [
-            SafetensorsEntry {
-                name: "mask".into(),
-                dtype: DType::U8,
-                shape: vec![3],
-                data: &m,
-            },
-            SafetensorsEntry {
-                name: "w".into(),
-                dtype: DType::F32,
-                shape: vec![2, 3],
-                data: &w,
-            },
-            SafetensorsEntry {
-                name: "b".into(),
-                dtype: DType::BF16,
-                shape: vec![3],
-                data: &b,
-            },
-            SafetensorsEntry {
-                name: "ids".into(),
-                dtype: DType::U32,
-                shape: vec![3],
-                data: &ids,
-            },
+            SafetensorsEntry { name: "mask".into(), dtype: DType::U8, shape: vec![3], data: &m },
+            SafetensorsEntry { name: "w".into(), dtype: DType::F32, shape: vec![2, 3], data: &w },
+            SafetensorsEntry { name: "b".into(), dtype: DType::BF16, shape: vec![3], data: &b },
+            SafetensorsEntry { name: "ids".into(), dtype: DType::U32, shape: vec![3], data: &ids },
         ];
         let metadata = BTreeMap::from([
             ("format".to_string(), "pt".to_string()),
@@ -411,20 +351,11 @@ mod tests {
         assert_eq!(f.tensor_bytes("ids").unwrap(), ids.as_slice());
         let wf = f.tensor_f32("w").unwrap();
         assert_eq!(f32_bytes(&wf), w);
-        assert_eq!(
-            f.tensor_f32("b").unwrap(),
-            [1.0, -0.5, bf16::from_f32(1.0e30).to_f32()]
-        );
+        assert_eq!(f.tensor_f32("b").unwrap(), [1.0, -0.5, bf16::from_f32(1.0e30).to_f32()]);
         assert!(f.tensor_f32("ids").is_err());
-        assert!(matches!(
-            f.tensor_bytes("nope"),
-            Err(Error::MissingTensor { .. })
-        ));
+        assert!(matches!(f.tensor_bytes("nope"), Err(Error::MissingTensor { .. })));
         assert_eq!(f.metadata().get("format").map(String::as_str), Some("pt"));
-        assert_eq!(
-            f.metadata().get("note").map(String::as_str),
-            Some("quote \" and ünïcode")
-        );
+        assert_eq!(f.metadata().get("note").map(String::as_str), Some("quote \" and ünïcode"));
         // Header length is a multiple of 8; the temporary file is gone.
         let raw = std::fs::read(&path).unwrap();
         assert_eq!(u64::from_le_bytes(raw[..8].try_into().unwrap()) % 8, 0);
@@ -439,18 +370,11 @@ mod tests {
     #[test]
     fn f16_converts_exactly_and_foreign_dtypes_stay_visible() {
         let path = test_dir("safetensors").join("f16.safetensors");
-        let h: Vec<u8> = [0.5f32, -65504.0, 6.1035156e-5]
-            .iter()
-            .flat_map(|&x| f16::from_f32(x).to_bits().to_le_bytes())
-            .collect();
+        let h: Vec<u8> =
+            [0.5f32, -65504.0, 6.1035156e-5].iter().flat_map(|&x| f16::from_f32(x).to_bits().to_le_bytes()).collect();
         write_safetensors(
             &path,
-            &[SafetensorsEntry {
-                name: "h".into(),
-                dtype: DType::F16,
-                shape: vec![3],
-                data: &h,
-            }],
+            &[SafetensorsEntry { name: "h".into(), dtype: DType::F16, shape: vec![3], data: &h }],
             &BTreeMap::new(),
         )
         .unwrap();
@@ -543,30 +467,16 @@ mod tests {
     fn write_checks_its_input() {
         let path = test_dir("safetensors").join("bad_write.safetensors");
         let data = [0u8; 12];
-        let entry = |name: &str, dtype, shape: Vec<usize>| SafetensorsEntry {
-            name: name.into(),
-            dtype,
-            shape,
-            data: &data,
-        };
+        let entry =
+            |name: &str, dtype, shape: Vec<usize>| SafetensorsEntry { name: name.into(), dtype, shape, data: &data };
         let meta = BTreeMap::new();
         // Length mismatch (3 F32 = 12 bytes is right; 2 is not).
         assert!(write_safetensors(&path, &[entry("a", DType::F32, vec![2])], &meta).is_err());
-        assert!(write_safetensors(
-            &path,
-            &[entry("a", DType::BF16, vec![usize::MAX, 2])],
-            &meta
-        )
-        .is_err());
+        assert!(write_safetensors(&path, &[entry("a", DType::BF16, vec![usize::MAX, 2])], &meta).is_err());
         // Duplicate and reserved names.
-        let dup = [
-            entry("a", DType::F32, vec![3]),
-            entry("a", DType::U8, vec![12]),
-        ];
+        let dup = [entry("a", DType::F32, vec![3]), entry("a", DType::U8, vec![12])];
         assert!(write_safetensors(&path, &dup, &meta).is_err());
-        assert!(
-            write_safetensors(&path, &[entry("__metadata__", DType::U8, vec![12])], &meta).is_err()
-        );
+        assert!(write_safetensors(&path, &[entry("__metadata__", DType::U8, vec![12])], &meta).is_err());
         assert!(!path.exists());
         write_safetensors(&path, &[entry("a", DType::F32, vec![3])], &meta).unwrap();
         assert!(path.exists());

@@ -28,15 +28,7 @@ use crate::{Error, Result};
 
 /// llama.cpp pre-tokenizer names whose regexes are "each digit alone" followed by the
 /// GPT-2 regex, i.e. `Sequence[Digits(individual), ByteLevel]`.
-const DIGIT_SPLITTING_PRE: &[&str] = &[
-    "smollm",
-    "starcoder",
-    "refact",
-    "command-r",
-    "codeshell",
-    "exaone",
-    "minerva",
-];
+const DIGIT_SPLITTING_PRE: &[&str] = &["smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"];
 
 /// GGUF `token_type` values.
 const TOKEN_TYPE_CONTROL: i64 = 3;
@@ -75,10 +67,7 @@ impl Tokenizer {
         }
         let tokens = gguf.get_str_array("tokenizer.ggml.tokens")?;
         if u32::try_from(tokens.len()).is_err() {
-            return Err(Error::Tokenizer(format!(
-                "{} tokens do not fit u32 ids",
-                tokens.len()
-            )));
+            return Err(Error::Tokenizer(format!("{} tokens do not fit u32 ids", tokens.len())));
         }
         let mut vocab = Vocab::with_capacity(tokens.len());
         for (id, token) in tokens.iter().enumerate() {
@@ -90,9 +79,7 @@ impl Tokenizer {
             .into_iter()
             .map(|m| match m.split_once(' ') {
                 Some((a, b)) => Ok((a.to_owned(), b.to_owned())),
-                None => Err(Error::Tokenizer(format!(
-                    "merge '{m}' is not two tokens separated by a space"
-                ))),
+                None => Err(Error::Tokenizer(format!("merge '{m}' is not two tokens separated by a space"))),
             })
             .collect::<Result<Vec<_>>>()?;
         let bpe = BPE::builder()
@@ -102,10 +89,7 @@ impl Tokenizer {
         let mut inner = tokenizers::Tokenizer::new(bpe);
 
         let byte_level = ByteLevel::new(false, true, true);
-        let pre = gguf
-            .get("tokenizer.ggml.pre")
-            .and_then(GgufValue::as_str)
-            .unwrap_or("");
+        let pre = gguf.get("tokenizer.ggml.pre").and_then(GgufValue::as_str).unwrap_or("");
         let pre_tokenizer: PreTokenizerWrapper = if DIGIT_SPLITTING_PRE.contains(&pre) {
             Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
         } else {
@@ -118,9 +102,8 @@ impl Tokenizer {
         inner.with_decoder(Some(byte_level));
 
         if let Some(types) = gguf.get("tokenizer.ggml.token_type") {
-            let types = types.as_array().ok_or_else(|| {
-                Error::Tokenizer("tokenizer.ggml.token_type is not an array".into())
-            })?;
+            let types =
+                types.as_array().ok_or_else(|| Error::Tokenizer("tokenizer.ggml.token_type is not an array".into()))?;
             if types.len() != tokens.len() {
                 return Err(Error::Tokenizer(format!(
                     "tokenizer.ggml.token_type has {} entries for {} tokens",
@@ -172,30 +155,19 @@ impl Tokenizer {
 
     /// Parses the contents of a `tokenizer.json` (see [`Tokenizer::from_file`]).
     pub fn from_json_str(json: &str) -> Result<Tokenizer> {
-        let inner = json
-            .parse::<tokenizers::Tokenizer>()
-            .map_err(|e| tok_err("parsing tokenizer.json", e))?;
-        Ok(Tokenizer {
-            inner,
-            eos_token_id: None,
-            bos_token_id: None,
-        })
+        let inner = json.parse::<tokenizers::Tokenizer>().map_err(|e| tok_err("parsing tokenizer.json", e))?;
+        Ok(Tokenizer { inner, eos_token_id: None, bos_token_id: None })
     }
 
     /// The tokenizer as `tokenizer.json` text (compact), loadable with
     /// [`Tokenizer::from_json_str`] or by Hugging Face `tokenizers`.
     pub fn to_json_string(&self) -> Result<String> {
-        self.inner
-            .to_string(false)
-            .map_err(|e| tok_err("serialising tokenizer", e))
+        self.inner.to_string(false).map_err(|e| tok_err("serialising tokenizer", e))
     }
 
     /// Token ids of `text`; no BOS/EOS is added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| tok_err("encoding", e))?;
+        let encoding = self.inner.encode(text, false).map_err(|e| tok_err("encoding", e))?;
         Ok(encoding.get_ids().to_vec())
     }
 
@@ -203,13 +175,9 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         let size = self.vocab_size();
         if let Some(bad) = ids.iter().find(|&&id| id as usize >= size) {
-            return Err(Error::Tokenizer(format!(
-                "cannot decode id {bad}: vocabulary has {size} tokens"
-            )));
+            return Err(Error::Tokenizer(format!("cannot decode id {bad}: vocabulary has {size} tokens")));
         }
-        self.inner
-            .decode(ids, false)
-            .map_err(|e| tok_err("decoding", e))
+        self.inner.decode(ids, false).map_err(|e| tok_err("decoding", e))
     }
 
     /// Number of ids, added tokens included.
@@ -317,10 +285,7 @@ mod tests {
         assert_eq!(t.bos_token_id(), Some(1));
         assert_eq!(t.token_to_id("<|im_start|>"), Some(1));
         let ids = t.encode(&text).unwrap();
-        assert_eq!(
-            ids[..10],
-            [24405, 332, 32436, 28, 4994, 30, 20605, 4267, 28, 16647]
-        );
+        assert_eq!(ids[..10], [24405, 332, 32436, 28, 4994, 30, 20605, 4267, 28, 16647]);
         assert_eq!(ids.len(), 7056);
         assert_eq!(t.decode(&ids).unwrap(), text);
         assert_eq!(t.encode("<|endoftext|>").unwrap(), [0]);

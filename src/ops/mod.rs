@@ -167,7 +167,6 @@ pub(crate) fn to_i32(op: &'static str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::invalid(format!("{op}: size {v} exceeds i32")))
 }
 
-
 /// Wraps a finished device buffer as a tensor.
 pub(crate) fn cuda_tensor<T: crate::storage::Element>(
     buf: crate::device::CudaBuffer<T>,

@@ -60,7 +60,10 @@ impl LlamaConfig {
             return bad(format!("zero-sized dimension in {self:?}"));
         }
         if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
-            return bad(format!("hidden_size {} is not a multiple of num_attention_heads {}", self.hidden_size, self.num_attention_heads));
+            return bad(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
         }
         if self.num_key_value_heads == 0 || self.num_attention_heads % self.num_key_value_heads != 0 {
             return bad(format!(
@@ -71,7 +74,8 @@ impl LlamaConfig {
         if self.head_dim() % 2 != 0 {
             return bad(format!("head_dim {} must be even for RoPE", self.head_dim()));
         }
-        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 || self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
+        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 || self.rope_theta.is_nan() || self.rope_theta <= 0.0
+        {
             return bad("rms_norm_eps and rope_theta must be positive".into());
         }
         Ok(())
@@ -103,7 +107,10 @@ impl LlamaConfig {
         };
         if let Ok(rope_dims) = u("rope.dimension_count") {
             if rope_dims != cfg.head_dim() {
-                return Err(Error::Config(format!("partial RoPE ({rope_dims} of {} dims) is not supported", cfg.head_dim())));
+                return Err(Error::Config(format!(
+                    "partial RoPE ({rope_dims} of {} dims) is not supported",
+                    cfg.head_dim()
+                )));
             }
         }
         cfg.validate()?;

@@ -132,15 +132,21 @@ pub fn load_gguf(f: &GgufFile, device: &Device, dtype: DType) -> Result<Llama> {
     let hd = config.head_dim();
     Llama::from_named(config.clone(), |part| {
         let name = part.gguf_name();
-        let info = f.tensor_info(&name).ok_or_else(|| Error::MissingTensor { path: f.path().to_path_buf(), name: name.clone() })?;
+        let info = f
+            .tensor_info(&name)
+            .ok_or_else(|| Error::MissingTensor { path: f.path().to_path_buf(), name: name.clone() })?;
         let shape = info.shape.clone();
         if shape != part.shape(&config) {
             return Err(Error::ShapeMismatch { op: "load gguf", lhs: shape.into(), rhs: part.shape(&config).into() });
         }
         let mut data = f.tensor_f32(&name)?;
         match part {
-            Part::Linear(_, Proj::Q) => data = unpermute_rows(&data, config.num_attention_heads, hd, config.hidden_size),
-            Part::Linear(_, Proj::K) => data = unpermute_rows(&data, config.num_key_value_heads, hd, config.hidden_size),
+            Part::Linear(_, Proj::Q) => {
+                data = unpermute_rows(&data, config.num_attention_heads, hd, config.hidden_size)
+            }
+            Part::Linear(_, Proj::K) => {
+                data = unpermute_rows(&data, config.num_key_value_heads, hd, config.hidden_size)
+            }
             _ => {}
         }
         Tensor::from_f32(data, shape, dtype, device)
@@ -152,9 +158,14 @@ pub fn load_safetensors(st: &SafetensorsFile, device: &Device, dtype: DType) -> 
     let config = safetensors_config(st)?;
     Llama::from_named(config.clone(), |part| {
         let name = part.hf_name();
-        let (_, shape) = st.info(&name).ok_or_else(|| Error::MissingTensor { path: st.path().to_path_buf(), name: name.clone() })?;
+        let (_, shape) =
+            st.info(&name).ok_or_else(|| Error::MissingTensor { path: st.path().to_path_buf(), name: name.clone() })?;
         if shape != part.shape(&config) {
-            return Err(Error::ShapeMismatch { op: "load safetensors", lhs: shape.into(), rhs: part.shape(&config).into() });
+            return Err(Error::ShapeMismatch {
+                op: "load safetensors",
+                lhs: shape.into(),
+                rhs: part.shape(&config).into(),
+            });
         }
         Tensor::from_f32(st.tensor_f32(&name)?, shape, dtype, device)
     })

@@ -61,7 +61,13 @@ impl DecoderLayer {
     }
 
     /// x [B, T, dim] → x after this layer, recorded on `tape`.
-    pub fn forward(&self, mut tape: Option<&mut Tape>, cfg: &LlamaConfig, x: &Tensor, pos_offset: usize) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        mut tape: Option<&mut Tape>,
+        cfg: &LlamaConfig,
+        x: &Tensor,
+        pos_offset: usize,
+    ) -> Result<Tensor> {
         let [b, t, dim] = x.shape().dims_n::<3>("decoder layer")?;
         let (hq, hkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim());
         let eps = cfg.rms_norm_eps as f32;
@@ -169,7 +175,13 @@ impl Llama {
 
     /// Mean next-token cross-entropy of ids [B, T] against targets [B, T] (u32; positions
     /// with [`cross_entropy::IGNORE_INDEX`] are not scored). A scalar F32 tensor.
-    pub fn loss(&self, mut tape: Option<&mut Tape>, ids: &Tensor, targets: &Tensor, opts: ForwardOptions) -> Result<Tensor> {
+    pub fn loss(
+        &self,
+        mut tape: Option<&mut Tape>,
+        ids: &Tensor,
+        targets: &Tensor,
+        opts: ForwardOptions,
+    ) -> Result<Tensor> {
         ids.shape().expect_eq("llama loss", targets.shape())?;
         let logits = self.forward(tape.as_deref_mut(), ids, opts)?;
         cross_entropy(tape, &logits, targets)
@@ -256,17 +268,7 @@ impl Llama {
             let mut lin = |p| fetch(Part::Linear(l, p)).map(Linear::new);
             let (q, k, v, o) = (lin(Proj::Q)?, lin(Proj::K)?, lin(Proj::V)?, lin(Proj::O)?);
             let (gate, up, down) = (lin(Proj::Gate)?, lin(Proj::Up)?, lin(Proj::Down)?);
-            layers.push(DecoderLayer {
-                input_norm,
-                post_norm: fetch(Part::PostNorm(l))?,
-                q,
-                k,
-                v,
-                o,
-                gate,
-                up,
-                down,
-            });
+            layers.push(DecoderLayer { input_norm, post_norm: fetch(Part::PostNorm(l))?, q, k, v, o, gate, up, down });
         }
         let norm = fetch(Part::Norm)?;
         let lm_head = if config.tie_word_embeddings { None } else { Some(fetch(Part::LmHead)?) };
@@ -295,7 +297,11 @@ impl Llama {
     pub fn to(&self, device: &Device, dtype: DType) -> Result<Llama> {
         self.map_tensors(|_, t| {
             let t = t.to_device(device)?;
-            if t.dtype() == dtype { Ok(t) } else { t.to_dtype(dtype) }
+            if t.dtype() == dtype {
+                Ok(t)
+            } else {
+                t.to_dtype(dtype)
+            }
         })
     }
 

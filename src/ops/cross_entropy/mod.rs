@@ -27,13 +27,25 @@ fn check(logits: &Tensor, targets: &Tensor) -> Result<(usize, usize)> {
     expect_u32("cross_entropy", targets, logits.device())?;
     let dims = logits.dims();
     let Some((&vocab, leading)) = dims.split_last() else {
-        return Err(Error::BadShape { op: "cross_entropy", shape: logits.shape().clone(), msg: "logits need a vocabulary dimension".into() });
+        return Err(Error::BadShape {
+            op: "cross_entropy",
+            shape: logits.shape().clone(),
+            msg: "logits need a vocabulary dimension".into(),
+        });
     };
     if vocab == 0 {
-        return Err(Error::BadShape { op: "cross_entropy", shape: logits.shape().clone(), msg: "empty vocabulary".into() });
+        return Err(Error::BadShape {
+            op: "cross_entropy",
+            shape: logits.shape().clone(),
+            msg: "empty vocabulary".into(),
+        });
     }
     if targets.dims() != leading {
-        return Err(Error::ShapeMismatch { op: "cross_entropy", lhs: logits.shape().clone(), rhs: targets.shape().clone() });
+        return Err(Error::ShapeMismatch {
+            op: "cross_entropy",
+            lhs: logits.shape().clone(),
+            rhs: targets.shape().clone(),
+        });
     }
     Ok((logits.shape().rows(), vocab))
 }
@@ -108,12 +120,20 @@ pub fn backward(logits: &Tensor, targets: &Tensor, lse: &Tensor, grad: &Tensor) 
             return Err(Error::DType { op: "cross_entropy backward", dtype: t.dtype(), msg: what });
         }
         if !t.device().same(logits.device()) {
-            return Err(Error::DeviceMismatch { op: "cross_entropy backward", lhs: logits.device().label(), rhs: t.device().label() });
+            return Err(Error::DeviceMismatch {
+                op: "cross_entropy backward",
+                lhs: logits.device().label(),
+                rhs: t.device().label(),
+            });
         }
     }
     targets.shape().expect_eq("cross_entropy backward", lse.shape())?;
     if grad.elem_count() != 1 {
-        return Err(Error::ShapeMismatch { op: "cross_entropy backward", lhs: Shape::new(vec![]), rhs: grad.shape().clone() });
+        return Err(Error::ShapeMismatch {
+            op: "cross_entropy backward",
+            lhs: Shape::new(vec![]),
+            rhs: grad.shape().clone(),
+        });
     }
     let (targets_host, count) = host_targets(targets, vocab)?;
     let inv_count = if count == 0 { 0.0 } else { 1.0 / count as f64 };
@@ -162,7 +182,9 @@ mod tests {
     fn random_targets(rows: usize, vocab: usize, ignore_every: usize, seed: u64) -> Vec<u32> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         (0..rows)
-            .map(|r| if r % ignore_every == ignore_every - 1 { IGNORE_INDEX } else { rng.random_range(0..vocab as u32) })
+            .map(
+                |r| if r % ignore_every == ignore_every - 1 { IGNORE_INDEX } else { rng.random_range(0..vocab as u32) },
+            )
             .collect()
     }
 
@@ -288,8 +310,20 @@ mod tests {
 
                 let (loss, lse) = forward(&logits, &targets).unwrap();
                 let (loss_g, lse_g) = forward(&logits_g, &targets_g).unwrap();
-                assert_close(&format!("{what} loss"), &loss_g.to_f32_vec().unwrap(), &loss.to_f32_vec().unwrap(), 1e-5, 1e-5);
-                assert_close(&format!("{what} lse"), &lse_g.to_f32_vec().unwrap(), &lse.to_f32_vec().unwrap(), 1e-5, 1e-6);
+                assert_close(
+                    &format!("{what} loss"),
+                    &loss_g.to_f32_vec().unwrap(),
+                    &loss.to_f32_vec().unwrap(),
+                    1e-5,
+                    1e-5,
+                );
+                assert_close(
+                    &format!("{what} lse"),
+                    &lse_g.to_f32_vec().unwrap(),
+                    &lse.to_f32_vec().unwrap(),
+                    1e-5,
+                    1e-6,
+                );
 
                 let d = backward(&logits, &targets, &lse, &grad).unwrap().to_f32_vec().unwrap();
                 let d_g = backward(&logits_g, &targets_g, &lse_g, &grad_g).unwrap();

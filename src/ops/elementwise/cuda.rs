@@ -9,7 +9,14 @@ use crate::Result;
 const THREADS: u32 = 256;
 
 /// `kind` is "add" or "mul": out = a ∘ b over n elements.
-pub fn binary<T: CudaFloat>(dev: &CudaDevice, kind: &str, a: &CudaSlice<T>, b: &CudaSlice<T>, out: &mut CudaSlice<T>, n: usize) -> Result<()> {
+pub fn binary<T: CudaFloat>(
+    dev: &CudaDevice,
+    kind: &str,
+    a: &CudaSlice<T>,
+    b: &CudaSlice<T>,
+    out: &mut CudaSlice<T>,
+    n: usize,
+) -> Result<()> {
     let f = dev.function("elementwise", &format!("{kind}_{}", T::SUFFIX))?;
     let mut l = dev.stream().launch_builder(&f);
     l.arg(a).arg(b).arg(out).arg(&n);

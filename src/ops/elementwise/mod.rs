@@ -211,7 +211,15 @@ mod tests {
                 let b = Tensor::from_f32(random_f32(n, 2.0, 2), [n], dtype, &cpu).unwrap();
                 let (ag, bg) = (a.to_device(&gpu).unwrap(), b.to_device(&gpu).unwrap());
                 let what = format!("elementwise {dtype} n={n}");
-                let check = |name: &str, g: Tensor, c: Tensor| assert_close(&format!("{what} {name}"), &g.to_f32_vec().unwrap(), &c.to_f32_vec().unwrap(), 1e-6, 1e-6);
+                let check = |name: &str, g: Tensor, c: Tensor| {
+                    assert_close(
+                        &format!("{what} {name}"),
+                        &g.to_f32_vec().unwrap(),
+                        &c.to_f32_vec().unwrap(),
+                        1e-6,
+                        1e-6,
+                    )
+                };
                 check("add", add_forward(&ag, &bg).unwrap(), add_forward(&a, &b).unwrap());
                 check("mul", mul_forward(&ag, &bg).unwrap(), mul_forward(&a, &b).unwrap());
                 check("scale", scale_forward(&ag, -0.37).unwrap(), scale_forward(&a, -0.37).unwrap());

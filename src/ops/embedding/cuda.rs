@@ -23,8 +23,10 @@ pub fn forward<T: CudaFloat>(
     dim: usize,
 ) -> Result<()> {
     let f = dev.function("embedding", &format!("embedding_fwd_{}", T::SUFFIX))?;
-    let (tokens_i, vocab_i, dim_i) = (to_i32("embedding", tokens)?, to_i32("embedding", vocab)?, to_i32("embedding", dim)?);
-    let cfg = LaunchConfig { grid_dim: (tokens_i.max(1) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+    let (tokens_i, vocab_i, dim_i) =
+        (to_i32("embedding", tokens)?, to_i32("embedding", vocab)?, to_i32("embedding", dim)?);
+    let cfg =
+        LaunchConfig { grid_dim: (tokens_i.max(1) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
     let mut b = dev.stream().launch_builder(&f);
     b.arg(weight).arg(ids).arg(out).arg(&tokens_i).arg(&vocab_i).arg(&dim_i);
     // SAFETY: weight holds vocab·dim, ids tokens and out tokens·dim elements (checked in
@@ -72,7 +74,8 @@ pub fn backward<T: CudaFloat>(
     if tokens == 0 || dim == 0 {
         return Ok(());
     }
-    let (tokens_i, vocab_i, dim_i) = (to_i32("embedding", tokens)?, to_i32("embedding", vocab)?, to_i32("embedding", dim)?);
+    let (tokens_i, vocab_i, dim_i) =
+        (to_i32("embedding", tokens)?, to_i32("embedding", vocab)?, to_i32("embedding", dim)?);
     let column_tiles = u16::try_from(dim.div_ceil(THREADS as usize))
         .map_err(|_| Error::invalid(format!("embedding: dim {dim} exceeds one CUDA grid")))?;
     let groups = group_by_id(ids_host);

@@ -60,7 +60,11 @@ pub fn backward(ids: &Tensor, dout: &Tensor, vocab: usize) -> Result<Tensor> {
     expect_u32("embedding", ids, dout.device())?;
     let dim = dout.shape().last_dim();
     if out_shape(ids, dim) != *dout.shape() {
-        return Err(Error::ShapeMismatch { op: "embedding backward", lhs: ids.shape().clone(), rhs: dout.shape().clone() });
+        return Err(Error::ShapeMismatch {
+            op: "embedding backward",
+            lhs: ids.shape().clone(),
+            rhs: dout.shape().clone(),
+        });
     }
     let ids_host = host_ids(ids, vocab)?;
     let shape = Shape::new(vec![vocab, dim]);
@@ -88,7 +92,11 @@ pub fn embedding(tape: Option<&mut Tape>, weight: &Tensor, ids: &Tensor) -> Resu
         tape.record("embedding", &[weight], &out, vec![Saved::Keep(ids.clone())], move |ctx| {
             let dout = ctx.grad_out();
             if dout.dtype() != dtype {
-                return Err(Error::DType { op: "embedding backward", dtype: dout.dtype(), msg: "gradient dtype differs from the weight's" });
+                return Err(Error::DType {
+                    op: "embedding backward",
+                    dtype: dout.dtype(),
+                    msg: "gradient dtype differs from the weight's",
+                });
             }
             let dweight = backward(ctx.saved(0)?, dout, weight_shape.dims()[0])?;
             weight_shape.expect_eq("embedding backward", dweight.shape())?;
@@ -101,8 +109,8 @@ pub fn embedding(tape: Option<&mut Tape>, weight: &Tensor, ids: &Tensor) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_close, assert_close_f64, finite_diff, random_f32, random_f64};
     use crate::device::cuda_for_tests;
+    use crate::testing::{assert_close, assert_close_f64, finite_diff, random_f32, random_f64};
     use crate::DType;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;

@@ -29,14 +29,26 @@ pub struct Dims {
 impl Dims {
     /// (row stride, column stride) of op(a) within one batch entry.
     fn a_strides(&self) -> (usize, usize) {
-        if self.trans_a { (1, self.m) } else { (self.k, 1) }
+        if self.trans_a {
+            (1, self.m)
+        } else {
+            (self.k, 1)
+        }
     }
     /// (row stride, column stride) of op(b) within one batch entry.
     fn b_strides(&self) -> (usize, usize) {
-        if self.trans_b { (1, self.k) } else { (self.n, 1) }
+        if self.trans_b {
+            (1, self.k)
+        } else {
+            (self.n, 1)
+        }
     }
     fn b_offset(&self, batch: usize) -> usize {
-        if self.b_batched { batch * self.k * self.n } else { 0 }
+        if self.b_batched {
+            batch * self.k * self.n
+        } else {
+            0
+        }
     }
 }
 

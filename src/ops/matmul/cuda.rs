@@ -13,7 +13,13 @@ use crate::ops::to_i32;
 use crate::Result;
 
 /// c = op(a) · op(b) for every batch entry. Slice sizes are checked by the caller.
-pub fn matmul<T: CudaFloat>(dev: &CudaDevice, a: &CudaSlice<T>, b: &CudaSlice<T>, c: &mut CudaSlice<T>, d: Dims) -> Result<()>
+pub fn matmul<T: CudaFloat>(
+    dev: &CudaDevice,
+    a: &CudaSlice<T>,
+    b: &CudaSlice<T>,
+    c: &mut CudaSlice<T>,
+    d: Dims,
+) -> Result<()>
 where
     cudarc::cublas::CudaBlas: Gemm<T>,
 {

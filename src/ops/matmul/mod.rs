@@ -21,7 +21,13 @@ fn plan(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<(Dims, S
     let mismatch = || Error::ShapeMismatch { op: "matmul", lhs: a.shape().clone(), rhs: b.shape().clone() };
     let (ad, bd) = (a.dims(), b.dims());
     let (bk, n) = match bd {
-        [r, c] | [_, r, c] => if trans_b { (*c, *r) } else { (*r, *c) },
+        [r, c] | [_, r, c] => {
+            if trans_b {
+                (*c, *r)
+            } else {
+                (*r, *c)
+            }
+        }
         _ => return Err(mismatch()),
     };
     let (batch, m, k, b_batched, mut out) = match (bd.len(), trans_a, ad) {
@@ -103,7 +109,8 @@ pub fn backward(
 fn record(tape: Option<&mut Tape>, a: &Tensor, b: &Tensor, c: &Tensor, trans_a: bool, trans_b: bool) {
     if let Some(tape) = tape {
         tape.record("matmul", &[a, b], c, vec![Saved::Keep(a.clone()), Saved::Keep(b.clone())], move |ctx| {
-            let (da, db) = backward(ctx.saved(0)?, ctx.saved(1)?, ctx.grad_out(), trans_a, trans_b, ctx.needs(0), ctx.needs(1))?;
+            let (da, db) =
+                backward(ctx.saved(0)?, ctx.saved(1)?, ctx.grad_out(), trans_a, trans_b, ctx.needs(0), ctx.needs(1))?;
             if let Some(da) = da {
                 ctx.add_grad(0, da)?;
             }
@@ -144,7 +151,9 @@ mod tests {
     #[test]
     fn fast_matches_reference() {
         for (ta, tb) in ALL_TRANS {
-            for (batch, m, n, k, bb) in [(1, 1, 1, 1, false), (1, 37, 65, 129, false), (3, 17, 9, 33, true), (2, 5, 300, 7, false)] {
+            for (batch, m, n, k, bb) in
+                [(1, 1, 1, 1, false), (1, 37, 65, 129, false), (3, 17, 9, 33, true), (2, 5, 300, 7, false)]
+            {
                 let d = dims(batch, m, n, k, ta, tb, bb);
                 let a = random_f32(batch * m * k, 1.0, 1);
                 let b = random_f32(if bb { batch } else { 1 } * k * n, 1.0, 2);
@@ -202,9 +211,12 @@ mod tests {
                     (true, false) => vec![batch, k, n],
                     (true, true) => vec![batch, n, k],
                 };
-                let t = |v: &[f64], s: &[usize]| Tensor::from_f32(v.iter().map(|&x| x as f32).collect(), s.to_vec(), DType::F32, &dev).unwrap();
+                let t = |v: &[f64], s: &[usize]| {
+                    Tensor::from_f32(v.iter().map(|&x| x as f32).collect(), s.to_vec(), DType::F32, &dev).unwrap()
+                };
                 let out_shape: Vec<usize> = if bb || (batch > 1) { vec![batch, m, n] } else { vec![m, n] };
-                let (ga, gb) = backward(&t(&a, &a_shape), &t(&b, &b_shape), &t(&dc, &out_shape), ta, tb, true, true).unwrap();
+                let (ga, gb) =
+                    backward(&t(&a, &a_shape), &t(&b, &b_shape), &t(&dc, &out_shape), ta, tb, true, true).unwrap();
                 let to64 = |t: Tensor| t.to_f32_vec().unwrap().into_iter().map(|v| v as f64).collect::<Vec<_>>();
                 let what = format!("matmul backward ta={ta} tb={tb} batch={batch} shared_b={}", !bb);
                 assert_close_f64(&format!("{what} da"), &to64(ga.unwrap()), &fd_a, 1e-5, 1e-5);
@@ -230,23 +242,50 @@ mod tests {
         let cpu = Device::cpu();
         for (dtype, atol, rtol) in [(DType::F32, 1e-4, 1e-4), (DType::BF16, 2e-2, 2e-2)] {
             for (ta, tb) in ALL_TRANS {
-                for (batch, m, n, k, bb) in [(1, 1, 1, 1, false), (1, 37, 65, 129, false), (3, 17, 9, 33, true), (1, 300, 7, 513, false)] {
-                    let a_shape = match (bb, ta) { (false, false) => vec![m, k], (false, true) => vec![k, m], (true, false) => vec![batch, m, k], (true, true) => vec![batch, k, m] };
-                    let b_shape = match (bb, tb) { (false, false) => vec![k, n], (false, true) => vec![n, k], (true, false) => vec![batch, k, n], (true, true) => vec![batch, n, k] };
-                    let a = Tensor::from_f32(random_f32(a_shape.iter().product(), 1.0, 7), a_shape, dtype, &cpu).unwrap();
-                    let b = Tensor::from_f32(random_f32(b_shape.iter().product(), 1.0, 8), b_shape, dtype, &cpu).unwrap();
+                for (batch, m, n, k, bb) in
+                    [(1, 1, 1, 1, false), (1, 37, 65, 129, false), (3, 17, 9, 33, true), (1, 300, 7, 513, false)]
+                {
+                    let a_shape = match (bb, ta) {
+                        (false, false) => vec![m, k],
+                        (false, true) => vec![k, m],
+                        (true, false) => vec![batch, m, k],
+                        (true, true) => vec![batch, k, m],
+                    };
+                    let b_shape = match (bb, tb) {
+                        (false, false) => vec![k, n],
+                        (false, true) => vec![n, k],
+                        (true, false) => vec![batch, k, n],
+                        (true, true) => vec![batch, n, k],
+                    };
+                    let a =
+                        Tensor::from_f32(random_f32(a_shape.iter().product(), 1.0, 7), a_shape, dtype, &cpu).unwrap();
+                    let b =
+                        Tensor::from_f32(random_f32(b_shape.iter().product(), 1.0, 8), b_shape, dtype, &cpu).unwrap();
                     let c = forward(&a, &b, ta, tb).unwrap();
                     let (ag, bg) = (a.to_device(&gpu).unwrap(), b.to_device(&gpu).unwrap());
                     let cg = forward(&ag, &bg, ta, tb).unwrap();
                     let what = format!("matmul {dtype} ta={ta} tb={tb} {batch}x{m}x{n}x{k}");
                     let tol = (k as f64).sqrt();
                     assert_close(&what, &cg.to_f32_vec().unwrap(), &c.to_f32_vec().unwrap(), atol * tol, rtol);
-                    let dc = Tensor::from_f32(random_f32(c.elem_count(), 1.0, 9), c.shape().clone(), dtype, &cpu).unwrap();
+                    let dc =
+                        Tensor::from_f32(random_f32(c.elem_count(), 1.0, 9), c.shape().clone(), dtype, &cpu).unwrap();
                     let (da, db) = backward(&a, &b, &dc, ta, tb, true, true).unwrap();
                     let (dag, dbg) = backward(&ag, &bg, &dc.to_device(&gpu).unwrap(), ta, tb, true, true).unwrap();
                     let tol = ((m.max(n) * batch) as f64).sqrt();
-                    assert_close(&format!("{what} da"), &dag.unwrap().to_f32_vec().unwrap(), &da.unwrap().to_f32_vec().unwrap(), atol * tol, rtol);
-                    assert_close(&format!("{what} db"), &dbg.unwrap().to_f32_vec().unwrap(), &db.unwrap().to_f32_vec().unwrap(), atol * tol, rtol);
+                    assert_close(
+                        &format!("{what} da"),
+                        &dag.unwrap().to_f32_vec().unwrap(),
+                        &da.unwrap().to_f32_vec().unwrap(),
+                        atol * tol,
+                        rtol,
+                    );
+                    assert_close(
+                        &format!("{what} db"),
+                        &dbg.unwrap().to_f32_vec().unwrap(),
+                        &db.unwrap().to_f32_vec().unwrap(),
+                        atol * tol,
+                        rtol,
+                    );
                 }
             }
         }

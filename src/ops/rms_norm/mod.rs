@@ -52,7 +52,15 @@ pub fn backward(
         Device::Cpu(_) => {
             let mut dx = want_dx.then(|| vec![0f32; rows * dim]);
             let mut dw = want_dw.then(|| vec![0f32; dim]);
-            cpu::backward(&host_f32(x)?, &host_f32(w)?, &host_f32(dy)?, eps as f64, dim, dx.as_deref_mut(), dw.as_deref_mut());
+            cpu::backward(
+                &host_f32(x)?,
+                &host_f32(w)?,
+                &host_f32(dy)?,
+                eps as f64,
+                dim,
+                dx.as_deref_mut(),
+                dw.as_deref_mut(),
+            );
             Ok((
                 dx.map(|v| Tensor::from_f32(v, x.shape().clone(), x.dtype(), x.device())).transpose()?,
                 dw.map(|v| Tensor::from_f32(v, w.shape().clone(), w.dtype(), w.device())).transpose()?,
@@ -154,17 +162,30 @@ mod tests {
                 let x = mk(rows * dim, 10).reshape([rows, dim]).unwrap();
                 let w = mk(dim, 11);
                 let dy = mk(rows * dim, 12).reshape([rows, dim]).unwrap();
-                let (xg, wg, dyg) = (x.to_device(&gpu).unwrap(), w.to_device(&gpu).unwrap(), dy.to_device(&gpu).unwrap());
+                let (xg, wg, dyg) =
+                    (x.to_device(&gpu).unwrap(), w.to_device(&gpu).unwrap(), dy.to_device(&gpu).unwrap());
                 let what = format!("rms_norm {dtype} {rows}x{dim}");
                 let y = forward(&x, &w, 1e-5).unwrap().to_f32_vec().unwrap();
                 let yg = forward(&xg, &wg, 1e-5).unwrap().to_f32_vec().unwrap();
                 assert_close(&format!("{what} y"), &yg, &y, atol, rtol);
                 let (dx, dw) = backward(&x, &w, &dy, 1e-5, true, true).unwrap();
                 let (dxg, dwg) = backward(&xg, &wg, &dyg, 1e-5, true, true).unwrap();
-                assert_close(&format!("{what} dx"), &dxg.unwrap().to_f32_vec().unwrap(), &dx.unwrap().to_f32_vec().unwrap(), atol, rtol);
+                assert_close(
+                    &format!("{what} dx"),
+                    &dxg.unwrap().to_f32_vec().unwrap(),
+                    &dx.unwrap().to_f32_vec().unwrap(),
+                    atol,
+                    rtol,
+                );
                 // dw sums over rows: allow for the longer f32 sum on the GPU.
                 let rows_f = rows as f64;
-                assert_close(&format!("{what} dw"), &dwg.unwrap().to_f32_vec().unwrap(), &dw.unwrap().to_f32_vec().unwrap(), atol * rows_f, rtol);
+                assert_close(
+                    &format!("{what} dw"),
+                    &dwg.unwrap().to_f32_vec().unwrap(),
+                    &dw.unwrap().to_f32_vec().unwrap(),
+                    atol * rows_f,
+                    rtol,
+                );
             }
         }
     }

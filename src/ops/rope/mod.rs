@@ -23,7 +23,11 @@ fn check(x: &Tensor, theta: f32, pos_offset: usize) -> Result<(usize, RopeDims)>
     expect_float("rope", x)?;
     let [batch, seq, heads, head_dim] = x.shape().dims_n::<4>("rope")?;
     if head_dim == 0 || head_dim % 2 != 0 {
-        return Err(Error::BadShape { op: "rope", shape: x.shape().clone(), msg: "head_dim must be even and nonzero".into() });
+        return Err(Error::BadShape {
+            op: "rope",
+            shape: x.shape().clone(),
+            msg: "head_dim must be even and nonzero".into(),
+        });
     }
     if !(theta.is_finite() && theta > 0.0) {
         return Err(Error::invalid(format!("rope: theta must be positive and finite, got {theta}")));

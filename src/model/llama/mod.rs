@@ -8,5 +8,5 @@ mod names;
 
 pub use config::LlamaConfig;
 pub use load::{load, load_config, load_tokenizer, save_safetensors};
-pub use model::{DecoderLayer, ForwardOptions, Llama};
+pub use model::{DecoderLayer, ForwardOptions, LinearInput, Llama};
 pub use names::{Part, Proj};

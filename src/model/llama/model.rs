@@ -61,19 +61,31 @@ impl DecoderLayer {
     }
 
     /// x [B, T, dim] → x after this layer, recorded on `tape`.
-    pub fn forward(
+    pub fn forward(&self, tape: Option<&mut Tape>, cfg: &LlamaConfig, x: &Tensor, pos_offset: usize) -> Result<Tensor> {
+        self.forward_observed(tape, cfg, x, pos_offset, None)
+    }
+
+    /// [`Self::forward`], also showing `observe` the input of every linear: once per
+    /// distinct input, with the projections that read it ([`LinearInput`]).
+    pub fn forward_observed(
         &self,
         mut tape: Option<&mut Tape>,
         cfg: &LlamaConfig,
         x: &Tensor,
         pos_offset: usize,
+        mut observe: Option<&mut dyn FnMut(LinearInput, &Tensor) -> Result<()>>,
     ) -> Result<Tensor> {
         let [b, t, dim] = x.shape().dims_n::<3>("decoder layer")?;
         let (hq, hkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim());
         let eps = cfg.rms_norm_eps as f32;
         let theta = cfg.rope_theta as f32;
+        let mut seen = |which: LinearInput, input: &Tensor| match observe.as_deref_mut() {
+            Some(f) => f(which, input),
+            None => Ok(()),
+        };
 
         let h = ops::rms_norm(tape.as_deref_mut(), x, &self.input_norm, eps)?;
+        seen(LinearInput::AttnIn, &h)?;
         let q = self.q.forward(tape.as_deref_mut(), &h)?;
         let k = self.k.forward(tape.as_deref_mut(), &h)?;
         let v = self.v.forward(tape.as_deref_mut(), &h)?;
@@ -84,16 +96,59 @@ impl DecoderLayer {
         let k = ops::rope::rope(tape.as_deref_mut(), &k, theta, pos_offset)?;
         let a = ops::attention::attention(tape.as_deref_mut(), &q, &k, &v)?;
         let a = ops::reshape(tape.as_deref_mut(), &a, [b, t, hq * hd])?;
+        seen(LinearInput::AttnOut, &a)?;
         let a = self.o.forward(tape.as_deref_mut(), &a)?;
         let x = ops::add(tape.as_deref_mut(), x, &a)?;
 
         let h = ops::rms_norm(tape.as_deref_mut(), &x, &self.post_norm, eps)?;
+        seen(LinearInput::MlpIn, &h)?;
         let g = self.gate.forward(tape.as_deref_mut(), &h)?;
         let u = self.up.forward(tape.as_deref_mut(), &h)?;
         let m = ops::swiglu::swiglu(tape.as_deref_mut(), &g, &u)?;
+        seen(LinearInput::MlpHidden, &m)?;
         let m = self.down.forward(tape.as_deref_mut(), &m)?;
         debug_assert_eq!(m.dims(), [b, t, dim]);
         ops::add(tape, &x, &m)
+    }
+}
+
+/// The four distinct inputs of a decoder layer's seven linears.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LinearInput {
+    /// rms_norm(x) before attention: read by q, k, v.
+    AttnIn,
+    /// The attention output: read by o.
+    AttnOut,
+    /// rms_norm(x) before the MLP: read by gate and up.
+    MlpIn,
+    /// silu(gate)·up: read by down.
+    MlpHidden,
+}
+
+impl LinearInput {
+    /// All four, in forward order.
+    pub const ALL: [LinearInput; 4] = [LinearInput::AttnIn, LinearInput::AttnOut, LinearInput::MlpIn, LinearInput::MlpHidden];
+
+    /// The projections that read this input.
+    pub fn projections(self) -> &'static [Proj] {
+        match self {
+            LinearInput::AttnIn => &[Proj::Q, Proj::K, Proj::V],
+            LinearInput::AttnOut => &[Proj::O],
+            LinearInput::MlpIn => &[Proj::Gate, Proj::Up],
+            LinearInput::MlpHidden => &[Proj::Down],
+        }
+    }
+}
+
+impl Proj {
+    /// The input this projection reads.
+    pub fn input(self) -> LinearInput {
+        match self {
+            Proj::Q | Proj::K | Proj::V => LinearInput::AttnIn,
+            Proj::O => LinearInput::AttnOut,
+            Proj::Gate | Proj::Up => LinearInput::MlpIn,
+            Proj::Down => LinearInput::MlpHidden,
+        }
     }
 }
 

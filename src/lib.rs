@@ -43,7 +43,9 @@ pub mod io;
 pub mod model;
 pub mod nn;
 pub mod ops;
+pub mod prune;
 pub mod shape;
+pub mod sparse;
 pub mod storage;
 pub mod tensor;
 #[doc(hidden)]

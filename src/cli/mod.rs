@@ -3,6 +3,7 @@
 
 mod eval;
 mod progress;
+mod prune;
 
 use std::path::PathBuf;
 
@@ -24,6 +25,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Greedy continuation of a prompt (a smoke check of a model).
     Generate(eval::GenerateArgs),
+    /// Prune a model (magnitude, Wanda, SparseGPT, RIA; unstructured or N:M).
+    Prune(prune::PruneArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -32,6 +35,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Eval(a) => eval::run_eval(a),
         Command::Generate(a) => eval::run_generate(a),
+        Command::Prune(a) => prune::run(a),
     };
     match result {
         Ok(()) => 0,

@@ -62,6 +62,58 @@ pub fn windows_of_streams(streams: &[Vec<u32>], seq_len: usize, max: Option<usiz
     Ok(out)
 }
 
+/// Calibration windows: the files' texts in the given order joined with a blank line,
+/// tokenized, and the first `samples` non-overlapping windows of `seq_len` tokens. Errors
+/// when the text is too short for that many.
+pub fn calibration_windows(
+    tokenizer: &Tokenizer,
+    files: &[std::path::PathBuf],
+    samples: usize,
+    seq_len: usize,
+) -> Result<Vec<Vec<u32>>> {
+    if samples == 0 || seq_len < 2 {
+        return Err(Error::invalid(format!(
+            "calibration needs samples ≥ 1 and seq-len ≥ 2, got {samples} and {seq_len}"
+        )));
+    }
+    if files.is_empty() {
+        return Err(Error::invalid("no calibration text files"));
+    }
+    let texts = files.iter().map(|p| read_text(p)).collect::<Result<Vec<_>>>()?;
+    let ids = tokenizer.encode(&texts.join("\n\n"))?;
+    let w = windows(&ids, seq_len, Some(samples));
+    if w.len() < samples {
+        return Err(Error::invalid(format!(
+            "the calibration text has {} tokens: {} windows of {seq_len}, {samples} requested",
+            ids.len(),
+            w.len()
+        )));
+    }
+    Ok(w.into_iter().map(<[u32]>::to_vec).collect())
+}
+
+/// The State of the Union addresses in `dir` (files `<year>_<name>_<party>.txt`) with
+/// year < `before`, sorted by file name.
+pub fn sotu_files(dir: &Path, before: u32) -> Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.get(..4))
+                .and_then(|y| y.parse::<u32>().ok())
+                .is_some_and(|y| y < before)
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::invalid(format!("no State of the Union texts before {before} in {}", dir.display())));
+    }
+    Ok(files)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -127,7 +127,8 @@ pub enum LinearInput {
 
 impl LinearInput {
     /// All four, in forward order.
-    pub const ALL: [LinearInput; 4] = [LinearInput::AttnIn, LinearInput::AttnOut, LinearInput::MlpIn, LinearInput::MlpHidden];
+    pub const ALL: [LinearInput; 4] =
+        [LinearInput::AttnIn, LinearInput::AttnOut, LinearInput::MlpIn, LinearInput::MlpHidden];
 
     /// The projections that read this input.
     pub fn projections(self) -> &'static [Proj] {

@@ -1,0 +1,223 @@
+//! Calibration: token windows → per-linear input statistics, layer by layer.
+//!
+//! The driver follows locuslab/wanda `prune_wanda` and IST-DASLab/sparsegpt `llama.py`:
+//! capture the inputs of decoder layer 0 (the embeddings of every sample); for each layer,
+//! run it once over all samples while observing the inputs of its seven linears (four
+//! distinct tensors: see [`LinearInput`]) and accumulating their statistics; prune all
+//! seven; then run the layer again with the pruned weights to produce the next layer's
+//! inputs. Memory: one layer's input activations for all samples, plus one chunk of
+//! samples' intermediates.
+//!
+//! Statistics of an input X (tokens × in), accumulated in f64:
+//! - `sq_norms[j] = Σ_t X_tj²` (Wanda, RIA, OWL: ‖X_j‖₂ = sqrt of it),
+//! - `sums[j] = Σ_t X_tj` (DSnoT's `sum_metric_row` = sums / n_seq),
+//! - `seq_var_sum[j] = Σ_sequences Var_t(X_tj)` (population variance within each
+//!   sequence, summed; DSnoT's `var` is its mean over sequences, as `add_batch` there
+//!   averages per-call variances weighted by token count),
+//! - `xtx = Σ_t x_t x_tᵀ` [in, in] when a Hessian is needed (SparseGPT: H = (2/n)·XᵀX).
+//!
+//! The reference code divides these by the number of calibration sequences (not tokens);
+//! [`InputStats::sequences`] is kept so that the scores use the same scale.
+
+use std::collections::HashMap;
+
+use super::linalg::gemm_f64;
+use crate::model::llama::{DecoderLayer, LinearInput, LlamaConfig};
+use crate::ops;
+use crate::{Error, Result, Tensor};
+
+/// Statistics of one linear input over the calibration tokens.
+#[derive(Clone, Debug)]
+pub struct InputStats {
+    /// Tokens seen.
+    pub tokens: usize,
+    /// Sequences seen.
+    pub sequences: usize,
+    /// Σ_t X_tj².
+    pub sq_norms: Vec<f64>,
+    /// Σ_t X_tj.
+    pub sums: Vec<f64>,
+    /// Σ over sequences of the within-sequence population variance of X_j.
+    pub seq_var_sum: Vec<f64>,
+    /// Σ_t x_t x_tᵀ, [in, in] row-major, when requested.
+    pub xtx: Option<Vec<f64>>,
+}
+
+impl InputStats {
+    fn new(dim: usize, with_xtx: bool) -> Self {
+        InputStats {
+            tokens: 0,
+            sequences: 0,
+            sq_norms: vec![0.0; dim],
+            sums: vec![0.0; dim],
+            seq_var_sum: vec![0.0; dim],
+            xtx: with_xtx.then(|| vec![0.0; dim * dim]),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn new_for_tests(dim: usize) -> Self {
+        Self::new(dim, false)
+    }
+
+    /// Input width.
+    pub fn dim(&self) -> usize {
+        self.sq_norms.len()
+    }
+
+    /// ‖X_j‖₂ per column.
+    pub fn col_norms(&self) -> Vec<f64> {
+        self.sq_norms.iter().map(|v| v.sqrt()).collect()
+    }
+
+    /// SparseGPT's H = (2/n)·XᵀX.
+    pub fn hessian(&self) -> Result<Vec<f64>> {
+        let xtx = self.xtx.as_ref().ok_or_else(|| Error::invalid("calibration collected no XᵀX"))?;
+        let scale = 2.0 / self.tokens.max(1) as f64;
+        Ok(xtx.iter().map(|v| v * scale).collect())
+    }
+
+    /// Adds the tokens of `x`: [sequences, T, in] (or [T, in], one sequence).
+    pub fn accumulate(&mut self, x: &Tensor) -> Result<()> {
+        let dim = x.shape().last_dim();
+        if dim != self.dim() {
+            return Err(Error::invalid(format!("calibration input width {dim}, expected {}", self.dim())));
+        }
+        let rows = x.shape().rows();
+        let seqs = if x.shape().rank() >= 3 { x.dims()[0] } else { 1 };
+        let v = x.to_f32_vec()?;
+        let per_seq = rows / seqs.max(1);
+        let (mut s1, mut s2) = (vec![0f64; dim], vec![0f64; dim]);
+        for seq in v.chunks_exact(per_seq * dim) {
+            s1.iter_mut().for_each(|a| *a = 0.0);
+            s2.iter_mut().for_each(|a| *a = 0.0);
+            for row in seq.chunks_exact(dim) {
+                for (j, &a) in row.iter().enumerate() {
+                    let a = a as f64;
+                    s1[j] += a;
+                    s2[j] += a * a;
+                }
+            }
+            let t = per_seq as f64;
+            for j in 0..dim {
+                self.sq_norms[j] += s2[j];
+                self.sums[j] += s1[j];
+                let mean = s1[j] / t;
+                self.seq_var_sum[j] += (s2[j] / t - mean * mean).max(0.0);
+            }
+        }
+        self.sequences += seqs;
+        if let Some(xtx) = self.xtx.as_mut() {
+            let x64: Vec<f64> = v.iter().map(|&a| a as f64).collect();
+            gemm_f64(dim, dim, rows, xtx, dim, true, 1.0, &x64, dim, true, &x64, dim, false);
+        }
+        self.tokens += rows;
+        Ok(())
+    }
+}
+
+/// What to collect per input.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StatsRequest {
+    /// Collect XᵀX (SparseGPT).
+    pub xtx: bool,
+}
+
+/// The activations flowing through the model during sequential calibration: the current
+/// layer's inputs, in chunks of samples ([chunk, T, dim] each, on the model's device).
+pub struct Activations {
+    chunks: Vec<Tensor>,
+}
+
+impl Activations {
+    /// Embeds `samples` (each a window of `seq_len` token ids) in chunks of `chunk` samples.
+    pub fn embed(embedding: &Tensor, samples: &[Vec<u32>], chunk: usize) -> Result<Activations> {
+        let Some(first) = samples.first() else {
+            return Err(Error::invalid("calibration needs at least one sample"));
+        };
+        let t = first.len();
+        if t == 0 || samples.iter().any(|s| s.len() != t) {
+            return Err(Error::invalid("calibration samples must be non-empty and of one length"));
+        }
+        let mut chunks = Vec::new();
+        for group in samples.chunks(chunk.max(1)) {
+            let ids: Vec<u32> = group.iter().flatten().copied().collect();
+            let ids = Tensor::from_vec(ids, [group.len(), t], embedding.device())?;
+            chunks.push(ops::embedding::forward(embedding, &ids)?);
+        }
+        Ok(Activations { chunks })
+    }
+
+    /// Runs `layer` over every chunk, accumulating input statistics per [`LinearInput`].
+    pub fn observe(
+        &self,
+        layer: &DecoderLayer,
+        cfg: &LlamaConfig,
+        req: StatsRequest,
+    ) -> Result<HashMap<LinearInput, InputStats>> {
+        let mut stats: HashMap<LinearInput, InputStats> = HashMap::new();
+        for x in &self.chunks {
+            let mut seen = |which: LinearInput, input: &Tensor| -> Result<()> {
+                let dim = input.shape().last_dim();
+                stats.entry(which).or_insert_with(|| InputStats::new(dim, req.xtx)).accumulate(input)
+            };
+            layer.forward_observed(None, cfg, x, 0, Some(&mut seen))?;
+        }
+        Ok(stats)
+    }
+
+    /// Replaces the activations by `layer`'s outputs (the next layer's inputs).
+    pub fn advance(&mut self, layer: &DecoderLayer, cfg: &LlamaConfig) -> Result<()> {
+        for x in self.chunks.iter_mut() {
+            *x = layer.forward(None, cfg, x, 0)?;
+        }
+        Ok(())
+    }
+
+    /// The chunks, [chunk, T, dim] each.
+    pub fn chunks(&self) -> &[Tensor] {
+        &self.chunks
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.chunks.iter().map(Tensor::size_in_bytes).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close_f64, random_f32};
+    use crate::{DType, Device};
+
+    #[test]
+    fn stats_match_direct_sums() {
+        let dev = Device::cpu();
+        let (rows, dim) = (13, 5);
+        let v = random_f32(rows * dim, 1.0, 1);
+        let mut s = InputStats::new(dim, true);
+        let x = Tensor::from_f32(v.clone(), [1, rows, dim], DType::F32, &dev).unwrap();
+        s.accumulate(&x).unwrap();
+        s.accumulate(&x).unwrap();
+        let v = &v;
+        let col = |j: usize| (0..rows).map(move |t| v[t * dim + j] as f64);
+        let sq: Vec<f64> = (0..dim).map(|j| 2.0 * col(j).map(|a| a * a).sum::<f64>()).collect();
+        let sums: Vec<f64> = (0..dim).map(|j| 2.0 * col(j).sum::<f64>()).collect();
+        let xtx: Vec<f64> =
+            (0..dim * dim).map(|k| 2.0 * col(k / dim).zip(col(k % dim)).map(|(a, b)| a * b).sum::<f64>()).collect();
+        assert_eq!((s.tokens, s.sequences), (2 * rows, 2));
+        let var: Vec<f64> = (0..dim)
+            .map(|j| {
+                let m = col(j).sum::<f64>() / rows as f64;
+                2.0 * col(j).map(|a| (a - m) * (a - m)).sum::<f64>() / rows as f64
+            })
+            .collect();
+        assert_close_f64("seq_var_sum", &s.seq_var_sum, &var, 1e-12, 1e-10);
+        assert_close_f64("sq_norms", &s.sq_norms, &sq, 1e-12, 1e-12);
+        assert_close_f64("sums", &s.sums, &sums, 1e-12, 1e-12);
+        assert_close_f64("xtx", s.xtx.as_ref().unwrap(), &xtx, 1e-12, 1e-12);
+        let h = s.hessian().unwrap();
+        assert_close_f64("H", &h, &xtx.iter().map(|v| v * 2.0 / 26.0).collect::<Vec<_>>(), 1e-12, 1e-12);
+    }
+}

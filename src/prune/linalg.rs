@@ -1,0 +1,243 @@
+//! Dense f64 linear algebra for SparseGPT on the CPU, row-major [n, n]:
+//! blocked Cholesky (A = L·Lᵀ; trailing updates through the gemm crate), the inverse of a
+//! lower-triangular matrix, and the upper Cholesky factor of A⁻¹ as SparseGPT builds it:
+//! L = chol(A), A⁻¹ = L⁻ᵀ·L⁻¹, A⁻¹ = Uᵀ·U with U = chol(A⁻¹)ᵀ.
+
+use gemm::Parallelism;
+
+use crate::{Error, Result};
+
+const BLOCK: usize = 64;
+
+fn parallelism() -> Parallelism {
+    let t = rayon::current_num_threads();
+    if t > 1 {
+        Parallelism::Rayon(t)
+    } else {
+        Parallelism::None
+    }
+}
+
+/// `c = beta·c + alpha·op(a)·op(b)` on row-major strided f64 views; `c` is [m, n] with
+/// row stride `ldc`, op(a) [m, k], op(b) [k, n]. `a_t`/`b_t` read a/b transposed.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_f64(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f64],
+    ldc: usize,
+    accumulate: bool,
+    alpha: f64,
+    a: &[f64],
+    lda: usize,
+    a_t: bool,
+    b: &[f64],
+    ldb: usize,
+    b_t: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(c.len() >= (m - 1) * ldc + n, "gemm_f64: c too small");
+    let (a_rs, a_cs) = if a_t { (1, lda) } else { (lda, 1) };
+    let (b_rs, b_cs) = if b_t { (1, ldb) } else { (ldb, 1) };
+    if k > 0 {
+        assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs, "gemm_f64: a too small");
+        assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs, "gemm_f64: b too small");
+    }
+    // SAFETY: the asserts above bound every index the strides address; c does not alias
+    // a or b (distinct borrows).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            alpha,
+            false,
+            false,
+            false,
+            parallelism(),
+        );
+    }
+}
+
+fn not_pd(i: usize, v: f64) -> Error {
+    Error::invalid(format!("matrix is not positive definite (pivot {i} is {v:e}); increase the damping"))
+}
+
+/// Unblocked Cholesky of the diagonal block starting at `k0` of size `b` (lower part).
+fn chol_block(a: &mut [f64], n: usize, k0: usize, b: usize) -> Result<()> {
+    for i in k0..k0 + b {
+        for j in k0..=i {
+            let (ri, rj) = (i * n, j * n);
+            let mut s = a[ri + j];
+            for p in k0..j {
+                s -= a[ri + p] * a[rj + p];
+            }
+            if i == j {
+                if !(s > 0.0) {
+                    return Err(not_pd(i, s));
+                }
+                a[ri + i] = s.sqrt();
+            } else {
+                a[ri + j] = s / a[rj + j];
+            }
+        }
+    }
+    Ok(())
+}
+
+/// In-place lower Cholesky factor of a symmetric positive-definite matrix (only the lower
+/// triangle is read); the strict upper triangle is set to zero.
+pub fn cholesky_lower(a: &mut [f64], n: usize) -> Result<()> {
+    if a.len() != n * n {
+        return Err(Error::invalid(format!("cholesky: {} values for {n}x{n}", a.len())));
+    }
+    let mut k0 = 0;
+    while k0 < n {
+        let b = BLOCK.min(n - k0);
+        chol_block(a, n, k0, b)?;
+        let rest = n - k0 - b;
+        if rest > 0 {
+            // Panel: A[i, k0..k0+b] ← A[i, k0..k0+b] · L_kk⁻ᵀ for rows below the block.
+            for i in k0 + b..n {
+                for j in k0..k0 + b {
+                    let mut s = a[i * n + j];
+                    for p in k0..j {
+                        s -= a[i * n + p] * a[j * n + p];
+                    }
+                    a[i * n + j] = s / a[j * n + j];
+                }
+            }
+            // Trailing update: A[r, r] -= P · Pᵀ with P = A[r, k0..k0+b], r = rows below.
+            let panel: Vec<f64> =
+                (k0 + b..n).flat_map(|i| a[i * n + k0..i * n + k0 + b].iter().copied()).collect::<Vec<_>>();
+            let start = (k0 + b) * n + k0 + b;
+            gemm_f64(rest, rest, b, &mut a[start..], n, true, -1.0, &panel, b, false, &panel, b, true);
+        }
+        k0 += b;
+    }
+    for i in 0..n {
+        for j in i + 1..n {
+            a[i * n + j] = 0.0;
+        }
+    }
+    Ok(())
+}
+
+/// Inverse of a lower-triangular matrix with a non-zero diagonal.
+pub fn invert_lower(l: &[f64], n: usize) -> Vec<f64> {
+    let mut x = vec![0f64; n * n];
+    // Row by row: X[i, :] = (e_i − Σ_{p<i} L[i, p]·X[p, :]) / L[i, i]; X is lower triangular.
+    for i in 0..n {
+        let d = l[i * n + i];
+        for j in 0..=i {
+            let mut s = if i == j { 1.0 } else { 0.0 };
+            for p in j..i {
+                s -= l[i * n + p] * x[p * n + j];
+            }
+            x[i * n + j] = s / d;
+        }
+    }
+    x
+}
+
+/// The upper-triangular U with A⁻¹ = Uᵀ·U, computed as SparseGPT does:
+/// L = chol(A); A⁻¹ = L⁻ᵀ·L⁻¹; U = chol(A⁻¹)ᵀ.
+pub fn inverse_cholesky_upper(a: &[f64], n: usize) -> Result<Vec<f64>> {
+    let mut l = a.to_vec();
+    cholesky_lower(&mut l, n)?;
+    let li = invert_lower(&l, n);
+    let mut inv = vec![0f64; n * n];
+    gemm_f64(n, n, n, &mut inv, n, false, 1.0, &li, n, true, &li, n, false);
+    // Symmetrise against rounding before the second factorisation.
+    for i in 0..n {
+        for j in 0..i {
+            let v = 0.5 * (inv[i * n + j] + inv[j * n + i]);
+            inv[i * n + j] = v;
+            inv[j * n + i] = v;
+        }
+    }
+    cholesky_lower(&mut inv, n)?;
+    let mut u = vec![0f64; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            u[j * n + i] = inv[i * n + j];
+        }
+    }
+    Ok(u)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close_f64, random_f64};
+
+    fn spd(n: usize, seed: u64) -> Vec<f64> {
+        let x = random_f64(3 * n * n, 1.0, seed);
+        let mut a = vec![0f64; n * n];
+        gemm_f64(n, n, 3 * n, &mut a, n, false, 1.0, &x, 3 * n, false, &x, 3 * n, true);
+        for i in 0..n {
+            a[i * n + i] += 0.1;
+        }
+        a
+    }
+
+    fn matmul(a: &[f64], b: &[f64], n: usize, a_t: bool, b_t: bool) -> Vec<f64> {
+        let mut c = vec![0f64; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                c[i * n + j] = (0..n)
+                    .map(|p| {
+                        let x = if a_t { a[p * n + i] } else { a[i * n + p] };
+                        let y = if b_t { b[j * n + p] } else { b[p * n + j] };
+                        x * y
+                    })
+                    .sum();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn blocked_cholesky_reconstructs_the_matrix() {
+        for n in [1, 5, 64, 65, 150] {
+            let a = spd(n, n as u64);
+            let mut l = a.clone();
+            cholesky_lower(&mut l, n).unwrap();
+            assert!((0..n).all(|i| (i + 1..n).all(|j| l[i * n + j] == 0.0)));
+            assert_close_f64(&format!("L·Lᵀ n={n}"), &matmul(&l, &l, n, false, true), &a, 1e-9, 1e-9);
+        }
+    }
+
+    #[test]
+    fn inverse_factor_satisfies_its_definition() {
+        let n = 70;
+        let a = spd(n, 3);
+        let u = inverse_cholesky_upper(&a, n).unwrap();
+        assert!((0..n).all(|i| (0..i).all(|j| u[i * n + j] == 0.0)), "U is upper triangular");
+        // A · (Uᵀ U) = I
+        let inv = matmul(&u, &u, n, true, false);
+        let id = matmul(&a, &inv, n, false, false);
+        let eye: Vec<f64> = (0..n * n).map(|k| if k / n == k % n { 1.0 } else { 0.0 }).collect();
+        assert_close_f64("A·A⁻¹", &id, &eye, 1e-8, 0.0);
+    }
+
+    #[test]
+    fn indefinite_matrix_is_an_error() {
+        let mut a = vec![1.0, 2.0, 2.0, 1.0];
+        assert!(cholesky_lower(&mut a, 2).unwrap_err().to_string().contains("positive definite"));
+    }
+}

@@ -87,7 +87,7 @@ fn chol_block(a: &mut [f64], n: usize, k0: usize, b: usize) -> Result<()> {
                 s -= a[ri + p] * a[rj + p];
             }
             if i == j {
-                if !(s > 0.0) {
+                if s.is_nan() || s <= 0.0 {
                     return Err(not_pd(i, s));
                 }
                 a[ri + i] = s.sqrt();

@@ -73,7 +73,7 @@ impl DecoderLayer {
         cfg: &LlamaConfig,
         x: &Tensor,
         pos_offset: usize,
-        mut observe: Option<&mut dyn FnMut(LinearInput, &Tensor) -> Result<()>>,
+        mut observe: Option<&mut LinearObserver<'_>>,
     ) -> Result<Tensor> {
         let [b, t, dim] = x.shape().dims_n::<3>("decoder layer")?;
         let (hq, hkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim());
@@ -111,6 +111,9 @@ impl DecoderLayer {
         ops::add(tape, &x, &m)
     }
 }
+
+/// A callback shown each distinct linear input of a decoder layer.
+pub type LinearObserver<'a> = dyn FnMut(LinearInput, &Tensor) -> Result<()> + 'a;
 
 /// The four distinct inputs of a decoder layer's seven linears.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

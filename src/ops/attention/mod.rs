@@ -11,6 +11,7 @@
 //! D ≤ 128 ([`cuda::MAX_HEAD_DIM`]); the CPU takes any D.
 
 pub mod cpu;
+pub mod cpu_fast;
 pub mod cuda;
 
 pub use cpu::Dims;
@@ -52,7 +53,7 @@ pub fn forward(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         Device::Cpu(_) => {
             let mut o = vec![0f32; d.q_len()];
             let mut lse = vec![0f32; d.lse_len()];
-            cpu::forward(&host_f32(q)?, &host_f32(k)?, &host_f32(v)?, d, &mut o, &mut lse);
+            cpu_fast::forward(&host_f32(q)?, &host_f32(k)?, &host_f32(v)?, d, &mut o, &mut lse);
             Ok((
                 Tensor::from_f32(o, q.shape().clone(), q.dtype(), q.device())?,
                 Tensor::from_f32(lse, lse_shape(d), DType::F32, q.device())?,
@@ -102,7 +103,7 @@ pub fn backward(
             let mut dq = want_dq.then(|| vec![0f32; d.q_len()]);
             let mut dk = want_dk.then(|| vec![0f32; d.kv_len()]);
             let mut dv = want_dv.then(|| vec![0f32; d.kv_len()]);
-            cpu::backward(
+            cpu_fast::backward(
                 &host_f32(q)?,
                 &host_f32(k)?,
                 &host_f32(v)?,
@@ -425,5 +426,52 @@ mod tests {
         let q = Tensor::zeros([1, 3, 2, 8], DType::F32, &gpu).unwrap();
         let kv_cpu = Tensor::zeros([1, 3, 1, 8], DType::F32, &Device::cpu()).unwrap();
         assert!(matches!(forward(&q, &kv_cpu, &kv_cpu), Err(Error::DeviceMismatch { .. })));
+    }
+
+    /// The gemm-based CPU path against the f64 reference, forward and backward.
+    #[test]
+    fn fast_cpu_path_matches_reference() {
+        for (batch, seq, q_heads, kv_heads, head_dim) in
+            [(1, 1, 1, 1, 3), (2, 7, 4, 2, 5), (1, 33, 9, 3, 64), (2, 65, 6, 6, 16)]
+        {
+            let d = Dims { batch, seq, q_heads, kv_heads, head_dim };
+            let q = random_f32(d.q_len(), 1.0, 1);
+            let k = random_f32(d.kv_len(), 1.0, 2);
+            let v = random_f32(d.kv_len(), 1.0, 3);
+            let d_o = random_f32(d.q_len(), 1.0, 4);
+            let (mut o_ref, mut lse_ref) = (vec![0f32; d.q_len()], vec![0f32; d.lse_len()]);
+            cpu::forward(&q, &k, &v, d, &mut o_ref, &mut lse_ref);
+            let (mut o, mut lse) = (vec![f32::NAN; d.q_len()], vec![f32::NAN; d.lse_len()]);
+            cpu_fast::forward(&q, &k, &v, d, &mut o, &mut lse);
+            let what = format!("{d:?}");
+            assert_close(&format!("fast o {what}"), &o, &o_ref, 1e-5, 1e-4);
+            assert_close(&format!("fast lse {what}"), &lse, &lse_ref, 1e-5, 1e-5);
+            let grads = |fast: bool| {
+                let (mut dq, mut dk, mut dv) =
+                    (vec![f32::NAN; d.q_len()], vec![f32::NAN; d.kv_len()], vec![f32::NAN; d.kv_len()]);
+                if fast {
+                    cpu_fast::backward(
+                        &q,
+                        &k,
+                        &v,
+                        &o_ref,
+                        &lse_ref,
+                        &d_o,
+                        d,
+                        Some(&mut dq),
+                        Some(&mut dk),
+                        Some(&mut dv),
+                    );
+                } else {
+                    cpu::backward(&q, &k, &v, &o_ref, &lse_ref, &d_o, d, Some(&mut dq), Some(&mut dk), Some(&mut dv));
+                }
+                (dq, dk, dv)
+            };
+            let (fq, fk, fv) = grads(true);
+            let (rq, rk, rv) = grads(false);
+            assert_close(&format!("fast dq {what}"), &fq, &rq, 1e-5, 1e-4);
+            assert_close(&format!("fast dk {what}"), &fk, &rk, 1e-5, 1e-4);
+            assert_close(&format!("fast dv {what}"), &fv, &rv, 1e-5, 1e-4);
+        }
     }
 }

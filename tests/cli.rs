@@ -75,3 +75,57 @@ fn bad_input_is_a_clear_error() {
     assert_eq!(code, 1);
     assert!(err.contains("unknown device"), "{err}");
 }
+
+#[test]
+fn prune_rejects_bad_options_before_loading() {
+    let Some(model) = asset_path("SmolLM2-135M-Instruct.Q4_1.gguf") else { return };
+    let dir = common::scratch("cli-prune");
+    let model = model.to_str().unwrap();
+    let out = dir.join("out.safetensors");
+    let out = out.to_str().unwrap();
+    let cases: [(&[&str], &str); 6] = [
+        (&["--method", "wanda", "--sparsity", "1.2"], "[0, 1)"),
+        (&["--method", "wanda", "--sparsity", "-0.1"], "[0, 1)"),
+        (&["--method", "wanda", "--nm", "4:4"], "N < M"),
+        (&["--method", "wanda", "--nm", "2:5"], "multiple of 5"),
+        (&["--method", "foo", "--sparsity", "0.5"], "unknown pruning method"),
+        (&["--method", "sparsegpt", "--sparsity", "0.5", "--dsnot"], "DSnoT"),
+    ];
+    for (args, want) in cases {
+        let mut all = vec!["prune", "--model", model, "--out", out];
+        all.extend_from_slice(args);
+        let (code, _, err) = sparsetune(&all);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains(want) && !err.contains("panicked"), "{args:?}: {err}");
+    }
+    assert!(!std::path::Path::new(out).exists());
+}
+
+#[test]
+fn prune_rejects_a_model_that_is_not_llama() {
+    let dir = common::scratch("cli-not-llama");
+    let mut w = sparsetune::io::GgufWriter::new();
+    w.add_str("general.architecture", "gpt2");
+    w.add_u32("gpt2.embedding_length", 8);
+    w.add_tensor_f32("token_embd.weight", &[4, 8], &[0.0; 32]).unwrap();
+    let path = dir.join("gpt2.gguf");
+    w.write(&path).unwrap();
+    let text = dir.join("calib.txt");
+    std::fs::write(&text, "some calibration text").unwrap();
+    let out = dir.join("out.safetensors");
+    let (code, _, err) = sparsetune(&[
+        "prune",
+        "--model",
+        path.to_str().unwrap(),
+        "--method",
+        "wanda",
+        "--sparsity",
+        "0.5",
+        "--calib",
+        text.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not llama") && !err.contains("panicked"), "{err}");
+}

@@ -22,7 +22,7 @@ pub struct PruneArgs {
     #[arg(long)]
     method: String,
     /// Unstructured target sparsity in [0, 1).
-    #[arg(long, conflicts_with = "nm")]
+    #[arg(long, conflicts_with = "nm", allow_negative_numbers = true)]
     sparsity: Option<f64>,
     /// N:M (N kept in every M consecutive inputs), e.g. 2:4.
     #[arg(long)]
@@ -112,10 +112,16 @@ pub fn run(a: PruneArgs) -> Result<()> {
         None => default_model()?,
     };
     let (device, dtype) = device_and_dtype(&a.device, &a.dtype)?;
+    // Cheap checks first: the options against the model's config.
+    crate::prune::check_config(&llama::load_config(&model_path)?, &opts)?;
     let calib_files = if a.calib.is_empty() { sotu_files(&default_asset("sotu")?, 2000)? } else { a.calib.clone() };
-    let tokenizer = llama::load_tokenizer(&model_path)?;
     let mut model = llama::load(&model_path, &device, dtype)?;
-    let samples = calibration_windows(&tokenizer, &calib_files, a.calib_samples, a.calib_seq_len)?;
+    let tokenizer = llama::load_tokenizer(&model_path)?;
+    let samples = if crate::prune::needs_calibration(&opts) {
+        calibration_windows(&tokenizer, &calib_files, a.calib_samples, a.calib_seq_len)?
+    } else {
+        Vec::new()
+    };
 
     let pb = progress::bar(model.config.num_hidden_layers as u64, "prune");
     let report = prune_model(&mut model, &samples, &opts, &mut |l| {
@@ -147,6 +153,14 @@ pub fn run(a: PruneArgs) -> Result<()> {
         println!("sparsity      {:.4} over the decoder linears", report.overall_sparsity);
         let per_layer: Vec<String> = report.layers.iter().map(|l| format!("{:.3}", l.achieved)).collect();
         println!("per layer     {}", per_layer.join(" "));
+        if let Some(st) = report.nm_storage {
+            println!(
+                "N:M storage   {:.1} MB compressed vs {:.1} MB dense ({:.1} MB saved, round trip bit-exact)",
+                st.compressed_bytes as f64 / 1e6,
+                st.dense_bytes as f64 / 1e6,
+                (st.dense_bytes - st.compressed_bytes) as f64 / 1e6
+            );
+        }
         println!("seconds       {:.1}", report.seconds);
         println!("wrote         {}", a.out.display());
     }

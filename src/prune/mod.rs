@@ -28,7 +28,7 @@ pub use dsnot::DsnotOptions;
 pub use select::Pattern;
 pub use sparsegpt::SparseGptOptions;
 
-use crate::model::llama::{DecoderLayer, Llama, Proj};
+use crate::model::llama::{DecoderLayer, Llama, LlamaConfig, Proj};
 use crate::sparse::BitMask;
 use crate::{Error, Result, Tensor};
 use calib::{Activations, InputStats, StatsRequest};
@@ -138,6 +138,31 @@ pub struct LayerReport {
     pub seconds: f64,
 }
 
+/// Bytes of the pruned linears in N:M-compressed and dense form.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct NmStorage {
+    /// Values + indices.
+    pub compressed_bytes: usize,
+    /// Dense.
+    pub dense_bytes: usize,
+}
+
+/// Compresses `w` ([rows, cols], its pruned entries already zero) to N:M in `dtype`,
+/// checks the round trip is bit-exact, and returns (compressed, dense) bytes.
+fn nm_round_trip(w: &[f32], mask: &BitMask, n: usize, m: usize, dtype: crate::DType) -> Result<(usize, usize)> {
+    fn check<T: Copy + Default + PartialEq>(v: Vec<T>, mask: &BitMask, n: usize, m: usize) -> Result<(usize, usize)> {
+        let c = crate::sparse::NmMatrix::compress(&v, mask, n, m)?;
+        if c.decompress() != v {
+            return Err(Error::invalid("N:M compression did not round-trip"));
+        }
+        Ok((c.bytes(), c.dense_bytes()))
+    }
+    match dtype {
+        crate::DType::BF16 => check(w.iter().map(|&x| half::bf16::from_f32(x)).collect(), mask, n, m),
+        _ => check(w.to_vec(), mask, n, m),
+    }
+}
+
 /// The result of [`prune_model`].
 #[derive(Clone, Debug, Serialize)]
 pub struct PruneReport {
@@ -155,6 +180,10 @@ pub struct PruneReport {
     pub overall_sparsity: f64,
     /// OWL's per-layer outlier ratios (percent), when OWL allocated.
     pub owl_outlier_ratios: Option<Vec<f64>>,
+    /// For N:M: bytes of the pruned linears stored N:M-compressed (values + packed
+    /// in-group indices, in the model dtype) and dense, after checking every compressed
+    /// matrix decompresses bit-exactly.
+    pub nm_storage: Option<NmStorage>,
     /// Calibration samples and their length.
     pub calibration_samples: usize,
     /// Tokens per calibration sample.
@@ -163,9 +192,14 @@ pub struct PruneReport {
     pub seconds: f64,
 }
 
-fn check_options(model: &Llama, samples: &[Vec<u32>], opts: &PruneOptions) -> Result<()> {
+/// Checks `opts` against a model config without loading weights: the pattern against every
+/// linear's row length, allocation vs pattern, DSnoT vs method, explicit list length.
+pub fn check_config(config: &LlamaConfig, opts: &PruneOptions) -> Result<()> {
     for p in Proj::ALL {
-        opts.pattern.check(p.shape(&model.config)[1])?;
+        opts.pattern.check(p.shape(config)[1])?;
+    }
+    if let Allocation::Explicit(list) = &opts.allocation {
+        allocation::explicit(list, config.num_hidden_layers)?;
     }
     if matches!(opts.pattern, Pattern::NM { .. }) && opts.allocation != Allocation::Uniform {
         return Err(Error::invalid("layer-wise allocation applies to unstructured sparsity, not N:M"));
@@ -176,6 +210,16 @@ fn check_options(model: &Llama, samples: &[Vec<u32>], opts: &PruneOptions) -> Re
              so there is nothing to regrow (the reference implementation does not support it either)",
         ));
     }
+    Ok(())
+}
+
+/// Whether `opts` needs calibration samples.
+pub fn needs_calibration(opts: &PruneOptions) -> bool {
+    opts.method != Method::Magnitude || opts.dsnot.is_some() || matches!(opts.allocation, Allocation::Owl { .. })
+}
+
+fn check_options(model: &Llama, samples: &[Vec<u32>], opts: &PruneOptions) -> Result<()> {
+    check_config(&model.config, opts)?;
     let needs_samples =
         opts.method != Method::Magnitude || opts.dsnot.is_some() || matches!(opts.allocation, Allocation::Owl { .. });
     if needs_samples {
@@ -275,6 +319,7 @@ pub fn prune_model(
     let cfg = model.config.clone();
     let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
     let (mut zeros, mut total) = (0usize, 0usize);
+    let mut nm_storage = matches!(opts.pattern, Pattern::NM { .. }).then(NmStorage::default);
     for (l, layer) in model.layers.iter_mut().enumerate() {
         let t0 = Instant::now();
         let stats = match &acts {
@@ -299,6 +344,11 @@ pub fn prune_model(
             }
             mask.apply(&mut w)?;
             let old = &layer.linear(p).weight;
+            if let (Some(st), Pattern::NM { n, m }) = (nm_storage.as_mut(), pattern) {
+                let (c, d) = nm_round_trip(&w, &mask, n, m, old.dtype())?;
+                st.compressed_bytes += c;
+                st.dense_bytes += d;
+            }
             let new = Tensor::from_f32(w, old.shape().clone(), old.dtype(), old.device())?;
             layer.linear_mut(p).weight = new;
             zeros += rows * cols - mask.kept();
@@ -325,6 +375,7 @@ pub fn prune_model(
         layers,
         overall_sparsity: zeros as f64 / total.max(1) as f64,
         owl_outlier_ratios: owl_ratios,
+        nm_storage,
         calibration_samples: samples.len(),
         calibration_seq_len: samples.first().map_or(0, Vec::len),
         seconds: start.elapsed().as_secs_f64(),
@@ -393,6 +444,16 @@ mod tests {
                     }
                 }
                 assert!((report.overall_sparsity - pattern.sparsity()).abs() < 0.02, "{:?}", report.overall_sparsity);
+                if let Pattern::NM { n, m: gm } = pattern {
+                    // f32 values: N/M of the dense bytes plus ceil(log2 M) bits per kept value.
+                    let st = report.nm_storage.unwrap();
+                    let bits = crate::sparse::nm::index_bits(gm);
+                    let rows_total: usize =
+                        Proj::ALL.iter().map(|p| p.shape(&m.config)[0]).sum::<usize>() * m.config.num_hidden_layers;
+                    let kept: usize = st.dense_bytes / 4 / gm * n;
+                    assert!(st.compressed_bytes >= kept * 4 + kept * bits / 8);
+                    assert!(st.compressed_bytes <= kept * 4 + kept * bits / 8 + rows_total);
+                }
             }
         }
     }

@@ -46,3 +46,47 @@ fn tiny_llama_forward_and_backward_match_cpu() {
         }
     }
 }
+
+/// The pruning pipeline on CUDA against the CPU: the same masks (up to near-ties, since
+/// the calibration activations differ by float rounding between devices) and weights.
+#[test]
+fn pruning_on_cuda_matches_cpu() {
+    use sparsetune::prune::{prune_model, Method, Pattern, PruneOptions};
+    use sparsetune::sparse::BitMask;
+    let Some(gpu) = cuda_for_tests("pruning_on_cuda_matches_cpu") else { return };
+    let cpu = Device::cpu();
+    let samples: Vec<Vec<u32>> = (0..6).map(|s| (0..24).map(|t| ((s * 13 + t * 5) % 61) as u32).collect()).collect();
+    for method in [Method::Magnitude, Method::Wanda, Method::SparseGpt, Method::Ria] {
+        for pattern in [Pattern::Unstructured(0.5), Pattern::NM { n: 2, m: 4 }] {
+            let mut on_cpu = common::tiny_model(DType::F32, &cpu, 31);
+            let mut on_gpu = on_cpu.to(&gpu, DType::F32).unwrap();
+            let opts = PruneOptions::new(method, pattern);
+            prune_model(&mut on_cpu, &samples, &opts, &mut |_| {}).unwrap();
+            prune_model(&mut on_gpu, &samples, &opts, &mut |_| {}).unwrap();
+            let (mut same, mut all) = (0usize, 0usize);
+            for ((part, a), (_, b)) in on_cpu.named_tensors().into_iter().zip(on_gpu.named_tensors()) {
+                let (va, vb) = (a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap());
+                if let [rows, cols] = a.dims() {
+                    let (ma, mb) = (
+                        BitMask::from_nonzero(&va, *rows, *cols).unwrap(),
+                        BitMask::from_nonzero(&vb, *rows, *cols).unwrap(),
+                    );
+                    same +=
+                        (0..rows * cols).filter(|&k| ma.get(k / cols, k % cols) == mb.get(k / cols, k % cols)).count();
+                    all += rows * cols;
+                    if method != Method::SparseGpt {
+                        // Masking methods keep the original values where both keep.
+                        for k in 0..rows * cols {
+                            if ma.get(k / cols, k % cols) && mb.get(k / cols, k % cols) {
+                                assert_eq!(va[k], vb[k], "{method:?} {pattern} {part:?}");
+                            }
+                        }
+                    }
+                }
+            }
+            let agreement = same as f64 / all as f64;
+            println!("{method:?} {pattern}: mask agreement {agreement:.5}");
+            assert!(agreement > 0.99, "{method:?} {pattern}: masks agree on only {agreement}");
+        }
+    }
+}

@@ -15,8 +15,12 @@ pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
 pub mod matmul;
+pub mod nm_pack;
+pub mod prune_select;
+pub mod prune_stats;
 pub mod rms_norm;
 pub mod rope;
+pub mod sparsegpt;
 pub mod swiglu;
 
 pub use attention::attention;

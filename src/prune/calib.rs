@@ -44,7 +44,8 @@ pub struct InputStats {
 }
 
 impl InputStats {
-    fn new(dim: usize, with_xtx: bool) -> Self {
+    /// Empty statistics for an input of width `dim`.
+    pub fn zeros(dim: usize, with_xtx: bool) -> Self {
         InputStats {
             tokens: 0,
             sequences: 0,
@@ -53,11 +54,6 @@ impl InputStats {
             seq_var_sum: vec![0.0; dim],
             xtx: with_xtx.then(|| vec![0.0; dim * dim]),
         }
-    }
-
-    #[cfg(test)]
-    pub(crate) fn new_for_tests(dim: usize) -> Self {
-        Self::new(dim, false)
     }
 
     /// Input width.
@@ -85,6 +81,9 @@ impl InputStats {
         }
         let rows = x.shape().rows();
         let seqs = if x.shape().rank() >= 3 { x.dims()[0] } else { 1 };
+        if rows == 0 || seqs == 0 {
+            return Err(Error::invalid(format!("calibration input {} has no tokens", x.shape())));
+        }
         let v = x.to_f32_vec()?;
         let per_seq = rows / seqs.max(1);
         let (mut s1, mut s2) = (vec![0f64; dim], vec![0f64; dim]);
@@ -113,6 +112,47 @@ impl InputStats {
         }
         self.tokens += rows;
         Ok(())
+    }
+}
+
+/// Statistics of one input, where they were accumulated: host f64, or device f64 for
+/// activations on a GPU.
+pub enum Stats {
+    /// On the host.
+    Host(InputStats),
+    /// On a CUDA device.
+    Cuda(crate::ops::prune_stats::CudaInputStats),
+}
+
+impl Stats {
+    fn new(like: &Tensor, dim: usize, req: StatsRequest) -> Result<Stats> {
+        Ok(match like.device() {
+            crate::Device::Cpu(_) => Stats::Host(InputStats::zeros(dim, req.xtx)),
+            crate::Device::Cuda(d) => Stats::Cuda(crate::ops::prune_stats::CudaInputStats::new(d, dim, req.xtx)?),
+        })
+    }
+
+    fn accumulate(&mut self, x: &Tensor) -> Result<()> {
+        match self {
+            Stats::Host(s) => s.accumulate(x),
+            Stats::Cuda(s) => s.accumulate(x),
+        }
+    }
+
+    /// A host copy (or the host statistics themselves).
+    pub fn to_host(&self) -> Result<std::borrow::Cow<'_, InputStats>> {
+        Ok(match self {
+            Stats::Host(s) => std::borrow::Cow::Borrowed(s),
+            Stats::Cuda(s) => std::borrow::Cow::Owned(s.to_host()?),
+        })
+    }
+
+    /// Calibration sequences seen.
+    pub fn sequences(&self) -> usize {
+        match self {
+            Stats::Host(s) => s.sequences,
+            Stats::Cuda(s) => s.sequences(),
+        }
     }
 }
 
@@ -154,12 +194,17 @@ impl Activations {
         layer: &DecoderLayer,
         cfg: &LlamaConfig,
         req: StatsRequest,
-    ) -> Result<HashMap<LinearInput, InputStats>> {
-        let mut stats: HashMap<LinearInput, InputStats> = HashMap::new();
+    ) -> Result<HashMap<LinearInput, Stats>> {
+        let mut stats: HashMap<LinearInput, Stats> = HashMap::new();
         for x in &self.chunks {
             let mut seen = |which: LinearInput, input: &Tensor| -> Result<()> {
-                let dim = input.shape().last_dim();
-                stats.entry(which).or_insert_with(|| InputStats::new(dim, req.xtx)).accumulate(input)
+                if !stats.contains_key(&which) {
+                    stats.insert(which, Stats::new(input, input.shape().last_dim(), req)?);
+                }
+                stats
+                    .get_mut(&which)
+                    .ok_or_else(|| Error::invalid("calibration statistics vanished"))?
+                    .accumulate(input)
             };
             layer.forward_observed(None, cfg, x, 0, Some(&mut seen))?;
         }
@@ -196,7 +241,7 @@ mod tests {
         let dev = Device::cpu();
         let (rows, dim) = (13, 5);
         let v = random_f32(rows * dim, 1.0, 1);
-        let mut s = InputStats::new(dim, true);
+        let mut s = InputStats::zeros(dim, true);
         let x = Tensor::from_f32(v.clone(), [1, rows, dim], DType::F32, &dev).unwrap();
         s.accumulate(&x).unwrap();
         s.accumulate(&x).unwrap();

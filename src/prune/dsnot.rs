@@ -230,7 +230,7 @@ mod tests {
             .map(|(k, x)| x + 0.3 * ((k % cols) % 3) as f32)
             .collect();
         let x = Tensor::from_f32(v, [seqs, t, cols], DType::F32, &Device::cpu()).unwrap();
-        let mut s = InputStats::new_for_tests(cols);
+        let mut s = InputStats::zeros(cols, false);
         s.accumulate(&x).unwrap();
         s
     }

@@ -140,16 +140,22 @@ pub fn cholesky_lower(a: &mut [f64], n: usize) -> Result<()> {
 /// Inverse of a lower-triangular matrix with a non-zero diagonal.
 pub fn invert_lower(l: &[f64], n: usize) -> Vec<f64> {
     let mut x = vec![0f64; n * n];
-    // Row by row: X[i, :] = (e_i − Σ_{p<i} L[i, p]·X[p, :]) / L[i, i]; X is lower triangular.
+    // Row by row: X[i, :] = (e_i − Σ_{p<i} L[i, p]·X[p, :]) / L[i, i], X lower triangular.
+    // Each step is an axpy over a contiguous row prefix of X.
     for i in 0..n {
-        let d = l[i * n + i];
-        for j in 0..=i {
-            let mut s = if i == j { 1.0 } else { 0.0 };
-            for p in j..i {
-                s -= l[i * n + p] * x[p * n + j];
+        let (done, rest) = x.split_at_mut(i * n);
+        let row = &mut rest[..n];
+        row[i] = 1.0;
+        for p in 0..i {
+            let lip = l[i * n + p];
+            if lip != 0.0 {
+                for (xj, &xpj) in row[..=p].iter_mut().zip(&done[p * n..p * n + p + 1]) {
+                    *xj -= lip * xpj;
+                }
             }
-            x[i * n + j] = s / d;
         }
+        let d = l[i * n + i];
+        row[..=i].iter_mut().for_each(|v| *v /= d);
     }
     x
 }
@@ -220,6 +226,18 @@ mod tests {
             assert!((0..n).all(|i| (i + 1..n).all(|j| l[i * n + j] == 0.0)));
             assert_close_f64(&format!("L·Lᵀ n={n}"), &matmul(&l, &l, n, false, true), &a, 1e-9, 1e-9);
         }
+    }
+
+    #[test]
+    fn triangular_inverse_is_exact_on_a_hand_worked_case() {
+        // L = [[2, 0], [1, 4]] → L⁻¹ = [[1/2, 0], [−1/8, 1/4]]
+        assert_eq!(invert_lower(&[2.0, 0.0, 1.0, 4.0], 2), vec![0.5, 0.0, -0.125, 0.25]);
+        let n = 40;
+        let mut l = spd(n, 9);
+        cholesky_lower(&mut l, n).unwrap();
+        let li = invert_lower(&l, n);
+        let eye: Vec<f64> = (0..n * n).map(|k| if k / n == k % n { 1.0 } else { 0.0 }).collect();
+        assert_close_f64("L·L⁻¹", &matmul(&l, &li, n, false, false), &eye, 1e-10, 0.0);
     }
 
     #[test]

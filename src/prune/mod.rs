@@ -147,22 +147,6 @@ pub struct NmStorage {
     pub dense_bytes: usize,
 }
 
-/// Compresses `w` ([rows, cols], its pruned entries already zero) to N:M in `dtype`,
-/// checks the round trip is bit-exact, and returns (compressed, dense) bytes.
-fn nm_round_trip(w: &[f32], mask: &BitMask, n: usize, m: usize, dtype: crate::DType) -> Result<(usize, usize)> {
-    fn check<T: Copy + Default + PartialEq>(v: Vec<T>, mask: &BitMask, n: usize, m: usize) -> Result<(usize, usize)> {
-        let c = crate::sparse::NmMatrix::compress(&v, mask, n, m)?;
-        if c.decompress() != v {
-            return Err(Error::invalid("N:M compression did not round-trip"));
-        }
-        Ok((c.bytes(), c.dense_bytes()))
-    }
-    match dtype {
-        crate::DType::BF16 => check(w.iter().map(|&x| half::bf16::from_f32(x)).collect(), mask, n, m),
-        _ => check(w.to_vec(), mask, n, m),
-    }
-}
-
 /// The result of [`prune_model`].
 #[derive(Clone, Debug, Serialize)]
 pub struct PruneReport {
@@ -254,9 +238,9 @@ fn layer_targets(model: &Llama, samples: &[Vec<u32>], opts: &PruneOptions) -> Re
                 let stats = acts.observe(layer, &model.config, StatsRequest::default())?;
                 let mut all = Vec::new();
                 for p in Proj::ALL {
-                    let st = &stats[&p.input()];
+                    let st = stats[&p.input()].to_host()?;
                     let cols = st.dim();
-                    all.push(scores::wanda(&weight_f32(layer, p)?, cols, &scores::scaler_row(st, st.sequences)));
+                    all.push(scores::wanda(&weight_f32(layer, p)?, cols, &scores::scaler_row(&st, st.sequences)));
                 }
                 ratios.push(allocation::owl_outlier_ratio(&all.iter().map(Vec::as_slice).collect::<Vec<_>>(), *m));
                 acts.advance(layer, &model.config)?;
@@ -266,8 +250,8 @@ fn layer_targets(model: &Llama, samples: &[Vec<u32>], opts: &PruneOptions) -> Re
     })
 }
 
-/// Prunes one linear's weight (host f32, [rows, cols]) and returns the new values and mask.
-fn prune_linear(
+/// Prunes one linear's weight on the host (f32, [rows, cols]): new values and mask.
+fn prune_host(
     w: Vec<f32>,
     rows: usize,
     cols: usize,
@@ -297,6 +281,111 @@ fn prune_linear(
             };
             let mask = select::select(&score, rows, cols, pattern)?;
             Ok((w, mask))
+        }
+    }
+}
+
+/// Prunes one linear's weight on its CUDA device with the GPU kernels: the new weight
+/// (same dtype) and the mask. Masking methods return the mask only (`None` weight):
+/// the caller applies it after the optional DSnoT.
+fn prune_cuda(
+    dev: &crate::device::CudaDevice,
+    weight: &Tensor,
+    stats: Option<&calib::Stats>,
+    pattern: Pattern,
+    opts: &PruneOptions,
+) -> Result<(Option<Tensor>, BitMask)> {
+    use crate::ops::{cast, prune_select};
+    let [rows, cols] = weight.shape().dims_n::<2>("prune")?;
+    let cuda_stats = || match stats {
+        Some(calib::Stats::Cuda(s)) => Ok(s),
+        _ => Err(Error::invalid("missing device calibration statistics")),
+    };
+    if opts.method == Method::SparseGpt {
+        let st = cuda_stats()?;
+        let xtx = st.xtx().ok_or_else(|| Error::invalid("calibration collected no XᵀX"))?;
+        // H = (2/n)·XᵀX on a copy: q, k and v share their input's statistics.
+        let mut h = dev.alloc::<f64>(cols * cols)?;
+        dev.stream().memcpy_dtod(xtx, h.slice_mut())?;
+        cast::cuda::scale_f64(dev, h.slice_mut(), 2.0 / st.tokens().max(1) as f64, cols * cols)?;
+        let mut w64 = cast::cuda::to_f64(dev, weight)?;
+        let mask = crate::ops::sparsegpt::prune(dev, w64.slice_mut(), h.slice(), rows, cols, pattern, opts.sparsegpt)?;
+        let new = cast::cuda::from_f64(dev, w64.slice(), weight.shape().clone(), weight.dtype(), weight.device())?;
+        return Ok((Some(new), mask));
+    }
+    let scores = match opts.method {
+        Method::Magnitude => prune_select::magnitude_scores(weight)?,
+        Method::Wanda => prune_select::wanda_scores(weight, cuda_stats()?.scaler_row()?.slice())?,
+        _ => prune_select::ria_scores(weight, cuda_stats()?.scaler_row()?.slice(), opts.ria_alpha)?,
+    };
+    let mask = prune_select::select(&scores, pattern)?;
+    Ok((None, BitMask::from_bytes(rows, cols, mask.to_vec::<u8>()?)?))
+}
+
+/// Prunes the weight of one linear (on its device) and applies DSnoT when asked: the new
+/// weight (same dtype and device, exact zeros where pruned), its mask, DSnoT swaps.
+fn prune_linear(
+    weight: &Tensor,
+    stats: Option<&calib::Stats>,
+    pattern: Pattern,
+    dsnot: Option<DsnotOptions>,
+    opts: &PruneOptions,
+) -> Result<(Tensor, BitMask, usize)> {
+    let [rows, cols] = weight.shape().dims_n::<2>("prune")?;
+    let host_stats = stats.map(calib::Stats::to_host).transpose()?;
+    let refine = |w: &[f32], mask: &mut BitMask| -> Result<usize> {
+        match (dsnot, host_stats.as_deref()) {
+            (Some(d), Some(st)) => dsnot::refine(w, rows, cols, st, mask, pattern, d),
+            _ => Ok(0),
+        }
+    };
+    match weight.device() {
+        crate::Device::Cpu(_) => {
+            let (mut w, mut mask) = prune_host(weight.to_f32_vec()?, rows, cols, host_stats.as_deref(), pattern, opts)?;
+            let swaps = refine(&w, &mut mask)?;
+            mask.apply(&mut w)?;
+            Ok((Tensor::from_f32(w, weight.shape().clone(), weight.dtype(), weight.device())?, mask, swaps))
+        }
+        crate::Device::Cuda(dev) => {
+            let (new, mut mask) = prune_cuda(dev, weight, stats, pattern, opts)?;
+            if let Some(new) = new {
+                return Ok((new, mask, 0));
+            }
+            let swaps = if dsnot.is_some() { refine(&weight.to_f32_vec()?, &mut mask)? } else { 0 };
+            let mask_t = Tensor::from_vec(mask.bytes().to_vec(), [rows, BitMask::stride_for(cols)], weight.device())?;
+            Ok((crate::ops::prune_select::apply_mask(weight, &mask_t)?, mask, swaps))
+        }
+    }
+}
+
+/// Compresses a pruned weight to N:M (on its device), checks the round trip is bit-exact,
+/// and returns (compressed, dense) bytes.
+fn nm_round_trip(weight: &Tensor, mask: &BitMask, n: usize, m: usize) -> Result<(usize, usize)> {
+    fn host<T: Copy + Default + PartialEq>(v: Vec<T>, mask: &BitMask, n: usize, m: usize) -> Result<(usize, usize)> {
+        let c = crate::sparse::NmMatrix::compress(&v, mask, n, m)?;
+        if c.decompress() != v {
+            return Err(Error::invalid("N:M compression did not round-trip"));
+        }
+        Ok((c.bytes(), c.dense_bytes()))
+    }
+    let (rows, cols) = (mask.rows(), mask.cols());
+    match weight.device() {
+        crate::Device::Cpu(_) => match weight.dtype() {
+            crate::DType::BF16 => host(weight.to_vec::<half::bf16>()?, mask, n, m),
+            _ => host(weight.to_f32_vec()?, mask, n, m),
+        },
+        crate::Device::Cuda(_) => {
+            let mask_t = Tensor::from_vec(mask.bytes().to_vec(), [rows, BitMask::stride_for(cols)], weight.device())?;
+            let (values, indices) = crate::ops::nm_pack::compress(weight, &mask_t, n, m)?;
+            let back = crate::ops::nm_pack::decompress(&values, &indices, rows, cols, n, m)?;
+            let same = match weight.dtype() {
+                crate::DType::BF16 => back.to_vec::<half::bf16>()? == weight.to_vec::<half::bf16>()?,
+                _ => back.to_f32_vec()?.iter().zip(weight.to_f32_vec()?).all(|(a, b)| a.to_bits() == b.to_bits()),
+            };
+            if !same {
+                return Err(Error::invalid("N:M compression did not round-trip on the device"));
+            }
+            Ok((values.size_in_bytes() + indices.size_in_bytes(), weight.size_in_bytes()))
         }
     }
 }
@@ -334,22 +423,13 @@ pub fn prune_model(
         for p in Proj::ALL {
             let [rows, cols] = p.shape(&cfg);
             let st = stats.as_ref().map(|s| &s[&p.input()]);
-            let w = weight_f32(layer, p)?;
-            let (mut w, mut mask) = prune_linear(w, rows, cols, st, pattern, opts)?;
-            let mut swaps = 0;
-            if let (Some(d), Some(st)) = (opts.dsnot, st) {
-                if d.include_mlp || matches!(p, Proj::Q | Proj::K | Proj::V | Proj::O) {
-                    swaps = dsnot::refine(&w, rows, cols, st, &mut mask, pattern, d)?;
-                }
-            }
-            mask.apply(&mut w)?;
-            let old = &layer.linear(p).weight;
+            let dsnot = opts.dsnot.filter(|d| d.include_mlp || matches!(p, Proj::Q | Proj::K | Proj::V | Proj::O));
+            let (new, mask, swaps) = prune_linear(&layer.linear(p).weight, st, pattern, dsnot, opts)?;
             if let (Some(st), Pattern::NM { n, m }) = (nm_storage.as_mut(), pattern) {
-                let (c, d) = nm_round_trip(&w, &mask, n, m, old.dtype())?;
+                let (c, d) = nm_round_trip(&new, &mask, n, m)?;
                 st.compressed_bytes += c;
                 st.dense_bytes += d;
             }
-            let new = Tensor::from_f32(w, old.shape().clone(), old.dtype(), old.device())?;
             layer.linear_mut(p).weight = new;
             zeros += rows * cols - mask.kept();
             total += rows * cols;

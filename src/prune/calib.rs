@@ -121,14 +121,14 @@ pub enum Stats {
     /// On the host.
     Host(InputStats),
     /// On a CUDA device.
-    Cuda(crate::ops::prune_stats::CudaInputStats),
+    Cuda(Box<crate::ops::prune_stats::CudaInputStats>),
 }
 
 impl Stats {
     fn new(like: &Tensor, dim: usize, req: StatsRequest) -> Result<Stats> {
         Ok(match like.device() {
             crate::Device::Cpu(_) => Stats::Host(InputStats::zeros(dim, req.xtx)),
-            crate::Device::Cuda(d) => Stats::Cuda(crate::ops::prune_stats::CudaInputStats::new(d, dim, req.xtx)?),
+            crate::Device::Cuda(d) => Stats::Cuda(Box::new(crate::ops::prune_stats::CudaInputStats::new(d, dim, req.xtx)?)),
         })
     }
 

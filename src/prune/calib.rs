@@ -198,13 +198,12 @@ impl Activations {
         let mut stats: HashMap<LinearInput, Stats> = HashMap::new();
         for x in &self.chunks {
             let mut seen = |which: LinearInput, input: &Tensor| -> Result<()> {
-                if !stats.contains_key(&which) {
-                    stats.insert(which, Stats::new(input, input.shape().last_dim(), req)?);
+                match stats.entry(which) {
+                    std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().accumulate(input),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(Stats::new(input, input.shape().last_dim(), req)?).accumulate(input)
+                    }
                 }
-                stats
-                    .get_mut(&which)
-                    .ok_or_else(|| Error::invalid("calibration statistics vanished"))?
-                    .accumulate(input)
             };
             layer.forward_observed(None, cfg, x, 0, Some(&mut seen))?;
         }

@@ -1,6 +1,7 @@
 //! The `sparsetune` command line. Results go to stdout (a table, or one JSON object with
 //! `--json`); progress bars and warnings go to stderr.
 
+mod bench;
 mod eval;
 mod progress;
 mod prune;
@@ -27,6 +28,8 @@ enum Command {
     Generate(eval::GenerateArgs),
     /// Prune a model (magnitude, Wanda, SparseGPT, RIA; unstructured or N:M).
     Prune(prune::PruneArgs),
+    /// Time single kernels at chosen sizes (median of repetitions, JSON lines).
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -36,6 +39,7 @@ pub fn main() -> i32 {
         Command::Eval(a) => eval::run_eval(a),
         Command::Generate(a) => eval::run_generate(a),
         Command::Prune(a) => prune::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     match result {
         Ok(()) => 0,

@@ -128,7 +128,9 @@ impl Stats {
     fn new(like: &Tensor, dim: usize, req: StatsRequest) -> Result<Stats> {
         Ok(match like.device() {
             crate::Device::Cpu(_) => Stats::Host(InputStats::zeros(dim, req.xtx)),
-            crate::Device::Cuda(d) => Stats::Cuda(Box::new(crate::ops::prune_stats::CudaInputStats::new(d, dim, req.xtx)?)),
+            crate::Device::Cuda(d) => {
+                Stats::Cuda(Box::new(crate::ops::prune_stats::CudaInputStats::new(d, dim, req.xtx)?))
+            }
         })
     }
 

@@ -1,7 +1,10 @@
 //! Dense f64 linear algebra for SparseGPT on the CPU, row-major [n, n]:
-//! blocked Cholesky (A = L·Lᵀ; trailing updates through the gemm crate), the inverse of a
-//! lower-triangular matrix, and the upper Cholesky factor of A⁻¹ as SparseGPT builds it:
-//! L = chol(A), A⁻¹ = L⁻ᵀ·L⁻¹, A⁻¹ = Uᵀ·U with U = chol(A⁻¹)ᵀ.
+//! blocked Cholesky (A = L·Lᵀ: 64-wide diagonal blocks factored directly, the panel below
+//! solved as a product with the inverted diagonal block, trailing update A22 −= P·Pᵀ), the
+//! inverse of a lower-triangular matrix (recursive: [[A, 0], [B, C]]⁻¹ =
+//! [[A⁻¹, 0], [−C⁻¹·B·A⁻¹, C⁻¹]]), and the upper Cholesky factor of A⁻¹ as SparseGPT builds
+//! it: L = chol(A), A⁻¹ = L⁻ᵀ·L⁻¹, A⁻¹ = Uᵀ·U with U = chol(A⁻¹)ᵀ. All products go through
+//! the gemm crate (all cores), so the O(n³) work runs at matrix-product speed.
 
 use gemm::Parallelism;
 
@@ -111,16 +114,12 @@ pub fn cholesky_lower(a: &mut [f64], n: usize) -> Result<()> {
         chol_block(a, n, k0, b)?;
         let rest = n - k0 - b;
         if rest > 0 {
-            // Panel: A[i, k0..k0+b] ← A[i, k0..k0+b] · L_kk⁻ᵀ for rows below the block.
-            for i in k0 + b..n {
-                for j in k0..k0 + b {
-                    let mut s = a[i * n + j];
-                    for p in k0..j {
-                        s -= a[i * n + p] * a[j * n + p];
-                    }
-                    a[i * n + j] = s / a[j * n + j];
-                }
-            }
+            // Panel: P = A[rows below, k0..k0+b] · L_kk⁻ᵀ, written back into A.
+            let diag: Vec<f64> = (k0..k0 + b).flat_map(|i| a[i * n + k0..i * n + k0 + b].iter().copied()).collect();
+            let diag_inv = invert_lower_small(&diag, b);
+            let below: Vec<f64> =
+                (k0 + b..n).flat_map(|i| a[i * n + k0..i * n + k0 + b].iter().copied()).collect::<Vec<_>>();
+            gemm_f64(rest, b, b, &mut a[(k0 + b) * n + k0..], n, false, 1.0, &below, b, false, &diag_inv, b, true);
             // Trailing update: A[r, r] -= P · Pᵀ with P = A[r, k0..k0+b], r = rows below.
             let panel: Vec<f64> =
                 (k0 + b..n).flat_map(|i| a[i * n + k0..i * n + k0 + b].iter().copied()).collect::<Vec<_>>();
@@ -137,11 +136,10 @@ pub fn cholesky_lower(a: &mut [f64], n: usize) -> Result<()> {
     Ok(())
 }
 
-/// Inverse of a lower-triangular matrix with a non-zero diagonal.
-pub fn invert_lower(l: &[f64], n: usize) -> Vec<f64> {
+/// Inverse of a small lower-triangular matrix, row by row:
+/// X[i, :] = (e_i − Σ_{p<i} L[i, p]·X[p, :]) / L[i, i] (axpys over contiguous rows).
+fn invert_lower_small(l: &[f64], n: usize) -> Vec<f64> {
     let mut x = vec![0f64; n * n];
-    // Row by row: X[i, :] = (e_i − Σ_{p<i} L[i, p]·X[p, :]) / L[i, i], X lower triangular.
-    // Each step is an axpy over a contiguous row prefix of X.
     for i in 0..n {
         let (done, rest) = x.split_at_mut(i * n);
         let row = &mut rest[..n];
@@ -156,6 +154,35 @@ pub fn invert_lower(l: &[f64], n: usize) -> Vec<f64> {
         }
         let d = l[i * n + i];
         row[..=i].iter_mut().for_each(|v| *v /= d);
+    }
+    x
+}
+
+/// Inverse of a lower-triangular matrix with a non-zero diagonal (recursive halving above
+/// 64 rows).
+pub fn invert_lower(l: &[f64], n: usize) -> Vec<f64> {
+    if n <= BLOCK {
+        return invert_lower_small(l, n);
+    }
+    let h = n / 2;
+    let m = n - h;
+    let block = |r0: usize, c0: usize, rows: usize, cols: usize| -> Vec<f64> {
+        (r0..r0 + rows).flat_map(|i| l[i * n + c0..i * n + c0 + cols].iter().copied()).collect()
+    };
+    let ai = invert_lower(&block(0, 0, h, h), h);
+    let ci = invert_lower(&block(h, h, m, m), m);
+    let b = block(h, 0, m, h);
+    let mut t = vec![0f64; m * h];
+    gemm_f64(m, h, h, &mut t, h, false, 1.0, &b, h, false, &ai, h, false);
+    let mut x21 = vec![0f64; m * h];
+    gemm_f64(m, h, m, &mut x21, h, false, -1.0, &ci, m, false, &t, h, false);
+    let mut x = vec![0f64; n * n];
+    for i in 0..h {
+        x[i * n..i * n + h].copy_from_slice(&ai[i * h..(i + 1) * h]);
+    }
+    for i in 0..m {
+        x[(h + i) * n..(h + i) * n + h].copy_from_slice(&x21[i * h..(i + 1) * h]);
+        x[(h + i) * n + h..(h + i + 1) * n].copy_from_slice(&ci[i * m..(i + 1) * m]);
     }
     x
 }
@@ -232,12 +259,14 @@ mod tests {
     fn triangular_inverse_is_exact_on_a_hand_worked_case() {
         // L = [[2, 0], [1, 4]] → L⁻¹ = [[1/2, 0], [−1/8, 1/4]]
         assert_eq!(invert_lower(&[2.0, 0.0, 1.0, 4.0], 2), vec![0.5, 0.0, -0.125, 0.25]);
-        let n = 40;
-        let mut l = spd(n, 9);
-        cholesky_lower(&mut l, n).unwrap();
-        let li = invert_lower(&l, n);
-        let eye: Vec<f64> = (0..n * n).map(|k| if k / n == k % n { 1.0 } else { 0.0 }).collect();
-        assert_close_f64("L·L⁻¹", &matmul(&l, &li, n, false, false), &eye, 1e-10, 0.0);
+        for n in [40, 64, 65, 130, 200] {
+            let mut l = spd(n, 9);
+            cholesky_lower(&mut l, n).unwrap();
+            let li = invert_lower(&l, n);
+            assert!((0..n).all(|i| (i + 1..n).all(|j| li[i * n + j] == 0.0)), "lower triangular");
+            let eye: Vec<f64> = (0..n * n).map(|k| if k / n == k % n { 1.0 } else { 0.0 }).collect();
+            assert_close_f64(&format!("L·L⁻¹ n={n}"), &matmul(&l, &li, n, false, false), &eye, 1e-9, 0.0);
+        }
     }
 
     #[test]

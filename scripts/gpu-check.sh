@@ -10,6 +10,7 @@ OUT="${OUT:-/tmp/sparsetune-gpu}"
 mkdir -p "$OUT" /tmp/carry
 tar -C /tmp/carry -xJf .carry/bin.tar.xz
 BIN=/tmp/carry/bin
+export SPARSETUNE_BIN="$BIN/sparsetune"
 what="${*:-tests bench}"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv | tee "$OUT/gpu.txt"
 if [[ " $what " == *" tests "* ]]; then

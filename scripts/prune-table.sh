@@ -27,7 +27,7 @@ print(json.dumps({"label": label, "method": p["method"], "pattern": p["pattern"]
 PY
     echo "$label: ppl $(python3 -c "import json,sys; print(round(json.loads(sys.argv[1])['perplexity'],2))" "$e")" >&2
 }
-d="$(ev "$(ls ~/.cache/sparsetune/SmolLM2-135M-Instruct.Q4_1.gguf)")"
+d="$(ev "${SPARSETUNE_CACHE:-$HOME/.cache/sparsetune}/SmolLM2-135M-Instruct.Q4_1.gguf")"
 python3 -c "import json,sys; e=json.loads(sys.argv[1]); print(json.dumps({'label':'dense','method':'dense','pattern':'-','allocation':'-','dsnot':False,'sparsity':0.0,'prune_seconds':0.0,'perplexity':e['perplexity']}))" "$d" >> "$OUT_JSON"
 for m in magnitude wanda sparsegpt ria; do
     run "$m-50" --method "$m" --sparsity 0.5

@@ -8,8 +8,14 @@ use std::process::Command;
 
 use sparsetune::io::asset_path;
 
+/// The binary under test: `$SPARSETUNE_BIN` when set (test executables carried to another
+/// machine), else the one cargo built.
+fn binary() -> std::path::PathBuf {
+    std::env::var_os("SPARSETUNE_BIN").map(Into::into).unwrap_or_else(|| env!("CARGO_BIN_EXE_sparsetune").into())
+}
+
 fn sparsetune(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sparsetune")).args(args).output().expect("run sparsetune");
+    let out = Command::new(binary()).args(args).output().expect("run sparsetune");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -22,7 +22,7 @@ fn cpu_gemm(c: &mut Criterion) {
         let mut out = vec![0f32; m * n];
         g.throughput(Throughput::Elements((2 * m * n * k) as u64));
         g.bench_with_input(BenchmarkId::new("gemm_crate", format!("{m}x{n}x{k}")), &(), |bench, _| {
-            bench.iter(|| cpu::fast(&a, &b, &mut out, dims(m, n, k)))
+            bench.iter(|| cpu::fast(&a, &b, &mut out, dims(m, n, k), 1.0, false))
         });
     }
     let (m, n, k) = (64, 1536, 576);

@@ -8,8 +8,8 @@
 //   the group keeps exactly n, recording the smallest bad flat group index row * (cols/m) + g in
 //   *bad_group (atomicMin: the result does not depend on thread order).
 // nm_compress_indices: one thread per index byte, so no two threads write one byte.
-// nm_decompress: one thread per dense element: the value of the group's slot whose position is
-//   the element's (the last such slot, as the CPU's in-order overwrite), else +0.
+// Decompression is cuda/sparse.cu's nm_expand (one thread per dense element: the value of the
+//   group's slot whose position is the element's, the last such slot as the CPU does, else +0).
 // A group keeping fewer than n entries reads position 0 for its missing slots: garbage that the
 // host discards on seeing *bad_group, never an out-of-bounds read.
 #include "common.cuh"
@@ -65,37 +65,11 @@ extern "C" __global__ void nm_compress_indices(const uint8_t* mask, uint8_t* ind
     indices[(size_t)row * index_stride + byte] = (uint8_t)out;
 }
 
-// Grid: (rows, ceil(cols / blockDim.x)).
-template <typename T>
-__device__ void nm_decompress(const T* values, const uint8_t* indices, T* dense, int rows, int cols,
-                              int index_stride, int n, int m, int bits) {
-    const int row = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
-    if (row >= rows || c >= cols) return;
-    const int g = c / m, p = c % m, per_row = cols / m * n;
-    const uint8_t* index_row = indices + (size_t)row * index_stride;
-    T v = from_f32<T>(0.f);
-    for (int i = 0; i < n; ++i) {
-        const int s = g * n + i;
-        int pos = 0;
-        for (int b = 0; b < bits; ++b) {
-            const int at = s * bits + b;
-            pos |= ((index_row[at >> 3] >> (at & 7)) & 1) << b;
-        }
-        if (pos == p) v = values[(size_t)row * per_row + s];
-    }
-    dense[(size_t)row * cols + c] = v;
-}
-
 #define NM_PACK_KERNELS(T, S)                                                                          \
     extern "C" __global__ void nm_compress_values_##S(const T* dense, const uint8_t* mask, T* values,   \
                                                       unsigned long long* bad_group, int rows,         \
                                                       int cols, int mask_stride, int n, int m) {        \
         nm_compress_values<T>(dense, mask, values, bad_group, rows, cols, mask_stride, n, m);           \
-    }                                                                                                  \
-    extern "C" __global__ void nm_decompress_##S(const T* values, const uint8_t* indices, T* dense,    \
-                                                 int rows, int cols, int index_stride, int n, int m,    \
-                                                 int bits) {                                            \
-        nm_decompress<T>(values, indices, dense, rows, cols, index_stride, n, m, bits);                 \
     }
 
 NM_PACK_KERNELS(float, f32)

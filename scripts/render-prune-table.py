@@ -13,7 +13,10 @@ def ppl(label):
 
 def secs(label):
     r = by.get(label)
-    return f"{r['prune_seconds']:.0f}" if r else "–"
+    if not r:
+        return "–"
+    s = r["prune_seconds"]
+    return f"{s:.1f}" if s < 10 else f"{s:.0f}"
 
 print(f"Dense: **{ppl('dense')}**\n")
 print("| method | 50% | 70% | 2:4 | seconds (50% / 70% / 2:4) |")
@@ -34,3 +37,8 @@ for name, label in rows:
     t = r.get("layer_targets") or []
     span = f"{t[0]:.3f} → {t[-1]:.3f} (min {min(t):.3f}, max {max(t):.3f})" if t else "–"
     print(f"| {name} | {ppl(label)} | {secs(label)} | {span} |")
+
+r50, d50 = by.get("wanda-50"), by.get("wanda-50-dsnot")
+if r50 and d50:
+    print()
+    print(f"Wanda at 50%: {ppl('wanda-50')} uniform, {ppl('wanda-50-dsnot')} with DSnoT ({secs('wanda-50-dsnot')} s).")

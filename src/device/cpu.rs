@@ -4,11 +4,15 @@
 use std::sync::Arc;
 
 use super::memory::{MemTicket, MemoryCounter, MemoryStats};
+use super::workspace::Workspace;
+use crate::storage::{CpuData, Element};
+use crate::Result;
 
-/// Host memory with its own byte counter. Cheap to clone (the counter is shared).
+/// Host memory with its own byte counter and workspace. Cheap to clone (both are shared).
 #[derive(Clone, Debug, Default)]
 pub struct CpuDevice {
     memory: Arc<MemoryCounter>,
+    workspace: Workspace<CpuData>,
 }
 
 /// A host vector counted against a [`CpuDevice`].
@@ -32,6 +36,17 @@ impl CpuDevice {
     /// Resets the peak to the current value.
     pub fn reset_peak_memory(&self) {
         self.memory.reset_peak()
+    }
+
+    /// Runs `f` on at least `n` elements of this device's reusable workspace (see
+    /// [`Workspace`]); the contents on entry are unspecified.
+    pub fn with_workspace<T: Element, R>(&self, n: usize, f: impl FnOnce(&mut [T]) -> Result<R>) -> Result<R> {
+        self.workspace.with(n, |n| T::wrap_cpu(self.buffer(vec![T::default(); n])), f)
+    }
+
+    /// Bytes held by the workspace.
+    pub fn workspace_bytes(&self) -> usize {
+        self.workspace.bytes()
     }
 
     /// Takes ownership of `data` and counts its bytes.

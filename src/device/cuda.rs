@@ -33,6 +33,7 @@ struct CudaInner {
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     memory: Arc<MemoryCounter>,
     poison: AtomicBool,
+    workspace: super::workspace::Workspace<crate::storage::CudaData>,
 }
 
 /// A device buffer obtained from [`CudaDevice::alloc`]; its bytes are counted until drop.
@@ -79,6 +80,7 @@ impl CudaDevice {
             modules: Mutex::new(HashMap::new()),
             memory: Arc::new(MemoryCounter::default()),
             poison: AtomicBool::new(false),
+            workspace: Default::default(),
         })))
     }
 
@@ -147,6 +149,21 @@ impl CudaDevice {
         }
         let bytes = len * std::mem::size_of::<T>();
         Ok(CudaBuffer { slice, _ticket: MemTicket::new(&self.0.memory, bytes) })
+    }
+
+    /// Runs `f` on this device's reusable workspace of type `T` with at least `n` elements
+    /// (the slice may be longer; contents unspecified). See [`super::workspace::Workspace`].
+    pub fn with_workspace<T: crate::storage::Element, R>(
+        &self,
+        n: usize,
+        f: impl FnOnce(&mut CudaSlice<T>) -> Result<R>,
+    ) -> Result<R> {
+        self.0.workspace.with(n, |n| Ok(T::wrap_cuda(self.alloc::<T>(n)?)), f)
+    }
+
+    /// Bytes held by the workspace.
+    pub fn workspace_bytes(&self) -> usize {
+        self.0.workspace.bytes()
     }
 
     /// `len` zeroed elements.

@@ -4,6 +4,7 @@
 pub mod cpu;
 pub mod cuda;
 mod memory;
+pub mod workspace;
 
 pub use cpu::{CpuBuffer, CpuDevice};
 pub use cuda::{CudaBuffer, CudaDevice};
@@ -109,6 +110,29 @@ pub fn cuda_for_tests(test: &str) -> Option<Device> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workspace_grows_is_reused_and_counted() {
+        let dev = CpuDevice::new();
+        let before = dev.memory().current_bytes;
+        dev.with_workspace::<f32, _>(100, |w| {
+            assert_eq!(w.len(), 100);
+            w[0] = 7.0;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(dev.memory().current_bytes - before, 400);
+        dev.with_workspace::<f32, _>(50, |w| {
+            assert_eq!((w.len(), w[0]), (50, 7.0), "reused, not reallocated");
+            Ok(())
+        })
+        .unwrap();
+        dev.with_workspace::<f32, _>(300, |_| Ok(())).unwrap();
+        assert_eq!(dev.memory().current_bytes - before, 1200, "grown: the old buffer was released");
+        assert_eq!(dev.workspace_bytes(), 1200);
+        let nested = dev.with_workspace::<f32, _>(10, |_| dev.with_workspace::<f32, _>(10, |_| Ok(())));
+        assert!(nested.unwrap_err().to_string().contains("in use"));
+    }
 
     #[test]
     fn missing_cuda_is_an_error_not_a_panic() {

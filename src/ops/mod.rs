@@ -14,6 +14,7 @@ pub mod cast;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
+pub mod masked_lora;
 pub mod matmul;
 pub mod nm_pack;
 pub mod prune_select;

@@ -72,9 +72,10 @@ pub fn reference<F: Real>(a: &[F], b: &[F], c: &mut [F], d: Dims) {
     }
 }
 
-/// The fast path for f32 (gemm crate, all cores). Same result as [`reference`] up to
-/// f32 summation order.
-pub fn fast(a: &[f32], b: &[f32], c: &mut [f32], d: Dims) {
+/// The fast path for f32 (gemm crate, all cores): `c = alpha·op(a)·op(b)`, or
+/// `c += alpha·op(a)·op(b)` with `accumulate`. Same result as [`reference`] (alpha 1, no
+/// accumulation) up to f32 summation order.
+pub fn fast(a: &[f32], b: &[f32], c: &mut [f32], d: Dims, alpha: f32, accumulate: bool) {
     let (ars, acs) = d.a_strides();
     let (brs, bcs) = d.b_strides();
     let threads = rayon::current_num_threads();
@@ -92,15 +93,15 @@ pub fn fast(a: &[f32], b: &[f32], c: &mut [f32], d: Dims) {
                 c_b.as_mut_ptr(),
                 1,
                 d.n as isize,
-                false,
+                accumulate,
                 a_b.as_ptr(),
                 acs as isize,
                 ars as isize,
                 b_b.as_ptr(),
                 bcs as isize,
                 brs as isize,
-                0.0f32,
                 1.0f32,
+                alpha,
                 false,
                 false,
                 false,

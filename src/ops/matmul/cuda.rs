@@ -12,13 +12,18 @@ use crate::device::CudaDevice;
 use crate::ops::to_i32;
 use crate::Result;
 
-/// c = op(a) · op(b) for every batch entry. Slice sizes are checked by the caller.
+/// c = alpha·op(a)·op(b) + beta·c for every batch entry (f32 accumulation for bf16; for
+/// bf16 cuBLAS receives alpha and beta rounded to bf16). Slices may be longer than the
+/// matrices; sizes are checked by the caller.
+#[allow(clippy::too_many_arguments)]
 pub fn matmul<T: CudaFloat>(
     dev: &CudaDevice,
     a: &CudaSlice<T>,
     b: &CudaSlice<T>,
     c: &mut CudaSlice<T>,
     d: Dims,
+    alpha: f32,
+    beta: f32,
 ) -> Result<()>
 where
     cudarc::cublas::CudaBlas: Gemm<T>,
@@ -32,10 +37,10 @@ where
         m: n,
         n: m,
         k,
-        alpha: T::from_f32(1.0),
+        alpha: T::from_f32(alpha),
         lda: if d.trans_b { k } else { n },
         ldb: if d.trans_a { m } else { k },
-        beta: T::from_f32(0.0),
+        beta: T::from_f32(beta),
         ldc: n,
     };
     let blas = dev.blas();

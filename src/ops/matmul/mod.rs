@@ -51,13 +51,13 @@ pub fn forward(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<T
     match a.device() {
         Device::Cpu(_) => {
             let mut c = vec![0f32; n_out];
-            cpu::fast(&host_f32(a)?, &host_f32(b)?, &mut c, d);
+            cpu::fast(&host_f32(a)?, &host_f32(b)?, &mut c, d, 1.0, false);
             Tensor::from_f32(c, out_shape, a.dtype(), a.device())
         }
         Device::Cuda(_) => with_compute_type!(a.dtype(), "matmul", T => {
             let dev = cuda_device(a)?;
             let mut c = dev.alloc::<T>(n_out)?;
-            cuda::matmul::<T>(dev, a.read()?.cuda()?, b.read()?.cuda()?, c.slice_mut(), d)?;
+            cuda::matmul::<T>(dev, a.read()?.cuda()?, b.read()?.cuda()?, c.slice_mut(), d, 1.0, 0.0)?;
             cuda_tensor(c, out_shape, a.device())
         }),
     }
@@ -159,7 +159,7 @@ mod tests {
                 let b = random_f32(if bb { batch } else { 1 } * k * n, 1.0, 2);
                 let (mut c_ref, mut c_fast) = (vec![0f32; batch * m * n], vec![f32::NAN; batch * m * n]);
                 cpu::reference(&a, &b, &mut c_ref, d);
-                cpu::fast(&a, &b, &mut c_fast, d);
+                cpu::fast(&a, &b, &mut c_fast, d, 1.0, false);
                 assert_close(&format!("matmul fast {d:?}"), &c_fast, &c_ref, 1e-5, 1e-4);
             }
         }

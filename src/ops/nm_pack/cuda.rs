@@ -114,7 +114,7 @@ pub fn compress<T: CudaFloat>(
 }
 
 /// Expands values [rows, cols/m·n] and indices [rows, ceil(cols/m·n·bits / 8)] into dense
-/// [rows, cols].
+/// [rows, cols] (the `sparse` module's N:M expand kernel).
 #[allow(clippy::too_many_arguments)]
 pub fn decompress<T: CudaFloat>(
     dev: &CudaDevice,
@@ -129,13 +129,16 @@ pub fn decompress<T: CudaFloat>(
     let op = "nm_pack decompress";
     let d = dims(op, rows, cols, n, m)?;
     expect_rows(op, &d, rows, [Some(dense.len()), None, Some(values.len()), Some(indices.len())])?;
-    let f = dev.function("nm_pack", &format!("nm_decompress_{}", T::SUFFIX))?;
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(values).arg(indices).arg(dense).arg(&d.rows).arg(&d.cols).arg(&d.index_stride);
-    b.arg(&d.n).arg(&d.m).arg(&d.bits);
-    // SAFETY: values holds rows·per_row elements, indices rows·index_stride bytes, dense
-    // rows·cols (checked above); index bits of slots below per_row lie inside a row's bytes;
-    // thread (row < rows, column < cols) reads its group's n slots and writes one element.
-    unsafe { b.launch(grid(op, rows, cols)?) }?;
-    Ok(())
+    let format = crate::sparse::SparseFormat::NM { n, m };
+    crate::sparse::cuda::expand(
+        dev,
+        rows,
+        cols,
+        format,
+        values,
+        indices,
+        None,
+        &mut dense.slice_mut(..),
+        crate::sparse::Expand::Overwrite,
+    )
 }

@@ -1,0 +1,101 @@
+// Expanding compressed weights into a dense [rows, cols] buffer (the workspace).
+// mode 0 (overwrite): out = kept ? v : 0;   mode 1 (add kept): out = kept ? out + v : 0,
+// with the sum in f32 rounded to T, like the CPU reference;   mode 2 (mask): out = kept ? out : 0.
+//
+// bitmask_expand: values [nnz] row by row, mask [rows, stride = ceil(cols/8)] (bit c%8 of
+// byte c/8), row_offsets [rows + 1]. One block per row: the rank of a kept column is
+// row_offsets[row] + (kept bits in the row's earlier bytes) + (kept bits below it in its
+// byte); the per-byte prefix counts are built in shared memory (stride ≤ MAX_STRIDE), then
+// threads walk the columns with a stride of blockDim.x (coalesced writes).
+//
+// nm_expand: values [rows, cols/m·n], positions [rows, index_stride], ceil(log2 m) bits per
+// kept value. One thread per output element reads its group's n positions.
+#include "common.cuh"
+
+#define MAX_STRIDE 8192
+
+template <typename T>
+__device__ __forceinline__ T put(T old, T v, int mode) {
+    return mode == 0 ? v : mode == 1 ? from_f32<T>(to_f32(old) + to_f32(v)) : old;
+}
+
+template <typename T>
+__device__ void bitmask_expand(const T* values, const uint8_t* mask, const unsigned* row_offsets, T* out,
+                               int rows, int cols, int stride, int mode) {
+    __shared__ unsigned prefix[MAX_STRIDE];
+    __shared__ unsigned partial[1024];
+    const int row = blockIdx.x;
+    if (row >= rows) return;
+    const uint8_t* mrow = mask + (size_t)row * stride;
+    // Each thread counts a contiguous run of bytes.
+    const int per = (stride + blockDim.x - 1) / blockDim.x;
+    const int b0 = threadIdx.x * per, b1 = min(stride, b0 + per);
+    unsigned local = 0;
+    for (int b = b0; b < b1; ++b) local += __popc((unsigned)mrow[b]);
+    partial[threadIdx.x] = local;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned run = 0;
+        for (int t = 0; t < (int)blockDim.x; ++t) {
+            const unsigned v = partial[t];
+            partial[t] = run;
+            run += v;
+        }
+    }
+    __syncthreads();
+    unsigned run = partial[threadIdx.x];
+    for (int b = b0; b < b1; ++b) {
+        prefix[b] = run;
+        run += __popc((unsigned)mrow[b]);
+    }
+    __syncthreads();
+    const unsigned base = row_offsets[row];
+    T* orow = out + (size_t)row * cols;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        const unsigned byte = mrow[c >> 3];
+        const int bit = c & 7;
+        if ((byte >> bit) & 1) {
+            const unsigned rank = prefix[c >> 3] + __popc(byte & ((1u << bit) - 1u));
+            orow[c] = put(orow[c], values[base + rank], mode);
+        } else {
+            orow[c] = from_f32<T>(0.f);
+        }
+    }
+}
+
+// Grid: (rows, ceil(cols / blockDim.x)).
+template <typename T>
+__device__ void nm_expand(const T* values, const uint8_t* positions, T* out, int rows, int cols, int index_stride,
+                          int n, int m, int bits, int mode) {
+    const int row = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (row >= rows || c >= cols) return;
+    const int g = c / m, p = c % m, per_row = cols / m * n;
+    const uint8_t* prow = positions + (size_t)row * index_stride;
+    int slot = -1;
+    for (int i = 0; i < n; ++i) {
+        const int s = g * n + i;
+        int pos = 0;
+        for (int b = 0; b < bits; ++b) {
+            const int at = s * bits + b;
+            pos |= ((prow[at >> 3] >> (at & 7)) & 1) << b;
+        }
+        if (pos == p) slot = s;
+    }
+    T* o = out + (size_t)row * cols + c;
+    *o = slot >= 0 ? put(*o, values[(size_t)row * per_row + slot], mode) : from_f32<T>(0.f);
+}
+
+#define SPARSE_KERNELS(T, S)                                                                              \
+    extern "C" __global__ void bitmask_expand_##S(const T* values, const uint8_t* mask,                  \
+                                                  const unsigned* row_offsets, T* out, int rows, int cols, \
+                                                  int stride, int mode) {                                \
+        bitmask_expand<T>(values, mask, row_offsets, out, rows, cols, stride, mode);                      \
+    }                                                                                                     \
+    extern "C" __global__ void nm_expand_##S(const T* values, const uint8_t* positions, T* out, int rows,  \
+                                             int cols, int index_stride, int n, int m, int bits,          \
+                                             int mode) {                                                   \
+        nm_expand<T>(values, positions, out, rows, cols, index_stride, n, m, bits, mode);                  \
+    }
+
+SPARSE_KERNELS(float, f32)
+SPARSE_KERNELS(bf16, bf16)

@@ -1,0 +1,210 @@
+use super::*;
+use crate::prune::select::{select, Pattern};
+use crate::sparse::{BitMask, SparseFormat};
+use crate::testing::{assert_close, assert_close_f64, finite_diff, random_f32, random_f64};
+use crate::{device::cuda_for_tests, Grads};
+
+fn keep_of(mask: &BitMask) -> Vec<bool> {
+    (0..mask.rows() * mask.cols()).map(|k| mask.get(k / mask.cols(), k % mask.cols())).collect()
+}
+
+/// The reference's gradients are the derivatives of its forward (checks the formulas).
+#[test]
+fn reference_exact_gradients_match_finite_differences() {
+    let d = Dims { tokens: 4, input: 6, output: 5, rank: 2 };
+    let keep: Vec<bool> = (0..30).map(|k| (k * 7) % 3 != 0).collect();
+    let (x, w) = (random_f64(24, 1.0, 1), random_f64(30, 1.0, 2));
+    let (a, b, dy) = (random_f64(12, 1.0, 3), random_f64(10, 1.0, 4), random_f64(20, 1.0, 5));
+    let s = 1.7;
+    let (dx, da, db) = cpu::backward(&x, &w, &keep, &a, &b, &dy, s, d, AdapterGrad::Exact);
+    let fd_x = finite_diff(|x| cpu::forward(x, &w, &keep, &a, &b, s, d), &x, &dy, 1e-6);
+    let fd_a = finite_diff(|a| cpu::forward(&x, &w, &keep, a, &b, s, d), &a, &dy, 1e-6);
+    let fd_b = finite_diff(|b| cpu::forward(&x, &w, &keep, &a, b, s, d), &b, &dy, 1e-6);
+    assert_close_f64("dx", &dx, &fd_x, 1e-8, 1e-6);
+    assert_close_f64("dA", &da, &fd_a, 1e-8, 1e-6);
+    assert_close_f64("dB", &db, &fd_b, 1e-8, 1e-6);
+    // Rearranged equals exact when nothing is masked, differs otherwise.
+    let all = vec![true; 30];
+    let e = cpu::backward(&x, &w, &all, &a, &b, &dy, s, d, AdapterGrad::Exact);
+    let r = cpu::backward(&x, &w, &all, &a, &b, &dy, s, d, AdapterGrad::Rearranged);
+    assert_close_f64("dense: dA rearranged", &r.1, &e.1, 1e-12, 1e-10);
+    assert_close_f64("dense: dB rearranged", &r.2, &e.2, 1e-12, 1e-10);
+    let r = cpu::backward(&x, &w, &keep, &a, &b, &dy, s, d, AdapterGrad::Rearranged);
+    assert!(r.1.iter().zip(&da).any(|(p, q)| (p - q).abs() > 1e-6), "the masked exact dA differs from LoRS's");
+}
+
+struct Case {
+    x: Tensor,
+    w: SparseWeight,
+    w_dense: Vec<f32>,
+    keep: Vec<bool>,
+    a: Tensor,
+    b: Tensor,
+    dy: Tensor,
+    d: Dims,
+}
+
+fn case(
+    dev: &Device,
+    dtype: DType,
+    lead: &[usize],
+    input: usize,
+    output: usize,
+    rank: usize,
+    format: SparseFormat,
+    seed: u64,
+) -> Case {
+    let tokens: usize = lead.iter().product();
+    let pattern = match format {
+        SparseFormat::Bitmask => Pattern::Unstructured(0.5),
+        SparseFormat::NM { n, m } => Pattern::NM { n, m },
+    };
+    let mask = select(&random_f32(output * input, 1.0, seed), output, input, pattern).unwrap();
+    let mut wv = random_f32(output * input, 0.5, seed + 1);
+    mask.apply(&mut wv).unwrap();
+    let wt = Tensor::from_f32(wv, [output, input], dtype, dev).unwrap();
+    let w = SparseWeight::compress(&wt, &mask, format).unwrap();
+    let mut xs = lead.to_vec();
+    xs.push(input);
+    let mut ys = lead.to_vec();
+    ys.push(output);
+    let mk = |shape: Vec<usize>, s: u64| {
+        let n = shape.iter().product();
+        Tensor::from_f32(random_f32(n, 1.0, s), shape, dtype, dev).unwrap()
+    };
+    Case {
+        x: mk(xs, seed + 2),
+        w_dense: wt.to_f32_vec().unwrap(),
+        w,
+        keep: keep_of(&mask),
+        a: mk(vec![rank, input], seed + 3),
+        b: mk(vec![output, rank], seed + 4),
+        dy: mk(ys, seed + 5),
+        d: Dims { tokens, input, output, rank },
+    }
+}
+
+fn f64s(t: &Tensor) -> Vec<f64> {
+    t.to_f32_vec().unwrap().into_iter().map(f64::from).collect()
+}
+
+#[test]
+fn cpu_path_matches_the_dense_reference() {
+    let dev = Device::cpu();
+    for (lead, input, output, rank, format) in [
+        (vec![1, 7], 37, 29, 3, SparseFormat::Bitmask),
+        (vec![2, 5], 64, 33, 8, SparseFormat::NM { n: 2, m: 4 }),
+        (vec![3, 1], 16, 80, 1, SparseFormat::Bitmask),
+    ] {
+        let c = case(&dev, DType::F32, &lead, input, output, rank, format, 9);
+        let (x, a, b, dy) = (f64s(&c.x), f64s(&c.a), f64s(&c.b), f64s(&c.dy));
+        let w: Vec<f64> = c.w_dense.iter().map(|&v| v as f64).collect();
+        let s = 2.0;
+        let what = format!("{input}->{output} r{rank} {format:?}");
+        let y = forward(&c.x, &c.w, &c.a, &c.b, s as f32).unwrap();
+        assert_eq!(y.dims()[..lead.len()], lead[..]);
+        assert_close_f64(&format!("{what} y"), &f64s(&y), &cpu::forward(&x, &w, &c.keep, &a, &b, s, c.d), 1e-5, 1e-5);
+        for mode in [AdapterGrad::Exact, AdapterGrad::Rearranged] {
+            let (rdx, rda, rdb) = cpu::backward(&x, &w, &c.keep, &a, &b, &dy, s, c.d, mode);
+            let (dx, da, db) = backward(&c.x, &c.w, &c.a, &c.b, &c.dy, s as f32, mode, true, true).unwrap();
+            assert_close_f64(&format!("{what} {mode:?} dx"), &f64s(&dx.unwrap()), &rdx, 1e-5, 1e-5);
+            assert_close_f64(&format!("{what} {mode:?} dA"), &f64s(&da.unwrap()), &rda, 1e-4, 1e-5);
+            assert_close_f64(&format!("{what} {mode:?} dB"), &f64s(&db.unwrap()), &rdb, 1e-4, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn tape_keeps_no_out_by_in_tensor_and_reuses_the_workspace() {
+    let dev = Device::cpu();
+    let c = case(&dev, DType::F32, &[2, 9], 48, 40, 4, SparseFormat::Bitmask, 3);
+    let mut tape = Tape::new();
+    tape.watch(&c.a);
+    tape.watch(&c.b);
+    let y = masked_lora(Some(&mut tape), &c.x, &c.w, &c.a, &c.b, 2.0, AdapterGrad::Exact).unwrap();
+    let report = tape.saved_report();
+    assert_eq!(report.len(), 1);
+    assert_eq!(report[0].recomputed, vec![RECOMPUTED]);
+    for (shape, _) in &report[0].kept {
+        assert_ne!(shape.elem_count(), 40 * 48, "an out × in tensor is kept: {shape}");
+    }
+    let Device::Cpu(cpu) = &dev else { unreachable!() };
+    let ws = cpu.workspace_bytes();
+    assert_eq!(ws, 40 * 48 * 4, "one workspace of the linear's size");
+    let before = dev.memory().current_bytes;
+    let mut grads = Grads::new();
+    tape.backward_from(&y, c.dy.clone(), &mut grads).unwrap();
+    assert_eq!(cpu.workspace_bytes(), ws, "backward reuses the workspace");
+    let (_, da, db) = backward(&c.x, &c.w, &c.a, &c.b, &c.dy, 2.0, AdapterGrad::Exact, false, true).unwrap();
+    assert_eq!(grads.get(&c.a).unwrap().to_f32_vec().unwrap(), da.unwrap().to_f32_vec().unwrap());
+    assert_eq!(grads.get(&c.b).unwrap().to_f32_vec().unwrap(), db.unwrap().to_f32_vec().unwrap());
+    assert!(grads.get(&c.x).is_none());
+    // After the op only the gradients remain beyond what existed before backward.
+    assert!(dev.memory().current_bytes <= before + (4 * 48 + 40 * 4) * 4 * 2);
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let dev = Device::cpu();
+    let c = case(&dev, DType::F32, &[3], 16, 8, 2, SparseFormat::Bitmask, 1);
+    let wrong_a = Tensor::zeros([2, 15], DType::F32, &dev).unwrap();
+    assert!(forward(&c.x, &c.w, &wrong_a, &c.b, 1.0).unwrap_err().to_string().contains("[2, 15]"));
+    let wrong_x = Tensor::zeros([3, 17], DType::F32, &dev).unwrap();
+    assert!(forward(&wrong_x, &c.w, &c.a, &c.b, 1.0).is_err());
+    let b16 = case(&dev, DType::BF16, &[3], 16, 8, 2, SparseFormat::Bitmask, 1);
+    assert!(forward(&b16.x, &b16.w, &b16.a, &b16.b, 1.0).unwrap_err().to_string().contains("f32"));
+}
+
+#[test]
+fn cuda_matches_cpu() {
+    let Some(gpu) = cuda_for_tests("masked_lora::cuda_matches_cpu") else { return };
+    let cpu = Device::cpu();
+    for (dtype, atol, rtol) in [(DType::F32, 1e-4, 1e-4), (DType::BF16, 5e-2, 3e-2)] {
+        for (lead, input, output, rank, format) in [
+            (vec![1, 7], 37, 29, 3, SparseFormat::Bitmask),
+            (vec![2, 65], 576, 192, 16, SparseFormat::Bitmask),
+            (vec![3, 33], 256, 100, 8, SparseFormat::NM { n: 2, m: 4 }),
+            (vec![1, 130], 1536, 576, 16, SparseFormat::NM { n: 4, m: 8 }),
+        ] {
+            // Reference in f32 on the CPU from the same (dtype-rounded) values.
+            let c = case(&cpu, dtype, &lead, input, output, rank, format, 17);
+            let to32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let w32 = c.w.to_dtype(DType::F32).unwrap();
+            let (x, a, b, dy) = (to32(&c.x), to32(&c.a), to32(&c.b), to32(&c.dy));
+            let g = |t: &Tensor| t.to_device(&gpu).unwrap();
+            let wg = c.w.to_device(&gpu).unwrap();
+            let what = format!("{dtype} {input}->{output} r{rank} {format:?}");
+            let tol = (input as f64).sqrt();
+            let y = forward(&x, &w32, &a, &b, 2.0).unwrap().to_f32_vec().unwrap();
+            let yg = forward(&g(&c.x), &wg, &g(&c.a), &g(&c.b), 2.0).unwrap().to_f32_vec().unwrap();
+            assert_close(&format!("{what} y"), &yg, &y, atol * tol, rtol);
+            for mode in [AdapterGrad::Exact, AdapterGrad::Rearranged] {
+                let (dx, da, db) = backward(&x, &w32, &a, &b, &dy, 2.0, mode, true, true).unwrap();
+                let (gx, ga, gb) =
+                    backward(&g(&c.x), &wg, &g(&c.a), &g(&c.b), &g(&c.dy), 2.0, mode, true, true).unwrap();
+                let tol_t = (c.d.tokens as f64).sqrt();
+                assert_close(
+                    &format!("{what} {mode:?} dx"),
+                    &gx.unwrap().to_f32_vec().unwrap(),
+                    &dx.unwrap().to_f32_vec().unwrap(),
+                    atol * (output as f64).sqrt(),
+                    rtol,
+                );
+                assert_close(
+                    &format!("{what} {mode:?} dA"),
+                    &ga.unwrap().to_f32_vec().unwrap(),
+                    &da.unwrap().to_f32_vec().unwrap(),
+                    atol * tol_t * tol,
+                    rtol,
+                );
+                assert_close(
+                    &format!("{what} {mode:?} dB"),
+                    &gb.unwrap().to_f32_vec().unwrap(),
+                    &db.unwrap().to_f32_vec().unwrap(),
+                    atol * tol_t * tol,
+                    rtol,
+                );
+            }
+        }
+    }
+}

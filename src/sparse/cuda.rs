@@ -1,0 +1,101 @@
+//! Launches `cuda/sparse.cu`: expanding a compressed weight into a device buffer.
+
+use cudarc::driver::{CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg};
+
+use super::nm::index_bits;
+use super::weight::{Expand, SparseFormat};
+use crate::device::cuda::CudaFloat;
+use crate::device::CudaDevice;
+use crate::ops::to_i32;
+use crate::{Error, Result};
+
+const THREADS: u32 = 256;
+/// Largest mask row in bytes the bitmask kernel holds in shared memory (65,536 columns).
+pub const MAX_STRIDE: usize = 8192;
+
+/// Expands into `out` (≥ rows·cols elements). Sizes are checked here.
+#[allow(clippy::too_many_arguments)]
+pub fn expand<T: CudaFloat>(
+    dev: &CudaDevice,
+    rows: usize,
+    cols: usize,
+    format: SparseFormat,
+    values: &CudaSlice<T>,
+    meta: &CudaSlice<u8>,
+    offsets: Option<&CudaSlice<u32>>,
+    out: &mut CudaViewMut<'_, T>,
+    mode: Expand,
+) -> Result<()> {
+    let op = "sparse expand";
+    let need = rows * cols;
+    if out.len() < need {
+        return Err(Error::invalid(format!("{op}: buffer of {} for {rows}x{cols}", out.len())));
+    }
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let mode_i: i32 = match mode {
+        Expand::Overwrite => 0,
+        Expand::AddKept => 1,
+        Expand::MaskOnly => 2,
+    };
+    let (rows_i, cols_i) = (to_i32(op, rows)?, to_i32(op, cols)?);
+    match format {
+        SparseFormat::Bitmask => {
+            let stride = cols.div_ceil(8);
+            let offsets = offsets.ok_or_else(|| Error::invalid("bitmask weight without row offsets"))?;
+            if stride > MAX_STRIDE || meta.len() < rows * stride || offsets.len() < rows + 1 {
+                return Err(Error::invalid(format!(
+                    "{op}: mask {} bytes, offsets {} for {rows}x{cols}",
+                    meta.len(),
+                    offsets.len()
+                )));
+            }
+            let f = dev.function("sparse", &format!("bitmask_expand_{}", T::SUFFIX))?;
+            let stride_i = to_i32(op, stride)?;
+            let mut b = dev.stream().launch_builder(&f);
+            b.arg(values).arg(meta).arg(offsets).arg(out).arg(&rows_i).arg(&cols_i).arg(&stride_i).arg(&mode_i);
+            let cfg = LaunchConfig { grid_dim: (rows_i as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+            // SAFETY: mask holds rows·stride bytes, offsets rows + 1 entries, out ≥ rows·cols;
+            // offsets are private to SparseWeight, built non-decreasing with the last equal to
+            // values.len(), and each row's kept-bit count equals its offset difference;
+            // block `row` reads its mask row and values [offsets[row], offsets[row + 1]).
+            unsafe { b.launch(cfg) }?;
+        }
+        SparseFormat::NM { n, m } => {
+            let bits = index_bits(m);
+            let per_row = cols / m * n;
+            let index_stride = (per_row * bits).div_ceil(8);
+            if values.len() < rows * per_row || meta.len() < rows * index_stride {
+                return Err(Error::invalid(format!(
+                    "{op}: {} values, {} index bytes for {rows}x{cols} {n}:{m}",
+                    values.len(),
+                    meta.len()
+                )));
+            }
+            let f = dev.function("sparse", &format!("nm_expand_{}", T::SUFFIX))?;
+            let (is_i, n_i, m_i, bits_i) =
+                (to_i32(op, index_stride)?, to_i32(op, n)?, to_i32(op, m)?, to_i32(op, bits)?);
+            let mut b = dev.stream().launch_builder(&f);
+            b.arg(values)
+                .arg(meta)
+                .arg(out)
+                .arg(&rows_i)
+                .arg(&cols_i)
+                .arg(&is_i)
+                .arg(&n_i)
+                .arg(&m_i)
+                .arg(&bits_i)
+                .arg(&mode_i);
+            let cfg = LaunchConfig {
+                grid_dim: (rows_i as u32, cols.div_ceil(THREADS as usize) as u32, 1),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: values hold rows·cols/m·n, positions rows·index_stride bytes, out ≥ rows·cols;
+            // thread (row, c < cols) reads its group's n slots and writes out[row·cols + c].
+            unsafe { b.launch(cfg) }?;
+        }
+    }
+    Ok(())
+}

@@ -44,6 +44,7 @@ struct Case {
     d: Dims,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn case(
     dev: &Device,
     dtype: DType,

@@ -22,11 +22,12 @@
 //!     let y = Tensor::from_vec(ids[1..].to_vec(), [1, n], &device)?;
 //!
 //!     let mut tape = Tape::new();                    // owned by the training step
-//!     tape.watch(&model.layers[0].q.weight);         // what we want gradients for
+//!     let wq = model.layers[0].q.dense()?.clone();
+//!     tape.watch(&wq);                               // what we want gradients for
 //!     let loss = model.loss(Some(&mut tape), &x, &y, ForwardOptions { checkpoint_layers: true })?;
 //!     let mut grads = Grads::new();
 //!     tape.backward(&loss, &mut grads)?;              // parameter gradients accumulate (+=)
-//!     let g = grads.get(&model.layers[0].q.weight).expect("watched");
+//!     let g = grads.get(&wq).expect("watched");
 //!     println!("loss {:.4}, |dWq| has {} entries, peak {} MB", loss.to_scalar_f32()?,
 //!              g.elem_count(), device.memory().peak_bytes >> 20);
 //!     Ok(())

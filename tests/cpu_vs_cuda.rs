@@ -27,7 +27,7 @@ fn tiny_llama_forward_and_backward_match_cpu() {
 
             let run = |model: &sparsetune::model::llama::Llama, ids: &Tensor, t: &Tensor| {
                 let mut tape = Tape::new();
-                let ws: Vec<Tensor> = model.named_tensors().into_iter().map(|(_, t)| t.clone()).collect();
+                let ws: Vec<Tensor> = model.named_tensors().unwrap().into_iter().map(|(_, t)| t.clone()).collect();
                 for w in &ws {
                     tape.watch(w);
                 }
@@ -40,7 +40,7 @@ fn tiny_llama_forward_and_backward_match_cpu() {
             let (loss_c, grads_c) = run(&m, &ids, &targets);
             let (loss_g, grads_g) = run(&mg, &idg, &tg);
             assert_close(&format!("{what} loss"), &[loss_g], &[loss_c], atol, rtol);
-            for ((part, _), (gc, gg)) in m.named_tensors().into_iter().zip(grads_c.iter().zip(&grads_g)) {
+            for ((part, _), (gc, gg)) in m.named_tensors().unwrap().into_iter().zip(grads_c.iter().zip(&grads_g)) {
                 assert_close(&format!("{what} grad {part:?}"), gg, gc, atol, rtol * 3.0);
             }
         }
@@ -64,7 +64,8 @@ fn pruning_on_cuda_matches_cpu() {
             prune_model(&mut on_cpu, &samples, &opts, &mut |_| {}).unwrap();
             prune_model(&mut on_gpu, &samples, &opts, &mut |_| {}).unwrap();
             let (mut same, mut all) = (0usize, 0usize);
-            for ((part, a), (_, b)) in on_cpu.named_tensors().into_iter().zip(on_gpu.named_tensors()) {
+            for ((part, a), (_, b)) in on_cpu.named_tensors().unwrap().into_iter().zip(on_gpu.named_tensors().unwrap())
+            {
                 let (va, vb) = (a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap());
                 if let [rows, cols] = a.dims() {
                     let (ma, mb) = (

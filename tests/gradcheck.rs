@@ -8,6 +8,7 @@
 mod common;
 
 use sparsetune::model::llama::{ForwardOptions, Llama, Part, Proj};
+use sparsetune::nn::Linear;
 use sparsetune::testing::random_f32;
 use sparsetune::{DType, Device, Grads, Tape, Tensor};
 
@@ -45,9 +46,9 @@ fn loss_gradient_matches_finite_differences() {
     let mut m = common::tiny_model(DType::F32, &dev, 5);
     for layer in &mut m.layers {
         for p in Proj::ALL {
-            let w = &layer.linear(p).weight;
+            let w = layer.linear(p).dense().unwrap();
             let v: Vec<f32> = w.to_f32_vec().unwrap().iter().map(|x| x * 4.0).collect();
-            layer.linear_mut(p).weight = Tensor::from_f32(v, w.shape().clone(), DType::F32, &dev).unwrap();
+            *layer.linear_mut(p) = Linear::new(Tensor::from_f32(v, w.shape().clone(), DType::F32, &dev).unwrap());
         }
     }
     let (ids, targets) = common::tokens(2, 7, m.config.vocab_size, &dev);
@@ -60,7 +61,7 @@ fn loss_gradient_matches_finite_differences() {
         Part::Embed,
     ];
     let tensors: Vec<Tensor> =
-        parts.iter().map(|p| m.named_tensors().into_iter().find(|(q, _)| q == p).unwrap().1.clone()).collect();
+        parts.iter().map(|p| m.named_tensors().unwrap().into_iter().find(|(q, _)| q == p).unwrap().1.clone()).collect();
     let grads = grads_of(&m, &ids, &targets, &tensors.iter().collect::<Vec<_>>(), false);
     for (i, (part, t)) in parts.iter().zip(&tensors).enumerate() {
         let g = grads.get(t).unwrap_or_else(|| panic!("no gradient for {part:?}")).to_f32_vec().unwrap();
@@ -98,7 +99,7 @@ fn checkpointed_backward_equals_plain_backward() {
     let dev = Device::cpu();
     let m = common::tiny_model(DType::F32, &dev, 9);
     let (ids, targets) = common::tokens(2, 5, m.config.vocab_size, &dev);
-    let watch: Vec<&Tensor> = m.named_tensors().into_iter().map(|(_, t)| t).collect();
+    let watch: Vec<&Tensor> = m.named_tensors().unwrap().into_iter().map(|(_, t)| t).collect();
     let plain = grads_of(&m, &ids, &targets, &watch, false);
     let ckpt = grads_of(&m, &ids, &targets, &watch, true);
     assert_eq!(plain.len(), watch.len());
@@ -115,7 +116,7 @@ fn checkpointing_keeps_only_layer_inputs() {
     let (ids, targets) = common::tokens(1, 6, m.config.vocab_size, &dev);
     let mut tape = Tape::new();
     for l in &m.layers {
-        tape.watch(&l.q.weight);
+        tape.watch(l.q.dense().unwrap());
     }
     m.loss(Some(&mut tape), &ids, &targets, ForwardOptions { checkpoint_layers: true }).unwrap();
     let report = tape.saved_report();

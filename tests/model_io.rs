@@ -26,7 +26,7 @@ fn safetensors_round_trip_is_bit_exact() {
         llama::save_safetensors(&m, &path, dtype, None, &BTreeMap::new()).unwrap();
         let back = llama::load(&path, &dev, dtype).unwrap();
         assert_eq!(back.config, m.config);
-        for ((pa, a), (pb, b)) in m.named_tensors().into_iter().zip(back.named_tensors()) {
+        for ((pa, a), (pb, b)) in m.named_tensors().unwrap().into_iter().zip(back.named_tensors().unwrap()) {
             assert_eq!(pa, pb);
             let (va, vb) = (a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap());
             assert!(va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits()), "{pa:?} changed in the round trip");
@@ -64,7 +64,7 @@ fn write_gguf(m: &Llama, path: &std::path::Path, skip: Option<&str>, corrupt_typ
     w.add_u32("llama.context_length", c.max_position_embeddings as u32);
     w.add_f32("llama.attention.layer_norm_rms_epsilon", c.rms_norm_eps as f32);
     w.add_f32("llama.rope.freq_base", c.rope_theta as f32);
-    for (part, t) in m.named_tensors() {
+    for (part, t) in m.named_tensors().unwrap() {
         let name = part.gguf_name();
         if Some(name.as_str()) == skip {
             continue;
@@ -172,8 +172,12 @@ fn hf_directory_with_config_and_tokenizer_json_loads() {
     let dev = Device::cpu();
     let m = common::tiny_model(DType::F32, &dev, 8);
     let dir = common::scratch("hfdir");
-    let blobs: Vec<(String, Vec<usize>, Vec<f32>)> =
-        m.named_tensors().into_iter().map(|(p, t)| (p.hf_name(), t.dims().to_vec(), t.to_f32_vec().unwrap())).collect();
+    let blobs: Vec<(String, Vec<usize>, Vec<f32>)> = m
+        .named_tensors()
+        .unwrap()
+        .into_iter()
+        .map(|(p, t)| (p.hf_name(), t.dims().to_vec(), t.to_f32_vec().unwrap()))
+        .collect();
     let entries: Vec<_> = blobs
         .iter()
         .map(|(n, s, d)| sparsetune::io::SafetensorsEntry {

@@ -1,29 +1,103 @@
-//! A bias-free linear layer `y = x · Wᵀ`, W: [out, in], x: [..., in] → y: [..., out].
+//! A bias-free linear layer `y = x·Wᵀ`, x: [..., in] → y: [..., out], in one of two forms:
+//! a dense weight W [out, in], or a masked-LoRA linear whose frozen base W⊙M is stored
+//! compressed ([`SparseWeight`]) with trained adapters A [r, in], B [out, r]:
+//! `y = x·(W⊙M + s·M⊙(B·A))ᵀ` (see [`crate::ops::masked_lora`]).
 
 use crate::autograd::Tape;
-use crate::{ops, Result, Tensor};
+use crate::ops::masked_lora::{self, AdapterGrad};
+use crate::sparse::{Expand, SparseWeight};
+use crate::{ops, with_compute_type, Device, Error, Result, Tensor};
 
-/// Dense linear layer.
+/// The adapter side of a masked-LoRA linear.
 #[derive(Clone, Debug)]
-pub struct Linear {
-    /// Weight, [out, in].
-    pub weight: Tensor,
+pub struct MaskedLora {
+    /// Frozen compressed base W⊙M, [out, in].
+    pub base: SparseWeight,
+    /// Down projection A, [r, in].
+    pub a: Tensor,
+    /// Up projection B, [out, r].
+    pub b: Tensor,
+    /// s = alpha / r (or the method's own scale).
+    pub scale: f32,
+    /// How the adapter gradients are computed.
+    pub grad: AdapterGrad,
+}
+
+/// A linear layer.
+#[derive(Clone, Debug)]
+pub enum Linear {
+    /// Dense weight [out, in].
+    Dense(Tensor),
+    /// Compressed frozen base + masked LoRA adapter.
+    MaskedLora(MaskedLora),
 }
 
 impl Linear {
-    /// Wraps a weight [out, in].
+    /// A dense linear with weight [out, in].
     pub fn new(weight: Tensor) -> Self {
-        Linear { weight }
+        Linear::Dense(weight)
     }
 
-    /// `x · Wᵀ`, recorded on `tape` when x or W is tracked.
+    /// `x · W_effᵀ`, recorded on `tape` when x or a trained tensor is tracked.
     pub fn forward(&self, tape: Option<&mut Tape>, x: &Tensor) -> Result<Tensor> {
-        ops::matmul_nt(tape, x, &self.weight)
+        match self {
+            Linear::Dense(w) => ops::matmul_nt(tape, x, w),
+            Linear::MaskedLora(l) => masked_lora::masked_lora(tape, x, &l.base, &l.a, &l.b, l.scale, l.grad),
+        }
     }
 
     /// (out, in).
     pub fn dims(&self) -> (usize, usize) {
-        let d = self.weight.dims();
-        (d.first().copied().unwrap_or(0), d.get(1).copied().unwrap_or(0))
+        match self {
+            Linear::Dense(w) => {
+                let d = w.dims();
+                (d.first().copied().unwrap_or(0), d.get(1).copied().unwrap_or(0))
+            }
+            Linear::MaskedLora(l) => (l.base.rows(), l.base.cols()),
+        }
+    }
+
+    /// The dense weight; an error for a masked-LoRA linear (merge it first).
+    pub fn dense(&self) -> Result<&Tensor> {
+        match self {
+            Linear::Dense(w) => Ok(w),
+            Linear::MaskedLora(_) => {
+                Err(Error::invalid("this linear holds a compressed base and an adapter: merge it first"))
+            }
+        }
+    }
+
+    /// The weight this linear applies, as a new dense tensor: W itself, or the merged
+    /// W⊙M + s·M⊙(B·A) (zero wherever M is).
+    pub fn merged(&self) -> Result<Tensor> {
+        let l = match self {
+            Linear::Dense(w) => return Ok(w.clone()),
+            Linear::MaskedLora(l) => l,
+        };
+        let (rows, cols, rank) = (l.base.rows(), l.base.cols(), l.a.dims()[0]);
+        let d = masked_lora::Dims { tokens: 0, input: cols, output: rows, rank };
+        match l.base.device() {
+            Device::Cpu(_) => {
+                let mut out = vec![0f32; rows * cols];
+                let (a, b) = (l.a.to_f32_vec()?, l.b.to_f32_vec()?);
+                let mm = ops::matmul::Dims {
+                    batch: 1,
+                    m: rows,
+                    n: cols,
+                    k: rank,
+                    trans_a: false,
+                    trans_b: false,
+                    b_batched: false,
+                };
+                ops::matmul::cpu::fast(&b, &a, &mut out, mm, l.scale, false);
+                l.base.to_dtype(crate::DType::F32)?.expand_into_host(&mut out, Expand::AddKept)?;
+                Tensor::from_f32(out, [rows, cols], l.base.dtype(), l.base.device())
+            }
+            Device::Cuda(dev) => with_compute_type!(l.base.dtype(), "merge", T => {
+                let mut out = dev.alloc::<T>(rows * cols)?;
+                masked_lora::cuda::build_effective::<T>(dev, &l.base, l.a.read()?.cuda()?, l.b.read()?.cuda()?, l.scale, out.slice_mut(), d)?;
+                ops::cuda_tensor(out, [rows, cols], l.base.device())
+            }),
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! Layers built from ops: [`Linear`].
+//! Layers built from ops: [`Linear`] (dense, or masked LoRA over a compressed base).
 
 pub mod linear;
 
-pub use linear::Linear;
+pub use linear::{Linear, MaskedLora};

@@ -220,7 +220,7 @@ fn check_options(model: &Llama, samples: &[Vec<u32>], opts: &PruneOptions) -> Re
 
 /// The weight of `p` in `layer` as host f32.
 fn weight_f32(layer: &DecoderLayer, p: Proj) -> Result<Vec<f32>> {
-    layer.linear(p).weight.to_f32_vec()
+    layer.linear(p).dense()?.to_f32_vec()
 }
 
 /// Per-layer target sparsities; OWL runs its dense pass over the calibration samples.
@@ -424,13 +424,13 @@ pub fn prune_model(
             let [rows, cols] = p.shape(&cfg);
             let st = stats.as_ref().map(|s| &s[&p.input()]);
             let dsnot = opts.dsnot.filter(|d| d.include_mlp || matches!(p, Proj::Q | Proj::K | Proj::V | Proj::O));
-            let (new, mask, swaps) = prune_linear(&layer.linear(p).weight, st, pattern, dsnot, opts)?;
+            let (new, mask, swaps) = prune_linear(layer.linear(p).dense()?, st, pattern, dsnot, opts)?;
             if let (Some(st), Pattern::NM { n, m }) = (nm_storage.as_mut(), pattern) {
                 let (c, d) = nm_round_trip(&new, &mask, n, m)?;
                 st.compressed_bytes += c;
                 st.dense_bytes += d;
             }
-            layer.linear_mut(p).weight = new;
+            *layer.linear_mut(p) = crate::nn::Linear::new(new);
             zeros += rows * cols - mask.kept();
             total += rows * cols;
             linears.push(LinearReport { name: p.short(), rows, cols, sparsity: mask.sparsity(), dsnot_swaps: swaps });
@@ -492,7 +492,7 @@ mod tests {
                 for (l, layer) in m.layers.iter().enumerate() {
                     for p in Proj::ALL {
                         let [rows, cols] = p.shape(&m.config);
-                        let w = layer.linear(p).weight.to_f32_vec().unwrap();
+                        let w = layer.linear(p).dense().unwrap().to_f32_vec().unwrap();
                         let mask = BitMask::from_nonzero(&w, rows, cols).unwrap();
                         match pattern {
                             Pattern::Unstructured(s) if method != Method::SparseGpt => {
@@ -550,7 +550,7 @@ mod tests {
             assert!((mean - 0.5).abs() < 1e-12, "{alloc:?}: mean target {mean}");
             for (l, layer) in m.layers.iter().enumerate() {
                 let (rows, cols) = layer.q.dims();
-                let w = layer.q.weight.to_f32_vec().unwrap();
+                let w = layer.q.dense().unwrap().to_f32_vec().unwrap();
                 let mask = BitMask::from_nonzero(&w, rows, cols).unwrap();
                 let pruned = (cols as f64 * r.layers[l].target).floor() as usize;
                 assert!((0..rows).all(|row| cols - mask.kept_in_row(row) == pruned), "{alloc:?} layer {l}");

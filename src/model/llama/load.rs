@@ -184,7 +184,7 @@ pub fn save_safetensors(
         return Err(Error::invalid(format!("export dtype must be f32 or bf16, not {dtype}")));
     }
     let mut blobs = Vec::new();
-    for (part, t) in model.named_tensors() {
+    for (part, t) in model.named_tensors()? {
         let bytes: Vec<u8> = match dtype {
             DType::BF16 => bytemuck::cast_slice(&t.to_dtype(DType::BF16)?.to_vec::<half::bf16>()?).to_vec(),
             _ => bytemuck::cast_slice(&t.to_f32_vec()?).to_vec(),

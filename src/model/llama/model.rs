@@ -334,14 +334,15 @@ impl Llama {
         Ok(Llama { config, embed, layers, norm, lm_head })
     }
 
-    /// Every weight with its part name, in [`super::Part::all`] order.
-    pub fn named_tensors(&self) -> Vec<(super::Part, &Tensor)> {
+    /// Every weight with its part name, in [`super::Part::all`] order (the linears must be
+    /// dense: merge masked-LoRA linears first).
+    pub fn named_tensors(&self) -> Result<Vec<(super::Part, &Tensor)>> {
         use super::Part;
         let mut v = vec![(Part::Embed, &self.embed)];
         for (l, layer) in self.layers.iter().enumerate() {
             v.push((Part::InputNorm(l), &layer.input_norm));
             for p in Proj::ALL {
-                v.push((Part::Linear(l, p), &layer.linear(p).weight));
+                v.push((Part::Linear(l, p), layer.linear(p).dense()?));
             }
             v.push((Part::PostNorm(l), &layer.post_norm));
         }
@@ -349,7 +350,7 @@ impl Llama {
         if let Some(h) = &self.lm_head {
             v.push((Part::LmHead, h));
         }
-        v
+        Ok(v)
     }
 
     /// A copy on another device and/or dtype.
@@ -367,15 +368,43 @@ impl Llama {
     /// A model whose every tensor is `f(part, tensor)` (same config).
     pub fn map_tensors(&self, mut f: impl FnMut(&super::Part, &Tensor) -> Result<Tensor>) -> Result<Llama> {
         let mut by_part: std::collections::HashMap<super::Part, Tensor> =
-            self.named_tensors().into_iter().map(|(p, t)| (p, t.clone())).collect();
+            self.named_tensors()?.into_iter().map(|(p, t)| (p, t.clone())).collect();
         Llama::from_named(self.config.clone(), |part| {
             let t = by_part.remove(part).ok_or_else(|| Error::invalid(format!("no tensor for {part:?}")))?;
             f(part, &t)
         })
     }
 
-    /// Number of parameters (tied embeddings counted once).
+    /// Number of parameters of the dense model (tied embeddings counted once).
     pub fn num_params(&self) -> usize {
-        self.named_tensors().iter().map(|(_, t)| t.elem_count()).sum()
+        let (emb, head) = (self.embed.elem_count(), self.lm_head.as_ref().map_or(0, Tensor::elem_count));
+        let per_layer: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.input_norm.elem_count()
+                    + l.post_norm.elem_count()
+                    + Proj::ALL
+                        .iter()
+                        .map(|&p| {
+                            let (o, i) = l.linear(p).dims();
+                            o * i
+                        })
+                        .sum::<usize>()
+            })
+            .sum();
+        emb + head + per_layer + self.norm.elem_count()
+    }
+
+    /// A dense model whose masked-LoRA linears are merged: W ← W⊙M + s·M⊙(B·A).
+    pub fn merged(&self) -> Result<Llama> {
+        let mut m = self.clone();
+        for layer in &mut m.layers {
+            for p in Proj::ALL {
+                let w = layer.linear(p).merged()?;
+                *layer.linear_mut(p) = Linear::new(w);
+            }
+        }
+        Ok(m)
     }
 }

@@ -40,6 +40,7 @@ pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod eval;
+pub mod finetune;
 pub mod io;
 pub mod model;
 pub mod nn;

@@ -159,6 +159,15 @@ pub(crate) fn expect_u32(op: &'static str, t: &Tensor, device: &Device) -> Resul
     Ok(())
 }
 
+/// Error unless a buffer named `what` holds at least `need` elements (launchers check
+/// every slice before a kernel reads or writes it).
+pub(crate) fn expect_len(op: &str, what: &str, have: usize, need: usize) -> Result<()> {
+    if have < need {
+        return Err(Error::invalid(format!("{op}: {what} holds {have} elements, the kernel needs {need}")));
+    }
+    Ok(())
+}
+
 /// The CUDA device of `t`, or an error (used by launchers).
 pub(crate) fn cuda_device(t: &Tensor) -> Result<&crate::device::CudaDevice> {
     match t.device() {

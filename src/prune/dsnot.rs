@@ -109,6 +109,34 @@ pub fn refine(
     Ok(swaps)
 }
 
+/// A fixed candidate order consumed from either end (DSnoT's paired index pointers).
+struct Ends<'a> {
+    order: &'a [usize],
+    lo: usize,
+    /// One past the last unconsumed position.
+    hi: usize,
+}
+
+impl<'a> Ends<'a> {
+    fn new(order: &'a [usize]) -> Self {
+        Ends { order, lo: 0, hi: order.len() }
+    }
+
+    /// The next candidate from the top (largest) or the bottom; `None` once they meet.
+    fn take(&mut self, from_top: bool) -> Option<usize> {
+        if self.lo >= self.hi {
+            return None;
+        }
+        Some(if from_top {
+            self.hi -= 1;
+            self.order[self.hi]
+        } else {
+            self.lo += 1;
+            self.order[self.lo - 1]
+        })
+    }
+}
+
 fn regrow_order(d: &[f64], var: &[f64], kept: &[bool], pow: f64) -> Vec<usize> {
     let keys: Vec<f64> = (0..d.len())
         .map(|j| {
@@ -135,35 +163,17 @@ fn refine_row_unstructured(d: &[f64], wanda: &[f64], var: &[f64], kept: &mut [bo
     let mut p_order: Vec<usize> = by_wanda.iter().copied().filter(|&j| d[j] < 0.0).collect();
     p_order.extend(by_wanda.iter().copied().filter(|&j| d[j] == 0.0 || d[j].is_nan()));
     p_order.extend(by_wanda.iter().rev().copied().filter(|&j| d[j] > 0.0));
-    if p_order.is_empty() || p_order.len() == cols {
+    if p_order.len() == cols {
         return 0;
     }
-    let (mut g_lo, mut g_hi) = (0usize, cols - 1);
-    let (mut p_lo, mut p_hi) = (0usize, p_order.len() - 1);
+    let (mut regrow, mut prune) = (Ends::new(&g_order), Ends::new(&p_order));
     let mut swaps = 0;
     for _ in 0..opts.max_cycles {
-        if r.abs() <= opts.update_threshold || g_lo > g_hi || p_lo > p_hi {
+        if r.abs() <= opts.update_threshold {
             break;
         }
-        let g = if r > 0.0 {
-            let g = g_order[g_hi];
-            g_hi = g_hi.wrapping_sub(1);
-            g
-        } else {
-            let g = g_order[g_lo];
-            g_lo += 1;
-            g
-        };
-        let p = if r < 0.0 {
-            let p = p_order[p_hi];
-            p_hi = p_hi.wrapping_sub(1);
-            p
-        } else {
-            let p = p_order[p_lo];
-            p_lo += 1;
-            p
-        };
-        if kept[g] || !kept[p] || g_hi == usize::MAX || p_hi == usize::MAX {
+        let (Some(g), Some(p)) = (regrow.take(r > 0.0), prune.take(r < 0.0)) else { break };
+        if kept[g] || !kept[p] {
             break; // a pointer ran past its candidates (see the module docs)
         }
         kept[p] = false;
@@ -181,21 +191,13 @@ fn refine_row_nm(d: &[f64], wanda: &[f64], var: &[f64], kept: &mut [bool], m: us
     let g_order = regrow_order(d, var, kept, opts.pow_of_var_regrowing);
     // Candidates for pruning: initially kept and untouched; others are +∞.
     let mut cand: Vec<f64> = (0..cols).map(|j| if kept[j] { wanda[j] } else { f64::INFINITY }).collect();
-    let (mut g_lo, mut g_hi) = (0usize, cols - 1);
+    let mut regrow = Ends::new(&g_order);
     let mut swaps = 0;
     for _ in 0..opts.max_cycles {
-        if r.abs() <= opts.update_threshold || g_lo > g_hi || g_hi == usize::MAX {
+        if r.abs() <= opts.update_threshold {
             break;
         }
-        let g = if r > 0.0 {
-            let g = g_order[g_hi];
-            g_hi = g_hi.wrapping_sub(1);
-            g
-        } else {
-            let g = g_order[g_lo];
-            g_lo += 1;
-            g
-        };
+        let Some(g) = regrow.take(r > 0.0) else { break };
         let start = g - g % m;
         let p = (start..start + m).fold(start, |best, j| if cand[j] < cand[best] { j } else { best });
         if kept[g] || !cand[p].is_finite() {

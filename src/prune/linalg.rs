@@ -6,23 +6,15 @@
 //! it: L = chol(A), A⁻¹ = L⁻ᵀ·L⁻¹, A⁻¹ = Uᵀ·U with U = chol(A⁻¹)ᵀ. All products go through
 //! the gemm crate (all cores), so the O(n³) work runs at matrix-product speed.
 
-use gemm::Parallelism;
+use crate::ops::matmul::cpu::strided;
 
 use crate::{Error, Result};
 
 const BLOCK: usize = 64;
 
-fn parallelism() -> Parallelism {
-    let t = rayon::current_num_threads();
-    if t > 1 {
-        Parallelism::Rayon(t)
-    } else {
-        Parallelism::None
-    }
-}
-
-/// `c = beta·c + alpha·op(a)·op(b)` on row-major strided f64 views; `c` is [m, n] with
-/// row stride `ldc`, op(a) [m, k], op(b) [k, n]. `a_t`/`b_t` read a/b transposed.
+/// `c = beta·c + alpha·op(a)·op(b)` on row-major strided f64 views, all cores; `c` is
+/// [m, n] with row stride `ldc`, op(a) [m, k], op(b) [k, n]; `a_t`/`b_t` read a/b
+/// transposed ([`crate::ops::matmul::cpu::strided`] with leading dimensions).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_f64(
     m: usize,
@@ -39,41 +31,9 @@ pub fn gemm_f64(
     ldb: usize,
     b_t: bool,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(c.len() >= (m - 1) * ldc + n, "gemm_f64: c too small");
     let (a_rs, a_cs) = if a_t { (1, lda) } else { (lda, 1) };
     let (b_rs, b_cs) = if b_t { (1, ldb) } else { (ldb, 1) };
-    if k > 0 {
-        assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs, "gemm_f64: a too small");
-        assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs, "gemm_f64: b too small");
-    }
-    // SAFETY: the asserts above bound every index the strides address; c does not alias
-    // a or b (distinct borrows).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            ldc as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            1.0,
-            alpha,
-            false,
-            false,
-            false,
-            parallelism(),
-        );
-    }
+    strided(m, n, k, (c, ldc, 1), accumulate, alpha, (a, a_rs, a_cs), (b, b_rs, b_cs), true);
 }
 
 fn not_pd(i: usize, v: f64) -> Error {

@@ -41,6 +41,24 @@ impl Default for SparseGptOptions {
     }
 }
 
+/// Checks a pattern and options for a weight of `cols` inputs (shared by the CPU and GPU
+/// versions): the pattern fits the row, the block size is positive and a multiple of M.
+pub fn check_options(cols: usize, pattern: Pattern, opts: SparseGptOptions) -> Result<()> {
+    pattern.check(cols)?;
+    if opts.block_size == 0 {
+        return Err(Error::invalid("sparsegpt: block size must be positive"));
+    }
+    if let Pattern::NM { m, .. } = pattern {
+        if opts.block_size % m != 0 {
+            return Err(Error::invalid(format!(
+                "sparsegpt: block size {} is not a multiple of M = {m}",
+                opts.block_size
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Steps 1–3: zero dead columns of `w`, damp `h`, and return U (upper Cholesky of H⁻¹).
 pub fn prepare(w: &mut [f64], h: &[f64], rows: usize, cols: usize, percdamp: f64) -> Result<Vec<f64>> {
     if w.len() != rows * cols || h.len() != cols * cols {
@@ -77,18 +95,7 @@ pub fn prune(
     pattern: Pattern,
     opts: SparseGptOptions,
 ) -> Result<BitMask> {
-    pattern.check(cols)?;
-    if opts.block_size == 0 {
-        return Err(Error::invalid("sparsegpt: block size must be positive"));
-    }
-    if let Pattern::NM { m, .. } = pattern {
-        if opts.block_size % m != 0 {
-            return Err(Error::invalid(format!(
-                "sparsegpt: block size {} is not a multiple of M = {m}",
-                opts.block_size
-            )));
-        }
-    }
+    check_options(cols, pattern, opts)?;
     let u = prepare(w, h, rows, cols, opts.percdamp)?;
     let mut mask = BitMask::all_kept(rows, cols);
     let mut i1 = 0;

@@ -6,13 +6,13 @@
 //! One rayon task per (batch, kv head) g: its query heads run in order, so the sums over a
 //! group are deterministic. Tested against the reference in `super::tests`.
 
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::cpu::Dims;
+use crate::ops::matmul::cpu::strided;
 
-/// `c = alpha·op(a)·op(b) (+ c if accumulate)` for strided f32 views, single-threaded
-/// (the caller parallelises over heads). Sizes: op(a) [m, k], op(b) [k, n], c [m, n].
+/// `c (+)= alpha·a·b` on strided f32 views, single-threaded (the caller parallelises over
+/// heads): [`crate::ops::matmul::cpu::strided`].
 #[allow(clippy::too_many_arguments)]
 fn gemm_f32(
     m: usize,
@@ -27,38 +27,7 @@ fn gemm_f32(
     b: &[f32],
     (b_rs, b_cs): (usize, usize),
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(c.len() > (m - 1) * c_rs + (n - 1) * c_cs, "attention gemm: c too small");
-    if k > 0 {
-        assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs, "attention gemm: a too small");
-        assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs, "attention gemm: b too small");
-    }
-    // SAFETY: the asserts bound every index the strides address; c does not alias a or b.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            c_cs as isize,
-            c_rs as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            1.0,
-            alpha,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
-    }
+    strided(m, n, k, (c, c_rs, c_cs), accumulate, alpha, (a, a_rs, a_cs), (b, b_rs, b_cs), false);
 }
 
 /// Offset of row t of head `head` of batch `b` in a [B, T, H, D] tensor.

@@ -72,41 +72,83 @@ pub fn reference<F: Real>(a: &[F], b: &[F], c: &mut [F], d: Dims) {
     }
 }
 
+/// Element types the gemm crate multiplies here.
+pub trait GemmFloat: Copy + Send + Sync + 'static {
+    /// 1.
+    const ONE: Self;
+}
+
+impl GemmFloat for f32 {
+    const ONE: Self = 1.0;
+}
+
+impl GemmFloat for f64 {
+    const ONE: Self = 1.0;
+}
+
+/// `c = alpha·a·b` (or `c += alpha·a·b` with `accumulate`) on strided row-major views:
+/// a [m, k], b [k, n], c [m, n], each given as (slice, (row stride, column stride)), so
+/// transposes and sub-matrices need no copies. `parallel` uses all rayon threads (callers
+/// that already parallelise over independent products pass false).
+#[allow(clippy::too_many_arguments)]
+pub fn strided<T: GemmFloat>(
+    m: usize,
+    n: usize,
+    k: usize,
+    (c, c_rs, c_cs): (&mut [T], usize, usize),
+    accumulate: bool,
+    alpha: T,
+    (a, a_rs, a_cs): (&[T], usize, usize),
+    (b, b_rs, b_cs): (&[T], usize, usize),
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(c.len() > (m - 1) * c_rs + (n - 1) * c_cs, "gemm: c too small");
+    if k > 0 {
+        assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs, "gemm: a too small");
+        assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs, "gemm: b too small");
+    }
+    let threads = rayon::current_num_threads();
+    let par = if parallel && threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    // SAFETY: the asserts bound every index the strides address; c is a distinct mutable
+    // borrow, so it does not alias a or b; T is f32 or f64, both supported by gemm.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            c_cs as isize,
+            c_rs as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            T::ONE,
+            alpha,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
 /// The fast path for f32 (gemm crate, all cores): `c = alpha·op(a)·op(b)`, or
 /// `c += alpha·op(a)·op(b)` with `accumulate`. Same result as [`reference`] (alpha 1, no
 /// accumulation) up to f32 summation order.
 pub fn fast(a: &[f32], b: &[f32], c: &mut [f32], d: Dims, alpha: f32, accumulate: bool) {
     let (ars, acs) = d.a_strides();
     let (brs, bcs) = d.b_strides();
-    let threads = rayon::current_num_threads();
     for bi in 0..d.batch {
         let a_b = &a[bi * d.m * d.k..(bi + 1) * d.m * d.k];
         let b_b = &b[d.b_offset(bi)..d.b_offset(bi) + d.k * d.n];
         let c_b = &mut c[bi * d.m * d.n..(bi + 1) * d.m * d.n];
-        // SAFETY: the three slices hold exactly m·k, k·n and m·n elements, and the strides
-        // above address only indices below those sizes; c does not alias a or b.
-        unsafe {
-            gemm::gemm(
-                d.m,
-                d.n,
-                d.k,
-                c_b.as_mut_ptr(),
-                1,
-                d.n as isize,
-                accumulate,
-                a_b.as_ptr(),
-                acs as isize,
-                ars as isize,
-                b_b.as_ptr(),
-                bcs as isize,
-                brs as isize,
-                1.0f32,
-                alpha,
-                false,
-                false,
-                false,
-                if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None },
-            );
-        }
+        strided(d.m, d.n, d.k, (c_b, d.n, 1), accumulate, alpha, (a_b, ars, acs), (b_b, brs, bcs), true);
     }
 }

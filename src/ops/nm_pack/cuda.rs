@@ -5,7 +5,7 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use crate::device::cuda::CudaFloat;
 use crate::device::CudaDevice;
-use crate::ops::prune_select::cuda::expect_len;
+use crate::ops::expect_len;
 use crate::ops::to_i32;
 use crate::sparse::nm::index_bits;
 use crate::sparse::{check_nm, NmMatrix};

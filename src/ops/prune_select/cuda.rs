@@ -3,6 +3,7 @@
 //! Each launcher checks its buffers' lengths against the sizes it is given (the shapes
 //! themselves are checked by `ops::prune_select`).
 
+use crate::ops::expect_len;
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use crate::device::cuda::{grid_1d, CudaFloat};
@@ -22,12 +23,6 @@ const FLAT_HIST_PER_BLOCK: usize = 4096;
 const FLAT_HIST_BLOCKS: usize = 1024;
 
 /// Error unless a buffer of `have` elements holds the `need` a kernel touches.
-pub(crate) fn expect_len(op: &'static str, what: &str, have: usize, need: usize) -> Result<()> {
-    if have < need {
-        return Err(Error::invalid(format!("{op}: {what} holds {have} elements, the kernel needs {need}")));
-    }
-    Ok(())
-}
 
 /// Grid (rows, column tiles of [`THREADS`]) for kernels with one thread per element.
 fn row_tile_grid(op: &'static str, rows: usize, cols: usize) -> Result<LaunchConfig> {

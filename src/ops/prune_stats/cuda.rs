@@ -7,7 +7,7 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use crate::device::cuda::{grid_1d, CudaFloat};
 use crate::device::CudaDevice;
-use crate::ops::prune_select::cuda::expect_len;
+use crate::ops::expect_len;
 use crate::ops::to_i32;
 use crate::{Error, Result};
 

@@ -3,6 +3,7 @@
 //! against the sizes it passes, and returns an error instead of launching out of bounds.
 //! All matrices are row-major; `n`, `rows`, `cols` are element counts.
 
+use crate::ops::expect_len;
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::{Gemm, GemmConfig};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
@@ -24,17 +25,6 @@ const DIAG_THREADS: u32 = 256;
 /// Threads per block of the SparseGPT column kernel: 8 warps, one row each.
 const COLUMN_THREADS: u32 = 256;
 const THREADS_1D: u32 = 256;
-
-fn too_small(what: &str, len: usize, need: usize) -> Error {
-    Error::invalid(format!("{what}: buffer holds {len} elements, {need} needed"))
-}
-
-fn expect_len(what: &str, len: usize, need: usize) -> Result<()> {
-    if len < need {
-        return Err(too_small(what, len, need));
-    }
-    Ok(())
-}
 
 /// `a·b` or an error naming `what`.
 pub(crate) fn product(what: &str, a: usize, b: usize) -> Result<usize> {
@@ -76,8 +66,8 @@ pub fn chol_diag(
     k0: usize,
     info: &mut CudaSlice<f64>,
 ) -> Result<()> {
-    expect_len("chol_diag a", a.len(), product("chol_diag", n, n)?)?;
-    expect_len("chol_diag info", info.len(), 2)?;
+    expect_len("sparsegpt", "chol_diag a", a.len(), product("chol_diag", n, n)?)?;
+    expect_len("sparsegpt", "chol_diag info", info.len(), 2)?;
     if k0 >= n {
         return Err(Error::invalid(format!("chol_diag: block start {k0} outside {n}x{n}")));
     }
@@ -102,13 +92,13 @@ pub fn chol_panel(
     k0: usize,
     info: &CudaSlice<f64>,
 ) -> Result<()> {
-    expect_len("chol_panel a", a.len(), product("chol_panel", n, n)?)?;
-    expect_len("chol_panel info", info.len(), 2)?;
+    expect_len("sparsegpt", "chol_panel a", a.len(), product("chol_panel", n, n)?)?;
+    expect_len("sparsegpt", "chol_panel info", info.len(), 2)?;
     if k0 + CHOL_BLOCK >= n {
         return Err(Error::invalid(format!("chol_panel: no rows below the block at {k0} of {n}x{n}")));
     }
     let rest = n - k0 - CHOL_BLOCK;
-    expect_len("chol_panel panel", panel.len(), product("chol_panel", rest, CHOL_BLOCK)?)?;
+    expect_len("sparsegpt", "chol_panel panel", panel.len(), product("chol_panel", rest, CHOL_BLOCK)?)?;
     let (n_i, k0_i) = (to_i32("chol_panel", n)?, to_i32("chol_panel", k0)?);
     let f = dev.function("cholesky", "chol_panel")?;
     let cfg = LaunchConfig {
@@ -128,8 +118,8 @@ pub fn chol_panel(
 /// of `x` [n, n] (written in full, zeros above the diagonal).
 pub fn trtri_diag(dev: &CudaDevice, l: &CudaSlice<f64>, x: &mut CudaSlice<f64>, n: usize) -> Result<()> {
     let nn = product("trtri_diag", n, n)?;
-    expect_len("trtri_diag l", l.len(), nn)?;
-    expect_len("trtri_diag x", x.len(), nn)?;
+    expect_len("sparsegpt", "trtri_diag l", l.len(), nn)?;
+    expect_len("sparsegpt", "trtri_diag x", x.len(), nn)?;
     let n_i = to_i32("trtri_diag", n)?;
     let f = dev.function("cholesky", "trtri_diag")?;
     let cfg = LaunchConfig {
@@ -147,7 +137,7 @@ pub fn trtri_diag(dev: &CudaDevice, l: &CudaSlice<f64>, x: &mut CudaSlice<f64>, 
 
 /// `a ← (a + aᵀ)/2` for `a` [n, n].
 pub fn symmetrize(dev: &CudaDevice, a: &mut CudaSlice<f64>, n: usize) -> Result<()> {
-    expect_len("symmetrize", a.len(), product("symmetrize", n, n)?)?;
+    expect_len("sparsegpt", "symmetrize", a.len(), product("symmetrize", n, n)?)?;
     let n_i = to_i32("symmetrize", n)?;
     let f = dev.function("cholesky", "symmetrize")?;
     let cfg = grid_2d("symmetrize", n, n, 8)?;
@@ -167,8 +157,8 @@ pub fn transpose_lower_to_upper(
     n: usize,
 ) -> Result<()> {
     let nn = product("transpose_lower_to_upper", n, n)?;
-    expect_len("transpose_lower_to_upper lower", lower.len(), nn)?;
-    expect_len("transpose_lower_to_upper u", u.len(), nn)?;
+    expect_len("sparsegpt", "transpose_lower_to_upper lower", lower.len(), nn)?;
+    expect_len("sparsegpt", "transpose_lower_to_upper u", u.len(), nn)?;
     let n_i = to_i32("transpose_lower_to_upper", n)?;
     let f = dev.function("cholesky", "transpose_lower_to_upper")?;
     let cfg = grid_2d("transpose_lower_to_upper", n, n, 32)?;
@@ -214,7 +204,7 @@ pub fn gemm<A: DevicePtr<f64>, B: DevicePtr<f64>, C: DevicePtrMut<f64>>(
         }
         let need = (rows - 1).checked_mul(ld).and_then(|v| v.checked_add(cols));
         let need = need.ok_or_else(|| Error::invalid(format!("gemm: {what} of {rows}x{cols} overflows")))?;
-        expect_len(&format!("gemm {what}"), len, need)
+        expect_len("sparsegpt", &format!("gemm {what}"), len, need)
     };
     operand("c", c.len(), m, n, ldc)?;
     let (a_rows, a_cols) = if a_t { (k, m) } else { (m, k) };
@@ -250,9 +240,9 @@ pub fn dead_inputs(
     rows: usize,
     cols: usize,
 ) -> Result<()> {
-    expect_len("sparsegpt h", h.len(), product("sparsegpt", cols, cols)?)?;
-    expect_len("sparsegpt w", w.len(), product("sparsegpt", rows, cols)?)?;
-    expect_len("sparsegpt diag", diag.len(), cols)?;
+    expect_len("sparsegpt", "sparsegpt h", h.len(), product("sparsegpt", cols, cols)?)?;
+    expect_len("sparsegpt", "sparsegpt w", w.len(), product("sparsegpt", rows, cols)?)?;
+    expect_len("sparsegpt", "sparsegpt diag", diag.len(), cols)?;
     let (rows_i, cols_i) = (to_i32("sparsegpt", rows)?, to_i32("sparsegpt", cols)?);
     let f = dev.function("sparsegpt", "sparsegpt_dead_inputs")?;
     let mut b = dev.stream().launch_builder(&f);
@@ -265,8 +255,8 @@ pub fn dead_inputs(
 
 /// SparseGPT step 2: `h[j, j] = diag[j] + damp`. h [cols, cols], diag: cols elements.
 pub fn damp(dev: &CudaDevice, h: &mut CudaSlice<f64>, diag: &CudaSlice<f64>, cols: usize, damp: f64) -> Result<()> {
-    expect_len("sparsegpt damp h", h.len(), product("sparsegpt", cols, cols)?)?;
-    expect_len("sparsegpt damp diag", diag.len(), cols)?;
+    expect_len("sparsegpt", "sparsegpt damp h", h.len(), product("sparsegpt", cols, cols)?)?;
+    expect_len("sparsegpt", "sparsegpt damp diag", diag.len(), cols)?;
     let cols_i = to_i32("sparsegpt", cols)?;
     let f = dev.function("sparsegpt", "sparsegpt_damp")?;
     let mut b = dev.stream().launch_builder(&f);
@@ -285,8 +275,8 @@ fn check_block(
     i1: usize,
     count: usize,
 ) -> Result<()> {
-    expect_len(&format!("{what} w"), w_len, product(what, rows, cols)?)?;
-    expect_len(&format!("{what} u"), u_len, product(what, cols, cols)?)?;
+    expect_len("sparsegpt", &format!("{what} w"), w_len, product(what, rows, cols)?)?;
+    expect_len("sparsegpt", &format!("{what} u"), u_len, product(what, cols, cols)?)?;
     if count == 0 || i1.checked_add(count).is_none_or(|end| end > cols) {
         return Err(Error::invalid(format!("{what}: block of {count} columns at {i1} outside {cols} columns")));
     }
@@ -352,11 +342,11 @@ pub fn block_columns(
         return Err(Error::invalid(format!("{WHAT}: {count} columns per block, at most {MAX_BLOCK_COLUMNS}")));
     }
     let flat = product(WHAT, rows, count)?;
-    expect_len(&format!("{WHAT} keep"), keep.len(), product(WHAT, rows, cols)?)?;
-    expect_len(&format!("{WHAT} err1"), err1.len(), flat)?;
+    expect_len("sparsegpt", &format!("{WHAT} keep"), keep.len(), product(WHAT, rows, cols)?)?;
+    expect_len("sparsegpt", &format!("{WHAT} err1"), err1.len(), flat)?;
     let (nm_n, nm_m) = match decide {
         BlockKeep::Selected(bits) => {
-            expect_len(&format!("{WHAT} selection"), bits.len(), flat.div_ceil(8))?;
+            expect_len("sparsegpt", &format!("{WHAT} selection"), bits.len(), flat.div_ceil(8))?;
             (0, 0)
         }
         BlockKeep::NM { n, m } => {
@@ -394,7 +384,7 @@ pub fn block_columns(
 /// [rows, ⌈cols/8⌉].
 pub fn pack_mask(dev: &CudaDevice, keep: &CudaSlice<u8>, rows: usize, cols: usize) -> Result<CudaBuffer<u8>> {
     const WHAT: &str = "sparsegpt_pack_mask";
-    expect_len(WHAT, keep.len(), product(WHAT, rows, cols)?)?;
+    expect_len("sparsegpt", WHAT, keep.len(), product(WHAT, rows, cols)?)?;
     let stride = crate::sparse::BitMask::stride_for(cols);
     let len = product(WHAT, rows, stride)?;
     let mut bits = dev.alloc::<u8>(len)?;

@@ -209,18 +209,7 @@ pub fn prune(
     pattern: Pattern,
     opts: SparseGptOptions,
 ) -> Result<BitMask> {
-    pattern.check(cols)?;
-    if opts.block_size == 0 {
-        return Err(Error::invalid("sparsegpt: block size must be positive"));
-    }
-    if let Pattern::NM { m, .. } = pattern {
-        if opts.block_size % m != 0 {
-            return Err(Error::invalid(format!(
-                "sparsegpt: block size {} is not a multiple of M = {m}",
-                opts.block_size
-            )));
-        }
-    }
+    crate::prune::sparsegpt::check_options(cols, pattern, opts)?;
     let block = opts.block_size.min(cols.max(1));
     if block > MAX_BLOCK_COLUMNS {
         return Err(Error::invalid(format!(

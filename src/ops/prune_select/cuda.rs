@@ -22,8 +22,6 @@ const FLAT_CHUNK: usize = 8192;
 const FLAT_HIST_PER_BLOCK: usize = 4096;
 const FLAT_HIST_BLOCKS: usize = 1024;
 
-/// Error unless a buffer of `have` elements holds the `need` a kernel touches.
-
 /// Grid (rows, column tiles of [`THREADS`]) for kernels with one thread per element.
 fn row_tile_grid(op: &'static str, rows: usize, cols: usize) -> Result<LaunchConfig> {
     let rows = to_i32(op, rows)? as u32;

@@ -251,6 +251,41 @@ impl Tensor {
         }
     }
 
+    /// The raw little-endian bytes of the data, in its own dtype (for files).
+    pub fn to_le_bytes(&self) -> Result<Vec<u8>> {
+        fn bytes<T: Element>(t: &Tensor) -> Result<Vec<u8>> {
+            Ok(bytemuck::cast_slice(&t.to_vec::<T>()?).to_vec())
+        }
+        match self.dtype() {
+            DType::F32 => bytes::<f32>(self),
+            DType::BF16 => bytes::<half::bf16>(self),
+            DType::F16 => bytes::<half::f16>(self),
+            DType::U32 => bytes::<u32>(self),
+            DType::U8 => bytes::<u8>(self),
+        }
+    }
+
+    /// A tensor from raw little-endian bytes of `dtype` (the inverse of [`Tensor::to_le_bytes`]).
+    pub fn from_le_bytes(bytes: &[u8], dtype: DType, shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
+        fn build<T: Element>(bytes: &[u8], shape: Shape, device: &Device) -> Result<Tensor> {
+            if bytes.len() % std::mem::size_of::<T>() != 0 {
+                return Err(Error::invalid(format!("{} bytes do not hold whole {} values", bytes.len(), T::DTYPE)));
+            }
+            // Copy into an aligned vector: file data need not be aligned for T.
+            let mut v = vec![T::default(); bytes.len() / std::mem::size_of::<T>()];
+            bytemuck::cast_slice_mut::<T, u8>(&mut v).copy_from_slice(bytes);
+            Tensor::from_vec(v, shape, device)
+        }
+        let shape = shape.into();
+        match dtype {
+            DType::F32 => build::<f32>(bytes, shape, device),
+            DType::BF16 => build::<half::bf16>(bytes, shape, device),
+            DType::F16 => build::<half::f16>(bytes, shape, device),
+            DType::U32 => build::<u32>(bytes, shape, device),
+            DType::U8 => build::<u8>(bytes, shape, device),
+        }
+    }
+
     /// Copies float data to the host as f32.
     pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
         with_float_type!(self.dtype(), "to_f32_vec", T => {

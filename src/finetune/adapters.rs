@@ -84,3 +84,22 @@ pub fn adapter_tensors(model: &Llama) -> Vec<(usize, Proj, Tensor, Tensor)> {
     }
     v
 }
+
+/// The trained tensors by name, for the trainer and for files: `<module>.lora_A` and
+/// `<module>.lora_B` with `<module>` the projection's HF name without `.weight`
+/// (`model.layers.3.self_attn.q_proj`).
+pub fn adapter_params(model: &Llama) -> Vec<(String, Tensor)> {
+    let mut v = Vec::new();
+    for (l, p, a, b) in adapter_tensors(model) {
+        let module = module_name(l, p);
+        v.push((format!("{module}.lora_A"), a));
+        v.push((format!("{module}.lora_B"), b));
+    }
+    v
+}
+
+/// `model.layers.<l>.<self_attn|mlp>.<p>_proj`.
+pub fn module_name(layer: usize, p: Proj) -> String {
+    let w = p.hf_name(layer);
+    w.strip_suffix(".weight").unwrap_or(&w).to_string()
+}

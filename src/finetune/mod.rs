@@ -1,5 +1,13 @@
-//! Sparsity-preserving fine-tuning (being built): adapters over compressed pruned weights.
+//! Sparsity-preserving fine-tuning: adapters over compressed pruned weights
+//! ([`adapters`]), the training loop ([`trainer`]) with AdamW ([`optim`]) and a warmup +
+//! decay schedule ([`schedule`]).
 
 pub mod adapters;
+pub mod optim;
+pub mod schedule;
+pub mod trainer;
 
-pub use adapters::{adapter_tensors, attach_masked_lora, LoraOptions};
+pub use adapters::{adapter_params, adapter_tensors, attach_masked_lora, module_name, LoraOptions};
+pub use optim::{AdamW, AdamWConfig};
+pub use schedule::{Decay, Schedule};
+pub use trainer::{StepRecord, TrainConfig, TrainData, Trainer};

@@ -9,6 +9,7 @@
 //! Float tensors are F32 or BF16. On the CPU a BF16 input is widened to f32, computed,
 //! and the result rounded back to BF16, which is what the CUDA kernels do per element.
 
+pub mod adamw;
 pub mod attention;
 pub mod cast;
 pub mod cross_entropy;

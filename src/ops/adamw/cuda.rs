@@ -1,0 +1,54 @@
+//! Launches `cuda/adamw.cu`: the AdamW update (one thread per value, grid-stride) and the
+//! sum of squares used for gradient clipping (f64 atomics, one per block).
+
+use cudarc::driver::{CudaSlice, PushKernelArg};
+
+use super::Hyper;
+use crate::device::cuda::{grid_1d, CudaFloat};
+use crate::device::CudaDevice;
+use crate::{DType, Error, Result};
+
+const THREADS: u32 = 256;
+
+/// Updates n values: `param` (T) and `master` (f32; `None` when `param` is f32 and is its
+/// own master), `m`, `v` (f32), from `grad` (T).
+#[allow(clippy::too_many_arguments)]
+pub fn adamw<T: CudaFloat>(
+    dev: &CudaDevice,
+    param: &mut CudaSlice<T>,
+    master: Option<&mut CudaSlice<f32>>,
+    m: &mut CudaSlice<f32>,
+    v: &mut CudaSlice<f32>,
+    grad: &CudaSlice<T>,
+    n: usize,
+    h: &Hyper,
+) -> Result<()> {
+    let (bc1, sqrt_bc2) = h.bias_corrections();
+    let f = match master {
+        Some(_) => dev.function("adamw", &format!("adamw_{}", T::SUFFIX))?,
+        None if T::DTYPE == DType::F32 => dev.function("adamw", "adamw_f32_inplace")?,
+        None => return Err(Error::invalid("adamw: a bf16 parameter needs an f32 master copy")),
+    };
+    let mut l = dev.stream().launch_builder(&f);
+    l.arg(param);
+    if let Some(mst) = master {
+        l.arg(mst);
+    }
+    l.arg(m).arg(v).arg(grad).arg(&n);
+    l.arg(&h.lr).arg(&h.beta1).arg(&h.beta2).arg(&h.eps).arg(&h.weight_decay);
+    l.arg(&bc1).arg(&sqrt_bc2).arg(&h.grad_scale);
+    // SAFETY: every buffer holds n elements (checked by the caller); the loop stays below n.
+    unsafe { l.launch(grid_1d(n.min(1 << 24), THREADS)?) }?;
+    Ok(())
+}
+
+/// Σ x² over n elements of `x`, in f64.
+pub fn sum_squares<T: CudaFloat>(dev: &CudaDevice, x: &CudaSlice<T>, n: usize) -> Result<f64> {
+    let f = dev.function("adamw", &format!("sum_squares_{}", T::SUFFIX))?;
+    let mut out = dev.alloc_zeros::<f64>(1)?;
+    let mut l = dev.stream().launch_builder(&f);
+    l.arg(x).arg(&n).arg(out.slice_mut());
+    // SAFETY: x holds n elements; out holds one.
+    unsafe { l.launch(grid_1d(n.clamp(1, 1 << 20), THREADS)?) }?;
+    Ok(dev.dtoh(out.slice())?[0])
+}

@@ -82,7 +82,7 @@ impl TrainConfig {
         if self.seq_len < 2 {
             return bad(format!("seq-len must be at least 2, got {}", self.seq_len));
         }
-        if !(self.lr.is_finite() && self.lr > 0.0) || !(self.min_lr.is_finite() && self.min_lr >= 0.0) {
+        if !(self.lr.is_finite() && self.lr > 0.0 && self.min_lr.is_finite() && self.min_lr >= 0.0) {
             return bad(format!("learning rates must be positive and finite (lr {}, min {})", self.lr, self.min_lr));
         }
         if !(0.0..=1.0).contains(&self.warmup) {

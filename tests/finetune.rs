@@ -133,3 +133,55 @@ fn bad_configs_are_errors() {
     assert!(Trainer::new(lm, params, cfg).is_err());
     assert!(TrainData::new(&[vec![1, 2, 3]], 16).is_err(), "text shorter than a window");
 }
+
+fn all_state(t: &Trainer) -> Vec<(String, Vec<f32>)> {
+    let mut v: Vec<(String, Vec<f32>)> = t.params.iter().map(|(n, p)| (n.clone(), p.to_f32_vec().unwrap())).collect();
+    v.extend(t.optimizer.named_state().into_iter().map(|(n, s)| (n, s.to_f32_vec().unwrap())));
+    v
+}
+
+#[test]
+fn resume_is_bit_identical_and_bad_checkpoints_are_refused() {
+    use sparsetune::finetune::checkpoint;
+    let dir = common::scratch("resume");
+    let path = checkpoint::path_in(&dir);
+    let (mut straight, data) = trainer(6, 2, 2);
+    while !straight.done() {
+        straight.train_step(&data).unwrap();
+    }
+    // Interrupted after 3 steps: the process "dies" (the trainer is dropped) and a fresh
+    // one is built the same way, then resumed.
+    let (mut first, _) = trainer(6, 2, 2);
+    for _ in 0..3 {
+        first.train_step(&data).unwrap();
+    }
+    checkpoint::save(&path, &first, "masked-lora", serde_json::json!({}), &[]).unwrap();
+    drop(first);
+    let (mut resumed, _) = trainer(6, 2, 2);
+    let ck = checkpoint::load(&path).unwrap();
+    assert!(ck.restore(&mut resumed, "seft").is_err(), "another method's checkpoint");
+    ck.restore(&mut resumed, "masked-lora").unwrap();
+    assert_eq!(resumed.step, 3);
+    while !resumed.done() {
+        resumed.train_step(&data).unwrap();
+    }
+    assert_eq!(all_state(&resumed), all_state(&straight), "resumed run differs from the uninterrupted one");
+    let losses = |t: &Trainer| t.history.iter().map(|r| r.loss).collect::<Vec<_>>();
+    assert_eq!(losses(&resumed), losses(&straight));
+
+    // A flipped byte in the data, or a truncated file, is refused with a clear error.
+    let bytes = std::fs::read(&path).unwrap();
+    let mut flipped = bytes.clone();
+    let k = bytes.len() - 5;
+    flipped[k] ^= 0x40;
+    let bad = dir.join("flipped.safetensors");
+    std::fs::write(&bad, &flipped).unwrap();
+    let e = checkpoint::load(&bad).unwrap_err().to_string();
+    assert!(e.contains("corrupted") && e.contains("flipped.safetensors"), "{e}");
+    std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(checkpoint::load(&bad).is_err(), "truncated checkpoint accepted");
+    // A different configuration cannot resume.
+    let (mut other, _) = trainer(7, 2, 2);
+    let e = ck.restore(&mut other, "masked-lora").unwrap_err().to_string();
+    assert!(e.contains("configuration differs"), "{e}");
+}

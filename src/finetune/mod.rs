@@ -1,8 +1,9 @@
 //! Sparsity-preserving fine-tuning: adapters over compressed pruned weights
 //! ([`adapters`]), the training loop ([`trainer`]) with AdamW ([`optim`]) and a warmup +
-//! decay schedule ([`schedule`]).
+//! decay schedule ([`schedule`]), checkpoints that resume bit-identically ([`checkpoint`]).
 
 pub mod adapters;
+pub mod checkpoint;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;

@@ -13,8 +13,9 @@
 //! selects the GPU groups alone.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
+use sparsetune::linalg;
 use sparsetune::ops::sparsegpt;
-use sparsetune::prune::{linalg, Pattern, SparseGptOptions};
+use sparsetune::prune::{Pattern, SparseGptOptions};
 use sparsetune::testing::random_f64;
 use sparsetune::Device;
 

@@ -42,6 +42,7 @@ pub mod error;
 pub mod eval;
 pub mod finetune;
 pub mod io;
+pub mod linalg;
 pub mod model;
 pub mod nn;
 pub mod ops;

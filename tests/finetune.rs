@@ -185,3 +185,44 @@ fn resume_is_bit_identical_and_bad_checkpoints_are_refused() {
     let e = ck.restore(&mut other, "masked-lora").unwrap_err().to_string();
     assert!(e.contains("configuration differs"), "{e}");
 }
+
+#[test]
+fn lors_initialisation_takes_the_gradient_principal_directions() {
+    use sparsetune::finetune::{prepare, RepairMethod, RepairOptions};
+    use sparsetune::linalg::top_right_singular_vectors;
+    let m = pruned_tiny();
+    let data = TrainData::new(&[stream(m.config.vocab_size, 400)], 16).unwrap();
+    let opts = RepairOptions { lora: LoraOptions::new(2, 4.0), init_samples: 3 };
+    let (lm, params) = prepare(&m, RepairMethod::Lors, &opts, &data, &mut |_, _| {}).unwrap();
+    // B = 0: the adapted model computes exactly what the pruned one does.
+    let (ids, targets) = data.batch(0, 2, 0, &Device::cpu()).unwrap();
+    let l0 = m.loss(None, &ids, &targets, ForwardOptions::default()).unwrap().to_scalar_f32().unwrap();
+    let l1 = lm.loss(None, &ids, &targets, ForwardOptions::default()).unwrap().to_scalar_f32().unwrap();
+    assert_eq!(l0, l1);
+    // Independently: the dense gradient summed over the same 3 windows, and its exact SVD
+    // (a sketch as wide as the matrix). A's rows must capture the top-2 energy.
+    let w = m.layers[1].linear(Proj::Up).dense().unwrap().clone();
+    let mut grads = Grads::new();
+    for i in 0..3 {
+        let (ids, targets) = data.batch(i, 1, 0, &Device::cpu()).unwrap();
+        let mut tape = Tape::new();
+        tape.watch(&w);
+        let l = m.loss(Some(&mut tape), &ids, &targets, ForwardOptions::default()).unwrap();
+        tape.backward(&l, &mut grads).unwrap();
+    }
+    let g: Vec<f64> = grads.get(&w).unwrap().to_f32_vec().unwrap().into_iter().map(f64::from).collect();
+    let (rows, cols) = (w.dims()[0], w.dims()[1]);
+    let (_, sigma) = top_right_singular_vectors(&g, rows, cols, 2, rows.min(cols), 0, 1).unwrap();
+    let a = params.iter().find(|(n, _)| n == "model.layers.1.mlp.up_proj.lora_A").unwrap().1.to_f32_vec().unwrap();
+    let mut energy = 0.0;
+    for j in 0..2 {
+        for r in 0..rows {
+            let dot: f64 = (0..cols).map(|c| g[r * cols + c] * a[j * cols + c] as f64).sum();
+            energy += dot * dot;
+        }
+        let norm: f64 = (0..cols).map(|c| (a[j * cols + c] as f64).powi(2)).sum();
+        assert!((norm - 1.0).abs() < 1e-5, "row {j} of A has norm² {norm}");
+    }
+    let want: f64 = sigma.iter().map(|s| s * s).sum();
+    assert!(energy >= 0.999 * want, "A captures {energy} of the top-2 gradient energy {want}");
+}

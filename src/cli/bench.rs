@@ -7,7 +7,8 @@ use std::time::Instant;
 use clap::{Args, Subcommand};
 
 use crate::device::CudaDevice;
-use crate::prune::{linalg, sparsegpt, Pattern, SparseGptOptions};
+use crate::linalg;
+use crate::prune::{sparsegpt, Pattern, SparseGptOptions};
 use crate::testing::random_f64;
 use crate::{Device, Error, Result};
 

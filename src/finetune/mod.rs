@@ -4,11 +4,14 @@
 
 pub mod adapters;
 pub mod checkpoint;
+pub mod lors;
 pub mod optim;
+pub mod repair;
 pub mod schedule;
 pub mod trainer;
 
 pub use adapters::{adapter_params, adapter_tensors, attach_masked_lora, module_name, LoraOptions};
 pub use optim::{AdamW, AdamWConfig};
+pub use repair::{prepare, RepairMethod, RepairOptions};
 pub use schedule::{Decay, Schedule};
 pub use trainer::{StepRecord, TrainConfig, TrainData, Trainer};

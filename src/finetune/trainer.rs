@@ -249,14 +249,7 @@ impl Trainer {
             }
             let mut grads = Grads::new();
             tape.backward(&loss, &mut grads)?;
-            for ((_, p), a) in self.params.iter().zip(acc.iter_mut()) {
-                let g = grads.remove(p).map_or_else(|| Tensor::zeros(p.shape().clone(), DType::F32, &device), Ok)?;
-                let g = if g.dtype() == DType::F32 { g } else { g.to_dtype(DType::F32)? };
-                match a {
-                    None => *a = Some(g),
-                    Some(sum) => crate::ops::elementwise::add_assign(sum, &g)?,
-                }
-            }
+            accumulate_f32(&mut acc, &mut grads, self.params.iter().map(|(_, p)| p))?;
         }
         let micro = c.grad_accum as f64;
         let loss = (loss_sum / micro) as f32;
@@ -297,4 +290,22 @@ impl Trainer {
         self.history.push(record.clone());
         Ok(record)
     }
+}
+
+/// Adds each tensor's gradient (taken out of `grads`; zero when it has none) to its f32
+/// accumulator in `acc` (moved in on the first call).
+pub(crate) fn accumulate_f32<'a>(
+    acc: &mut [Option<Tensor>],
+    grads: &mut Grads,
+    tensors: impl Iterator<Item = &'a Tensor>,
+) -> Result<()> {
+    for (p, a) in tensors.zip(acc.iter_mut()) {
+        let g = grads.remove(p).map_or_else(|| Tensor::zeros(p.shape().clone(), DType::F32, p.device()), Ok)?;
+        let g = if g.dtype() == DType::F32 { g } else { g.to_dtype(DType::F32)? };
+        match a {
+            None => *a = Some(g),
+            Some(sum) => crate::ops::elementwise::add_assign(sum, &g)?,
+        }
+    }
+    Ok(())
 }

@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 
-use super::linalg::gemm_f64;
+use crate::linalg::gemm_f64;
 use crate::model::llama::{DecoderLayer, LinearInput, LlamaConfig};
 use crate::ops;
 use crate::{Error, Result, Tensor};

@@ -14,7 +14,6 @@
 pub mod allocation;
 pub mod calib;
 pub mod dsnot;
-pub mod linalg;
 pub mod scores;
 pub mod select;
 pub mod sparsegpt;

@@ -21,8 +21,8 @@
 
 use rayon::prelude::*;
 
-use super::linalg::{gemm_f64, inverse_cholesky_upper};
 use super::select::{select, Pattern};
+use crate::linalg::{gemm_f64, inverse_cholesky_upper};
 use crate::sparse::BitMask;
 use crate::{Error, Result};
 

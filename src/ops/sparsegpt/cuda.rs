@@ -171,7 +171,7 @@ pub fn transpose_lower_to_upper(
 }
 
 /// Row-major DGEMM `c = alpha·op(a)·op(b) (+ c when accumulate)`, the device twin of
-/// [`crate::prune::linalg::gemm_f64`]: c [m, n] with row stride `ldc`, op(a) [m, k] (stored
+/// [`crate::linalg::gemm_f64`]: c [m, n] with row stride `ldc`, op(a) [m, k] (stored
 /// [k, m] when `a_t`), op(b) [k, n] (stored [n, k] when `b_t`). Issued as the column-major
 /// product cᵀ = op(b)ᵀ·op(a)ᵀ on the same buffers. Views may start anywhere in a buffer.
 #[allow(clippy::too_many_arguments)]

@@ -1,5 +1,5 @@
 //! SparseGPT on a CUDA device, in f64: the GPU twin of [`crate::prune::sparsegpt::prune`] and of
-//! [`crate::prune::linalg::inverse_cholesky_upper`], matched against them in the tests. No
+//! [`crate::linalg::inverse_cholesky_upper`], matched against them in the tests. No
 //! gradient: these are pruning steps, not differentiable ops. Matrices are row-major device
 //! slices; W: [rows, cols] (out × in), H: [cols, cols] = (2/n)·XᵀX.
 //!
@@ -138,7 +138,7 @@ fn combine_inverse(
 }
 
 /// The upper-triangular U [n, n] with H⁻¹ = Uᵀ·U for the symmetric positive-definite `h`
-/// [n, n], computed as SparseGPT does (and as [`crate::prune::linalg::inverse_cholesky_upper`]):
+/// [n, n], computed as SparseGPT does (and as [`crate::linalg::inverse_cholesky_upper`]):
 /// L = chol(H); H⁻¹ = L⁻ᵀ·L⁻¹, symmetrised; U = chol(H⁻¹)ᵀ. U is exactly zero below the
 /// diagonal. Errors when H (or the computed H⁻¹) is not positive definite.
 pub fn inverse_cholesky_upper(dev: &CudaDevice, h: &CudaSlice<f64>, n: usize) -> Result<CudaBuffer<f64>> {
@@ -266,7 +266,8 @@ pub fn prune(
 mod tests {
     use super::*;
     use crate::device::cuda_for_tests;
-    use crate::prune::{linalg, sparsegpt};
+    use crate::linalg;
+    use crate::prune::sparsegpt;
     use crate::testing::{assert_close_f64, random_f64};
     use crate::Device;
 

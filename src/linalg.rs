@@ -1,10 +1,13 @@
-//! Dense f64 linear algebra for SparseGPT on the CPU, row-major [n, n]:
-//! blocked Cholesky (A = L·Lᵀ: 64-wide diagonal blocks factored directly, the panel below
+//! Dense f64 linear algebra on the CPU, row-major: products through the gemm crate, and for
+//! SparseGPT a blocked Cholesky (A = L·Lᵀ: 64-wide diagonal blocks factored directly, the panel below
 //! solved as a product with the inverted diagonal block, trailing update A22 −= P·Pᵀ), the
 //! inverse of a lower-triangular matrix (recursive: [[A, 0], [B, C]]⁻¹ =
 //! [[A⁻¹, 0], [−C⁻¹·B·A⁻¹, C⁻¹]]), and the upper Cholesky factor of A⁻¹ as SparseGPT builds
 //! it: L = chol(A), A⁻¹ = L⁻ᵀ·L⁻¹, A⁻¹ = Uᵀ·U with U = chol(A⁻¹)ᵀ. All products go through
 //! the gemm crate (all cores), so the O(n³) work runs at matrix-product speed.
+//! For LoRS's initialisation, the top right singular vectors of a matrix by randomised SVD
+//! (range finder with power iterations, as `torch.svd_lowrank`; the small factor's SVD by
+//! one-sided Jacobi).
 
 use crate::ops::matmul::cpu::strided;
 
@@ -173,8 +176,145 @@ pub fn inverse_cholesky_upper(a: &[f64], n: usize) -> Result<Vec<f64>> {
     Ok(u)
 }
 
+/// Orthonormalises the `q` columns of `y` [rows, q] in place (modified Gram–Schmidt, run
+/// twice for stability); a column that vanishes is replaced by zeros.
+fn orthonormalize_columns(y: &mut [f64], rows: usize, q: usize) {
+    for j in 0..q {
+        for _ in 0..2 {
+            for i in 0..j {
+                let dot: f64 = (0..rows).map(|r| y[r * q + i] * y[r * q + j]).sum();
+                for r in 0..rows {
+                    y[r * q + j] -= dot * y[r * q + i];
+                }
+            }
+        }
+        let norm = (0..rows).map(|r| y[r * q + j] * y[r * q + j]).sum::<f64>().sqrt();
+        let inv = if norm > 1e-300 { 1.0 / norm } else { 0.0 };
+        for r in 0..rows {
+            y[r * q + j] *= inv;
+        }
+    }
+}
+
+/// The top `r` right singular vectors of `g` [rows, cols], as rows of an [r, cols] matrix,
+/// with their singular values (descending), by randomised SVD: a Gaussian sketch of
+/// `oversample` ≥ r columns (seeded), `power_iters` power iterations, then the exact SVD of
+/// the projected [oversample, cols] factor by one-sided Jacobi. Signs are fixed so that the
+/// largest entry of each vector is positive.
+pub fn top_right_singular_vectors(
+    g: &[f64],
+    rows: usize,
+    cols: usize,
+    r: usize,
+    oversample: usize,
+    power_iters: usize,
+    seed: u64,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let q = oversample.max(r).min(rows.min(cols));
+    if r == 0 || r > q || g.len() != rows * cols {
+        return Err(Error::invalid(format!(
+            "randomised SVD: rank {r} of a {rows}x{cols} matrix ({} values) with sketch {q}",
+            g.len()
+        )));
+    }
+    let sketch = crate::Tensor::randn([cols * q], 1.0, crate::DType::F32, &crate::Device::cpu(), seed)?;
+    let omega: Vec<f64> = sketch.to_f32_vec()?.into_iter().map(f64::from).collect();
+    // Range of g: Y = g·Ω [rows, q], refined by (g·gᵀ)ⁱ.
+    let mut y = vec![0.0; rows * q];
+    gemm_f64(rows, q, cols, &mut y, q, false, 1.0, g, cols, false, &omega, q, false);
+    orthonormalize_columns(&mut y, rows, q);
+    let mut z = vec![0.0; cols * q];
+    for _ in 0..power_iters {
+        gemm_f64(cols, q, rows, &mut z, q, false, 1.0, g, cols, true, &y, q, false);
+        orthonormalize_columns(&mut z, cols, q);
+        gemm_f64(rows, q, cols, &mut y, q, false, 1.0, g, cols, false, &z, q, false);
+        orthonormalize_columns(&mut y, rows, q);
+    }
+    // xt = gᵀ·Q [cols, q] = Bᵀ for B = Qᵀ·g; its orthogonalised columns are V·S.
+    let mut xt = vec![0.0; cols * q];
+    gemm_f64(cols, q, rows, &mut xt, q, false, 1.0, g, cols, true, &y, q, false);
+    one_sided_jacobi(&mut xt, cols, q);
+    let mut order: Vec<(f64, usize)> =
+        (0..q).map(|j| ((0..cols).map(|i| xt[i * q + j] * xt[i * q + j]).sum::<f64>().sqrt(), j)).collect();
+    order.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut v = vec![0.0; r * cols];
+    let mut sigma = Vec::with_capacity(r);
+    for (k, &(s, j)) in order.iter().take(r).enumerate() {
+        sigma.push(s);
+        let row = &mut v[k * cols..(k + 1) * cols];
+        for (i, x) in row.iter_mut().enumerate() {
+            *x = if s > 0.0 { xt[i * q + j] / s } else { 0.0 };
+        }
+        let big = row.iter().fold(0.0f64, |m, &x| if x.abs() > m.abs() { x } else { m });
+        if big < 0.0 {
+            row.iter_mut().for_each(|x| *x = -*x);
+        }
+    }
+    Ok((v, sigma))
+}
+
+/// Rotates the columns of x [rows, q] (Hestenes' one-sided Jacobi) until they are
+/// mutually orthogonal; x·J for an orthogonal J.
+fn one_sided_jacobi(x: &mut [f64], rows: usize, q: usize) {
+    for _sweep in 0..60 {
+        let mut rotated = false;
+        for i in 0..q {
+            for j in i + 1..q {
+                let (mut a, mut b, mut c) = (0.0, 0.0, 0.0);
+                for r in 0..rows {
+                    let (xi, xj) = (x[r * q + i], x[r * q + j]);
+                    a += xi * xi;
+                    b += xj * xj;
+                    c += xi * xj;
+                }
+                if c.abs() <= 1e-15 * (a * b).sqrt() || c == 0.0 {
+                    continue;
+                }
+                rotated = true;
+                let zeta = (b - a) / (2.0 * c);
+                let t = zeta.signum() / (zeta.abs() + (1.0 + zeta * zeta).sqrt());
+                let cs = 1.0 / (1.0 + t * t).sqrt();
+                let sn = cs * t;
+                for r in 0..rows {
+                    let (xi, xj) = (x[r * q + i], x[r * q + j]);
+                    x[r * q + i] = cs * xi - sn * xj;
+                    x[r * q + j] = sn * xi + cs * xj;
+                }
+            }
+        }
+        if !rotated {
+            break;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn randomised_svd_recovers_planted_singular_vectors() {
+        // g = U·diag(s)·Vᵀ with orthonormal U [40, 6], V [30, 6] built by Gram–Schmidt.
+        let (rows, cols, k) = (40, 30, 6);
+        let mut u = crate::testing::random_f64(rows * k, 1.0, 1);
+        let mut v = crate::testing::random_f64(cols * k, 1.0, 2);
+        super::orthonormalize_columns(&mut u, rows, k);
+        super::orthonormalize_columns(&mut v, cols, k);
+        let s = [10.0, 7.0, 5.0, 3.0, 1.0, 0.5];
+        let mut g = vec![0.0; rows * cols];
+        for r in 0..rows {
+            for c in 0..cols {
+                g[r * cols + c] = (0..k).map(|j| u[r * k + j] * s[j] * v[c * k + j]).sum();
+            }
+        }
+        let (top, sigma) = super::top_right_singular_vectors(&g, rows, cols, 3, 12, 2, 7).unwrap();
+        crate::testing::assert_close_f64("singular values", &sigma, &s[..3], 1e-9, 1e-9);
+        for j in 0..3 {
+            // Same direction up to sign: |⟨v_j, v̂_j⟩| = 1.
+            let dot: f64 = (0..cols).map(|c| top[j * cols + c] * v[c * k + j]).sum();
+            assert!((dot.abs() - 1.0).abs() < 1e-9, "vector {j}: |cos| = {}", dot.abs());
+        }
+        assert!(super::top_right_singular_vectors(&g, rows, cols, 0, 12, 2, 7).is_err());
+    }
+
     use super::*;
     use crate::testing::{assert_close_f64, random_f64};
 

@@ -226,3 +226,20 @@ fn lors_initialisation_takes_the_gradient_principal_directions() {
     let want: f64 = sigma.iter().map(|s| s * s).sum();
     assert!(energy >= 0.999 * want, "A captures {energy} of the top-2 gradient energy {want}");
 }
+
+#[test]
+fn adapter_file_merges_to_the_in_memory_merge() {
+    use sparsetune::finetune::export::{merge_adapter_file, save_adapters};
+    let (mut t, data) = trainer(3, 1, 1);
+    for _ in 0..3 {
+        t.train_step(&data).unwrap();
+    }
+    let path = common::scratch("adapter").join("adapter.safetensors");
+    save_adapters(&t.model, &path, DType::F32).unwrap();
+    let from_file = merge_adapter_file(&pruned_tiny(), &path).unwrap();
+    let in_memory = t.model.merged().unwrap();
+    for ((p, a), (_, b)) in from_file.named_tensors().unwrap().into_iter().zip(in_memory.named_tensors().unwrap()) {
+        assert_eq!(a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap(), "{p:?}");
+    }
+    assert!(save_adapters(&pruned_tiny(), &path, DType::F32).is_err(), "a model without adapters");
+}

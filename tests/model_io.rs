@@ -203,3 +203,48 @@ fn hf_directory_with_config_and_tokenizer_json_loads() {
     let tok = llama::load_tokenizer(&dir).unwrap();
     assert_eq!(tok.encode("t5 t7").unwrap(), vec![5, 7]);
 }
+
+#[test]
+fn sparse_bitmask_export_round_trips_bit_exactly() {
+    use sparsetune::prune::{prune_model, Method, Pattern, PruneOptions};
+    let dev = Device::cpu();
+    let mut m = common::tiny_model(DType::F32, &dev, 21);
+    prune_model(&mut m, &[], &PruneOptions::new(Method::Magnitude, Pattern::Unstructured(0.6)), &mut |_| {}).unwrap();
+    let dir = common::scratch("bitmask-export");
+    let (dense_path, sparse_path) = (dir.join("dense.safetensors"), dir.join("sparse.safetensors"));
+    llama::save_safetensors(&m, &dense_path, DType::F32, None, &BTreeMap::new()).unwrap();
+    llama::save_safetensors_as(
+        &m,
+        &sparse_path,
+        DType::F32,
+        llama::WeightLayout::SparseBitmask,
+        None,
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let back = llama::load(&sparse_path, &dev, DType::F32).unwrap();
+    for ((p, a), (_, b)) in m.named_tensors().unwrap().into_iter().zip(back.named_tensors().unwrap()) {
+        assert_eq!(a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap(), "{p:?} differs after the round trip");
+    }
+    let (dense_len, sparse_len) =
+        (std::fs::metadata(&dense_path).unwrap().len(), std::fs::metadata(&sparse_path).unwrap().len());
+    assert!(sparse_len < dense_len, "compressed file {sparse_len} bytes vs dense {dense_len}");
+    // The compressed-tensors names are there, with the documented shapes.
+    let st = sparsetune::io::SafetensorsFile::open(&sparse_path).unwrap();
+    let w = Proj::Gate.hf_name(1);
+    let (rows, cols) = (m.config.intermediate_size, m.config.hidden_size);
+    assert_eq!(st.info(&format!("{w}.bitmask")), Some((DType::U8, vec![rows, cols.div_ceil(8)])));
+    assert_eq!(st.info(&format!("{w}.row_offsets")), Some((DType::U32, vec![rows])));
+    assert!(st.info(&w).is_none());
+    // A row offset that disagrees with the bitmask is refused.
+    let mut bytes = std::fs::read(&sparse_path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let begin = header[format!("{w}.row_offsets")]["data_offsets"][0].as_u64().unwrap() as usize;
+    let at = 8 + header_len + begin + 4; // row 1's offset
+    bytes[at] ^= 1;
+    let bad = dir.join("bad-offsets.safetensors");
+    std::fs::write(&bad, &bytes).unwrap();
+    let e = llama::load(&bad, &dev, DType::F32).unwrap_err().to_string();
+    assert!(e.contains("row 1 starts at value"), "{e}");
+}

@@ -4,6 +4,7 @@
 
 pub mod adapters;
 pub mod checkpoint;
+pub mod export;
 pub mod lors;
 pub mod optim;
 pub mod repair;

@@ -6,7 +6,9 @@
 //! - safetensors with HF names: config from the `sparsetune.config` metadata entry or a
 //!   `config.json` beside the file; a directory means `<dir>/model.safetensors`.
 //! - Saving writes HF names (f32 or bf16), `format: pt`, the config and the tokenizer in
-//!   the metadata, so one file is a complete model.
+//!   the metadata, so one file is a complete model; the decoder linears either dense
+//!   (zeros where pruned) or in the compressed-tensors `sparse-bitmask` naming
+//!   ([`WeightLayout`]), which loading expands back (bit-exact).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,9 @@ use crate::{DType, Device, Error, Result, Tensor};
 pub const META_CONFIG: &str = "sparsetune.config";
 /// safetensors metadata key holding the tokenizer JSON.
 pub const META_TOKENIZER: &str = "sparsetune.tokenizer";
+
+/// safetensors metadata key naming a compressed layout of the decoder linears.
+pub const META_LAYOUT: &str = "sparsetune.layout";
 
 /// A model file's format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,6 +163,17 @@ pub fn load_safetensors(st: &SafetensorsFile, device: &Device, dtype: DType) -> 
     let config = safetensors_config(st)?;
     Llama::from_named(config.clone(), |part| {
         let name = part.hf_name();
+        if st.info(&name).is_none() && st.info(&format!("{name}.compressed")).is_some() {
+            let (dense, shape) = read_bitmask_weight(st, &name)?;
+            if shape != part.shape(&config) {
+                return Err(Error::ShapeMismatch {
+                    op: "load safetensors",
+                    lhs: shape.into(),
+                    rhs: part.shape(&config).into(),
+                });
+            }
+            return Tensor::from_f32(dense, shape, dtype, device);
+        }
         let (_, shape) =
             st.info(&name).ok_or_else(|| Error::MissingTensor { path: st.path().to_path_buf(), name: name.clone() })?;
         if shape != part.shape(&config) {
@@ -171,6 +187,64 @@ pub fn load_safetensors(st: &SafetensorsFile, device: &Device, dtype: DType) -> 
     })
 }
 
+/// The dense values of weight `name` stored as `name.compressed` (kept values, row-major),
+/// `name.bitmask` (U8 [rows, ceil(cols/8)], bit j%8 of byte j/8), `name.shape` and
+/// `name.row_offsets` (U32 [rows], the first value of each row), checked for consistency.
+fn read_bitmask_weight(st: &SafetensorsFile, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+    let bad = |msg: String| Error::format(st.path(), "sparse-bitmask", format!("{name}: {msg}"));
+    let ints = |suffix: &str| -> Result<Vec<u32>> {
+        let key = format!("{name}.{suffix}");
+        match st.info(&key) {
+            Some((DType::U32, _)) => Ok(st
+                .tensor_bytes(&key)?
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()),
+            _ => Err(bad(format!("{key} must be U32"))),
+        }
+    };
+    let shape: Vec<usize> = ints("shape")?.into_iter().map(|d| d as usize).collect();
+    let [rows, cols] = shape[..] else { return Err(bad(format!("shape {shape:?} is not 2-D"))) };
+    let offsets = ints("row_offsets")?;
+    let values = st.tensor_f32(&format!("{name}.compressed"))?;
+    let mask_key = format!("{name}.bitmask");
+    if st.info(&mask_key) != Some((DType::U8, vec![rows, crate::sparse::BitMask::stride_for(cols)])) {
+        return Err(bad(format!("{mask_key} must be U8 [{rows}, {}]", cols.div_ceil(8))));
+    }
+    let mask = crate::sparse::BitMask::from_bytes(rows, cols, st.tensor_bytes(&mask_key)?.to_vec())?;
+    if offsets.len() != rows || mask.kept() != values.len() {
+        return Err(bad(format!(
+            "{} row offsets for {rows} rows, {} kept bits for {} values",
+            offsets.len(),
+            mask.kept(),
+            values.len()
+        )));
+    }
+    let mut dense = vec![0f32; rows * cols];
+    let mut next = 0usize;
+    for r in 0..rows {
+        if offsets[r] as usize != next {
+            return Err(bad(format!("row {r} starts at value {}, the bitmask says {next}", offsets[r])));
+        }
+        for c in (0..cols).filter(|&c| mask.get(r, c)) {
+            dense[r * cols + c] = values[next];
+            next += 1;
+        }
+    }
+    Ok((dense, shape))
+}
+
+/// How `save_safetensors_as` stores the decoder linears.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// Dense HF tensors (zeros where pruned): loads in transformers unchanged.
+    Dense,
+    /// compressed-tensors `sparse-bitmask` naming: `P.compressed` (kept values, 1-D),
+    /// `P.bitmask` (U8 [rows, ceil(cols/8)]), `P.shape` (U32 [2]), `P.row_offsets` (U32
+    /// [rows]) for every decoder linear P; other tensors dense.
+    SparseBitmask,
+}
+
 /// Writes `model` as HF-named safetensors in `dtype` (F32 or BF16), with the config, the
 /// tokenizer (if given) and `extra` in the metadata. The write is atomic.
 pub fn save_safetensors(
@@ -180,26 +254,59 @@ pub fn save_safetensors(
     tokenizer: Option<&Tokenizer>,
     extra: &BTreeMap<String, String>,
 ) -> Result<()> {
+    save_safetensors_as(model, path, dtype, WeightLayout::Dense, tokenizer, extra)
+}
+
+/// [`save_safetensors`] with a choice of layout for the decoder linears (the model must be
+/// dense: merge adapters first). Both layouts load with [`load`].
+pub fn save_safetensors_as(
+    model: &Llama,
+    path: &Path,
+    dtype: DType,
+    layout: WeightLayout,
+    tokenizer: Option<&Tokenizer>,
+    extra: &BTreeMap<String, String>,
+) -> Result<()> {
     if !dtype.is_compute_float() {
         return Err(Error::invalid(format!("export dtype must be f32 or bf16, not {dtype}")));
     }
-    let mut blobs = Vec::new();
+    let float_bytes = |t: &Tensor| -> Result<Vec<u8>> {
+        if t.dtype() == dtype {
+            t.to_le_bytes()
+        } else {
+            t.to_dtype(dtype)?.to_le_bytes()
+        }
+    };
+    let u32_bytes = |v: Vec<u32>| bytemuck::cast_slice::<u32, u8>(&v).to_vec();
+    let mut blobs: Vec<(String, DType, Vec<usize>, Vec<u8>)> = Vec::new();
     for (part, t) in model.named_tensors()? {
-        let bytes: Vec<u8> = match dtype {
-            DType::BF16 => bytemuck::cast_slice(&t.to_dtype(DType::BF16)?.to_vec::<half::bf16>()?).to_vec(),
-            _ => bytemuck::cast_slice(&t.to_f32_vec()?).to_vec(),
-        };
-        blobs.push((part.hf_name(), t.dims().to_vec(), bytes));
+        let name = part.hf_name();
+        if layout == WeightLayout::SparseBitmask && matches!(part, Part::Linear(..)) {
+            let w = crate::sparse::SparseWeight::from_dense(t, crate::sparse::SparseFormat::Bitmask)?;
+            let (rows, cols) = (w.rows(), w.cols());
+            let offsets = w.row_offsets().ok_or_else(|| Error::invalid("bitmask weight without row offsets"))?;
+            let mut starts = offsets.to_vec::<u32>()?;
+            starts.truncate(rows);
+            blobs.push((format!("{name}.compressed"), dtype, vec![w.nnz()], float_bytes(w.values())?));
+            blobs.push((format!("{name}.bitmask"), DType::U8, w.meta().dims().to_vec(), w.meta().to_le_bytes()?));
+            blobs.push((format!("{name}.shape"), DType::U32, vec![2], u32_bytes(vec![rows as u32, cols as u32])));
+            blobs.push((format!("{name}.row_offsets"), DType::U32, vec![rows], u32_bytes(starts)));
+        } else {
+            blobs.push((name, dtype, t.dims().to_vec(), float_bytes(t)?));
+        }
     }
     let entries: Vec<SafetensorsEntry<'_>> = blobs
         .iter()
-        .map(|(name, shape, data)| SafetensorsEntry { name: name.clone(), dtype, shape: shape.clone(), data })
+        .map(|(name, dt, shape, data)| SafetensorsEntry { name: name.clone(), dtype: *dt, shape: shape.clone(), data })
         .collect();
     let mut meta = extra.clone();
     meta.insert("format".into(), "pt".into());
     meta.insert(META_CONFIG.into(), model.config.to_hf_json());
     if let Some(tok) = tokenizer {
         meta.insert(META_TOKENIZER.into(), tok.to_json_string()?);
+    }
+    if layout == WeightLayout::SparseBitmask {
+        meta.insert(META_LAYOUT.into(), "sparse-bitmask".into());
     }
     write_safetensors(path, &entries, &meta)
 }

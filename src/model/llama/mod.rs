@@ -7,6 +7,6 @@ mod model;
 mod names;
 
 pub use config::LlamaConfig;
-pub use load::{load, load_config, load_tokenizer, save_safetensors};
+pub use load::{load, load_config, load_tokenizer, save_safetensors, save_safetensors_as, WeightLayout};
 pub use model::{DecoderLayer, ForwardOptions, LinearInput, Llama};
 pub use names::{Part, Proj};

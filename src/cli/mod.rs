@@ -3,6 +3,7 @@
 
 mod bench;
 mod eval;
+mod finetune;
 mod progress;
 mod prune;
 
@@ -28,6 +29,8 @@ enum Command {
     Generate(eval::GenerateArgs),
     /// Prune a model (magnitude, Wanda, SparseGPT, RIA; unstructured or N:M).
     Prune(prune::PruneArgs),
+    /// Repair a pruned model by sparsity-preserving fine-tuning (masked LoRA, LoRS).
+    Finetune(finetune::FinetuneArgs),
     /// Time single kernels at chosen sizes (median of repetitions, JSON lines).
     Bench(bench::BenchArgs),
 }
@@ -39,6 +42,7 @@ pub fn main() -> i32 {
         Command::Eval(a) => eval::run_eval(a),
         Command::Generate(a) => eval::run_generate(a),
         Command::Prune(a) => prune::run(a),
+        Command::Finetune(a) => finetune::run(a),
         Command::Bench(a) => bench::run(a),
     };
     match result {

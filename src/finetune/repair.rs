@@ -54,7 +54,8 @@ impl std::fmt::Display for RepairMethod {
 pub struct RepairOptions {
     /// Adapter rank, alpha, base layout and seed (the gradient mode follows the method).
     pub lora: LoraOptions,
-    /// Training windows LoRS averages the dense gradient over for its initialisation.
+    /// Training windows LoRS averages the dense gradient over for its initialisation (0:
+    /// skip it and keep the Kaiming A, as when resuming from a checkpoint that holds A).
     pub init_samples: usize,
 }
 
@@ -73,7 +74,7 @@ pub fn prepare(
         RepairMethod::Lors => AdapterGrad::Rearranged,
     };
     let model = attach_masked_lora(pruned, lora)?;
-    if method == RepairMethod::Lors {
+    if method == RepairMethod::Lors && opts.init_samples > 0 {
         super::lors::init_from_gradient_svd(pruned, &model, data, opts.init_samples, lora.seed, progress)?;
     }
     let params = adapter_params(&model);

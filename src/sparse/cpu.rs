@@ -8,6 +8,7 @@ use super::nm::index_bits;
 use super::weight::{Expand, SparseFormat};
 use crate::storage::FloatElement;
 
+#[inline(always)]
 fn put<T: FloatElement>(out: &mut T, v: T, mode: Expand) {
     *out = match mode {
         Expand::Overwrite => v,
@@ -29,28 +30,53 @@ pub fn expand<T: FloatElement>(
     out: &mut [T],
     mode: Expand,
 ) {
+    use rayon::prelude::*;
+    if cols == 0 {
+        return;
+    }
+    // Rows are independent: expanded in parallel (each row knows where its values start).
+    let rows_out = out[..rows * cols].par_chunks_mut(cols).enumerate();
     match format {
         SparseFormat::Bitmask => {
             let stride = cols.div_ceil(8);
-            for r in 0..rows {
-                let mut k = offsets.map_or(0, |o| o[r] as usize);
-                for c in 0..cols {
-                    let o = &mut out[r * cols + c];
-                    if meta[r * stride + c / 8] >> (c % 8) & 1 == 1 {
-                        put(o, values[k], mode);
-                        k += 1;
-                    } else {
-                        *o = T::default();
+            rows_out.for_each(|(r, row)| {
+                let bits = &meta[r * stride..(r + 1) * stride];
+                // Pass 1: clear what the mask drops (everything, for Overwrite).
+                if mode == Expand::Overwrite {
+                    row.fill(T::default());
+                } else {
+                    for (chunk, &b) in row.chunks_mut(8).zip(bits) {
+                        if b != 0xff {
+                            for (j, o) in chunk.iter_mut().enumerate() {
+                                *o = if b >> j & 1 == 1 { *o } else { T::default() };
+                            }
+                        }
                     }
                 }
-            }
+                // Pass 2: visit the kept positions (set bits, lowest first) with their values.
+                if mode != Expand::MaskOnly {
+                    let mut k = offsets.map_or(0, |o| o[r] as usize);
+                    for (i, &b) in bits.iter().enumerate() {
+                        let mut b = b;
+                        while b != 0 {
+                            // Padding bits past the last column are zero in a valid mask.
+                            if let (Some(o), Some(&v)) =
+                                (row.get_mut(8 * i + b.trailing_zeros() as usize), values.get(k))
+                            {
+                                put(o, v, mode);
+                            }
+                            k += 1;
+                            b &= b - 1;
+                        }
+                    }
+                }
+            });
         }
         SparseFormat::NM { n, m } => {
             let bits = index_bits(m);
             let per_row = cols / m * n;
             let stride = (per_row * bits).div_ceil(8);
-            for r in 0..rows {
-                let row = &mut out[r * cols..(r + 1) * cols];
+            rows_out.for_each(|(r, row)| {
                 let mut kept = vec![usize::MAX; cols];
                 for slot in 0..per_row {
                     let p = (0..bits).fold(0usize, |p, b| {
@@ -65,7 +91,7 @@ pub fn expand<T: FloatElement>(
                         slot => put(o, values[r * per_row + slot], mode),
                     }
                 }
-            }
+            });
         }
     }
 }

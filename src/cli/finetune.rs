@@ -1,0 +1,210 @@
+//! `sparsetune finetune`: repair a pruned model with sparsity-preserving fine-tuning,
+//! checkpointing as it goes, and write the merged model (dense or compressed) and
+//! optionally the adapters alone.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+
+use super::{default_asset, device_and_dtype, progress};
+use crate::data::{sotu_files, tokenize_file};
+use crate::finetune::{
+    checkpoint, export, prepare, LoraOptions, RepairMethod, RepairOptions, TrainConfig, TrainData, Trainer,
+};
+use crate::model::llama::{self, WeightLayout};
+use crate::sparse::SparseFormat;
+use crate::{DType, Error, Result};
+
+/// Arguments of `sparsetune finetune`.
+#[derive(Args, Debug)]
+pub struct FinetuneArgs {
+    /// The pruned model (safetensors or GGUF; zeros where pruned).
+    #[arg(long)]
+    model: PathBuf,
+    /// masked-lora or lors.
+    #[arg(long, default_value = "masked-lora")]
+    method: String,
+    /// Training text files (default: State of the Union addresses before 2000).
+    #[arg(long = "data")]
+    data: Vec<PathBuf>,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    /// Adapter rank.
+    #[arg(long, default_value_t = 16)]
+    rank: usize,
+    /// LoRA alpha (scale = alpha / rank).
+    #[arg(long, default_value_t = 32.0)]
+    alpha: f32,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-4)]
+    lr: f32,
+    /// Fraction of steps warming up.
+    #[arg(long, default_value_t = 0.1)]
+    warmup: f32,
+    /// Clip the global gradient norm (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f32,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f32,
+    /// Windows per micro-batch.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Micro-batches per step.
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// Tokens per window.
+    #[arg(long, default_value_t = 512)]
+    seq_len: usize,
+    /// Keep every decoder layer's activations instead of recomputing them in backward.
+    #[arg(long)]
+    no_checkpointing: bool,
+    /// Seed of the data order and the adapter initialisation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Windows LoRS averages the gradient over for its initialisation.
+    #[arg(long, default_value_t = 128)]
+    init_samples: usize,
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Compute dtype (default: f32 on cpu, bf16 on cuda, with f32 master weights).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Directory for training checkpoints.
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    /// Steps between checkpoints.
+    #[arg(long, default_value_t = 25)]
+    save_every: usize,
+    /// Resume from the checkpoint in --checkpoint-dir (if there is one).
+    #[arg(long)]
+    resume: bool,
+    /// Output: the merged model.
+    #[arg(long)]
+    out: PathBuf,
+    /// Write the decoder linears in the compressed sparse-bitmask layout.
+    #[arg(long)]
+    compressed: bool,
+    /// Also write the adapters alone (PEFT names, with their masks).
+    #[arg(long)]
+    adapter_out: Option<PathBuf>,
+    /// Print one JSON object (the report) on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `finetune`.
+pub fn run(a: FinetuneArgs) -> Result<()> {
+    let method: RepairMethod = a.method.parse()?;
+    let default_dtype = if a.device.starts_with("cuda") { "bf16" } else { "f32" };
+    let (device, dtype) = device_and_dtype(&a.device, a.dtype.as_deref().unwrap_or(default_dtype))?;
+    if a.resume && a.checkpoint_dir.is_none() {
+        return Err(Error::invalid("--resume needs --checkpoint-dir"));
+    }
+    if a.save_every == 0 {
+        return Err(Error::invalid("--save-every must be at least 1"));
+    }
+    let mut cfg = TrainConfig::new(a.steps);
+    (cfg.batch, cfg.grad_accum, cfg.seq_len, cfg.lr, cfg.warmup, cfg.seed) =
+        (a.batch, a.grad_accum, a.seq_len, a.lr, a.warmup, a.seed);
+    cfg.max_grad_norm = (a.max_grad_norm > 0.0).then_some(a.max_grad_norm);
+    cfg.adamw.weight_decay = a.weight_decay;
+    cfg.checkpoint_layers = !a.no_checkpointing;
+    cfg.check()?;
+
+    let start = Instant::now();
+    let tokenizer = llama::load_tokenizer(&a.model)?;
+    let pruned = llama::load(&a.model, &device, dtype)?;
+    let files = if a.data.is_empty() { sotu_files(&default_asset("sotu")?, 2000)? } else { a.data.clone() };
+    let streams = files.iter().map(|p| tokenize_file(&tokenizer, p)).collect::<Result<Vec<_>>>()?;
+    let data = TrainData::new(&streams, a.seq_len)?;
+
+    let mut lora = LoraOptions::new(a.rank, a.alpha);
+    (lora.format, lora.seed) = (SparseFormat::Bitmask, a.seed);
+    let resume_from = a.checkpoint_dir.as_deref().map(checkpoint::path_in).filter(|p| a.resume && p.exists());
+    // A checkpoint holds the initialised adapters: no need to recompute LoRS's init.
+    let opts = RepairOptions { lora, init_samples: if resume_from.is_some() { 0 } else { a.init_samples } };
+    let init_pb = progress::bar(0, "init");
+    let (model, params) = prepare(&pruned, method, &opts, &data, &mut |done, total| {
+        init_pb.set_length(total as u64);
+        init_pb.set_position(done as u64);
+    })?;
+    init_pb.finish_and_clear();
+    drop(pruned);
+    device.reset_peak_memory();
+    let mut trainer = Trainer::new(model, params, cfg)?;
+    if let Some(path) = &resume_from {
+        checkpoint::load(path)?.restore(&mut trainer, method.name())?;
+        eprintln!("resumed from {} at step {}", path.display(), trainer.step);
+    }
+
+    let pb = progress::bar(a.steps as u64, method.name());
+    pb.set_position(trainer.step as u64);
+    let train_start = Instant::now();
+    while !trainer.done() {
+        let r = trainer.train_step(&data)?;
+        pb.set_message(format!("loss {:.4} lr {:.2e} {:.0} tok/s", r.loss, r.lr, r.tokens as f64 / r.seconds));
+        pb.inc(1);
+        if let Some(dir) = &a.checkpoint_dir {
+            if trainer.step % a.save_every == 0 || trainer.done() {
+                checkpoint::save(&checkpoint::path_in(dir), &trainer, method.name(), serde_json::json!({}), &[])?;
+            }
+        }
+    }
+    pb.finish_and_clear();
+    let train_seconds = train_start.elapsed().as_secs_f64();
+    let peak = device.memory().peak_bytes;
+
+    if let Some(p) = &a.adapter_out {
+        export::save_adapters(&trainer.model, p, dtype)?;
+    }
+    let merged = trainer.model.merged()?;
+    let layout = if a.compressed { WeightLayout::SparseBitmask } else { WeightLayout::Dense };
+    let h = &trainer.history;
+    let report = serde_json::json!({
+        "method": method.name(),
+        "steps": trainer.step,
+        "skipped_steps": h.iter().filter(|r| r.skipped).count(),
+        "first_loss": h.first().map(|r| r.loss),
+        "last_loss": h.last().map(|r| r.loss),
+        "losses": h.iter().map(|r| r.loss).collect::<Vec<_>>(),
+        "train_seconds": train_seconds,
+        "tokens_per_second": h.iter().map(|r| r.tokens).sum::<usize>() as f64 / h.iter().map(|r| r.seconds).sum::<f64>().max(1e-9),
+        "peak_bytes": peak,
+        "device": device.label(),
+        "dtype": dtype.as_str(),
+        "rank": a.rank,
+        "alpha": a.alpha,
+        "config": trainer.config,
+        "train_files": files.len(),
+        "train_windows": data.len(),
+        "seconds": start.elapsed().as_secs_f64(),
+        "out": a.out.display().to_string(),
+    });
+    let mut meta = BTreeMap::new();
+    meta.insert("sparsetune.finetune".to_string(), report.to_string());
+    let out_dtype = if dtype == DType::BF16 { DType::BF16 } else { DType::F32 };
+    llama::save_safetensors_as(&merged, &a.out, out_dtype, layout, Some(&tokenizer), &meta)?;
+
+    if a.json {
+        println!("{report}");
+    } else {
+        println!("method        {} (rank {}, alpha {})", method.name(), a.rank, a.alpha);
+        println!("data          {} files, {} windows of {} tokens", files.len(), data.len(), a.seq_len);
+        println!(
+            "loss          {:.4} -> {:.4} over {} steps ({} skipped)",
+            h.first().map_or(f32::NAN, |r| r.loss),
+            h.last().map_or(f32::NAN, |r| r.loss),
+            trainer.step,
+            h.iter().filter(|r| r.skipped).count()
+        );
+        println!("train time    {train_seconds:.1} s");
+        println!("peak memory   {:.1} MiB ({})", peak as f64 / (1u64 << 20) as f64, device.label());
+        println!("wrote         {}{}", a.out.display(), if a.compressed { " (sparse-bitmask)" } else { "" });
+    }
+    Ok(())
+}

@@ -243,3 +243,56 @@ fn adapter_file_merges_to_the_in_memory_merge() {
     }
     assert!(save_adapters(&pruned_tiny(), &path, DType::F32).is_err(), "a model without adapters");
 }
+
+/// Measured CPU peak of one training step vs the plan, with and without checkpointing.
+#[test]
+fn measured_peak_is_within_ten_percent_of_the_plan() {
+    use sparsetune::finetune::plan::{plan, PlanInput};
+    use sparsetune::finetune::RepairMethod;
+    use sparsetune::model::llama::LlamaConfig;
+    let config = LlamaConfig {
+        vocab_size: 512,
+        hidden_size: 64,
+        intermediate_size: 176,
+        num_hidden_layers: 3,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        max_position_embeddings: 256,
+        ..LlamaConfig::tiny()
+    };
+    for checkpointing in [true, false] {
+        let dev = Device::cpu();
+        let mut m = Llama::random(&config, DType::F32, &dev, 3).unwrap();
+        prune_model(&mut m, &[], &PruneOptions::new(Method::Magnitude, Pattern::Unstructured(0.5)), &mut |_| {})
+            .unwrap();
+        let data = TrainData::new(&[stream(config.vocab_size, 2000)], 128).unwrap();
+        let lm = attach_masked_lora(&m, LoraOptions::new(8, 16.0)).unwrap();
+        drop(m);
+        let mut cfg = TrainConfig::new(2);
+        (cfg.batch, cfg.seq_len, cfg.checkpoint_layers) = (2, 128, checkpointing);
+        let params = adapter_params(&lm);
+        let mut t = Trainer::new(lm, params, cfg).unwrap();
+        dev.reset_peak_memory();
+        t.train_step(&data).unwrap();
+        let measured = dev.memory().peak_bytes as f64;
+        let p = plan(&PlanInput {
+            config: config.clone(),
+            sparsity: 0.5,
+            nm: None,
+            dtype: DType::F32,
+            seq_len: 128,
+            batch: 2,
+            rank: 8,
+            method: RepairMethod::MaskedLora,
+            checkpointing,
+            cuda: false,
+        })
+        .unwrap();
+        let planned = p.total_bytes as f64;
+        eprintln!("checkpointing {checkpointing}: measured {measured} planned {planned} ({:?})", p.items);
+        assert!(
+            (measured - planned).abs() <= 0.10 * planned,
+            "checkpointing {checkpointing}: measured peak {measured} bytes vs plan {planned} (rtol 0.10)"
+        );
+    }
+}

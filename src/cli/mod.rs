@@ -4,6 +4,7 @@
 mod bench;
 mod eval;
 mod finetune;
+mod plan;
 mod progress;
 mod prune;
 
@@ -31,6 +32,8 @@ enum Command {
     Prune(prune::PruneArgs),
     /// Repair a pruned model by sparsity-preserving fine-tuning (masked LoRA, LoRS).
     Finetune(finetune::FinetuneArgs),
+    /// Predicted peak memory of a fine-tuning run, item by item.
+    Plan(plan::PlanArgs),
     /// Time single kernels at chosen sizes (median of repetitions, JSON lines).
     Bench(bench::BenchArgs),
 }
@@ -43,6 +46,7 @@ pub fn main() -> i32 {
         Command::Generate(a) => eval::run_generate(a),
         Command::Prune(a) => prune::run(a),
         Command::Finetune(a) => finetune::run(a),
+        Command::Plan(a) => plan::run(a),
         Command::Bench(a) => bench::run(a),
     };
     match result {

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod export;
 pub mod lors;
 pub mod optim;
+pub mod plan;
 pub mod repair;
 pub mod schedule;
 pub mod trainer;

@@ -7,6 +7,7 @@ mod common;
 use std::process::Command;
 
 use sparsetune::io::asset_path;
+use sparsetune::{DType, Device};
 
 /// The binary under test: `$SPARSETUNE_BIN` when set (test executables carried to another
 /// machine), else the one cargo built.
@@ -134,4 +135,103 @@ fn prune_rejects_a_model_that_is_not_llama() {
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("not llama") && !err.contains("panicked"), "{err}");
+}
+
+/// Prune the real model (tiny calibration), fine-tune a few short steps with each method,
+/// in one go and interrupted + resumed, dense and compressed; the outputs keep the zeros
+/// exactly, agree bit for bit, and load in `eval`.
+#[test]
+fn finetune_real_model_keeps_zeros_and_resumes() {
+    use sparsetune::io::SafetensorsFile;
+    use sparsetune::model::llama::{self, Proj};
+    let Some(model) = asset_path("SmolLM2-135M-Instruct.Q4_1.gguf") else { return };
+    let dir = common::scratch("cli-finetune");
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let (code, _, err) = sparsetune(&[
+        "prune",
+        "--model",
+        model.to_str().unwrap(),
+        "--method",
+        "wanda",
+        "--sparsity",
+        "0.5",
+        "--calib-samples",
+        "2",
+        "--calib-seq-len",
+        "64",
+        "--out",
+        &p("pruned.safetensors"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let common_args = |method: &'static str, out: String, ck: String| -> Vec<String> {
+        [
+            "finetune",
+            "--model",
+            &p("pruned.safetensors"),
+            "--method",
+            method,
+            "--steps",
+            "4",
+            "--seq-len",
+            "32",
+            "--rank",
+            "4",
+            "--init-samples",
+            "2",
+            "--save-every",
+            "2",
+            "--checkpoint-dir",
+            &ck,
+            "--out",
+            &out,
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run = |args: Vec<String>| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out, err) = sparsetune(&refs);
+        assert_eq!(code, 0, "finetune {args:?}: {err}");
+        out
+    };
+    let pruned = SafetensorsFile::open(p("pruned.safetensors")).unwrap();
+    for method in ["masked-lora", "lors"] {
+        let out = run(common_args(method, p(&format!("{method}.safetensors")), p(&format!("ck-{method}"))));
+        let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert!(report["last_loss"].as_f64().unwrap().is_finite(), "{report}");
+        // Interrupted after 2 steps, then resumed; and a compressed export.
+        let mut first = common_args(method, p("unused.safetensors"), p(&format!("ck2-{method}")));
+        first.extend(["--stop-after".to_string(), "2".to_string()]);
+        run(first);
+        let mut second = common_args(method, p(&format!("{method}-c.safetensors")), p(&format!("ck2-{method}")));
+        second.extend(["--resume".to_string(), "--compressed".to_string()]);
+        run(second);
+        let straight = llama::load(&dir.join(format!("{method}.safetensors")), &Device::cpu(), DType::F32).unwrap();
+        let resumed = llama::load(&dir.join(format!("{method}-c.safetensors")), &Device::cpu(), DType::F32).unwrap();
+        let repaired = SafetensorsFile::open(p(&format!("{method}.safetensors"))).unwrap();
+        for l in [0, 14, 29] {
+            for proj in Proj::ALL {
+                let name = proj.hf_name(l);
+                let (before, after) = (pruned.tensor_f32(&name).unwrap(), repaired.tensor_f32(&name).unwrap());
+                let moved_zeros = before.iter().zip(&after).filter(|(b, a)| **b == 0.0 && **a != 0.0).count();
+                assert_eq!(moved_zeros, 0, "{method} {name}: pruned weights became non-zero");
+                assert!(before.iter().zip(&after).any(|(b, a)| b != a), "{method} {name}: nothing trained");
+                let (s, c) =
+                    (straight.layers[l].linear(proj).dense().unwrap(), resumed.layers[l].linear(proj).dense().unwrap());
+                assert_eq!(s.to_f32_vec().unwrap(), c.to_f32_vec().unwrap(), "{method} {name}: resumed run differs");
+            }
+        }
+        let (code, _, err) = sparsetune(&[
+            "eval",
+            "--model",
+            &p(&format!("{method}-c.safetensors")),
+            "--seq-len",
+            "32",
+            "--windows",
+            "1",
+        ]);
+        assert_eq!(code, 0, "eval of the compressed export: {err}");
+    }
 }

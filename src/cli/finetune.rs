@@ -83,6 +83,10 @@ pub struct FinetuneArgs {
     /// Resume from the checkpoint in --checkpoint-dir (if there is one).
     #[arg(long)]
     resume: bool,
+    /// Stop after this many steps in this invocation (checkpointed first); finish later
+    /// with --resume.
+    #[arg(long)]
+    stop_after: Option<usize>,
     /// Output: the merged model.
     #[arg(long)]
     out: PathBuf,
@@ -104,6 +108,9 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
     let (device, dtype) = device_and_dtype(&a.device, a.dtype.as_deref().unwrap_or(default_dtype))?;
     if a.resume && a.checkpoint_dir.is_none() {
         return Err(Error::invalid("--resume needs --checkpoint-dir"));
+    }
+    if a.stop_after.is_some() && a.checkpoint_dir.is_none() {
+        return Err(Error::invalid("--stop-after needs --checkpoint-dir (to resume from)"));
     }
     if a.save_every == 0 {
         return Err(Error::invalid("--save-every must be at least 1"));
@@ -145,14 +152,22 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
     let pb = progress::bar(a.steps as u64, method.name());
     pb.set_position(trainer.step as u64);
     let train_start = Instant::now();
+    let mut this_run = 0;
     while !trainer.done() {
         let r = trainer.train_step(&data)?;
+        this_run += 1;
         pb.set_message(format!("loss {:.4} lr {:.2e} {:.0} tok/s", r.loss, r.lr, r.tokens as f64 / r.seconds));
         pb.inc(1);
+        let stop = a.stop_after == Some(this_run);
         if let Some(dir) = &a.checkpoint_dir {
-            if trainer.step % a.save_every == 0 || trainer.done() {
+            if trainer.step % a.save_every == 0 || trainer.done() || stop {
                 checkpoint::save(&checkpoint::path_in(dir), &trainer, method.name(), serde_json::json!({}), &[])?;
             }
+        }
+        if stop && !trainer.done() {
+            pb.finish_and_clear();
+            eprintln!("stopped at step {} of {}; continue with --resume", trainer.step, a.steps);
+            return Ok(());
         }
     }
     pb.finish_and_clear();

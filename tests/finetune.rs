@@ -296,3 +296,34 @@ fn measured_peak_is_within_ten_percent_of_the_plan() {
         );
     }
 }
+
+/// After a forward of the adapted model (no checkpointing), the tape lists per layer what
+/// it keeps: activations and the adapters, never a tensor shaped like a weight (out × in).
+#[test]
+fn tape_keeps_no_weight_sized_tensor_per_layer() {
+    let lm = attach_masked_lora(&pruned_tiny(), LoraOptions::new(2, 4.0)).unwrap();
+    let (ids, targets) = common::tokens(1, 5, lm.config.vocab_size, &Device::cpu());
+    let mut tape = Tape::new();
+    for (_, p) in adapter_params(&lm) {
+        tape.watch(&p);
+    }
+    lm.loss(Some(&mut tape), &ids, &targets, ForwardOptions::default()).unwrap();
+    let weight_shapes: Vec<[usize; 2]> = Proj::ALL.iter().map(|p| p.shape(&lm.config)).collect();
+    let report = tape.saved_report();
+    for l in 0..lm.config.num_hidden_layers {
+        let scope = format!("layer {l}");
+        let entries: Vec<_> = report.iter().filter(|e| e.scope.as_deref() == Some(scope.as_str())).collect();
+        let masked: Vec<_> = entries.iter().filter(|e| e.op == "masked_lora").collect();
+        assert_eq!(masked.len(), 7, "{scope}: seven masked-LoRA linears recorded");
+        for e in &entries {
+            for (shape, _) in &e.kept {
+                assert!(
+                    !weight_shapes.iter().any(|w| shape.dims() == w),
+                    "{scope}: {} keeps a weight-shaped tensor {shape}",
+                    e.op
+                );
+            }
+        }
+        assert!(masked.iter().all(|e| !e.recomputed.is_empty()), "{scope}: W_eff is recomputed, not kept");
+    }
+}

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::trainer::{StepRecord, TrainConfig, Trainer};
-use crate::io::safetensors::{write_safetensors, SafetensorsEntry, SafetensorsFile};
+use crate::io::{write_owned, OwnedEntry, SafetensorsFile};
 use crate::{DType, Device, Error, Result, Tensor};
 
 const META: &str = "sparsetune.checkpoint";
@@ -96,37 +96,25 @@ pub fn save(
         method_state,
     };
     let meta_json = serde_json::to_string(&meta).map_err(|e| Error::invalid(format!("checkpoint metadata: {e}")))?;
-    let mut blobs: Vec<(String, DType, Vec<usize>, Vec<u8>)> = Vec::new();
-    let mut add = |name: String, t: &Tensor| -> Result<()> {
-        blobs.push((name, t.dtype(), t.dims().to_vec(), t.to_le_bytes()?));
-        Ok(())
-    };
+    let mut blobs = Vec::new();
     for (n, t) in &trainer.params {
-        add(format!("param/{n}"), t)?;
+        blobs.push(OwnedEntry::of(format!("param/{n}"), t)?);
     }
     for (n, t) in trainer.optimizer.named_state() {
-        add(format!("optim/{n}"), t)?;
+        blobs.push(OwnedEntry::of(format!("optim/{n}"), t)?);
     }
     for (n, t) in extra {
-        add(format!("extra/{n}"), t)?;
+        blobs.push(OwnedEntry::of(format!("extra/{n}"), t)?);
     }
-    let sum = checksum(&meta_json, blobs.iter().map(|(n, d, s, b)| (n.as_str(), *d, s.as_slice(), b.as_slice())));
-    let entries: Vec<SafetensorsEntry<'_>> = blobs
-        .iter()
-        .map(|(name, dtype, shape, data)| SafetensorsEntry {
-            name: name.clone(),
-            dtype: *dtype,
-            shape: shape.clone(),
-            data,
-        })
-        .collect();
+    let sum =
+        checksum(&meta_json, blobs.iter().map(|b| (b.name.as_str(), b.dtype, b.shape.as_slice(), b.data.as_slice())));
     let mut md = BTreeMap::new();
     md.insert(META.to_string(), meta_json);
     md.insert(CHECKSUM.to_string(), sum);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
-    write_safetensors(path, &entries, &md)
+    write_owned(path, &blobs, &md)
 }
 
 /// An opened, verified checkpoint.

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::adapters::module_name;
-use crate::io::{write_safetensors, SafetensorsEntry, SafetensorsFile};
+use crate::io::{write_owned, OwnedEntry, SafetensorsFile};
 use crate::model::llama::{Llama, Proj};
 use crate::nn::{Linear, MaskedLora};
 use crate::ops::masked_lora::AdapterGrad;
@@ -21,22 +21,21 @@ const PREFIX: &str = "base_model.model.";
 
 /// Writes the adapters of `model` (every masked-LoRA linear) to `path` in `dtype`.
 pub fn save_adapters(model: &Llama, path: &Path, dtype: DType) -> Result<()> {
-    let mut blobs: Vec<(String, DType, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut blobs = Vec::new();
     let (mut scale, mut ranks) = (None, Vec::new());
     for (l, layer) in model.layers.iter().enumerate() {
         for p in Proj::ALL {
             let Linear::MaskedLora(m) = layer.linear(p) else { continue };
             let module = format!("{PREFIX}{}", module_name(l, p));
-            let cast = |t: &Tensor| if t.dtype() == dtype { t.to_le_bytes() } else { t.to_dtype(dtype)?.to_le_bytes() };
-            blobs.push((format!("{module}.lora_A.weight"), dtype, m.a.dims().to_vec(), cast(&m.a)?));
-            blobs.push((format!("{module}.lora_B.weight"), dtype, m.b.dims().to_vec(), cast(&m.b)?));
+            blobs.push(OwnedEntry::converted(format!("{module}.lora_A.weight"), &m.a, dtype)?);
+            blobs.push(OwnedEntry::converted(format!("{module}.lora_B.weight"), &m.b, dtype)?);
             let mask = m.base.mask()?;
-            blobs.push((
-                format!("{module}.sparse_mask"),
-                DType::U8,
-                vec![mask.rows(), BitMask::stride_for(mask.cols())],
-                mask.bytes().to_vec(),
-            ));
+            blobs.push(OwnedEntry {
+                name: format!("{module}.sparse_mask"),
+                dtype: DType::U8,
+                shape: vec![mask.rows(), BitMask::stride_for(mask.cols())],
+                data: mask.bytes().to_vec(),
+            });
             if scale.is_some_and(|s| s != m.scale) {
                 return Err(Error::invalid("adapters with different scales cannot share one adapter file"));
             }
@@ -54,14 +53,10 @@ pub fn save_adapters(model: &Llama, path: &Path, dtype: DType) -> Result<()> {
         "ranks": ranks,
         "target_modules": Proj::ALL.iter().map(|p| p.short()).collect::<Vec<_>>(),
     });
-    let entries: Vec<SafetensorsEntry<'_>> = blobs
-        .iter()
-        .map(|(name, dt, shape, data)| SafetensorsEntry { name: name.clone(), dtype: *dt, shape: shape.clone(), data })
-        .collect();
     let mut md = BTreeMap::new();
     md.insert(META.to_string(), info.to_string());
     md.insert("format".to_string(), "pt".to_string());
-    write_safetensors(path, &entries, &md)
+    write_owned(path, &blobs, &md)
 }
 
 /// `base` (dense) with the adapters of the file at `path` merged in under their masks.

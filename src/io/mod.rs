@@ -10,7 +10,7 @@ pub mod tokenizer;
 use std::path::PathBuf;
 
 pub use gguf::{GgmlType, GgufFile, GgufTensorInfo, GgufValue, GgufWriter};
-pub use safetensors::{write_safetensors, SafetensorsEntry, SafetensorsFile};
+pub use safetensors::{write_owned, write_safetensors, OwnedEntry, SafetensorsEntry, SafetensorsFile};
 pub use tokenizer::Tokenizer;
 
 /// The asset cache: `$SPARSETUNE_CACHE` if set and non-empty, else

@@ -201,6 +201,51 @@ pub struct SafetensorsEntry<'a> {
     pub data: &'a [u8],
 }
 
+/// A tensor to write that owns its bytes (built from a [`crate::Tensor`]).
+#[derive(Clone, Debug)]
+pub struct OwnedEntry {
+    /// Tensor name.
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Row-major dimensions.
+    pub shape: Vec<usize>,
+    /// Raw little-endian bytes.
+    pub data: Vec<u8>,
+}
+
+impl OwnedEntry {
+    /// `t` in its own dtype.
+    pub fn of(name: impl Into<String>, t: &crate::Tensor) -> Result<Self> {
+        Ok(OwnedEntry { name: name.into(), dtype: t.dtype(), shape: t.dims().to_vec(), data: t.to_le_bytes()? })
+    }
+
+    /// Float `t` converted to float `dtype`.
+    pub fn converted(name: impl Into<String>, t: &crate::Tensor, dtype: DType) -> Result<Self> {
+        if t.dtype() == dtype {
+            Self::of(name, t)
+        } else {
+            Self::of(name, &t.to_dtype(dtype)?)
+        }
+    }
+
+    /// U32 values with a shape.
+    pub fn u32s(name: impl Into<String>, shape: Vec<usize>, values: &[u32]) -> Self {
+        OwnedEntry { name: name.into(), dtype: DType::U32, shape, data: bytemuck::cast_slice(values).to_vec() }
+    }
+
+    /// The borrowed entry [`write_safetensors`] takes.
+    pub fn entry(&self) -> SafetensorsEntry<'_> {
+        SafetensorsEntry { name: self.name.clone(), dtype: self.dtype, shape: self.shape.clone(), data: &self.data }
+    }
+}
+
+/// [`write_safetensors`] for owned entries.
+pub fn write_owned(path: impl AsRef<Path>, tensors: &[OwnedEntry], metadata: &BTreeMap<String, String>) -> Result<()> {
+    let entries: Vec<SafetensorsEntry<'_>> = tensors.iter().map(OwnedEntry::entry).collect();
+    write_safetensors(path, &entries, metadata)
+}
+
 /// Writes `tensors` and `metadata` (stored as `__metadata__`, omitted when empty) to
 /// `path`, readable by Hugging Face's `safetensors`.
 ///

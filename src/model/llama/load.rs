@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::{Llama, LlamaConfig, Part, Proj};
-use crate::io::{write_safetensors, GgufFile, SafetensorsEntry, SafetensorsFile, Tokenizer};
+use crate::io::{write_owned, GgufFile, OwnedEntry, SafetensorsFile, Tokenizer};
 use crate::{DType, Device, Error, Result, Tensor};
 
 /// safetensors metadata key holding the HF config JSON.
@@ -270,35 +270,22 @@ pub fn save_safetensors_as(
     if !dtype.is_compute_float() {
         return Err(Error::invalid(format!("export dtype must be f32 or bf16, not {dtype}")));
     }
-    let float_bytes = |t: &Tensor| -> Result<Vec<u8>> {
-        if t.dtype() == dtype {
-            t.to_le_bytes()
-        } else {
-            t.to_dtype(dtype)?.to_le_bytes()
-        }
-    };
-    let u32_bytes = |v: Vec<u32>| bytemuck::cast_slice::<u32, u8>(&v).to_vec();
-    let mut blobs: Vec<(String, DType, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut blobs = Vec::new();
     for (part, t) in model.named_tensors()? {
         let name = part.hf_name();
         if layout == WeightLayout::SparseBitmask && matches!(part, Part::Linear(..)) {
             let w = crate::sparse::SparseWeight::from_dense(t, crate::sparse::SparseFormat::Bitmask)?;
             let (rows, cols) = (w.rows(), w.cols());
             let offsets = w.row_offsets().ok_or_else(|| Error::invalid("bitmask weight without row offsets"))?;
-            let mut starts = offsets.to_vec::<u32>()?;
-            starts.truncate(rows);
-            blobs.push((format!("{name}.compressed"), dtype, vec![w.nnz()], float_bytes(w.values())?));
-            blobs.push((format!("{name}.bitmask"), DType::U8, w.meta().dims().to_vec(), w.meta().to_le_bytes()?));
-            blobs.push((format!("{name}.shape"), DType::U32, vec![2], u32_bytes(vec![rows as u32, cols as u32])));
-            blobs.push((format!("{name}.row_offsets"), DType::U32, vec![rows], u32_bytes(starts)));
+            let starts = offsets.to_vec::<u32>()?;
+            blobs.push(OwnedEntry::converted(format!("{name}.compressed"), w.values(), dtype)?);
+            blobs.push(OwnedEntry::of(format!("{name}.bitmask"), w.meta())?);
+            blobs.push(OwnedEntry::u32s(format!("{name}.shape"), vec![2], &[rows as u32, cols as u32]));
+            blobs.push(OwnedEntry::u32s(format!("{name}.row_offsets"), vec![rows], &starts[..rows]));
         } else {
-            blobs.push((name, dtype, t.dims().to_vec(), float_bytes(t)?));
+            blobs.push(OwnedEntry::converted(name, t, dtype)?);
         }
     }
-    let entries: Vec<SafetensorsEntry<'_>> = blobs
-        .iter()
-        .map(|(name, dt, shape, data)| SafetensorsEntry { name: name.clone(), dtype: *dt, shape: shape.clone(), data })
-        .collect();
     let mut meta = extra.clone();
     meta.insert("format".into(), "pt".into());
     meta.insert(META_CONFIG.into(), model.config.to_hf_json());
@@ -308,5 +295,5 @@ pub fn save_safetensors_as(
     if layout == WeightLayout::SparseBitmask {
         meta.insert(META_LAYOUT.into(), "sparse-bitmask".into());
     }
-    write_safetensors(path, &entries, &meta)
+    write_owned(path, &blobs, &meta)
 }

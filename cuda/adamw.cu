@@ -1,5 +1,5 @@
 // AdamW update of n trained values (PyTorch's formula, decoupled weight decay):
-//   g = grad·gscale;  m = b1·m + (1−b1)·g;  v = b2·v + (1−b2)·g²
+//   g = grad·gscale (grad f32: the trainer's accumulators);  m = b1·m + (1−b1)·g;  v = b2·v + (1−b2)·g²
 //   p = p·(1 − lr·wd) − (lr/bc1)·m / (√v/√bc2 + eps);  param = p (rounded to T)
 // `master` (f32) holds p; adamw_f32_inplace updates an f32 parameter that is its own master.
 // m, v are f32.
@@ -7,10 +7,10 @@
 #include "common.cuh"
 
 template <typename T>
-__device__ void adamw_step(T* param, float* master, float* m, float* v, const T* grad, size_t n, float lr,
+__device__ void adamw_step(T* param, float* master, float* m, float* v, const float* grad, size_t n, float lr,
                            float b1, float b2, float eps, float wd, float bc1, float sqrt_bc2, float gscale) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        const float g = to_f32(grad[i]) * gscale;
+        const float g = grad[i] * gscale;
         const float mi = b1 * m[i] + (1.f - b1) * g;
         const float vi = b2 * v[i] + (1.f - b2) * g * g;
         float p = master[i] * (1.f - lr * wd);
@@ -37,7 +37,7 @@ __device__ void sum_squares(const T* x, size_t n, double* out) {
 }
 
 #define ADAMW_KERNELS(T, S)                                                                                    \
-    extern "C" __global__ void adamw_##S(T* param, float* master, float* m, float* v, const T* grad, size_t n, \
+    extern "C" __global__ void adamw_##S(T* param, float* master, float* m, float* v, const float* grad, size_t n, \
                                          float lr, float b1, float b2, float eps, float wd, float bc1,          \
                                          float sqrt_bc2, float gscale) {                                        \
         adamw_step<T>(param, master, m, v, grad, n, lr, b1, b2, eps, wd, bc1, sqrt_bc2, gscale);              \

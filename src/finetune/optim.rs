@@ -59,7 +59,7 @@ impl AdamW {
         Ok(AdamW { config, step: 0, names: params.iter().map(|(n, _)| n.clone()).collect(), state })
     }
 
-    /// Applies one update to every parameter: `grads[i]` (any float dtype) belongs to
+    /// Applies one update to every parameter: `grads[i]` (any float dtype, read as f32) belongs to
     /// `params[i]`; `grad_scale` multiplies every gradient first.
     pub fn update(&mut self, params: &[(String, Tensor)], grads: &[Tensor], lr: f32, grad_scale: f32) -> Result<()> {
         if params.len() != self.state.len() || grads.len() != params.len() {
@@ -82,7 +82,8 @@ impl AdamW {
             grad_scale,
         };
         for (((_, p), g), s) in params.iter().zip(grads).zip(&self.state) {
-            let g = if g.dtype() == p.dtype() { g.clone() } else { g.to_dtype(p.dtype())? };
+            // The update reads f32 gradients (the trainer's accumulators): no rounding to bf16.
+            let g = if g.dtype() == DType::F32 { g.clone() } else { g.to_dtype(DType::F32)? };
             adamw::step(p, s.master.as_ref(), &s.m, &s.v, &g, &h)?;
         }
         Ok(())

@@ -11,7 +11,7 @@ use crate::{DType, Error, Result};
 const THREADS: u32 = 256;
 
 /// Updates n values: `param` (T) and `master` (f32; `None` when `param` is f32 and is its
-/// own master), `m`, `v` (f32), from `grad` (T).
+/// own master), `m`, `v` (f32), from `grad` (f32).
 #[allow(clippy::too_many_arguments)]
 pub fn adamw<T: CudaFloat>(
     dev: &CudaDevice,
@@ -19,7 +19,7 @@ pub fn adamw<T: CudaFloat>(
     master: Option<&mut CudaSlice<f32>>,
     m: &mut CudaSlice<f32>,
     v: &mut CudaSlice<f32>,
-    grad: &CudaSlice<T>,
+    grad: &CudaSlice<f32>,
     n: usize,
     h: &Hyper,
 ) -> Result<()> {

@@ -1,15 +1,15 @@
 //! AdamW update of a trained tensor with f32 master weights and f32 moments, and the sum
 //! of squares of a gradient (for clipping by global norm).
 //!
-//! `step(param [n] (F32|BF16), master [n] F32 | None, m [n] F32, v [n] F32, grad [n] (param's
-//! dtype), hyper)`: with a master, the update happens in f32 on the master and `param`
+//! `step(param [n] (F32|BF16), master [n] F32 | None, m [n] F32, v [n] F32, grad [n] F32,
+//! hyper)`: with a master, the update happens in f32 on the master and `param`
 //! receives it rounded to its dtype (bf16 compute, f32 master weights); without one,
 //! `param` must be F32 and is updated in place. See [`cpu::adamw`] for the formula.
 
 pub mod cpu;
 pub mod cuda;
 
-use crate::ops::{cuda_device, expect_float, expect_same, host_f32};
+use crate::ops::{cuda_device, expect_float, host_f32};
 use crate::storage::FloatElement;
 use crate::{with_compute_type, DType, Device, Error, Result, Tensor};
 
@@ -46,24 +46,21 @@ impl Hyper {
 pub fn step(param: &Tensor, master: Option<&Tensor>, m: &Tensor, v: &Tensor, grad: &Tensor, h: &Hyper) -> Result<()> {
     const OP: &str = "adamw";
     expect_float(OP, param)?;
-    expect_same(OP, &[param, grad])?;
     if h.step == 0 {
         return Err(Error::invalid("adamw: steps count from 1"));
     }
     let n = param.elem_count();
-    let mut state = vec![m, v];
+    let mut state = vec![m, v, grad];
     state.extend(master);
     for t in &state {
         if t.dtype() != DType::F32 || !t.device().same(param.device()) {
-            return Err(Error::invalid("adamw: master and moments must be F32 on the parameter's device"));
+            return Err(Error::invalid("adamw: master, moments and gradient must be F32 on the parameter's device"));
         }
-    }
-    for t in state.iter().copied().chain([grad]) {
         if t.elem_count() != n {
             return Err(Error::ShapeMismatch { op: OP, lhs: param.shape().clone(), rhs: t.shape().clone() });
         }
     }
-    let all: Vec<&Tensor> = state.iter().copied().chain([param, grad]).collect();
+    let all: Vec<&Tensor> = state.iter().copied().chain([param]).collect();
     for (i, a) in all.iter().enumerate() {
         if all[i + 1..].iter().any(|b| a.same_storage(b)) {
             return Err(Error::invalid("adamw: parameter, master, moments and gradient must not share storage"));
@@ -74,7 +71,7 @@ pub fn step(param: &Tensor, master: Option<&Tensor>, m: &Tensor, v: &Tensor, gra
     }
     match param.device() {
         Device::Cpu(_) => {
-            let g = host_f32(grad)?.to_vec();
+            let g = host_f32(grad)?;
             let (mut mg, mut vg) = (m.write()?, v.write()?);
             let (ms, vs) = (mg.cpu_mut::<f32>()?, vg.cpu_mut::<f32>()?);
             let mut pg = param.write()?;
@@ -103,7 +100,7 @@ pub fn step(param: &Tensor, master: Option<&Tensor>, m: &Tensor, v: &Tensor, gra
                 Some(g) => Some(g.cuda_mut::<f32>()?),
                 None => None,
             };
-            cuda::adamw::<T>(dev, pg.cuda_mut::<T>()?, mst, mg.cuda_mut()?, vg.cuda_mut()?, gg.cuda::<T>()?, n, h)
+            cuda::adamw::<T>(dev, pg.cuda_mut::<T>()?, mst, mg.cuda_mut()?, vg.cuda_mut()?, gg.cuda::<f32>()?, n, h)
         }),
     }
 }
@@ -168,7 +165,7 @@ mod tests {
         let p = Tensor::from_f32(vec![1.0, 2.0, 3.0], [3], DType::BF16, &cpu).unwrap();
         let master = p.to_dtype(DType::F32).unwrap();
         let (m, v) = (zeros_like_f32(&p).unwrap(), zeros_like_f32(&p).unwrap());
-        let g = Tensor::from_f32(vec![1e-3, -1e-3, 0.0], [3], DType::BF16, &cpu).unwrap();
+        let g = Tensor::from_f32(vec![1e-3, -1e-3, 0.0], [3], DType::F32, &cpu).unwrap();
         let mut h = hyper(1);
         h.lr = 1e-4; // smaller than bf16's spacing at 1..3: only the master moves
         step(&p, Some(&master), &m, &v, &g, &h).unwrap();
@@ -176,8 +173,9 @@ mod tests {
         assert!(mv[0] < 1.0 && mv[1] > 2.0, "master moved: {mv:?}");
         assert_eq!(p.to_f32_vec().unwrap(), mv.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect::<Vec<_>>());
         assert!(step(&p, None, &m, &v, &g, &h).is_err(), "bf16 without master");
-        assert!(step(&master, None, &m, &m, &g.to_dtype(DType::F32).unwrap(), &h).is_err(), "shared storage");
-        assert!(step(&master, None, &m, &v, &g.to_dtype(DType::F32).unwrap(), &hyper(0)).is_err(), "step 0");
+        assert!(step(&master, None, &m, &m, &g, &h).is_err(), "shared storage");
+        assert!(step(&master, None, &m, &v, &g, &hyper(0)).is_err(), "step 0");
+        assert!(step(&p, Some(&master), &m, &v, &g.to_dtype(DType::BF16).unwrap(), &h).is_err(), "bf16 gradient");
     }
 
     #[test]
@@ -192,7 +190,7 @@ mod tests {
                 let master = (dtype != DType::F32).then(|| p.to_dtype(DType::F32).unwrap());
                 let (m, v) = (zeros_like_f32(&p).unwrap(), zeros_like_f32(&p).unwrap());
                 for s in 1..=3 {
-                    let g = Tensor::from_f32(random_f32(n, 0.1, 10 + s), [n], dtype, &dev).unwrap();
+                    let g = Tensor::from_f32(random_f32(n, 0.1, 10 + s), [n], DType::F32, &dev).unwrap();
                     let h = Hyper { grad_scale: 0.5, ..hyper(s) };
                     step(&p, master.as_ref(), &m, &v, &g, &h).unwrap();
                 }

@@ -140,21 +140,26 @@ impl TrainData {
         self.seq_len
     }
 
-    /// The window the `g`-th sample (0-based, over all epochs) reads.
-    pub fn window_index(&self, g: u64, seed: u64) -> usize {
-        let n = self.windows.len() as u64;
+    /// The order in which epoch `epoch` visits the windows.
+    fn epoch_order(&self, epoch: u64, seed: u64) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.windows.len()).collect();
-        let epoch = g / n;
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
-        order[(g % n) as usize]
+        order
     }
 
-    /// Inputs and targets [batch, seq_len] (u32) of samples `first..first + batch`.
+    /// Inputs and targets [batch, seq_len] (u32) of samples `first..first + batch` (sample
+    /// g reads window `order(g / len)[g % len]`).
     pub fn batch(&self, first: u64, batch: usize, seed: u64, device: &Device) -> Result<(Tensor, Tensor)> {
-        let t = self.seq_len;
+        let (t, n) = (self.seq_len, self.windows.len() as u64);
         let (mut ids, mut targets) = (Vec::with_capacity(batch * t), Vec::with_capacity(batch * t));
+        // One shuffle per epoch the batch touches, not one per sample.
+        let mut order: Option<(u64, Vec<usize>)> = None;
         for g in first..first + batch as u64 {
-            let w = &self.windows[self.window_index(g, seed)];
+            let epoch = g / n;
+            if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                order = Some((epoch, self.epoch_order(epoch, seed)));
+            }
+            let w = &self.windows[order.as_ref().expect("set above").1[(g % n) as usize]];
             ids.extend_from_slice(&w[..t]);
             targets.extend_from_slice(&w[1..]);
         }

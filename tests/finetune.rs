@@ -248,7 +248,6 @@ fn adapter_file_merges_to_the_in_memory_merge() {
 #[test]
 fn measured_peak_is_within_ten_percent_of_the_plan() {
     use sparsetune::finetune::plan::{plan, PlanInput};
-    use sparsetune::finetune::RepairMethod;
     use sparsetune::model::llama::LlamaConfig;
     let config = LlamaConfig {
         vocab_size: 512,
@@ -283,7 +282,6 @@ fn measured_peak_is_within_ten_percent_of_the_plan() {
             seq_len: 128,
             batch: 2,
             rank: 8,
-            method: RepairMethod::MaskedLora,
             checkpointing,
             cuda: false,
         })

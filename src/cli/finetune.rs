@@ -15,7 +15,7 @@ use crate::finetune::{
 };
 use crate::model::llama::{self, WeightLayout};
 use crate::sparse::SparseFormat;
-use crate::{DType, Error, Result};
+use crate::{Error, Result};
 
 /// Arguments of `sparsetune finetune`.
 #[derive(Args, Debug)]
@@ -202,8 +202,7 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
     });
     let mut meta = BTreeMap::new();
     meta.insert("sparsetune.finetune".to_string(), report.to_string());
-    let out_dtype = if dtype == DType::BF16 { DType::BF16 } else { DType::F32 };
-    llama::save_safetensors_as(&merged, &a.out, out_dtype, layout, Some(&tokenizer), &meta)?;
+    llama::save_safetensors_as(&merged, &a.out, dtype, layout, Some(&tokenizer), &meta)?;
 
     if a.json {
         println!("{report}");

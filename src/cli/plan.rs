@@ -6,7 +6,6 @@ use clap::Args;
 
 use super::prune::parse_nm;
 use crate::finetune::plan::{plan, shape, PlanInput};
-use crate::finetune::RepairMethod;
 use crate::model::llama;
 use crate::{DType, Result};
 
@@ -34,9 +33,6 @@ pub struct PlanArgs {
     /// Windows per micro-batch.
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// masked-lora or lors.
-    #[arg(long, default_value = "masked-lora")]
-    method: String,
     /// Plan without activation checkpointing.
     #[arg(long)]
     no_checkpointing: bool,
@@ -67,7 +63,6 @@ pub fn run(a: PlanArgs) -> Result<()> {
         seq_len: a.seq_len,
         batch: a.batch,
         rank: a.rank,
-        method: a.method.parse::<RepairMethod>()?,
         checkpointing: !a.no_checkpointing,
         cuda: !a.cpu,
     };

@@ -2,7 +2,8 @@
 //! predicted from the model shape and the run's settings, item by item, from what our
 //! code allocates (the compressed base layout of [`crate::sparse::SparseWeight`], the
 //! tensors each op saves for backward, the one masked-LoRA workspace, the optimizer's f32
-//! state). The trainer measures its real peak from the allocator for comparison.
+//! state). The trainer measures its real peak from the allocator for comparison. Both
+//! methods built so far (masked-lora, lors) hold the same tensors; they differ in FLOPs.
 //!
 //! Saved activations per decoder layer, n = batch·seq tokens, b bytes per element: the
 //! layer input and the two RMSNorm outputs (n·dim each, read by the norms and the
@@ -14,7 +15,6 @@
 //! plus the largest of three phases (head backward, a decoder layer's backward, the
 //! optimizer update), see [`plan`].
 
-use super::repair::RepairMethod;
 use crate::model::llama::{LlamaConfig, Proj};
 use crate::{DType, Error, Result};
 
@@ -35,8 +35,6 @@ pub struct PlanInput {
     pub batch: usize,
     /// Adapter rank.
     pub rank: usize,
-    /// Repair method.
-    pub method: RepairMethod,
     /// Activation checkpointing per decoder layer.
     pub checkpointing: bool,
     /// On a GPU (workspace in the compute dtype) or the CPU (workspace in f32).
@@ -166,7 +164,6 @@ pub fn plan(input: &PlanInput) -> Result<MemoryPlan> {
         PlanItem { name: "peak transient", bytes: transient },
     ];
     let total_bytes = items.iter().map(|i| i.bytes).sum();
-    let _ = input.method; // both methods hold the same tensors (LoRS differs in FLOPs, not bytes)
     Ok(MemoryPlan { items, total_bytes, peak_phase: phase })
 }
 
@@ -183,7 +180,6 @@ mod tests {
             seq_len: 2048,
             batch: 1,
             rank: 16,
-            method: RepairMethod::MaskedLora,
             checkpointing,
             cuda: true,
         }

@@ -168,17 +168,6 @@ mod tests {
     use crate::testing::{assert_close_f64, random_f32};
     use crate::{device::cuda_for_tests, DType, Device};
 
-    fn cpu_stats(dim: usize) -> InputStats {
-        InputStats {
-            tokens: 0,
-            sequences: 0,
-            sq_norms: vec![0.0; dim],
-            sums: vec![0.0; dim],
-            seq_var_sum: vec![0.0; dim],
-            xtx: Some(vec![0.0; dim * dim]),
-        }
-    }
-
     #[test]
     fn cuda_matches_cpu() {
         let Some(gpu) = cuda_for_tests("prune_stats::cuda_matches_cpu") else { return };
@@ -189,7 +178,7 @@ mod tests {
             // T = 300 spans three chunks of CHUNK_TOKENS.
             for (seqs, t, dim) in [(1, 7, 5), (3, 65, 33), (3, 7, 129), (1, 65, 129), (3, 300, 33), (1, 300, 5)] {
                 let what = format!("prune_stats {dtype} S={seqs} T={t} in={dim}");
-                let mut want = cpu_stats(dim);
+                let mut want = InputStats::zeros(dim, true);
                 let mut got = CudaInputStats::new(dev, dim, true).unwrap();
                 for call in 0..3 {
                     seed += 1;

@@ -1,6 +1,8 @@
 // Expanding compressed weights into a dense [rows, cols] buffer (the workspace).
 // mode 0 (overwrite): out = kept ? v : 0;   mode 1 (add kept): out = kept ? out + v : 0,
-// with the sum in f32 rounded to T, like the CPU reference;   mode 2 (mask): out = kept ? out : 0.
+// with the sum in f32 rounded to T, like the CPU reference;   mode 2 (mask): out = kept ? out : 0;
+// mode 3 (gather, the inverse): v = out at every kept position, `out` left unchanged (the
+// gradient of the kept values of a trained sparse weight, from a dense gradient).
 //
 // bitmask_expand: values [nnz] row by row, mask [rows, stride = ceil(cols/8)] (bit c%8 of
 // byte c/8), row_offsets [rows + 1]. One block per row: the rank of a kept column is
@@ -19,8 +21,15 @@ __device__ __forceinline__ T put(T old, T v, int mode) {
     return mode == 0 ? v : mode == 1 ? from_f32<T>(to_f32(old) + to_f32(v)) : old;
 }
 
+// One kept position: mode 3 copies the dense entry into its value slot, the others write out.
 template <typename T>
-__device__ void bitmask_expand(const T* values, const uint8_t* mask, const unsigned* row_offsets, T* out,
+__device__ __forceinline__ void kept(T* values, size_t slot, T* o, int mode) {
+    if (mode == 3) values[slot] = *o;
+    else *o = put(*o, values[slot], mode);
+}
+
+template <typename T>
+__device__ void bitmask_expand(T* values, const uint8_t* mask, const unsigned* row_offsets, T* out,
                                int rows, int cols, int stride, int mode) {
     __shared__ unsigned prefix[MAX_STRIDE];
     __shared__ unsigned partial[1024];
@@ -56,8 +65,8 @@ __device__ void bitmask_expand(const T* values, const uint8_t* mask, const unsig
         const int bit = c & 7;
         if ((byte >> bit) & 1) {
             const unsigned rank = prefix[c >> 3] + __popc(byte & ((1u << bit) - 1u));
-            orow[c] = put(orow[c], values[base + rank], mode);
-        } else {
+            kept(values, base + rank, &orow[c], mode);
+        } else if (mode != 3) {
             orow[c] = from_f32<T>(0.f);
         }
     }
@@ -65,7 +74,7 @@ __device__ void bitmask_expand(const T* values, const uint8_t* mask, const unsig
 
 // Grid: (rows, ceil(cols / blockDim.x)).
 template <typename T>
-__device__ void nm_expand(const T* values, const uint8_t* positions, T* out, int rows, int cols, int index_stride,
+__device__ void nm_expand(T* values, const uint8_t* positions, T* out, int rows, int cols, int index_stride,
                           int n, int m, int bits, int mode) {
     const int row = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
     if (row >= rows || c >= cols) return;
@@ -82,16 +91,17 @@ __device__ void nm_expand(const T* values, const uint8_t* positions, T* out, int
         if (pos == p) slot = s;
     }
     T* o = out + (size_t)row * cols + c;
-    *o = slot >= 0 ? put(*o, values[(size_t)row * per_row + slot], mode) : from_f32<T>(0.f);
+    if (slot >= 0) kept(values, (size_t)row * per_row + slot, o, mode);
+    else if (mode != 3) *o = from_f32<T>(0.f);
 }
 
 #define SPARSE_KERNELS(T, S)                                                                              \
-    extern "C" __global__ void bitmask_expand_##S(const T* values, const uint8_t* mask,                  \
+    extern "C" __global__ void bitmask_expand_##S(T* values, const uint8_t* mask,                  \
                                                   const unsigned* row_offsets, T* out, int rows, int cols, \
                                                   int stride, int mode) {                                \
         bitmask_expand<T>(values, mask, row_offsets, out, rows, cols, stride, mode);                      \
     }                                                                                                     \
-    extern "C" __global__ void nm_expand_##S(const T* values, const uint8_t* positions, T* out, int rows,  \
+    extern "C" __global__ void nm_expand_##S(T* values, const uint8_t* positions, T* out, int rows,  \
                                              int cols, int index_stride, int n, int m, int bits,          \
                                              int mode) {                                                   \
         nm_expand<T>(values, positions, out, rows, cols, index_stride, n, m, bits, mode);                  \

@@ -47,6 +47,7 @@ pub mod model;
 pub mod nn;
 pub mod ops;
 pub mod prune;
+pub mod report;
 pub mod shape;
 pub mod sparse;
 pub mod storage;

@@ -192,7 +192,8 @@ fn lors_initialisation_takes_the_gradient_principal_directions() {
     use sparsetune::linalg::top_right_singular_vectors;
     let m = pruned_tiny();
     let data = TrainData::new(&[stream(m.config.vocab_size, 400)], 16).unwrap();
-    let opts = RepairOptions { lora: LoraOptions::new(2, 4.0), init_samples: 3 };
+    let mut opts = RepairOptions::new(LoraOptions::new(2, 4.0));
+    opts.init_samples = 3;
     let (lm, params) = prepare(&m, RepairMethod::Lors, &opts, &data, &mut |_, _| {}).unwrap();
     // B = 0: the adapted model computes exactly what the pruned one does.
     let (ids, targets) = data.batch(0, 2, 0, &Device::cpu()).unwrap();
@@ -324,4 +325,84 @@ fn tape_keeps_no_weight_sized_tensor_per_layer() {
         }
         assert!(masked.iter().all(|e| !e.recomputed.is_empty()), "{scope}: W_eff is recomputed, not kept");
     }
+}
+
+fn seft_repair(steps: usize, interval: usize) -> (sparsetune::finetune::Repair, TrainData) {
+    use sparsetune::finetune::{Repair, RepairMethod, RepairOptions};
+    let m = pruned_tiny();
+    let data = TrainData::new(&[stream(m.config.vocab_size, 400)], 16).unwrap();
+    let mut cfg = TrainConfig::new(steps);
+    (cfg.batch, cfg.seq_len, cfg.lr, cfg.warmup) = (2, 16, 1e-2, 0.0);
+    let mut opts = RepairOptions::new(LoraOptions::new(4, 8.0));
+    (opts.seft.interval, opts.seft.swap_fraction, opts.seft.grad_batches) = (interval, 0.2, 2);
+    (Repair::new(&m, RepairMethod::Seft, opts, cfg, &data, &mut |_, _| {}).unwrap(), data)
+}
+
+/// The kept weights of every linear as a mask.
+fn masks_of(m: &Llama) -> Vec<BitMask> {
+    m.layers
+        .iter()
+        .flat_map(|l| Proj::ALL.map(|p| l.linear(p).merged().unwrap()))
+        .map(|w| BitMask::from_nonzero(&w.to_f32_vec().unwrap(), w.dims()[0], w.dims()[1]).unwrap())
+        .collect()
+}
+
+#[test]
+fn seft_trains_kept_weights_at_constant_sparsity_and_evolves_the_mask() {
+    let (mut r, data) = seft_repair(8, 3);
+    let before = masks_of(&pruned_tiny());
+    let mut losses = Vec::new();
+    while !r.done() {
+        losses.push(r.step(&data).unwrap().loss);
+    }
+    assert!(losses[7] < losses[0], "loss did not fall: {losses:?}");
+    assert_eq!(r.evolutions.len(), 2, "evolutions after steps 3 and 6");
+    assert!(r.evolutions.iter().all(|e| e.swapped > 0));
+    let merged = r.merged().unwrap();
+    let after = masks_of(&merged);
+    let mut moved = 0;
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        // Exactly as many weights per linear (a trained kept weight could in principle be
+        // exactly 0.0 and read as pruned; it is not, here).
+        assert_eq!(a.kept(), b.kept(), "linear {i}: sparsity changed");
+        moved += (0..b.rows())
+            .flat_map(|r| (0..b.cols()).map(move |c| (r, c)))
+            .filter(|&(r, c)| a.get(r, c) != b.get(r, c))
+            .count();
+    }
+    assert!(moved > 0, "drop-and-grow moved nothing");
+    // Zeros exactly where the final masks of the model say.
+    let finals = sparsetune::finetune::seft::masks(&r.trainer.model).unwrap();
+    for ((_, m), want) in finals.iter().zip(&after) {
+        assert_eq!(m.to_vec::<u8>().unwrap(), want.bytes());
+    }
+}
+
+#[test]
+fn seft_resumes_bit_identically_across_an_evolution() {
+    let (mut whole, data) = seft_repair(6, 2);
+    while !whole.done() {
+        whole.step(&data).unwrap();
+    }
+    let path = common::scratch("seft-resume").join("ck.safetensors");
+    let (mut first, _) = seft_repair(6, 2);
+    for _ in 0..2 {
+        first.step(&data).unwrap(); // the checkpoint follows the evolution after step 2
+    }
+    first.save(&path).unwrap();
+    drop(first);
+    let (mut second, _) = seft_repair(6, 2);
+    second.resume(&path).unwrap();
+    assert_eq!(second.evolutions.len(), 1);
+    while !second.done() {
+        second.step(&data).unwrap();
+    }
+    let (a, b) = (whole.merged().unwrap(), second.merged().unwrap());
+    for ((_, x), (_, y)) in a.named_tensors().unwrap().iter().zip(b.named_tensors().unwrap().iter()) {
+        assert_eq!(x.to_f32_vec().unwrap(), y.to_f32_vec().unwrap());
+    }
+    // Another method's checkpoint is refused before anything is read.
+    let (mut lora, _) = trainer(6, 2, 1);
+    let e = sparsetune::finetune::checkpoint::load(&path).unwrap().restore(&mut lora, "masked-lora").unwrap_err();
+    assert!(e.to_string().contains("seft"), "{e}");
 }

@@ -10,9 +10,7 @@ use clap::Args;
 
 use super::{default_asset, device_and_dtype, progress};
 use crate::data::{sotu_files, tokenize_file};
-use crate::finetune::{
-    checkpoint, export, prepare, LoraOptions, RepairMethod, RepairOptions, TrainConfig, TrainData, Trainer,
-};
+use crate::finetune::{checkpoint, export, LoraOptions, Repair, RepairMethod, RepairOptions, TrainConfig, TrainData};
 use crate::model::llama::{self, WeightLayout};
 use crate::sparse::SparseFormat;
 use crate::{Error, Result};
@@ -23,7 +21,7 @@ pub struct FinetuneArgs {
     /// The pruned model (safetensors or GGUF; zeros where pruned).
     #[arg(long)]
     model: PathBuf,
-    /// masked-lora or lors.
+    /// masked-lora, lors or seft.
     #[arg(long, default_value = "masked-lora")]
     method: String,
     /// Training text files (default: State of the Union addresses before 2000).
@@ -68,6 +66,12 @@ pub struct FinetuneArgs {
     /// Windows LoRS averages the gradient over for its initialisation.
     #[arg(long, default_value_t = 128)]
     init_samples: usize,
+    /// SEFT: steps between drop-and-grow rounds.
+    #[arg(long, default_value_t = 60)]
+    seft_interval: usize,
+    /// SEFT: swap fraction p₀ at step 0 (cosine-decayed to 0).
+    #[arg(long, default_value_t = 0.2)]
+    seft_swap: f32,
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -112,6 +116,9 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
     if a.stop_after.is_some() && a.checkpoint_dir.is_none() {
         return Err(Error::invalid("--stop-after needs --checkpoint-dir (to resume from)"));
     }
+    if a.adapter_out.is_some() && !method.has_adapters() {
+        return Err(Error::invalid(format!("--adapter-out: method {method} trains no adapters")));
+    }
     if a.save_every == 0 {
         return Err(Error::invalid("--save-every must be at least 1"));
     }
@@ -134,39 +141,40 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
     (lora.format, lora.seed) = (SparseFormat::Bitmask, a.seed);
     let resume_from = a.checkpoint_dir.as_deref().map(checkpoint::path_in).filter(|p| a.resume && p.exists());
     // A checkpoint holds the initialised adapters: no need to recompute LoRS's init.
-    let opts = RepairOptions { lora, init_samples: if resume_from.is_some() { 0 } else { a.init_samples } };
+    let mut opts = RepairOptions::new(lora);
+    opts.init_samples = if resume_from.is_some() { 0 } else { a.init_samples };
+    (opts.seft.interval, opts.seft.swap_fraction) = (a.seft_interval, a.seft_swap);
     let init_pb = progress::bar(0, "init");
-    let (model, params) = prepare(&pruned, method, &opts, &data, &mut |done, total| {
+    let mut repair = Repair::new(&pruned, method, opts, cfg, &data, &mut |done, total| {
         init_pb.set_length(total as u64);
         init_pb.set_position(done as u64);
     })?;
     init_pb.finish_and_clear();
     drop(pruned);
     device.reset_peak_memory();
-    let mut trainer = Trainer::new(model, params, cfg)?;
     if let Some(path) = &resume_from {
-        checkpoint::load(path)?.restore(&mut trainer, method.name())?;
-        eprintln!("resumed from {} at step {}", path.display(), trainer.step);
+        repair.resume(path)?;
+        eprintln!("resumed from {} at step {}", path.display(), repair.trainer.step);
     }
 
     let pb = progress::bar(a.steps as u64, method.name());
-    pb.set_position(trainer.step as u64);
+    pb.set_position(repair.trainer.step as u64);
     let train_start = Instant::now();
     let mut this_run = 0;
-    while !trainer.done() {
-        let r = trainer.train_step(&data)?;
+    while !repair.done() {
+        let r = repair.step(&data)?;
         this_run += 1;
         pb.set_message(format!("loss {:.4} lr {:.2e} {:.0} tok/s", r.loss, r.lr, r.tokens as f64 / r.seconds));
         pb.inc(1);
         let stop = a.stop_after == Some(this_run);
         if let Some(dir) = &a.checkpoint_dir {
-            if trainer.step % a.save_every == 0 || trainer.done() || stop {
-                checkpoint::save(&checkpoint::path_in(dir), &trainer, method.name(), serde_json::json!({}), &[])?;
+            if repair.trainer.step % a.save_every == 0 || repair.done() || stop {
+                repair.save(&checkpoint::path_in(dir))?;
             }
         }
-        if stop && !trainer.done() {
+        if stop && !repair.done() {
             pb.finish_and_clear();
-            eprintln!("stopped at step {} of {}; continue with --resume", trainer.step, a.steps);
+            eprintln!("stopped at step {} of {}; continue with --resume", repair.trainer.step, a.steps);
             return Ok(());
         }
     }
@@ -175,9 +183,10 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
     let peak = device.memory().peak_bytes;
 
     if let Some(p) = &a.adapter_out {
-        export::save_adapters(&trainer.model, p, dtype)?;
+        export::save_adapters(&repair.trainer.model, p, dtype)?;
     }
-    let merged = trainer.model.merged()?;
+    let merged = repair.merged()?;
+    let trainer = &repair.trainer;
     let layout = if a.compressed { WeightLayout::SparseBitmask } else { WeightLayout::Dense };
     let h = &trainer.history;
     let report = serde_json::json!({
@@ -194,6 +203,7 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
         "dtype": dtype.as_str(),
         "rank": a.rank,
         "alpha": a.alpha,
+        "seft_evolutions": repair.evolutions,
         "config": trainer.config,
         "train_files": files.len(),
         "train_windows": data.len(),
@@ -207,7 +217,16 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
     if a.json {
         println!("{report}");
     } else {
-        println!("method        {} (rank {}, alpha {})", method.name(), a.rank, a.alpha);
+        if method.has_adapters() {
+            println!("method        {} (rank {}, alpha {})", method.name(), a.rank, a.alpha);
+        } else {
+            let swapped: usize = repair.evolutions.iter().map(|e| e.swapped).sum();
+            println!(
+                "method        {} ({} evolutions, {swapped} weights regrown)",
+                method.name(),
+                repair.evolutions.len()
+            );
+        }
         println!("data          {} files, {} windows of {} tokens", files.len(), data.len(), a.seq_len);
         println!(
             "loss          {:.4} -> {:.4} over {} steps ({} skipped)",

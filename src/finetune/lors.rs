@@ -10,10 +10,10 @@
 //! gradient capture would bound it by one layer (not done yet).
 
 use super::adapters::adapter_tensors;
-use super::trainer::{accumulate_f32, TrainData};
-use crate::autograd::{Grads, Tape};
+use super::dense_grad::decoder_linear_gradients;
+use super::trainer::TrainData;
 use crate::linalg::top_right_singular_vectors;
-use crate::model::llama::{ForwardOptions, Llama, Proj};
+use crate::model::llama::{Llama, Proj};
 use crate::{Error, Result, Tensor};
 
 /// Sets A of every adapter of `adapted` (built from `pruned`) from the gradient SVD over
@@ -29,43 +29,26 @@ pub fn init_from_gradient_svd(
     if samples == 0 {
         return Err(Error::invalid("LoRS initialisation needs at least one sample"));
     }
-    let weights: Vec<(usize, Proj, Tensor)> = pruned
-        .layers
-        .iter()
-        .enumerate()
-        .flat_map(|(l, layer)| Proj::ALL.into_iter().map(move |p| (l, p, layer.linear(p))))
-        .map(|(l, p, lin)| Ok((l, p, lin.dense()?.clone())))
-        .collect::<Result<_>>()?;
-    let mut acc: Vec<Option<Tensor>> = vec![None; weights.len()];
     let device = pruned.device().clone();
-    for i in 0..samples {
-        let (ids, targets) = data.batch(i as u64, 1, seed, &device)?;
-        let mut tape = Tape::new();
-        for (_, _, w) in &weights {
-            tape.watch(w);
-        }
-        let loss = pruned.loss(Some(&mut tape), &ids, &targets, ForwardOptions { checkpoint_layers: true })?;
-        let mut grads = Grads::new();
-        tape.backward(&loss, &mut grads)?;
-        accumulate_f32(&mut acc, &mut grads, weights.iter().map(|(_, _, w)| w))?;
-        progress(i + 1, samples + weights.len());
-    }
+    let total = samples + adapted.layers.len() * Proj::ALL.len();
+    let grads = decoder_linear_gradients(pruned, samples, |i| data.batch(i as u64, 1, seed, &device), &mut |i| {
+        progress(i, total)
+    })?;
     let adapters = adapter_tensors(adapted);
-    if adapters.len() != weights.len() {
+    if adapters.len() != grads.len() {
         return Err(Error::invalid("LoRS initialisation: the adapted model does not match the pruned one"));
     }
-    for (k, ((l, p, w), g)) in weights.iter().zip(acc).enumerate() {
+    for (k, (l, p, g)) in grads.iter().enumerate() {
         let (al, ap, a, _) = &adapters[k];
         debug_assert_eq!((al, ap), (l, p));
-        let [rows, cols] = w.shape().dims_n::<2>("lors init")?;
+        let [rows, cols] = g.shape().dims_n::<2>("lors init")?;
         let r = a.dims()[0];
-        let g: Vec<f64> =
-            g.expect("every sample fills every gradient").to_f32_vec()?.into_iter().map(f64::from).collect();
+        let g: Vec<f64> = g.to_f32_vec()?.into_iter().map(f64::from).collect();
         let s = seed.wrapping_mul(31).wrapping_add(k as u64);
         let (v, _) = top_right_singular_vectors(&g, rows, cols, r, 4 * r, 4, s)?;
         let v: Vec<f32> = v.into_iter().map(|x| x as f32).collect();
         a.copy_from(&Tensor::from_f32(v, [r, cols], a.dtype(), a.device())?)?;
-        progress(samples + k + 1, samples + weights.len());
+        progress(samples + k + 1, total);
     }
     Ok(())
 }

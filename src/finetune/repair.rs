@@ -1,17 +1,25 @@
-//! Repair methods as strategies of one trainer. Each turns a pruned (dense, zeros where
-//! pruned) model into a model with trained tensors:
+//! Repair methods as strategies of one trainer ([`Repair`]). Each turns a pruned (dense,
+//! zeros where pruned) model into a model with trained tensors:
 //! - `masked-lora` (SP-LoRA): masked LoRA on all seven projections, fixed mask and rank,
 //!   exact adapter gradients (`dB = s·(M⊙G)·Aᵀ`, `dA = s·Bᵀ·(M⊙G)`);
 //! - `lors`: the same adapters with LoRS's rearranged gradients (no out × in product) and
-//!   its gradient-SVD initialisation of A (see [`super::lors`]).
+//!   its gradient-SVD initialisation of A (see [`super::lors`]);
+//! - `seft`: the kept weights themselves are trained, with drop-and-grow every
+//!   `interval` steps (see [`super::seft`]).
+//!
+//! [`Repair`] owns the trainer and the method's own state, runs the method's hooks after
+//! each step, and writes and reads checkpoints that include that state.
 
+use std::path::Path;
 use std::str::FromStr;
 
 use super::adapters::{adapter_params, attach_masked_lora, LoraOptions};
-use super::trainer::TrainData;
+use super::checkpoint;
+use super::seft::{self, Evolution, SeftOptions};
+use super::trainer::{StepRecord, TrainConfig, TrainData, Trainer};
 use crate::model::llama::Llama;
 use crate::ops::masked_lora::AdapterGrad;
-use crate::{Error, Result, Tensor};
+use crate::{Device, Error, Result, Tensor};
 
 /// A repair method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,26 +28,36 @@ pub enum RepairMethod {
     MaskedLora,
     /// LoRS: rearranged gradients, gradient-SVD initialisation.
     Lors,
+    /// SEFT: trained sparse weights with drop-and-grow.
+    Seft,
 }
 
 impl RepairMethod {
+    /// Every method, in the order reports list them.
+    pub const ALL: [RepairMethod; 3] = [RepairMethod::MaskedLora, RepairMethod::Lors, RepairMethod::Seft];
+
     /// Its command-line name.
     pub fn name(self) -> &'static str {
         match self {
             RepairMethod::MaskedLora => "masked-lora",
             RepairMethod::Lors => "lors",
+            RepairMethod::Seft => "seft",
         }
+    }
+
+    /// True for the methods that train adapters (and can write an adapter file).
+    pub fn has_adapters(self) -> bool {
+        matches!(self, RepairMethod::MaskedLora | RepairMethod::Lors)
     }
 }
 
 impl FromStr for RepairMethod {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "masked-lora" => Ok(RepairMethod::MaskedLora),
-            "lors" => Ok(RepairMethod::Lors),
-            other => Err(Error::invalid(format!("unknown repair method '{other}' (masked-lora, lors)"))),
-        }
+        RepairMethod::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = RepairMethod::ALL.iter().map(|m| m.name()).collect();
+            Error::invalid(format!("unknown repair method '{s}' ({})", names.join(", ")))
+        })
     }
 }
 
@@ -49,14 +67,24 @@ impl std::fmt::Display for RepairMethod {
     }
 }
 
-/// How the adapters are set up.
+/// How the trained tensors are set up.
 #[derive(Clone, Copy, Debug)]
 pub struct RepairOptions {
-    /// Adapter rank, alpha, base layout and seed (the gradient mode follows the method).
+    /// Adapter rank, alpha, base layout and seed (the gradient mode follows the method;
+    /// SEFT uses the layout only).
     pub lora: LoraOptions,
     /// Training windows LoRS averages the dense gradient over for its initialisation (0:
     /// skip it and keep the Kaiming A, as when resuming from a checkpoint that holds A).
     pub init_samples: usize,
+    /// SEFT's drop-and-grow constants.
+    pub seft: SeftOptions,
+}
+
+impl RepairOptions {
+    /// `lora` with 128 LoRS initialisation windows and SEFT's defaults.
+    pub fn new(lora: LoraOptions) -> Self {
+        RepairOptions { lora, init_samples: 128, seft: SeftOptions::default() }
+    }
 }
 
 /// The model to train and its trained tensors, for `method`. LoRS reads `data` (its first
@@ -70,13 +98,97 @@ pub fn prepare(
 ) -> Result<(Llama, Vec<(String, Tensor)>)> {
     let mut lora = opts.lora;
     lora.grad = match method {
-        RepairMethod::MaskedLora => AdapterGrad::Exact,
         RepairMethod::Lors => AdapterGrad::Rearranged,
+        _ => AdapterGrad::Exact,
     };
+    if method == RepairMethod::Seft {
+        let model = seft::attach(pruned, lora.format)?;
+        let params = seft::params(&model);
+        return Ok((model, params));
+    }
     let model = attach_masked_lora(pruned, lora)?;
     if method == RepairMethod::Lors && opts.init_samples > 0 {
         super::lors::init_from_gradient_svd(pruned, &model, data, opts.init_samples, lora.seed, progress)?;
     }
     let params = adapter_params(&model);
     Ok((model, params))
+}
+
+/// A repair in progress: the trainer and the method's state.
+pub struct Repair {
+    /// The method.
+    pub method: RepairMethod,
+    /// Its options.
+    pub opts: RepairOptions,
+    /// The trainer (model, trained tensors, optimizer, history).
+    pub trainer: Trainer,
+    /// SEFT's topology evolutions so far.
+    pub evolutions: Vec<Evolution>,
+}
+
+impl Repair {
+    /// Sets up `method` on `pruned` (see [`prepare`]) with a fresh trainer.
+    pub fn new(
+        pruned: &Llama,
+        method: RepairMethod,
+        opts: RepairOptions,
+        config: TrainConfig,
+        data: &TrainData,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        if method == RepairMethod::Seft && opts.seft.interval == 0 {
+            return Err(Error::invalid("SEFT's evolution interval must be at least 1 step"));
+        }
+        let (model, params) = prepare(pruned, method, &opts, data, progress)?;
+        Ok(Repair { method, opts, trainer: Trainer::new(model, params, config)?, evolutions: Vec::new() })
+    }
+
+    /// True when every step has run.
+    pub fn done(&self) -> bool {
+        self.trainer.done()
+    }
+
+    /// One optimizer step, then the method's hook (SEFT: evolve every `interval` steps,
+    /// except after the last).
+    pub fn step(&mut self, data: &TrainData) -> Result<StepRecord> {
+        let record = self.trainer.train_step(data)?;
+        if self.method == RepairMethod::Seft && self.trainer.step % self.opts.seft.interval == 0 && !self.done() {
+            self.evolutions.push(seft::evolve(&mut self.trainer, data, &self.opts.seft)?);
+        }
+        Ok(record)
+    }
+
+    /// Writes a checkpoint with the method's state (SEFT: its masks and evolutions).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let state = serde_json::json!({ "evolutions": self.evolutions });
+        let extra = if self.method == RepairMethod::Seft { seft::masks(&self.trainer.model)? } else { Vec::new() };
+        checkpoint::save(path, &self.trainer, self.method.name(), state, &extra)
+    }
+
+    /// Restores a checkpoint written by [`Repair::save`] for the same method and config.
+    pub fn resume(&mut self, path: &Path) -> Result<()> {
+        let ck = checkpoint::load(path)?;
+        if ck.meta.method != self.method.name() {
+            // Checked again by restore; here so that SEFT does not read another method's masks.
+            return Err(Error::invalid(format!(
+                "cannot resume from {}: it was written by method '{}', not '{}'",
+                path.display(),
+                ck.meta.method,
+                self.method
+            )));
+        }
+        if self.method == RepairMethod::Seft {
+            seft::restore_masks(&mut self.trainer.model, |n| ck.extra(n, &Device::cpu()))?;
+        }
+        ck.restore(&mut self.trainer, self.method.name())?;
+        self.evolutions = serde_json::from_value(ck.meta.method_state["evolutions"].clone())
+            .map_err(|e| Error::invalid(format!("{}: method state unreadable: {e}", path.display())))?;
+        Ok(())
+    }
+
+    /// The repaired model with every trained linear merged into a dense weight (zeros where
+    /// the final mask has them).
+    pub fn merged(&self) -> Result<Llama> {
+        self.trainer.model.merged()
+    }
 }

@@ -1,7 +1,8 @@
-//! A bias-free linear layer `y = x·Wᵀ`, x: [..., in] → y: [..., out], in one of two forms:
-//! a dense weight W [out, in], or a masked-LoRA linear whose frozen base W⊙M is stored
+//! A bias-free linear layer `y = x·Wᵀ`, x: [..., in] → y: [..., out], in one of three forms:
+//! a dense weight W [out, in]; a masked-LoRA linear whose frozen base W⊙M is stored
 //! compressed ([`SparseWeight`]) with trained adapters A [r, in], B [out, r]:
-//! `y = x·(W⊙M + s·M⊙(B·A))ᵀ` (see [`crate::ops::masked_lora`]).
+//! `y = x·(W⊙M + s·M⊙(B·A))ᵀ` (see [`crate::ops::masked_lora`]); or a compressed sparse
+//! weight whose kept values are trained themselves (SEFT, [`crate::ops::sparse_linear`]).
 
 use crate::autograd::Tape;
 use crate::ops::masked_lora::{self, AdapterGrad};
@@ -30,6 +31,8 @@ pub enum Linear {
     Dense(Tensor),
     /// Compressed frozen base + masked LoRA adapter.
     MaskedLora(MaskedLora),
+    /// Compressed weight with trained kept values (its values tensor is the parameter).
+    Sparse(SparseWeight),
 }
 
 impl Linear {
@@ -43,6 +46,7 @@ impl Linear {
         match self {
             Linear::Dense(w) => ops::matmul_nt(tape, x, w),
             Linear::MaskedLora(l) => masked_lora::masked_lora(tape, x, &l.base, &l.a, &l.b, l.scale, l.grad),
+            Linear::Sparse(w) => ops::sparse_linear::sparse_linear(tape, x, w),
         }
     }
 
@@ -54,24 +58,26 @@ impl Linear {
                 (d.first().copied().unwrap_or(0), d.get(1).copied().unwrap_or(0))
             }
             Linear::MaskedLora(l) => (l.base.rows(), l.base.cols()),
+            Linear::Sparse(w) => (w.rows(), w.cols()),
         }
     }
 
-    /// The dense weight; an error for a masked-LoRA linear (merge it first).
+    /// The dense weight; an error for a compressed linear (merge it first).
     pub fn dense(&self) -> Result<&Tensor> {
         match self {
             Linear::Dense(w) => Ok(w),
-            Linear::MaskedLora(_) => {
-                Err(Error::invalid("this linear holds a compressed base and an adapter: merge it first"))
+            Linear::MaskedLora(_) | Linear::Sparse(_) => {
+                Err(Error::invalid("this linear holds a compressed weight: merge it first"))
             }
         }
     }
 
-    /// The weight this linear applies, as a new dense tensor: W itself, or the merged
+    /// The weight this linear applies, as a new dense tensor: W itself, W⊙M, or the merged
     /// W⊙M + s·M⊙(B·A) (zero wherever M is).
     pub fn merged(&self) -> Result<Tensor> {
         let l = match self {
             Linear::Dense(w) => return Ok(w.clone()),
+            Linear::Sparse(w) => return w.to_dense(),
             Linear::MaskedLora(l) => l,
         };
         let (rows, cols, rank) = (l.base.rows(), l.base.cols(), l.a.dims()[0]);

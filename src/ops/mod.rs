@@ -22,6 +22,7 @@ pub mod prune_select;
 pub mod prune_stats;
 pub mod rms_norm;
 pub mod rope;
+pub mod sparse_linear;
 pub mod sparsegpt;
 pub mod swiglu;
 

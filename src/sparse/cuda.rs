@@ -1,4 +1,5 @@
-//! Launches `cuda/sparse.cu`: expanding a compressed weight into a device buffer.
+//! Launches `cuda/sparse.cu`: expanding a compressed weight into a device buffer, and the
+//! inverse gather of the kept positions of a dense buffer into the values.
 
 use cudarc::driver::{CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg};
 
@@ -26,6 +27,42 @@ pub fn expand<T: CudaFloat>(
     out: &mut CudaViewMut<'_, T>,
     mode: Expand,
 ) -> Result<()> {
+    let mode_i: i32 = match mode {
+        Expand::Overwrite => 0,
+        Expand::AddKept => 1,
+        Expand::MaskOnly => 2,
+    };
+    launch(dev, rows, cols, format, values, meta, offsets, out, mode_i)
+}
+
+/// values ← the kept positions of `dense` (≥ rows·cols elements, not modified).
+#[allow(clippy::too_many_arguments)]
+pub fn gather<T: CudaFloat>(
+    dev: &CudaDevice,
+    rows: usize,
+    cols: usize,
+    format: SparseFormat,
+    values: &mut CudaSlice<T>,
+    meta: &CudaSlice<u8>,
+    offsets: Option<&CudaSlice<u32>>,
+    dense: &mut CudaViewMut<'_, T>,
+) -> Result<()> {
+    // Mode 3 writes through the values pointer; the `&mut` above makes that access exclusive.
+    launch(dev, rows, cols, format, values, meta, offsets, dense, 3)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch<T: CudaFloat>(
+    dev: &CudaDevice,
+    rows: usize,
+    cols: usize,
+    format: SparseFormat,
+    values: &CudaSlice<T>,
+    meta: &CudaSlice<u8>,
+    offsets: Option<&CudaSlice<u32>>,
+    out: &mut CudaViewMut<'_, T>,
+    mode_i: i32,
+) -> Result<()> {
     let op = "sparse expand";
     let need = rows * cols;
     if out.len() < need {
@@ -34,11 +71,6 @@ pub fn expand<T: CudaFloat>(
     if rows == 0 || cols == 0 {
         return Ok(());
     }
-    let mode_i: i32 = match mode {
-        Expand::Overwrite => 0,
-        Expand::AddKept => 1,
-        Expand::MaskOnly => 2,
-    };
     let (rows_i, cols_i) = (to_i32(op, rows)?, to_i32(op, cols)?);
     match format {
         SparseFormat::Bitmask => {

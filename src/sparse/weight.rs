@@ -193,18 +193,13 @@ impl SparseWeight {
         let meta = self.meta.to_vec::<u8>()?;
         match self.format {
             SparseFormat::Bitmask => BitMask::from_bytes(self.rows, self.cols, meta),
-            SparseFormat::NM { n, m } => {
+            SparseFormat::NM { .. } => {
                 let mut mask = BitMask::all_pruned(self.rows, self.cols);
-                let bits = super::nm::index_bits(m);
-                let stride = NmMatrix::<f32>::index_stride(self.cols, n, m);
+                let stride = super::cpu::meta_stride(self.cols, self.format);
                 for r in 0..self.rows {
-                    for slot in 0..self.cols / m * n {
-                        let p = (0..bits).fold(0usize, |p, b| {
-                            let at = slot * bits + b;
-                            p | ((((meta[r * stride + at / 8] >> (at % 8)) & 1) as usize) << b)
-                        });
-                        mask.set(r, slot / n * m + p, true);
-                    }
+                    super::cpu::visit_row(self.cols, self.format, &meta[r * stride..(r + 1) * stride], |c, _| {
+                        mask.set(r, c, true)
+                    });
                 }
                 Ok(mask)
             }
@@ -274,6 +269,84 @@ impl SparseWeight {
             out,
             mode,
         )
+    }
+
+    /// The kept entries of the host matrix `dense` [rows·cols], in value order (the
+    /// gradient of the kept values from a dense gradient; the inverse of expand).
+    pub fn gather_host<T: FloatElement>(&self, dense: &[T]) -> Result<Vec<T>> {
+        if dense.len() < self.rows * self.cols || self.device().is_cuda() {
+            return Err(Error::invalid(format!(
+                "gather: {} host elements for a {}x{} weight on {}",
+                dense.len(),
+                self.rows,
+                self.cols,
+                self.device().label()
+            )));
+        }
+        let meta = self.meta.read()?;
+        let offsets = match &self.row_offsets {
+            Some(t) => Some(t.read()?),
+            None => None,
+        };
+        let mut out = vec![T::default(); self.nnz()];
+        super::cpu::gather(
+            self.rows,
+            self.cols,
+            self.format,
+            &mut out,
+            meta.cpu::<u8>()?,
+            offsets.as_ref().map(|g| g.cpu::<u32>()).transpose()?,
+            dense,
+        );
+        Ok(out)
+    }
+
+    /// As [`SparseWeight::gather_host`], from a device buffer (≥ rows·cols, not modified).
+    pub fn gather_cuda<T: CudaFloat>(
+        &self,
+        dense: &mut CudaViewMut<'_, T>,
+    ) -> Result<crate::device::cuda::CudaBuffer<T>> {
+        let Device::Cuda(dev) = self.device() else {
+            return Err(Error::invalid("gather_cuda: the weight is on the CPU"));
+        };
+        let meta = self.meta.read()?;
+        let offsets = match &self.row_offsets {
+            Some(t) => Some(t.read()?),
+            None => None,
+        };
+        let offsets: Option<&CudaSlice<u32>> = offsets.as_ref().map(|g| g.cuda::<u32>()).transpose()?;
+        let mut out = dev.alloc::<T>(self.nnz())?;
+        super::cuda::gather(
+            dev,
+            self.rows,
+            self.cols,
+            self.format,
+            out.slice_mut(),
+            meta.cuda::<u8>()?,
+            offsets,
+            dense,
+        )?;
+        Ok(out)
+    }
+
+    /// Moves the weight to a new pattern `mask` with values taken from `dense` [rows, cols]
+    /// at its kept positions, keeping the values tensor itself (written in place, so that
+    /// handles to it, e.g. an optimizer's, stay valid): the new mask must keep exactly as
+    /// many entries as the old one (and be N:M for an N:M weight).
+    pub fn repack(&mut self, dense: &Tensor, mask: &BitMask) -> Result<()> {
+        let fresh = SparseWeight::compress(&dense.to_dtype(self.dtype())?, mask, self.format)?;
+        if fresh.values.dims() != self.values.dims() {
+            return Err(Error::invalid(format!(
+                "repack: the new mask keeps {} entries, the weight holds {}",
+                fresh.nnz(),
+                self.nnz()
+            )));
+        }
+        let device = self.device().clone();
+        self.values.copy_from(&fresh.values.to_device(&device)?)?;
+        self.meta = fresh.meta.to_device(&device)?;
+        self.row_offsets = fresh.row_offsets.map(|t| t.to_device(&device)).transpose()?;
+        Ok(())
     }
 
     /// The dense matrix W⊙M as a new tensor [rows, cols].
@@ -362,6 +435,50 @@ mod tests {
                 assert_eq!(bits(&again.to_dense().unwrap()), bits(&w));
             }
         }
+    }
+
+    /// Gather is the inverse of expand (bit-exact on the CPU and CUDA); repack moves the
+    /// pattern and writes the same values tensor.
+    #[test]
+    fn gather_inverts_expand_and_repack_keeps_the_values_tensor() {
+        let cpu = Device::cpu();
+        let gpu = crate::device::cuda_for_tests("sparse::weight::gather (CUDA part)");
+        for dtype in [DType::F32, DType::BF16] {
+            for (rows, cols, pattern, format) in cases() {
+                let what = format!("{dtype} {rows}x{cols} {pattern} {format:?}");
+                let (w, mask) = pruned(rows, cols, pattern, dtype, &cpu, 5);
+                let s = SparseWeight::compress(&w, &mask, format).unwrap();
+                with_compute_type!(dtype, "test", T => {
+                    let dense = w.to_vec::<T>().unwrap();
+                    let got = s.gather_host(&dense).unwrap();
+                    assert_eq!(got, s.values().to_vec::<T>().unwrap(), "{what} host");
+                    if let Some(gpu) = &gpu {
+                        let g = s.to_device(gpu).unwrap();
+                        let wd = w.to_device(gpu).unwrap();
+                        let mut guard = wd.write().unwrap();
+                        let slice = guard.cuda_mut::<T>().unwrap();
+                        let out = g.gather_cuda(&mut slice.slice_mut(..)).unwrap();
+                        let Device::Cuda(d) = gpu else { unreachable!() };
+                        assert_eq!(d.dtoh(out.slice()).unwrap(), got, "{what} cuda");
+                    }
+                    Ok::<(), Error>(())
+                })
+                .unwrap();
+            }
+        }
+        // Repack: a new pattern with as many kept entries, written into the same tensor.
+        let (w, mask) = pruned(6, 16, Pattern::Unstructured(0.5), DType::F32, &cpu, 9);
+        let mut s = SparseWeight::compress(&w, &mask, SparseFormat::Bitmask).unwrap();
+        let handle = s.values().clone();
+        let flipped = BitMask::from_fn(6, 16, |r, c| !mask.get(r, c));
+        let other = Tensor::from_f32(random_f32(96, 1.0, 4), [6, 16], DType::F32, &cpu).unwrap();
+        s.repack(&other, &flipped).unwrap();
+        assert_eq!(s.mask().unwrap(), flipped);
+        let mut want = other.to_f32_vec().unwrap();
+        flipped.apply(&mut want).unwrap();
+        assert_eq!(s.to_dense().unwrap().to_f32_vec().unwrap(), want);
+        assert_eq!(handle.to_f32_vec().unwrap(), s.values().to_f32_vec().unwrap(), "written in place");
+        assert!(s.repack(&other, &BitMask::all_kept(6, 16)).is_err(), "a different count is refused");
     }
 
     #[test]

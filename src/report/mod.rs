@@ -1,0 +1,6 @@
+//! Report output for `sparsetune run`: PNG charts drawn by [`plot`] (line charts of
+//! training curves, grouped bar charts of per-stage and per-layer numbers).
+
+pub mod plot;
+
+pub use plot::{bar_chart, line_chart, Series, CHART_HEIGHT, CHART_WIDTH};

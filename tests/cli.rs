@@ -235,3 +235,52 @@ fn finetune_real_model_keeps_zeros_and_resumes() {
         assert_eq!(code, 0, "eval of the compressed export: {err}");
     }
 }
+
+/// The main job end to end on the real model, tiny settings: a table, report.json with the
+/// three stages, the charts, sparsity kept; a second call with --resume reuses the pruned
+/// model and the finished checkpoint.
+#[test]
+fn run_main_job_end_to_end_and_resume() {
+    let Some(model) = asset_path("SmolLM2-135M-Instruct.Q4_1.gguf") else { return };
+    let dir = common::scratch("cli-run");
+    let args = [
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--repair",
+        "seft",
+        "--seft-interval",
+        "1",
+        "--steps",
+        "3",
+        "--seq-len",
+        "32",
+        "--calib-samples",
+        "2",
+        "--eval-windows",
+        "1",
+        "--out-dir",
+        dir.to_str().unwrap(),
+    ];
+    let (code, out, err) = sparsetune(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("repaired (seft)") && out.contains("pruned (wanda 50%)"), "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let stages = report["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 3);
+    assert!(stages.iter().all(|s| s["perplexity"].as_f64().unwrap().is_finite()));
+    // SEFT moves the mask but keeps every layer's sparsity; the pruned model is ~50% sparse.
+    assert_eq!(report["layer_sparsity"]["pruned"], report["layer_sparsity"]["repaired"]);
+    assert!((stages[1]["sparsity"].as_f64().unwrap() - 0.5).abs() < 0.01, "{}", stages[1]);
+    // Weights grown after step 1 were trained at step 2 (the last step's lr is 0).
+    assert!(report["revived_weights"].as_u64().unwrap() > 0, "SEFT grew no weight");
+    assert_eq!(report["repair"]["seft_evolutions"].as_array().unwrap().len(), 2, "after steps 1 and 2");
+    for png in ["loss.png", "perplexity.png", "layers.png"] {
+        let bytes = std::fs::read(dir.join(png)).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png}");
+    }
+    let (code, _, err) = sparsetune(&[&args[..], &["--resume"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("reusing") && err.contains("resumed from") && err.contains("at step 3"), "{err}");
+}

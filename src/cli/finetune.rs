@@ -105,6 +105,38 @@ pub struct FinetuneArgs {
     json: bool,
 }
 
+/// Trains `repair` to its last step with a progress bar (loss, lr, tokens/s, ETA),
+/// checkpointing into `checkpoint = (dir, every)` every `every` steps, at the end, and when
+/// stopping after `stop_after` steps of this call. Returns false when it stopped early.
+pub(super) fn train(
+    repair: &mut Repair,
+    data: &TrainData,
+    checkpoint: Option<(&std::path::Path, usize)>,
+    stop_after: Option<usize>,
+) -> Result<bool> {
+    let pb = progress::bar(repair.trainer.config.steps as u64, repair.method.name());
+    pb.set_position(repair.trainer.step as u64);
+    let mut this_run = 0;
+    while !repair.done() {
+        let r = repair.step(data)?;
+        this_run += 1;
+        pb.set_message(format!("loss {:.4} lr {:.2e} {:.0} tok/s", r.loss, r.lr, r.tokens as f64 / r.seconds));
+        pb.inc(1);
+        let stop = stop_after == Some(this_run);
+        if let Some((dir, every)) = checkpoint {
+            if repair.trainer.step % every == 0 || repair.done() || stop {
+                repair.save(&checkpoint::path_in(dir))?;
+            }
+        }
+        if stop && !repair.done() {
+            pb.finish_and_clear();
+            return Ok(false);
+        }
+    }
+    pb.finish_and_clear();
+    Ok(true)
+}
+
 /// Runs `finetune`.
 pub fn run(a: FinetuneArgs) -> Result<()> {
     let method: RepairMethod = a.method.parse()?;
@@ -157,28 +189,12 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
         eprintln!("resumed from {} at step {}", path.display(), repair.trainer.step);
     }
 
-    let pb = progress::bar(a.steps as u64, method.name());
-    pb.set_position(repair.trainer.step as u64);
     let train_start = Instant::now();
-    let mut this_run = 0;
-    while !repair.done() {
-        let r = repair.step(&data)?;
-        this_run += 1;
-        pb.set_message(format!("loss {:.4} lr {:.2e} {:.0} tok/s", r.loss, r.lr, r.tokens as f64 / r.seconds));
-        pb.inc(1);
-        let stop = a.stop_after == Some(this_run);
-        if let Some(dir) = &a.checkpoint_dir {
-            if repair.trainer.step % a.save_every == 0 || repair.done() || stop {
-                repair.save(&checkpoint::path_in(dir))?;
-            }
-        }
-        if stop && !repair.done() {
-            pb.finish_and_clear();
-            eprintln!("stopped at step {} of {}; continue with --resume", repair.trainer.step, a.steps);
-            return Ok(());
-        }
+    let ckpt = a.checkpoint_dir.as_deref().map(|d| (d, a.save_every));
+    if !train(&mut repair, &data, ckpt, a.stop_after)? {
+        eprintln!("stopped at step {} of {}; continue with --resume", repair.trainer.step, a.steps);
+        return Ok(());
     }
-    pb.finish_and_clear();
     let train_seconds = train_start.elapsed().as_secs_f64();
     let peak = device.memory().peak_bytes;
 

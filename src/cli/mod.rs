@@ -7,6 +7,7 @@ mod finetune;
 mod plan;
 mod progress;
 mod prune;
+mod run;
 
 use std::path::PathBuf;
 
@@ -30,7 +31,9 @@ enum Command {
     Generate(eval::GenerateArgs),
     /// Prune a model (magnitude, Wanda, SparseGPT, RIA; unstructured or N:M).
     Prune(prune::PruneArgs),
-    /// Repair a pruned model by sparsity-preserving fine-tuning (masked LoRA, LoRS).
+    /// The main job: dense eval → prune → eval → repair → merge → eval, with a report.
+    Run(run::RunArgs),
+    /// Repair a pruned model by sparsity-preserving fine-tuning (masked LoRA, LoRS, SEFT).
     Finetune(finetune::FinetuneArgs),
     /// Predicted peak memory of a fine-tuning run, item by item.
     Plan(plan::PlanArgs),
@@ -45,6 +48,7 @@ pub fn main() -> i32 {
         Command::Eval(a) => eval::run_eval(a),
         Command::Generate(a) => eval::run_generate(a),
         Command::Prune(a) => prune::run(a),
+        Command::Run(a) => run::run(a),
         Command::Finetune(a) => finetune::run(a),
         Command::Plan(a) => plan::run(a),
         Command::Bench(a) => bench::run(a),

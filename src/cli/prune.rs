@@ -8,8 +8,8 @@ use clap::Args;
 
 use super::{default_asset, default_model, device_and_dtype, progress};
 use crate::data::{calibration_windows, sotu_files};
-use crate::model::llama;
-use crate::prune::{prune_model, Allocation, DsnotOptions, Method, Pattern, PruneOptions};
+use crate::model::llama::{self, Llama};
+use crate::prune::{prune_model, Allocation, DsnotOptions, Method, Pattern, PruneOptions, PruneReport};
 use crate::{Error, Result};
 
 /// Arguments of `sparsetune prune`.
@@ -69,6 +69,17 @@ pub struct PruneArgs {
 }
 
 /// Parses "N:M".
+/// [`prune_model`] with a progress bar per decoder layer.
+pub(super) fn prune_with_bar(model: &mut Llama, samples: &[Vec<u32>], opts: &PruneOptions) -> Result<PruneReport> {
+    let pb = progress::bar(model.config.num_hidden_layers as u64, "prune");
+    let report = prune_model(model, samples, opts, &mut |l| {
+        pb.set_message(format!("layer {} at {:.3}", l.layer, l.achieved));
+        pb.inc(1);
+    })?;
+    pb.finish_and_clear();
+    Ok(report)
+}
+
 pub(crate) fn parse_nm(s: &str) -> Result<(usize, usize)> {
     let bad = || Error::invalid(format!("--nm expects N:M such as 2:4, got '{s}'"));
     let (n, m) = s.split_once(':').ok_or_else(bad)?;
@@ -123,12 +134,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
         Vec::new()
     };
 
-    let pb = progress::bar(model.config.num_hidden_layers as u64, "prune");
-    let report = prune_model(&mut model, &samples, &opts, &mut |l| {
-        pb.set_message(format!("layer {} at {:.3}", l.layer, l.achieved));
-        pb.inc(1);
-    })?;
-    pb.finish_and_clear();
+    let report = prune_with_bar(&mut model, &samples, &opts)?;
 
     let mut meta = BTreeMap::new();
     let mut record = serde_json::to_value(&report).map_err(|e| Error::invalid(e.to_string()))?;

@@ -1,0 +1,337 @@
+//! `sparsetune run`, the main job: dense eval → prune → eval → repair (sparsity-preserving
+//! fine-tuning) → merge → eval, printing a table and writing into `--out-dir`:
+//! `pruned.safetensors`, `repaired.safetensors` (merged, zeros where pruned),
+//! `report.json`, and PNG charts (`loss.png`, `perplexity.png`, `layers.png`, and
+//! `rank.png` for adapter methods). `--resume` reuses the pruned model and the training
+//! checkpoint of an interrupted run in the same directory.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+
+use super::finetune::train;
+use super::prune::{parse_nm, prune_with_bar};
+use super::{default_asset, default_model, device_and_dtype, progress};
+use crate::data::{calibration_windows, sotu_files, tokenize_file, windows_of_streams};
+use crate::eval::perplexity;
+use crate::finetune::{checkpoint, LoraOptions, Repair, RepairMethod, RepairOptions, TrainConfig, TrainData};
+use crate::model::llama::{self, Llama, Proj};
+use crate::nn::Linear;
+use crate::prune::{Method, Pattern, PruneOptions};
+use crate::report::plot::{bar_chart, line_chart, Series};
+use crate::sparse::SparseFormat;
+use crate::{Error, Result};
+
+/// Arguments of `sparsetune run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Dense model (default: SmolLM2-135M).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Pruning method: magnitude, wanda, sparsegpt, ria.
+    #[arg(long, default_value = "wanda")]
+    method: String,
+    /// Unstructured sparsity.
+    #[arg(long, default_value_t = 0.5, conflicts_with = "nm")]
+    sparsity: f64,
+    /// N:M pattern instead (e.g. 2:4).
+    #[arg(long)]
+    nm: Option<String>,
+    /// Repair method: masked-lora, lors, seft.
+    #[arg(long, default_value = "masked-lora")]
+    repair: String,
+    /// Optimizer steps of the repair.
+    #[arg(long, default_value_t = 80)]
+    steps: usize,
+    /// Tokens per training window.
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
+    /// Peak learning rate (default: 5e-4 for adapters, 5e-5 for SEFT's weights).
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Adapter rank.
+    #[arg(long, default_value_t = 16)]
+    rank: usize,
+    /// LoRA alpha.
+    #[arg(long, default_value_t = 32.0)]
+    alpha: f32,
+    /// Windows LoRS's initialisation averages the gradient over.
+    #[arg(long, default_value_t = 16)]
+    init_samples: usize,
+    /// SEFT: steps between drop-and-grow rounds.
+    #[arg(long, default_value_t = 60)]
+    seft_interval: usize,
+    /// Calibration and training text (default: State of the Union addresses before 2000).
+    #[arg(long = "data")]
+    data: Vec<PathBuf>,
+    /// Calibration windows for pruning.
+    #[arg(long, default_value_t = 32)]
+    calib_samples: usize,
+    /// Evaluation text (default: Moby Dick).
+    #[arg(long = "text")]
+    texts: Vec<PathBuf>,
+    /// Evaluation windows of 512 tokens.
+    #[arg(long, default_value_t = 16)]
+    eval_windows: usize,
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Compute dtype (default: f32 on cpu, bf16 on cuda).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Output directory.
+    #[arg(long, default_value = "sparsetune-run")]
+    out_dir: PathBuf,
+    /// Reuse the pruned model and training checkpoint in --out-dir.
+    #[arg(long)]
+    resume: bool,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// One row of the table.
+#[derive(serde::Serialize)]
+struct Stage {
+    stage: String,
+    perplexity: f64,
+    sparsity: f64,
+    seconds: f64,
+}
+
+/// Per decoder layer: the fraction of its seven linears' weights that are pruned — the
+/// zeros of a dense weight, the entries outside the mask of a compressed one (a kept
+/// weight may be exactly 0, e.g. one SEFT has just grown).
+fn layer_sparsity(model: &Llama) -> Result<Vec<f64>> {
+    model
+        .layers
+        .iter()
+        .map(|layer| {
+            let (mut pruned, mut total) = (0usize, 0usize);
+            for p in Proj::ALL {
+                let (rows, cols) = layer.linear(p).dims();
+                let kept = match layer.linear(p) {
+                    Linear::Dense(w) => w.to_f32_vec()?.iter().filter(|&&v| v != 0.0).count(),
+                    Linear::MaskedLora(l) => l.base.nnz(),
+                    Linear::Sparse(w) => w.nnz(),
+                };
+                pruned += rows * cols - kept;
+                total += rows * cols;
+            }
+            Ok(pruned as f64 / total.max(1) as f64)
+        })
+        .collect()
+}
+
+/// Decoder-linear weights zero in `pruned` and non-zero in `merged` (must be none for the
+/// adapter methods, whose mask is fixed; SEFT moves its mask).
+fn revived(pruned: &Llama, merged: &Llama) -> Result<usize> {
+    let mut n = 0;
+    for (a, b) in pruned.layers.iter().zip(&merged.layers) {
+        for p in Proj::ALL {
+            let (x, y) = (a.linear(p).dense()?.to_f32_vec()?, b.linear(p).dense()?.to_f32_vec()?);
+            n += x.iter().zip(&y).filter(|(u, v)| **u == 0.0 && **v != 0.0).count();
+        }
+    }
+    Ok(n)
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// Runs `run`.
+pub fn run(a: RunArgs) -> Result<()> {
+    let start = Instant::now();
+    let repair_method: RepairMethod = a.repair.parse()?;
+    let prune_method: Method = a.method.parse()?;
+    let pattern = match &a.nm {
+        Some(nm) => {
+            let (n, m) = parse_nm(nm)?;
+            Pattern::NM { n, m }
+        }
+        None => Pattern::Unstructured(a.sparsity),
+    };
+    let prune_opts = PruneOptions::new(prune_method, pattern);
+    let model_path = match &a.model {
+        Some(p) => p.clone(),
+        None => default_model()?,
+    };
+    crate::prune::check_config(&llama::load_config(&model_path)?, &prune_opts)?;
+    let default_dtype = if a.device.starts_with("cuda") { "bf16" } else { "f32" };
+    let (device, dtype) = device_and_dtype(&a.device, a.dtype.as_deref().unwrap_or(default_dtype))?;
+    let lr = a.lr.unwrap_or(if repair_method == RepairMethod::Seft { 5e-5 } else { 5e-4 });
+    let mut cfg = TrainConfig::new(a.steps);
+    (cfg.seq_len, cfg.lr, cfg.seed) = (a.seq_len, lr, a.seed);
+    cfg.check()?;
+    std::fs::create_dir_all(&a.out_dir).map_err(|e| Error::io(&a.out_dir, e))?;
+    let out = |name: &str| a.out_dir.join(name);
+
+    let tokenizer = llama::load_tokenizer(&model_path)?;
+    let data_files = if a.data.is_empty() { sotu_files(&default_asset("sotu")?, 2000)? } else { a.data.clone() };
+    let texts = if a.texts.is_empty() { vec![default_asset("moby-dick/data.txt")?] } else { a.texts.clone() };
+    let eval_streams = texts.iter().map(|p| tokenize_file(&tokenizer, p)).collect::<Result<Vec<_>>>()?;
+    let eval_windows = windows_of_streams(&eval_streams, 512, Some(a.eval_windows))?;
+    let evaluate = |m: &Llama, what: &str| -> Result<(f64, f64)> {
+        let pb = progress::bar(eval_windows.len() as u64, &format!("eval {what}"));
+        let r = perplexity(m, &eval_windows, |done, _| pb.set_position(done as u64))?;
+        pb.finish_and_clear();
+        Ok((r.perplexity, r.seconds))
+    };
+    let mut stages = Vec::new();
+
+    // 1. Dense.
+    let dense = llama::load(&model_path, &device, dtype)?;
+    let (ppl, secs) = evaluate(&dense, "dense")?;
+    stages.push(Stage { stage: "dense".into(), perplexity: ppl, sparsity: 0.0, seconds: secs });
+
+    // 2. Prune (or reuse the pruned model of an interrupted run).
+    let pruned_path = out("pruned.safetensors");
+    let t0 = Instant::now();
+    let (pruned, prune_report) = if a.resume && pruned_path.exists() {
+        eprintln!("reusing {}", pruned_path.display());
+        (llama::load(&pruned_path, &device, dtype)?, serde_json::Value::Null)
+    } else {
+        let mut m = dense.clone();
+        let samples = if crate::prune::needs_calibration(&prune_opts) {
+            calibration_windows(&tokenizer, &data_files, a.calib_samples, 512)?
+        } else {
+            Vec::new()
+        };
+        let report = prune_with_bar(&mut m, &samples, &prune_opts)?;
+        let record = serde_json::to_value(&report).map_err(|e| Error::invalid(e.to_string()))?;
+        let mut meta = BTreeMap::new();
+        meta.insert("sparsetune.prune".to_string(), record.to_string());
+        llama::save_safetensors(&m, &pruned_path, dtype, Some(&tokenizer), &meta)?;
+        (m, record)
+    };
+    drop(dense);
+    let prune_seconds = t0.elapsed().as_secs_f64();
+    let pruned_layers = layer_sparsity(&pruned)?;
+    let (ppl, _) = evaluate(&pruned, "pruned")?;
+    let label = match pattern {
+        Pattern::Unstructured(s) => format!("{} {:.0}%", prune_method.name(), s * 100.0),
+        nm => format!("{} {nm}", prune_method.name()),
+    };
+    stages.push(Stage {
+        stage: format!("pruned ({label})"),
+        perplexity: ppl,
+        sparsity: mean(&pruned_layers),
+        seconds: prune_seconds,
+    });
+
+    // 3. Repair.
+    let streams = data_files.iter().map(|p| tokenize_file(&tokenizer, p)).collect::<Result<Vec<_>>>()?;
+    let data = TrainData::new(&streams, a.seq_len)?;
+    let ck_dir = out("checkpoint");
+    let ck_path = checkpoint::path_in(&ck_dir);
+    let resuming = a.resume && ck_path.exists();
+    let mut lora = LoraOptions::new(a.rank, a.alpha);
+    lora.seed = a.seed;
+    if let Pattern::NM { n, m } = pattern {
+        lora.format = SparseFormat::NM { n, m };
+    }
+    let mut opts = RepairOptions::new(lora);
+    opts.init_samples = if resuming { 0 } else { a.init_samples };
+    opts.seft.interval = a.seft_interval;
+    let t0 = Instant::now();
+    let init_pb = progress::bar(0, "init");
+    let mut repair = Repair::new(&pruned, repair_method, opts, cfg, &data, &mut |done, total| {
+        init_pb.set_length(total as u64);
+        init_pb.set_position(done as u64);
+    })?;
+    init_pb.finish_and_clear();
+    device.reset_peak_memory();
+    if resuming {
+        repair.resume(&ck_path)?;
+        eprintln!("resumed from {} at step {}", ck_path.display(), repair.trainer.step);
+    }
+    train(&mut repair, &data, Some((&ck_dir, 20)), None)?;
+    let peak = device.memory().peak_bytes;
+    let merged = repair.merged()?;
+    let repair_seconds = t0.elapsed().as_secs_f64();
+    let repaired_layers = layer_sparsity(&repair.trainer.model)?;
+    let revived = revived(&pruned, &merged)?;
+    let mut meta = BTreeMap::new();
+    meta.insert("sparsetune.run".to_string(), serde_json::json!({ "repair": repair_method.name() }).to_string());
+    llama::save_safetensors(&merged, &out("repaired.safetensors"), dtype, Some(&tokenizer), &meta)?;
+    let (ppl, _) = evaluate(&merged, "repaired")?;
+    stages.push(Stage {
+        stage: format!("repaired ({})", repair_method.name()),
+        perplexity: ppl,
+        sparsity: mean(&repaired_layers),
+        seconds: repair_seconds,
+    });
+
+    // 4. Report and charts.
+    let h = &repair.trainer.history;
+    let losses: Vec<(f64, f64)> = h.iter().map(|r| (r.step as f64, f64::from(r.loss))).collect();
+    line_chart(
+        &out("loss.png"),
+        &format!("Training loss ({})", repair_method.name()),
+        "step",
+        "loss",
+        &[Series { name: repair_method.name(), points: &losses }],
+        false,
+    )?;
+    let names: Vec<String> = stages.iter().map(|s| s.stage.clone()).collect();
+    let ppls: Vec<f64> = stages.iter().map(|s| s.perplexity).collect();
+    bar_chart(&out("perplexity.png"), "Perplexity per stage", &names, "perplexity", &[("perplexity", &ppls)], false)?;
+    let layers: Vec<String> = (0..pruned_layers.len()).map(|l| l.to_string()).collect();
+    bar_chart(
+        &out("layers.png"),
+        "Sparsity per decoder layer",
+        &layers,
+        "sparsity",
+        &[("pruned", &pruned_layers), ("repaired", &repaired_layers)],
+        false,
+    )?;
+    let ranks: Option<Vec<f64>> = repair_method.has_adapters().then(|| vec![a.rank as f64; layers.len()]);
+    if let Some(r) = &ranks {
+        bar_chart(&out("rank.png"), "Adapter rank per decoder layer", &layers, "rank", &[("rank", r)], false)?;
+    }
+    let report = serde_json::json!({
+        "model": model_path.display().to_string(),
+        "prune": { "method": prune_method.name(), "pattern": pattern.to_string(), "report": prune_report },
+        "repair": {
+            "method": repair_method.name(),
+            "config": repair.trainer.config,
+            "rank": repair_method.has_adapters().then_some(a.rank),
+            "seft_evolutions": repair.evolutions,
+            "history": h,
+            "peak_bytes": peak,
+        },
+        "stages": stages,
+        "layer_sparsity": { "pruned": pruned_layers, "repaired": repaired_layers },
+        "layer_rank": ranks,
+        "revived_weights": revived,
+        "device": device.label(),
+        "dtype": dtype.as_str(),
+        "eval": { "texts": texts.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(), "windows": eval_windows.len(), "seq_len": 512 },
+        "seconds": start.elapsed().as_secs_f64(),
+    });
+    let json = serde_json::to_string_pretty(&report).map_err(|e| Error::invalid(e.to_string()))?;
+    let report_path = out("report.json");
+    std::fs::write(&report_path, json).map_err(|e| Error::io(&report_path, e))?;
+
+    println!("{:<28} {:>11} {:>9} {:>9}", "stage", "perplexity", "sparsity", "seconds");
+    for s in &stages {
+        println!("{:<28} {:>11.2} {:>9.4} {:>9.1}", s.stage, s.perplexity, s.sparsity, s.seconds);
+    }
+    let moved = if repair_method == RepairMethod::Seft { " (SEFT moves the mask)" } else { "" };
+    println!(
+        "sparsity: {:.4} pruned, {:.4} repaired; {revived} pruned weights non-zero after repair{moved}",
+        mean(&pruned_layers),
+        mean(&repaired_layers)
+    );
+    println!(
+        "peak memory {:.1} MiB on {}; total {:.0} s",
+        peak as f64 / (1u64 << 20) as f64,
+        device.label(),
+        start.elapsed().as_secs_f64()
+    );
+    println!("wrote {} (report.json, *.png, pruned and repaired models)", a.out_dir.display());
+    Ok(())
+}

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod dense_grad;
 pub mod export;
 pub mod lors;
+pub mod losa;
 pub mod optim;
 pub mod plan;
 pub mod repair;

@@ -11,10 +11,6 @@ use crate::ops::matmul::Dims as Mm;
 use crate::sparse::{Expand, SparseWeight};
 use crate::Result;
 
-fn mm(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) -> Mm {
-    Mm { batch: 1, m, n, k, trans_a, trans_b, b_batched: false }
-}
-
 /// ws ← W⊙M + s·M⊙(B·A) (ws holds ≥ out·in elements).
 pub fn build_effective<T: CudaFloat>(
     dev: &CudaDevice,
@@ -28,7 +24,7 @@ pub fn build_effective<T: CudaFloat>(
 where
     cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
 {
-    matmul(dev, b, a, ws, mm(d.output, d.input, d.rank, false, false), s, 0.0)?;
+    matmul(dev, b, a, ws, Mm::single(d.output, d.input, d.rank, false, false), s, 0.0)?;
     w.expand_into_cuda(&mut ws.slice_mut(..), Expand::AddKept)
 }
 
@@ -49,7 +45,7 @@ where
 {
     dev.with_workspace::<T, _>(d.output * d.input, |ws| {
         build_effective(dev, w, a, b, s, ws, d)?;
-        matmul(dev, x, ws, y, mm(d.tokens, d.output, d.input, false, true), 1.0, 0.0)
+        matmul(dev, x, ws, y, Mm::single(d.tokens, d.output, d.input, false, true), 1.0, 0.0)
     })
 }
 
@@ -74,13 +70,13 @@ where
     dev.with_workspace::<T, _>(d.output * d.input, |ws| {
         if let Some(dx) = dx {
             build_effective(dev, w, a, b, s, ws, d)?;
-            matmul(dev, dy, ws, dx, mm(d.tokens, d.input, d.output, false, false), 1.0, 0.0)?;
+            matmul(dev, dy, ws, dx, Mm::single(d.tokens, d.input, d.output, false, false), 1.0, 0.0)?;
         }
         if let Some((da, db)) = adapters {
-            matmul(dev, dy, x, ws, mm(d.output, d.input, d.tokens, true, false), 1.0, 0.0)?;
+            matmul(dev, dy, x, ws, Mm::single(d.output, d.input, d.tokens, true, false), 1.0, 0.0)?;
             w.expand_into_cuda(&mut ws.slice_mut(..), Expand::MaskOnly)?;
-            matmul(dev, ws, a, db, mm(d.output, d.rank, d.input, false, true), s, 0.0)?;
-            matmul(dev, b, ws, da, mm(d.rank, d.input, d.output, true, false), s, 0.0)?;
+            matmul(dev, ws, a, db, Mm::single(d.output, d.rank, d.input, false, true), s, 0.0)?;
+            matmul(dev, b, ws, da, Mm::single(d.rank, d.input, d.output, true, false), s, 0.0)?;
         }
         Ok(())
     })

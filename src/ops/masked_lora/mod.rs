@@ -63,10 +63,6 @@ fn check(x: &Tensor, w: &SparseWeight, a: &Tensor, b: &Tensor) -> Result<Dims> {
     Ok(Dims { tokens: x.shape().rows(), input: inp, output: out, rank: r })
 }
 
-fn mm(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) -> Mm {
-    Mm { batch: 1, m, n, k, trans_a, trans_b, b_batched: false }
-}
-
 fn out_shape(x: &Tensor, out: usize) -> Shape {
     let mut dims = x.dims().to_vec();
     if let Some(l) = dims.last_mut() {
@@ -77,7 +73,7 @@ fn out_shape(x: &Tensor, out: usize) -> Shape {
 
 /// ws ← W⊙M + s·M⊙(B·A) on the host.
 fn build_effective_host(w: &SparseWeight, a: &[f32], b: &[f32], s: f32, ws: &mut [f32], d: Dims) -> Result<()> {
-    fast(b, a, ws, mm(d.output, d.input, d.rank, false, false), s, false);
+    fast(b, a, ws, Mm::single(d.output, d.input, d.rank, false, false), s, false);
     w.expand_into_host(ws, Expand::AddKept)
 }
 
@@ -91,7 +87,7 @@ pub fn forward(x: &Tensor, w: &SparseWeight, a: &Tensor, b: &Tensor, scale: f32)
             let mut y = vec![0f32; d.tokens * d.output];
             dev.with_workspace::<f32, _>(d.output * d.input, |ws| {
                 build_effective_host(w, &ah, &bh, scale, ws, d)?;
-                fast(&xh, ws, &mut y, mm(d.tokens, d.output, d.input, false, true), 1.0, false);
+                fast(&xh, ws, &mut y, Mm::single(d.tokens, d.output, d.input, false, true), 1.0, false);
                 Ok(())
             })?;
             Tensor::from_f32(y, shape, DType::F32, x.device())
@@ -131,13 +127,13 @@ pub fn backward(
                 dev.with_workspace::<f32, _>(d.output * d.input, |ws| {
                     if let Some(dx) = dx.as_mut() {
                         build_effective_host(w, &ah, &bh, scale, ws, d)?;
-                        fast(&dyh, ws, dx, mm(d.tokens, d.input, d.output, false, false), 1.0, false);
+                        fast(&dyh, ws, dx, Mm::single(d.tokens, d.input, d.output, false, false), 1.0, false);
                     }
                     if let Some((da, db)) = adapters.as_mut() {
-                        fast(&dyh, &xh, ws, mm(d.output, d.input, d.tokens, true, false), 1.0, false);
+                        fast(&dyh, &xh, ws, Mm::single(d.output, d.input, d.tokens, true, false), 1.0, false);
                         w.expand_into_host(ws, Expand::MaskOnly)?;
-                        fast(ws, &ah, db, mm(d.output, d.rank, d.input, false, true), scale, false);
-                        fast(&bh, ws, da, mm(d.rank, d.input, d.output, true, false), scale, false);
+                        fast(ws, &ah, db, Mm::single(d.output, d.rank, d.input, false, true), scale, false);
+                        fast(&bh, ws, da, Mm::single(d.rank, d.input, d.output, true, false), scale, false);
                     }
                     Ok(())
                 })?;

@@ -27,6 +27,11 @@ pub struct Dims {
 }
 
 impl Dims {
+    /// One unbatched product c [m, n] = op(a) [m, k] · op(b) [k, n].
+    pub fn single(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) -> Self {
+        Dims { batch: 1, m, n, k, trans_a, trans_b, b_batched: false }
+    }
+
     /// (row stride, column stride) of op(a) within one batch entry.
     fn a_strides(&self) -> (usize, usize) {
         if self.trans_a {

@@ -13,10 +13,6 @@ use crate::ops::matmul::Dims as Mm;
 use crate::sparse::{Expand, SparseWeight};
 use crate::Result;
 
-fn mm(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) -> Mm {
-    Mm { batch: 1, m, n, k, trans_a, trans_b, b_batched: false }
-}
-
 /// y = x·(W⊙M)ᵀ.
 pub fn forward<T: CudaFloat>(
     dev: &CudaDevice,
@@ -30,7 +26,7 @@ where
 {
     dev.with_workspace::<T, _>(d.output * d.input, |ws| {
         w.expand_into_cuda(&mut ws.slice_mut(..), Expand::Overwrite)?;
-        matmul(dev, x, ws, y, mm(d.tokens, d.output, d.input, false, true), 1.0, 0.0)
+        matmul(dev, x, ws, y, Mm::single(d.tokens, d.output, d.input, false, true), 1.0, 0.0)
     })
 }
 
@@ -51,12 +47,12 @@ where
     dev.with_workspace::<T, _>(d.output * d.input, |ws| {
         if let Some(dx) = dx {
             w.expand_into_cuda(&mut ws.slice_mut(..), Expand::Overwrite)?;
-            matmul(dev, dy, ws, dx, mm(d.tokens, d.input, d.output, false, false), 1.0, 0.0)?;
+            matmul(dev, dy, ws, dx, Mm::single(d.tokens, d.input, d.output, false, false), 1.0, 0.0)?;
         }
         if !want_values {
             return Ok(None);
         }
-        matmul(dev, dy, x, ws, mm(d.output, d.input, d.tokens, true, false), 1.0, 0.0)?;
+        matmul(dev, dy, x, ws, Mm::single(d.output, d.input, d.tokens, true, false), 1.0, 0.0)?;
         Ok(Some(w.gather_cuda(&mut ws.slice_mut(..))?))
     })
 }

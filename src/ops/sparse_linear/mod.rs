@@ -42,10 +42,6 @@ fn check(x: &Tensor, w: &SparseWeight) -> Result<Dims> {
     Ok(Dims { tokens: x.shape().rows(), input: w.cols(), output: w.rows() })
 }
 
-fn mm(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) -> Mm {
-    Mm { batch: 1, m, n, k, trans_a, trans_b, b_batched: false }
-}
-
 fn out_shape(x: &Tensor, out: usize) -> Shape {
     let mut dims = x.dims().to_vec();
     if let Some(l) = dims.last_mut() {
@@ -64,7 +60,7 @@ pub fn forward(x: &Tensor, w: &SparseWeight) -> Result<Tensor> {
             let mut y = vec![0f32; d.tokens * d.output];
             dev.with_workspace::<f32, _>(d.output * d.input, |ws| {
                 w.expand_into_host(ws, Expand::Overwrite)?;
-                fast(&xh, ws, &mut y, mm(d.tokens, d.output, d.input, false, true), 1.0, false);
+                fast(&xh, ws, &mut y, Mm::single(d.tokens, d.output, d.input, false, true), 1.0, false);
                 Ok(())
             })?;
             Tensor::from_f32(y, shape, DType::F32, x.device())
@@ -99,10 +95,10 @@ pub fn backward(
                 dev.with_workspace::<f32, _>(d.output * d.input, |ws| {
                     if let Some(dx) = dx.as_mut() {
                         w.expand_into_host(ws, Expand::Overwrite)?;
-                        fast(&dyh, ws, dx, mm(d.tokens, d.input, d.output, false, false), 1.0, false);
+                        fast(&dyh, ws, dx, Mm::single(d.tokens, d.input, d.output, false, false), 1.0, false);
                     }
                     if want_values {
-                        fast(&dyh, &xh, ws, mm(d.output, d.input, d.tokens, true, false), 1.0, false);
+                        fast(&dyh, &xh, ws, Mm::single(d.output, d.input, d.tokens, true, false), 1.0, false);
                         dv = Some(w.gather_host(ws)?);
                     }
                     Ok(())

@@ -7,7 +7,8 @@
 //! the gemm crate (all cores), so the O(n³) work runs at matrix-product speed.
 //! For LoRS's initialisation, the top right singular vectors of a matrix by randomised SVD
 //! (range finder with power iterations, as `torch.svd_lowrank`; the small factor's SVD by
-//! one-sided Jacobi).
+//! one-sided Jacobi); for LoSA's re-sized adapters, the SVD of a low-rank product B·A
+//! from its factors ([`low_rank_svd`]).
 
 use crate::ops::matmul::cpu::strided;
 
@@ -233,7 +234,7 @@ pub fn top_right_singular_vectors(
     // xt = gᵀ·Q [cols, q] = Bᵀ for B = Qᵀ·g; its orthogonalised columns are V·S.
     let mut xt = vec![0.0; cols * q];
     gemm_f64(cols, q, rows, &mut xt, q, false, 1.0, g, cols, true, &y, q, false);
-    one_sided_jacobi(&mut xt, cols, q);
+    one_sided_jacobi(&mut xt, cols, cols, q);
     let mut order: Vec<(f64, usize)> =
         (0..q).map(|j| ((0..cols).map(|i| xt[i * q + j] * xt[i * q + j]).sum::<f64>().sqrt(), j)).collect();
     order.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -253,15 +254,16 @@ pub fn top_right_singular_vectors(
     Ok((v, sigma))
 }
 
-/// Rotates the columns of x [rows, q] (Hestenes' one-sided Jacobi) until they are
-/// mutually orthogonal; x·J for an orthogonal J.
-fn one_sided_jacobi(x: &mut [f64], rows: usize, q: usize) {
+/// Rotates the columns of x [rows, q] (Hestenes' one-sided Jacobi) until their first
+/// `measured` rows are mutually orthogonal; x·J for an orthogonal J (rows below `measured`
+/// are rotated along, so they accumulate J applied to whatever they held).
+fn one_sided_jacobi(x: &mut [f64], rows: usize, measured: usize, q: usize) {
     for _sweep in 0..60 {
         let mut rotated = false;
         for i in 0..q {
             for j in i + 1..q {
                 let (mut a, mut b, mut c) = (0.0, 0.0, 0.0);
-                for r in 0..rows {
+                for r in 0..measured {
                     let (xi, xj) = (x[r * q + i], x[r * q + j]);
                     a += xi * xi;
                     b += xj * xj;
@@ -286,6 +288,50 @@ fn one_sided_jacobi(x: &mut [f64], rows: usize, q: usize) {
             break;
         }
     }
+}
+
+/// The SVD of the product `b·a` (b [out, r], a [r, inp]) from its factors, without forming
+/// it: `b·a = Σ_j σ_j·u_j·v_jᵀ`. Returns (`us` [out, r] with columns σ_j·u_j, `v` [r, inp]
+/// with orthonormal rows v_j, σ), ordered by descending σ. The rows of `a` are
+/// orthonormalised first (a = R·Qᵀ), then the columns of b·R are rotated orthogonal by
+/// one-sided Jacobi, with Q rotated along. Rows of `v` that `a` does not span are zero.
+pub fn low_rank_svd(b: &[f64], a: &[f64], out: usize, r: usize, inp: usize) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+    if b.len() != out * r || a.len() != r * inp || r == 0 {
+        return Err(Error::invalid(format!(
+            "low-rank SVD: b has {} values for [{out}, {r}], a {} for [{r}, {inp}]",
+            b.len(),
+            a.len()
+        )));
+    }
+    // Q [inp, r]: orthonormal columns spanning the rows of a; R = a·Q [r, r].
+    let mut qt = vec![0.0; inp * r];
+    for i in 0..r {
+        for c in 0..inp {
+            qt[c * r + i] = a[i * inp + c];
+        }
+    }
+    orthonormalize_columns(&mut qt, inp, r);
+    let mut rq = vec![0.0; r * r];
+    gemm_f64(r, r, inp, &mut rq, r, false, 1.0, a, inp, false, &qt, r, false);
+    // Stack [b·R; Q] and rotate until the top block's columns are orthogonal.
+    let mut x = vec![0.0; (out + inp) * r];
+    gemm_f64(out, r, r, &mut x[..out * r], r, false, 1.0, b, r, false, &rq, r, false);
+    x[out * r..].copy_from_slice(&qt);
+    one_sided_jacobi(&mut x, out + inp, out, r);
+    let norm = |j: usize| (0..out).map(|i| x[i * r + j] * x[i * r + j]).sum::<f64>().sqrt();
+    let mut order: Vec<(f64, usize)> = (0..r).map(|j| (norm(j), j)).collect();
+    order.sort_by(|p, q| q.0.total_cmp(&p.0).then(p.1.cmp(&q.1)));
+    let (mut us, mut v, mut sigma) = (vec![0.0; out * r], vec![0.0; r * inp], Vec::with_capacity(r));
+    for (k, &(s, j)) in order.iter().enumerate() {
+        sigma.push(s);
+        for i in 0..out {
+            us[i * r + k] = x[i * r + j];
+        }
+        for c in 0..inp {
+            v[k * inp + c] = x[(out + c) * r + j];
+        }
+    }
+    Ok((us, v, sigma))
 }
 
 #[cfg(test)]
@@ -317,6 +363,67 @@ mod tests {
 
     use super::*;
     use crate::testing::{assert_close_f64, random_f64};
+
+    /// The factors reproduce b·a, their singular values are those planted in it, and the
+    /// top-k truncation leaves exactly the dropped σ² as squared error (Eckart–Young).
+    #[test]
+    fn low_rank_svd_of_a_planted_product() {
+        let (out, r, inp) = (23, 5, 31);
+        let mut u = random_f64(out * r, 1.0, 3);
+        let mut w = random_f64(inp * r, 1.0, 4);
+        orthonormalize_columns(&mut u, out, r);
+        orthonormalize_columns(&mut w, inp, r);
+        let planted = [9.0, 4.0, 2.5, 1.0, 0.25];
+        // b = U·diag(σ)·M, a = M⁻¹·Wᵀ with M upper triangular (mixes the factors).
+        let mut m = vec![0.0; r * r];
+        for i in 0..r {
+            for j in i..r {
+                m[i * r + j] = if i == j { 2.0 } else { 0.3 * (i + j) as f64 };
+            }
+        }
+        let minv = {
+            // Back substitution, column by column.
+            let mut inv = vec![0.0; r * r];
+            for col in 0..r {
+                for i in (0..r).rev() {
+                    let e = if i == col { 1.0 } else { 0.0 };
+                    let s: f64 = (i + 1..r).map(|j| m[i * r + j] * inv[j * r + col]).sum();
+                    inv[i * r + col] = (e - s) / m[i * r + i];
+                }
+            }
+            inv
+        };
+        let mut us = vec![0.0; out * r];
+        for i in 0..out {
+            for j in 0..r {
+                us[i * r + j] = u[i * r + j] * planted[j];
+            }
+        }
+        let mut b = vec![0.0; out * r];
+        gemm_f64(out, r, r, &mut b, r, false, 1.0, &us, r, false, &m, r, false);
+        let mut a = vec![0.0; r * inp];
+        gemm_f64(r, inp, r, &mut a, inp, false, 1.0, &minv, r, false, &w, r, true);
+        let mut ba = vec![0.0; out * inp];
+        gemm_f64(out, inp, r, &mut ba, inp, false, 1.0, &b, r, false, &a, inp, false);
+
+        let (fu, fv, sigma) = low_rank_svd(&b, &a, out, r, inp).unwrap();
+        assert_close_f64("σ", &sigma, &planted, 1e-9, 1e-9);
+        let mut back = vec![0.0; out * inp];
+        gemm_f64(out, inp, r, &mut back, inp, false, 1.0, &fu, r, false, &fv, inp, false);
+        assert_close_f64("U·S·Vᵀ = b·a", &back, &ba, 1e-9, 1e-9);
+        let mut vvt = vec![0.0; r * r];
+        gemm_f64(r, r, inp, &mut vvt, r, false, 1.0, &fv, inp, false, &fv, inp, true);
+        let eye: Vec<f64> = (0..r * r).map(|i| if i % (r + 1) == 0 { 1.0 } else { 0.0 }).collect();
+        assert_close_f64("V·Vᵀ = I", &vvt, &eye, 1e-9, 1e-9);
+        for k in 1..r {
+            let mut t = vec![0.0; out * inp];
+            gemm_f64(out, inp, k, &mut t, inp, false, 1.0, &fu, r, false, &fv, inp, false);
+            let err: f64 = t.iter().zip(&ba).map(|(x, y)| (x - y) * (x - y)).sum();
+            let dropped: f64 = planted[k..].iter().map(|s| s * s).sum();
+            assert!((err - dropped).abs() <= 1e-9 * (1.0 + dropped), "k={k}: {err} vs {dropped}");
+        }
+        assert!(low_rank_svd(&b, &a, out, r + 1, inp).is_err());
+    }
 
     fn spd(n: usize, seed: u64) -> Vec<f64> {
         let x = random_f64(3 * n * n, 1.0, seed);

@@ -197,7 +197,17 @@ fn finetune_real_model_keeps_zeros_and_resumes() {
         out
     };
     let pruned = SafetensorsFile::open(p("pruned.safetensors")).unwrap();
-    for method in ["masked-lora", "lors"] {
+    // LoSA (from the pruned model, to its own sparsity: all 4 steps in the last stage) with
+    // a small calibration.
+    let losa_args = ["--losa-calib-samples", "4", "--losa-cka-samples", "2"].map(String::from);
+    let common_args = |method: &'static str, out: String, ck: String| -> Vec<String> {
+        let mut v = common_args(method, out, ck);
+        if method == "losa" {
+            v.extend(losa_args.iter().cloned());
+        }
+        v
+    };
+    for method in ["masked-lora", "lors", "losa"] {
         let out = run(common_args(method, p(&format!("{method}.safetensors")), p(&format!("ck-{method}"))));
         let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
         assert!(report["last_loss"].as_f64().unwrap().is_finite(), "{report}");
@@ -273,7 +283,7 @@ fn run_main_job_end_to_end_and_resume() {
     // SEFT moves the mask but keeps every layer's sparsity; the pruned model is ~50% sparse.
     assert_eq!(report["layer_sparsity"]["pruned"], report["layer_sparsity"]["repaired"]);
     assert!((stages[1]["sparsity"].as_f64().unwrap() - 0.5).abs() < 0.01, "{}", stages[1]);
-    // Weights grown after step 1 were trained at step 2 (the last step's lr is 0).
+    // Weights grown after steps 1 and 2 were trained by the next step.
     assert!(report["revived_weights"].as_u64().unwrap() > 0, "SEFT grew no weight");
     assert_eq!(report["repair"]["seft_evolutions"].as_array().unwrap().len(), 2, "after steps 1 and 2");
     for png in ["loss.png", "perplexity.png", "layers.png"] {
@@ -283,4 +293,58 @@ fn run_main_job_end_to_end_and_resume() {
     let (code, _, err) = sparsetune(&[&args[..], &["--resume"]].concat());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("reusing") && err.contains("resumed from") && err.contains("at step 3"), "{err}");
+}
+
+/// `run --repair losa`: LoSA prunes the dense model in five stages towards the target,
+/// reports every stage, and ends at the target sparsity with the ranks' budget met.
+#[test]
+fn run_with_losa_prunes_the_dense_model_in_stages() {
+    let Some(model) = asset_path("SmolLM2-135M-Instruct.Q4_1.gguf") else { return };
+    let dir = common::scratch("cli-run-losa");
+    let (code, out, err) = sparsetune(&[
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--repair",
+        "losa",
+        "--steps",
+        "5",
+        "--seq-len",
+        "32",
+        "--calib-samples",
+        "2",
+        "--losa-calib-samples",
+        "4",
+        "--eval-windows",
+        "1",
+        "--out-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("repaired (losa)"), "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let stages = report["repair"]["losa_stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 5);
+    let targets: Vec<f64> = stages.iter().map(|s| s["sparsity"].as_f64().unwrap()).collect();
+    for (got, want) in targets.iter().zip([0.244, 0.392, 0.468, 0.496, 0.5]) {
+        assert!((got - want).abs() < 1e-12, "{targets:?}");
+    }
+    let mean = |v: &serde_json::Value| {
+        let v = v.as_array().unwrap();
+        v.iter().map(|x| x.as_f64().unwrap()).sum::<f64>() / v.len() as f64
+    };
+    for (s, want) in stages.iter().zip(&targets) {
+        // Per row Wanda prunes floor(cols·x) (a little under), and a layer whose allocation
+        // falls keeps the zeros it had (a little over).
+        let got = mean(&s["achieved"]);
+        assert!((got - want).abs() < 0.01, "stage {}: {got} vs {want}", s["stage"]);
+    }
+    // Final ranks: mean R = 16 over 30 layers; the chart and layer sparsity follow them.
+    let ranks: Vec<u64> = report["layer_rank"].as_array().unwrap().iter().map(|r| r.as_f64().unwrap() as u64).collect();
+    assert_eq!(ranks.iter().sum::<u64>(), 16 * 30, "{ranks:?}");
+    assert!((mean(&report["layer_sparsity"]["repaired"]) - 0.5).abs() < 0.01);
+    for png in ["loss.png", "perplexity.png", "layers.png", "rank.png"] {
+        assert_eq!(&std::fs::read(dir.join(png)).unwrap()[..8], b"\x89PNG\r\n\x1a\n", "{png}");
+    }
 }

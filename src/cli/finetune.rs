@@ -10,18 +10,22 @@ use clap::Args;
 
 use super::{default_asset, device_and_dtype, progress};
 use crate::data::{sotu_files, tokenize_file};
-use crate::finetune::{checkpoint, export, LoraOptions, Repair, RepairMethod, RepairOptions, TrainConfig, TrainData};
-use crate::model::llama::{self, WeightLayout};
+use crate::finetune::plan::{plan, PlanInput};
+use crate::finetune::{
+    checkpoint, export, Decay, LoraOptions, Repair, RepairMethod, RepairOptions, TrainConfig, TrainData,
+};
+use crate::model::llama::{self, Llama, WeightLayout};
 use crate::sparse::SparseFormat;
 use crate::{Error, Result};
 
 /// Arguments of `sparsetune finetune`.
 #[derive(Args, Debug)]
 pub struct FinetuneArgs {
-    /// The pruned model (safetensors or GGUF; zeros where pruned).
+    /// The pruned model (safetensors or GGUF; zeros where pruned). For losa: the model it
+    /// prunes in stages (dense with --sparsity, or already pruned).
     #[arg(long)]
     model: PathBuf,
-    /// masked-lora, lors or seft.
+    /// masked-lora, lors, losa or seft.
     #[arg(long, default_value = "masked-lora")]
     method: String,
     /// Training text files (default: State of the Union addresses before 2000).
@@ -39,15 +43,15 @@ pub struct FinetuneArgs {
     /// Peak learning rate.
     #[arg(long, default_value_t = 2e-4)]
     lr: f32,
-    /// Fraction of steps warming up.
-    #[arg(long, default_value_t = 0.1)]
-    warmup: f32,
-    /// Clip the global gradient norm (0: off).
-    #[arg(long, default_value_t = 1.0)]
-    max_grad_norm: f32,
-    /// AdamW weight decay.
-    #[arg(long, default_value_t = 0.0)]
-    weight_decay: f32,
+    /// Fraction of steps warming up [default: 0.1; LoSA: 0.3 of each stage].
+    #[arg(long)]
+    warmup: Option<f32>,
+    /// Clip the global gradient norm, 0: off [default: 1.0; LoSA: 0.3].
+    #[arg(long)]
+    max_grad_norm: Option<f32>,
+    /// AdamW weight decay [default: 0; LoSA: 0.001].
+    #[arg(long)]
+    weight_decay: Option<f32>,
     /// Windows per micro-batch.
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -72,6 +76,18 @@ pub struct FinetuneArgs {
     /// SEFT: swap fraction p₀ at step 0 (cosine-decayed to 0).
     #[arg(long, default_value_t = 0.2)]
     seft_swap: f32,
+    /// LoSA: final mean sparsity (default: the model's own).
+    #[arg(long)]
+    sparsity: Option<f64>,
+    /// LoSA: stages.
+    #[arg(long, default_value_t = 5)]
+    losa_stages: usize,
+    /// LoSA: calibration windows (the first training windows) for the re-prune.
+    #[arg(long, default_value_t = 128)]
+    losa_calib_samples: usize,
+    /// LoSA: of those, the windows for the layer redundancy (CKA).
+    #[arg(long, default_value_t = 64)]
+    losa_cka_samples: usize,
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -118,6 +134,9 @@ pub(super) fn train(
     pb.set_position(repair.trainer.step as u64);
     let mut this_run = 0;
     while !repair.done() {
+        if let Some(k) = repair.pending_stage() {
+            pb.set_message(format!("LoSA stage {k}: re-selecting masks and ranks"));
+        }
         let r = repair.step(data)?;
         this_run += 1;
         pb.set_message(format!("loss {:.4} lr {:.2e} {:.0} tok/s", r.loss, r.lr, r.tokens as f64 / r.seconds));
@@ -137,6 +156,45 @@ pub(super) fn train(
     Ok(true)
 }
 
+/// The training defaults of `method`: [`TrainConfig::new`], and for LoSA its own (30%
+/// warmup and linear decay per stage, clipping at 0.3, weight decay 0.001).
+pub(super) fn method_config(method: RepairMethod, steps: usize) -> TrainConfig {
+    let mut cfg = TrainConfig::new(steps);
+    if method == RepairMethod::Losa {
+        (cfg.warmup, cfg.decay, cfg.max_grad_norm) = (0.3, Decay::Linear, Some(0.3));
+        cfg.adamw.weight_decay = 0.001;
+    }
+    cfg
+}
+
+/// The memory plan's predicted peak for repairing `source` with `method` as configured
+/// (LoSA: planned from its source's sparsity, where its base is largest).
+pub(super) fn planned_peak(
+    source: &Llama,
+    method: RepairMethod,
+    cfg: &TrainConfig,
+    opts: &RepairOptions,
+) -> Result<u64> {
+    let per_layer = source.layer_sparsity()?;
+    let input = PlanInput {
+        config: source.config.clone(),
+        sparsity: per_layer.iter().sum::<f64>() / per_layer.len().max(1) as f64,
+        nm: match opts.lora.format {
+            SparseFormat::NM { n, m } => Some((n, m)),
+            SparseFormat::Bitmask => None,
+        },
+        dtype: source.dtype(),
+        seq_len: cfg.seq_len,
+        batch: cfg.batch,
+        rank: opts.lora.rank,
+        checkpointing: cfg.checkpoint_layers,
+        cuda: source.device().is_cuda(),
+        method,
+        calib_samples: opts.losa.calib_samples,
+    };
+    Ok(plan(&input)?.total_bytes)
+}
+
 /// Runs `finetune`.
 pub fn run(a: FinetuneArgs) -> Result<()> {
     let method: RepairMethod = a.method.parse()?;
@@ -154,11 +212,13 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
     if a.save_every == 0 {
         return Err(Error::invalid("--save-every must be at least 1"));
     }
-    let mut cfg = TrainConfig::new(a.steps);
-    (cfg.batch, cfg.grad_accum, cfg.seq_len, cfg.lr, cfg.warmup, cfg.seed) =
-        (a.batch, a.grad_accum, a.seq_len, a.lr, a.warmup, a.seed);
-    cfg.max_grad_norm = (a.max_grad_norm > 0.0).then_some(a.max_grad_norm);
-    cfg.adamw.weight_decay = a.weight_decay;
+    let mut cfg = method_config(method, a.steps);
+    (cfg.batch, cfg.grad_accum, cfg.seq_len, cfg.lr, cfg.seed) = (a.batch, a.grad_accum, a.seq_len, a.lr, a.seed);
+    cfg.warmup = a.warmup.unwrap_or(cfg.warmup);
+    if let Some(c) = a.max_grad_norm {
+        cfg.max_grad_norm = (c > 0.0).then_some(c);
+    }
+    cfg.adamw.weight_decay = a.weight_decay.unwrap_or(cfg.adamw.weight_decay);
     cfg.checkpoint_layers = !a.no_checkpointing;
     cfg.check()?;
 
@@ -176,6 +236,9 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
     let mut opts = RepairOptions::new(lora);
     opts.init_samples = if resume_from.is_some() { 0 } else { a.init_samples };
     (opts.seft.interval, opts.seft.swap_fraction) = (a.seft_interval, a.seft_swap);
+    (opts.losa.target, opts.losa.stages) = (a.sparsity, a.losa_stages);
+    (opts.losa.calib_samples, opts.losa.cka_samples) = (a.losa_calib_samples, a.losa_cka_samples);
+    let planned = planned_peak(&pruned, method, &cfg, &opts)?;
     let init_pb = progress::bar(0, "init");
     let mut repair = Repair::new(&pruned, method, opts, cfg, &data, &mut |done, total| {
         init_pb.set_length(total as u64);
@@ -215,11 +278,13 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
         "train_seconds": train_seconds,
         "tokens_per_second": h.iter().map(|r| r.tokens).sum::<usize>() as f64 / h.iter().map(|r| r.seconds).sum::<f64>().max(1e-9),
         "peak_bytes": peak,
+        "planned_peak_bytes": planned,
         "device": device.label(),
         "dtype": dtype.as_str(),
         "rank": a.rank,
         "alpha": a.alpha,
         "seft_evolutions": repair.evolutions,
+        "losa_stages": repair.losa.as_ref().map(|l| &l.stages),
         "config": trainer.config,
         "train_files": files.len(),
         "train_windows": data.len(),
@@ -233,7 +298,15 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
     if a.json {
         println!("{report}");
     } else {
-        if method.has_adapters() {
+        if let Some(losa) = &repair.losa {
+            let last = losa.stages.last();
+            println!(
+                "method        losa ({} stages to sparsity {:.4}; final ranks {:?})",
+                losa.stages.len(),
+                losa.target,
+                last.map(|s| &s.ranks)
+            );
+        } else if method.has_adapters() {
             println!("method        {} (rank {}, alpha {})", method.name(), a.rank, a.alpha);
         } else {
             let swapped: usize = repair.evolutions.iter().map(|e| e.swapped).sum();
@@ -252,7 +325,13 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
             h.iter().filter(|r| r.skipped).count()
         );
         println!("train time    {train_seconds:.1} s");
-        println!("peak memory   {:.1} MiB ({})", peak as f64 / (1u64 << 20) as f64, device.label());
+        let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
+        println!(
+            "peak memory   {:.1} MiB measured, {:.1} MiB planned ({})",
+            mib(peak),
+            mib(planned as usize),
+            device.label()
+        );
         println!("wrote         {}{}", a.out.display(), if a.compressed { " (sparse-bitmask)" } else { "" });
     }
     Ok(())

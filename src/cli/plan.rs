@@ -24,9 +24,15 @@ pub struct PlanArgs {
     /// N:M instead of unstructured, e.g. 2:4.
     #[arg(long)]
     nm: Option<String>,
-    /// Adapter rank.
+    /// Adapter rank (LoSA: the final mean rank).
     #[arg(long, default_value_t = 16)]
     rank: usize,
+    /// Repair method: masked-lora, lors, losa, seft.
+    #[arg(long, default_value = "masked-lora")]
+    method: String,
+    /// LoSA: calibration windows (of --seq-len tokens) per stage.
+    #[arg(long, default_value_t = 128)]
+    calib_samples: usize,
     /// Tokens per window.
     #[arg(long, default_value_t = 2048)]
     seq_len: usize,
@@ -65,6 +71,8 @@ pub fn run(a: PlanArgs) -> Result<()> {
         rank: a.rank,
         checkpointing: !a.no_checkpointing,
         cuda: !a.cpu,
+        method: a.method.parse()?,
+        calib_samples: a.calib_samples,
     };
     let p = plan(&input)?;
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
@@ -72,6 +80,7 @@ pub fn run(a: PlanArgs) -> Result<()> {
         let v = serde_json::json!({
             "shape": a.model.as_ref().map_or(a.shape.clone(), |p| p.display().to_string()),
             "total_bytes": p.total_bytes,
+            "method": input.method.name(),
             "total_gib": gib(p.total_bytes),
             "peak_phase": p.peak_phase,
             "items": p.items,

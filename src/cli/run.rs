@@ -11,14 +11,13 @@ use std::time::Instant;
 
 use clap::Args;
 
-use super::finetune::train;
+use super::finetune::{method_config, planned_peak, train};
 use super::prune::{parse_nm, prune_with_bar};
 use super::{default_asset, default_model, device_and_dtype, progress};
 use crate::data::{calibration_windows, sotu_files, tokenize_file, windows_of_streams};
 use crate::eval::perplexity;
-use crate::finetune::{checkpoint, LoraOptions, Repair, RepairMethod, RepairOptions, TrainConfig, TrainData};
+use crate::finetune::{checkpoint, LoraOptions, Repair, RepairMethod, RepairOptions, TrainData};
 use crate::model::llama::{self, Llama, Proj};
-use crate::nn::Linear;
 use crate::prune::{Method, Pattern, PruneOptions};
 use crate::report::plot::{bar_chart, line_chart, Series};
 use crate::sparse::SparseFormat;
@@ -39,7 +38,8 @@ pub struct RunArgs {
     /// N:M pattern instead (e.g. 2:4).
     #[arg(long)]
     nm: Option<String>,
-    /// Repair method: masked-lora, lors, seft.
+    /// Repair method: masked-lora, lors, losa (prunes the dense model in stages itself;
+    /// the one-shot pruned model is its baseline), seft.
     #[arg(long, default_value = "masked-lora")]
     repair: String,
     /// Optimizer steps of the repair.
@@ -63,6 +63,10 @@ pub struct RunArgs {
     /// SEFT: steps between drop-and-grow rounds.
     #[arg(long, default_value_t = 60)]
     seft_interval: usize,
+    /// LoSA: calibration windows (the first training windows) for each stage's re-prune,
+    /// also used for its layer redundancy.
+    #[arg(long, default_value_t = 16)]
+    losa_calib_samples: usize,
     /// Calibration and training text (default: State of the Union addresses before 2000).
     #[arg(long = "data")]
     data: Vec<PathBuf>,
@@ -99,30 +103,6 @@ struct Stage {
     perplexity: f64,
     sparsity: f64,
     seconds: f64,
-}
-
-/// Per decoder layer: the fraction of its seven linears' weights that are pruned — the
-/// zeros of a dense weight, the entries outside the mask of a compressed one (a kept
-/// weight may be exactly 0, e.g. one SEFT has just grown).
-fn layer_sparsity(model: &Llama) -> Result<Vec<f64>> {
-    model
-        .layers
-        .iter()
-        .map(|layer| {
-            let (mut pruned, mut total) = (0usize, 0usize);
-            for p in Proj::ALL {
-                let (rows, cols) = layer.linear(p).dims();
-                let kept = match layer.linear(p) {
-                    Linear::Dense(w) => w.to_f32_vec()?.iter().filter(|&&v| v != 0.0).count(),
-                    Linear::MaskedLora(l) => l.base.nnz(),
-                    Linear::Sparse(w) => w.nnz(),
-                };
-                pruned += rows * cols - kept;
-                total += rows * cols;
-            }
-            Ok(pruned as f64 / total.max(1) as f64)
-        })
-        .collect()
 }
 
 /// Decoder-linear weights zero in `pruned` and non-zero in `merged` (must be none for the
@@ -163,7 +143,10 @@ pub fn run(a: RunArgs) -> Result<()> {
     let default_dtype = if a.device.starts_with("cuda") { "bf16" } else { "f32" };
     let (device, dtype) = device_and_dtype(&a.device, a.dtype.as_deref().unwrap_or(default_dtype))?;
     let lr = a.lr.unwrap_or(if repair_method == RepairMethod::Seft { 5e-5 } else { 5e-4 });
-    let mut cfg = TrainConfig::new(a.steps);
+    if repair_method == RepairMethod::Losa && a.nm.is_some() {
+        return Err(Error::invalid("LoSA allocates unstructured per-layer sparsity: use --sparsity, not --nm"));
+    }
+    let mut cfg = method_config(repair_method, a.steps);
     (cfg.seq_len, cfg.lr, cfg.seed) = (a.seq_len, lr, a.seed);
     cfg.check()?;
     std::fs::create_dir_all(&a.out_dir).map_err(|e| Error::io(&a.out_dir, e))?;
@@ -207,9 +190,15 @@ pub fn run(a: RunArgs) -> Result<()> {
         llama::save_safetensors(&m, &pruned_path, dtype, Some(&tokenizer), &meta)?;
         (m, record)
     };
-    drop(dense);
+    // LoSA prunes the dense model itself, in stages.
+    let source = if repair_method == RepairMethod::Losa {
+        Some(dense)
+    } else {
+        drop(dense);
+        None
+    };
     let prune_seconds = t0.elapsed().as_secs_f64();
-    let pruned_layers = layer_sparsity(&pruned)?;
+    let pruned_layers = pruned.layer_sparsity()?;
     let (ppl, _) = evaluate(&pruned, "pruned")?;
     let label = match pattern {
         Pattern::Unstructured(s) => format!("{} {:.0}%", prune_method.name(), s * 100.0),
@@ -236,13 +225,20 @@ pub fn run(a: RunArgs) -> Result<()> {
     let mut opts = RepairOptions::new(lora);
     opts.init_samples = if resuming { 0 } else { a.init_samples };
     opts.seft.interval = a.seft_interval;
+    (opts.losa.target, opts.losa.calib_samples) = (Some(a.sparsity), a.losa_calib_samples);
+    opts.losa.cka_samples = opts.losa.cka_samples.min(a.losa_calib_samples);
     let t0 = Instant::now();
+    let planned = planned_peak(source.as_ref().unwrap_or(&pruned), repair_method, &cfg, &opts)?;
     let init_pb = progress::bar(0, "init");
-    let mut repair = Repair::new(&pruned, repair_method, opts, cfg, &data, &mut |done, total| {
-        init_pb.set_length(total as u64);
-        init_pb.set_position(done as u64);
-    })?;
+    let mut repair =
+        Repair::new(source.as_ref().unwrap_or(&pruned), repair_method, opts, cfg, &data, &mut |done, total| {
+            init_pb.set_length(total as u64);
+            init_pb.set_position(done as u64);
+        })?;
     init_pb.finish_and_clear();
+    // Training holds only its own model: the pruned one is read back for the final check.
+    drop(source);
+    drop(pruned);
     device.reset_peak_memory();
     if resuming {
         repair.resume(&ck_path)?;
@@ -252,8 +248,8 @@ pub fn run(a: RunArgs) -> Result<()> {
     let peak = device.memory().peak_bytes;
     let merged = repair.merged()?;
     let repair_seconds = t0.elapsed().as_secs_f64();
-    let repaired_layers = layer_sparsity(&repair.trainer.model)?;
-    let revived = revived(&pruned, &merged)?;
+    let repaired_layers = repair.trainer.model.layer_sparsity()?;
+    let revived = revived(&llama::load(&pruned_path, &device, dtype)?, &merged)?;
     let mut meta = BTreeMap::new();
     meta.insert("sparsetune.run".to_string(), serde_json::json!({ "repair": repair_method.name() }).to_string());
     llama::save_safetensors(&merged, &out("repaired.safetensors"), dtype, Some(&tokenizer), &meta)?;
@@ -288,7 +284,10 @@ pub fn run(a: RunArgs) -> Result<()> {
         &[("pruned", &pruned_layers), ("repaired", &repaired_layers)],
         false,
     )?;
-    let ranks: Option<Vec<f64>> = repair_method.has_adapters().then(|| vec![a.rank as f64; layers.len()]);
+    let ranks: Option<Vec<f64>> = match repair.losa.as_ref().and_then(|l| l.stages.last()) {
+        Some(last) => Some(last.ranks.iter().map(|&r| r as f64).collect()),
+        None => repair_method.has_adapters().then(|| vec![a.rank as f64; layers.len()]),
+    };
     if let Some(r) = &ranks {
         bar_chart(&out("rank.png"), "Adapter rank per decoder layer", &layers, "rank", &[("rank", r)], false)?;
     }
@@ -300,8 +299,10 @@ pub fn run(a: RunArgs) -> Result<()> {
             "config": repair.trainer.config,
             "rank": repair_method.has_adapters().then_some(a.rank),
             "seft_evolutions": repair.evolutions,
+            "losa_stages": repair.losa.as_ref().map(|l| &l.stages),
             "history": h,
             "peak_bytes": peak,
+            "planned_peak_bytes": planned,
         },
         "stages": stages,
         "layer_sparsity": { "pruned": pruned_layers, "repaired": repaired_layers },
@@ -320,15 +321,21 @@ pub fn run(a: RunArgs) -> Result<()> {
     for s in &stages {
         println!("{:<28} {:>11.2} {:>9.4} {:>9.1}", s.stage, s.perplexity, s.sparsity, s.seconds);
     }
-    let moved = if repair_method == RepairMethod::Seft { " (SEFT moves the mask)" } else { "" };
+    let moved = match repair_method {
+        RepairMethod::Seft => " (SEFT moves the mask)",
+        RepairMethod::Losa => " (LoSA selects its own masks from the dense model)",
+        _ => "",
+    };
     println!(
         "sparsity: {:.4} pruned, {:.4} repaired; {revived} pruned weights non-zero after repair{moved}",
         mean(&pruned_layers),
         mean(&repaired_layers)
     );
+    let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
     println!(
-        "peak memory {:.1} MiB on {}; total {:.0} s",
-        peak as f64 / (1u64 << 20) as f64,
+        "repair peak memory {:.1} MiB measured, {:.1} MiB planned, on {}; total {:.0} s",
+        mib(peak),
+        mib(planned as usize),
         device.label(),
         start.elapsed().as_secs_f64()
     );

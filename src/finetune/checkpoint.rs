@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 use super::trainer::{StepRecord, TrainConfig, Trainer};
 use crate::io::{write_owned, OwnedEntry, SafetensorsFile};
+use crate::model::llama::{Llama, Proj};
+use crate::sparse::BitMask;
 use crate::{DType, Device, Error, Result, Tensor};
 
 const META: &str = "sparsetune.checkpoint";
@@ -39,6 +41,24 @@ pub struct CheckpointMeta {
     pub history: Vec<StepRecord>,
     /// Method-specific state (stage, rank allocation, ...).
     pub method_state: serde_json::Value,
+}
+
+/// Every compressed linear's mask (a masked-LoRA base's or a trained sparse weight's) as
+/// U8 [out, ceil(in/8)] bitmask bytes named `<module>.mask`, for checkpoints of methods
+/// whose masks change during training (SEFT, LoSA).
+pub fn masks(model: &Llama) -> Result<Vec<(String, Tensor)>> {
+    let cpu = Device::cpu();
+    let mut v = Vec::new();
+    for (l, layer) in model.layers.iter().enumerate() {
+        for p in Proj::ALL {
+            if let Some(w) = layer.linear(p).compressed() {
+                let m = w.mask()?;
+                let t = Tensor::from_vec(m.bytes().to_vec(), [m.rows(), BitMask::stride_for(m.cols())], &cpu)?;
+                v.push((format!("{}.mask", super::module_name(l, p)), t));
+            }
+        }
+    }
+    Ok(v)
 }
 
 /// The conventional checkpoint path inside a checkpoint directory.

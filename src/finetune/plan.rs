@@ -2,8 +2,15 @@
 //! predicted from the model shape and the run's settings, item by item, from what our
 //! code allocates (the compressed base layout of [`crate::sparse::SparseWeight`], the
 //! tensors each op saves for backward, the one masked-LoRA workspace, the optimizer's f32
-//! state). The trainer measures its real peak from the allocator for comparison. Both
-//! methods built so far (masked-lora, lors) hold the same tensors; they differ in FLOPs.
+//! state). The trainer measures its real peak from the allocator for comparison.
+//!
+//! Methods: masked-lora and lors hold the same tensors (they differ in FLOPs). LoSA trains
+//! the same adapters (per-layer ranks, summing to the same budget as a uniform rank) and
+//! adds a fourth phase, a stage's re-selection: the calibration windows' activations and
+//! one decoder layer's forward over a chunk of them; its base is largest at the start, so
+//! give LoSA's plan the sparsity of its source (0 for a dense one). SEFT trains the kept weights themselves (no adapters): gradients and AdamW
+//! state per kept weight, and its drop-and-grow round holds a dense copy of the decoder
+//! weights and their dense gradients (the evolution phase).
 //!
 //! Saved activations per decoder layer, n = batch·seq tokens, b bytes per element: the
 //! layer input and the two RMSNorm outputs (n·dim each, read by the norms and the
@@ -15,6 +22,7 @@
 //! plus the largest of three phases (head backward, a decoder layer's backward, the
 //! optimizer update), see [`plan`].
 
+use super::repair::RepairMethod;
 use crate::model::llama::{LlamaConfig, Proj};
 use crate::{DType, Error, Result};
 
@@ -23,7 +31,8 @@ use crate::{DType, Error, Result};
 pub struct PlanInput {
     /// Model shape.
     pub config: LlamaConfig,
-    /// Fraction of each decoder weight pruned (unstructured), or N:M.
+    /// Fraction of each decoder weight pruned (unstructured), or N:M; for LoSA, of its
+    /// source (its base shrinks from there).
     pub sparsity: f64,
     /// N:M pattern instead of unstructured (values n/m of the weights, indices ⌈log2 m⌉ bits).
     pub nm: Option<(usize, usize)>,
@@ -39,6 +48,10 @@ pub struct PlanInput {
     pub checkpointing: bool,
     /// On a GPU (workspace in the compute dtype) or the CPU (workspace in f32).
     pub cuda: bool,
+    /// The repair method.
+    pub method: RepairMethod,
+    /// LoSA: calibration windows (of `seq_len` tokens) per stage.
+    pub calib_samples: usize,
 }
 
 /// One line of the plan.
@@ -110,54 +123,87 @@ pub fn plan(input: &PlanInput) -> Result<MemoryPlan> {
     let n = (input.batch * input.seq_len) as u64;
     let r = input.rank as u64;
 
-    let (mut base, mut adapter_params, mut largest) = (0u64, 0u64, 0u64);
+    let (mut base, mut adapter_params, mut largest, mut kept, mut weights) = (0u64, 0u64, 0u64, 0u64, 0u64);
     for p in Proj::ALL {
         let [rows, cols] = p.shape(c).map(|d| d as u64);
-        base += match input.nm {
-            Some((nk, m)) => {
-                let kept = rows * (cols / m as u64) * nk as u64;
-                let bits = usize::BITS - (m - 1).leading_zeros();
-                kept * b + rows * (kept / rows * u64::from(bits)).div_ceil(8)
-            }
-            None => {
-                let kept = ((rows * cols) as f64 * (1.0 - input.sparsity)).round() as u64;
-                kept * b + rows * cols.div_ceil(8) + (rows + 1) * 4
-            }
+        let k = match input.nm {
+            Some((nk, m)) => rows * (cols / m as u64) * nk as u64,
+            None => ((rows * cols) as f64 * (1.0 - input.sparsity)).round() as u64,
         };
+        base += k * b
+            + match input.nm {
+                Some((_, m)) => {
+                    let bits = usize::BITS - (m - 1).leading_zeros();
+                    rows * (k / rows * u64::from(bits)).div_ceil(8)
+                }
+                None => rows * cols.div_ceil(8) + (rows + 1) * 4,
+            };
+        kept += k;
+        weights += rows * cols;
         adapter_params += r * (rows + cols);
         largest = largest.max(rows * cols);
     }
     base *= l;
+    kept *= l;
+    weights *= l;
     adapter_params *= l;
+    // The trained tensors: the adapters, or SEFT's kept values (already in the base).
+    let seft = input.method == RepairMethod::Seft;
+    let (trained, adapter_bytes) = if seft { (kept, 0) } else { (adapter_params, adapter_params * b) };
     let embed = vocab * dim * b * if c.tie_word_embeddings { 1 } else { 2 } + (2 * l + 1) * dim * b;
-    let master = if input.dtype == DType::F32 { 0 } else { 4 * adapter_params };
-    let optimizer = 8 * adapter_params + master;
+    let master = if input.dtype == DType::F32 { 0 } else { 4 * trained };
+    let optimizer = 8 * trained + master;
     // Gradients: each backward hands back the dtype gradient, summed into f32 accumulators.
-    let grads = adapter_params * (4 + if input.dtype == DType::F32 { 0 } else { b });
+    let grads = trained * (4 + if input.dtype == DType::F32 { 0 } else { b });
 
-    let per_layer = n * (4 * dim + (2 * hq + 2 * hkv) * hd + 3 * hidden) * b + n * hq * 4;
+    let per_layer_of = |n: u64| n * (4 * dim + (2 * hq + 2 * hkv) * hd + 3 * hidden) * b + n * hq * 4;
+    let per_layer = per_layer_of(n);
     let kept_through_forward = if input.checkpointing { l * n * dim * b } else { l * per_layer };
-    // The activation side peaks in one of three phases; the plan takes the largest.
+    // The activation side peaks in one of the phases below; the plan takes the largest.
     // head: the logits and their gradient next to everything saved;
     let head = 2 * n * dim * b + 2 * n * vocab * b + n * 4;
     // layer: inside a decoder layer's backward, its rebuilt set (checkpointing), the
     // activation gradients (dy, then d(gate), d(up) while the product's gradient is alive:
-    // n·(dim + 2·hidden)) and the adapter gradients produced so far (at most all of them);
-    let layer = if input.checkpointing { per_layer } else { 0 } + n * (dim + 2 * hidden) * b + adapter_params * b;
+    // n·(dim + 2·hidden)) and the trained tensors' gradients produced so far (at most all);
+    let layer = if input.checkpointing { per_layer } else { 0 } + n * (dim + 2 * hidden) * b + trained * b;
     // update: activations are gone; the f32 accumulators and the last dtype gradients.
-    let phases = [
+    let mut phases = vec![
         ("logits and their gradient (head backward)", kept_through_forward, head),
         ("one decoder layer's backward", kept_through_forward, layer),
         ("optimizer update", 0, grads),
     ];
-    let (phase, saved, transient) = phases.into_iter().max_by_key(|(_, s, t)| s + t).expect("three phases");
+    match input.method {
+        RepairMethod::Losa => {
+            // A stage's re-selection peaks inside a decoder layer's forward (no tape) over a
+            // chunk of 4 calibration windows, next to all the windows' activations: the
+            // forward keeps every intermediate until it returns (the two norms, q/k/v and
+            // their RoPE copies, the attention output, o's output, the residual sum, gate,
+            // up and their product, down's output and the layer output).
+            let (t, chunk) = (input.seq_len as u64, 4 * input.seq_len as u64);
+            let calib = input.calib_samples as u64 * t * dim * b;
+            let forward = chunk * (6 * dim + 3 * (hq + hkv) * hd + 3 * hidden) * b;
+            phases.push(("LoSA stage re-selection", 0, calib + forward));
+        }
+        RepairMethod::Seft => {
+            // A drop-and-grow round's gradient pass (`dense_grad`, checkpointed): a dense copy
+            // of the decoder weights, their checkpointed inputs, and the larger of the head's
+            // backward and a layer's backward with every weight gradient so far; in bf16 the
+            // f32 accumulators are made next to the bf16 gradients.
+            let inputs = l * n * dim * b;
+            let layer_dense = per_layer + n * (dim + 2 * hidden) * b + weights * b;
+            let f32_acc = if input.dtype == DType::F32 { 0 } else { weights * 4 };
+            phases.push(("SEFT drop-and-grow round", inputs, weights * b + head.max(layer_dense) + f32_acc));
+        }
+        RepairMethod::MaskedLora | RepairMethod::Lors => {}
+    }
+    let (phase, saved, transient) = phases.into_iter().max_by_key(|(_, s, t)| s + t).expect("phases");
     let ws_elem = if input.cuda { b } else { 4 };
     let workspace = largest * ws_elem;
 
     let items = vec![
         PlanItem { name: "compressed base", bytes: base },
         PlanItem { name: "embeddings, head, norms", bytes: embed },
-        PlanItem { name: "adapters", bytes: adapter_params * b },
+        PlanItem { name: "adapters", bytes: adapter_bytes },
         PlanItem { name: "optimizer state", bytes: optimizer },
         PlanItem { name: "workspace", bytes: workspace },
         PlanItem { name: "saved activations", bytes: saved },
@@ -182,6 +228,8 @@ mod tests {
             rank: 16,
             checkpointing,
             cuda: true,
+            method: RepairMethod::MaskedLora,
+            calib_samples: 128,
         }
     }
 
@@ -197,5 +245,19 @@ mod tests {
         assert!(with.total_bytes as f64 / GIB <= 11.0, "with checkpointing: {:.2} GiB", with.total_bytes as f64 / GIB);
         assert!(without.total_bytes as f64 / GIB <= 20.0, "without: {:.2} GiB", without.total_bytes as f64 / GIB);
         assert!(without.total_bytes > with.total_bytes);
+        // LoRS holds what masked LoRA holds.
+        let lors = plan(&PlanInput { method: RepairMethod::Lors, ..llama7b(true) }).unwrap();
+        assert_eq!(lors.total_bytes, with.total_bytes);
+        // LoSA from a 50% source: the same tensors, and its re-selection phase by hand: 128
+        // windows of 2048 × 4096 bf16 activations, plus a layer's forward over 4 windows
+        // (per token 6·4096 + 3·(32 + 32)·128 + 3·11008 values).
+        let losa = plan(&PlanInput { method: RepairMethod::Losa, ..llama7b(true) }).unwrap();
+        let reselect = 128 * 2048 * 4096 * 2 + 4 * 2048 * (6 * 4096 + 3 * 64 * 128 + 3 * 11008) * 2;
+        assert_eq!((losa.peak_phase, losa.get("peak transient")), ("LoSA stage re-selection", reselect));
+        assert_eq!(losa.get("compressed base"), with.get("compressed base"));
+        // SEFT: 12 bytes of optimizer state per kept weight (m, v, f32 master), no adapters.
+        let seft = plan(&PlanInput { method: RepairMethod::Seft, ..llama7b(true) }).unwrap();
+        assert_eq!(seft.get("optimizer state"), 12 * (weights * 0.5).round() as u64);
+        assert_eq!((seft.get("adapters"), seft.peak_phase), (0, "SEFT drop-and-grow round"));
     }
 }

@@ -4,6 +4,9 @@
 //!   exact adapter gradients (`dB = s·(M⊙G)·Aᵀ`, `dA = s·Bᵀ·(M⊙G)`);
 //! - `lors`: the same adapters with LoRS's rearranged gradients (no out × in product) and
 //!   its gradient-SVD initialisation of A (see [`super::lors`]);
+//! - `losa`: masked LoRA with exact gradients, the sparsity raised in stages towards the
+//!   target, masks re-selected from the merged weights and per-layer ranks re-allocated
+//!   at each stage (see [`super::losa`]); it starts from the dense model (or any source);
 //! - `seft`: the kept weights themselves are trained, with drop-and-grow every
 //!   `interval` steps (see [`super::seft`]).
 //!
@@ -15,6 +18,7 @@ use std::str::FromStr;
 
 use super::adapters::{adapter_params, attach_masked_lora, LoraOptions};
 use super::checkpoint;
+use super::losa::{Losa, LosaOptions, LosaStage};
 use super::seft::{self, Evolution, SeftOptions};
 use super::trainer::{StepRecord, TrainConfig, TrainData, Trainer};
 use crate::model::llama::Llama;
@@ -28,26 +32,30 @@ pub enum RepairMethod {
     MaskedLora,
     /// LoRS: rearranged gradients, gradient-SVD initialisation.
     Lors,
+    /// LoSA: staged sparsity with per-layer sparsity and rank.
+    Losa,
     /// SEFT: trained sparse weights with drop-and-grow.
     Seft,
 }
 
 impl RepairMethod {
     /// Every method, in the order reports list them.
-    pub const ALL: [RepairMethod; 3] = [RepairMethod::MaskedLora, RepairMethod::Lors, RepairMethod::Seft];
+    pub const ALL: [RepairMethod; 4] =
+        [RepairMethod::MaskedLora, RepairMethod::Lors, RepairMethod::Losa, RepairMethod::Seft];
 
     /// Its command-line name.
     pub fn name(self) -> &'static str {
         match self {
             RepairMethod::MaskedLora => "masked-lora",
             RepairMethod::Lors => "lors",
+            RepairMethod::Losa => "losa",
             RepairMethod::Seft => "seft",
         }
     }
 
     /// True for the methods that train adapters (and can write an adapter file).
     pub fn has_adapters(self) -> bool {
-        matches!(self, RepairMethod::MaskedLora | RepairMethod::Lors)
+        matches!(self, RepairMethod::MaskedLora | RepairMethod::Lors | RepairMethod::Losa)
     }
 }
 
@@ -78,17 +86,27 @@ pub struct RepairOptions {
     pub init_samples: usize,
     /// SEFT's drop-and-grow constants.
     pub seft: SeftOptions,
+    /// LoSA's stages and calibration.
+    pub losa: LosaOptions,
 }
 
 impl RepairOptions {
-    /// `lora` with 128 LoRS initialisation windows and SEFT's defaults.
+    /// `lora` with 128 LoRS initialisation windows and SEFT's and LoSA's defaults.
     pub fn new(lora: LoraOptions) -> Self {
-        RepairOptions { lora, init_samples: 128, seft: SeftOptions::default() }
+        RepairOptions { lora, init_samples: 128, seft: SeftOptions::default(), losa: LosaOptions::default() }
+    }
+
+    /// The adapter options with `method`'s gradient mode (rearranged for LoRS, exact
+    /// otherwise).
+    pub fn lora_for(&self, method: RepairMethod) -> LoraOptions {
+        let grad = if method == RepairMethod::Lors { AdapterGrad::Rearranged } else { AdapterGrad::Exact };
+        LoraOptions { grad, ..self.lora }
     }
 }
 
-/// The model to train and its trained tensors, for `method`. LoRS reads `data` (its first
-/// `init_samples` windows, in order) to initialise A.
+/// The model to train and its trained tensors, for the single-stage methods (LoSA's stages
+/// need [`Repair`]). LoRS reads `data` (its first `init_samples` windows, in order) to
+/// initialise A.
 pub fn prepare(
     pruned: &Llama,
     method: RepairMethod,
@@ -96,11 +114,10 @@ pub fn prepare(
     data: &TrainData,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Llama, Vec<(String, Tensor)>)> {
-    let mut lora = opts.lora;
-    lora.grad = match method {
-        RepairMethod::Lors => AdapterGrad::Rearranged,
-        _ => AdapterGrad::Exact,
-    };
+    let lora = opts.lora_for(method);
+    if method == RepairMethod::Losa {
+        return Err(Error::invalid("LoSA runs in stages: set it up with Repair::new"));
+    }
     if method == RepairMethod::Seft {
         let model = seft::attach(pruned, lora.format)?;
         let params = seft::params(&model);
@@ -124,10 +141,13 @@ pub struct Repair {
     pub trainer: Trainer,
     /// SEFT's topology evolutions so far.
     pub evolutions: Vec<Evolution>,
+    /// LoSA's state (its stages so far).
+    pub losa: Option<Losa>,
 }
 
 impl Repair {
-    /// Sets up `method` on `pruned` (see [`prepare`]) with a fresh trainer.
+    /// Sets up `method` on `pruned` (see [`prepare`]; LoSA: on any source, see
+    /// [`Losa::new`]) with a fresh trainer.
     pub fn new(
         pruned: &Llama,
         method: RepairMethod,
@@ -139,8 +159,20 @@ impl Repair {
         if method == RepairMethod::Seft && opts.seft.interval == 0 {
             return Err(Error::invalid("SEFT's evolution interval must be at least 1 step"));
         }
+        if method == RepairMethod::Losa {
+            config.check()?;
+            let (losa, model) = Losa::new(pruned, opts.losa, opts.lora_for(method), data, config.steps)?;
+            let params = adapter_params(&model);
+            let trainer = Trainer::new(model, params, config)?;
+            return Ok(Repair { method, opts, trainer, evolutions: Vec::new(), losa: Some(losa) });
+        }
         let (model, params) = prepare(pruned, method, &opts, data, progress)?;
-        Ok(Repair { method, opts, trainer: Trainer::new(model, params, config)?, evolutions: Vec::new() })
+        Ok(Repair { method, opts, trainer: Trainer::new(model, params, config)?, evolutions: Vec::new(), losa: None })
+    }
+
+    /// The LoSA stage the next step will set up first (its re-selection takes a while).
+    pub fn pending_stage(&self) -> Option<usize> {
+        self.losa.as_ref().and_then(|l| l.due(self.trainer.step))
     }
 
     /// True when every step has run.
@@ -148,9 +180,14 @@ impl Repair {
         self.trainer.done()
     }
 
-    /// One optimizer step, then the method's hook (SEFT: evolve every `interval` steps,
-    /// except after the last).
+    /// One optimizer step with the methods' hooks: LoSA sets up every stage due before
+    /// it; SEFT evolves after every `interval` steps, except after the last.
     pub fn step(&mut self, data: &TrainData) -> Result<StepRecord> {
+        if let Some(losa) = self.losa.as_mut() {
+            while losa.due(self.trainer.step).is_some() {
+                losa.advance(&mut self.trainer)?;
+            }
+        }
         let record = self.trainer.train_step(data)?;
         if self.method == RepairMethod::Seft && self.trainer.step % self.opts.seft.interval == 0 && !self.done() {
             self.evolutions.push(seft::evolve(&mut self.trainer, data, &self.opts.seft)?);
@@ -158,10 +195,13 @@ impl Repair {
         Ok(record)
     }
 
-    /// Writes a checkpoint with the method's state (SEFT: its masks and evolutions).
+    /// Writes a checkpoint with the method's state (SEFT: its masks and evolutions; LoSA:
+    /// its masks and stages).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let state = serde_json::json!({ "evolutions": self.evolutions });
-        let extra = if self.method == RepairMethod::Seft { seft::masks(&self.trainer.model)? } else { Vec::new() };
+        let stages: &[LosaStage] = self.losa.as_ref().map_or(&[], |l| &l.stages);
+        let state = serde_json::json!({ "evolutions": self.evolutions, "losa_stages": stages });
+        let moves_masks = matches!(self.method, RepairMethod::Seft | RepairMethod::Losa);
+        let extra = if moves_masks { checkpoint::masks(&self.trainer.model)? } else { Vec::new() };
         checkpoint::save(path, &self.trainer, self.method.name(), state, &extra)
     }
 
@@ -177,12 +217,18 @@ impl Repair {
                 self.method
             )));
         }
+        let unreadable =
+            |e: serde_json::Error| Error::invalid(format!("{}: method state unreadable: {e}", path.display()));
         if self.method == RepairMethod::Seft {
             seft::restore_masks(&mut self.trainer.model, |n| ck.extra(n, &Device::cpu()))?;
         }
+        if let Some(losa) = self.losa.as_mut() {
+            let stages: Vec<LosaStage> =
+                serde_json::from_value(ck.meta.method_state["losa_stages"].clone()).map_err(unreadable)?;
+            losa.restore(&mut self.trainer, stages, |n| ck.extra(n, &Device::cpu()))?;
+        }
         ck.restore(&mut self.trainer, self.method.name())?;
-        self.evolutions = serde_json::from_value(ck.meta.method_state["evolutions"].clone())
-            .map_err(|e| Error::invalid(format!("{}: method state unreadable: {e}", path.display())))?;
+        self.evolutions = serde_json::from_value(ck.meta.method_state["evolutions"].clone()).map_err(unreadable)?;
         Ok(())
     }
 

@@ -1,5 +1,7 @@
 //! Learning-rate schedules: linear warmup from 0 to the peak over the first
-//! `warmup_steps`, then cosine (to `min_lr`), linear (to 0) or constant. Steps count from 1.
+//! `warmup_steps`, then cosine (to `min_lr`), linear (to 0) or constant. Steps count from 1;
+//! as in transformers' schedulers, the first step after the warmup runs at the peak and the
+//! floor is reached one step after the last (so no step runs at a zero rate).
 
 use std::f64::consts::PI;
 
@@ -7,9 +9,9 @@ use std::f64::consts::PI;
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Decay {
-    /// Half a cosine from the peak down to `min_lr` at the last step.
+    /// Half a cosine from the peak down to `min_lr` one step after the last.
     Cosine,
-    /// Straight line from the peak down to 0 at the last step (LoSA's schedule).
+    /// Straight line from the peak down to 0 one step after the last (LoSA's schedule).
     Linear,
     /// The peak throughout.
     Constant,
@@ -38,7 +40,7 @@ impl Schedule {
             return (peak * step as f64 / self.warmup_steps.max(1) as f64) as f32;
         }
         let span = self.total.saturating_sub(self.warmup_steps).max(1) as f64;
-        let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
+        let progress = ((step - 1 - self.warmup_steps) as f64 / span).min(1.0);
         let lr = match self.decay {
             Decay::Cosine => min + (peak - min) * 0.5 * (1.0 + (PI * progress).cos()),
             Decay::Linear => peak * (1.0 - progress),
@@ -56,12 +58,16 @@ mod tests {
     fn warmup_then_decay_hits_its_ends() {
         let s = Schedule { peak: 1.0, min_lr: 0.1, warmup_steps: 4, total: 14, decay: Decay::Cosine };
         assert_eq!(s.lr(1), 0.25);
-        assert_eq!(s.lr(4), 1.0);
-        // Halfway through the cosine: the mean of peak and floor.
-        assert!((s.lr(9) - 0.55).abs() < 1e-6, "{}", s.lr(9));
-        assert!((s.lr(14) - 0.1).abs() < 1e-6);
+        assert_eq!((s.lr(4), s.lr(5)), (1.0, 1.0));
+        // Halfway through the cosine (5 of its 10 steps done): the mean of peak and floor.
+        assert!((s.lr(10) - 0.55).abs() < 1e-6, "{}", s.lr(10));
+        // The last step still trains; the floor comes one step later.
+        let last = 0.1 + 0.9 * 0.5 * (1.0 + (0.9 * PI).cos());
+        assert!((f64::from(s.lr(14)) - last).abs() < 1e-6 && (s.lr(15) - 0.1).abs() < 1e-6);
         let lin = Schedule { decay: Decay::Linear, ..s };
-        assert!((lin.lr(9) - 0.5).abs() < 1e-6 && lin.lr(14) == 0.0);
+        assert!((lin.lr(10) - 0.5).abs() < 1e-6 && (lin.lr(14) - 0.1).abs() < 1e-6 && lin.lr(15) == 0.0);
+        // A one-step schedule without warmup runs at the peak.
+        assert_eq!(Schedule { total: 1, warmup_steps: 0, decay: Decay::Linear, ..s }.lr(1), 1.0);
         let c = Schedule { decay: Decay::Constant, warmup_steps: 0, ..s };
         assert_eq!(c.lr(1), 1.0);
     }

@@ -91,20 +91,7 @@ fn sparse_linears(model: &Llama) -> impl Iterator<Item = (usize, Proj, &SparseWe
     })
 }
 
-/// Every sparse linear's mask as U8 [out, ceil(in/8)] bitmask bytes, named `<module>.mask`
-/// (for checkpoints: the pattern changes during training).
-pub fn masks(model: &Llama) -> Result<Vec<(String, Tensor)>> {
-    let cpu = crate::Device::cpu();
-    sparse_linears(model)
-        .map(|(l, p, w)| {
-            let m = w.mask()?;
-            let t = Tensor::from_vec(m.bytes().to_vec(), [m.rows(), BitMask::stride_for(m.cols())], &cpu)?;
-            Ok((format!("{}.mask", super::module_name(l, p)), t))
-        })
-        .collect()
-}
-
-/// Puts saved masks (as [`masks`] names them) back into `model`'s sparse linears; their
+/// Puts saved masks (as [`super::checkpoint::masks`] names them) back into `model`'s sparse linears; their
 /// values are zeroed (the caller restores them, e.g. from the checkpoint's parameters).
 pub fn restore_masks(model: &mut Llama, mut get: impl FnMut(&str) -> Result<Tensor>) -> Result<()> {
     for (l, layer) in model.layers.iter_mut().enumerate() {

@@ -98,13 +98,14 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// The learning-rate schedule over `steps`.
-    pub fn schedule(&self) -> Schedule {
+    /// The learning-rate schedule over `steps` steps (all of them, or one stage of a
+    /// method that restarts its schedule per stage).
+    pub fn schedule(&self, steps: usize) -> Schedule {
         Schedule {
             peak: self.lr,
             min_lr: self.min_lr,
-            warmup_steps: (self.warmup * self.steps as f32).round() as usize,
-            total: self.steps,
+            warmup_steps: (self.warmup * steps as f32).round() as usize,
+            total: steps,
             decay: self.decay,
         }
     }
@@ -133,6 +134,12 @@ impl TrainData {
     /// True when there are no windows (never, for a constructed value).
     pub fn is_empty(&self) -> bool {
         self.windows.is_empty()
+    }
+
+    /// The inputs (first `seq_len` tokens) of the first `n` windows in stored order (all
+    /// of them when there are fewer): calibration samples drawn from the training text.
+    pub fn inputs(&self, n: usize) -> Vec<Vec<u32>> {
+        self.windows.iter().take(n).map(|w| w[..self.seq_len].to_vec()).collect()
     }
 
     /// Tokens per window read as inputs.
@@ -198,6 +205,9 @@ pub struct Trainer {
     pub config: TrainConfig,
     /// Steps completed.
     pub step: usize,
+    /// The steps the current schedule and optimizer run span: all of them, unless a
+    /// method restarts both per stage ([`Trainer::restart`], LoSA).
+    pub segment: std::ops::Range<usize>,
     /// Windows consumed so far (the data position).
     pub samples_seen: u64,
     /// Every step's record.
@@ -212,7 +222,26 @@ impl Trainer {
             return Err(Error::invalid("nothing to train: no trained tensors"));
         }
         let optimizer = AdamW::new(config.adamw, &params)?;
-        Ok(Trainer { model, params, optimizer, config, step: 0, samples_seen: 0, history: Vec::new() })
+        let segment = 0..config.steps;
+        Ok(Trainer { model, params, optimizer, config, step: 0, segment, samples_seen: 0, history: Vec::new() })
+    }
+
+    /// Trains `params` from now on (tensors the model holds; the old ones are dropped) with
+    /// a fresh optimizer, and restarts the schedule over the steps `segment` (within the
+    /// run; normally starting at the current step).
+    pub fn restart(&mut self, params: Vec<(String, Tensor)>, segment: std::ops::Range<usize>) -> Result<()> {
+        if segment.start > segment.end || segment.end > self.config.steps || params.is_empty() {
+            return Err(Error::invalid(format!(
+                "cannot restart training at step {} of {} over steps {segment:?} with {} tensors",
+                self.step,
+                self.config.steps,
+                params.len()
+            )));
+        }
+        self.optimizer = AdamW::new(self.config.adamw, &params)?;
+        self.params = params;
+        self.segment = segment;
+        Ok(())
     }
 
     /// True when every configured step has run.
@@ -259,7 +288,7 @@ impl Trainer {
         let micro = c.grad_accum as f64;
         let loss = (loss_sum / micro) as f32;
         let step = self.step + 1;
-        let lr = c.schedule().lr(step);
+        let lr = c.schedule(self.segment.len()).lr(step - self.segment.start);
         let mut record = StepRecord {
             step,
             loss,

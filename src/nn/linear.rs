@@ -62,6 +62,16 @@ impl Linear {
         }
     }
 
+    /// The compressed weight: the frozen base of a masked-LoRA linear, or the trained sparse
+    /// weight; None for a dense linear.
+    pub fn compressed(&self) -> Option<&SparseWeight> {
+        match self {
+            Linear::Dense(_) => None,
+            Linear::MaskedLora(l) => Some(&l.base),
+            Linear::Sparse(w) => Some(w),
+        }
+    }
+
     /// The dense weight; an error for a compressed linear (merge it first).
     pub fn dense(&self) -> Result<&Tensor> {
         match self {

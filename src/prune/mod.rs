@@ -28,7 +28,8 @@ pub use select::Pattern;
 pub use sparsegpt::SparseGptOptions;
 
 use crate::model::llama::{DecoderLayer, Llama, LlamaConfig, Proj};
-use crate::sparse::BitMask;
+use crate::nn::Linear;
+use crate::sparse::{BitMask, SparseWeight};
 use crate::{Error, Result, Tensor};
 use calib::{Activations, InputStats, StatsRequest};
 
@@ -217,9 +218,9 @@ fn check_options(model: &Llama, samples: &[Vec<u32>], opts: &PruneOptions) -> Re
     Ok(())
 }
 
-/// The weight of `p` in `layer` as host f32.
+/// The (merged) weight of `p` in `layer` as host f32.
 fn weight_f32(layer: &DecoderLayer, p: Proj) -> Result<Vec<f32>> {
-    layer.linear(p).dense()?.to_f32_vec()
+    layer.linear(p).merged()?.to_f32_vec()
 }
 
 /// Per-layer target sparsities; OWL runs its dense pass over the calibration samples.
@@ -357,6 +358,34 @@ fn prune_linear(
     }
 }
 
+/// The pruned form of a linear whose weight (merged, for a compressed one) was pruned to
+/// `pruned` with `mask`, and its final mask. A dense linear becomes the pruned weight. A
+/// compressed one keeps its layout under the new mask intersected with its old one (what
+/// was pruned stays pruned): a masked-LoRA linear keeps its base values there and its
+/// adapters, now masked by it (LoSA's unmerge; SparseGPT's updates of kept weights could
+/// not be kept, so it is refused); a trained sparse weight takes the pruned values.
+fn remask(old: Linear, pruned: Tensor, mask: BitMask, method: Method) -> Result<(Linear, BitMask)> {
+    let Some(w) = old.compressed() else { return Ok((Linear::new(pruned), mask)) };
+    let format = w.format();
+    if format != crate::sparse::SparseFormat::Bitmask {
+        return Err(Error::invalid("re-pruning an N:M compressed linear is not supported"));
+    }
+    let mask = mask.and(&w.mask()?)?;
+    let linear = match old {
+        Linear::MaskedLora(mut l) => {
+            if method == Method::SparseGpt {
+                return Err(Error::invalid(
+                    "SparseGPT updates the kept weights: a masked-LoRA linear can only be re-masked (use Wanda, magnitude or RIA)",
+                ));
+            }
+            l.base = SparseWeight::compress(&l.base.to_dense()?, &mask, format)?;
+            Linear::MaskedLora(l)
+        }
+        _ => Linear::Sparse(SparseWeight::compress(&pruned, &mask, format)?),
+    };
+    Ok((linear, mask))
+}
+
 /// Compresses a pruned weight to N:M (on its device), checks the round trip is bit-exact,
 /// and returns (compressed, dense) bytes.
 fn nm_round_trip(weight: &Tensor, mask: &BitMask, n: usize, m: usize) -> Result<(usize, usize)> {
@@ -390,7 +419,8 @@ fn nm_round_trip(weight: &Tensor, mask: &BitMask, n: usize, m: usize) -> Result<
 }
 
 /// Prunes every decoder linear of `model` in place (weights keep their dtype and device;
-/// pruned entries become exact zeros). `samples` are calibration windows of one length;
+/// pruned entries become exact zeros). Compressed linears are re-masked from their merged
+/// weights and stay compressed (see `remask`; LoSA's stages use this). `samples` are calibration windows of one length;
 /// `progress` is called after each layer.
 pub fn prune_model(
     model: &mut Llama,
@@ -423,13 +453,15 @@ pub fn prune_model(
             let [rows, cols] = p.shape(&cfg);
             let st = stats.as_ref().map(|s| &s[&p.input()]);
             let dsnot = opts.dsnot.filter(|d| d.include_mlp || matches!(p, Proj::Q | Proj::K | Proj::V | Proj::O));
-            let (new, mask, swaps) = prune_linear(layer.linear(p).dense()?, st, pattern, dsnot, opts)?;
+            let old = layer.linear(p).clone();
+            let (new, mask, swaps) = prune_linear(&old.merged()?, st, pattern, dsnot, opts)?;
             if let (Some(st), Pattern::NM { n, m }) = (nm_storage.as_mut(), pattern) {
                 let (c, d) = nm_round_trip(&new, &mask, n, m)?;
                 st.compressed_bytes += c;
                 st.dense_bytes += d;
             }
-            *layer.linear_mut(p) = crate::nn::Linear::new(new);
+            let (linear, mask) = remask(old, new, mask, opts.method)?;
+            *layer.linear_mut(p) = linear;
             zeros += rows * cols - mask.kept();
             total += rows * cols;
             linears.push(LinearReport { name: p.short(), rows, cols, sparsity: mask.sparsity(), dsnot_swaps: swaps });
@@ -475,6 +507,73 @@ mod tests {
         let m = Llama::random(&cfg, DType::F32, &Device::cpu(), 1).unwrap();
         let samples = (0..5).map(|s| (0..16).map(|t| ((s * 31 + t * 7) % cfg.vocab_size) as u32).collect()).collect();
         (m, samples)
+    }
+
+    /// Masked-LoRA and trained sparse linears are re-masked from their merged weights and
+    /// stay compressed: the new mask is inside the old one, a masked-LoRA base keeps its
+    /// values there and its adapters; SparseGPT (which rewrites kept weights) is refused.
+    #[test]
+    fn compressed_linears_are_re_masked_not_densified() {
+        use crate::finetune::{attach_masked_lora, seft, LoraOptions};
+        let (mut m, samples) = tiny();
+        prune_model(&mut m, &samples, &PruneOptions::new(Method::Wanda, Pattern::Unstructured(0.3)), &mut |_| {})
+            .unwrap();
+        let mut lora = LoraOptions::new(3, 6.0);
+        lora.b_std = 0.1;
+        let lm = attach_masked_lora(&m, lora).unwrap();
+        let wanda = PruneOptions::new(Method::Wanda, Pattern::Unstructured(0.5));
+        let mut re = lm.clone();
+        prune_model(&mut re, &samples, &wanda, &mut |_| {}).unwrap();
+        for (before, after) in lm.layers.iter().zip(&re.layers) {
+            for p in Proj::ALL {
+                let (Linear::MaskedLora(x), Linear::MaskedLora(y)) = (before.linear(p), after.linear(p)) else {
+                    panic!("{p:?} is no longer a masked-LoRA linear");
+                };
+                let (old, new) = (x.base.mask().unwrap(), y.base.mask().unwrap());
+                let (w0, w1) = (
+                    x.base.to_dense().unwrap().to_f32_vec().unwrap(),
+                    y.base.to_dense().unwrap().to_f32_vec().unwrap(),
+                );
+                let cols = old.cols();
+                for r in 0..old.rows() {
+                    // Wanda's quota per row, or the zeros the row already had.
+                    let quota = (cols as f64 * 0.5).floor() as usize;
+                    assert_eq!(cols - new.kept_in_row(r), quota.max(cols - old.kept_in_row(r)), "{p:?} row {r}");
+                    for c in 0..cols {
+                        assert!(old.get(r, c) || !new.get(r, c), "{p:?} ({r}, {c}) came back");
+                        let want = if new.get(r, c) { w0[r * cols + c] } else { 0.0 };
+                        assert_eq!(w1[r * cols + c], want, "{p:?} ({r}, {c})");
+                    }
+                }
+                assert_eq!(
+                    (x.a.to_f32_vec().unwrap(), x.b.to_f32_vec().unwrap()),
+                    (y.a.to_f32_vec().unwrap(), y.b.to_f32_vec().unwrap())
+                );
+            }
+        }
+        let mut sg = lm.clone();
+        let e = prune_model(
+            &mut sg,
+            &samples,
+            &PruneOptions::new(Method::SparseGpt, Pattern::Unstructured(0.5)),
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("SparseGPT"), "{e}");
+        // A trained sparse weight takes the pruned values and stays compressed.
+        let mut sp = seft::attach(&m, crate::sparse::SparseFormat::Bitmask).unwrap();
+        prune_model(&mut sp, &samples, &wanda, &mut |_| {}).unwrap();
+        for (layer, dense) in sp.layers.iter().zip(&m.layers) {
+            for p in Proj::ALL {
+                let Linear::Sparse(w) = layer.linear(p) else { panic!("{p:?} was densified") };
+                let (got, before) = (
+                    w.to_dense().unwrap().to_f32_vec().unwrap(),
+                    dense.linear(p).dense().unwrap().to_f32_vec().unwrap(),
+                );
+                assert!(got.iter().zip(&before).all(|(g, b)| *g == 0.0 || g == b));
+                assert!((w.mask().unwrap().sparsity() - 0.5).abs() < 0.05);
+            }
+        }
     }
 
     #[test]

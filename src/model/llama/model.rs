@@ -396,6 +396,28 @@ impl Llama {
         emb + head + per_layer + self.norm.elem_count()
     }
 
+    /// Per decoder layer: the fraction of its seven linears' weights that are pruned — the
+    /// zeros of a dense weight, the entries outside the mask of a compressed one (a kept
+    /// weight may be exactly 0, e.g. one SEFT has just grown).
+    pub fn layer_sparsity(&self) -> Result<Vec<f64>> {
+        self.layers
+            .iter()
+            .map(|layer| {
+                let (mut pruned, mut total) = (0usize, 0usize);
+                for p in Proj::ALL {
+                    let (rows, cols) = layer.linear(p).dims();
+                    let kept = match layer.linear(p).compressed() {
+                        Some(w) => w.nnz(),
+                        None => layer.linear(p).dense()?.to_f32_vec()?.iter().filter(|&&v| v != 0.0).count(),
+                    };
+                    pruned += rows * cols - kept;
+                    total += rows * cols;
+                }
+                Ok(pruned as f64 / total.max(1) as f64)
+            })
+            .collect()
+    }
+
     /// A dense model whose masked-LoRA linears are merged: W ← W⊙M + s·M⊙(B·A).
     pub fn merged(&self) -> Result<Llama> {
         let mut m = self.clone();

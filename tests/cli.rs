@@ -348,3 +348,31 @@ fn run_with_losa_prunes_the_dense_model_in_stages() {
         assert_eq!(&std::fs::read(dir.join(png)).unwrap()[..8], b"\x89PNG\r\n\x1a\n", "{png}");
     }
 }
+
+/// `bench step` on a small known shape (CPU): one JSON line per (method, checkpointing),
+/// a finite loss, and the measured peak within 10% of the plan at that shape.
+#[test]
+fn bench_step_reports_throughput_and_peak_next_to_the_plan() {
+    let (code, out, err) = sparsetune(&[
+        "bench",
+        "--reps",
+        "1",
+        "step",
+        "--shape",
+        "smollm2-135m",
+        "--seq-len",
+        "32",
+        "--methods",
+        "masked-lora,lors",
+        "--checkpointing",
+        "on",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    for r in &rows {
+        assert!(r["tokens_per_second"].as_f64().unwrap() > 0.0 && r["last_loss"].as_f64().unwrap().is_finite(), "{r}");
+        let (peak, plan) = (r["peak_bytes"].as_f64().unwrap(), r["planned_peak_bytes"].as_f64().unwrap());
+        assert!((peak - plan).abs() <= 0.10 * plan, "{}: measured {peak} vs planned {plan}", r["method"]);
+    }
+}

@@ -7,10 +7,16 @@ use std::time::Instant;
 use clap::{Args, Subcommand};
 
 use crate::device::CudaDevice;
+use crate::finetune::plan::{self, PlanInput};
+use crate::finetune::{adapter_params, attach_masked_lora, LoraOptions, RepairMethod, TrainConfig, TrainData, Trainer};
 use crate::linalg;
-use crate::prune::{sparsegpt, Pattern, SparseGptOptions};
+use crate::model::llama::{Llama, LlamaConfig, Proj};
+use crate::nn::Linear;
+use crate::ops::masked_lora::AdapterGrad;
+use crate::prune::{prune_model, sparsegpt, Method, Pattern, PruneOptions, SparseGptOptions};
+use crate::sparse::SparseFormat;
 use crate::testing::random_f64;
-use crate::{Device, Error, Result};
+use crate::{DType, Device, Error, Result, Tensor};
 
 /// Arguments of `sparsetune bench`.
 #[derive(Args, Debug)]
@@ -63,6 +69,33 @@ enum BenchKind {
         /// "0.5" (bitmask) or "2:4" (N:M base).
         #[arg(long, default_value = "0.5")]
         pattern: String,
+    },
+    /// One full training step (forward, backward, AdamW) of masked-lora and/or lors on a
+    /// random model of a known shape, magnitude-pruned to the pattern (one model for every
+    /// combination): tokens/s over `--reps` steps after one warm-up step, measured and
+    /// planned peak memory, one JSON line per (method, checkpointing).
+    Step {
+        /// A known shape (llama2-7b, llama2-13b, llama3-8b, smollm2-135m).
+        #[arg(long, default_value = "llama2-7b")]
+        shape: String,
+        /// Comma-separated: masked-lora, lors (LoRS's initialisation is not timed).
+        #[arg(long, default_value = "masked-lora,lors")]
+        methods: String,
+        /// "0.5" (bitmask) or "2:4" (N:M base).
+        #[arg(long, default_value = "0.5")]
+        pattern: String,
+        /// Adapter rank (alpha = 2·rank).
+        #[arg(long, default_value_t = 16)]
+        rank: usize,
+        /// Tokens per window.
+        #[arg(long, default_value_t = 2048)]
+        seq_len: usize,
+        /// Windows per step.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Comma-separated activation checkpointing settings: on, off.
+        #[arg(long, default_value = "on,off")]
+        checkpointing: String,
     },
 }
 
@@ -123,6 +156,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         BenchKind::MaskedLora { tokens, input, output, rank, pattern } => {
             masked_lora_bench(&device, a.reps, tokens, input, output, rank, &pattern)?;
+        }
+        BenchKind::Step { shape, methods, pattern, rank, seq_len, batch, checkpointing } => {
+            let methods = methods.split(',').map(str::parse).collect::<Result<Vec<RepairMethod>>>()?;
+            let ckpt = checkpointing
+                .split(',')
+                .map(|c| match c {
+                    "on" => Ok(true),
+                    "off" => Ok(false),
+                    other => Err(Error::invalid(format!("--checkpointing takes on/off, not '{other}'"))),
+                })
+                .collect::<Result<Vec<bool>>>()?;
+            step_bench(&device, a.reps, &shape, &methods, &pattern, rank, (seq_len, batch), &ckpt)?;
         }
         BenchKind::Sparsegpt { rows, cols, pattern } => {
             let pattern = match pattern.split_once(':') {
@@ -212,5 +257,127 @@ fn masked_lora_bench(
             "backward_exact_seconds": exact, "backward_exact_vs_gemms": (gemm_dx + gemm_g) / exact,
             "backward_rearranged_seconds": rearr, "backward_rearranged_vs_dx_gemm": gemm_dx / rearr})
     );
+    Ok(())
+}
+
+/// A model of `config` with weights uniform in ±0.035 (about N(0, 0.02)'s spread) and unit
+/// norms, filled in parallel from a hash of the position (a 7B model in seconds, where the
+/// seeded Gaussian generator takes minutes).
+fn fast_random_model(config: &LlamaConfig, dtype: DType, device: &Device) -> Result<Llama> {
+    use rayon::prelude::*;
+    Llama::from_named(config.clone(), |part| {
+        let shape = part.shape(config);
+        let n: usize = shape.iter().product();
+        let salt = part
+            .hf_name()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let mut v = vec![0f32; n];
+        if shape.len() == 1 {
+            v.fill(1.0);
+        } else {
+            v.par_chunks_mut(1 << 16).enumerate().for_each(|(c, chunk)| {
+                for (i, x) in chunk.iter_mut().enumerate() {
+                    let mut z = salt ^ ((c << 16) + i) as u64;
+                    // splitmix64
+                    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                    z ^= z >> 31;
+                    *x = ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * 0.035;
+                }
+            });
+        }
+        Tensor::from_f32(v, shape, dtype, device)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn step_bench(
+    device: &Device,
+    reps: usize,
+    shape: &str,
+    methods: &[RepairMethod],
+    pattern: &str,
+    rank: usize,
+    (seq_len, batch): (usize, usize),
+    checkpointing: &[bool],
+) -> Result<()> {
+    if let Some(m) = methods.iter().find(|m| !matches!(m, RepairMethod::MaskedLora | RepairMethod::Lors)) {
+        return Err(Error::invalid(format!("bench step times masked-lora and lors, not {m}")));
+    }
+    let (pat, format) = match pattern {
+        "2:4" => (Pattern::NM { n: 2, m: 4 }, SparseFormat::NM { n: 2, m: 4 }),
+        s => (Pattern::Unstructured(s.parse().map_err(|_| Error::invalid("bad --pattern"))?), SparseFormat::Bitmask),
+    };
+    let dtype = if device.is_cuda() { DType::BF16 } else { DType::F32 };
+    let config = plan::shape(shape)?;
+    let t0 = Instant::now();
+    let mut dense = fast_random_model(&config, dtype, device)?;
+    prune_model(&mut dense, &[], &PruneOptions::new(Method::Magnitude, pat), &mut |_| {})?;
+    let mut lora = LoraOptions::new(rank, 2.0 * rank as f32);
+    lora.format = format;
+    let sparsity = pat.sparsity();
+    let adapted = attach_masked_lora(&dense, lora)?;
+    drop(dense);
+    let setup = t0.elapsed().as_secs_f64();
+    let vocab = config.vocab_size as u64;
+    let stream: Vec<u32> = (0..(reps + 1) * batch * (seq_len + 1))
+        .map(|i| (((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20) % vocab) as u32)
+        .collect();
+    let data = TrainData::new(&[stream], seq_len)?;
+    for &method in methods {
+        for &ckpt in checkpointing {
+            let mut model = adapted.clone(); // shares the base; the adapters train in place
+            let grad = if method == RepairMethod::Lors { AdapterGrad::Rearranged } else { AdapterGrad::Exact };
+            for layer in &mut model.layers {
+                for p in Proj::ALL {
+                    if let Linear::MaskedLora(l) = layer.linear_mut(p) {
+                        l.grad = grad;
+                    }
+                }
+            }
+            let mut cfg = TrainConfig::new(reps + 1);
+            (cfg.seq_len, cfg.batch, cfg.checkpoint_layers, cfg.warmup) = (seq_len, batch, ckpt, 0.0);
+            let planned = plan::plan(&PlanInput {
+                config: config.clone(),
+                sparsity,
+                nm: match format {
+                    SparseFormat::NM { n, m } => Some((n, m)),
+                    SparseFormat::Bitmask => None,
+                },
+                dtype,
+                seq_len,
+                batch,
+                rank,
+                checkpointing: ckpt,
+                cuda: device.is_cuda(),
+                method,
+                calib_samples: 0,
+            })?
+            .total_bytes;
+            let params = adapter_params(&model);
+            let mut trainer = Trainer::new(model, params, cfg)?;
+            device.synchronize()?;
+            device.reset_peak_memory();
+            trainer.train_step(&data)?; // warm-up
+            device.synchronize()?;
+            let start = Instant::now();
+            while !trainer.done() {
+                trainer.train_step(&data)?;
+            }
+            device.synchronize()?;
+            let secs = start.elapsed().as_secs_f64() / reps.max(1) as f64;
+            println!(
+                "{}",
+                serde_json::json!({"bench": "train_step", "device": device.label(), "dtype": dtype.as_str(),
+                    "shape": shape, "method": method.name(), "pattern": pattern, "rank": rank, "seq_len": seq_len,
+                    "batch": batch, "checkpointing": ckpt, "steps_timed": reps, "seconds_per_step": secs,
+                    "tokens_per_second": (seq_len * batch) as f64 / secs, "peak_bytes": device.memory().peak_bytes,
+                    "planned_peak_bytes": planned, "setup_seconds": setup,
+                    "last_loss": trainer.history.last().map(|r| r.loss)})
+            );
+        }
+    }
     Ok(())
 }

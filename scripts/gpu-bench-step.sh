@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# On the GPU machine (device `run`, carry .carry and, for Liger, .whl): the end-to-end
+# training step at LLaMA-2-7B shapes (issue 8), ours and PyTorch's, JSON lines under $OUT.
+#   scripts/gpu-bench-step.sh ours    # sparsetune bench step: masked-lora and lors,
+#                                     # 50% unstructured and 2:4, checkpointing on and off
+#   scripts/gpu-bench-step.sh torch   # scripts/bench_peft.py: dense-lora, sp-lora, liger,
+#                                     # checkpointing on and off
+# Each part fits one 10-minute call at 7B; SHAPE=smollm2-135m for a quick smoke run.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-/tmp/sparsetune-gpu}"
+SHAPE="${SHAPE:-llama2-7b}"
+STEPS="${STEPS:-5}"
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+case "${1:-ours}" in
+ours)
+    mkdir -p /tmp/carry && tar -C /tmp/carry -xJf .carry/bin.tar.xz
+    for pattern in 0.5 2:4; do
+        /tmp/carry/bin/sparsetune bench --device cuda --reps "$STEPS" step --shape "$SHAPE" \
+            --pattern "$pattern" --methods masked-lora,lors --checkpointing on,off 2>&1 | tee -a "$OUT/step-ours.jsonl"
+    done
+    ;;
+torch)
+    if ls .whl/liger_kernel-*.whl >/dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+            && export PYTHONPATH=/tmp/site
+    fi
+    for mode in dense-lora sp-lora liger; do
+        for ck in "" --checkpointing; do
+            python3 scripts/bench_peft.py --mode "$mode" --shape "$SHAPE" --steps "$STEPS" $ck 2>&1 \
+                | tail -n 1 | tee -a "$OUT/step-torch.jsonl"
+        done
+    done
+    ;;
+*) echo "usage: $0 ours|torch" >&2; exit 2 ;;
+esac

@@ -5,6 +5,8 @@
 #                                     # 50% unstructured and 2:4, checkpointing on and off
 #   scripts/gpu-bench-step.sh torch   # scripts/bench_peft.py: dense-lora, sp-lora, liger,
 #                                     # checkpointing on and off
+#   scripts/gpu-bench-step.sh prune   # sparsetune bench prune: Wanda and SparseGPT, 50%,
+#                                     # 128 × 2048 calibration tokens, all layers
 # Each part fits one 10-minute call at 7B; SHAPE=smollm2-135m for a quick smoke run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,5 +35,12 @@ torch)
         done
     done
     ;;
-*) echo "usage: $0 ours|torch" >&2; exit 2 ;;
+prune)
+    mkdir -p /tmp/carry && tar -C /tmp/carry -xJf .carry/bin.tar.xz
+    for method in wanda sparsegpt; do
+        /tmp/carry/bin/sparsetune bench --device cuda prune --shape "$SHAPE" --method "$method" \
+            --samples "${SAMPLES:-128}" --seq-len 2048 2>&1 | tee -a "$OUT/prune-ours.jsonl"
+    done
+    ;;
+*) echo "usage: $0 ours|torch|prune" >&2; exit 2 ;;
 esac

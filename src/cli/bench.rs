@@ -70,6 +70,25 @@ enum BenchKind {
         #[arg(long, default_value = "0.5")]
         pattern: String,
     },
+    /// Pruning a random model of a known shape with calibration (all decoder layers,
+    /// sequential, calibration forward included): seconds and peak memory.
+    Prune {
+        /// A known shape (llama2-7b, llama2-13b, llama3-8b, smollm2-135m).
+        #[arg(long, default_value = "llama2-7b")]
+        shape: String,
+        /// wanda, sparsegpt, ria or magnitude.
+        #[arg(long, default_value = "wanda")]
+        method: String,
+        /// "0.5" (unstructured) or "2:4".
+        #[arg(long, default_value = "0.5")]
+        pattern: String,
+        /// Calibration windows.
+        #[arg(long, default_value_t = 128)]
+        samples: usize,
+        /// Tokens per calibration window.
+        #[arg(long, default_value_t = 2048)]
+        seq_len: usize,
+    },
     /// One full training step (forward, backward, AdamW) of masked-lora and/or lors on a
     /// random model of a known shape, magnitude-pruned to the pattern (one model for every
     /// combination): tokens/s over `--reps` steps after one warm-up step, measured and
@@ -157,6 +176,26 @@ pub fn run(a: BenchArgs) -> Result<()> {
         BenchKind::MaskedLora { tokens, input, output, rank, pattern } => {
             masked_lora_bench(&device, a.reps, tokens, input, output, rank, &pattern)?;
         }
+        BenchKind::Prune { shape, method, pattern, samples, seq_len } => {
+            let pattern = parse_pattern(&pattern)?;
+            let dtype = if device.is_cuda() { DType::BF16 } else { DType::F32 };
+            let config = plan::shape(&shape)?;
+            let mut model = fast_random_model(&config, dtype, &device)?;
+            let calib: Vec<Vec<u32>> =
+                (0..samples).map(|s| token_stream(seq_len, config.vocab_size, s as u64)).collect();
+            device.synchronize()?;
+            device.reset_peak_memory();
+            let start = Instant::now();
+            let report = prune_model(&mut model, &calib, &PruneOptions::new(method.parse()?, pattern), &mut |_| {})?;
+            device.synchronize()?;
+            println!(
+                "{}",
+                serde_json::json!({"bench": "prune_model", "device": device.label(), "dtype": dtype.as_str(),
+                    "shape": shape, "method": method, "pattern": pattern.to_string(), "samples": samples,
+                    "seq_len": seq_len, "seconds": start.elapsed().as_secs_f64(),
+                    "sparsity": report.overall_sparsity, "peak_bytes": device.memory().peak_bytes})
+            );
+        }
         BenchKind::Step { shape, methods, pattern, rank, seq_len, batch, checkpointing } => {
             let methods = methods.split(',').map(str::parse).collect::<Result<Vec<RepairMethod>>>()?;
             let ckpt = checkpointing
@@ -170,13 +209,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             step_bench(&device, a.reps, &shape, &methods, &pattern, rank, (seq_len, batch), &ckpt)?;
         }
         BenchKind::Sparsegpt { rows, cols, pattern } => {
-            let pattern = match pattern.split_once(':') {
-                Some((n, m)) => Pattern::NM {
-                    n: n.parse().map_err(|_| Error::invalid("bad --pattern"))?,
-                    m: m.parse().map_err(|_| Error::invalid("bad --pattern"))?,
-                },
-                None => Pattern::Unstructured(pattern.parse().map_err(|_| Error::invalid("bad --pattern"))?),
-            };
+            let pattern = parse_pattern(&pattern)?;
             let h = spd(cols);
             let w = random_f64(rows * cols, 1.0, 8);
             let opts = SparseGptOptions::default();
@@ -260,6 +293,22 @@ fn masked_lora_bench(
     Ok(())
 }
 
+/// "0.5" (unstructured) or "N:M".
+fn parse_pattern(s: &str) -> Result<Pattern> {
+    let bad = || Error::invalid(format!("bad --pattern '{s}' (a sparsity like 0.5, or N:M)"));
+    Ok(match s.split_once(':') {
+        Some((n, m)) => Pattern::NM { n: n.parse().map_err(|_| bad())?, m: m.parse().map_err(|_| bad())? },
+        None => Pattern::Unstructured(s.parse().map_err(|_| bad())?),
+    })
+}
+
+/// `n` pseudo-random token ids below `vocab` (a multiplicative hash of the position).
+fn token_stream(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    (0..n as u64)
+        .map(|i| ((i.wrapping_add(seed << 32).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20) % vocab as u64) as u32)
+        .collect()
+}
+
 /// A model of `config` with weights uniform in ±0.035 (about N(0, 0.02)'s spread) and unit
 /// norms, filled in parallel from a hash of the position (a 7B model in seconds, where the
 /// seeded Gaussian generator takes minutes).
@@ -306,9 +355,10 @@ fn step_bench(
     if let Some(m) = methods.iter().find(|m| !matches!(m, RepairMethod::MaskedLora | RepairMethod::Lors)) {
         return Err(Error::invalid(format!("bench step times masked-lora and lors, not {m}")));
     }
-    let (pat, format) = match pattern {
-        "2:4" => (Pattern::NM { n: 2, m: 4 }, SparseFormat::NM { n: 2, m: 4 }),
-        s => (Pattern::Unstructured(s.parse().map_err(|_| Error::invalid("bad --pattern"))?), SparseFormat::Bitmask),
+    let pat = parse_pattern(pattern)?;
+    let format = match pat {
+        Pattern::NM { n, m } => SparseFormat::NM { n, m },
+        Pattern::Unstructured(_) => SparseFormat::Bitmask,
     };
     let dtype = if device.is_cuda() { DType::BF16 } else { DType::F32 };
     let config = plan::shape(shape)?;
@@ -321,11 +371,7 @@ fn step_bench(
     let adapted = attach_masked_lora(&dense, lora)?;
     drop(dense);
     let setup = t0.elapsed().as_secs_f64();
-    let vocab = config.vocab_size as u64;
-    let stream: Vec<u32> = (0..(reps + 1) * batch * (seq_len + 1))
-        .map(|i| (((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20) % vocab) as u32)
-        .collect();
-    let data = TrainData::new(&[stream], seq_len)?;
+    let data = TrainData::new(&[token_stream((reps + 1) * batch * (seq_len + 1), config.vocab_size, 0)], seq_len)?;
     for &method in methods {
         for &ckpt in checkpointing {
             let mut model = adapted.clone(); // shares the base; the adapters train in place

@@ -5,8 +5,9 @@
 #                                     # 50% unstructured and 2:4, checkpointing on and off
 #   scripts/gpu-bench-step.sh torch   # scripts/bench_peft.py: dense-lora, sp-lora, liger,
 #                                     # checkpointing on and off
-#   scripts/gpu-bench-step.sh prune   # sparsetune bench prune: Wanda and SparseGPT, 50%,
-#                                     # 128 × 2048 calibration tokens, all layers
+#   scripts/gpu-bench-step.sh prune   # Wanda and SparseGPT, 50%, 128 × 2048 calibration
+#                                     # tokens, all layers: sparsetune bench prune, then
+#                                     # scripts/bench_prune_torch.py (PyTorch reference)
 # Each part fits one 10-minute call at 7B; SHAPE=smollm2-135m for a quick smoke run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +41,8 @@ prune)
     for method in wanda sparsegpt; do
         /tmp/carry/bin/sparsetune bench --device cuda prune --shape "$SHAPE" --method "$method" \
             --samples "${SAMPLES:-128}" --seq-len 2048 2>&1 | tee -a "$OUT/prune-ours.jsonl"
+        python3 scripts/bench_prune_torch.py --shape "$SHAPE" --method "$method" --samples "${SAMPLES:-128}" \
+            --seq-len 2048 2>&1 | tail -n 1 | tee -a "$OUT/prune-torch.jsonl"
     done
     ;;
 *) echo "usage: $0 ours|torch|prune" >&2; exit 2 ;;

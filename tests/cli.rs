@@ -244,6 +244,7 @@ fn finetune_real_model_keeps_zeros_and_resumes() {
         ]);
         assert_eq!(code, 0, "eval of the compressed export: {err}");
     }
+    common::remove_scratch(&dir);
 }
 
 /// The main job end to end on the real model, tiny settings: a table, report.json with the
@@ -293,6 +294,7 @@ fn run_main_job_end_to_end_and_resume() {
     let (code, _, err) = sparsetune(&[&args[..], &["--resume"]].concat());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("reusing") && err.contains("resumed from") && err.contains("at step 3"), "{err}");
+    common::remove_scratch(&dir);
 }
 
 /// `run --repair losa`: LoSA prunes the dense model in five stages towards the target,
@@ -347,6 +349,7 @@ fn run_with_losa_prunes_the_dense_model_in_stages() {
     for png in ["loss.png", "perplexity.png", "layers.png", "rank.png"] {
         assert_eq!(&std::fs::read(dir.join(png)).unwrap()[..8], b"\x89PNG\r\n\x1a\n", "{png}");
     }
+    common::remove_scratch(&dir);
 }
 
 /// `bench step` on a small known shape (CPU): one JSON line per (method, checkpointing),

@@ -33,6 +33,7 @@ fn safetensors_round_trip_is_bit_exact() {
         }
         assert_eq!(logits(&m), logits(&back));
     }
+    common::remove_scratch(&dir);
 }
 
 /// llama.cpp's HF→GGUF permutation of Q/K rows (the inverse of our `unpermute_rows`).
@@ -202,6 +203,7 @@ fn hf_directory_with_config_and_tokenizer_json_loads() {
     std::fs::write(dir.join("tokenizer.json"), json.to_string()).unwrap();
     let tok = llama::load_tokenizer(&dir).unwrap();
     assert_eq!(tok.encode("t5 t7").unwrap(), vec![5, 7]);
+    common::remove_scratch(&dir);
 }
 
 #[test]
@@ -247,4 +249,5 @@ fn sparse_bitmask_export_round_trips_bit_exactly() {
     std::fs::write(&bad, &bytes).unwrap();
     let e = llama::load(&bad, &dev, DType::F32).unwrap_err().to_string();
     assert!(e.contains("row 1 starts at value"), "{e}");
+    common::remove_scratch(&dir);
 }

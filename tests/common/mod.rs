@@ -13,6 +13,12 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// Removes a scratch directory once its test has checked what it wrote (the real-model
+/// tests leave gigabytes otherwise); a failing test keeps it for inspection.
+pub fn remove_scratch(dir: &std::path::Path) {
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// The tiny random LLaMA used across tests (GQA 4/2, tied embeddings, 2 layers).
 pub fn tiny_model(dtype: DType, device: &Device, seed: u64) -> Llama {
     Llama::random(&LlamaConfig::tiny(), dtype, device, seed).expect("tiny model")

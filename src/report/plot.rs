@@ -396,27 +396,8 @@ fn render_line(
         let names: Vec<&str> = series.iter().map(|s| s.name).collect();
         legend_position(size, &names, &boxes)
     });
-    ensure_font()?;
-
-    let mut buf = vec![255u8; size.0 as usize * size.1 as usize * 3];
-    {
+    render_chart(path, size, title, (x_axis, y_axis), Some(x_label), y_label, legend, |chart| {
         let err = draw_err(path);
-        let root = BitMapBackend::with_buffer(&mut buf, size).into_drawing_area();
-        root.fill(&WHITE).map_err(&err)?;
-        let mut builder = ChartBuilder::on(&root);
-        builder.margin(15).x_label_area_size(45).y_label_area_size(75);
-        if !title.is_empty() {
-            builder.caption(title, (FONT, TITLE_SIZE));
-        }
-        let mut chart = builder.build_cartesian_2d(x_axis, y_axis).map_err(&err)?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .label_style((FONT, TICK_SIZE))
-            .axis_desc_style((FONT, DESC_SIZE))
-            .draw()
-            .map_err(&err)?;
         for (i, (s, points)) in series.iter().zip(&data).enumerate() {
             let color = PALETTE[i % PALETTE.len()];
             let marker = if points.len() <= 40 { 3 } else { 0 };
@@ -426,12 +407,8 @@ fn render_line(
                 .label(s.name)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], color.stroke_width(2)));
         }
-        if let Some(pos) = legend {
-            draw_legend(&mut chart, pos).map_err(&err)?;
-        }
-        root.present().map_err(&err)?;
-    }
-    Ok(buf)
+        Ok(())
+    })
 }
 
 /// Renders a grouped bar chart into an RGB8 buffer of `size`; see [`bar_chart`].
@@ -521,27 +498,8 @@ fn render_bar(
         let names: Vec<&str> = series.iter().map(|s| s.0).collect();
         legend_position(size, &names, &boxes)
     });
-    ensure_font()?;
-
-    let mut buf = vec![255u8; size.0 as usize * size.1 as usize * 3];
-    {
+    render_chart(path, size, title, (x_axis, y_axis), None, y_label, legend, |chart| {
         let err = draw_err(path);
-        let root = BitMapBackend::with_buffer(&mut buf, size).into_drawing_area();
-        root.fill(&WHITE).map_err(&err)?;
-        let mut builder = ChartBuilder::on(&root);
-        builder.margin(15).x_label_area_size(35).y_label_area_size(75);
-        if !title.is_empty() {
-            builder.caption(title, (FONT, TITLE_SIZE));
-        }
-        let mut chart = builder.build_cartesian_2d(x_axis, y_axis).map_err(&err)?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .y_desc(y_label)
-            .label_style((FONT, TICK_SIZE))
-            .axis_desc_style((FONT, DESC_SIZE))
-            .draw()
-            .map_err(&err)?;
         for (j, (name, vals)) in series.iter().enumerate() {
             let color = PALETTE[j % PALETTE.len()];
             let bars = vals.iter().enumerate().filter(|(_, v)| plottable(**v)).map(|(i, &v)| {
@@ -555,6 +513,44 @@ fn render_bar(
                 .label(*name)
                 .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled()));
         }
+        Ok(())
+    })
+}
+
+/// The chart both renderers share, as RGB8 pixels of `size`: white background, margins,
+/// the title, a labelled y axis with ticks, and either a labelled x axis (`x_desc`) or,
+/// for categories, no x label and no vertical grid lines; `draw` adds the series, then the
+/// legend goes at `legend`.
+#[allow(clippy::too_many_arguments)]
+fn render_chart(
+    path: &Path,
+    size: (u32, u32),
+    title: &str,
+    (x_axis, y_axis): (Axis, Axis),
+    x_desc: Option<&str>,
+    y_desc: &str,
+    legend: Option<SeriesLabelPosition>,
+    draw: impl FnOnce(&mut ChartContext<'_, BitMapBackend<'_>, Cartesian2d<Axis, Axis>>) -> Result<()>,
+) -> Result<Vec<u8>> {
+    ensure_font()?;
+    let mut buf = vec![255u8; size.0 as usize * size.1 as usize * 3];
+    {
+        let err = draw_err(path);
+        let root = BitMapBackend::with_buffer(&mut buf, size).into_drawing_area();
+        root.fill(&WHITE).map_err(&err)?;
+        let mut builder = ChartBuilder::on(&root);
+        builder.margin(15).x_label_area_size(if x_desc.is_some() { 45 } else { 35 }).y_label_area_size(75);
+        if !title.is_empty() {
+            builder.caption(title, (FONT, TITLE_SIZE));
+        }
+        let mut chart = builder.build_cartesian_2d(x_axis, y_axis).map_err(&err)?;
+        let mut mesh = chart.configure_mesh();
+        match x_desc {
+            Some(d) => mesh.x_desc(d),
+            None => mesh.disable_x_mesh(),
+        };
+        mesh.y_desc(y_desc).label_style((FONT, TICK_SIZE)).axis_desc_style((FONT, DESC_SIZE)).draw().map_err(&err)?;
+        draw(&mut chart)?;
         if let Some(pos) = legend {
             draw_legend(&mut chart, pos).map_err(&err)?;
         }

@@ -247,9 +247,8 @@ fn masked_lora_bench(
     rank: usize,
     pattern: &str,
 ) -> Result<()> {
-    use crate::ops::masked_lora::{backward, forward, AdapterGrad};
-    use crate::sparse::{BitMask, SparseFormat, SparseWeight};
-    use crate::{DType, Tensor};
+    use crate::ops::masked_lora::{backward, forward};
+    use crate::sparse::{BitMask, SparseWeight};
     use rand::{Rng, SeedableRng};
     let dtype = if device.is_cuda() { DType::BF16 } else { DType::F32 };
     let format = if pattern == "2:4" { SparseFormat::NM { n: 2, m: 4 } } else { SparseFormat::Bitmask };

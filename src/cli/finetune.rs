@@ -175,10 +175,9 @@ pub(super) fn planned_peak(
     cfg: &TrainConfig,
     opts: &RepairOptions,
 ) -> Result<u64> {
-    let per_layer = source.layer_sparsity()?;
     let input = PlanInput {
         config: source.config.clone(),
-        sparsity: per_layer.iter().sum::<f64>() / per_layer.len().max(1) as f64,
+        sparsity: source.sparsity()?,
         nm: match opts.lora.format {
             SparseFormat::NM { n, m } => Some((n, m)),
             SparseFormat::Bitmask => None,

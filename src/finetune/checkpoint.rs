@@ -61,6 +61,19 @@ pub fn masks(model: &Llama) -> Result<Vec<(String, Tensor)>> {
     Ok(v)
 }
 
+/// The mask [`masks`] saved for linear `p` of layer `l` ([rows, cols]), read through `get`
+/// (e.g. [`Checkpoint::extra`]).
+pub fn read_mask(
+    get: &mut impl FnMut(&str) -> Result<Tensor>,
+    l: usize,
+    p: Proj,
+    rows: usize,
+    cols: usize,
+) -> Result<BitMask> {
+    let bytes = get(&format!("{}.mask", super::module_name(l, p)))?.to_vec::<u8>()?;
+    BitMask::from_bytes(rows, cols, bytes)
+}
+
 /// The conventional checkpoint path inside a checkpoint directory.
 pub fn path_in(dir: &Path) -> PathBuf {
     dir.join("checkpoint.safetensors")

@@ -36,7 +36,7 @@ use crate::model::llama::{Llama, Proj};
 use crate::nn::Linear;
 use crate::prune::calib::Activations;
 use crate::prune::{prune_model, Allocation, Method, Pattern, PruneOptions};
-use crate::sparse::{BitMask, SparseFormat, SparseWeight};
+use crate::sparse::{SparseFormat, SparseWeight};
 use crate::{Error, Result, Tensor};
 
 /// Sparsity of stage `t` of `stages` towards `target`: `s·(1 − (1 − t/T)³)`.
@@ -331,10 +331,7 @@ impl Losa {
         }
         let target = match opts.target {
             Some(t) => t,
-            None => {
-                let per_layer = source.layer_sparsity()?;
-                per_layer.iter().sum::<f64>() / per_layer.len().max(1) as f64
-            }
+            None => source.sparsity()?,
         };
         if !(target > 0.0 && target < 1.0) {
             return Err(Error::invalid(format!(
@@ -475,8 +472,7 @@ impl Losa {
                     return Err(Error::invalid("LoSA: the model's linears are not masked-LoRA linears"));
                 };
                 let (rows, cols) = (lin.base.rows(), lin.base.cols());
-                let bytes = mask(&format!("{}.mask", super::module_name(l, p)))?.to_vec::<u8>()?;
-                let m = BitMask::from_bytes(rows, cols, bytes)?;
+                let m = super::checkpoint::read_mask(&mut mask, l, p, rows, cols)?;
                 lin.base = SparseWeight::compress(&lin.base.to_dense()?, &m, SparseFormat::Bitmask)?;
                 let r = last.ranks[l];
                 lin.a = Tensor::zeros([r, cols], lin.a.dtype(), lin.a.device())?;

@@ -97,8 +97,7 @@ pub fn restore_masks(model: &mut Llama, mut get: impl FnMut(&str) -> Result<Tens
     for (l, layer) in model.layers.iter_mut().enumerate() {
         for p in Proj::ALL {
             let Linear::Sparse(w) = layer.linear_mut(p) else { continue };
-            let bytes = get(&format!("{}.mask", super::module_name(l, p)))?.to_vec::<u8>()?;
-            let mask = BitMask::from_bytes(w.rows(), w.cols(), bytes)?;
+            let mask = super::checkpoint::read_mask(&mut get, l, p, w.rows(), w.cols())?;
             let zeros = Tensor::zeros([w.rows(), w.cols()], DType::F32, &crate::Device::cpu())?;
             w.repack(&zeros, &mask)?;
         }

@@ -418,6 +418,13 @@ impl Llama {
             .collect()
     }
 
+    /// The fraction of all decoder-linear weights that are pruned (the mean of
+    /// [`Llama::layer_sparsity`]: every layer has the same shapes).
+    pub fn sparsity(&self) -> Result<f64> {
+        let per_layer = self.layer_sparsity()?;
+        Ok(per_layer.iter().sum::<f64>() / per_layer.len().max(1) as f64)
+    }
+
     /// A dense model whose masked-LoRA linears are merged: W ← W⊙M + s·M⊙(B·A).
     pub fn merged(&self) -> Result<Llama> {
         let mut m = self.clone();

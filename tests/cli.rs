@@ -76,7 +76,7 @@ fn bad_input_is_a_clear_error() {
     std::fs::write(&junk, b"GGUF\x03\x00\x00\x00garbage").unwrap();
     let (code, _, err) = sparsetune(&["eval", "--model", junk.to_str().unwrap(), "--text", short.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(err.starts_with("error:") && !err.contains("panicked"), "{err}");
+    assert!(err.lines().any(|l| l.starts_with("error:")) && !err.contains("panicked"), "{err}");
 
     let (code, _, err) = sparsetune(&["eval", "--model", model, "--text", short.to_str().unwrap(), "--device", "tpu"]);
     assert_eq!(code, 1);
@@ -290,6 +290,17 @@ fn run_main_job_end_to_end_and_resume() {
     for png in ["loss.png", "perplexity.png", "layers.png"] {
         let bytes = std::fs::read(dir.join(png)).unwrap();
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png}");
+    }
+    // Both models are Hugging Face directories: config, tokenizer, weights.
+    for sub in ["pruned", "repaired"] {
+        for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"] {
+            assert!(dir.join(sub).join(f).is_file(), "{sub}/{f} missing");
+        }
+        let src = sparsetune::model::llama::ModelSource::open(&dir.join(sub)).unwrap();
+        assert_eq!(src.config().num_hidden_layers, 30);
+        let gguf = sparsetune::model::llama::load_tokenizer(&model).unwrap();
+        let text = "Call me Ishmael. In 1851, <|im_start|>";
+        assert_eq!(src.tokenizer().unwrap().encode_document(text).unwrap(), gguf.encode_document(text).unwrap());
     }
     let (code, _, err) = sparsetune(&[&args[..], &["--resume"]].concat());
     assert_eq!(code, 0, "{err}");

@@ -28,7 +28,7 @@ fn model() -> Option<&'static (Llama, Tokenizer)> {
 fn obama_ppl(seq_len: usize, windows: usize) -> Option<f64> {
     let (model, tok) = model()?;
     let text = asset_path(OBAMA)?;
-    let ids = tokenize_file(tok, &text).expect("tokenize");
+    let ids = tokenize_file(tok, &text, "text").expect("tokenize");
     let streams = vec![ids];
     let w = windows_of_streams(&streams, seq_len, Some(windows)).expect("windows");
     Some(perplexity(model, &w, |_, _| {}).expect("perplexity").perplexity)
@@ -38,7 +38,7 @@ fn obama_ppl(seq_len: usize, windows: usize) -> Option<f64> {
 fn tokenizer_matches_reference_ids() {
     let Some((_, tok)) = model() else { return };
     let Some(text) = asset_path(OBAMA) else { return };
-    let ids = tokenize_file(tok, &text).unwrap();
+    let ids = tokenize_file(tok, &text, "text").unwrap();
     assert_eq!(ids.len(), 7056);
     assert_eq!(&ids[..10], &[24405, 332, 32436, 28, 4994, 30, 20605, 4267, 28, 16647]);
 }

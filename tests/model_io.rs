@@ -140,7 +140,7 @@ fn bad_model_files_are_clear_errors() {
     let mut wide = m.config.clone();
     wide.intermediate_size += 8;
     let mut meta = BTreeMap::new();
-    meta.insert("sparsetune.config".to_string(), wide.to_hf_json());
+    meta.insert("sparsetune.config".to_string(), wide.to_hf_json(DType::F32).unwrap());
     let p = dir.join("shape.safetensors");
     llama::save_safetensors(&m, &p, DType::F32, None, &BTreeMap::new()).unwrap();
     let raw = sparsetune::io::SafetensorsFile::open(&p).unwrap();
@@ -162,8 +162,8 @@ fn bad_model_files_are_clear_errors() {
     assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
 
     // Not a LLaMA.
-    let e = LlamaConfig::from_hf_json(r#"{"model_type":"gpt2","vocab_size":1,"hidden_size":4,"intermediate_size":4,"num_hidden_layers":1,"num_attention_heads":1}"#).unwrap_err();
-    assert!(e.to_string().contains("not llama"), "{e}");
+    let e = LlamaConfig::from_hf_json(r#"{"model_type":"gpt2","vocab_size":1,"hidden_size":4,"intermediate_size":4,"num_hidden_layers":1,"num_attention_heads":1}"#, "config.json").unwrap_err();
+    assert!(e.to_string().contains("'model_type' = \"gpt2\""), "{e}");
 }
 
 /// A Hugging Face style directory: model.safetensors without our metadata, config.json
@@ -190,7 +190,7 @@ fn hf_directory_with_config_and_tokenizer_json_loads() {
         .collect();
     sparsetune::io::write_safetensors(dir.join("model.safetensors"), &entries, &BTreeMap::new()).unwrap();
     assert!(llama::load(&dir, &dev, DType::F32).unwrap_err().to_string().contains("config.json"));
-    std::fs::write(dir.join("config.json"), m.config.to_hf_json()).unwrap();
+    std::fs::write(dir.join("config.json"), m.config.to_hf_json(DType::F32).unwrap()).unwrap();
     let back = llama::load(&dir, &dev, DType::F32).unwrap();
     assert_eq!(logits(&back), logits(&m));
     assert!(llama::load_tokenizer(&dir).is_err(), "no tokenizer anywhere is an error");

@@ -10,7 +10,7 @@ use crate::device::CudaDevice;
 use crate::finetune::plan::{self, PlanInput};
 use crate::finetune::{adapter_params, attach_masked_lora, LoraOptions, RepairMethod, TrainConfig, TrainData, Trainer};
 use crate::linalg;
-use crate::model::llama::{Llama, LlamaConfig, Proj};
+use crate::model::llama::{Llama, LlamaConfig, Part, Proj};
 use crate::nn::Linear;
 use crate::ops::masked_lora::AdapterGrad;
 use crate::prune::{prune_model, sparsegpt, Method, Pattern, PruneOptions, SparseGptOptions};
@@ -33,6 +33,23 @@ pub struct BenchArgs {
 
 #[derive(Subcommand, Debug)]
 enum BenchKind {
+    /// Writes a random model of a known shape as a Hugging Face directory (sharded, a
+    /// tensor at a time, so a 7B model needs the memory of one tensor), with a byte-level
+    /// tokenizer: the input of the bounded-memory pruning benchmark. Prints one JSON line.
+    MakeModel {
+        /// A known shape (llama2-7b, llama2-13b, llama3-8b, smollm2-135m).
+        #[arg(long, default_value = "llama2-7b")]
+        shape: String,
+        /// Stored dtype: bf16, f16 or f32.
+        #[arg(long, default_value = "bf16")]
+        dtype: String,
+        /// Largest shard (e.g. 5GB).
+        #[arg(long, default_value = "5GB")]
+        max_shard_size: String,
+        /// Output directory.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Upper Cholesky factor of H⁻¹ (SparseGPT's step 3) for an n×n SPD matrix.
     Cholesky {
         /// Matrix size.
@@ -153,6 +170,9 @@ fn cuda(device: &Device) -> Option<&CudaDevice> {
 pub fn run(a: BenchArgs) -> Result<()> {
     let device = Device::from_name(&a.device)?;
     match a.what {
+        BenchKind::MakeModel { shape, dtype, max_shard_size, out } => {
+            make_model(&shape, &dtype, &max_shard_size, &out)?
+        }
         BenchKind::Cholesky { n } => {
             let h = spd(n);
             let secs = match cuda(&device) {
@@ -308,36 +328,65 @@ fn token_stream(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
-/// A model of `config` with weights uniform in ±0.035 (about N(0, 0.02)'s spread) and unit
-/// norms, filled in parallel from a hash of the position (a 7B model in seconds, where the
-/// seeded Gaussian generator takes minutes).
-fn fast_random_model(config: &LlamaConfig, dtype: DType, device: &Device) -> Result<Llama> {
+/// `part`'s weights for `config`: matrices uniform in ±0.035 (about N(0, 0.02)'s spread),
+/// norms 1, filled in parallel from a hash of the name and position (a 7B model in
+/// seconds, where the seeded Gaussian generator takes minutes).
+fn fast_random_tensor(part: &Part, config: &LlamaConfig, dtype: DType, device: &Device) -> Result<Tensor> {
     use rayon::prelude::*;
-    Llama::from_named(config.clone(), |part| {
-        let shape = part.shape(config);
-        let n: usize = shape.iter().product();
-        let salt = part
-            .hf_name()
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-        let mut v = vec![0f32; n];
-        if shape.len() == 1 {
-            v.fill(1.0);
-        } else {
-            v.par_chunks_mut(1 << 16).enumerate().for_each(|(c, chunk)| {
-                for (i, x) in chunk.iter_mut().enumerate() {
-                    let mut z = salt ^ ((c << 16) + i) as u64;
-                    // splitmix64
-                    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-                    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-                    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-                    z ^= z >> 31;
-                    *x = ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * 0.035;
-                }
-            });
-        }
-        Tensor::from_f32(v, shape, dtype, device)
-    })
+    let shape = part.shape(config);
+    let n: usize = shape.iter().product();
+    let salt =
+        part.hf_name().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let mut v = vec![0f32; n];
+    if shape.len() == 1 {
+        v.fill(1.0);
+    } else {
+        v.par_chunks_mut(1 << 16).enumerate().for_each(|(c, chunk)| {
+            for (i, x) in chunk.iter_mut().enumerate() {
+                let mut z = salt ^ ((c << 16) + i) as u64;
+                // splitmix64
+                z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                z ^= z >> 31;
+                *x = ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * 0.035;
+            }
+        });
+    }
+    Tensor::from_f32(v, shape, dtype, device)
+}
+
+/// A model of `config` with [`fast_random_tensor`] weights.
+fn fast_random_model(config: &LlamaConfig, dtype: DType, device: &Device) -> Result<Llama> {
+    Llama::from_named(config.clone(), |part| fast_random_tensor(part, config, dtype, device))
+}
+
+/// `bench make-model`: the random model written a tensor at a time.
+fn make_model(shape: &str, dtype: &str, max_shard: &str, out: &std::path::Path) -> Result<()> {
+    use crate::model::llama::{hf_dir::parse_size, ModelWriter, OutputForm, OutputSpec};
+    let start = Instant::now();
+    let dtype: DType = dtype.parse()?;
+    let config = plan::shape(shape)?;
+    let tokenizer = crate::io::Tokenizer::byte_level()?;
+    let spec = OutputSpec { config: &config, source: None, tokenizer: &tokenizer, dtype, metadata: Default::default() };
+    let mut w = ModelWriter::create(out, OutputForm::Directory { max_shard_bytes: parse_size(max_shard)? }, spec)?;
+    let parts = Part::all(&config);
+    let pb = super::progress::bar(parts.len() as u64, "make-model");
+    let cpu = Device::cpu();
+    for part in &parts {
+        w.put(part, &fast_random_tensor(part, &config, dtype, &cpu)?)?;
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    w.finish(Default::default())?;
+    let bytes: u64 =
+        parts.iter().map(|p| (p.shape(&config).iter().product::<usize>() * dtype.size_in_bytes()) as u64).sum();
+    println!(
+        "{}",
+        serde_json::json!({"bench": "make_model", "shape": shape, "dtype": dtype.as_str(), "out": out.display().to_string(),
+            "bytes": bytes, "seconds": start.elapsed().as_secs_f64(), "peak_rss_bytes": super::peak_rss_bytes()})
+    );
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -17,9 +17,13 @@ pub struct EvalArgs {
     /// Model: GGUF, safetensors, or a directory with model.safetensors (default: SmolLM2-135M).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Text files, each tokenized whole (default: Moby Dick).
+    /// Text files, each tokenized whole, or .jsonl / .json(.gz) files of documents
+    /// (default: Moby Dick).
     #[arg(long = "text")]
     texts: Vec<PathBuf>,
+    /// JSON field holding each document's text in .jsonl / .json(.gz) data files.
+    #[arg(long, default_value = "text")]
+    text_field: String,
     /// Tokens per window.
     #[arg(long, default_value_t = 512)]
     seq_len: usize,
@@ -35,6 +39,10 @@ pub struct EvalArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
+    /// Also write the first window's token ids (`ids`, U32 [T]) and logits (`logits`, F32
+    /// [T, vocab]) to this safetensors file, e.g. for `scripts/hf_fixtures.py check`.
+    #[arg(long)]
+    logits_out: Option<PathBuf>,
 }
 
 /// Arguments of `sparsetune generate`.
@@ -66,11 +74,23 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
     let texts = if a.texts.is_empty() { vec![default_asset("moby-dick/data.txt")?] } else { a.texts };
     let (device, dtype) = device_and_dtype(&a.device, &a.dtype)?;
     let t0 = Instant::now();
+    progress::stage(&format!("loading {}", model_path.display()));
     let tokenizer = llama::load_tokenizer(&model_path)?;
     let model = llama::load(&model_path, &device, dtype)?;
     let load_seconds = t0.elapsed().as_secs_f64();
-    let streams = texts.iter().map(|p| tokenize_file(&tokenizer, p)).collect::<Result<Vec<_>>>()?;
+    let streams = texts.iter().map(|p| tokenize_file(&tokenizer, p, &a.text_field)).collect::<Result<Vec<_>>>()?;
     let windows = windows_of_streams(&streams, a.seq_len, a.windows)?;
+    if let Some(path) = &a.logits_out {
+        let first = windows[0];
+        let ids = crate::Tensor::from_vec(first.to_vec(), [1, first.len()], &device)?;
+        let logits = model.forward(None, &ids, crate::model::llama::ForwardOptions::default())?;
+        let logits = logits.to_dtype(crate::DType::F32)?.reshape([first.len(), model.config.vocab_size])?;
+        let entries = [
+            crate::io::OwnedEntry::u32s("ids", vec![first.len()], first),
+            crate::io::OwnedEntry::of("logits", &logits)?,
+        ];
+        crate::io::write_owned(path, &entries, &Default::default())?;
+    }
     let pb = progress::bar(windows.len() as u64, "eval");
     let report = perplexity(&model, &windows, |done, _| pb.set_position(done as u64))?;
     pb.finish_and_clear();

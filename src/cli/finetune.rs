@@ -1,6 +1,12 @@
 //! `sparsetune finetune`: repair a pruned model with sparsity-preserving fine-tuning,
-//! checkpointing as it goes, and write the merged model (dense or compressed) and
-//! optionally the adapters alone.
+//! checkpointing as it goes, and write the merged model (a Hugging Face directory or one
+//! file, dense; or one compressed file) and optionally the adapters alone.
+//!
+//! For masked-lora and seft the pruned model is loaded compressed, a weight at a time
+//! ([`ModelSource::load_compressed`]): memory holds its kept weights, never a dense copy
+//! of the model. LoRS's gradient initialisation and LoSA's re-pruning read the dense
+//! pruned weights, so those two load it dense. The output is merged a linear at a time
+//! as it is written.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,13 +14,14 @@ use std::time::Instant;
 
 use clap::Args;
 
-use super::{default_asset, device_and_dtype, progress};
+use super::{default_asset, device_and_dtype, peak_rss_bytes, progress};
 use crate::data::{sotu_files, tokenize_file};
 use crate::finetune::plan::{plan, PlanInput};
 use crate::finetune::{
     checkpoint, export, Decay, LoraOptions, Repair, RepairMethod, RepairOptions, TrainConfig, TrainData,
 };
-use crate::model::llama::{self, Llama, WeightLayout};
+use crate::model::llama::hf_dir::parse_size;
+use crate::model::llama::{self, Llama, ModelSource, OutputForm, OutputSpec, WeightLayout};
 use crate::sparse::SparseFormat;
 use crate::{Error, Result};
 
@@ -28,9 +35,13 @@ pub struct FinetuneArgs {
     /// masked-lora, lors, losa or seft.
     #[arg(long, default_value = "masked-lora")]
     method: String,
-    /// Training text files (default: State of the Union addresses before 2000).
+    /// Training data: text files, or .jsonl / .json(.gz) files of documents (default:
+    /// State of the Union addresses before 2000).
     #[arg(long = "data")]
     data: Vec<PathBuf>,
+    /// JSON field holding each document's text in .jsonl / .json(.gz) data files.
+    #[arg(long, default_value = "text")]
+    text_field: String,
     /// Optimizer steps.
     #[arg(long, default_value_t = 100)]
     steps: usize,
@@ -91,7 +102,8 @@ pub struct FinetuneArgs {
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Compute dtype (default: f32 on cpu, bf16 on cuda, with f32 master weights).
+    /// Compute and output dtype (default: compute in f32 on cpu, bf16 on cuda, with f32
+    /// master weights; write in the source's stored dtype).
     #[arg(long)]
     dtype: Option<String>,
     /// Directory for training checkpoints.
@@ -107,10 +119,15 @@ pub struct FinetuneArgs {
     /// with --resume.
     #[arg(long)]
     stop_after: Option<usize>,
-    /// Output: the merged model.
+    /// Output: the merged model, a Hugging Face directory, or one file if the name ends in
+    /// .safetensors.
     #[arg(long)]
     out: PathBuf,
-    /// Write the decoder linears in the compressed sparse-bitmask layout.
+    /// Largest weights shard of a directory output (e.g. 5GB, 500MB, 2GiB).
+    #[arg(long, default_value = "5GB")]
+    max_shard_size: String,
+    /// Write the decoder linears in the compressed sparse-bitmask layout (one .safetensors
+    /// file).
     #[arg(long)]
     compressed: bool,
     /// Also write the adapters alone (PEFT names, with their masks).
@@ -221,11 +238,32 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
     cfg.checkpoint_layers = !a.no_checkpointing;
     cfg.check()?;
 
+    let form = OutputForm::of(&a.out, parse_size(&a.max_shard_size)?);
+    if a.compressed && form != OutputForm::File {
+        return Err(Error::invalid("--compressed writes one file: give --out NAME.safetensors"));
+    }
+
     let start = Instant::now();
-    let tokenizer = llama::load_tokenizer(&a.model)?;
-    let pruned = llama::load(&a.model, &device, dtype)?;
+    progress::stage(&format!("loading {}", a.model.display()));
+    let source = ModelSource::open(&a.model)?;
+    let tokenizer = source.tokenizer()?;
+    let out_dtype = if a.dtype.is_some() { dtype } else { source.stored_dtype() };
+    device.reset_peak_memory();
+    let pruned = if matches!(method, RepairMethod::MaskedLora | RepairMethod::Seft) {
+        source.load_compressed(&device, dtype)?
+    } else {
+        source.load(&device, dtype)?
+    };
+    let (load_seconds, load_peak) = (start.elapsed().as_secs_f64(), device.memory().peak_bytes);
+    let load_rss = peak_rss_bytes();
+    progress::stage(&format!(
+        "loaded in {load_seconds:.1} s, {:.1} MiB ({})",
+        load_peak as f64 / (1u64 << 20) as f64,
+        if matches!(method, RepairMethod::MaskedLora | RepairMethod::Seft) { "compressed" } else { "dense" }
+    ));
     let files = if a.data.is_empty() { sotu_files(&default_asset("sotu")?, 2000)? } else { a.data.clone() };
-    let streams = files.iter().map(|p| tokenize_file(&tokenizer, p)).collect::<Result<Vec<_>>>()?;
+    progress::stage("reading training data");
+    let streams = files.iter().map(|p| tokenize_file(&tokenizer, p, &a.text_field)).collect::<Result<Vec<_>>>()?;
     let data = TrainData::new(&streams, a.seq_len)?;
 
     let mut lora = LoraOptions::new(a.rank, a.alpha);
@@ -261,11 +299,9 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
     let peak = device.memory().peak_bytes;
 
     if let Some(p) = &a.adapter_out {
-        export::save_adapters(&repair.trainer.model, p, dtype)?;
+        export::save_adapters(&repair.trainer.model, p, out_dtype)?;
     }
-    let merged = repair.merged()?;
     let trainer = &repair.trainer;
-    let layout = if a.compressed { WeightLayout::SparseBitmask } else { WeightLayout::Dense };
     let h = &trainer.history;
     let report = serde_json::json!({
         "method": method.name(),
@@ -278,8 +314,12 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
         "tokens_per_second": h.iter().map(|r| r.tokens).sum::<usize>() as f64 / h.iter().map(|r| r.seconds).sum::<f64>().max(1e-9),
         "peak_bytes": peak,
         "planned_peak_bytes": planned,
+        "load_seconds": load_seconds,
+        "load_peak_bytes": load_peak,
+        "load_peak_rss_bytes": load_rss,
         "device": device.label(),
         "dtype": dtype.as_str(),
+        "out_dtype": out_dtype.as_str(),
         "rank": a.rank,
         "alpha": a.alpha,
         "seft_evolutions": repair.evolutions,
@@ -290,9 +330,21 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
         "seconds": start.elapsed().as_secs_f64(),
         "out": a.out.display().to_string(),
     });
-    let mut meta = BTreeMap::new();
-    meta.insert("sparsetune.finetune".to_string(), report.to_string());
-    llama::save_safetensors_as(&merged, &a.out, dtype, layout, Some(&tokenizer), &meta)?;
+    let meta = BTreeMap::from([("sparsetune.finetune".to_string(), report.to_string())]);
+    progress::stage(&format!("writing {}", a.out.display()));
+    if a.compressed {
+        let merged = repair.merged()?;
+        llama::save_safetensors_as(&merged, &a.out, out_dtype, WeightLayout::SparseBitmask, Some(&tokenizer), &meta)?;
+    } else {
+        let spec = OutputSpec {
+            config: &trainer.model.config,
+            source: Some(&source),
+            tokenizer: &tokenizer,
+            dtype: out_dtype,
+            metadata: meta,
+        };
+        llama::save_model(&trainer.model, &a.out, form, spec)?;
+    }
 
     if a.json {
         println!("{report}");

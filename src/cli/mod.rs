@@ -80,6 +80,15 @@ pub(crate) fn default_model() -> Result<PathBuf> {
     default_asset("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
+/// The process's peak resident memory (`VmHWM` of /proc/self/status), where the platform
+/// reports it.
+pub(crate) fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Parses `--device` and `--dtype`.
 pub(crate) fn device_and_dtype(device: &str, dtype: &str) -> Result<(Device, DType)> {
     let dtype: DType = dtype.parse()?;

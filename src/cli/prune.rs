@@ -1,16 +1,26 @@
-//! `sparsetune prune`: prune a model and write HF-named safetensors (zeros where pruned)
-//! with the pruning report in the metadata (`sparsetune.prune`).
+//! `sparsetune prune`: prune a model a decoder layer at a time and write it (zeros where
+//! pruned) as a Hugging Face directory or one safetensors file, with the pruning report in
+//! the metadata (`sparsetune.prune`).
+//!
+//! The model is never loaded whole: each layer is read from the mapped files when its
+//! turn comes (in the compute dtype), pruned, and written to the output in the output
+//! dtype (the source's stored dtype unless `--dtype` says otherwise), so peak memory is
+//! the embeddings, one layer, and the calibration activations (plus SparseGPT's Hessians
+//! of that layer), whatever the model's size.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{default_asset, default_model, device_and_dtype, progress};
+use super::{default_asset, default_model, peak_rss_bytes, progress};
 use crate::data::{calibration_windows, sotu_files};
-use crate::model::llama::{self, Llama};
-use crate::prune::{prune_model, Allocation, DsnotOptions, Method, Pattern, PruneOptions, PruneReport};
-use crate::{Error, Result};
+use crate::model::llama::hf_dir::parse_size;
+use crate::model::llama::{DecoderLayer, Llama, ModelSource, ModelWriter, OutputForm, OutputSpec, Part, Proj};
+use crate::prune::{
+    prune_layers, prune_model, Allocation, DsnotOptions, LayerStore, Method, Pattern, PruneOptions, PruneReport,
+};
+use crate::{DType, Device, Error, Result};
 
 /// Arguments of `sparsetune prune`.
 #[derive(Args, Debug)]
@@ -51,24 +61,30 @@ pub struct PruneArgs {
     /// Calibration windows.
     #[arg(long, default_value_t = 32)]
     calib_samples: usize,
+    /// JSON field holding each document's text in .jsonl / .json(.gz) data files.
+    #[arg(long, default_value = "text")]
+    text_field: String,
     /// Tokens per calibration window.
     #[arg(long, default_value_t = 512)]
     calib_seq_len: usize,
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Compute and output dtype: f32 or bf16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
-    /// Output safetensors file.
+    /// Compute and output dtype, f32 or bf16 (default: compute in f32, write in the
+    /// source's stored dtype).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Output: a Hugging Face directory, or one file if the name ends in .safetensors.
     #[arg(long)]
     out: PathBuf,
+    /// Largest weights shard of a directory output (e.g. 5GB, 500MB, 2GiB).
+    #[arg(long, default_value = "5GB")]
+    max_shard_size: String,
     /// Print one JSON object (the report) on stdout.
     #[arg(long)]
     json: bool,
 }
 
-/// Parses "N:M".
 /// [`prune_model`] with a progress bar per decoder layer.
 pub(super) fn prune_with_bar(model: &mut Llama, samples: &[Vec<u32>], opts: &PruneOptions) -> Result<PruneReport> {
     let pb = progress::bar(model.config.num_hidden_layers as u64, "prune");
@@ -80,6 +96,7 @@ pub(super) fn prune_with_bar(model: &mut Llama, samples: &[Vec<u32>], opts: &Pru
     Ok(report)
 }
 
+/// Parses "N:M".
 pub(crate) fn parse_nm(s: &str) -> Result<(usize, usize)> {
     let bad = || Error::invalid(format!("--nm expects N:M such as 2:4, got '{s}'"));
     let (n, m) = s.split_once(':').ok_or_else(bad)?;
@@ -122,27 +139,68 @@ pub fn run(a: PruneArgs) -> Result<()> {
         Some(p) => p,
         None => default_model()?,
     };
-    let (device, dtype) = device_and_dtype(&a.device, &a.dtype)?;
+    let device = Device::from_name(&a.device)?;
+    let given = a.dtype.as_deref().map(str::parse::<DType>).transpose()?;
+    if let Some(d) = given.filter(|d| !d.is_compute_float()) {
+        return Err(Error::invalid(format!("--dtype must be f32 or bf16, not {d}")));
+    }
+    let form = OutputForm::of(&a.out, parse_size(&a.max_shard_size)?);
+    progress::stage(&format!("opening {}", model_path.display()));
+    let source = ModelSource::open(&model_path)?;
     // Cheap checks first: the options against the model's config.
-    crate::prune::check_config(&llama::load_config(&model_path)?, &opts)?;
+    crate::prune::check_config(source.config(), &opts)?;
+    let (compute, out_dtype) = (given.unwrap_or(DType::F32), given.unwrap_or(source.stored_dtype()));
     let calib_files = if a.calib.is_empty() { sotu_files(&default_asset("sotu")?, 2000)? } else { a.calib.clone() };
-    let mut model = llama::load(&model_path, &device, dtype)?;
-    let tokenizer = llama::load_tokenizer(&model_path)?;
+    let tokenizer = source.tokenizer()?;
     let samples = if crate::prune::needs_calibration(&opts) {
-        calibration_windows(&tokenizer, &calib_files, a.calib_samples, a.calib_seq_len)?
+        progress::stage("reading calibration text");
+        calibration_windows(&tokenizer, &calib_files, a.calib_samples, a.calib_seq_len, &a.text_field)?
     } else {
         Vec::new()
     };
 
-    let report = prune_with_bar(&mut model, &samples, &opts)?;
+    let config = source.config().clone();
+    let spec = OutputSpec {
+        config: &config,
+        source: Some(&source),
+        tokenizer: &tokenizer,
+        dtype: out_dtype,
+        metadata: BTreeMap::new(),
+    };
+    let mut writer = ModelWriter::create(&a.out, form, spec)?;
+    // The embedding is written first (in file order) and kept for calibration.
+    let embed = source.tensor(&Part::Embed, compute, &device)?;
+    writer.put(&Part::Embed, &embed)?;
+    source.release(&Part::Embed);
+    let report = {
+        let mut store = Streamed { source: &source, dtype: compute, device: &device, writer: &mut writer };
+        let pb = progress::bar(config.num_hidden_layers as u64, "prune");
+        let r = prune_layers(&config, &embed, &mut store, &samples, &opts, &mut |l| {
+            pb.set_message(format!("layer {} at {:.3}", l.layer, l.achieved));
+            pb.inc(1);
+        })?;
+        pb.finish_and_clear();
+        r
+    };
+    drop(embed);
+    for part in [Part::Norm, Part::LmHead] {
+        if part != Part::LmHead || !config.tie_word_embeddings {
+            writer.put(&part, &source.tensor(&part, compute, &device)?)?;
+            source.release(&part);
+        }
+    }
 
-    let mut meta = BTreeMap::new();
     let mut record = serde_json::to_value(&report).map_err(|e| Error::invalid(e.to_string()))?;
     record["calibration_files"] =
         serde_json::json!(calib_files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>());
     record["source_model"] = serde_json::json!(model_path.display().to_string());
-    meta.insert("sparsetune.prune".to_string(), record.to_string());
-    llama::save_safetensors(&model, &a.out, dtype, Some(&tokenizer), &meta)?;
+    record["dtype"] = serde_json::json!(out_dtype.as_str());
+    record["compute_dtype"] = serde_json::json!(compute.as_str());
+    record["device"] = serde_json::json!(device.label());
+    record["peak_memory_bytes"] = serde_json::json!(device.memory().peak_bytes);
+    progress::stage(&format!("writing {}", a.out.display()));
+    writer.finish(BTreeMap::from([("sparsetune.prune".to_string(), record.to_string())]))?;
+    record["peak_rss_bytes"] = serde_json::json!(peak_rss_bytes());
 
     if a.json {
         record["out"] = serde_json::json!(a.out.display().to_string());
@@ -168,7 +226,32 @@ pub fn run(a: PruneArgs) -> Result<()> {
             );
         }
         println!("seconds       {:.1}", report.seconds);
-        println!("wrote         {}", a.out.display());
+        if let Some(rss) = peak_rss_bytes() {
+            println!("peak memory   {:.2} GiB resident", rss as f64 / (1u64 << 30) as f64);
+        }
+        println!("wrote         {} ({})", a.out.display(), out_dtype);
     }
     Ok(())
+}
+
+/// Layers read from the files one at a time and written out once pruned.
+struct Streamed<'s, 'w> {
+    source: &'s ModelSource,
+    dtype: DType,
+    device: &'s Device,
+    writer: &'s mut ModelWriter<'w>,
+}
+
+impl LayerStore for Streamed<'_, '_> {
+    fn layer(&mut self, l: usize) -> Result<DecoderLayer> {
+        self.source.layer(l, self.dtype, self.device)
+    }
+
+    fn put(&mut self, l: usize, layer: DecoderLayer) -> Result<()> {
+        self.writer.put(&Part::InputNorm(l), &layer.input_norm)?;
+        for p in Proj::ALL {
+            self.writer.put(&Part::Linear(l, p), layer.linear(p).dense()?)?;
+        }
+        self.writer.put(&Part::PostNorm(l), &layer.post_norm)
+    }
 }

@@ -1,9 +1,9 @@
 //! `sparsetune run`, the main job: dense eval → prune → eval → repair (sparsity-preserving
-//! fine-tuning) → merge → eval, printing a table and writing into `--out-dir`:
-//! `pruned.safetensors`, `repaired.safetensors` (merged, zeros where pruned),
-//! `report.json`, and PNG charts (`loss.png`, `perplexity.png`, `layers.png`, and
-//! `rank.png` for adapter methods). `--resume` reuses the pruned model and the training
-//! checkpoint of an interrupted run in the same directory.
+//! fine-tuning) → merge → eval, printing a table and writing into `--out-dir`: `pruned/`
+//! and `repaired/` (Hugging Face directories that transformers loads as they are; merged,
+//! zeros where pruned), `report.json`, and PNG charts (`loss.png`, `perplexity.png`,
+//! `layers.png`, and `rank.png` for adapter methods). `--resume` reuses the pruned model
+//! and the training checkpoint of an interrupted run in the same directory.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,7 +17,7 @@ use super::{default_asset, default_model, device_and_dtype, progress};
 use crate::data::{calibration_windows, sotu_files, tokenize_file, windows_of_streams};
 use crate::eval::perplexity;
 use crate::finetune::{checkpoint, LoraOptions, Repair, RepairMethod, RepairOptions, TrainData};
-use crate::model::llama::{self, Llama, Proj};
+use crate::model::llama::{self, Llama, ModelSource, OutputForm, OutputSpec, Proj, DEFAULT_MAX_SHARD_BYTES};
 use crate::prune::{Method, Pattern, PruneOptions};
 use crate::report::plot::{bar_chart, line_chart, Series};
 use crate::sparse::SparseFormat;
@@ -67,9 +67,13 @@ pub struct RunArgs {
     /// also used for its layer redundancy.
     #[arg(long, default_value_t = 16)]
     losa_calib_samples: usize,
-    /// Calibration and training text (default: State of the Union addresses before 2000).
+    /// Calibration and training data: text files, or .jsonl / .json(.gz) files of
+    /// documents (default: State of the Union addresses before 2000).
     #[arg(long = "data")]
     data: Vec<PathBuf>,
+    /// JSON field holding each document's text in .jsonl / .json(.gz) data files.
+    #[arg(long, default_value = "text")]
+    text_field: String,
     /// Calibration windows for pruning.
     #[arg(long, default_value_t = 32)]
     calib_samples: usize,
@@ -82,7 +86,8 @@ pub struct RunArgs {
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Compute dtype (default: f32 on cpu, bf16 on cuda).
+    /// Compute and output dtype (default: compute in f32 on cpu, bf16 on cuda; write in
+    /// the source's stored dtype).
     #[arg(long)]
     dtype: Option<String>,
     /// Output directory.
@@ -155,7 +160,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     let tokenizer = llama::load_tokenizer(&model_path)?;
     let data_files = if a.data.is_empty() { sotu_files(&default_asset("sotu")?, 2000)? } else { a.data.clone() };
     let texts = if a.texts.is_empty() { vec![default_asset("moby-dick/data.txt")?] } else { a.texts.clone() };
-    let eval_streams = texts.iter().map(|p| tokenize_file(&tokenizer, p)).collect::<Result<Vec<_>>>()?;
+    let eval_streams = texts.iter().map(|p| tokenize_file(&tokenizer, p, &a.text_field)).collect::<Result<Vec<_>>>()?;
     let eval_windows = windows_of_streams(&eval_streams, 512, Some(a.eval_windows))?;
     let evaluate = |m: &Llama, what: &str| -> Result<(f64, f64)> {
         let pb = progress::bar(eval_windows.len() as u64, &format!("eval {what}"));
@@ -166,28 +171,41 @@ pub fn run(a: RunArgs) -> Result<()> {
     let mut stages = Vec::new();
 
     // 1. Dense.
-    let dense = llama::load(&model_path, &device, dtype)?;
+    progress::stage(&format!("loading {}", model_path.display()));
+    let model_source = ModelSource::open(&model_path)?;
+    let out_dtype = if a.dtype.is_some() { dtype } else { model_source.stored_dtype() };
+    let write = |m: &Llama, dir: &std::path::Path, report: (&str, String)| -> Result<()> {
+        let spec = OutputSpec {
+            config: &m.config,
+            source: Some(&model_source),
+            tokenizer: &tokenizer,
+            dtype: out_dtype,
+            metadata: BTreeMap::from([(report.0.to_string(), report.1)]),
+        };
+        progress::stage(&format!("writing {}", dir.display()));
+        llama::save_model(m, dir, OutputForm::Directory { max_shard_bytes: DEFAULT_MAX_SHARD_BYTES }, spec)
+    };
+    let dense = model_source.load(&device, dtype)?;
     let (ppl, secs) = evaluate(&dense, "dense")?;
     stages.push(Stage { stage: "dense".into(), perplexity: ppl, sparsity: 0.0, seconds: secs });
 
     // 2. Prune (or reuse the pruned model of an interrupted run).
-    let pruned_path = out("pruned.safetensors");
+    let pruned_path = out("pruned");
     let t0 = Instant::now();
-    let (pruned, prune_report) = if a.resume && pruned_path.exists() {
+    // The writer puts config.json last: with it, the directory is complete.
+    let (pruned, prune_report) = if a.resume && pruned_path.join("config.json").is_file() {
         eprintln!("reusing {}", pruned_path.display());
         (llama::load(&pruned_path, &device, dtype)?, serde_json::Value::Null)
     } else {
         let mut m = dense.clone();
         let samples = if crate::prune::needs_calibration(&prune_opts) {
-            calibration_windows(&tokenizer, &data_files, a.calib_samples, 512)?
+            calibration_windows(&tokenizer, &data_files, a.calib_samples, 512, &a.text_field)?
         } else {
             Vec::new()
         };
         let report = prune_with_bar(&mut m, &samples, &prune_opts)?;
         let record = serde_json::to_value(&report).map_err(|e| Error::invalid(e.to_string()))?;
-        let mut meta = BTreeMap::new();
-        meta.insert("sparsetune.prune".to_string(), record.to_string());
-        llama::save_safetensors(&m, &pruned_path, dtype, Some(&tokenizer), &meta)?;
+        write(&m, &pruned_path, ("sparsetune.prune", record.to_string()))?;
         (m, record)
     };
     // LoSA prunes the dense model itself, in stages.
@@ -212,7 +230,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     });
 
     // 3. Repair.
-    let streams = data_files.iter().map(|p| tokenize_file(&tokenizer, p)).collect::<Result<Vec<_>>>()?;
+    let streams = data_files.iter().map(|p| tokenize_file(&tokenizer, p, &a.text_field)).collect::<Result<Vec<_>>>()?;
     let data = TrainData::new(&streams, a.seq_len)?;
     let ck_dir = out("checkpoint");
     let ck_path = checkpoint::path_in(&ck_dir);
@@ -250,9 +268,8 @@ pub fn run(a: RunArgs) -> Result<()> {
     let repair_seconds = t0.elapsed().as_secs_f64();
     let repaired_layers = repair.trainer.model.layer_sparsity()?;
     let revived = revived(&llama::load(&pruned_path, &device, dtype)?, &merged)?;
-    let mut meta = BTreeMap::new();
-    meta.insert("sparsetune.run".to_string(), serde_json::json!({ "repair": repair_method.name() }).to_string());
-    llama::save_safetensors(&merged, &out("repaired.safetensors"), dtype, Some(&tokenizer), &meta)?;
+    let run_meta = serde_json::json!({ "repair": repair_method.name() }).to_string();
+    write(&merged, &out("repaired"), ("sparsetune.run", run_meta))?;
     let (ppl, _) = evaluate(&merged, "repaired")?;
     stages.push(Stage {
         stage: format!("repaired ({})", repair_method.name()),

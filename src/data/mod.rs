@@ -1,10 +1,22 @@
-//! Text corpora → token windows. A file is read whole (UTF-8) and tokenized whole;
-//! windows are non-overlapping runs of `seq_len` tokens from its start.
+//! Text corpora → token windows.
+//!
+//! A data file holds documents: a text file (any name but the ones below) is one document,
+//! read whole as UTF-8; `.jsonl`, `.jsonl.gz` and `.json.gz` hold one JSON object per line
+//! (the form C4 shards and most fine-tuning sets come in) and `.json` either that or one
+//! array of objects, each document being the string under `field` (`--text-field`,
+//! default `text`). A file's documents are joined with a blank line and tokenized as one
+//! text ([`Tokenizer::encode_document`]: BOS/EOS once, as the tokenizer's files say);
+//! windows are non-overlapping runs of `seq_len` tokens from its start. Errors name the
+//! file, and for JSON the line (or element) and the field.
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use crate::io::Tokenizer;
 use crate::{Error, Result};
+
+/// The default JSON field holding a document's text.
+pub const DEFAULT_TEXT_FIELD: &str = "text";
 
 /// Reads a UTF-8 text file; an empty (or whitespace-only) file is an error.
 pub fn read_text(path: &Path) -> Result<String> {
@@ -16,9 +28,108 @@ pub fn read_text(path: &Path) -> Result<String> {
     Ok(text)
 }
 
-/// Tokenizes a text file whole.
-pub fn tokenize_file(tokenizer: &Tokenizer, path: &Path) -> Result<Vec<u32>> {
-    let ids = tokenizer.encode(&read_text(path)?)?;
+/// How a file's name says it is laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    Text,
+    JsonLines {
+        gzip: bool,
+    },
+    /// `.json`: JSON lines, or one array of objects.
+    Json,
+}
+
+fn layout(path: &Path) -> Layout {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("").to_ascii_lowercase();
+    if name.ends_with(".jsonl.gz") || name.ends_with(".json.gz") {
+        Layout::JsonLines { gzip: true }
+    } else if name.ends_with(".jsonl") {
+        Layout::JsonLines { gzip: false }
+    } else if name.ends_with(".json") {
+        Layout::Json
+    } else {
+        Layout::Text
+    }
+}
+
+/// The text under `field` of one JSON record; `at` says where the record is.
+fn record_text(path: &Path, at: &str, value: serde_json::Value, field: &str) -> Result<String> {
+    let bad = |msg: String| Error::format(path, "JSON data", format!("{at}: {msg}"));
+    let serde_json::Value::Object(mut map) = value else { return Err(bad("not a JSON object".into())) };
+    match map.remove(field) {
+        Some(serde_json::Value::String(s)) => Ok(s),
+        Some(other) => Err(bad(format!("field '{field}' is a {}, not a string", json_kind(&other)))),
+        None => {
+            let keys: Vec<&String> = map.keys().take(8).collect();
+            Err(bad(format!("no field '{field}' (it has {keys:?}; choose one with --text-field)")))
+        }
+    }
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "bool",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    }
+}
+
+/// The documents of a data file, read lazily (a JSON-lines file a line at a time), each
+/// non-empty; a file with none is an error.
+pub fn read_documents<'a>(path: &'a Path, field: &'a str) -> Result<Box<dyn Iterator<Item = Result<String>> + 'a>> {
+    let open = || std::fs::File::open(path).map_err(|e| Error::io(path, e));
+    let lines = |reader: Box<dyn BufRead + 'a>| -> Box<dyn Iterator<Item = Result<String>> + 'a> {
+        Box::new(reader.lines().enumerate().filter_map(move |(i, line)| {
+            let line = match line {
+                Ok(l) => l,
+                Err(e) => return Some(Err(Error::format(path, "JSON data", format!("line {}: {e}", i + 1)))),
+            };
+            if line.trim().is_empty() {
+                return None;
+            }
+            let at = format!("line {}", i + 1);
+            let doc = serde_json::from_str(&line)
+                .map_err(|e| Error::format(path, "JSON data", format!("{at}: {e}")))
+                .and_then(|v| record_text(path, &at, v, field));
+            Some(doc)
+        }))
+    };
+    let docs: Box<dyn Iterator<Item = Result<String>> + 'a> = match layout(path) {
+        Layout::Text => Box::new(std::iter::once(read_text(path))),
+        Layout::JsonLines { gzip: false } => lines(Box::new(BufReader::new(open()?))),
+        Layout::JsonLines { gzip: true } => lines(Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(open()?)))),
+        Layout::Json => {
+            let mut text = String::new();
+            open()?.read_to_string(&mut text).map_err(|e| Error::format(path, "JSON data", e.to_string()))?;
+            if text.trim_start().starts_with('[') {
+                let items: Vec<serde_json::Value> =
+                    serde_json::from_str(&text).map_err(|e| Error::format(path, "JSON data", e.to_string()))?;
+                Box::new(
+                    items
+                        .into_iter()
+                        .enumerate()
+                        .map(move |(i, v)| record_text(path, &format!("element {i}"), v, field)),
+                )
+            } else {
+                let cursor: Box<dyn BufRead + 'a> = Box::new(std::io::Cursor::new(text.into_bytes()));
+                lines(cursor)
+            }
+        }
+    };
+    let mut docs = docs.filter(|d| d.as_ref().map_or(true, |t| !t.trim().is_empty())).peekable();
+    if docs.peek().is_none() {
+        return Err(Error::invalid(format!("{}: no documents (no non-empty '{field}' text)", path.display())));
+    }
+    Ok(Box::new(docs))
+}
+
+/// Tokenizes a data file: its documents joined with a blank line, as one text.
+pub fn tokenize_file(tokenizer: &Tokenizer, path: &Path, field: &str) -> Result<Vec<u32>> {
+    let docs = read_documents(path, field)?.collect::<Result<Vec<_>>>()?;
+    let ids = tokenizer.encode_document(&docs.join("\n\n"))?;
     if ids.is_empty() {
         return Err(Error::invalid(format!("{}: the text encodes to no tokens", path.display())));
     }
@@ -62,14 +173,16 @@ pub fn windows_of_streams(streams: &[Vec<u32>], seq_len: usize, max: Option<usiz
     Ok(out)
 }
 
-/// Calibration windows: the files' texts in the given order joined with a blank line,
-/// tokenized, and the first `samples` non-overlapping windows of `seq_len` tokens. Errors
-/// when the text is too short for that many.
+/// Calibration windows: the documents of the files, in order, joined with a blank line,
+/// tokenized ([`Tokenizer::encode_document`]), and the first `samples` non-overlapping
+/// windows of `seq_len` tokens. Documents are read only until there are enough tokens (a
+/// C4 shard is not read whole). Errors when the text is too short for that many.
 pub fn calibration_windows(
     tokenizer: &Tokenizer,
     files: &[std::path::PathBuf],
     samples: usize,
     seq_len: usize,
+    field: &str,
 ) -> Result<Vec<Vec<u32>>> {
     if samples == 0 || seq_len < 2 {
         return Err(Error::invalid(format!(
@@ -79,8 +192,33 @@ pub fn calibration_windows(
     if files.is_empty() {
         return Err(Error::invalid("no calibration text files"));
     }
-    let texts = files.iter().map(|p| read_text(p)).collect::<Result<Vec<_>>>()?;
-    let ids = tokenizer.encode(&texts.join("\n\n"))?;
+    let needed = samples.checked_mul(seq_len).ok_or_else(|| Error::invalid("calibration size overflows"))?;
+    let mut docs: Vec<String> = Vec::new();
+    let mut counted = 0usize;
+    let mut all = files.iter().map(|p| read_documents(p, field)).collect::<Result<Vec<_>>>()?.into_iter().flatten();
+    let ids = loop {
+        // Read on until the documents' own token counts leave a window to spare (tokens
+        // at the end of the joined text can still change with what follows).
+        let mut exhausted = false;
+        while counted < needed + seq_len {
+            match all.next() {
+                Some(doc) => {
+                    let doc = doc?;
+                    counted += tokenizer.encode(&doc)?.len();
+                    docs.push(doc);
+                }
+                None => {
+                    exhausted = true;
+                    break;
+                }
+            }
+        }
+        let ids = tokenizer.encode_document(&docs.join("\n\n"))?;
+        if ids.len() >= needed + seq_len || exhausted {
+            break ids;
+        }
+        counted = ids.len();
+    };
     let w = windows(&ids, seq_len, Some(samples));
     if w.len() < samples {
         return Err(Error::invalid(format!(
@@ -129,6 +267,46 @@ mod tests {
         let e = windows_of_streams(&streams, 8, None).unwrap_err().to_string();
         assert!(e.contains("larger than the text") && e.contains("[5, 7]"), "{e}");
         assert!(windows_of_streams(&streams, 1, None).is_err());
+    }
+
+    /// JSON lines (plain and gzip), JSON arrays, the field chosen, and errors that name the
+    /// file, the line and the field.
+    #[test]
+    fn json_data_files_are_read_by_field() {
+        use std::io::Write;
+        let dir = std::env::temp_dir().join(format!("sparsetune-data-json-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let read = |p: &Path, field: &str| read_documents(p, field).and_then(|d| d.collect::<Result<Vec<_>>>());
+        let jsonl = dir.join("c4.jsonl");
+        std::fs::write(
+            &jsonl,
+            "{\"text\": \"first doc\", \"url\": \"a\"}\n\n{\"text\": \"second\", \"body\": \"b\"}\n",
+        )
+        .unwrap();
+        assert_eq!(read(&jsonl, "text").unwrap(), ["first doc", "second"]);
+        let gz = dir.join("c4-train.00000-of-01024.json.gz");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&std::fs::read(&jsonl).unwrap()).unwrap();
+        std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+        assert_eq!(read(&gz, "text").unwrap(), ["first doc", "second"]);
+        let array = dir.join("alpaca.json");
+        std::fs::write(&array, r#"[{"output": "x y"}, {"output": "z"}]"#).unwrap();
+        assert_eq!(read(&array, "output").unwrap(), ["x y", "z"]);
+        let e = read(&jsonl, "body").unwrap_err().to_string();
+        assert!(e.contains("c4.jsonl") && e.contains("line 1") && e.contains("'body'"), "{e}");
+        std::fs::write(&jsonl, "{\"text\": 3}\n").unwrap();
+        let e = read(&jsonl, "text").unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("number"), "{e}");
+        std::fs::write(&jsonl, "{\"text\": \"ok\"}\n{not json\n").unwrap();
+        let e = read(&jsonl, "text").unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
+        std::fs::write(&jsonl, "{\"text\": \"  \"}\n").unwrap();
+        assert!(read(&jsonl, "text").unwrap_err().to_string().contains("no documents"));
+        // Anything else is one text document.
+        let txt = dir.join("notes.md");
+        std::fs::write(&txt, "{\"text\": \"not parsed\"}").unwrap();
+        assert_eq!(read(&txt, "text").unwrap(), ["{\"text\": \"not parsed\"}"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

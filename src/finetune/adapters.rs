@@ -45,8 +45,20 @@ pub fn kaiming_uniform(rows: usize, fan_in: usize, seed: u64) -> Vec<f32> {
     (0..rows * fan_in).map(|_| rng.random_range(-bound..bound)).collect()
 }
 
+/// The compressed base of a pruned linear in `format`: a dense weight compressed (mask =
+/// its non-zeros, or N:M), a compressed one as it is (or re-laid out); an adapted linear
+/// is an error.
+pub fn pruned_base(linear: &Linear, format: SparseFormat) -> Result<SparseWeight> {
+    match linear {
+        Linear::Dense(w) => SparseWeight::from_dense(w, format),
+        Linear::Sparse(w) if w.format() == format => Ok(w.clone()),
+        Linear::Sparse(w) => SparseWeight::from_dense(&w.to_dense()?, format),
+        Linear::MaskedLora(_) => Err(Error::invalid("this linear already has adapters")),
+    }
+}
+
 /// A copy of `model` whose decoder linears are masked-LoRA linears over their compressed
-/// pruned weights (the model must be dense, i.e. not already adapted).
+/// pruned weights (dense with zeros where pruned, or already compressed; not adapted).
 pub fn attach_masked_lora(model: &Llama, opts: LoraOptions) -> Result<Llama> {
     if opts.rank == 0 {
         return Err(Error::invalid("LoRA rank must be at least 1"));
@@ -55,9 +67,8 @@ pub fn attach_masked_lora(model: &Llama, opts: LoraOptions) -> Result<Llama> {
     let (device, dtype) = (model.device().clone(), model.dtype());
     for (l, layer) in out.layers.iter_mut().enumerate() {
         for (i, p) in Proj::ALL.into_iter().enumerate() {
-            let w = layer.linear(p).dense()?;
-            let (rows, cols) = (w.dims()[0], w.dims()[1]);
-            let base = SparseWeight::from_dense(w, opts.format)?;
+            let (rows, cols) = layer.linear(p).dims();
+            let base = pruned_base(layer.linear(p), opts.format)?;
             let seed = opts.seed.wrapping_mul(7919).wrapping_add((l * 7 + i) as u64);
             let a = Tensor::from_f32(kaiming_uniform(opts.rank, cols, seed), [opts.rank, cols], dtype, &device)?;
             let b = if opts.b_std > 0.0 {

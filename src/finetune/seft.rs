@@ -62,13 +62,18 @@ pub fn swap_fraction(p0: f32, step: usize, total: usize) -> f32 {
     (f64::from(p0) * (1.0 + (std::f64::consts::PI * x).cos()) / 2.0) as f32
 }
 
-/// A copy of the dense pruned `model` whose decoder linears are compressed sparse weights
-/// with trainable values (mask = the non-zeros, or N:M).
+/// A copy of the pruned `model` (dense with zeros where pruned, or compressed) whose
+/// decoder linears are compressed sparse weights with trainable values (mask = the
+/// non-zeros, or N:M).
 pub fn attach(model: &Llama, format: SparseFormat) -> Result<Llama> {
     let mut out = model.clone();
     for layer in &mut out.layers {
         for p in Proj::ALL {
-            let w = SparseWeight::from_dense(layer.linear(p).dense()?, format)?;
+            // The values are trained in place: a compressed input is copied, not shared.
+            let w = match layer.linear(p) {
+                Linear::Sparse(w) => SparseWeight::from_dense(&w.to_dense()?, format)?,
+                other => super::adapters::pruned_base(other, format)?,
+            };
             *layer.linear_mut(p) = Linear::Sparse(w);
         }
     }

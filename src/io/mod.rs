@@ -10,7 +10,31 @@ pub mod tokenizer;
 use std::path::PathBuf;
 
 pub use gguf::{GgmlType, GgufFile, GgufTensorInfo, GgufValue, GgufWriter};
-pub use safetensors::{write_owned, write_safetensors, OwnedEntry, SafetensorsEntry, SafetensorsFile};
+pub use safetensors::{
+    write_owned, write_safetensors, OwnedEntry, PlannedFile, SafetensorsEntry, SafetensorsFile, SafetensorsWriter,
+    TensorSpec,
+};
+
+/// Writes `bytes` to `path` atomically: to `<path>.tmp-<pid>`, fsynced, then renamed over
+/// `path`, so a reader sees the old file or the new one, never part of one.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> crate::Result<()> {
+    use std::io::Write;
+    let name =
+        path.file_name().ok_or_else(|| crate::Error::invalid(format!("{}: path has no file name", path.display())))?;
+    let mut tmp_name = name.to_os_string();
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written.and_then(|_| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(crate::Error::io(path, e));
+    }
+    safetensors::sync_dir_of(path);
+    Ok(())
+}
 pub use tokenizer::Tokenizer;
 
 /// The asset cache: `$SPARSETUNE_CACHE` if set and non-empty, else

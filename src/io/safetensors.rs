@@ -185,6 +185,49 @@ impl SafetensorsFile {
     pub fn metadata(&self) -> &BTreeMap<String, String> {
         &self.metadata
     }
+
+    /// Bytes of tensor data in the file (the sum over its tensors).
+    pub fn data_bytes(&self) -> usize {
+        self.entries.iter().map(|e| e.end - e.start).sum()
+    }
+
+    /// The float tensor `name` on `device` in `dtype`: read in its stored dtype (F32, BF16
+    /// or F16), converted on the host when `dtype` differs (exactly when widening).
+    pub fn tensor(&self, name: &str, dtype: DType, device: &crate::Device) -> Result<crate::Tensor> {
+        let (stored, shape) = self.info(name).ok_or_else(|| match self.dtype_name(name) {
+            Some(d) => Error::format(&self.path, FORMAT, format!("tensor '{name}' has dtype {d}, not a float type")),
+            None => Error::MissingTensor { path: self.path.clone(), name: name.to_owned() },
+        })?;
+        if !matches!(stored, DType::F32 | DType::BF16 | DType::F16) {
+            return Err(Error::format(
+                &self.path,
+                FORMAT,
+                format!("tensor '{name}' has dtype {stored}, not a float type"),
+            ));
+        }
+        // On the caller's CPU device (its allocator counts the bytes), or a scratch one.
+        let cpu = if device.is_cuda() { crate::Device::cpu() } else { device.clone() };
+        let host = crate::Tensor::from_le_bytes(self.tensor_bytes(name)?, stored, shape, &cpu)?;
+        let host = if stored == dtype { host } else { host.to_dtype(dtype)? };
+        if device.is_cuda() {
+            host.to_device(device)
+        } else {
+            Ok(host)
+        }
+    }
+
+    /// Lets the kernel drop the mapped pages of tensor `name` from this process's resident
+    /// memory (they are read again from the file if touched), so that reading a model a
+    /// layer at a time keeps its resident size at one layer. A no-op for an absent name.
+    pub fn release(&self, name: &str) {
+        let Ok(e) = self.entry(name) else { return };
+        // SAFETY: the map is a read-only shared mapping of a file; MADV_DONTNEED only drops
+        // pages, which the kernel reloads from the unchanged file on the next access, so
+        // every slice borrowed from the map keeps reading the same bytes. Failure (e.g. an
+        // unsupported platform) only means the pages stay resident.
+        let _ =
+            unsafe { self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, e.start, e.end - e.start) };
+    }
 }
 
 /// One tensor to write: `data` is row-major little-endian, `shape.product() ×
@@ -251,100 +294,253 @@ pub fn write_owned(path: impl AsRef<Path>, tensors: &[OwnedEntry], metadata: &BT
 ///
 /// Data is laid out by decreasing element size (F32/U32, then BF16/F16, then U8), in the
 /// given order within each size, so every tensor starts aligned to its element size (the
-/// format forbids gaps between tensors, so reordering is how alignment is kept). The file
-/// is written to `<path>.tmp-<pid>` in the same directory, fsynced, then renamed over
-/// `path`, so readers never see a partial file; the directory is fsynced afterwards on a
-/// best-effort basis.
+/// format forbids gaps between tensors, so reordering is how alignment is kept). The write
+/// is atomic (see [`SafetensorsWriter`]).
 pub fn write_safetensors(
     path: impl AsRef<Path>,
     tensors: &[SafetensorsEntry<'_>],
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
     let path = path.as_ref();
-    let invalid = |msg: String| Error::invalid(format!("writing {}: {msg}", path.display()));
-    let mut seen = HashSet::new();
-    for t in tensors {
-        if t.name == "__metadata__" {
-            return Err(invalid("tensor name '__metadata__' is reserved".into()));
-        }
-        if !seen.insert(t.name.as_str()) {
-            return Err(invalid(format!("tensor '{}' given twice", t.name)));
-        }
-        let expected = t.shape.iter().try_fold(t.dtype.size_in_bytes(), |a, &d| a.checked_mul(d));
-        if expected != Some(t.data.len()) {
-            return Err(invalid(format!(
-                "tensor '{}' ({}, shape {:?}) needs {} bytes, got {}",
-                t.name,
-                t.dtype,
-                t.shape,
-                expected.map_or("an overflowing number of".into(), |n| n.to_string()),
-                t.data.len()
-            )));
-        }
-    }
     let mut order: Vec<&SafetensorsEntry<'_>> = tensors.iter().collect();
     order.sort_by_key(|t| std::cmp::Reverse(t.dtype.size_in_bytes()));
+    let specs =
+        order.iter().map(|t| TensorSpec { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() }).collect();
+    let file = PlannedFile { path: path.to_path_buf(), tensors: specs, metadata: metadata.clone(), reserve: 0 };
+    let mut w = SafetensorsWriter::create(vec![file])?;
+    for t in order {
+        w.put(&t.name, t.data)?;
+    }
+    w.finish(BTreeMap::new())
+}
 
-    let header =
-        header_json(&order, metadata).map_err(|e| Error::format(path, FORMAT, format!("serialising header: {e}")))?;
+/// A tensor a [`SafetensorsWriter`] will write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorSpec {
+    /// Tensor name.
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Row-major dimensions.
+    pub shape: Vec<usize>,
+}
 
-    let file_name = path.file_name().ok_or_else(|| invalid("path has no file name".into()))?;
+impl TensorSpec {
+    /// Bytes of data, or an error when the size overflows.
+    pub fn byte_len(&self) -> Result<usize> {
+        self.shape.iter().try_fold(self.dtype.size_in_bytes(), |a, &d| a.checked_mul(d)).ok_or_else(|| {
+            Error::invalid(format!("tensor '{}' ({}, shape {:?}): size overflows", self.name, self.dtype, self.shape))
+        })
+    }
+}
+
+/// One file a [`SafetensorsWriter`] writes: its path, its tensors in data order, its
+/// `__metadata__`.
+#[derive(Clone, Debug)]
+pub struct PlannedFile {
+    /// Final path.
+    pub path: PathBuf,
+    /// Tensors, in the order their data is laid out (and must be given to `put`).
+    pub tensors: Vec<TensorSpec>,
+    /// The `__metadata__` map (omitted when empty).
+    pub metadata: BTreeMap<String, String>,
+    /// Bytes of header padding kept free for metadata known only at the end (a report),
+    /// written in place by [`SafetensorsWriter::finish`] (first file only).
+    pub reserve: usize,
+}
+
+/// Writes safetensors files whose tensors are known in advance, streaming each tensor's
+/// bytes as it is produced, so a model larger than memory can be written a layer at a
+/// time. The header of each file is computed from the plan, the data follow in plan order
+/// (`put` refuses anything else). Each file is written to `<path>.tmp-<pid>` and fsynced;
+/// [`SafetensorsWriter::finish`] renames them all over their final paths and fsyncs the
+/// directories, so a reader never sees a partial file. Dropped unfinished, the writer
+/// removes its temporary files.
+pub struct SafetensorsWriter {
+    files: Vec<PlannedFile>,
+    temps: Vec<PathBuf>,
+    /// (file, tensor) of the next `put`.
+    next: (usize, usize),
+    /// Header length of each file once written.
+    header_lens: Vec<usize>,
+    out: Option<BufWriter<File>>,
+    finished: bool,
+}
+
+fn temp_path(path: &Path) -> Result<PathBuf> {
+    let file_name =
+        path.file_name().ok_or_else(|| Error::invalid(format!("{}: path has no file name", path.display())))?;
     let mut tmp_name = file_name.to_os_string();
     tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let written = write_file(&tmp, &header, &order);
-    if let Err(e) = written {
-        // The partial file is useless; its removal failing changes nothing for the caller.
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    if let Err(e) = std::fs::rename(&tmp, path) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    // Persist the rename itself. Some platforms cannot open or sync directories; the data
-    // is already safe in the file, so this stays best-effort.
+    Ok(path.with_file_name(tmp_name))
+}
+
+/// Persists a rename: some platforms cannot open or sync directories; the data is already
+/// safe in the file, so this stays best-effort.
+pub(crate) fn sync_dir_of(path: &Path) {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
         }
     }
-    Ok(())
 }
 
-/// The JSON header, padded with spaces to a multiple of 8 bytes.
-fn header_json(order: &[&SafetensorsEntry<'_>], metadata: &BTreeMap<String, String>) -> serde_json::Result<String> {
+impl SafetensorsWriter {
+    /// Checks the plan (unique names, `__metadata__` reserved, sizes that fit) and
+    /// prepares the files; nothing is written before the first `put`.
+    pub fn create(files: Vec<PlannedFile>) -> Result<SafetensorsWriter> {
+        let mut temps = Vec::with_capacity(files.len());
+        for f in &files {
+            let invalid = |msg: String| Error::invalid(format!("writing {}: {msg}", f.path.display()));
+            let mut seen = HashSet::new();
+            for t in &f.tensors {
+                if t.name == "__metadata__" {
+                    return Err(invalid("tensor name '__metadata__' is reserved".into()));
+                }
+                if !seen.insert(t.name.as_str()) {
+                    return Err(invalid(format!("tensor '{}' given twice", t.name)));
+                }
+                t.byte_len().map_err(|e| invalid(e.to_string()))?;
+            }
+            temps.push(temp_path(&f.path)?);
+        }
+        let header_lens = vec![0; files.len()];
+        Ok(SafetensorsWriter { files, temps, next: (0, 0), header_lens, out: None, finished: false })
+    }
+
+    /// Writes the data of the next tensor of the plan, which must be `name`, with exactly
+    /// its byte length.
+    pub fn put(&mut self, name: &str, data: &[u8]) -> Result<()> {
+        let (fi, ti) = self.next;
+        let Some(file) = self.files.get(fi) else {
+            return Err(Error::invalid(format!("tensor '{name}' given after the last planned one")));
+        };
+        let spec = &file.tensors[ti];
+        if spec.name != name {
+            return Err(Error::invalid(format!(
+                "writing {}: tensor '{name}' given where the plan has '{}'",
+                file.path.display(),
+                spec.name
+            )));
+        }
+        if spec.byte_len()? != data.len() {
+            return Err(Error::invalid(format!(
+                "writing {}: tensor '{name}' ({}, shape {:?}) needs {} bytes, got {}",
+                file.path.display(),
+                spec.dtype,
+                spec.shape,
+                spec.byte_len()?,
+                data.len()
+            )));
+        }
+        let tmp = &self.temps[fi];
+        let io = |e| Error::io(tmp, e);
+        if ti == 0 {
+            let header = header_json(&file.tensors, &file.metadata, file.reserve)?;
+            self.header_lens[fi] = header.len();
+            let mut w = BufWriter::with_capacity(1 << 20, File::create(tmp).map_err(io)?);
+            w.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
+            w.write_all(header.as_bytes()).map_err(io)?;
+            self.out = Some(w);
+        }
+        let w = self.out.as_mut().ok_or_else(|| Error::invalid("safetensors writer: no open file"))?;
+        w.write_all(data).map_err(io)?;
+        self.next = if ti + 1 == file.tensors.len() {
+            let w = self.out.take().ok_or_else(|| Error::invalid("safetensors writer: no open file"))?;
+            let f = w.into_inner().map_err(|e| io(e.into_error()))?;
+            f.sync_all().map_err(io)?;
+            (fi + 1, 0)
+        } else {
+            (fi, ti + 1)
+        };
+        Ok(())
+    }
+
+    /// The next tensor `put` expects, if any.
+    pub fn next_name(&self) -> Option<&str> {
+        self.files.get(self.next.0).map(|f| f.tensors[self.next.1].name.as_str())
+    }
+
+    /// After every tensor has been put: adds `late` to the first file's metadata (in the
+    /// header space it reserved; an error if it does not fit) and renames the files into
+    /// place.
+    pub fn finish(mut self, late: BTreeMap<String, String>) -> Result<()> {
+        if let Some(name) = self.next_name() {
+            return Err(Error::invalid(format!("safetensors writer finished before tensor '{name}'")));
+        }
+        if !late.is_empty() {
+            let (f, tmp) = (&self.files[0], &self.temps[0]);
+            let mut metadata = f.metadata.clone();
+            metadata.extend(late);
+            let mut header = header_json(&f.tensors, &metadata, 0)?;
+            let len = self.header_lens[0];
+            if header.len() > len {
+                return Err(Error::invalid(format!(
+                    "writing {}: the metadata needs a {}-byte header, {len} were reserved",
+                    f.path.display(),
+                    header.len()
+                )));
+            }
+            header.extend(std::iter::repeat_n(' ', len - header.len()));
+            use std::io::{Seek, SeekFrom};
+            let io = |e| Error::io(tmp, e);
+            let mut file = std::fs::OpenOptions::new().write(true).open(tmp).map_err(io)?;
+            file.seek(SeekFrom::Start(PREFIX_LEN as u64)).map_err(io)?;
+            file.write_all(header.as_bytes()).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        // Files with no tensors were never opened: write their header now.
+        for (f, tmp) in self.files.iter().zip(&self.temps) {
+            if f.tensors.is_empty() {
+                let header = header_json(&[], &f.metadata, 0)?;
+                let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+                bytes.extend_from_slice(header.as_bytes());
+                let mut file = File::create(tmp).map_err(|e| Error::io(tmp, e))?;
+                file.write_all(&bytes).and_then(|_| file.sync_all()).map_err(|e| Error::io(tmp, e))?;
+            }
+        }
+        for (f, tmp) in self.files.iter().zip(&self.temps) {
+            std::fs::rename(tmp, &f.path).map_err(|e| Error::io(&f.path, e))?;
+            sync_dir_of(&f.path);
+        }
+        self.finished = true;
+        Ok(())
+    }
+}
+
+impl Drop for SafetensorsWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            // The partial files are useless; failing to remove them changes nothing.
+            for tmp in &self.temps {
+                let _ = std::fs::remove_file(tmp);
+            }
+        }
+    }
+}
+
+/// The JSON header, padded with spaces to a multiple of 8 bytes, `reserve` more first.
+fn header_json(order: &[TensorSpec], metadata: &BTreeMap<String, String>, reserve: usize) -> Result<String> {
+    let ser = |e: serde_json::Error| Error::invalid(format!("serialising a safetensors header: {e}"));
     let mut fields = Vec::with_capacity(order.len() + 1);
     if !metadata.is_empty() {
-        fields.push(format!("\"__metadata__\":{}", serde_json::to_string(metadata)?));
+        fields.push(format!("\"__metadata__\":{}", serde_json::to_string(metadata).map_err(ser)?));
     }
     let mut offset = 0usize;
     for t in order {
-        let end = offset + t.data.len();
+        let end = offset.checked_add(t.byte_len()?).ok_or_else(|| Error::invalid("safetensors file size overflows"))?;
         fields.push(format!(
             "{}:{{\"dtype\":\"{}\",\"shape\":{},\"data_offsets\":[{offset},{end}]}}",
-            serde_json::to_string(&t.name)?,
+            serde_json::to_string(&t.name).map_err(ser)?,
             header_name(t.dtype),
-            serde_json::to_string(&t.shape)?,
+            serde_json::to_string(&t.shape).map_err(ser)?,
         ));
         offset = end;
     }
     let mut header = format!("{{{}}}", fields.join(","));
-    let padded = header.len().next_multiple_of(8);
+    let padded = (header.len() + reserve).next_multiple_of(8);
     header.extend(std::iter::repeat_n(' ', padded - header.len()));
     Ok(header)
-}
-
-fn write_file(tmp: &Path, header: &str, order: &[&SafetensorsEntry<'_>]) -> Result<()> {
-    let io = |e| Error::io(tmp, e);
-    let mut w = BufWriter::new(File::create(tmp).map_err(io)?);
-    w.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
-    w.write_all(header.as_bytes()).map_err(io)?;
-    for t in order {
-        w.write_all(t.data).map_err(io)?;
-    }
-    let file = w.into_inner().map_err(|e| io(e.into_error()))?;
-    file.sync_all().map_err(io)
 }
 
 #[cfg(test)]

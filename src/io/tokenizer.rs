@@ -11,8 +11,19 @@
 //! tokenizer.ggml.{eos,bos}_token_id  (optional)
 //! ```
 //! The pipeline is: no normaliser → pre-tokenizer → BPE (no unknown token, no byte
-//! fallback, merges applied by rank) → ids. Encoding never adds BOS/EOS; special tokens
-//! written in the text (e.g. `<|endoftext|>`) map to their ids. Decoding is byte-level.
+//! fallback, merges applied by rank) → ids. Every `tokenizer.*` key of a GGUF file is read
+//! or refused ([`GGUF_TOKENIZER_KEYS`]); an unknown pre-tokenizer name is refused (its
+//! regex is not reproduced).
+//!
+//! From a Hugging Face directory: `tokenizer.json`, plus `tokenizer_config.json` when
+//! present for `bos_token`, `eos_token`, `add_bos_token`, `add_eos_token` and
+//! `chat_template`. Without `add_bos_token` the post-processor of `tokenizer.json` decides
+//! (LLaMA-3's adds BOS): whether it puts BOS before, or EOS after, a probe text.
+//!
+//! [`Tokenizer::encode`] never adds BOS/EOS; [`Tokenizer::encode_document`] adds them as
+//! the model's files say (once per document: a text file, or a JSON record). Special
+//! tokens written in the text (e.g. `<|endoftext|>`) map to their ids. Decoding is
+//! byte-level.
 
 use std::path::Path;
 
@@ -34,12 +45,47 @@ const DIGIT_SPLITTING_PRE: &[&str] = &["smollm", "starcoder", "refact", "command
 const TOKEN_TYPE_CONTROL: i64 = 3;
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 
+/// Every `tokenizer.*` GGUF key [`Tokenizer::from_gguf`] knows; any other is refused.
+/// `(key, what is done with it)`.
+pub const GGUF_TOKENIZER_KEYS: &[(&str, &str)] = &[
+    ("tokenizer.ggml.model", "\"gpt2\" only"),
+    ("tokenizer.ggml.pre", "the pre-tokenizer: smollm and the other digit-splitting names, gpt2, default"),
+    ("tokenizer.ggml.tokens", "the vocabulary"),
+    ("tokenizer.ggml.merges", "the BPE merges"),
+    ("tokenizer.ggml.token_type", "control tokens become special added tokens, user-defined ones added tokens"),
+    ("tokenizer.ggml.bos_token_id", "BOS"),
+    ("tokenizer.ggml.eos_token_id", "EOS"),
+    ("tokenizer.ggml.add_bos_token", "whether documents start with BOS"),
+    ("tokenizer.ggml.add_eos_token", "whether documents end with EOS"),
+    ("tokenizer.ggml.add_space_prefix", "false only"),
+    ("tokenizer.ggml.unknown_token_id", "not used by byte-level BPE"),
+    ("tokenizer.ggml.padding_token_id", "padding (not used)"),
+    ("tokenizer.ggml.seperator_token_id", "not used"),
+    ("tokenizer.ggml.cls_token_id", "not used"),
+    ("tokenizer.ggml.mask_token_id", "not used"),
+    ("tokenizer.ggml.eot_token_id", "generation (not used)"),
+    ("tokenizer.ggml.eom_token_id", "generation (not used)"),
+    ("tokenizer.chat_template", "kept for export"),
+];
+
+/// The pre-tokenizer names read: the digit-splitting ones, and those that are GPT-2's
+/// regex alone.
+const GPT2_PRE: &[&str] = &["gpt2", "default"];
+
 /// A byte-level BPE tokenizer plus the special ids the model uses.
 #[derive(Clone, Debug)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     eos_token_id: Option<u32>,
     bos_token_id: Option<u32>,
+    add_bos: bool,
+    add_eos: bool,
+    chat_template: Option<String>,
+}
+
+/// A `tokenizer_config.json` token entry: a string, or an object with `content`.
+fn token_content(v: &serde_json::Value) -> Option<&str> {
+    v.as_str().or_else(|| v.get("content").and_then(serde_json::Value::as_str))
 }
 
 fn tok_err(context: &str, e: impl std::fmt::Display) -> Error {
@@ -52,12 +98,34 @@ impl Tokenizer {
     /// Pre-tokenization follows `tokenizer.ggml.pre`, matching llama.cpp: "smollm" (and the
     /// other names in which llama.cpp splits every digit: starcoder, refact, command-r,
     /// codeshell, exaone, minerva) use `Sequence[Digits(individual_digits),
-    /// ByteLevel(add_prefix_space=false, use_regex=true)]`; everything else, including
-    /// "gpt2" (whose regex keeps digit runs together) and unknown or missing names, uses
-    /// `ByteLevel` alone. For unknown names that is an approximation: their own regexes
-    /// (llama3, qwen2, deepseek, ...) are not reproduced, so ids may differ from
-    /// llama.cpp's on some texts.
+    /// ByteLevel(add_prefix_space=false, use_regex=true)]`; "gpt2" and "default" (whose
+    /// regex keeps digit runs together), and a missing name, use `ByteLevel` alone. Any
+    /// other name (llama-bpe, qwen2, deepseek, ...) is refused: its regex is not
+    /// reproduced, and the ids would differ from llama.cpp's.
     pub fn from_gguf(gguf: &GgufFile) -> Result<Tokenizer> {
+        let refuse = |key: &str, v: &GgufValue, why: &str| {
+            Error::Tokenizer(format!("{}: metadata key '{key}' ({}): {why}", gguf.path().display(), v.type_name()))
+        };
+        for (key, v) in gguf.metadata() {
+            let known =
+                GGUF_TOKENIZER_KEYS.iter().any(|(k, _)| k == key) || key.starts_with("tokenizer.chat_template.");
+            if key.starts_with("tokenizer.") && !known {
+                return Err(refuse(key, v, "unknown tokenizer key: it may change the ids, so it is refused"));
+            }
+        }
+        let flag = |key: &str| -> Result<bool> {
+            match gguf.get(key) {
+                None => Ok(false),
+                Some(GgufValue::Bool(b)) => Ok(*b),
+                Some(v) => Err(refuse(key, v, "expected a bool")),
+            }
+        };
+        if flag("tokenizer.ggml.add_space_prefix")? {
+            return Err(Error::Tokenizer(format!(
+                "{}: tokenizer.ggml.add_space_prefix = true is not implemented for byte-level BPE",
+                gguf.path().display()
+            )));
+        }
         let model = gguf.get_str("tokenizer.ggml.model")?;
         if model != "gpt2" {
             return Err(Error::Tokenizer(format!(
@@ -89,11 +157,22 @@ impl Tokenizer {
         let mut inner = tokenizers::Tokenizer::new(bpe);
 
         let byte_level = ByteLevel::new(false, true, true);
-        let pre = gguf.get("tokenizer.ggml.pre").and_then(GgufValue::as_str).unwrap_or("");
+        let pre = match gguf.get("tokenizer.ggml.pre") {
+            None => "default",
+            Some(v) => v.as_str().ok_or_else(|| refuse("tokenizer.ggml.pre", v, "expected a string"))?,
+        };
         let pre_tokenizer: PreTokenizerWrapper = if DIGIT_SPLITTING_PRE.contains(&pre) {
             Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
-        } else {
+        } else if GPT2_PRE.contains(&pre) {
             byte_level.into()
+        } else {
+            return Err(Error::Tokenizer(format!(
+                "{}: tokenizer.ggml.pre = \"{pre}\": this pre-tokenizer's regex is not implemented \
+                 (known: {}, {})",
+                gguf.path().display(),
+                DIGIT_SPLITTING_PRE.join(", "),
+                GPT2_PRE.join(", ")
+            )));
         };
         inner.with_pre_tokenizer(Some(pre_tokenizer));
         // The post-processor only fixes offsets (ids are untouched); kept to match the
@@ -137,26 +216,200 @@ impl Tokenizer {
                 },
             }
         };
-        Ok(Tokenizer {
+        let chat_template = match gguf.get("tokenizer.chat_template") {
+            None => None,
+            Some(v) => {
+                Some(v.as_str().ok_or_else(|| refuse("tokenizer.chat_template", v, "expected a string"))?.to_owned())
+            }
+        };
+        let tok = Tokenizer {
             inner,
             eos_token_id: special_id("tokenizer.ggml.eos_token_id")?,
             bos_token_id: special_id("tokenizer.ggml.bos_token_id")?,
+            add_bos: flag("tokenizer.ggml.add_bos_token")?,
+            add_eos: flag("tokenizer.ggml.add_eos_token")?,
+            chat_template,
+        };
+        tok.check_flags(&gguf.path().display().to_string())?;
+        Ok(tok)
+    }
+
+    /// A byte-level tokenizer without merges: ids 0–255 are the 256 byte symbols (GPT-2's
+    /// byte-to-character map, in that order), 256 is `<s>` (BOS, added to documents) and
+    /// 257 `</s>` (EOS). For models with random weights (benchmarks), which need some
+    /// tokenizer with ids inside any vocabulary.
+    pub fn byte_level() -> Result<Tokenizer> {
+        let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
+        alphabet.sort_unstable();
+        let mut vocab = Vocab::with_capacity(258);
+        for (i, c) in alphabet.iter().enumerate() {
+            vocab.insert(c.to_string(), i as u32);
+        }
+        let bpe =
+            BPE::builder().vocab_and_merges(vocab, Vec::new()).build().map_err(|e| tok_err("byte-level BPE", e))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        let byte_level = ByteLevel::new(false, true, true);
+        inner.with_pre_tokenizer(Some(byte_level));
+        inner.with_decoder(Some(byte_level));
+        inner.add_special_tokens(&[AddedToken::from("<s>", true), AddedToken::from("</s>", true)]);
+        let (bos, eos) = (inner.token_to_id("<s>"), inner.token_to_id("</s>"));
+        Ok(Tokenizer {
+            inner,
+            eos_token_id: eos,
+            bos_token_id: bos,
+            add_bos: true,
+            add_eos: false,
+            chat_template: None,
         })
     }
 
-    /// Loads a Hugging Face `tokenizer.json`. That file does not say which token ends a
-    /// sequence, so [`Tokenizer::eos_token_id`] is `None` until set with
-    /// [`Tokenizer::with_eos_token_id`].
+    /// Adding BOS or EOS needs that token's id.
+    fn check_flags(&self, origin: &str) -> Result<()> {
+        if self.add_bos && self.bos_token_id.is_none() {
+            return Err(Error::Tokenizer(format!("{origin}: BOS is to be added but no BOS token is named")));
+        }
+        if self.add_eos && self.eos_token_id.is_none() {
+            return Err(Error::Tokenizer(format!("{origin}: EOS is to be added but no EOS token is named")));
+        }
+        Ok(())
+    }
+
+    /// Loads a Hugging Face `tokenizer.json` alone. That file does not say which tokens
+    /// begin and end a sequence, so the BOS/EOS ids are `None` and nothing is added to
+    /// documents; [`Tokenizer::from_hf_files`] reads them from `tokenizer_config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Tokenizer> {
-        let path = path.as_ref();
-        let json = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_json_str(&json).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))
+        Self::from_hf_files(path.as_ref(), None)
+    }
+
+    /// Loads `tokenizer.json` and, when given, its `tokenizer_config.json` (see the module
+    /// doc for what is read).
+    pub fn from_hf_files(tokenizer_json: &Path, tokenizer_config: Option<&Path>) -> Result<Tokenizer> {
+        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| Error::io(p, e));
+        let json = read(tokenizer_json)?;
+        let config = tokenizer_config.map(read).transpose()?;
+        let origin = tokenizer_config.unwrap_or(tokenizer_json).display().to_string();
+        Self::from_json_parts(&json, config.as_deref(), &origin)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", tokenizer_json.display())))
     }
 
     /// Parses the contents of a `tokenizer.json` (see [`Tokenizer::from_file`]).
     pub fn from_json_str(json: &str) -> Result<Tokenizer> {
+        Self::from_json_parts(json, None, "tokenizer.json")
+    }
+
+    /// `tokenizer.json` text and optionally `tokenizer_config.json` text; `origin` names
+    /// the config in errors.
+    pub fn from_json_parts(json: &str, config: Option<&str>, origin: &str) -> Result<Tokenizer> {
         let inner = json.parse::<tokenizers::Tokenizer>().map_err(|e| tok_err("parsing tokenizer.json", e))?;
-        Ok(Tokenizer { inner, eos_token_id: None, bos_token_id: None })
+        let mut tok = Tokenizer {
+            inner,
+            eos_token_id: None,
+            bos_token_id: None,
+            add_bos: false,
+            add_eos: false,
+            chat_template: None,
+        };
+        let Some(config) = config else { return Ok(tok) };
+        let cfg: serde_json::Value =
+            serde_json::from_str(config).map_err(|e| Error::Tokenizer(format!("{origin}: {e}")))?;
+        let bad = |key: &str, why: &str| Error::Tokenizer(format!("{origin}: key '{key}': {why}"));
+        let id_of = |key: &str| -> Result<Option<u32>> {
+            match cfg.get(key).filter(|v| !v.is_null()) {
+                None => Ok(None),
+                Some(v) => {
+                    let content = token_content(v).ok_or_else(|| bad(key, "expected a token string"))?;
+                    tok.inner
+                        .token_to_id(content)
+                        .map(Some)
+                        .ok_or_else(|| bad(key, &format!("'{content}' is not in the vocabulary")))
+                }
+            }
+        };
+        let (bos, eos) = (id_of("bos_token")?, id_of("eos_token")?);
+        let flag = |key: &str| -> Result<Option<bool>> {
+            match cfg.get(key).filter(|v| !v.is_null()) {
+                None => Ok(None),
+                Some(v) => v.as_bool().map(Some).ok_or_else(|| bad(key, "expected true or false")),
+            }
+        };
+        let (add_bos, add_eos) = (flag("add_bos_token")?, flag("add_eos_token")?);
+        // Without the flags, what the post-processor of tokenizer.json does to a probe.
+        let probe = |with: bool| -> Result<Vec<u32>> {
+            Ok(tok.inner.encode("a", with).map_err(|e| tok_err("probing the post-processor", e))?.get_ids().to_vec())
+        };
+        let (bare, full) = (probe(false)?, probe(true)?);
+        let starts =
+            bos.is_some_and(|b| full.len() > bare.len() && full.first() == Some(&b) && bare.first() != Some(&b));
+        let ends = eos.is_some_and(|e| full.len() > bare.len() && full.last() == Some(&e) && bare.last() != Some(&e));
+        tok.bos_token_id = bos;
+        tok.eos_token_id = eos;
+        tok.add_bos = add_bos.unwrap_or(starts);
+        tok.add_eos = add_eos.unwrap_or(ends);
+        tok.chat_template = cfg.get("chat_template").and_then(serde_json::Value::as_str).map(str::to_owned);
+        tok.check_flags(origin)?;
+        Ok(tok)
+    }
+
+    /// A `tokenizer_config.json` for this tokenizer, loadable by transformers'
+    /// `AutoTokenizer` (`PreTrainedTokenizerFast` over the `tokenizer.json` of
+    /// [`Tokenizer::to_json_string_for_export`]) and by [`Tokenizer::from_json_parts`].
+    pub fn config_json(&self, model_max_length: usize) -> serde_json::Value {
+        let name = |id: Option<u32>| id.and_then(|i| self.inner.id_to_token(i));
+        let mut v = serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": name(self.bos_token_id),
+            "eos_token": name(self.eos_token_id),
+            "add_bos_token": self.add_bos,
+            "add_eos_token": self.add_eos,
+            "clean_up_tokenization_spaces": false,
+            "model_max_length": model_max_length,
+        });
+        if let Some(t) = &self.chat_template {
+            v["chat_template"] = t.clone().into();
+        }
+        v
+    }
+
+    /// The `tokenizer.json` text for an exported directory: [`Tokenizer::to_json_string`]
+    /// with a post-processor that adds BOS/EOS as [`Tokenizer::encode_document`] does, so
+    /// that transformers' tokenizer produces the same ids.
+    pub fn to_json_string_for_export(&self) -> Result<String> {
+        use tokenizers::processors::template::TemplateProcessing;
+        if !self.add_bos && !self.add_eos {
+            return self.to_json_string();
+        }
+        let name = |id: Option<u32>| -> Result<(String, u32)> {
+            let id = id.ok_or_else(|| Error::Tokenizer("a special token to add has no id".into()))?;
+            let s = self.inner.id_to_token(id).ok_or_else(|| Error::Tokenizer(format!("id {id} has no token")))?;
+            Ok((s, id))
+        };
+        let mut single = Vec::new();
+        let mut specials = Vec::new();
+        if self.add_bos {
+            let (s, id) = name(self.bos_token_id)?;
+            single.push(s.clone());
+            specials.push((s, id));
+        }
+        single.push("$A".to_string());
+        if self.add_eos {
+            let (s, id) = name(self.eos_token_id)?;
+            single.push(s.clone());
+            if !specials.iter().any(|(t, _)| *t == s) {
+                specials.push((s, id));
+            }
+        }
+        let single = single.join(" ");
+        let pair = format!("{single} {}", single.replace("$A", "$B:1"));
+        let template = TemplateProcessing::builder()
+            .try_single(single.as_str())
+            .and_then(|b| b.try_pair(pair.as_str()))
+            .map_err(|e| tok_err("building the post-processor", e))?
+            .special_tokens(specials)
+            .build()
+            .map_err(|e| tok_err("building the post-processor", e))?;
+        let mut inner = self.inner.clone();
+        inner.with_post_processor(Some(template));
+        inner.to_string(false).map_err(|e| tok_err("serialising tokenizer", e))
     }
 
     /// The tokenizer as `tokenizer.json` text (compact), loadable with
@@ -169,6 +422,35 @@ impl Tokenizer {
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let encoding = self.inner.encode(text, false).map_err(|e| tok_err("encoding", e))?;
         Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Token ids of one document: [`Tokenizer::encode`] with BOS before and EOS after when
+    /// the tokenizer's files ask for them.
+    pub fn encode_document(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        if let (true, Some(b)) = (self.add_bos, self.bos_token_id) {
+            ids.push(b);
+        }
+        ids.extend(self.encode(text)?);
+        if let (true, Some(e)) = (self.add_eos, self.eos_token_id) {
+            ids.push(e);
+        }
+        Ok(ids)
+    }
+
+    /// Whether [`Tokenizer::encode_document`] starts with BOS.
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// Whether [`Tokenizer::encode_document`] ends with EOS.
+    pub fn adds_eos(&self) -> bool {
+        self.add_eos
+    }
+
+    /// The chat template (GGUF `tokenizer.chat_template`, or `tokenizer_config.json`'s).
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
     }
 
     /// Text of `ids`, special tokens included. Ids outside the vocabulary are an error.
@@ -190,12 +472,14 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
-    /// End-of-sequence id, from GGUF `tokenizer.ggml.eos_token_id` or set by the caller.
+    /// End-of-sequence id, from GGUF `tokenizer.ggml.eos_token_id`, `tokenizer_config.json`,
+    /// or set by the caller.
     pub fn eos_token_id(&self) -> Option<u32> {
         self.eos_token_id
     }
 
-    /// Beginning-of-sequence id from GGUF metadata (never added by [`Tokenizer::encode`]).
+    /// Beginning-of-sequence id from GGUF metadata or `tokenizer_config.json` (never added by
+    /// [`Tokenizer::encode`]).
     pub fn bos_token_id(&self) -> Option<u32> {
         self.bos_token_id
     }
@@ -254,9 +538,61 @@ mod tests {
         // ... while GPT-2's regex keeps the run "12" together.
         let g = Tokenizer::from_gguf(&toy_gguf("gpt2")).unwrap();
         assert_eq!(g.encode("ab<|endoftext|>12").unwrap(), [6, 0, 8]);
-        // Unknown pre-tokenizer names fall back to ByteLevel alone.
-        let u = Tokenizer::from_gguf(&toy_gguf("no-such-pre")).unwrap();
-        assert_eq!(u.encode("12").unwrap(), [8]);
+        // An unknown pre-tokenizer name is refused by name, not approximated.
+        let e = Tokenizer::from_gguf(&toy_gguf("llama-bpe")).unwrap_err().to_string();
+        assert!(e.contains("tokenizer.ggml.pre") && e.contains("llama-bpe"), "{e}");
+        // No BOS/EOS is added unless the file says so.
+        assert!(!t.adds_bos() && !t.adds_eos());
+        assert_eq!(t.encode_document("ab").unwrap(), [6]);
+    }
+
+    /// `tokenizer.ggml.add_bos_token` puts BOS before every document; unknown keys and
+    /// `add_space_prefix = true` are refused by name.
+    #[test]
+    fn gguf_flags_are_read_or_refused() {
+        let base = || {
+            let mut w = GgufWriter::new();
+            w.add_str("tokenizer.ggml.model", "gpt2")
+                .add_str_array("tokenizer.ggml.tokens", &["<s>", "a", "b", "ab"])
+                .add_str_array("tokenizer.ggml.merges", &["a b"])
+                .add_u32("tokenizer.ggml.bos_token_id", 0);
+            w
+        };
+        let open = |w: &GgufWriter, name: &str| {
+            let path = test_dir("tokenizer").join(name);
+            w.write(&path).unwrap();
+            Tokenizer::from_gguf(&GgufFile::open(&path).unwrap())
+        };
+        let mut w = base();
+        w.add_metadata("tokenizer.ggml.add_bos_token", GgufValue::Bool(true));
+        let t = open(&w, "bos.gguf").unwrap();
+        assert!(t.adds_bos());
+        assert_eq!(t.encode("ab").unwrap(), [3]);
+        assert_eq!(t.encode_document("ab").unwrap(), [0, 3]);
+        let mut w = base();
+        w.add_metadata("tokenizer.ggml.add_space_prefix", GgufValue::Bool(true));
+        let e = open(&w, "space.gguf").unwrap_err().to_string();
+        assert!(e.contains("add_space_prefix"), "{e}");
+        let mut w = base();
+        w.add_u32("tokenizer.ggml.whatever", 1);
+        let e = open(&w, "unknown.gguf").unwrap_err().to_string();
+        assert!(e.contains("'tokenizer.ggml.whatever'"), "{e}");
+        let mut w = base();
+        w.add_metadata("tokenizer.ggml.add_eos_token", GgufValue::Bool(true));
+        let e = open(&w, "eos.gguf").unwrap_err().to_string();
+        assert!(e.contains("no EOS token"), "{e}");
+    }
+
+    #[test]
+    fn byte_level_tokenizer_is_one_id_per_byte() {
+        let t = Tokenizer::byte_level().unwrap();
+        assert_eq!(t.vocab_size(), 258);
+        let text = "Call me Ishmael. ünï 42";
+        let ids = t.encode_document(text).unwrap();
+        assert_eq!(ids.len(), 1 + text.len());
+        assert_eq!(ids[0], 256);
+        assert!(ids[1..].iter().all(|&i| i < 256));
+        assert_eq!(t.decode(&ids[1..]).unwrap(), text);
     }
 
     #[test]

@@ -167,6 +167,8 @@ pub struct StatsRequest {
 
 /// The activations flowing through the model during sequential calibration: the current
 /// layer's inputs, in chunks of samples ([chunk, T, dim] each, on the model's device).
+/// A clone shares the chunks until either side advances.
+#[derive(Clone)]
 pub struct Activations {
     chunks: Vec<Tensor>,
 }

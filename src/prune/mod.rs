@@ -6,6 +6,9 @@
 //! decoder layer: observe the inputs of its seven linears over all samples
 //! ([`calib::Activations::observe`]), prune all seven, and re-run the pruned layer to
 //! produce the next layer's inputs. Embeddings and the LM head are not pruned.
+//! [`prune_layers`] is the same pipeline over a [`LayerStore`]: the layers may live in a
+//! model in memory, or be read from the files one at a time and written out as they are
+//! pruned, so that a model larger than memory prunes in the memory of one layer.
 //!
 //! Pattern semantics: `N:M` keeps N of every M consecutive inputs of a row (2:4 keeps 2).
 //! The reference repositories' `N:M` arguments count the pruned weights; for 2:4 and 4:8
@@ -202,15 +205,15 @@ pub fn needs_calibration(opts: &PruneOptions) -> bool {
     opts.method != Method::Magnitude || opts.dsnot.is_some() || matches!(opts.allocation, Allocation::Owl { .. })
 }
 
-fn check_options(model: &Llama, samples: &[Vec<u32>], opts: &PruneOptions) -> Result<()> {
-    check_config(&model.config, opts)?;
+fn check_options(config: &LlamaConfig, samples: &[Vec<u32>], opts: &PruneOptions) -> Result<()> {
+    check_config(config, opts)?;
     let needs_samples =
         opts.method != Method::Magnitude || opts.dsnot.is_some() || matches!(opts.allocation, Allocation::Owl { .. });
     if needs_samples {
         if samples.is_empty() {
             return Err(Error::invalid("this pruning configuration needs calibration samples"));
         }
-        let vocab = model.config.vocab_size as u32;
+        let vocab = config.vocab_size as u32;
         if let Some(bad) = samples.iter().flatten().find(|&&t| t >= vocab) {
             return Err(Error::invalid(format!("calibration token {bad} is outside the vocabulary ({vocab})")));
         }
@@ -223,27 +226,34 @@ fn weight_f32(layer: &DecoderLayer, p: Proj) -> Result<Vec<f32>> {
     layer.linear(p).merged()?.to_f32_vec()
 }
 
-/// Per-layer target sparsities; OWL runs its dense pass over the calibration samples.
-fn layer_targets(model: &Llama, samples: &[Vec<u32>], opts: &PruneOptions) -> Result<(Vec<f64>, Option<Vec<f64>>)> {
-    let layers = model.config.num_hidden_layers;
+/// Per-layer target sparsities; OWL runs its dense pass over the calibration samples
+/// (`embedded`: the samples' embeddings).
+fn layer_targets(
+    config: &LlamaConfig,
+    store: &mut dyn LayerStore,
+    embedded: Option<&Activations>,
+    opts: &PruneOptions,
+) -> Result<(Vec<f64>, Option<Vec<f64>>)> {
+    let layers = config.num_hidden_layers;
     let s = opts.pattern.sparsity();
     Ok(match &opts.allocation {
         Allocation::Uniform => (allocation::uniform(s, layers), None),
         Allocation::Atp { beta } => (allocation::atp(s, *beta, layers)?, None),
         Allocation::Explicit(list) => (allocation::explicit(list, layers)?, None),
         Allocation::Owl { m, lambda } => {
-            let mut acts = Activations::embed(&model.embed, samples, opts.chunk)?;
+            let mut acts = embedded.cloned().ok_or_else(|| Error::invalid("OWL needs calibration samples"))?;
             let mut ratios = Vec::with_capacity(layers);
-            for layer in &model.layers {
-                let stats = acts.observe(layer, &model.config, StatsRequest::default())?;
+            for l in 0..layers {
+                let layer = store.layer(l)?;
+                let stats = acts.observe(&layer, config, StatsRequest::default())?;
                 let mut all = Vec::new();
                 for p in Proj::ALL {
                     let st = stats[&p.input()].to_host()?;
                     let cols = st.dim();
-                    all.push(scores::wanda(&weight_f32(layer, p)?, cols, &scores::scaler_row(&st, st.sequences)));
+                    all.push(scores::wanda(&weight_f32(&layer, p)?, cols, &scores::scaler_row(&st, st.sequences)));
                 }
                 ratios.push(allocation::owl_outlier_ratio(&all.iter().map(Vec::as_slice).collect::<Vec<_>>(), *m));
-                acts.advance(layer, &model.config)?;
+                acts.advance(&layer, config)?;
             }
             (allocation::owl(&ratios, s, *lambda), Some(ratios))
         }
@@ -418,6 +428,28 @@ fn nm_round_trip(weight: &Tensor, mask: &BitMask, n: usize, m: usize) -> Result<
     }
 }
 
+/// Where [`prune_layers`] reads the decoder layers and puts the pruned ones.
+pub trait LayerStore {
+    /// Decoder layer `l` as it is now (OWL reads every layer once before pruning, then
+    /// pruning reads each once more).
+    fn layer(&mut self, l: usize) -> Result<DecoderLayer>;
+    /// The pruned layer `l` (called once per layer, in order).
+    fn put(&mut self, l: usize, layer: DecoderLayer) -> Result<()>;
+}
+
+/// The layers of a model in memory.
+struct InMemory<'a>(&'a mut Llama);
+
+impl LayerStore for InMemory<'_> {
+    fn layer(&mut self, l: usize) -> Result<DecoderLayer> {
+        self.0.layers.get(l).cloned().ok_or_else(|| Error::invalid(format!("no decoder layer {l}")))
+    }
+    fn put(&mut self, l: usize, layer: DecoderLayer) -> Result<()> {
+        self.0.layers[l] = layer;
+        Ok(())
+    }
+}
+
 /// Prunes every decoder linear of `model` in place (weights keep their dtype and device;
 /// pruned entries become exact zeros). Compressed linears are re-masked from their merged
 /// weights and stay compressed (see `remask`; LoSA's stages use this). `samples` are calibration windows of one length;
@@ -428,20 +460,35 @@ pub fn prune_model(
     opts: &PruneOptions,
     progress: &mut dyn FnMut(&LayerReport),
 ) -> Result<PruneReport> {
-    check_options(model, samples, opts)?;
+    let (config, embed) = (model.config.clone(), model.embed.clone());
+    prune_layers(&config, &embed, &mut InMemory(model), samples, opts, progress)
+}
+
+/// [`prune_model`] over any [`LayerStore`]: `embed` [vocab, dim] embeds the calibration
+/// samples (on the device and in the dtype the layers compute in).
+pub fn prune_layers(
+    cfg: &LlamaConfig,
+    embed: &Tensor,
+    store: &mut dyn LayerStore,
+    samples: &[Vec<u32>],
+    opts: &PruneOptions,
+    progress: &mut dyn FnMut(&LayerReport),
+) -> Result<PruneReport> {
+    check_options(cfg, samples, opts)?;
     let start = Instant::now();
-    let (targets, owl_ratios) = layer_targets(model, samples, opts)?;
-    let needs_stats = opts.method != Method::Magnitude || opts.dsnot.is_some();
-    let mut acts = if needs_stats { Some(Activations::embed(&model.embed, samples, opts.chunk)?) } else { None };
+    let needs_stats = needs_calibration(opts);
+    let embedded = if needs_stats { Some(Activations::embed(embed, samples, opts.chunk)?) } else { None };
+    let (targets, owl_ratios) = layer_targets(cfg, store, embedded.as_ref(), opts)?;
+    let mut acts = if opts.method != Method::Magnitude || opts.dsnot.is_some() { embedded } else { None };
     let req = StatsRequest { xtx: opts.method == Method::SparseGpt };
-    let cfg = model.config.clone();
     let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
     let (mut zeros, mut total) = (0usize, 0usize);
     let mut nm_storage = matches!(opts.pattern, Pattern::NM { .. }).then(NmStorage::default);
-    for (l, layer) in model.layers.iter_mut().enumerate() {
+    for l in 0..cfg.num_hidden_layers {
         let t0 = Instant::now();
+        let mut layer = store.layer(l)?;
         let stats = match &acts {
-            Some(a) => Some(a.observe(layer, &cfg, req)?),
+            Some(a) => Some(a.observe(&layer, cfg, req)?),
             None => None,
         };
         let pattern = match opts.pattern {
@@ -450,7 +497,7 @@ pub fn prune_model(
         };
         let mut linears = Vec::with_capacity(7);
         for p in Proj::ALL {
-            let [rows, cols] = p.shape(&cfg);
+            let [rows, cols] = p.shape(cfg);
             let st = stats.as_ref().map(|s| &s[&p.input()]);
             let dsnot = opts.dsnot.filter(|d| d.include_mlp || matches!(p, Proj::Q | Proj::K | Proj::V | Proj::O));
             let old = layer.linear(p).clone();
@@ -466,11 +513,13 @@ pub fn prune_model(
             total += rows * cols;
             linears.push(LinearReport { name: p.short(), rows, cols, sparsity: mask.sparsity(), dsnot_swaps: swaps });
         }
+        drop(stats);
         if let Some(a) = acts.as_mut() {
             if l + 1 < cfg.num_hidden_layers {
-                a.advance(layer, &cfg)?;
+                a.advance(&layer, cfg)?;
             }
         }
+        store.put(l, layer)?;
         let numel: usize = linears.iter().map(|r| r.rows * r.cols).sum();
         let achieved = linears.iter().map(|r| r.sparsity * (r.rows * r.cols) as f64).sum::<f64>() / numel as f64;
         let report =

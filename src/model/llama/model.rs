@@ -1,8 +1,9 @@
 //! The LLaMA decoder: embedding → L × [x += o(attn(rope(q), rope(k), v)) of rms_norm(x);
 //! x += down(silu(gate(h))·up(h)) of h = rms_norm(x)] → rms_norm → LM head.
 //! Shapes: ids [B, T] (u32) → hidden [B, T, dim] → logits [B, T, vocab].
-//! q: [B, T, Hq, hd], k/v: [B, T, Hkv, hd]; RoPE in the Hugging Face rotate-half layout
-//! (GGUF Q/K rows are un-permuted on load).
+//! q: [B, T, Hq, hd], k/v: [B, T, Hkv, hd] (hd = the config's head_dim, so Hq·hd may differ
+//! from dim); RoPE in the Hugging Face rotate-half layout (GGUF Q/K rows are un-permuted on
+//! load) with the config's inverse frequencies (scaling included).
 
 use super::{LlamaConfig, Proj};
 use crate::autograd::{checkpoint, Tape};
@@ -77,8 +78,9 @@ impl DecoderLayer {
     ) -> Result<Tensor> {
         let [b, t, dim] = x.shape().dims_n::<3>("decoder layer")?;
         let (hq, hkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim());
+        cfg.check_window(pos_offset.saturating_add(t))?;
         let eps = cfg.rms_norm_eps as f32;
-        let theta = cfg.rope_theta as f32;
+        let inv_freq = cfg.rope_inv_freq();
         let mut seen = |which: LinearInput, input: &Tensor| match observe.as_deref_mut() {
             Some(f) => f(which, input),
             None => Ok(()),
@@ -92,8 +94,8 @@ impl DecoderLayer {
         let q = ops::reshape(tape.as_deref_mut(), &q, [b, t, hq, hd])?;
         let k = ops::reshape(tape.as_deref_mut(), &k, [b, t, hkv, hd])?;
         let v = ops::reshape(tape.as_deref_mut(), &v, [b, t, hkv, hd])?;
-        let q = ops::rope::rope(tape.as_deref_mut(), &q, theta, pos_offset)?;
-        let k = ops::rope::rope(tape.as_deref_mut(), &k, theta, pos_offset)?;
+        let q = ops::rope::rope(tape.as_deref_mut(), &q, &inv_freq, pos_offset)?;
+        let k = ops::rope::rope(tape.as_deref_mut(), &k, &inv_freq, pos_offset)?;
         let a = ops::attention::attention(tape.as_deref_mut(), &q, &k, &v)?;
         let a = ops::reshape(tape.as_deref_mut(), &a, [b, t, hq * hd])?;
         seen(LinearInput::AttnOut, &a)?;

@@ -61,8 +61,10 @@ impl Proj {
     /// Weight shape [out, in].
     pub fn shape(self, c: &LlamaConfig) -> [usize; 2] {
         let (d, kv, h) = (c.hidden_size, c.num_key_value_heads * c.head_dim(), c.intermediate_size);
+        let q = c.attention_width();
         match self {
-            Proj::Q | Proj::O => [d, d],
+            Proj::Q => [q, d],
+            Proj::O => [d, q],
             Proj::K | Proj::V => [kv, d],
             Proj::Gate | Proj::Up => [h, d],
             Proj::Down => [d, h],

@@ -1,7 +1,9 @@
 //! Rotary position embedding (RoPE) in the Hugging Face "rotate-half" convention, which
 //! our loader uses for every model. x: [batch, seq, heads, head_dim] (head_dim even),
-//! y like x; token t sits at position p = pos_offset + t. With half = head_dim/2, i < half:
-//!   inv_freq_i = 1 / theta^(2i/head_dim),  angle = p·inv_freq_i  (both in f32, as HF)
+//! y like x; token t sits at position p = pos_offset + t. With half = head_dim/2, i < half,
+//! and the caller's inverse frequencies inv_freq [half] (f32; the model config computes
+//! them, scaling included; [`cpu::inv_freq`] is the unscaled table 1 / theta^(2i/head_dim)):
+//!   angle = p·inv_freq_i  (one f32 multiply, as HF)
 //!   y_i = x_i·cos − x_{i+half}·sin,  y_{i+half} = x_{i+half}·cos + x_i·sin
 //! Backward is the inverse rotation: dx_i = dy_i·cos + dy_{i+half}·sin,
 //! dx_{i+half} = dy_{i+half}·cos − dy_i·sin. Nothing is saved for backward.
@@ -19,7 +21,7 @@ use crate::{with_compute_type, Device, Error, Result, Tensor};
 /// Largest position + 1: positions must be exact in f32 (2²⁴).
 const MAX_POSITIONS: usize = 1 << 24;
 
-fn check(x: &Tensor, theta: f32, pos_offset: usize) -> Result<(usize, RopeDims)> {
+fn check(x: &Tensor, inv_freq: &[f32], pos_offset: usize) -> Result<(usize, RopeDims)> {
     expect_float("rope", x)?;
     let [batch, seq, heads, head_dim] = x.shape().dims_n::<4>("rope")?;
     if head_dim == 0 || head_dim % 2 != 0 {
@@ -29,8 +31,15 @@ fn check(x: &Tensor, theta: f32, pos_offset: usize) -> Result<(usize, RopeDims)>
             msg: "head_dim must be even and nonzero".into(),
         });
     }
-    if !(theta.is_finite() && theta > 0.0) {
-        return Err(Error::invalid(format!("rope: theta must be positive and finite, got {theta}")));
+    if inv_freq.len() != head_dim / 2 {
+        return Err(Error::invalid(format!(
+            "rope: {} inverse frequencies for head_dim {head_dim} (expected {})",
+            inv_freq.len(),
+            head_dim / 2
+        )));
+    }
+    if let Some(bad) = inv_freq.iter().find(|f| !f.is_finite()) {
+        return Err(Error::invalid(format!("rope: inverse frequency {bad} is not finite")));
     }
     if pos_offset.saturating_add(seq) > MAX_POSITIONS {
         return Err(Error::invalid(format!(
@@ -41,19 +50,18 @@ fn check(x: &Tensor, theta: f32, pos_offset: usize) -> Result<(usize, RopeDims)>
     Ok((batch * seq, RopeDims { seq, heads, head_dim, pos_offset }))
 }
 
-fn rotate(x: &Tensor, theta: f32, pos_offset: usize, inverse: bool) -> Result<Tensor> {
-    let (tokens, d) = check(x, theta, pos_offset)?;
-    let inv_freq = cpu::inv_freq(theta, d.head_dim);
+fn rotate(x: &Tensor, inv_freq: &[f32], pos_offset: usize, inverse: bool) -> Result<Tensor> {
+    let (tokens, d) = check(x, inv_freq, pos_offset)?;
     match x.device() {
         Device::Cpu(_) => {
             let mut y = vec![0f32; x.elem_count()];
-            cpu::rotate(&host_f32(x)?, &inv_freq, d, inverse, &mut y);
+            cpu::rotate(&host_f32(x)?, inv_freq, d, inverse, &mut y);
             Tensor::from_f32(y, x.shape().clone(), x.dtype(), x.device())
         }
         Device::Cuda(_) => with_compute_type!(x.dtype(), "rope", T => {
             let dev = cuda_device(x)?;
             // The kernel uses this very table, so both devices see the same f32 angles.
-            let inv_freq = dev.htod(&inv_freq)?;
+            let inv_freq = dev.htod(inv_freq)?;
             let mut y = dev.alloc::<T>(x.elem_count())?;
             cuda::rotate::<T>(dev, x.read()?.cuda()?, inv_freq.slice(), y.slice_mut(), tokens, d, inverse)?;
             cuda_tensor(y, x.shape().clone(), x.device())
@@ -62,23 +70,24 @@ fn rotate(x: &Tensor, theta: f32, pos_offset: usize, inverse: bool) -> Result<Te
 }
 
 /// RoPE without recording: `x` [batch, seq, heads, head_dim] rotated for positions
-/// `pos_offset..pos_offset + seq` with base `theta` (e.g. 10000 or 500000).
-pub fn forward(x: &Tensor, theta: f32, pos_offset: usize) -> Result<Tensor> {
-    rotate(x, theta, pos_offset, false)
+/// `pos_offset..pos_offset + seq` with inverse frequencies `inv_freq` [head_dim / 2].
+pub fn forward(x: &Tensor, inv_freq: &[f32], pos_offset: usize) -> Result<Tensor> {
+    rotate(x, inv_freq, pos_offset, false)
 }
 
 /// Gradient of [`forward`]: `dy` rotated back (the inverse rotation), shape of `dy`.
-pub fn backward(dy: &Tensor, theta: f32, pos_offset: usize) -> Result<Tensor> {
-    rotate(dy, theta, pos_offset, true)
+pub fn backward(dy: &Tensor, inv_freq: &[f32], pos_offset: usize) -> Result<Tensor> {
+    rotate(dy, inv_freq, pos_offset, true)
 }
 
-/// RoPE, recorded on `tape` when x is tracked (saves nothing: backward needs only theta
-/// and the offset).
-pub fn rope(tape: Option<&mut Tape>, x: &Tensor, theta: f32, pos_offset: usize) -> Result<Tensor> {
-    let y = forward(x, theta, pos_offset)?;
+/// RoPE, recorded on `tape` when x is tracked (saves nothing but the frequency table:
+/// backward needs only it and the offset).
+pub fn rope(tape: Option<&mut Tape>, x: &Tensor, inv_freq: &[f32], pos_offset: usize) -> Result<Tensor> {
+    let y = forward(x, inv_freq, pos_offset)?;
     if let Some(tape) = tape {
+        let inv_freq = inv_freq.to_vec();
         tape.record("rope", &[x], &y, vec![], move |ctx| {
-            let dx = backward(ctx.grad_out(), theta, pos_offset)?;
+            let dx = backward(ctx.grad_out(), &inv_freq, pos_offset)?;
             ctx.add_grad(0, dx)
         });
     }
@@ -119,15 +128,19 @@ mod tests {
         assert_eq!(cpu::inv_freq(10_000.0, 4), vec![1.0, 0.01]);
         let dev = Device::cpu();
         let x = Tensor::from_f32(vec![1.0, 2.0, 3.0, 4.0], [1, 1, 1, 4], DType::F32, &dev).unwrap();
-        let y = forward(&x, 10_000.0, 3).unwrap().to_f32_vec().unwrap();
+        let y = forward(&x, &cpu::inv_freq(10_000.0, 4), 3).unwrap().to_f32_vec().unwrap();
         let (s0, c0) = 3f64.sin_cos();
         let (s1, c1) = ((3f32 * 0.01f32) as f64).sin_cos();
         let want = [1.0 * c0 - 3.0 * s0, 2.0 * c1 - 4.0 * s1, 3.0 * c0 + 1.0 * s0, 4.0 * c1 + 2.0 * s1];
         let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
         assert_close("rope by hand", &y, &want, 1e-7, 1e-6);
         // Position 0 is the identity; the inverse rotation undoes the forward one.
-        assert_eq!(forward(&x, 10_000.0, 0).unwrap().to_f32_vec().unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
-        let back = backward(&forward(&x, 10_000.0, 3).unwrap(), 10_000.0, 3).unwrap();
+        assert_eq!(
+            forward(&x, &cpu::inv_freq(10_000.0, 4), 0).unwrap().to_f32_vec().unwrap(),
+            vec![1.0, 2.0, 3.0, 4.0]
+        );
+        let back =
+            backward(&forward(&x, &cpu::inv_freq(10_000.0, 4), 3).unwrap(), &cpu::inv_freq(10_000.0, 4), 3).unwrap();
         assert_close("rope round trip", &back.to_f32_vec().unwrap(), &[1.0, 2.0, 3.0, 4.0], 1e-6, 1e-6);
     }
 
@@ -138,16 +151,16 @@ mod tests {
         let dy = Tensor::from_f32(random_f32(2 * 3 * 2 * 8, 1.0, 4), [2, 3, 2, 8], DType::F32, &dev).unwrap();
 
         let mut untracked = Tape::new();
-        rope(Some(&mut untracked), &x, 10_000.0, 7).unwrap();
+        rope(Some(&mut untracked), &x, &cpu::inv_freq(10_000.0, 8), 7).unwrap();
         assert!(untracked.is_empty(), "x is not tracked, so nothing is recorded");
 
         let mut tape = Tape::new();
         tape.watch(&x);
-        let y = rope(Some(&mut tape), &x, 10_000.0, 7).unwrap();
+        let y = rope(Some(&mut tape), &x, &cpu::inv_freq(10_000.0, 8), 7).unwrap();
         assert!(tape.saved_report()[0].kept.is_empty(), "rope keeps no tensor alive");
         let mut grads = crate::Grads::new();
         tape.backward_from(&y, dy.clone(), &mut grads).unwrap();
-        let dx = backward(&dy, 10_000.0, 7).unwrap();
+        let dx = backward(&dy, &cpu::inv_freq(10_000.0, 8), 7).unwrap();
         assert_eq!(grads.get(&x).unwrap().to_f32_vec().unwrap(), dx.to_f32_vec().unwrap());
         assert!(grads.get(&dy).is_none());
     }
@@ -155,20 +168,22 @@ mod tests {
     #[test]
     fn bad_inputs_are_errors() {
         let dev = Device::cpu();
+        let table = cpu::inv_freq(10_000.0, 4);
         let rank3 = Tensor::zeros([2, 3, 8], DType::F32, &dev).unwrap();
-        let e = forward(&rank3, 10_000.0, 0).unwrap_err().to_string();
+        let e = forward(&rank3, &table, 0).unwrap_err().to_string();
         assert!(e.contains("[2, 3, 8]") && e.contains("rank 4"), "{e}");
         let odd = Tensor::zeros([1, 2, 3, 5], DType::F32, &dev).unwrap();
-        let e = forward(&odd, 10_000.0, 0).unwrap_err().to_string();
+        let e = forward(&odd, &table, 0).unwrap_err().to_string();
         assert!(e.contains("[1, 2, 3, 5]") && e.contains("even"), "{e}");
         let x = Tensor::zeros([1, 2, 3, 4], DType::F32, &dev).unwrap();
-        assert!(forward(&x, 0.0, 0).is_err());
-        assert!(forward(&x, f32::NAN, 0).is_err());
-        let e = forward(&x, 10_000.0, MAX_POSITIONS - 1).unwrap_err().to_string();
+        let e = forward(&x, &[1.0], 0).unwrap_err().to_string();
+        assert!(e.contains("1 inverse frequencies") && e.contains("expected 2"), "{e}");
+        assert!(forward(&x, &[1.0, f32::NAN], 0).is_err());
+        let e = forward(&x, &cpu::inv_freq(10_000.0, 4), MAX_POSITIONS - 1).unwrap_err().to_string();
         assert!(e.contains("exceed"), "{e}");
-        assert!(forward(&x, 10_000.0, usize::MAX).is_err(), "no overflow panic");
+        assert!(forward(&x, &cpu::inv_freq(10_000.0, 4), usize::MAX).is_err(), "no overflow panic");
         let ids = Tensor::zeros([1, 2, 3, 4], DType::U32, &dev).unwrap();
-        assert!(forward(&ids, 10_000.0, 0).is_err());
+        assert!(forward(&ids, &table, 0).is_err());
     }
 
     #[test]
@@ -189,11 +204,12 @@ mod tests {
                 let (x, dy) = (mk(30), mk(31));
                 let (xg, dyg) = (x.to_device(&gpu).unwrap(), dy.to_device(&gpu).unwrap());
                 let what = format!("rope {dtype} [{b}, {t}, {h}, {d}] from {offset} theta {theta}");
-                let y = forward(&x, theta, offset).unwrap().to_f32_vec().unwrap();
-                let yg = forward(&xg, theta, offset).unwrap().to_f32_vec().unwrap();
+                let table = cpu::inv_freq(theta, d);
+                let y = forward(&x, &table, offset).unwrap().to_f32_vec().unwrap();
+                let yg = forward(&xg, &table, offset).unwrap().to_f32_vec().unwrap();
                 assert_close(&format!("{what} y"), &yg, &y, atol, rtol);
-                let dx = backward(&dy, theta, offset).unwrap().to_f32_vec().unwrap();
-                let dxg = backward(&dyg, theta, offset).unwrap().to_f32_vec().unwrap();
+                let dx = backward(&dy, &table, offset).unwrap().to_f32_vec().unwrap();
+                let dxg = backward(&dyg, &table, offset).unwrap().to_f32_vec().unwrap();
                 assert_close(&format!("{what} dx"), &dxg, &dx, atol, rtol);
             }
         }

@@ -10,11 +10,14 @@ transformers loads the directories sparsetune writes.
         key the loader must name).
 
     python scripts/hf_fixtures.py check --ours DIR --logits OURS.safetensors [--text FILE]
+                                        [--windows 4] [--atol 1e-4] [--rtol 1e-4]
         Loads DIR (written by `sparsetune prune/finetune/run --out DIR`) with
         AutoModelForCausalLM and AutoTokenizer, unchanged, and compares transformers'
         logits for the token ids stored in OURS.safetensors (`sparsetune eval
-        --logits-out`) with ours; with --text also the perplexity over that text in
-        non-overlapping windows. Prints one JSON object.
+        --logits-out`) with ours (within atol + rtol·|ours|); with --text also
+        transformers' token ids and perplexity over that text, tokenized whole, in the
+        first --windows non-overlapping windows of the same length (what `sparsetune eval
+        --seq-len T --windows K` computes). Prints one JSON object.
 
 Needs torch and transformers (a developer's machine, not CI). Every fixture is small
 (vocab 320, 2 layers, width 32) so that it can be committed.
@@ -215,7 +218,7 @@ def make(out):
     shutil.rmtree(tok_dir)
 
 
-def check(ours, logits_path, text):
+def check(ours, logits_path, text, windows_max, atol, rtol):
     import torch
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -228,20 +231,24 @@ def check(ours, logits_path, text):
     with torch.no_grad():
         theirs = model(ids[None]).logits[0]
     err = (theirs - ours_logits).abs()
-    tol = 1e-4 + 1e-4 * ours_logits.abs()
+    tol = atol + rtol * ours_logits.abs()
     result = {
         "dir": ours,
         "architecture": type(model).__name__,
         "tokenizer": type(tokenizer).__name__,
         "tokens": int(ids.numel()),
         "max_abs_logit_error": float(err.max()),
-        "within_1e-4": bool((err <= tol).all()),
+        "max_abs_logit": float(ours_logits.abs().max()),
+        "atol": atol,
+        "rtol": rtol,
+        "within": bool((err <= tol).all()),
     }
     if text:
         with open(text) as f:
             enc = tokenizer(f.read())["input_ids"]
         seq = int(ids.numel())
-        windows = [enc[i:i + seq] for i in range(0, len(enc) - seq + 1, seq)][:4]
+        windows = [enc[i:i + seq] for i in range(0, len(enc) - seq + 1, seq)][:windows_max]
+        result["first_window_ids_match"] = windows[0] == ids.tolist()
         nll, n = 0.0, 0
         with torch.no_grad():
             for w in windows:
@@ -253,7 +260,7 @@ def check(ours, logits_path, text):
         result["windows"] = len(windows)
         result["text_tokens"] = len(enc)
     print(json.dumps(result))
-    return 0 if result["within_1e-4"] else 1
+    return 0 if result["within"] else 1
 
 
 def main():
@@ -265,11 +272,14 @@ def main():
     c.add_argument("--ours", required=True)
     c.add_argument("--logits", required=True)
     c.add_argument("--text")
+    c.add_argument("--windows", type=int, default=4)
+    c.add_argument("--atol", type=float, default=1e-4)
+    c.add_argument("--rtol", type=float, default=1e-4)
     a = ap.parse_args()
     if a.cmd == "make":
         make(os.path.normpath(a.out))
         return 0
-    return check(a.ours, a.logits, a.text)
+    return check(a.ours, a.logits, a.text, a.windows, a.atol, a.rtol)
 
 
 if __name__ == "__main__":

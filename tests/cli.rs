@@ -163,6 +163,12 @@ fn finetune_real_model_keeps_zeros_and_resumes() {
         &p("pruned.safetensors"),
     ]);
     assert_eq!(code, 0, "{err}");
+    // stderr is a pipe here: plain progress lines, per stage and per tenth of the layers.
+    for line in
+        ["opening ", "reading calibration text", "prune: started 0/30", "prune: at 3/30 (10%)", "prune: done 30/30"]
+    {
+        assert!(err.contains(line), "no '{line}' in the progress log:\n{err}");
+    }
     let common_args = |method: &'static str, out: String, ck: String| -> Vec<String> {
         [
             "finetune",

@@ -53,6 +53,10 @@ fn permute_rows(data: &[f32], heads: usize, hd: usize, cols: usize) -> Vec<f32> 
 }
 
 fn write_gguf(m: &Llama, path: &std::path::Path, skip: Option<&str>, corrupt_type: Option<&str>) {
+    gguf_writer(m, skip, corrupt_type).write(path).unwrap();
+}
+
+fn gguf_writer(m: &Llama, skip: Option<&str>, corrupt_type: Option<&str>) -> GgufWriter {
     let c = &m.config;
     let mut w = GgufWriter::new();
     w.add_str("general.architecture", "llama");
@@ -83,7 +87,32 @@ fn write_gguf(m: &Llama, path: &std::path::Path, skip: Option<&str>, corrupt_typ
             w.add_tensor_f32(&name, t.dims(), &data).unwrap();
         }
     }
-    w.write(path).unwrap();
+    w
+}
+
+/// A GGUF `rope_freqs.weight` (llama.cpp's frequency factors, as LLaMA-3.1 files carry)
+/// divides the inverse frequencies: the model equals one whose config has those factors,
+/// and differs from one without.
+#[test]
+fn gguf_rope_freqs_scale_the_frequencies() {
+    use sparsetune::model::llama::RopeScaling;
+    let dev = Device::cpu();
+    let m = common::tiny_model(DType::F32, &dev, 4);
+    let half = m.config.head_dim() / 2;
+    let factors: Vec<f32> = (0..half).map(|i| 1.0 + 3.0 * i as f32).collect();
+    let mut w = gguf_writer(&m, None, None);
+    w.add_tensor_f32("rope_freqs.weight", &[half], &factors).unwrap();
+    let path = common::scratch("gguf-rope-freqs").join("freqs.gguf");
+    w.write(&path).unwrap();
+    let g = llama::load(&path, &dev, DType::F32).unwrap();
+    assert_eq!(g.config.rope_scaling, RopeScaling::FreqFactors(factors.clone()));
+    let mut want = m.clone();
+    want.config.rope_scaling = RopeScaling::FreqFactors(factors);
+    assert_eq!(logits(&g), logits(&want));
+    assert_ne!(logits(&g), logits(&m));
+    // A config.json cannot say this: exporting it to HF form is refused by name.
+    let e = g.config.to_hf_json(DType::F32).unwrap_err().to_string();
+    assert!(e.contains("rope_freqs"), "{e}");
 }
 
 #[test]

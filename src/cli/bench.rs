@@ -176,7 +176,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         BenchKind::Cholesky { n } => {
             let h = spd(n);
             let secs = match cuda(&device) {
-                None => median_seconds(a.reps, || linalg::inverse_cholesky_upper(&h, n).map(drop))?,
+                None => median_seconds(a.reps, || linalg::inverse_cholesky_upper(h.clone(), n).map(drop))?,
                 Some(dev) => {
                     let hd = dev.htod(&h)?;
                     median_seconds(a.reps, || {
@@ -236,7 +236,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let secs = match cuda(&device) {
                 None => median_seconds(a.reps, || {
                     let mut w = w.clone();
-                    sparsegpt::prune(&mut w, &h, rows, cols, pattern, opts).map(drop)
+                    sparsegpt::prune(&mut w, h.clone(), rows, cols, pattern, opts).map(drop)
                 })?,
                 Some(dev) => {
                     let (hd, w0) = (dev.htod(&h)?, dev.htod(&w)?);

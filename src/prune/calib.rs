@@ -73,6 +73,15 @@ impl InputStats {
         Ok(xtx.iter().map(|v| v * scale).collect())
     }
 
+    /// [`InputStats::hessian`] scaled in place in the XᵀX buffer (no [in, in] copy), for
+    /// the last linear that reads this input.
+    pub fn into_hessian(self) -> Result<Vec<f64>> {
+        let mut xtx = self.xtx.ok_or_else(|| Error::invalid("calibration collected no XᵀX"))?;
+        let scale = 2.0 / self.tokens.max(1) as f64;
+        xtx.iter_mut().for_each(|v| *v *= scale);
+        Ok(xtx)
+    }
+
     /// Adds the tokens of `x`: [sequences, T, in] (or [T, in], one sequence).
     pub fn accumulate(&mut self, x: &Tensor) -> Result<()> {
         let dim = x.shape().last_dim();
@@ -138,6 +147,14 @@ impl Stats {
         match self {
             Stats::Host(s) => s.accumulate(x),
             Stats::Cuda(s) => s.accumulate(x),
+        }
+    }
+
+    /// The host statistics themselves, or a host copy of device ones.
+    pub fn into_host(self) -> Result<InputStats> {
+        match self {
+            Stats::Host(s) => Ok(s),
+            Stats::Cuda(s) => s.to_host(),
         }
     }
 

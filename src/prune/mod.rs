@@ -261,20 +261,22 @@ fn layer_targets(
 }
 
 /// Prunes one linear's weight on the host (f32, [rows, cols]): new values and mask.
+/// SparseGPT takes its Hessian as `hessian` (consumed); the others read `stats`.
 fn prune_host(
     w: Vec<f32>,
     rows: usize,
     cols: usize,
     stats: Option<&InputStats>,
+    hessian: Option<Vec<f64>>,
     pattern: Pattern,
     opts: &PruneOptions,
 ) -> Result<(Vec<f32>, BitMask)> {
     let need = || stats.ok_or_else(|| Error::invalid("missing calibration statistics"));
     match opts.method {
         Method::SparseGpt => {
-            let st = need()?;
+            let h = hessian.ok_or_else(|| Error::invalid("missing calibration statistics"))?;
             let mut w64: Vec<f64> = w.iter().map(|&v| v as f64).collect();
-            let mask = sparsegpt::prune(&mut w64, &st.hessian()?, rows, cols, pattern, opts.sparsegpt)?;
+            let mask = sparsegpt::prune(&mut w64, h, rows, cols, pattern, opts.sparsegpt)?;
             Ok((w64.into_iter().map(|v| v as f32).collect(), mask))
         }
         method => {
@@ -332,36 +334,74 @@ fn prune_cuda(
     Ok((None, BitMask::from_bytes(rows, cols, mask.to_vec::<u8>()?)?))
 }
 
+/// A linear's input statistics: shared with projections still to be pruned, or its own
+/// (the last one to read that input), whose buffers pruning may take over.
+enum StatsIn<'a> {
+    Shared(&'a calib::Stats),
+    Own(calib::Stats),
+}
+
+impl<'a> StatsIn<'a> {
+    fn get(&self) -> &calib::Stats {
+        match self {
+            StatsIn::Shared(s) => s,
+            StatsIn::Own(s) => s,
+        }
+    }
+
+    /// The host statistics, borrowed when they are shared host ones.
+    fn into_host(self) -> Result<std::borrow::Cow<'a, InputStats>> {
+        Ok(match self {
+            StatsIn::Shared(s) => s.to_host()?,
+            StatsIn::Own(s) => std::borrow::Cow::Owned(s.into_host()?),
+        })
+    }
+}
+
 /// Prunes the weight of one linear (on its device) and applies DSnoT when asked: the new
 /// weight (same dtype and device, exact zeros where pruned), its mask, DSnoT swaps.
 fn prune_linear(
     weight: &Tensor,
-    stats: Option<&calib::Stats>,
+    stats: Option<StatsIn<'_>>,
     pattern: Pattern,
     dsnot: Option<DsnotOptions>,
     opts: &PruneOptions,
 ) -> Result<(Tensor, BitMask, usize)> {
     let [rows, cols] = weight.shape().dims_n::<2>("prune")?;
-    let host_stats = stats.map(calib::Stats::to_host).transpose()?;
-    let refine = |w: &[f32], mask: &mut BitMask| -> Result<usize> {
-        match (dsnot, host_stats.as_deref()) {
+    let refine = |w: &[f32], st: Option<&InputStats>, mask: &mut BitMask| -> Result<usize> {
+        match (dsnot, st) {
             (Some(d), Some(st)) => dsnot::refine(w, rows, cols, st, mask, pattern, d),
             _ => Ok(0),
         }
     };
     match weight.device() {
         crate::Device::Cpu(_) => {
-            let (mut w, mut mask) = prune_host(weight.to_f32_vec()?, rows, cols, host_stats.as_deref(), pattern, opts)?;
-            let swaps = refine(&w, &mut mask)?;
+            let mut host = stats.map(StatsIn::into_host).transpose()?;
+            // SparseGPT's H: scaled in place when this linear owns its statistics.
+            let hessian = match (opts.method, host.take()) {
+                (Method::SparseGpt, Some(std::borrow::Cow::Owned(s))) => Some(s.into_hessian()?),
+                (Method::SparseGpt, Some(std::borrow::Cow::Borrowed(s))) => Some(s.hessian()?),
+                (_, st) => {
+                    host = st;
+                    None
+                }
+            };
+            let (mut w, mut mask) =
+                prune_host(weight.to_f32_vec()?, rows, cols, host.as_deref(), hessian, pattern, opts)?;
+            let swaps = refine(&w, host.as_deref(), &mut mask)?;
             mask.apply(&mut w)?;
             Ok((Tensor::from_f32(w, weight.shape().clone(), weight.dtype(), weight.device())?, mask, swaps))
         }
         crate::Device::Cuda(dev) => {
-            let (new, mut mask) = prune_cuda(dev, weight, stats, pattern, opts)?;
+            let (new, mut mask) = prune_cuda(dev, weight, stats.as_ref().map(StatsIn::get), pattern, opts)?;
             if let Some(new) = new {
                 return Ok((new, mask, 0));
             }
-            let swaps = if dsnot.is_some() { refine(&weight.to_f32_vec()?, &mut mask)? } else { 0 };
+            let host = match (dsnot, stats) {
+                (Some(_), Some(st)) => Some(st.into_host()?),
+                _ => None,
+            };
+            let swaps = if dsnot.is_some() { refine(&weight.to_f32_vec()?, host.as_deref(), &mut mask)? } else { 0 };
             let mask_t = Tensor::from_vec(mask.bytes().to_vec(), [rows, BitMask::stride_for(cols)], weight.device())?;
             Ok((crate::ops::prune_select::apply_mask(weight, &mask_t)?, mask, swaps))
         }
@@ -487,7 +527,7 @@ pub fn prune_layers(
     for l in 0..cfg.num_hidden_layers {
         let t0 = Instant::now();
         let mut layer = store.layer(l)?;
-        let stats = match &acts {
+        let mut stats = match &acts {
             Some(a) => Some(a.observe(&layer, cfg, req)?),
             None => None,
         };
@@ -498,7 +538,19 @@ pub fn prune_layers(
         let mut linears = Vec::with_capacity(7);
         for p in Proj::ALL {
             let [rows, cols] = p.shape(cfg);
-            let st = stats.as_ref().map(|s| &s[&p.input()]);
+            // The last projection that reads an input takes its statistics over (SparseGPT
+            // scales XᵀX in place); the others share them.
+            let last_reader = p.input().projections().last() == Some(&p);
+            let own = if last_reader { stats.as_mut().and_then(|s| s.remove(&p.input())) } else { None };
+            let st = match own {
+                Some(s) => Some(StatsIn::Own(s)),
+                None => match stats.as_ref() {
+                    Some(s) => Some(StatsIn::Shared(
+                        s.get(&p.input()).ok_or_else(|| Error::invalid("calibration statistics missing"))?,
+                    )),
+                    None => None,
+                },
+            };
             let dsnot = opts.dsnot.filter(|d| d.include_mlp || matches!(p, Proj::Q | Proj::K | Proj::V | Proj::O));
             let old = layer.linear(p).clone();
             let (new, mask, swaps) = prune_linear(&old.merged()?, st, pattern, dsnot, opts)?;

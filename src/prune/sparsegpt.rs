@@ -60,7 +60,8 @@ pub fn check_options(cols: usize, pattern: Pattern, opts: SparseGptOptions) -> R
 }
 
 /// Steps 1–3: zero dead columns of `w`, damp `h`, and return U (upper Cholesky of H⁻¹).
-pub fn prepare(w: &mut [f64], h: &[f64], rows: usize, cols: usize, percdamp: f64) -> Result<Vec<f64>> {
+/// `h` is consumed (damped and factored in place: no copy of a [cols, cols] matrix).
+pub fn prepare(w: &mut [f64], mut h: Vec<f64>, rows: usize, cols: usize, percdamp: f64) -> Result<Vec<f64>> {
     if w.len() != rows * cols || h.len() != cols * cols {
         return Err(Error::invalid(format!(
             "sparsegpt: W has {} values for {rows}x{cols}, H has {} for {cols}x{cols}",
@@ -68,7 +69,6 @@ pub fn prepare(w: &mut [f64], h: &[f64], rows: usize, cols: usize, percdamp: f64
             h.len()
         )));
     }
-    let mut h = h.to_vec();
     for j in 0..cols {
         if h[j * cols + j] == 0.0 {
             h[j * cols + j] = 1.0;
@@ -82,14 +82,14 @@ pub fn prepare(w: &mut [f64], h: &[f64], rows: usize, cols: usize, percdamp: f64
     for j in 0..cols {
         h[j * cols + j] += damp;
     }
-    inverse_cholesky_upper(&h, cols)
+    inverse_cholesky_upper(h, cols)
 }
 
-/// Prunes `w` ([rows, cols], row-major, f64) in place to `pattern` using H; returns the
-/// mask (1 = kept).
+/// Prunes `w` ([rows, cols], row-major, f64) in place to `pattern` using H (consumed);
+/// returns the mask (1 = kept).
 pub fn prune(
     w: &mut [f64],
-    h: &[f64],
+    h: Vec<f64>,
     rows: usize,
     cols: usize,
     pattern: Pattern,
@@ -199,7 +199,7 @@ mod tests {
         pattern: Pattern,
         opts: SparseGptOptions,
     ) -> Vec<bool> {
-        let u = prepare(w, h, rows, cols, opts.percdamp).unwrap();
+        let u = prepare(w, h.to_vec(), rows, cols, opts.percdamp).unwrap();
         let mut kept = vec![true; rows * cols];
         for i in 0..cols {
             if i % opts.block_size == 0 {
@@ -263,7 +263,7 @@ mod tests {
             let h = hessian(cols, 3 * cols, 5, &[3]);
             let w0 = random_f64(rows * cols, 1.0, 6);
             let mut fast = w0.clone();
-            let mask = prune(&mut fast, &h, rows, cols, pattern, opts).unwrap();
+            let mask = prune(&mut fast, h.clone(), rows, cols, pattern, opts).unwrap();
             let mut slow = w0.clone();
             let kept = slow_reference(&mut slow, &h, rows, cols, pattern, opts);
             for r in 0..rows {
@@ -285,7 +285,7 @@ mod tests {
         let mut w = random_f64(rows * cols, 1.0, 9);
         let mask = prune(
             &mut w,
-            &h,
+            h.clone(),
             rows,
             cols,
             Pattern::Unstructured(0.5),
@@ -297,7 +297,7 @@ mod tests {
             assert_eq!(kept, rows * 32 / 2);
         }
         let mut w = random_f64(rows * cols, 1.0, 9);
-        let mask = prune(&mut w, &h, rows, cols, Pattern::NM { n: 2, m: 4 }, SparseGptOptions::default()).unwrap();
+        let mask = prune(&mut w, h, rows, cols, Pattern::NM { n: 2, m: 4 }, SparseGptOptions::default()).unwrap();
         assert!((0..rows).all(|r| (0..cols).step_by(4).all(|g| (g..g + 4).filter(|&c| mask.get(r, c)).count() == 2)));
     }
 
@@ -320,7 +320,8 @@ mod tests {
             y.iter().map(|v| v * v).sum::<f64>()
         };
         let mut sg = w0.clone();
-        let sg_mask = prune(&mut sg, &h, rows, cols, Pattern::Unstructured(0.5), SparseGptOptions::default()).unwrap();
+        let sg_mask =
+            prune(&mut sg, h.clone(), rows, cols, Pattern::Unstructured(0.5), SparseGptOptions::default()).unwrap();
         let mut sg_masked_only = w0.clone();
         sg_mask.apply(&mut sg_masked_only).unwrap();
         let scores: Vec<f32> = w0.iter().map(|v| v.abs() as f32).collect();

@@ -331,7 +331,7 @@ mod tests {
         let Some(dev) = gpu("sparsegpt::inverse_cholesky_factor_matches_cpu") else { return };
         for n in SIZES {
             let a = spd(n, 20 + n as u64);
-            let want = linalg::inverse_cholesky_upper(&a, n).unwrap();
+            let want = linalg::inverse_cholesky_upper(a.clone(), n).unwrap();
             let got = inverse_cholesky_upper(&dev, dev.htod(&a).unwrap().slice(), n).unwrap();
             let got = dev.dtoh(got.slice()).unwrap();
             assert!((0..n * n).all(|k| k % n >= k / n || got[k] == 0.0), "U n={n} is not upper-triangular");
@@ -390,7 +390,7 @@ mod tests {
         let h = hessian(cols, 3, &[0, 64]);
         let w0 = random_f64(rows * cols, 1.0, 4);
         let mut w_cpu = w0.clone();
-        let u_cpu = sparsegpt::prepare(&mut w_cpu, &h, rows, cols, 0.01).unwrap();
+        let u_cpu = sparsegpt::prepare(&mut w_cpu, h.clone(), rows, cols, 0.01).unwrap();
         let mut w_gpu = dev.htod(&w0).unwrap();
         let u_gpu = prepare(&dev, w_gpu.slice_mut(), dev.htod(&h).unwrap().slice(), rows, cols, 0.01).unwrap();
         assert_eq!(dev.dtoh(w_gpu.slice()).unwrap(), w_cpu, "dead columns zeroed, nothing else touched");
@@ -427,7 +427,7 @@ mod tests {
             let h = hessian(cols, seed, &[3]);
             let w0 = random_f64(rows * cols, 1.0, seed + 5);
             let mut want = w0.clone();
-            let want_mask = sparsegpt::prune(&mut want, &h, rows, cols, pattern, opts).unwrap();
+            let want_mask = sparsegpt::prune(&mut want, h.clone(), rows, cols, pattern, opts).unwrap();
             let mut w_gpu = dev.htod(&w0).unwrap();
             let mask =
                 prune(&dev, w_gpu.slice_mut(), dev.htod(&h).unwrap().slice(), rows, cols, pattern, opts).unwrap();

@@ -34,6 +34,6 @@ if [ "$WHAT" = wanda ] || [ "$WHAT" = all ]; then prune wanda; fi
 if [ "$WHAT" = sparsegpt ] || [ "$WHAT" = all ]; then prune sparsegpt; fi
 if [ "$WHAT" = finetune ] || [ "$WHAT" = all ]; then
     /usr/bin/time -v -o "$OUT/finetune.time" "$BIN" finetune --model "$WORK/pruned-wanda" --method masked-lora \
-        --steps 2 --seq-len 64 --dtype bf16 --out "$WORK/repaired" --json > "$OUT/finetune.json"
+        --steps 2 --seq-len 64 --out "$WORK/repaired" --json > "$OUT/finetune.json"
     grep -E "Maximum resident|Elapsed" "$OUT/finetune.time"
 fi

@@ -571,3 +571,23 @@ fn losa_refuses_what_it_cannot_do() {
     opts.losa.target = Some(0.5);
     assert!(prepare(&m, RepairMethod::Losa, &opts, &data, &mut |_, _| {}).is_err());
 }
+
+/// A checkpoint whose LoSA stage ranks no allocation could give (10⁹, 2⁴⁰, 2⁶⁴ − 1, 0),
+/// checksum and all in order, is refused on resume before any adapter is sized by them.
+#[test]
+fn losa_checkpoint_with_absurd_ranks_is_refused() {
+    let (_, data) = losa_repair(6);
+    let dir = common::scratch("losa-ranks");
+    for rank in [1_000_000_000usize, 1 << 40, usize::MAX, 0] {
+        let (mut first, _) = losa_repair(6);
+        first.step(&data).unwrap();
+        let stage = first.losa.as_mut().unwrap().stages.last_mut().unwrap();
+        stage.ranks = vec![rank; stage.ranks.len()];
+        let path = dir.join("ck.safetensors");
+        first.save(&path).unwrap();
+        let (mut second, _) = losa_repair(6);
+        let e = second.resume(&path).unwrap_err().to_string();
+        assert!(e.contains(&format!("rank {rank}")) && e.contains("outside"), "{rank}: {e}");
+    }
+    common::remove_scratch(&dir);
+}

@@ -201,16 +201,7 @@ fn unexpected_tensors_are_refused() {
         .map(|(p, t)| (p.hf_name(), t.dims().to_vec(), t.to_le_bytes().unwrap()))
         .collect();
     entries.push(("model.layers.0.self_attn.q_proj.bias".into(), vec![24], vec![0; 96]));
-    let st: Vec<_> = entries
-        .iter()
-        .map(|(n, s, d)| sparsetune::io::SafetensorsEntry {
-            name: n.clone(),
-            dtype: DType::F32,
-            shape: s.clone(),
-            data: d,
-        })
-        .collect();
-    sparsetune::io::write_safetensors(dir.join("model.safetensors"), &st, &Default::default()).unwrap();
+    common::write_f32_safetensors(&dir.join("model.safetensors"), &entries, &Default::default());
     std::fs::write(dir.join("config.json"), m.config.to_hf_json(DType::F32).unwrap()).unwrap();
     let e = ModelSource::open(&dir).unwrap_err().to_string();
     assert!(e.contains("q_proj.bias") && e.contains("refused"), "{e}");

@@ -176,17 +176,8 @@ fn bad_model_files_are_clear_errors() {
     let names = raw.names().iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let blobs: Vec<(String, Vec<usize>, Vec<u8>)> =
         names.iter().map(|n| (n.clone(), raw.info(n).unwrap().1, raw.tensor_bytes(n).unwrap().to_vec())).collect();
-    let entries: Vec<_> = blobs
-        .iter()
-        .map(|(n, s, d)| sparsetune::io::SafetensorsEntry {
-            name: n.clone(),
-            dtype: DType::F32,
-            shape: s.clone(),
-            data: d,
-        })
-        .collect();
     let p2 = dir.join("shape2.safetensors");
-    sparsetune::io::write_safetensors(&p2, &entries, &meta).unwrap();
+    common::write_f32_safetensors(&p2, &blobs, &meta);
     let e = llama::load(&p2, &dev, DType::F32).unwrap_err();
     assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
 
@@ -202,22 +193,13 @@ fn hf_directory_with_config_and_tokenizer_json_loads() {
     let dev = Device::cpu();
     let m = common::tiny_model(DType::F32, &dev, 8);
     let dir = common::scratch("hfdir");
-    let blobs: Vec<(String, Vec<usize>, Vec<f32>)> = m
+    let blobs: Vec<(String, Vec<usize>, Vec<u8>)> = m
         .named_tensors()
         .unwrap()
         .into_iter()
-        .map(|(p, t)| (p.hf_name(), t.dims().to_vec(), t.to_f32_vec().unwrap()))
+        .map(|(p, t)| (p.hf_name(), t.dims().to_vec(), t.to_le_bytes().unwrap()))
         .collect();
-    let entries: Vec<_> = blobs
-        .iter()
-        .map(|(n, s, d)| sparsetune::io::SafetensorsEntry {
-            name: n.clone(),
-            dtype: DType::F32,
-            shape: s.clone(),
-            data: bytemuck::cast_slice(d),
-        })
-        .collect();
-    sparsetune::io::write_safetensors(dir.join("model.safetensors"), &entries, &BTreeMap::new()).unwrap();
+    common::write_f32_safetensors(&dir.join("model.safetensors"), &blobs, &BTreeMap::new());
     assert!(llama::load(&dir, &dev, DType::F32).unwrap_err().to_string().contains("config.json"));
     std::fs::write(dir.join("config.json"), m.config.to_hf_json(DType::F32).unwrap()).unwrap();
     let back = llama::load(&dir, &dev, DType::F32).unwrap();
@@ -278,5 +260,60 @@ fn sparse_bitmask_export_round_trips_bit_exactly() {
     std::fs::write(&bad, &bytes).unwrap();
     let e = llama::load(&bad, &dev, DType::F32).unwrap_err().to_string();
     assert!(e.contains("row 1 starts at value"), "{e}");
+    common::remove_scratch(&dir);
+}
+
+/// Counts and shapes a file only claims are checked against what it holds before anything
+/// is sized by them (issue 15's table): a GGUF `llama.block_count` or an embedded
+/// `num_hidden_layers` far beyond the layers present, a compressed weight whose claimed
+/// shape is not the config's. Each is a clean error naming the key, never a panic or a
+/// multi-gigabyte allocation.
+#[test]
+fn counts_and_shapes_the_file_cannot_back_are_refused() {
+    use sparsetune::io::GgufValue;
+    let dev = Device::cpu();
+    let m = common::tiny_model(DType::F32, &dev, 6);
+    let dir = common::scratch("hostile-counts");
+    for count in [1u64 << 62, u64::MAX, (1 << 31) - 1, 1 << 40, 3] {
+        let mut w = gguf_writer(&m, None, None);
+        w.add_metadata("llama.block_count", GgufValue::U64(count));
+        let p = dir.join("count.gguf");
+        w.write(&p).unwrap();
+        let e = llama::load(&p, &dev, DType::F32).unwrap_err().to_string();
+        assert!(e.contains("llama.block_count") && e.contains(&count.to_string()), "{count}: {e}");
+    }
+    for count in [1u64 << 63, 1_000_000_000, 1 << 40, 3] {
+        let mut cfg: serde_json::Value = serde_json::from_str(&m.config.to_hf_json(DType::F32).unwrap()).unwrap();
+        cfg["num_hidden_layers"] = count.into();
+        let meta = BTreeMap::from([("sparsetune.config".to_string(), cfg.to_string())]);
+        let p = dir.join("layers.safetensors");
+        let blobs: Vec<(String, Vec<usize>, Vec<u8>)> = m
+            .named_tensors()
+            .unwrap()
+            .into_iter()
+            .map(|(p, t)| (p.hf_name(), t.dims().to_vec(), t.to_le_bytes().unwrap()))
+            .collect();
+        common::write_f32_safetensors(&p, &blobs, &meta);
+        let e = llama::load(&p, &dev, DType::F32).unwrap_err().to_string();
+        assert!(e.contains("num_hidden_layers") && e.contains(&count.to_string()), "{count}: {e}");
+    }
+    // A compressed weight claiming [1, 2^32 − 1] over a tiny file.
+    let mut pruned = m.clone();
+    use sparsetune::prune::{prune_model, Method, Pattern, PruneOptions};
+    prune_model(&mut pruned, &[], &PruneOptions::new(Method::Magnitude, Pattern::Unstructured(0.5)), &mut |_| {})
+        .unwrap();
+    let good = dir.join("sparse.safetensors");
+    llama::save_safetensors_as(&pruned, &good, DType::F32, llama::WeightLayout::SparseBitmask, None, &BTreeMap::new())
+        .unwrap();
+    let name = format!("{}.shape", Proj::Q.hf_name(0));
+    let mut bytes = std::fs::read(&good).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let begin = 8 + header_len + header[&name]["data_offsets"][0].as_u64().unwrap() as usize;
+    bytes[begin..begin + 8].copy_from_slice(&[1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+    let bad = dir.join("claimed-shape.safetensors");
+    std::fs::write(&bad, &bytes).unwrap();
+    let e = llama::load(&bad, &dev, DType::F32).unwrap_err().to_string();
+    assert!(e.contains("[1, 4294967295]") && e.contains("config"), "{e}");
     common::remove_scratch(&dir);
 }

@@ -195,15 +195,26 @@ pub fn calibration_windows(
     let needed = samples.checked_mul(seq_len).ok_or_else(|| Error::invalid("calibration size overflows"))?;
     let mut docs: Vec<String> = Vec::new();
     let mut counted = 0usize;
-    let mut all = files.iter().map(|p| read_documents(p, field)).collect::<Result<Vec<_>>>()?.into_iter().flatten();
+    // Files are opened as their turn comes.
+    let (mut pending, mut current) = (files.iter(), None::<Box<dyn Iterator<Item = Result<String>> + '_>>);
+    let mut next_doc = || -> Result<Option<String>> {
+        loop {
+            if let Some(doc) = current.as_mut().and_then(Iterator::next) {
+                return doc.map(Some);
+            }
+            match pending.next() {
+                Some(p) => current = Some(read_documents(p, field)?),
+                None => return Ok(None),
+            }
+        }
+    };
     let ids = loop {
         // Read on until the documents' own token counts leave a window to spare (tokens
         // at the end of the joined text can still change with what follows).
         let mut exhausted = false;
         while counted < needed + seq_len {
-            match all.next() {
+            match next_doc()? {
                 Some(doc) => {
-                    let doc = doc?;
                     counted += tokenizer.encode(&doc)?.len();
                     docs.push(doc);
                 }
@@ -307,6 +318,24 @@ mod tests {
         std::fs::write(&txt, "{\"text\": \"not parsed\"}").unwrap();
         assert_eq!(read(&txt, "text").unwrap(), ["{\"text\": \"not parsed\"}"]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Reading only the documents it needs gives the windows of the whole corpus joined
+    /// and tokenized at once (the State of the Union addresses, the default calibration).
+    #[test]
+    fn calibration_reads_what_it_needs_and_matches_the_whole_corpus() {
+        use crate::io::asset_path;
+        let Some(model) = asset_path("SmolLM2-135M-Instruct.Q4_1.gguf") else { return };
+        let Some(first) = asset_path("sotu/1790_george_washington_n.txt") else { return };
+        let tok = crate::model::llama::load_tokenizer(&model).unwrap();
+        let files = sotu_files(first.parent().unwrap(), 2000).unwrap();
+        let texts: Vec<String> = files.iter().map(|p| read_text(p).unwrap()).collect();
+        let all = tok.encode(&texts.join("\n\n")).unwrap();
+        for (samples, seq_len) in [(32, 512), (3, 100), (200, 512)] {
+            let got = calibration_windows(&tok, &files, samples, seq_len, DEFAULT_TEXT_FIELD).unwrap();
+            let want: Vec<Vec<u32>> = windows(&all, seq_len, Some(samples)).into_iter().map(<[u32]>::to_vec).collect();
+            assert_eq!(got, want, "{samples} x {seq_len}");
+        }
     }
 
     #[test]

@@ -466,6 +466,14 @@ impl Losa {
         if last.ranks.len() != trainer.model.layers.len() || last.steps != self.split[stages.len() - 1] {
             return Err(Error::invalid("LoSA: the checkpoint's stages do not match this run's model and steps"));
         }
+        // Ranks come from the file: each within what allocation can give, before anything
+        // is sized by them.
+        let r_max = (2 * self.rank).min(self.r_cap);
+        if let Some((l, r)) = last.ranks.iter().enumerate().find(|(_, &r)| r == 0 || r > r_max) {
+            return Err(Error::invalid(format!(
+                "LoSA: the checkpoint gives layer {l} rank {r}, outside 1..={r_max} for this run"
+            )));
+        }
         for (l, layer) in trainer.model.layers.iter_mut().enumerate() {
             for p in Proj::ALL {
                 let Linear::MaskedLora(lin) = layer.linear_mut(p) else {

@@ -20,6 +20,16 @@
 //! `chat_template`. Without `add_bos_token` the post-processor of `tokenizer.json` decides
 //! (LLaMA-3's adds BOS): whether it puts BOS before, or EOS after, a probe text.
 //!
+//! A `tokenizer.json` comes from strangers, so it is checked before the `tokenizers` crate
+//! builds it ([`check_tokenizer_json`]): every normalizer, pre-tokenizer, decoder and
+//! post-processor must be of a known type (recursively through sequences), `Replace` and
+//! `Split` need a non-empty pattern, `Precompiled` (a binary sentencepiece trie no
+//! LLaMA-family tokenizer uses) is refused, the model must be BPE, WordPiece, WordLevel or
+//! Unigram with its unknown token in range, and every added token needs an id and
+//! non-empty content. `truncation` and `padding` are ignored (set to null): the pipeline
+//! tokenizes whole documents. A panic inside the crate, should one remain, becomes an
+//! error naming the file rather than crossing our API.
+//!
 //! [`Tokenizer::encode`] never adds BOS/EOS; [`Tokenizer::encode_document`] adds them as
 //! the model's files say (once per document: a text file, or a JSON record). Special
 //! tokens written in the text (e.g. `<|endoftext|>`) map to their ids. Decoding is
@@ -92,6 +102,181 @@ fn tok_err(context: &str, e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(format!("{context}: {e}"))
 }
 
+/// Runs `f`, turning a panic inside the `tokenizers` crate into an error about `context`.
+fn guarded<T>(context: &str, f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        Error::Tokenizer(format!("{context}: the tokenizers library failed ({msg})"))
+    })
+}
+
+/// Component types accepted in a `tokenizer.json`, by field.
+const NORMALIZERS: &[&str] = &[
+    "BertNormalizer",
+    "Strip",
+    "StripAccents",
+    "NFC",
+    "NFD",
+    "NFKC",
+    "NFKD",
+    "Sequence",
+    "Lowercase",
+    "Nmt",
+    "Replace",
+    "Prepend",
+    "ByteLevel",
+];
+const PRE_TOKENIZERS: &[&str] = &[
+    "BertPreTokenizer",
+    "ByteLevel",
+    "CharDelimiterSplit",
+    "Metaspace",
+    "Whitespace",
+    "Sequence",
+    "Split",
+    "Punctuation",
+    "WhitespaceSplit",
+    "Digits",
+    "UnicodeScripts",
+];
+const DECODERS: &[&str] = &[
+    "BPEDecoder",
+    "ByteLevel",
+    "WordPiece",
+    "Metaspace",
+    "CTC",
+    "Sequence",
+    "Replace",
+    "Fuse",
+    "Strip",
+    "ByteFallback",
+];
+const POST_PROCESSORS: &[&str] =
+    &["RobertaProcessing", "BertProcessing", "ByteLevel", "TemplateProcessing", "Sequence"];
+
+/// Checks one component (and, for a sequence, its parts) of a `tokenizer.json`.
+fn check_component(field: &str, v: &serde_json::Value, allowed: &[&str], list_key: &str) -> Result<()> {
+    use serde_json::Value;
+    if v.is_null() {
+        return Ok(());
+    }
+    let bad = |why: String| Error::Tokenizer(format!("tokenizer.json: {field}: {why}"));
+    let kind = v.get("type").and_then(Value::as_str).ok_or_else(|| bad("no \"type\"".into()))?;
+    if kind == "Precompiled" {
+        return Err(bad("type Precompiled (a sentencepiece charsmap) is not supported".into()));
+    }
+    if !allowed.contains(&kind) {
+        return Err(bad(format!("unknown type '{kind}' (known: {})", allowed.join(", "))));
+    }
+    let non_empty_pattern = |p: Option<&Value>| -> bool {
+        p.and_then(|p| p.get("String").or_else(|| p.get("Regex")))
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty())
+    };
+    match kind {
+        "Sequence" => {
+            let parts = v
+                .get(list_key)
+                .and_then(Value::as_array)
+                .ok_or_else(|| bad(format!("Sequence without '{list_key}'")))?;
+            if parts.len() > 64 {
+                return Err(bad(format!("a Sequence of {} parts", parts.len())));
+            }
+            for (i, part) in parts.iter().enumerate() {
+                check_component(&format!("{field}.{list_key}[{i}]"), part, allowed, list_key)?;
+            }
+        }
+        "Replace" | "Split" if !non_empty_pattern(v.get("pattern")) => {
+            return Err(bad(format!("{kind} needs a non-empty pattern")));
+        }
+        "TemplateProcessing" => {
+            // Every special token the templates name must be defined, with as many ids
+            // as tokens.
+            let specials = v.get("special_tokens").and_then(Value::as_object);
+            for part in ["single", "pair"] {
+                for piece in v.get(part).and_then(Value::as_array).map_or(&[][..], Vec::as_slice) {
+                    let Some(id) = piece.get("SpecialToken").map(|t| t.get("id").and_then(Value::as_str)) else {
+                        continue;
+                    };
+                    let def = id.and_then(|id| specials.and_then(|m| m.get(id)));
+                    let sound = def.is_some_and(|d| {
+                        let n = |k: &str| d.get(k).and_then(Value::as_array).map(Vec::len);
+                        n("ids").is_some_and(|i| i > 0) && n("ids") == n("tokens")
+                    });
+                    if !sound {
+                        return Err(bad(format!("template {part} names special token {id:?}, which is not defined")));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Checks what the pipeline uses of a `tokenizer.json` (see the module doc) and returns
+/// it with `truncation` and `padding` cleared.
+pub fn check_tokenizer_json(json: &str) -> Result<String> {
+    use serde_json::Value;
+    let mut v: Value = serde_json::from_str(json).map_err(|e| tok_err("tokenizer.json", e))?;
+    let obj = v.as_object_mut().ok_or_else(|| Error::Tokenizer("tokenizer.json: not a JSON object".into()))?;
+    obj.insert("truncation".into(), Value::Null);
+    obj.insert("padding".into(), Value::Null);
+    let null = Value::Null;
+    let get = |k: &str| obj.get(k).unwrap_or(&null);
+    check_component("normalizer", get("normalizer"), NORMALIZERS, "normalizers")?;
+    check_component("pre_tokenizer", get("pre_tokenizer"), PRE_TOKENIZERS, "pretokenizers")?;
+    check_component("decoder", get("decoder"), DECODERS, "decoders")?;
+    check_component("post_processor", get("post_processor"), POST_PROCESSORS, "processors")?;
+    let bad = |why: String| Error::Tokenizer(format!("tokenizer.json: {why}"));
+    let model = get("model");
+    let kind = model.get("type").and_then(Value::as_str).unwrap_or("BPE");
+    match kind {
+        "BPE" | "WordPiece" | "WordLevel" => {
+            let vocab = model
+                .get("vocab")
+                .and_then(Value::as_object)
+                .ok_or_else(|| bad(format!("{kind} model without a vocab")))?;
+            if kind != "BPE" {
+                let unk = model
+                    .get("unk_token")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad(format!("{kind} without unk_token")))?;
+                if !vocab.contains_key(unk) {
+                    return Err(bad(format!("{kind} unk_token '{unk}' is not in the vocab")));
+                }
+            }
+        }
+        "Unigram" => {
+            let n = model.get("vocab").and_then(Value::as_array).map_or(0, Vec::len);
+            if n == 0 {
+                return Err(bad("Unigram model without a vocab".into()));
+            }
+            if let Some(unk) = model.get("unk_id").filter(|u| !u.is_null()) {
+                if unk.as_u64().is_none_or(|u| u >= n as u64) {
+                    return Err(bad(format!("Unigram unk_id {unk} is outside its {n} pieces")));
+                }
+            }
+        }
+        other => return Err(bad(format!("model type '{other}' is not supported"))),
+    }
+    if let Some(added) = obj.get("added_tokens").filter(|a| !a.is_null()) {
+        let list = added.as_array().ok_or_else(|| bad("added_tokens is not a list".into()))?;
+        for (i, t) in list.iter().enumerate() {
+            let id_ok = t.get("id").and_then(Value::as_u64).is_some_and(|id| id <= u32::MAX as u64);
+            let content_ok = t.get("content").and_then(Value::as_str).is_some_and(|c| !c.is_empty());
+            if !id_ok || !content_ok {
+                return Err(bad(format!("added_tokens[{i}] needs an id and non-empty content")));
+            }
+        }
+    }
+    serde_json::to_string(&v).map_err(|e| tok_err("tokenizer.json", e))
+}
+
 impl Tokenizer {
     /// Builds the tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata.
     ///
@@ -150,10 +335,9 @@ impl Tokenizer {
                 None => Err(Error::Tokenizer(format!("merge '{m}' is not two tokens separated by a space"))),
             })
             .collect::<Result<Vec<_>>>()?;
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| tok_err("building BPE from GGUF vocabulary", e))?;
+        let bpe =
+            guarded("building BPE from GGUF vocabulary", || BPE::builder().vocab_and_merges(vocab, merges).build())?
+                .map_err(|e| tok_err("building BPE from GGUF vocabulary", e))?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
 
         let byte_level = ByteLevel::new(false, true, true);
@@ -300,7 +484,9 @@ impl Tokenizer {
     /// `tokenizer.json` text and optionally `tokenizer_config.json` text; `origin` names
     /// the config in errors.
     pub fn from_json_parts(json: &str, config: Option<&str>, origin: &str) -> Result<Tokenizer> {
-        let inner = json.parse::<tokenizers::Tokenizer>().map_err(|e| tok_err("parsing tokenizer.json", e))?;
+        let json = check_tokenizer_json(json)?;
+        let inner = guarded("building the tokenizer", || json.parse::<tokenizers::Tokenizer>())?
+            .map_err(|e| tok_err("parsing tokenizer.json", e))?;
         let mut tok = Tokenizer {
             inner,
             eos_token_id: None,
@@ -335,7 +521,10 @@ impl Tokenizer {
         let (add_bos, add_eos) = (flag("add_bos_token")?, flag("add_eos_token")?);
         // Without the flags, what the post-processor of tokenizer.json does to a probe.
         let probe = |with: bool| -> Result<Vec<u32>> {
-            Ok(tok.inner.encode("a", with).map_err(|e| tok_err("probing the post-processor", e))?.get_ids().to_vec())
+            Ok(guarded("probing the post-processor", || tok.inner.encode("a", with))?
+                .map_err(|e| tok_err("probing the post-processor", e))?
+                .get_ids()
+                .to_vec())
         };
         let (bare, full) = (probe(false)?, probe(true)?);
         let starts =
@@ -420,7 +609,7 @@ impl Tokenizer {
 
     /// Token ids of `text`; no BOS/EOS is added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = self.inner.encode(text, false).map_err(|e| tok_err("encoding", e))?;
+        let encoding = guarded("encoding", || self.inner.encode(text, false))?.map_err(|e| tok_err("encoding", e))?;
         Ok(encoding.get_ids().to_vec())
     }
 
@@ -459,7 +648,7 @@ impl Tokenizer {
         if let Some(bad) = ids.iter().find(|&&id| id as usize >= size) {
             return Err(Error::Tokenizer(format!("cannot decode id {bad}: vocabulary has {size} tokens")));
         }
-        self.inner.decode(ids, false).map_err(|e| tok_err("decoding", e))
+        guarded("decoding", || self.inner.decode(ids, false))?.map_err(|e| tok_err("decoding", e))
     }
 
     /// Number of ids, added tokens included.
@@ -641,5 +830,81 @@ mod tests {
         assert_eq!(from_file.encode(&start).unwrap(), t.encode(&start).unwrap());
         assert_eq!(from_file.eos_token_id(), None);
         assert_eq!(from_file.with_eos_token_id(Some(2)).eos_token_id(), Some(2));
+    }
+}
+
+#[cfg(test)]
+mod hostile {
+    use super::*;
+
+    /// A small valid byte-level tokenizer.json to damage.
+    fn base() -> serde_json::Value {
+        serde_json::from_str(&Tokenizer::byte_level().unwrap().to_json_string().unwrap()).unwrap()
+    }
+
+    fn build(v: &serde_json::Value) -> Result<Tokenizer> {
+        // With a tokenizer_config, so that the post-processor is probed too.
+        let t = Tokenizer::from_json_parts(&v.to_string(), Some(r#"{"bos_token": "<s>"}"#), "tokenizer_config.json")?;
+        t.encode("Call me Ishmael. Some years ago")?;
+        t.decode(&[40, 41, 256])?;
+        Ok(t)
+    }
+
+    /// The damaged tokenizers of the hostile-file campaign: each is refused with an error,
+    /// or (padding, truncation) ignored, never a panic or a hang.
+    #[test]
+    fn damaged_tokenizer_json_is_refused_or_ignored() {
+        use serde_json::json;
+        let refused: Vec<(&str, serde_json::Value, &str)> = vec![
+            ("normalizer", json!({"type": "Precompiled", "precompiled_charsmap": ""}), "Precompiled"),
+            ("normalizer", json!({"type": "Precompiled", "precompiled_charsmap": "AAAAAAAA////"}), "Precompiled"),
+            ("normalizer", json!({"type": "Replace", "pattern": {"String": ""}, "content": "x"}), "non-empty pattern"),
+            (
+                "normalizer",
+                json!({"type": "Sequence", "normalizers": [{"type": "Replace", "pattern": {"Regex": ""}, "content": ""}]}),
+                "non-empty pattern",
+            ),
+            ("normalizer", json!({"type": "NoSuch"}), "unknown type"),
+            (
+                "pre_tokenizer",
+                json!({"type": "Split", "pattern": {"Regex": "(("}, "behavior": "Isolated", "invert": false}),
+                "Oniguruma",
+            ),
+            ("decoder", json!({"type": "Replace", "pattern": {"String": ""}, "content": "a"}), "non-empty pattern"),
+            ("decoder", json!({"type": "Sequence", "decoders": "ByteLevel"}), "Sequence without"),
+            ("decoder", json!({"type": "Metaspace", "replacement": 7}), "parsing tokenizer.json"),
+            ("decoder", json!({"nonsense": 1}), "no \"type\""),
+            (
+                "post_processor",
+                json!({"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<none>", "type_id": 0}}], "pair": [], "special_tokens": {}}),
+                "not defined",
+            ),
+        ];
+        for (field, value, why) in refused {
+            let mut v = base();
+            v[field] = value.clone();
+            match build(&v) {
+                Err(e) => assert!(e.to_string().contains(why), "{field} = {value}: {e}"),
+                Ok(_) => panic!("{field} = {value} was accepted"),
+            }
+        }
+        for (field, value) in [
+            ("truncation", json!({"direction": "Right", "max_length": 4, "strategy": "LongestFirst", "stride": 4})),
+            (
+                "padding",
+                json!({"strategy": {"Fixed": 100000000}, "direction": "Right", "pad_to_multiple_of": null, "pad_id": 0, "pad_type_id": 0, "pad_token": "<s>"}),
+            ),
+        ] {
+            let mut v = base();
+            v[field] = value;
+            let t = build(&v).unwrap_or_else(|e| panic!("{field}: {e}"));
+            assert_eq!(t.encode("abc").unwrap().len(), 3, "{field} is not ignored");
+        }
+        let mut v = base();
+        v["added_tokens"] = json!([{"id": 5, "content": "", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}]);
+        assert!(build(&v).unwrap_err().to_string().contains("added_tokens[0]"));
+        let mut v = base();
+        v["model"] = json!({"type": "Unigram", "unk_id": 7, "vocab": [["a", 0.0]]});
+        assert!(build(&v).unwrap_err().to_string().contains("unk_id"));
     }
 }

@@ -24,6 +24,24 @@ pub fn tiny_model(dtype: DType, device: &Device, seed: u64) -> Llama {
     Llama::random(&LlamaConfig::tiny(), dtype, device, seed).expect("tiny model")
 }
 
+/// Writes F32 tensors given as (name, shape, little-endian bytes) to a safetensors file.
+pub fn write_f32_safetensors(
+    path: &std::path::Path,
+    tensors: &[(String, Vec<usize>, Vec<u8>)],
+    metadata: &std::collections::BTreeMap<String, String>,
+) {
+    let entries: Vec<_> = tensors
+        .iter()
+        .map(|(n, s, d)| sparsetune::io::SafetensorsEntry {
+            name: n.clone(),
+            dtype: DType::F32,
+            shape: s.clone(),
+            data: d,
+        })
+        .collect();
+    sparsetune::io::write_safetensors(path, &entries, metadata).expect("write safetensors");
+}
+
 /// Token ids and next-token targets [batch, t] from a deterministic pattern.
 pub fn tokens(batch: usize, t: usize, vocab: usize, device: &Device) -> (Tensor, Tensor) {
     let all: Vec<u32> = (0..batch * (t + 1)).map(|i| ((i * 37 + 11) % vocab) as u32).collect();

@@ -327,7 +327,8 @@ impl LlamaConfig {
     /// Width of the attention output, `num_attention_heads · head_dim` (the rows of q_proj
     /// and the columns of o_proj).
     pub fn attention_width(&self) -> usize {
-        self.num_attention_heads * self.head_dim()
+        // Saturating: `validate` refuses widths whose products overflow.
+        self.num_attention_heads.saturating_mul(self.head_dim())
     }
 
     /// The RoPE inverse frequencies [head_dim / 2] in f32, computed as transformers does
@@ -502,7 +503,7 @@ impl LlamaConfig {
                     &format!("differs from key_length {k}: not supported"),
                 ))
             }
-            (k, v) => k.or(v).filter(|&d| heads == 0 || d * heads != hidden),
+            (k, v) => k.or(v).filter(|&d| d.checked_mul(heads) != Some(hidden)),
         };
         // llama.cpp applies the factor (as freq_scale = 1/factor) whatever the type says,
         // unless it is YaRN; 0 or absent means no scaling.
@@ -620,7 +621,7 @@ impl LlamaConfig {
         let (rope_theta, rope_scaling) = rope_from_hf(&r)?;
         let heads = r.usize_req("num_attention_heads")?;
         let hidden = r.usize_req("hidden_size")?;
-        let head_dim = r.usize_opt("head_dim")?.filter(|&d| d * heads != hidden);
+        let head_dim = r.usize_opt("head_dim")?.filter(|&d| d.checked_mul(heads) != Some(hidden));
         // transformers' Llama ignores a sliding_window (Mistral applies it); refusing longer
         // windows is the reading that is never wrong for either.
         let sliding_window = r.usize_opt("sliding_window")?;

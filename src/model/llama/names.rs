@@ -60,7 +60,7 @@ impl Proj {
 
     /// Weight shape [out, in].
     pub fn shape(self, c: &LlamaConfig) -> [usize; 2] {
-        let (d, kv, h) = (c.hidden_size, c.num_key_value_heads * c.head_dim(), c.intermediate_size);
+        let (d, kv, h) = (c.hidden_size, c.num_key_value_heads.saturating_mul(c.head_dim()), c.intermediate_size);
         let q = c.attention_width();
         match self {
             Proj::Q => [q, d],

@@ -258,9 +258,45 @@ impl ModelSource {
         })
     }
 
-    /// Refuses any tensor the model does not use (see the module doc).
+    /// The decoder layers the files hold: one more than the largest `model.layers.N.` /
+    /// `blk.N.` index (0 when there is none).
+    fn layers_in_files(&self) -> usize {
+        let index = |name: &str, prefix: &str| -> Option<usize> {
+            name.strip_prefix(prefix)?.split('.').next()?.parse::<usize>().ok()
+        };
+        match &self.files {
+            Files::Gguf(g) => g.tensors().iter().filter_map(|t| index(&t.name, "blk.")).max(),
+            Files::Safetensors { shard_of, .. } => shard_of.keys().filter_map(|n| index(n, "model.layers.")).max(),
+        }
+        .map_or(0, |m| m.saturating_add(1))
+    }
+
+    /// Refuses any tensor the model does not use (see the module doc), after checking the
+    /// config's layer count against the layers the files hold (so that nothing is sized
+    /// by a count the files cannot back).
     fn check_tensors(&self) -> Result<()> {
+        let held = self.layers_in_files();
+        if self.config.num_hidden_layers != held {
+            let key = match self.files {
+                Files::Gguf(_) => "llama.block_count",
+                Files::Safetensors { .. } => "num_hidden_layers",
+            };
+            return Err(Error::Config(format!(
+                "{}: {key} = {} but the files hold {held} decoder layers",
+                self.path.display(),
+                self.config.num_hidden_layers
+            )));
+        }
         let parts = Part::all(&self.config);
+        // Every tensor's stored shape is the config's before anything is sized by the
+        // config (a dimension the file only claims stays a claim).
+        for part in &parts {
+            let want = part.shape(&self.config);
+            let stored = self.stored_shape(part)?;
+            if stored != want {
+                return Err(Error::ShapeMismatch { op: "model files vs config", lhs: stored.into(), rhs: want.into() });
+            }
+        }
         match &self.files {
             Files::Gguf(g) => {
                 let mut known: std::collections::HashSet<String> = parts.iter().map(Part::gguf_name).collect();
@@ -284,7 +320,6 @@ impl ModelSource {
                     }
                     known.insert(name);
                 }
-                let inv_freq = self.config.rope_inv_freq();
                 for (name, &i) in shard_of {
                     if known.contains(name) {
                         continue;
@@ -293,6 +328,7 @@ impl ModelSource {
                     let is_rope_buffer =
                         name.starts_with("model.layers.") && name.ends_with(".self_attn.rotary_emb.inv_freq");
                     if is_rope_buffer {
+                        let inv_freq = self.config.rope_inv_freq();
                         let stored = st.tensor_f32(name)?;
                         let same = stored.len() == inv_freq.len()
                             && stored.iter().zip(&inv_freq).all(|(a, b)| (a - b).abs() <= 1e-6 * b.abs());
@@ -314,6 +350,37 @@ impl ModelSource {
             }
         }
         Ok(())
+    }
+
+    /// The shape `part` is stored with, from the headers alone (for the compressed layout,
+    /// its `.shape` tensor); a missing tensor is an error.
+    fn stored_shape(&self, part: &Part) -> Result<Vec<usize>> {
+        match &self.files {
+            Files::Gguf(g) => {
+                let name = part.gguf_name();
+                g.tensor_info(&name)
+                    .map(|t| t.shape.clone())
+                    .ok_or_else(|| Error::MissingTensor { path: g.path().to_path_buf(), name })
+            }
+            Files::Safetensors { .. } => {
+                let name = part.hf_name();
+                if let Some((_, shape)) = self.st_info(&name) {
+                    return Ok(shape);
+                }
+                let key = format!("{name}.shape");
+                match self.shard(&key) {
+                    Some(st) if st.info(&key) == Some((DType::U32, vec![2])) => Ok(st
+                        .tensor_bytes(&key)?
+                        .chunks_exact(4)
+                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize)
+                        .collect()),
+                    Some(st) => {
+                        Err(Error::format(st.path(), "sparse-bitmask", format!("{key} must be U32 [2]")))
+                    }
+                    None => Err(Error::MissingTensor { path: self.path.clone(), name }),
+                }
+            }
+        }
     }
 
     /// The path it was opened from.

@@ -4,25 +4,10 @@
 
 mod common;
 
-use std::process::Command;
+use common::sparsetune;
 
 use sparsetune::io::asset_path;
 use sparsetune::{DType, Device};
-
-/// The binary under test: `$SPARSETUNE_BIN` when set (test executables carried to another
-/// machine), else the one cargo built.
-fn binary() -> std::path::PathBuf {
-    std::env::var_os("SPARSETUNE_BIN").map(Into::into).unwrap_or_else(|| env!("CARGO_BIN_EXE_sparsetune").into())
-}
-
-fn sparsetune(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(binary()).args(args).output().expect("run sparsetune");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn eval_json_reproduces_reference_perplexity() {

@@ -332,7 +332,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     });
     let json = serde_json::to_string_pretty(&report).map_err(|e| Error::invalid(e.to_string()))?;
     let report_path = out("report.json");
-    std::fs::write(&report_path, json).map_err(|e| Error::io(&report_path, e))?;
+    crate::io::write_atomic(&report_path, json.as_bytes())?;
 
     println!("{:<28} {:>11} {:>9} {:>9}", "stage", "perplexity", "sparsity", "seconds");
     for s in &stages {

@@ -905,10 +905,10 @@ impl GgufWriter {
         Ok(out)
     }
 
-    /// Writes the file to `path`.
+    /// Writes the file to `path`, atomically (see [`super::write_atomic`]).
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        std::fs::write(path, self.to_bytes()?).map_err(|e| Error::io(path, e))
+        super::write_atomic(path, &self.to_bytes()?)
     }
 }
 

@@ -33,7 +33,32 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> crate::Result<()> {
         return Err(crate::Error::io(path, e));
     }
     safetensors::sync_dir_of(path);
+    remove_stale_temps(path);
     Ok(())
+}
+
+/// Whether `name` is the temporary file of a write (`<name>.tmp-<pid>`) by a process that
+/// no longer runs (killed mid-write). Only where `/proc` tells; elsewhere never.
+pub(crate) fn is_stale_temp(name: &str) -> bool {
+    let Some((_, pid)) = name.rsplit_once(".tmp-") else { return false };
+    let Ok(pid) = pid.parse::<u32>() else { return false };
+    let proc = std::path::Path::new("/proc");
+    pid != std::process::id() && proc.join("self").exists() && !proc.join(pid.to_string()).exists()
+}
+
+/// After `path` is written: removes what killed writes of the same file left beside it
+/// (a 7B shard's is gigabytes). Best-effort: a file that cannot be removed stays.
+pub(crate) fn remove_stale_temps(path: &std::path::Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else { return };
+    let dir = if dir.as_os_str().is_empty() { std::path::Path::new(".") } else { dir };
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let other = entry.file_name();
+        let Some(other) = other.to_str() else { continue };
+        if other.strip_prefix(name).is_some_and(|rest| rest.starts_with(".tmp-")) && is_stale_temp(other) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 pub use tokenizer::Tokenizer;
 

@@ -503,6 +503,9 @@ impl SafetensorsWriter {
             std::fs::rename(tmp, &f.path).map_err(|e| Error::io(&f.path, e))?;
             sync_dir_of(&f.path);
         }
+        for f in &self.files {
+            super::remove_stale_temps(&f.path);
+        }
         self.finished = true;
         Ok(())
     }

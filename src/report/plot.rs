@@ -126,7 +126,7 @@ fn draw_err<E: Display>(path: &Path) -> impl Fn(E) -> Error + '_ {
 fn write_png(path: &Path, width: u32, height: u32, rgb: &[u8]) -> Result<()> {
     let bytes = encode_png(width, height, rgb)
         .map_err(|e| Error::io(path, std::io::Error::other(format!("encoding PNG: {e}"))))?;
-    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+    crate::io::write_atomic(path, &bytes)
 }
 
 fn encode_png(width: u32, height: u32, rgb: &[u8]) -> std::result::Result<Vec<u8>, png::EncodingError> {

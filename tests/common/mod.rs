@@ -6,6 +6,22 @@ use std::path::PathBuf;
 use sparsetune::model::llama::{Llama, LlamaConfig};
 use sparsetune::{DType, Device, Tensor};
 
+/// The binary under test: `$SPARSETUNE_BIN` when set (test executables carried to another
+/// machine), else the one cargo built.
+pub fn binary() -> PathBuf {
+    std::env::var_os("SPARSETUNE_BIN").map(Into::into).unwrap_or_else(|| env!("CARGO_BIN_EXE_sparsetune").into())
+}
+
+/// Runs the binary: (exit code, stdout, stderr).
+pub fn sparsetune(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(binary()).args(args).output().expect("run sparsetune");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A fresh scratch directory for this test process.
 pub fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("sparsetune-it-{}", std::process::id())).join(name);

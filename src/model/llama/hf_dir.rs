@@ -21,15 +21,18 @@
 //! written before the first tensor's data, and a model is written a layer at a time as
 //! its layers are produced. Shards go to temporary names and are renamed into place at
 //! [`ModelWriter::finish`], then the index, then the side files; weights files of an
-//! earlier model in the directory that the new one does not use are removed last. A run
-//! killed at any point leaves the previous files or the new ones, never a torn file.
+//! earlier model in the directory that the new one does not use, and the temporary files
+//! of killed writes, are removed last. A run killed at any point leaves each file whole,
+//! the previous one or the new one; the shards and the index of a sharded model carry one
+//! write id (`sparsetune.write`), so that a directory left with shards of two writes (a
+//! kill between two renames) is refused at load instead of read as one model.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use super::source::{INDEX_FILE, META_CONFIG, META_TOKENIZER, META_TOKENIZER_CONFIG};
+use super::source::{INDEX_FILE, META_CONFIG, META_TOKENIZER, META_TOKENIZER_CONFIG, META_WRITE};
 use super::{dtype_to_hf, Llama, LlamaConfig, ModelSource, Part};
 use crate::io::{write_atomic, PlannedFile, SafetensorsWriter, TensorSpec, Tokenizer};
 use crate::{DType, Error, Result, Tensor};
@@ -154,6 +157,12 @@ pub fn plan_shards(specs: Vec<TensorSpec>, max: u64) -> Result<Vec<Vec<TensorSpe
     Ok(shards)
 }
 
+/// An id unique to this write: the process id and the time in nanoseconds.
+fn write_id() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{}-{nanos}", std::process::id())
+}
+
 impl<'a> ModelWriter<'a> {
     /// Plans the output at `out` in `form` (nothing is written before the first tensor).
     pub fn create(out: &Path, form: OutputForm, spec: OutputSpec<'a>) -> Result<ModelWriter<'a>> {
@@ -188,6 +197,9 @@ impl<'a> ModelWriter<'a> {
                         format!("model-{:05}-of-{n:05}.safetensors", i + 1)
                     }
                 };
+                // One id for this write in every shard and in the index: shards of two
+                // writes (a run killed between two renames) are refused at load.
+                let write_id = write_id();
                 let mut weight_map = Map::new();
                 let (mut total, mut params) = (0u64, 0u64);
                 let mut files = Vec::with_capacity(n);
@@ -197,16 +209,19 @@ impl<'a> ModelWriter<'a> {
                         total += t.byte_len()? as u64;
                         params += t.shape.iter().product::<usize>() as u64;
                     }
-                    let (metadata, reserve) = if i == 0 {
+                    let (mut metadata, reserve) = if i == 0 {
                         (meta.clone(), reserve)
                     } else {
                         (BTreeMap::from([("format".into(), "pt".into())]), 0)
                     };
+                    if n > 1 {
+                        metadata.insert(META_WRITE.into(), write_id.clone());
+                    }
                     files.push(PlannedFile { path: out.join(name(i)), tensors, metadata, reserve });
                 }
                 let index = (n > 1).then(|| {
                     serde_json::json!({
-                        "metadata": { "total_size": total, "total_parameters": params },
+                        "metadata": { "total_size": total, "total_parameters": params, META_WRITE: write_id },
                         "weight_map": weight_map,
                     })
                 });
@@ -275,7 +290,8 @@ impl<'a> ModelWriter<'a> {
             let path = entry.map_err(|e| Error::io(&plan.dir, e))?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             let weights = name == "model.safetensors" || (name.starts_with("model-") && name.ends_with(".safetensors"));
-            if weights && !plan.weights.contains(&path) {
+            let killed_write = name.starts_with("model") && crate::io::is_stale_temp(name);
+            if (weights && !plan.weights.contains(&path)) || killed_write {
                 std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
             }
         }

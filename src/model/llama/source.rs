@@ -44,6 +44,9 @@ pub const META_TOKENIZER: &str = "sparsetune.tokenizer";
 pub const META_TOKENIZER_CONFIG: &str = "sparsetune.tokenizer_config";
 /// safetensors metadata key naming a compressed layout of the decoder linears.
 pub const META_LAYOUT: &str = "sparsetune.layout";
+/// Metadata key (in each shard and in the index's `metadata`) with the id of the write
+/// that produced a sharded directory: shards from two writes are refused.
+pub const META_WRITE: &str = "sparsetune.write";
 /// The index file of a sharded checkpoint.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
@@ -240,6 +243,20 @@ impl ModelSource {
         }
         if let Some((t, s)) = listed.iter().find(|(t, _)| !shard_of.contains_key(*t)) {
             return Err(bad(format!("the weight_map puts '{t}' in {s}, which does not hold it")));
+        }
+        // Written by us: every shard must come from the index's write (a run killed between
+        // renaming its shards leaves some of the previous model's).
+        if let Some(id) = json.get("metadata").and_then(|m| m.get(META_WRITE)) {
+            let id = id.as_str().ok_or_else(|| bad(format!("metadata.{META_WRITE} is not a string")))?;
+            if let Some(st) = shards.iter().find(|st| st.metadata().get(META_WRITE).map(String::as_str) != Some(id)) {
+                return Err(bad(format!(
+                    "{} is not from the write that made this index (metadata {META_WRITE} {:?}, the index says \
+                     {id:?}): the directory holds parts of two models, as an interrupted write leaves it; \
+                     write it again",
+                    st.path().display(),
+                    st.metadata().get(META_WRITE).map_or("absent", String::as_str)
+                )));
+            }
         }
         if let Some(total) = json.get("metadata").and_then(|m| m.get("total_size")) {
             let held: usize = shards.iter().map(SafetensorsFile::data_bytes).sum();

@@ -2,7 +2,7 @@
 //! - `cholesky_inverse_factor/{cpu,gpu}/<n>`: U with H⁻¹ = UᵀU for H [n, n], n = 4096 (hidden)
 //!   and 11008 (MLP); CPU `prune::linalg::inverse_cholesky_upper`, GPU
 //!   `ops::sparsegpt::inverse_cholesky_upper`.
-//! - `sparsegpt_prune_gpu/{unstructured50,2to4}/<rows>x<cols>`: `ops::sparsegpt::prune` of one
+//! - `sparsegpt_prune_gpu/{unstructured50,2to4}/<rows>x<cols>`: `prune::sparsegpt::prune_cuda` of one
 //!   weight [4096, 4096] (q/k/v/o_proj) and [4096, 11008] (down_proj), f64, block size 128;
 //!   each iteration first restores W (a device copy, negligible next to the prune).
 //!
@@ -79,7 +79,7 @@ fn gpu_benches(c: &mut Criterion) {
             g.bench_with_input(BenchmarkId::new(name, format!("{rows}x{cols}")), &pattern, |bench, &pattern| {
                 bench.iter(|| {
                     dev.stream().memcpy_dtod(w0.slice(), w.slice_mut()).expect("restore W");
-                    let mask = sparsegpt::prune(
+                    let mask = sparsetune::prune::sparsegpt::prune_cuda(
                         &dev,
                         w.slice_mut(),
                         h.slice(),

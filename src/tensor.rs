@@ -328,10 +328,24 @@ impl Tensor {
         Tensor::from_storage(storage, self.shape().clone(), device)
     }
 
-    /// A copy converted to `dtype` (float ↔ float), on the same device. Records nothing;
-    /// see [`crate::ops::cast`] for the differentiable version.
+    /// A copy converted to `dtype` (float ↔ float; a plain copy when it is unchanged), on
+    /// the same device. Records nothing; see [`crate::ops::cast()`] for the differentiable
+    /// version.
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
-        crate::ops::cast::forward(self, dtype)
+        let float = |d: DType| matches!(d, DType::F32 | DType::BF16 | DType::F16);
+        if !float(self.dtype()) || !float(dtype) {
+            if self.dtype() == dtype {
+                return self.to_device(self.device());
+            }
+            return Err(Error::DType { op: "cast", dtype: self.dtype(), msg: "only float types convert" });
+        }
+        if self.dtype() == dtype {
+            return self.to_device(self.device());
+        }
+        match self.device() {
+            Device::Cpu(_) => Tensor::from_f32(self.to_f32_vec()?, self.shape().clone(), dtype, self.device()),
+            Device::Cuda(d) => crate::device::cast::cast(d, self, dtype),
+        }
     }
 
     /// Overwrites this tensor's data with `src`'s (same shape, dtype and device).
@@ -446,6 +460,15 @@ fn copy_cuda_into(src: &CudaData, dst: &mut CudaData, dev: &CudaDevice) -> Resul
         _ => return Err(Error::invalid("copy_from: dtype mismatch")),
     }
     Ok(())
+}
+
+/// Wraps a finished device buffer as a tensor of `shape` on `device` (launchers' results).
+pub(crate) fn cuda_tensor<T: Element>(
+    buf: crate::device::CudaBuffer<T>,
+    shape: impl Into<Shape>,
+    device: &Device,
+) -> Result<Tensor> {
+    Tensor::from_storage(Storage::Cuda(T::wrap_cuda(buf)), shape, device)
 }
 
 #[cfg(test)]

@@ -2,8 +2,11 @@
 //! that report the worst element, f64 finite differences, seeded random data.
 //! Tolerances are `atol + rtol·|ref|` per element.
 
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use crate::sparse::BitMask;
 
 /// Seeded uniform values in [-scale, scale).
 pub fn random_f64(n: usize, scale: f64, seed: u64) -> Vec<f64> {
@@ -14,6 +17,30 @@ pub fn random_f64(n: usize, scale: f64, seed: u64) -> Vec<f64> {
 /// Seeded uniform f32 values in [-scale, scale).
 pub fn random_f32(n: usize, scale: f32, seed: u64) -> Vec<f32> {
     random_f64(n, scale as f64, seed).into_iter().map(|v| v as f32).collect()
+}
+
+/// A seeded random mask [rows, cols] (1 = kept) with exact counts: with `nm` = Some((n, m)),
+/// n kept in every group of m consecutive columns of a row; otherwise ⌊cols·sparsity⌋
+/// pruned in every row. Positions come from a shuffle (no selection code involved).
+pub fn random_mask(rows: usize, cols: usize, sparsity: f64, nm: Option<(usize, usize)>, seed: u64) -> BitMask {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut mask = BitMask::all_kept(rows, cols);
+    let (group, pruned) = match nm {
+        Some((n, m)) => (m, m - n),
+        None => (cols.max(1), (cols as f64 * sparsity).floor() as usize),
+    };
+    let mut idx: Vec<usize> = Vec::with_capacity(group);
+    for r in 0..rows {
+        for g in (0..cols).step_by(group) {
+            idx.clear();
+            idx.extend(g..(g + group).min(cols));
+            idx.shuffle(&mut rng);
+            for &c in idx.iter().take(pruned) {
+                mask.set(r, c, false);
+            }
+        }
+    }
+    mask
 }
 
 /// Worst violation of `|got − want| ≤ atol + rtol·|want|`: (index, got, want, excess ratio).

@@ -63,7 +63,7 @@ fn digest(path: &Path) -> Result<u64, String> {
     for layer in &m.layers {
         add(&layer.input_norm);
         for p in Proj::ALL {
-            add(&layer.linear(p).dense().unwrap());
+            add(layer.linear(p).dense().unwrap());
         }
         add(&layer.post_norm);
     }

@@ -143,6 +143,17 @@ impl BackwardCtx<'_> {
         Ok(())
     }
 
+    /// Contributes each given gradient to the input of its position (`None`: not computed,
+    /// the input wants none). The usual tail of a backward closure.
+    pub fn add_grads(&mut self, grads: impl IntoIterator<Item = Option<Tensor>>) -> Result<()> {
+        for (i, g) in grads.into_iter().enumerate() {
+            if let Some(g) = g {
+                self.add_grad(i, g)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The gradient store itself, for ops that own a sub-tape (checkpoints).
     pub fn grads_mut(&mut self) -> &mut Grads {
         self.grads

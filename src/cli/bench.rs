@@ -243,7 +243,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     let mut wd = dev.alloc::<f64>(rows * cols)?;
                     median_seconds(a.reps, || {
                         dev.stream().memcpy_dtod(w0.slice(), wd.slice_mut())?;
-                        crate::ops::sparsegpt::prune(dev, wd.slice_mut(), hd.slice(), rows, cols, pattern, opts)?;
+                        sparsegpt::prune_cuda(dev, wd.slice_mut(), hd.slice(), rows, cols, pattern, opts)?;
                         dev.synchronize()
                     })?
                 }

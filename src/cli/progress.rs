@@ -47,7 +47,7 @@ impl Lines {
     }
 
     fn moved(&mut self) {
-        let tenths = if self.len > 0 { self.pos.min(self.len) * 10 / self.len } else { 0 };
+        let tenths = (self.pos.min(self.len) * 10).checked_div(self.len).unwrap_or(0);
         if tenths > self.tenths && self.pos < self.len {
             self.tenths = tenths;
             self.line("at");

@@ -230,6 +230,11 @@ impl<T> CudaBuffer<T> {
     }
 }
 
+/// Checked conversion of a size to the `i32` our kernels take.
+pub(crate) fn to_i32(op: &'static str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::invalid(format!("{op}: size {v} exceeds i32")))
+}
+
 /// Launch geometry for a 1-D elementwise kernel over `n` items with `threads` per block.
 pub fn grid_1d(n: usize, threads: u32) -> Result<LaunchConfig> {
     let blocks = n.div_ceil(threads as usize);

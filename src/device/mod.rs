@@ -1,6 +1,7 @@
 //! Devices: [`Device::Cpu`] and [`Device::Cuda`]. Each device counts the bytes of the
 //! buffers it hands out ([`MemoryStats`]), so peak memory can be reported on both.
 
+pub(crate) mod cast;
 pub mod cpu;
 pub mod cuda;
 mod memory;

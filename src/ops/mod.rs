@@ -170,6 +170,18 @@ pub(crate) fn expect_len(op: &str, what: &str, have: usize, need: usize) -> Resu
     Ok(())
 }
 
+/// Error unless `mask` is a U8 bitmask [rows, ceil(cols/8)] on `device`.
+pub(crate) fn check_mask(op: &'static str, mask: &Tensor, device: &Device, rows: usize, cols: usize) -> Result<()> {
+    if mask.dtype() != DType::U8 {
+        return Err(Error::DType { op, dtype: mask.dtype(), msg: "masks are u8 bitmasks" });
+    }
+    if !mask.device().same(device) {
+        return Err(Error::DeviceMismatch { op, lhs: device.label(), rhs: mask.device().label() });
+    }
+    let want = crate::Shape::new([rows, cols.div_ceil(8)]);
+    mask.shape().expect_eq(op, &want)
+}
+
 /// The CUDA device of `t`, or an error (used by launchers).
 pub(crate) fn cuda_device(t: &Tensor) -> Result<&crate::device::CudaDevice> {
     match t.device() {
@@ -178,19 +190,41 @@ pub(crate) fn cuda_device(t: &Tensor) -> Result<&crate::device::CudaDevice> {
     }
 }
 
-/// Checked conversion of a size to the `i32` our kernels take.
-pub(crate) fn to_i32(op: &'static str, v: usize) -> Result<i32> {
-    i32::try_from(v).map_err(|_| Error::invalid(format!("{op}: size {v} exceeds i32")))
+/// Checks the activations x [.., in] of a linear whose sparse weight `w` is [out, in]
+/// (`sparse_linear`, `masked_lora`): rank ≥ 2, last dimension `in`, and a dtype the device
+/// computes in (f32 or bf16 on CUDA, f32 on the CPU).
+pub(crate) fn check_sparse_input(op: &'static str, x: &Tensor, w: &crate::sparse::SparseWeight) -> Result<()> {
+    if x.shape().last_dim() != w.cols() || x.shape().rank() < 2 {
+        return Err(Error::ShapeMismatch {
+            op,
+            lhs: x.shape().clone(),
+            rhs: crate::Shape::new([w.rows(), w.cols()]),
+        });
+    }
+    if x.device().is_cuda() {
+        if !x.dtype().is_compute_float() {
+            return Err(Error::DType { op, dtype: x.dtype(), msg: "expected f32 or bf16" });
+        }
+    } else if x.dtype() != DType::F32 {
+        return Err(Error::DType { op, dtype: x.dtype(), msg: "the CPU path computes in f32" });
+    }
+    Ok(())
 }
 
-/// Wraps a finished device buffer as a tensor.
-pub(crate) fn cuda_tensor<T: crate::storage::Element>(
-    buf: crate::device::CudaBuffer<T>,
-    shape: impl Into<crate::Shape>,
-    device: &Device,
-) -> Result<Tensor> {
-    Tensor::from_storage(Storage::Cuda(T::wrap_cuda(buf)), shape, device)
+/// A linear's output shape: x's [.., in] with the last dimension `out`.
+pub(crate) fn linear_out_shape(x: &Tensor, out: usize) -> crate::Shape {
+    let mut dims = x.dims().to_vec();
+    if let Some(l) = dims.last_mut() {
+        *l = out;
+    }
+    crate::Shape::new(dims)
 }
+
+#[cfg(test)]
+pub(crate) mod sparse_cases;
+
+pub(crate) use crate::device::cuda::to_i32;
+pub(crate) use crate::tensor::cuda_tensor;
 
 /// `x` viewed with another shape (no copy), recorded so gradients follow the view.
 pub fn reshape(tape: Option<&mut crate::Tape>, x: &Tensor, shape: impl Into<crate::Shape>) -> Result<Tensor> {

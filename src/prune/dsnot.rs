@@ -219,7 +219,7 @@ fn refine_row_nm(d: &[f64], wanda: &[f64], var: &[f64], kept: &mut [bool], m: us
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prune::scores;
+    use crate::ops::prune_select::cpu as scores;
     use crate::prune::select::select;
     use crate::testing::random_f32;
     use crate::{DType, Device, Tensor};
@@ -249,7 +249,7 @@ mod tests {
         // swap does not overshoot |r|, so with large D it can; here it should help.
         let st = stats(cols, 4, 32, 1);
         let w = random_f32(rows * cols, 0.05, 2);
-        let sr = scores::scaler_row(&st, st.sequences);
+        let sr = st.scaler_row();
         for pattern in [Pattern::Unstructured(0.5), Pattern::Unstructured(0.7), Pattern::NM { n: 2, m: 4 }] {
             let mut mask = select(&scores::wanda(&w, cols, &sr), rows, cols, pattern).unwrap();
             let before = mask.clone();

@@ -17,7 +17,6 @@
 pub mod allocation;
 pub mod calib;
 pub mod dsnot;
-pub mod scores;
 pub mod select;
 pub mod sparsegpt;
 
@@ -32,6 +31,7 @@ pub use sparsegpt::SparseGptOptions;
 
 use crate::model::llama::{DecoderLayer, Llama, LlamaConfig, Proj};
 use crate::nn::Linear;
+use crate::ops::prune_select::cpu as scores;
 use crate::sparse::{BitMask, SparseWeight};
 use crate::{Error, Result, Tensor};
 use calib::{Activations, InputStats, StatsRequest};
@@ -250,7 +250,7 @@ fn layer_targets(
                 for p in Proj::ALL {
                     let st = stats[&p.input()].to_host()?;
                     let cols = st.dim();
-                    all.push(scores::wanda(&weight_f32(&layer, p)?, cols, &scores::scaler_row(&st, st.sequences)));
+                    all.push(scores::wanda(&weight_f32(&layer, p)?, cols, &st.scaler_row()));
                 }
                 ratios.push(allocation::owl_outlier_ratio(&all.iter().map(Vec::as_slice).collect::<Vec<_>>(), *m));
                 acts.advance(&layer, config)?;
@@ -284,11 +284,11 @@ fn prune_host(
                 Method::Magnitude => scores::magnitude(&w),
                 Method::Wanda => {
                     let st = need()?;
-                    scores::wanda(&w, cols, &scores::scaler_row(st, st.sequences))
+                    scores::wanda(&w, cols, &st.scaler_row())
                 }
                 _ => {
                     let st = need()?;
-                    scores::ria(&w, rows, cols, &scores::scaler_row(st, st.sequences), opts.ria_alpha)
+                    scores::ria(&w, rows, cols, &st.scaler_row(), opts.ria_alpha)
                 }
             };
             let mask = select::select(&score, rows, cols, pattern)?;
@@ -321,7 +321,7 @@ fn prune_cuda(
         dev.stream().memcpy_dtod(xtx, h.slice_mut())?;
         cast::cuda::scale_f64(dev, h.slice_mut(), 2.0 / st.tokens().max(1) as f64, cols * cols)?;
         let mut w64 = cast::cuda::to_f64(dev, weight)?;
-        let mask = crate::ops::sparsegpt::prune(dev, w64.slice_mut(), h.slice(), rows, cols, pattern, opts.sparsegpt)?;
+        let mask = sparsegpt::prune_cuda(dev, w64.slice_mut(), h.slice(), rows, cols, pattern, opts.sparsegpt)?;
         let new = cast::cuda::from_f64(dev, w64.slice(), weight.shape().clone(), weight.dtype(), weight.device())?;
         return Ok((Some(new), mask));
     }
@@ -330,7 +330,11 @@ fn prune_cuda(
         Method::Wanda => prune_select::wanda_scores(weight, cuda_stats()?.scaler_row()?.slice())?,
         _ => prune_select::ria_scores(weight, cuda_stats()?.scaler_row()?.slice(), opts.ria_alpha)?,
     };
-    let mask = prune_select::select(&scores, pattern)?;
+    pattern.check(cols)?;
+    let mask = match pattern {
+        Pattern::Unstructured(s) => prune_select::select_rows_lowest(&scores, scores::pruned_count(cols, s))?,
+        Pattern::NM { n, m } => prune_select::select_nm(&scores, n, m)?,
+    };
     Ok((None, BitMask::from_bytes(rows, cols, mask.to_vec::<u8>()?)?))
 }
 

@@ -1,13 +1,12 @@
-//! Mask selection from scores (higher = more important), the CPU reference:
+//! What a pruned matrix keeps ([`Pattern`]) and the mask it selects from scores (higher =
+//! more important) on the CPU:
 //! - unstructured, per output row: prune the ⌊cols·s⌋ lowest scores of each row;
 //! - N:M: in every group of M consecutive columns of a row, prune the M − N lowest.
 //!
-//! Ties are broken by column index, lower pruned first (the order of a stable ascending
-//! sort, as `torch.sort(..., stable=True)` in the reference code), so the mask is a
-//! deterministic function of the scores. NaN scores sort lowest.
+//! The selection itself (ties by column, NaN lowest) is `ops::prune_select`'s CPU
+//! reference; this module turns a pattern into its numbers.
 
-use std::cmp::Ordering;
-
+use crate::ops::prune_select::cpu::{prune_lowest_nm, prune_lowest_per_row, pruned_count};
 use crate::sparse::{check_nm, BitMask};
 use crate::{Error, Result};
 
@@ -61,53 +60,6 @@ pub fn check_sparsity(s: f64) -> Result<()> {
     }
 }
 
-/// Ascending by score, then by index; NaN lowest.
-fn ascending(scores: &[f32]) -> impl Fn(&usize, &usize) -> Ordering + '_ {
-    move |&a, &b| {
-        let (x, y) = (scores[a], scores[b]);
-        let key = |v: f32| if v.is_nan() { f32::NEG_INFINITY } else { v };
-        key(x).total_cmp(&key(y)).then(a.cmp(&b))
-    }
-}
-
-/// Prunes the `k` lowest scores of every row of a [rows, cols] score matrix.
-pub fn prune_lowest_per_row(scores: &[f32], rows: usize, cols: usize, k: usize) -> BitMask {
-    let mut mask = BitMask::all_kept(rows, cols);
-    let mut idx: Vec<usize> = Vec::with_capacity(cols);
-    for r in 0..rows {
-        let row = &scores[r * cols..(r + 1) * cols];
-        idx.clear();
-        idx.extend(0..cols);
-        let cmp = ascending(row);
-        if k > 0 && k < cols {
-            idx.select_nth_unstable_by(k - 1, &cmp);
-        }
-        for &c in &idx[..k.min(cols)] {
-            mask.set(r, c, false);
-        }
-    }
-    mask
-}
-
-/// Prunes the M − N lowest scores of every group of M consecutive columns.
-pub fn prune_lowest_nm(scores: &[f32], rows: usize, cols: usize, n: usize, m: usize) -> Result<BitMask> {
-    check_nm(n, m, cols)?;
-    let mut mask = BitMask::all_kept(rows, cols);
-    let mut idx: Vec<usize> = Vec::with_capacity(m);
-    for r in 0..rows {
-        let row = &scores[r * cols..(r + 1) * cols];
-        for g in (0..cols).step_by(m) {
-            idx.clear();
-            idx.extend(g..g + m);
-            idx.sort_by(ascending(row));
-            for &c in &idx[..m - n] {
-                mask.set(r, c, false);
-            }
-        }
-    }
-    Ok(mask)
-}
-
 /// The mask `pattern` selects from `scores` [rows, cols].
 pub fn select(scores: &[f32], rows: usize, cols: usize, pattern: Pattern) -> Result<BitMask> {
     if scores.len() != rows * cols {
@@ -115,7 +67,7 @@ pub fn select(scores: &[f32], rows: usize, cols: usize, pattern: Pattern) -> Res
     }
     pattern.check(cols)?;
     match pattern {
-        Pattern::Unstructured(s) => Ok(prune_lowest_per_row(scores, rows, cols, (cols as f64 * s).floor() as usize)),
+        Pattern::Unstructured(s) => Ok(prune_lowest_per_row(scores, rows, cols, pruned_count(cols, s))),
         Pattern::NM { n, m } => prune_lowest_nm(scores, rows, cols, n, m),
     }
 }

@@ -5,9 +5,8 @@ use cudarc::driver::{CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg};
 
 use super::nm::index_bits;
 use super::weight::{Expand, SparseFormat};
-use crate::device::cuda::CudaFloat;
+use crate::device::cuda::{to_i32, CudaFloat};
 use crate::device::CudaDevice;
-use crate::ops::to_i32;
 use crate::{Error, Result};
 
 const THREADS: u32 = 256;

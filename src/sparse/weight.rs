@@ -362,7 +362,7 @@ impl SparseWeight {
                 Device::Cuda(dev) => {
                     let mut out = dev.alloc::<T>(n)?;
                     self.expand_into_cuda(&mut out.slice_mut().slice_mut(..), Expand::Overwrite)?;
-                    crate::ops::cuda_tensor(out, [self.rows, self.cols], self.device())
+                    crate::tensor::cuda_tensor(out, [self.rows, self.cols], self.device())
                 }
             }
         })
@@ -395,12 +395,14 @@ impl WorkspaceElement for half::bf16 {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prune::select::{select, Pattern};
-    use crate::testing::random_f32;
+    use crate::testing::{random_f32, random_mask};
 
-    fn pruned(rows: usize, cols: usize, pattern: Pattern, dtype: DType, dev: &Device, seed: u64) -> (Tensor, BitMask) {
+    /// What a case prunes: (sparsity, N:M pair), as [`random_mask`] takes them.
+    type Rule = (f64, Option<(usize, usize)>);
+
+    fn pruned(rows: usize, cols: usize, (s, nm): Rule, dtype: DType, dev: &Device, seed: u64) -> (Tensor, BitMask) {
         let mut v = random_f32(rows * cols, 1.0, seed);
-        let mask = select(&random_f32(rows * cols, 1.0, seed + 1), rows, cols, pattern).unwrap();
+        let mask = random_mask(rows, cols, s, nm, seed + 1);
         mask.apply(&mut v).unwrap();
         (Tensor::from_f32(v, [rows, cols], dtype, dev).unwrap(), mask)
     }
@@ -409,15 +411,15 @@ mod tests {
         t.to_f32_vec().unwrap().iter().map(|v| v.to_bits()).collect()
     }
 
-    fn cases() -> Vec<(usize, usize, Pattern, SparseFormat)> {
+    fn cases() -> Vec<(usize, usize, Rule, SparseFormat)> {
         vec![
-            (7, 37, Pattern::Unstructured(0.5), SparseFormat::Bitmask),
-            (13, 64, Pattern::Unstructured(0.7), SparseFormat::Bitmask),
-            (3, 9, Pattern::Unstructured(0.0), SparseFormat::Bitmask),
-            (5, 40, Pattern::NM { n: 2, m: 4 }, SparseFormat::Bitmask),
-            (5, 40, Pattern::NM { n: 2, m: 4 }, SparseFormat::NM { n: 2, m: 4 }),
-            (9, 48, Pattern::NM { n: 4, m: 8 }, SparseFormat::NM { n: 4, m: 8 }),
-            (2, 12, Pattern::NM { n: 1, m: 4 }, SparseFormat::NM { n: 1, m: 4 }),
+            (7, 37, (0.5, None), SparseFormat::Bitmask),
+            (13, 64, (0.7, None), SparseFormat::Bitmask),
+            (3, 9, (0.0, None), SparseFormat::Bitmask),
+            (5, 40, (0.0, Some((2, 4))), SparseFormat::Bitmask),
+            (5, 40, (0.0, Some((2, 4))), SparseFormat::NM { n: 2, m: 4 }),
+            (9, 48, (0.0, Some((4, 8))), SparseFormat::NM { n: 4, m: 8 }),
+            (2, 12, (0.0, Some((1, 4))), SparseFormat::NM { n: 1, m: 4 }),
         ]
     }
 
@@ -428,7 +430,7 @@ mod tests {
             for (rows, cols, pattern, format) in cases() {
                 let (w, mask) = pruned(rows, cols, pattern, dtype, &dev, 3);
                 let s = SparseWeight::compress(&w, &mask, format).unwrap();
-                assert_eq!(bits(&s.to_dense().unwrap()), bits(&w), "{dtype} {rows}x{cols} {pattern} {format:?}");
+                assert_eq!(bits(&s.to_dense().unwrap()), bits(&w), "{dtype} {rows}x{cols} {pattern:?} {format:?}");
                 assert_eq!(s.mask().unwrap(), mask);
                 assert_eq!(s.nnz(), mask.kept());
                 let again = SparseWeight::from_dense(&w, format).unwrap();
@@ -445,7 +447,7 @@ mod tests {
         let gpu = crate::device::cuda_for_tests("sparse::weight::gather (CUDA part)");
         for dtype in [DType::F32, DType::BF16] {
             for (rows, cols, pattern, format) in cases() {
-                let what = format!("{dtype} {rows}x{cols} {pattern} {format:?}");
+                let what = format!("{dtype} {rows}x{cols} {pattern:?} {format:?}");
                 let (w, mask) = pruned(rows, cols, pattern, dtype, &cpu, 5);
                 let s = SparseWeight::compress(&w, &mask, format).unwrap();
                 with_compute_type!(dtype, "test", T => {
@@ -467,7 +469,7 @@ mod tests {
             }
         }
         // Repack: a new pattern with as many kept entries, written into the same tensor.
-        let (w, mask) = pruned(6, 16, Pattern::Unstructured(0.5), DType::F32, &cpu, 9);
+        let (w, mask) = pruned(6, 16, (0.5, None), DType::F32, &cpu, 9);
         let mut s = SparseWeight::compress(&w, &mask, SparseFormat::Bitmask).unwrap();
         let handle = s.values().clone();
         let flipped = BitMask::from_fn(6, 16, |r, c| !mask.get(r, c));
@@ -485,7 +487,7 @@ mod tests {
     fn bf16_bitmask_at_half_sparsity_costs_1_125_bytes_per_weight_plus_offsets() {
         let dev = Device::cpu();
         let (rows, cols) = (64, 512);
-        let (w, mask) = pruned(rows, cols, Pattern::Unstructured(0.5), DType::BF16, &dev, 5);
+        let (w, mask) = pruned(rows, cols, (0.5, None), DType::BF16, &dev, 5);
         let before = dev.memory().current_bytes;
         let s = SparseWeight::compress(&w, &mask, SparseFormat::Bitmask).unwrap();
         let expected = rows * cols / 2 * 2 + rows * cols / 8 + (rows + 1) * 4;
@@ -497,7 +499,7 @@ mod tests {
     #[test]
     fn add_kept_masks_what_is_in_the_buffer() {
         let dev = Device::cpu();
-        let (w, mask) = pruned(4, 16, Pattern::Unstructured(0.5), DType::F32, &dev, 7);
+        let (w, mask) = pruned(4, 16, (0.5, None), DType::F32, &dev, 7);
         let s = SparseWeight::compress(&w, &mask, SparseFormat::Bitmask).unwrap();
         let mut out = vec![1.5f32; 4 * 16 + 3];
         s.expand_into_host(&mut out, Expand::AddKept).unwrap();
@@ -528,11 +530,11 @@ mod tests {
         let cpu = Device::cpu();
         for dtype in [DType::F32, DType::BF16] {
             let mut all = cases();
-            all.push((300, 4099, Pattern::Unstructured(0.5), SparseFormat::Bitmask));
-            all.push((33, 11008, Pattern::Unstructured(0.6), SparseFormat::Bitmask));
-            all.push((70, 1028, Pattern::NM { n: 2, m: 4 }, SparseFormat::NM { n: 2, m: 4 }));
+            all.push((300, 4099, (0.5, None), SparseFormat::Bitmask));
+            all.push((33, 11008, (0.6, None), SparseFormat::Bitmask));
+            all.push((70, 1028, (0.0, Some((2, 4))), SparseFormat::NM { n: 2, m: 4 }));
             for (rows, cols, pattern, format) in all {
-                let what = format!("{dtype} {rows}x{cols} {pattern} {format:?}");
+                let what = format!("{dtype} {rows}x{cols} {pattern:?} {format:?}");
                 let (w, mask) = pruned(rows, cols, pattern, dtype, &cpu, 11);
                 let s = SparseWeight::compress(&w, &mask, format).unwrap();
                 let g = s.to_device(&gpu).unwrap();

@@ -18,6 +18,7 @@
 //!   `max_position_embeddings` (transformers recomputes θ only beyond it), so it is
 //!   accepted for windows up to that length and refused beyond;
 //! - GGUF `rope_freqs.weight` (llama.cpp's frequency factors φ): `inv_freq / φ`.
+//!
 //! `yarn`, `longrope` and any other type are refused (they also scale the attention).
 //! Mistral's `sliding_window` w changes nothing while a window has at most w tokens;
 //! a longer window is refused when it is run ([`LlamaConfig::check_window`]).

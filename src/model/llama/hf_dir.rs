@@ -71,7 +71,7 @@ pub fn parse_size(s: &str) -> Result<u64> {
     };
     let v: f64 = num.parse().map_err(|_| Error::invalid(format!("size '{s}': expected e.g. 5GB, 500MB or 2GiB")))?;
     let bytes = v * scale as f64;
-    if !(bytes >= 1.0 && bytes < 1e18) {
+    if !(1.0..1e18).contains(&bytes) {
         return Err(Error::invalid(format!("size '{s}' is out of range")));
     }
     Ok(bytes as u64)

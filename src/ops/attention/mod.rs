@@ -164,12 +164,7 @@ pub fn attention(tape: Option<&mut Tape>, q: &Tensor, k: &Tensor, v: &Tensor) ->
                 ctx.needs(1),
                 ctx.needs(2),
             )?;
-            for (i, g) in [dq, dk, dv].into_iter().enumerate() {
-                if let Some(g) = g {
-                    ctx.add_grad(i, g)?;
-                }
-            }
-            Ok(())
+            ctx.add_grads([dq, dk, dv])
         });
     }
     Ok(o)

@@ -1,38 +1,15 @@
-//! Launches `cuda/cast.cu`: one kernel per (source, destination) float pair.
+//! Launches `cuda/cast.cu`'s f64 kernels for the pruning ops: widen f32/bf16 to f64,
+//! narrow f64 to f32/bf16, scale f64 in place. (Its float ↔ float pair kernels serve
+//! `Tensor::to_dtype` from the core: `crate::device::cast`.)
 
 use cudarc::driver::PushKernelArg;
-use half::{bf16, f16};
+use half::bf16;
 
 use crate::device::cuda::grid_1d;
 use crate::device::CudaDevice;
 use crate::ops::cuda_tensor;
 use crate::storage::Element;
 use crate::{DType, Error, Result, Tensor};
-
-fn launch<S: Element, D: Element>(dev: &CudaDevice, name: &str, x: &Tensor) -> Result<Tensor> {
-    let n = x.elem_count();
-    let mut out = dev.alloc::<D>(n)?;
-    let f = dev.function("cast", name)?;
-    let src = x.read()?;
-    let mut l = dev.stream().launch_builder(&f);
-    l.arg(src.cuda::<S>()?).arg(out.slice_mut()).arg(&n);
-    // SAFETY: source and destination hold n elements each.
-    unsafe { l.launch(grid_1d(n.min(1 << 24), 256)?) }?;
-    cuda_tensor(out, x.shape().clone(), x.device())
-}
-
-/// Converts a CUDA float tensor to `dtype` (which differs from its own).
-pub fn cast(dev: &CudaDevice, x: &Tensor, dtype: DType) -> Result<Tensor> {
-    match (x.dtype(), dtype) {
-        (DType::F32, DType::BF16) => launch::<f32, bf16>(dev, "cast_f32_bf16", x),
-        (DType::BF16, DType::F32) => launch::<bf16, f32>(dev, "cast_bf16_f32", x),
-        (DType::F16, DType::F32) => launch::<f16, f32>(dev, "cast_f16_f32", x),
-        (DType::F16, DType::BF16) => launch::<f16, bf16>(dev, "cast_f16_bf16", x),
-        (DType::F32, DType::F16) => launch::<f32, f16>(dev, "cast_f32_f16", x),
-        (DType::BF16, DType::F16) => launch::<bf16, f16>(dev, "cast_bf16_f16", x),
-        (s, _) => Err(Error::DType { op: "cast", dtype: s, msg: "no CUDA conversion for this pair" }),
-    }
-}
 
 /// Widens the first `n` elements of a float device view (f32 or bf16) into `out` as f64.
 pub fn widen_to_f64<T: crate::device::cuda::CudaFloat>(

@@ -18,9 +18,9 @@ pub use cpu::{AdapterGrad, Dims};
 
 use crate::autograd::{Saved, Tape};
 use crate::ops::matmul::{self, cpu::fast, Dims as Mm};
-use crate::ops::{cuda_device, cuda_tensor, expect_same, host_f32};
+use crate::ops::{check_sparse_input, cuda_device, cuda_tensor, expect_same, host_f32, linear_out_shape};
 use crate::sparse::{Expand, SparseWeight};
-use crate::{with_compute_type, DType, Device, Error, Result, Shape, Tensor};
+use crate::{with_compute_type, DType, Device, Error, Result, Tensor};
 
 /// What the op saves instead of the masked weight.
 pub const RECOMPUTED: &str = "masked weight W⊙M + s·M⊙(BA)";
@@ -39,13 +39,7 @@ fn check(x: &Tensor, w: &SparseWeight, a: &Tensor, b: &Tensor) -> Result<Dims> {
     let (out, inp) = (w.rows(), w.cols());
     let [r, a_in] = a.shape().dims_n::<2>("masked_lora A")?;
     let [b_out, b_r] = b.shape().dims_n::<2>("masked_lora B")?;
-    if x.shape().last_dim() != inp || x.shape().rank() < 2 {
-        return Err(Error::ShapeMismatch {
-            op: "masked_lora (x vs W)",
-            lhs: x.shape().clone(),
-            rhs: Shape::new([out, inp]),
-        });
-    }
+    check_sparse_input("masked_lora", x, w)?;
     if a_in != inp || b_out != out || b_r != r || r == 0 {
         return Err(Error::ShapeMismatch {
             op: "masked_lora (A vs B)",
@@ -53,22 +47,7 @@ fn check(x: &Tensor, w: &SparseWeight, a: &Tensor, b: &Tensor) -> Result<Dims> {
             rhs: b.shape().clone(),
         });
     }
-    if x.device().is_cuda() {
-        if !x.dtype().is_compute_float() {
-            return Err(Error::DType { op: "masked_lora", dtype: x.dtype(), msg: "expected f32 or bf16" });
-        }
-    } else if x.dtype() != DType::F32 {
-        return Err(Error::DType { op: "masked_lora", dtype: x.dtype(), msg: "the CPU path computes in f32" });
-    }
     Ok(Dims { tokens: x.shape().rows(), input: inp, output: out, rank: r })
-}
-
-fn out_shape(x: &Tensor, out: usize) -> Shape {
-    let mut dims = x.dims().to_vec();
-    if let Some(l) = dims.last_mut() {
-        *l = out;
-    }
-    Shape::new(dims)
 }
 
 /// ws ← W⊙M + s·M⊙(B·A) on the host.
@@ -80,7 +59,7 @@ fn build_effective_host(w: &SparseWeight, a: &[f32], b: &[f32], s: f32, ws: &mut
 /// y = x·W_effᵀ without recording.
 pub fn forward(x: &Tensor, w: &SparseWeight, a: &Tensor, b: &Tensor, scale: f32) -> Result<Tensor> {
     let d = check(x, w, a, b)?;
-    let shape = out_shape(x, d.output);
+    let shape = linear_out_shape(x, d.output);
     match x.device() {
         Device::Cpu(dev) => {
             let (xh, ah, bh) = (host_f32(x)?, host_f32(a)?, host_f32(b)?);
@@ -116,7 +95,7 @@ pub fn backward(
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     let d = check(x, w, a, b)?;
     expect_same("masked_lora backward", &[x, dy])?;
-    out_shape(x, d.output).expect_eq("masked_lora backward (dy)", dy.shape())?;
+    linear_out_shape(x, d.output).expect_eq("masked_lora backward (dy)", dy.shape())?;
     let exact_adapters = want_adapters && mode == AdapterGrad::Exact;
     let (dx, mut da, mut db) = match x.device() {
         Device::Cpu(dev) => {
@@ -214,16 +193,7 @@ pub fn masked_lora(
                 ctx.needs(0),
                 want_adapters,
             )?;
-            if let Some(dx) = dx {
-                ctx.add_grad(0, dx)?;
-            }
-            if let Some(da) = da {
-                ctx.add_grad(1, da)?;
-            }
-            if let Some(db) = db {
-                ctx.add_grad(2, db)?;
-            }
-            Ok(())
+            ctx.add_grads([dx, da, db])
         });
     }
     Ok(y)

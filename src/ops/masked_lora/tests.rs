@@ -1,7 +1,7 @@
 use super::*;
-use crate::prune::select::{select, Pattern};
+use crate::ops::sparse_cases::{f64s, random_tensor, sparse_case};
 use crate::sparse::{BitMask, SparseFormat};
-use crate::testing::{assert_close, assert_close_f64, finite_diff, random_f32, random_f64};
+use crate::testing::{assert_close, assert_close_f64, finite_diff, random_f64};
 use crate::{device::cuda_for_tests, Grads};
 
 fn keep_of(mask: &BitMask) -> Vec<bool> {
@@ -55,38 +55,17 @@ fn case(
     format: SparseFormat,
     seed: u64,
 ) -> Case {
-    let tokens: usize = lead.iter().product();
-    let pattern = match format {
-        SparseFormat::Bitmask => Pattern::Unstructured(0.5),
-        SparseFormat::NM { n, m } => Pattern::NM { n, m },
-    };
-    let mask = select(&random_f32(output * input, 1.0, seed), output, input, pattern).unwrap();
-    let mut wv = random_f32(output * input, 0.5, seed + 1);
-    mask.apply(&mut wv).unwrap();
-    let wt = Tensor::from_f32(wv, [output, input], dtype, dev).unwrap();
-    let w = SparseWeight::compress(&wt, &mask, format).unwrap();
-    let mut xs = lead.to_vec();
-    xs.push(input);
-    let mut ys = lead.to_vec();
-    ys.push(output);
-    let mk = |shape: Vec<usize>, s: u64| {
-        let n = shape.iter().product();
-        Tensor::from_f32(random_f32(n, 1.0, s), shape, dtype, dev).unwrap()
-    };
+    let c = sparse_case(dev, dtype, lead, input, output, format, seed);
     Case {
-        x: mk(xs, seed + 2),
-        w_dense: wt.to_f32_vec().unwrap(),
-        w,
-        keep: keep_of(&mask),
-        a: mk(vec![rank, input], seed + 3),
-        b: mk(vec![output, rank], seed + 4),
-        dy: mk(ys, seed + 5),
-        d: Dims { tokens, input, output, rank },
+        keep: keep_of(&c.mask),
+        a: random_tensor(vec![rank, input], dtype, dev, seed + 3),
+        b: random_tensor(vec![output, rank], dtype, dev, seed + 4),
+        d: Dims { tokens: c.tokens, input, output, rank },
+        x: c.x,
+        w: c.w,
+        w_dense: c.w_dense,
+        dy: c.dy,
     }
-}
-
-fn f64s(t: &Tensor) -> Vec<f64> {
-    t.to_f32_vec().unwrap().into_iter().map(f64::from).collect()
 }
 
 #[test]

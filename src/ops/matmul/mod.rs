@@ -111,13 +111,7 @@ fn record(tape: Option<&mut Tape>, a: &Tensor, b: &Tensor, c: &Tensor, trans_a: 
         tape.record("matmul", &[a, b], c, vec![Saved::Keep(a.clone()), Saved::Keep(b.clone())], move |ctx| {
             let (da, db) =
                 backward(ctx.saved(0)?, ctx.saved(1)?, ctx.grad_out(), trans_a, trans_b, ctx.needs(0), ctx.needs(1))?;
-            if let Some(da) = da {
-                ctx.add_grad(0, da)?;
-            }
-            if let Some(db) = db {
-                ctx.add_grad(1, db)?;
-            }
-            Ok(())
+            ctx.add_grads([da, db])
         });
     }
 }

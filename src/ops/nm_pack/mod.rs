@@ -13,7 +13,7 @@
 
 pub mod cuda;
 
-use crate::ops::prune_select::check_mask;
+use crate::ops::check_mask;
 use crate::ops::{cuda_device, cuda_tensor, expect_float};
 use crate::sparse::{check_nm, NmMatrix};
 use crate::{with_compute_type, DType, Error, Result, Shape, Tensor};
@@ -109,7 +109,7 @@ pub fn decompress(values: &Tensor, indices: &Tensor, rows: usize, cols: usize, n
 mod tests {
     use super::*;
     use crate::device::cuda_for_tests;
-    use crate::prune::{select::select, Pattern};
+    use crate::ops::prune_select::cpu::prune_lowest_nm;
     use crate::sparse::BitMask;
     use crate::testing::random_f32;
     use crate::Device;
@@ -134,7 +134,7 @@ mod tests {
                     let cols = m * groups;
                     let what = format!("nm_pack {dtype} {n}:{m} {rows}x{cols}");
                     let scores = random_f32(rows * cols, 1.0, (rows * cols + n) as u64);
-                    let mask = select(&scores, rows, cols, Pattern::NM { n, m }).unwrap();
+                    let mask = prune_lowest_nm(&scores, rows, cols, n, m).unwrap();
                     let w = Tensor::from_f32(random_f32(rows * cols, 2.0, 5), [rows, cols], dtype, &cpu).unwrap();
                     let mask_g = Tensor::from_vec(mask.bytes().to_vec(), [rows, cols.div_ceil(8)], &gpu).unwrap();
                     let (values, indices) = compress(&w.to_device(&gpu).unwrap(), &mask_g, n, m).unwrap();
@@ -162,7 +162,7 @@ mod tests {
         let (rows, cols) = (5, 36);
         let dense = Tensor::from_f32(random_f32(rows * cols, 1.0, 3), [rows, cols], DType::F32, &gpu).unwrap();
         let upload = |mask: &BitMask| Tensor::from_vec(mask.bytes().to_vec(), [rows, cols.div_ceil(8)], &gpu).unwrap();
-        let good = select(&random_f32(rows * cols, 1.0, 4), rows, cols, Pattern::NM { n: 2, m: 4 }).unwrap();
+        let good = prune_lowest_nm(&random_f32(rows * cols, 1.0, 4), rows, cols, 2, 4).unwrap();
         assert!(compress(&dense, &upload(&good), 2, 4).is_ok());
         // One group with three kept, one with one kept.
         for (c, keep) in [(33, true), (34, false)] {

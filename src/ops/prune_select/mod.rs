@@ -9,25 +9,27 @@
 //!   (the sums run in another order than on the CPU, and `pow` is not correctly rounded, so
 //!   it agrees to ~1e-7 relative, not bit for bit).
 //!
-//! Masks ([`select`], [`select_flat_lowest`]) are U8 bitmasks [rows, ceil(cols/8)] in the
+//! Masks ([`select_rows_lowest`], [`select_nm`], [`select_flat_lowest`]) are U8 bitmasks [rows, ceil(cols/8)] in the
 //! [`crate::sparse::BitMask`] layout (bit j % 8 of byte j / 8 of a row, 1 = kept), the same
 //! bytes the CPU reference returns: prune the k lowest scores of a row, or the M − N lowest
 //! of every group of M, ordering by (score, column) with NaN equal to −∞ (so ties, NaN
 //! among them, prune lower columns first) and −0 below +0 (`f32::total_cmp`).
 //! [`apply_mask`] zeroes the pruned entries of a matrix.
 //!
-//! CPU reference: `crate::prune::scores::{magnitude, wanda, ria}`,
-//! `crate::prune::select::{select, prune_lowest_per_row}` and `crate::sparse::BitMask::apply`
-//! (no separate cpu.rs).
+//! The kernels take plain numbers (k, or N and M); which pattern a pruning method asks for
+//! is decided in `crate::prune`.
+//!
+//! CPU reference: [`cpu`] (`magnitude`, `wanda`, `ria`, `prune_lowest_per_row`,
+//! `prune_lowest_nm`) and `crate::sparse::BitMask::apply`.
 
+pub mod cpu;
 pub mod cuda;
 
 use cudarc::driver::CudaSlice;
 
 use crate::device::CudaDevice;
-use crate::ops::{cuda_device, cuda_tensor, expect_float};
-use crate::prune::Pattern;
-use crate::{with_compute_type, DType, Device, Error, Result, Tensor};
+use crate::ops::{check_mask, cuda_device, cuda_tensor, expect_float};
+use crate::{with_compute_type, DType, Error, Result, Tensor};
 
 /// (rows, cols) of a non-empty rank-2 tensor.
 fn matrix_dims(op: &'static str, t: &Tensor) -> Result<(usize, usize)> {
@@ -55,18 +57,6 @@ fn check_scaler(op: &'static str, dev: &CudaDevice, scaler_row: &CudaSlice<f64>,
         return Err(Error::invalid(format!("{op}: scaler_row has {} values for {cols} columns", scaler_row.len())));
     }
     Ok(())
-}
-
-/// Error unless `mask` is a U8 bitmask [rows, ceil(cols/8)] on `device`.
-pub(crate) fn check_mask(op: &'static str, mask: &Tensor, device: &Device, rows: usize, cols: usize) -> Result<()> {
-    if mask.dtype() != DType::U8 {
-        return Err(Error::DType { op, dtype: mask.dtype(), msg: "masks are u8 bitmasks" });
-    }
-    if !mask.device().same(device) {
-        return Err(Error::DeviceMismatch { op, lhs: device.label(), rhs: mask.device().label() });
-    }
-    let want = crate::Shape::new([rows, cols.div_ceil(8)]);
-    mask.shape().expect_eq(op, &want)
 }
 
 /// `|W|` as F32 [rows, cols], for a CUDA weight [rows, cols] (F32 or BF16).
@@ -112,36 +102,39 @@ pub fn ria_scores(w: &Tensor, scaler_row: &CudaSlice<f64>, a: f64) -> Result<Ten
     })
 }
 
-/// The mask `pattern` selects from CUDA F32 `scores` [rows, cols], as a U8 bitmask
-/// [rows, ceil(cols/8)]: byte for byte what `crate::prune::select::select` returns.
-/// Unstructured(s) prunes the ⌊cols·s⌋ lowest of every row; N:M the M − N lowest of every
-/// group of M consecutive columns.
-pub fn select(scores: &Tensor, pattern: Pattern) -> Result<Tensor> {
-    let op = "select";
+/// Prunes the `k` lowest of every row of CUDA F32 `scores` [rows, cols] (k ≤ cols): a U8
+/// bitmask [rows, ceil(cols/8)], byte for byte [`cpu::prune_lowest_per_row`].
+pub fn select_rows_lowest(scores: &Tensor, k: usize) -> Result<Tensor> {
+    let op = "select_rows_lowest";
     let (rows, cols) = score_dims(op, scores)?;
-    pattern.check(cols)?;
+    if k > cols {
+        return Err(Error::invalid(format!("{op}: cannot prune {k} of {cols} scores per row")));
+    }
     let dev = cuda_device(scores)?;
     let stride = cols.div_ceil(8);
     let mut mask = dev.alloc::<u8>(rows * stride)?;
-    {
-        let storage = scores.read()?;
-        let s = storage.cuda::<f32>()?;
-        match pattern {
-            Pattern::Unstructured(sparsity) => {
-                let k = ((cols as f64 * sparsity).floor() as usize).min(cols);
-                cuda::select_rows_lowest(dev, s, mask.slice_mut(), rows, cols, k)?;
-            }
-            Pattern::NM { n, m } => cuda::select_nm(dev, s, mask.slice_mut(), rows, cols, n, m)?,
-        }
-    }
+    cuda::select_rows_lowest(dev, scores.read()?.cuda::<f32>()?, mask.slice_mut(), rows, cols, k)?;
+    cuda_tensor(mask, [rows, stride], scores.device())
+}
+
+/// Prunes the M − N lowest of every group of M consecutive columns of CUDA F32 `scores`
+/// [rows, cols] (M divides cols, 0 < N < M): a U8 bitmask [rows, ceil(cols/8)], byte for
+/// byte [`cpu::prune_lowest_nm`].
+pub fn select_nm(scores: &Tensor, n: usize, m: usize) -> Result<Tensor> {
+    let op = "select_nm";
+    let (rows, cols) = score_dims(op, scores)?;
+    crate::sparse::check_nm(n, m, cols)?;
+    let dev = cuda_device(scores)?;
+    let stride = cols.div_ceil(8);
+    let mut mask = dev.alloc::<u8>(rows * stride)?;
+    cuda::select_nm(dev, scores.read()?.cuda::<f32>()?, mask.slice_mut(), rows, cols, n, m)?;
     cuda_tensor(mask, [rows, stride], scores.device())
 }
 
 /// Prunes the `k` lowest of all `len` elements of CUDA F32 `scores` (any shape, taken in
-/// row-major order as one row; same order and ties as [`select`]), returning a U8 bitmask
-/// [1, ceil(len/8)]. Equals `select(scores as [1, len], Unstructured(s))` when
-/// k = ⌊len·s⌋; taking k directly avoids the float round trip (SparseGPT selects over a
-/// whole [rows, block] slab this way). Needs k ≤ len.
+/// row-major order as one row; same order and ties as [`select_rows_lowest`]), returning a
+/// U8 bitmask [1, ceil(len/8)]: `select_rows_lowest(scores as [1, len], k)` without the
+/// reshape (SparseGPT selects over a whole [rows, block] slab this way). Needs k ≤ len.
 pub fn select_flat_lowest(scores: &Tensor, k: usize) -> Result<Tensor> {
     let op = "select_flat_lowest";
     if scores.dtype() != DType::F32 {
@@ -180,8 +173,8 @@ pub fn apply_mask(w: &Tensor, mask: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use crate::device::cuda_for_tests;
-    use crate::prune::{scores, select as cpu_select};
     use crate::sparse::BitMask;
+    use crate::Device;
     use crate::testing::{assert_close, random_f32, random_f64};
 
     /// Scores with deliberate ties (quantised values, ±0), NaN and ±∞.
@@ -219,13 +212,14 @@ mod tests {
     fn cpu_tensors_and_bad_arguments_are_errors() {
         let cpu = Device::cpu();
         let s = Tensor::zeros([2, 8], DType::F32, &cpu).unwrap();
-        assert!(select(&s, Pattern::Unstructured(0.5)).is_err(), "CPU scores");
+        assert!(select_rows_lowest(&s, 4).is_err(), "CPU scores");
+        assert!(select_nm(&s, 2, 4).is_err(), "CPU scores");
         assert!(select_flat_lowest(&s, 3).is_err(), "CPU scores");
         assert!(magnitude_scores(&s).is_err(), "CPU weight");
         let mask = Tensor::zeros([2, 1], DType::U8, &cpu).unwrap();
         assert!(apply_mask(&s, &mask).is_err(), "CPU weight");
-        assert!(select(&Tensor::zeros([2, 8], DType::BF16, &cpu).unwrap(), Pattern::Unstructured(0.5)).is_err());
-        assert!(select(&Tensor::zeros([16], DType::F32, &cpu).unwrap(), Pattern::Unstructured(0.5)).is_err());
+        assert!(select_rows_lowest(&Tensor::zeros([2, 8], DType::BF16, &cpu).unwrap(), 4).is_err());
+        assert!(select_rows_lowest(&Tensor::zeros([16], DType::F32, &cpu).unwrap(), 4).is_err());
     }
 
     #[test]
@@ -250,12 +244,12 @@ mod tests {
 
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 let got = magnitude_scores(&wg).unwrap().to_f32_vec().unwrap();
-                assert_eq!(bits(&got), bits(&scores::magnitude(&wh)), "{what} magnitude");
+                assert_eq!(bits(&got), bits(&cpu::magnitude(&wh)), "{what} magnitude");
                 let got = wanda_scores(&wg, scaler_g.slice()).unwrap().to_f32_vec().unwrap();
-                assert_eq!(bits(&got), bits(&scores::wanda(&wh, cols, &scaler)), "{what} wanda");
+                assert_eq!(bits(&got), bits(&cpu::wanda(&wh, cols, &scaler)), "{what} wanda");
                 for a in [0.5, 1.0] {
                     let got = ria_scores(&wg, scaler_g.slice(), a).unwrap().to_f32_vec().unwrap();
-                    let want = scores::ria(&wh, rows, cols, &scaler, a);
+                    let want = cpu::ria(&wh, rows, cols, &scaler, a);
                     assert_close(&format!("{what} ria a={a}"), &got, &want, 1e-12, 1e-6);
                 }
                 if cols > 1 {
@@ -274,18 +268,22 @@ mod tests {
             let v = tricky_scores(rows * cols, 40 + i as u64);
             let sg = Tensor::from_vec(v.clone(), [rows, cols], &gpu).unwrap();
             let stride = cols.div_ceil(8);
-            let mut patterns: Vec<Pattern> =
-                [0.0, 0.3, 0.5, 0.7, 0.99].into_iter().map(Pattern::Unstructured).collect();
-            patterns.extend([(2, 4), (4, 8), (1, 4), (3, 8)].map(|(n, m)| Pattern::NM { n, m }));
-            for pattern in patterns {
-                let what = format!("select {pattern} on {rows}x{cols}");
-                match cpu_select::select(&v, rows, cols, pattern) {
+            for k in [0.0, 0.3, 0.5, 0.7, 0.99].map(|f: f64| (cols as f64 * f).floor() as usize) {
+                let what = format!("select_rows_lowest k {k} on {rows}x{cols}");
+                let want = cpu::prune_lowest_per_row(&v, rows, cols, k);
+                let got = select_rows_lowest(&sg, k).unwrap();
+                assert_eq!(got.dims(), [rows, stride], "{what}");
+                assert_same_mask(&what, &got.to_vec::<u8>().unwrap(), want.bytes(), stride);
+            }
+            for (n, m) in [(2, 4), (4, 8), (1, 4), (3, 8)] {
+                let what = format!("select_nm {n}:{m} on {rows}x{cols}");
+                match cpu::prune_lowest_nm(&v, rows, cols, n, m) {
                     Ok(want) => {
-                        let got = select(&sg, pattern).unwrap();
+                        let got = select_nm(&sg, n, m).unwrap();
                         assert_eq!(got.dims(), [rows, stride], "{what}");
                         assert_same_mask(&what, &got.to_vec::<u8>().unwrap(), want.bytes(), stride);
                     }
-                    Err(_) => assert!(select(&sg, pattern).is_err(), "{what}: the CPU refuses it"),
+                    Err(_) => assert!(select_nm(&sg, n, m).is_err(), "{what}: the CPU refuses it"),
                 }
             }
         }
@@ -295,15 +293,15 @@ mod tests {
             let mut v = vec![fill; rows * cols];
             (0..cols).step_by(5).for_each(|c| v[cols + c] = f32::NEG_INFINITY);
             let sg = Tensor::from_vec(v.clone(), [rows, cols], &gpu).unwrap();
-            for pattern in [Pattern::Unstructured(0.5), Pattern::Unstructured(0.99)] {
-                let want = cpu_select::select(&v, rows, cols, pattern).unwrap();
-                let got = select(&sg, pattern).unwrap().to_vec::<u8>().unwrap();
-                assert_same_mask(&format!("select {pattern} of {name}"), &got, want.bytes(), cols.div_ceil(8));
+            for k in [cols / 2, cols * 99 / 100] {
+                let want = cpu::prune_lowest_per_row(&v, rows, cols, k);
+                let got = select_rows_lowest(&sg, k).unwrap().to_vec::<u8>().unwrap();
+                assert_same_mask(&format!("select_rows_lowest k {k} of {name}"), &got, want.bytes(), cols.div_ceil(8));
             }
         }
         let sg = Tensor::zeros([2, 8], DType::F32, &gpu).unwrap();
-        assert!(select(&sg, Pattern::Unstructured(1.0)).is_err());
-        assert!(select(&sg, Pattern::NM { n: 2, m: 3 }).is_err());
+        assert!(select_rows_lowest(&sg, 9).is_err());
+        assert!(select_nm(&sg, 2, 3).is_err());
     }
 
     #[test]
@@ -316,7 +314,7 @@ mod tests {
                 let sg = Tensor::from_vec(v.clone(), [len], &gpu).unwrap();
                 for k in [0, 1, len / 3, len / 2 + 1, len - 1, len] {
                     let what = format!("select_flat_lowest {kind} len {len} k {k}");
-                    let want = cpu_select::prune_lowest_per_row(&v, 1, len, k);
+                    let want = cpu::prune_lowest_per_row(&v, 1, len, k);
                     let got = select_flat_lowest(&sg, k).unwrap();
                     assert_eq!(got.dims(), [1, len.div_ceil(8)], "{what}");
                     assert_same_mask(&what, &got.to_vec::<u8>().unwrap(), want.bytes(), len.div_ceil(8));
@@ -324,12 +322,13 @@ mod tests {
                 assert!(select_flat_lowest(&sg, len + 1).is_err());
             }
         }
-        // The same mask as `select` on one row with k = ⌊len·s⌋.
+        // The same mask as `select_rows_lowest` on one row.
         let len = 40_961;
         let v = tricky_scores(len, 70);
         let sg = Tensor::from_vec(v, [1, len], &gpu).unwrap();
-        let by_rows = select(&sg, Pattern::Unstructured(0.6)).unwrap().to_vec::<u8>().unwrap();
-        let flat = select_flat_lowest(&sg, (len as f64 * 0.6).floor() as usize).unwrap().to_vec::<u8>().unwrap();
+        let k = len * 3 / 5;
+        let by_rows = select_rows_lowest(&sg, k).unwrap().to_vec::<u8>().unwrap();
+        let flat = select_flat_lowest(&sg, k).unwrap().to_vec::<u8>().unwrap();
         assert_same_mask("flat vs rows", &flat, &by_rows, len.div_ceil(8));
     }
 

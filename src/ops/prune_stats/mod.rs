@@ -1,5 +1,5 @@
 //! Calibration statistics of a linear's input on the GPU, in f64: [`CudaInputStats`] is the
-//! device twin of [`crate::prune::calib::InputStats`] and accumulates exactly what its
+//! device twin of [`InputStats`] and accumulates exactly what its
 //! `accumulate` does. For x [S, T, in] (or [T, in], one sequence):
 //! - `sq_norms[j]    += Σ_t x_tj²`,
 //! - `sums[j]        += Σ_t x_tj`,
@@ -7,18 +7,20 @@
 //!   each sequence),
 //! - `xtx            += XᵀX` [in, in] (optional; X = x as [S·T, in]), by cuBLAS DGEMM.
 //!
-//! CPU reference: `crate::prune::calib::InputStats::accumulate` (no separate cpu.rs).
+//! CPU reference: [`InputStats::accumulate`] (`cpu.rs`).
 //! Column sums are formed per chunk of [`cuda::CHUNK_TOKENS`] tokens of a sequence and the
 //! chunks added in order (deterministic); with T ≤ 128 the order, and so every bit, is the
 //! reference's. XᵀX differs from the reference by DGEMM's summation order only.
 
+mod cpu;
 pub mod cuda;
+
+pub use cpu::InputStats;
 
 use cudarc::driver::CudaSlice;
 
 use crate::device::{CudaBuffer, CudaDevice};
 use crate::ops::{cuda_device, expect_float};
-use crate::prune::calib::InputStats;
 use crate::{with_compute_type, Error, Result, Tensor};
 
 /// Statistics of one linear input over the calibration tokens, held on a GPU in f64.
@@ -142,7 +144,7 @@ impl CudaInputStats {
     }
 
     /// Wanda's `scaler_row_j = Σ_t x_tj² / max(sequences, 1)` on the GPU, `[in]`; the same
-    /// values as `crate::prune::scores::scaler_row(&stats, stats.sequences)`.
+    /// values as [`InputStats::scaler_row`].
     pub fn scaler_row(&self) -> Result<CudaBuffer<f64>> {
         let mut out = self.dev.alloc::<f64>(self.dim)?;
         cuda::scaler_row(&self.dev, self.sq_norms.slice(), out.slice_mut(), self.sequences.max(1) as f64, self.dim)?;
@@ -214,7 +216,7 @@ mod tests {
                     1e-12,
                 );
                 let scaler = dev.dtoh(got.scaler_row().unwrap().slice()).unwrap();
-                assert_eq!(scaler, crate::prune::scores::scaler_row(&host, host.sequences), "{what} scaler_row");
+                assert_eq!(scaler, host.scaler_row(), "{what} scaler_row");
             }
         }
     }

@@ -89,13 +89,7 @@ pub fn rms_norm(tape: Option<&mut Tape>, x: &Tensor, w: &Tensor, eps: f32) -> Re
     if let Some(tape) = tape {
         tape.record("rms_norm", &[x, w], &y, vec![Saved::Keep(x.clone()), Saved::Keep(w.clone())], move |ctx| {
             let (dx, dw) = backward(ctx.saved(0)?, ctx.saved(1)?, ctx.grad_out(), eps, ctx.needs(0), ctx.needs(1))?;
-            if let Some(dx) = dx {
-                ctx.add_grad(0, dx)?;
-            }
-            if let Some(dw) = dw {
-                ctx.add_grad(1, dw)?;
-            }
-            Ok(())
+            ctx.add_grads([dx, dw])
         });
     }
     Ok(y)

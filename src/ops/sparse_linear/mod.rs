@@ -16,44 +16,23 @@ pub use cpu::Dims;
 
 use crate::autograd::{Saved, Tape};
 use crate::ops::matmul::{cpu::fast, Dims as Mm};
-use crate::ops::{cuda_device, cuda_tensor, expect_same, host_f32};
+use crate::ops::{check_sparse_input, cuda_device, cuda_tensor, expect_same, host_f32, linear_out_shape};
 use crate::sparse::{Expand, SparseWeight};
-use crate::{with_compute_type, DType, Device, Error, Result, Shape, Tensor};
+use crate::{with_compute_type, DType, Device, Result, Tensor};
 
 /// What the op saves instead of the dense weight.
 pub const RECOMPUTED: &str = "sparse weight W⊙M";
 
 fn check(x: &Tensor, w: &SparseWeight) -> Result<Dims> {
     expect_same("sparse_linear", &[x, w.values()])?;
-    if x.shape().last_dim() != w.cols() || x.shape().rank() < 2 {
-        return Err(Error::ShapeMismatch {
-            op: "sparse_linear (x vs W)",
-            lhs: x.shape().clone(),
-            rhs: Shape::new([w.rows(), w.cols()]),
-        });
-    }
-    if x.device().is_cuda() {
-        if !x.dtype().is_compute_float() {
-            return Err(Error::DType { op: "sparse_linear", dtype: x.dtype(), msg: "expected f32 or bf16" });
-        }
-    } else if x.dtype() != DType::F32 {
-        return Err(Error::DType { op: "sparse_linear", dtype: x.dtype(), msg: "the CPU path computes in f32" });
-    }
+    check_sparse_input("sparse_linear", x, w)?;
     Ok(Dims { tokens: x.shape().rows(), input: w.cols(), output: w.rows() })
-}
-
-fn out_shape(x: &Tensor, out: usize) -> Shape {
-    let mut dims = x.dims().to_vec();
-    if let Some(l) = dims.last_mut() {
-        *l = out;
-    }
-    Shape::new(dims)
 }
 
 /// y = x·(W⊙M)ᵀ without recording.
 pub fn forward(x: &Tensor, w: &SparseWeight) -> Result<Tensor> {
     let d = check(x, w)?;
-    let shape = out_shape(x, d.output);
+    let shape = linear_out_shape(x, d.output);
     match x.device() {
         Device::Cpu(dev) => {
             let xh = host_f32(x)?;
@@ -84,7 +63,7 @@ pub fn backward(
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
     let d = check(x, w)?;
     expect_same("sparse_linear backward", &[x, dy])?;
-    out_shape(x, d.output).expect_eq("sparse_linear backward (dy)", dy.shape())?;
+    linear_out_shape(x, d.output).expect_eq("sparse_linear backward (dy)", dy.shape())?;
     let values_shape = w.values().shape().clone();
     match x.device() {
         Device::Cpu(dev) => {
@@ -131,13 +110,7 @@ pub fn sparse_linear(tape: Option<&mut Tape>, x: &Tensor, w: &SparseWeight) -> R
         let weight = w.clone();
         tape.record("sparse_linear", &[x, w.values()], &y, saved, move |ctx| {
             let (dx, dv) = backward(ctx.saved(0)?, &weight, ctx.grad_out(), ctx.needs(0), ctx.needs(1))?;
-            if let Some(dx) = dx {
-                ctx.add_grad(0, dx)?;
-            }
-            if let Some(dv) = dv {
-                ctx.add_grad(1, dv)?;
-            }
-            Ok(())
+            ctx.add_grads([dx, dv])
         });
     }
     Ok(y)

@@ -1,7 +1,7 @@
 use super::*;
-use crate::prune::select::{select, Pattern};
+use crate::ops::sparse_cases::{f64s, sparse_case, SparseCase};
 use crate::sparse::{BitMask, SparseFormat};
-use crate::testing::{assert_close, assert_close_f64, finite_diff, random_f32, random_f64};
+use crate::testing::{assert_close, assert_close_f64, finite_diff, random_f64};
 use crate::{device::cuda_for_tests, Grads};
 
 /// The reference's gradients are the derivatives of its forward, dW zero where pruned.
@@ -23,51 +23,9 @@ fn reference_gradients_match_finite_differences() {
     assert_close_f64("dW", &dw, &masked, 1e-8, 1e-6);
 }
 
-struct Case {
-    x: Tensor,
-    w: SparseWeight,
-    w_dense: Vec<f32>,
-    mask: BitMask,
-    dy: Tensor,
-    d: Dims,
-}
-
-fn case(
-    dev: &Device,
-    dtype: DType,
-    lead: &[usize],
-    input: usize,
-    output: usize,
-    format: SparseFormat,
-    seed: u64,
-) -> Case {
-    let tokens: usize = lead.iter().product();
-    let pattern = match format {
-        SparseFormat::Bitmask => Pattern::Unstructured(0.5),
-        SparseFormat::NM { n, m } => Pattern::NM { n, m },
-    };
-    let mask = select(&random_f32(output * input, 1.0, seed), output, input, pattern).unwrap();
-    let mut wv = random_f32(output * input, 0.5, seed + 1);
-    mask.apply(&mut wv).unwrap();
-    let wt = Tensor::from_f32(wv, [output, input], dtype, dev).unwrap();
-    let w = SparseWeight::compress(&wt, &mask, format).unwrap();
-    let mk = |last: usize, s: u64| {
-        let mut shape = lead.to_vec();
-        shape.push(last);
-        Tensor::from_f32(random_f32(tokens * last, 1.0, s), shape, dtype, dev).unwrap()
-    };
-    Case {
-        x: mk(input, seed + 2),
-        w_dense: wt.to_f32_vec().unwrap(),
-        w,
-        mask,
-        dy: mk(output, seed + 5),
-        d: Dims { tokens, input, output },
-    }
-}
-
-fn f64s(t: &Tensor) -> Vec<f64> {
-    t.to_f32_vec().unwrap().into_iter().map(f64::from).collect()
+/// The op's sizes for a case.
+fn dims(c: &SparseCase) -> Dims {
+    Dims { tokens: c.tokens, input: c.mask.cols(), output: c.mask.rows() }
 }
 
 /// The reference's dense dW at the kept positions, in value order (row-major).
@@ -84,15 +42,15 @@ fn cpu_path_matches_the_dense_reference() {
         (vec![3, 1], 16, 80, SparseFormat::Bitmask),
         (vec![2, 3], 24, 9, SparseFormat::NM { n: 4, m: 8 }),
     ] {
-        let c = case(&dev, DType::F32, &lead, input, output, format, 9);
+        let c = sparse_case(&dev, DType::F32, &lead, input, output, format, 9);
         let (x, dy) = (f64s(&c.x), f64s(&c.dy));
         let w: Vec<f64> = c.w_dense.iter().map(|&v| v as f64).collect();
         let keep: Vec<bool> = (0..output * input).map(|k| c.mask.get(k / input, k % input)).collect();
         let what = format!("{input}->{output} {format:?}");
         let y = forward(&c.x, &c.w).unwrap();
         assert_eq!(y.dims()[..lead.len()], lead[..]);
-        assert_close_f64(&format!("{what} y"), &f64s(&y), &cpu::forward(&x, &w, c.d), 1e-5, 1e-5);
-        let (rdx, rdw) = cpu::backward(&x, &w, &keep, &dy, c.d);
+        assert_close_f64(&format!("{what} y"), &f64s(&y), &cpu::forward(&x, &w, dims(&c)), 1e-5, 1e-5);
+        let (rdx, rdw) = cpu::backward(&x, &w, &keep, &dy, dims(&c));
         let (dx, dv) = backward(&c.x, &c.w, &c.dy, true, true).unwrap();
         assert_close_f64(&format!("{what} dx"), &f64s(&dx.unwrap()), &rdx, 1e-5, 1e-5);
         let dv = dv.unwrap();
@@ -104,7 +62,7 @@ fn cpu_path_matches_the_dense_reference() {
 #[test]
 fn tape_tracks_the_values_and_keeps_no_out_by_in_tensor() {
     let dev = Device::cpu();
-    let c = case(&dev, DType::F32, &[2, 9], 48, 40, SparseFormat::Bitmask, 3);
+    let c = sparse_case(&dev, DType::F32, &[2, 9], 48, 40, SparseFormat::Bitmask, 3);
     let mut tape = Tape::new();
     tape.watch(c.w.values());
     let y = sparse_linear(Some(&mut tape), &c.x, &c.w).unwrap();
@@ -124,10 +82,10 @@ fn tape_tracks_the_values_and_keeps_no_out_by_in_tensor() {
 #[test]
 fn bad_inputs_are_errors() {
     let dev = Device::cpu();
-    let c = case(&dev, DType::F32, &[3], 16, 8, SparseFormat::Bitmask, 1);
+    let c = sparse_case(&dev, DType::F32, &[3], 16, 8, SparseFormat::Bitmask, 1);
     let wrong_x = Tensor::zeros([3, 17], DType::F32, &dev).unwrap();
     assert!(forward(&wrong_x, &c.w).unwrap_err().to_string().contains("[3, 17]"));
-    let b16 = case(&dev, DType::BF16, &[3], 16, 8, SparseFormat::Bitmask, 1);
+    let b16 = sparse_case(&dev, DType::BF16, &[3], 16, 8, SparseFormat::Bitmask, 1);
     assert!(forward(&b16.x, &b16.w).unwrap_err().to_string().contains("f32"));
 }
 
@@ -142,7 +100,7 @@ fn cuda_matches_cpu() {
             (vec![3, 33], 256, 100, SparseFormat::NM { n: 2, m: 4 }),
             (vec![1, 130], 1536, 576, SparseFormat::NM { n: 4, m: 8 }),
         ] {
-            let c = case(&cpu, dtype, &lead, input, output, format, 17);
+            let c = sparse_case(&cpu, dtype, &lead, input, output, format, 17);
             let to32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
             let w32 = c.w.to_dtype(DType::F32).unwrap();
             let (x, dy) = (to32(&c.x), to32(&c.dy));
@@ -162,7 +120,7 @@ fn cuda_matches_cpu() {
                 atol * (output as f64).sqrt(),
                 rtol,
             );
-            let tol_t = (c.d.tokens as f64).sqrt();
+            let tol_t = (dims(&c).tokens as f64).sqrt();
             assert_close(&format!("{what} dvalues"), &gv, &dv.unwrap().to_f32_vec().unwrap(), atol * tol_t, rtol);
         }
     }

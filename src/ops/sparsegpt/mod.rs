@@ -1,5 +1,7 @@
-//! SparseGPT on a CUDA device, in f64: the GPU twin of [`crate::prune::sparsegpt::prune`] and of
-//! [`crate::linalg::inverse_cholesky_upper`], matched against them in the tests. No
+//! SparseGPT on a CUDA device, in f64: the GPU twin of [`cpu::prune`] (the CPU reference,
+//! with the equations) and of [`crate::linalg::inverse_cholesky_upper`], matched against
+//! them in the tests. Plain numbers in: a sparsity or an N:M pair, a block size, a damping
+//! factor; which pattern a pruning method asks for is decided in `crate::prune`. No
 //! gradient: these are pruning steps, not differentiable ops. Matrices are row-major device
 //! slices; W: [rows, cols] (out × in), H: [cols, cols] = (2/n)·XᵀX.
 //!
@@ -19,16 +21,38 @@
 //! (one warp per row, N:M groups chosen inside it every M columns from the updated W1) on W in
 //! place, and the lazy update W[:, i2:] −= Err1·U[i1:i2, i2:] by DGEMM.
 
+pub mod cpu;
 pub mod cuda;
 
 use cudarc::driver::CudaSlice;
 
 use self::cuda::{BlockKeep, CHOL_BLOCK, MAX_BLOCK_COLUMNS};
 use crate::device::{CudaBuffer, CudaDevice};
-use crate::prune::select::select;
-use crate::prune::{Pattern, SparseGptOptions};
-use crate::sparse::BitMask;
+use crate::ops::prune_select::cpu::{prune_lowest_per_row, pruned_count};
+use crate::sparse::{check_nm, BitMask};
 use crate::{Error, Result};
+
+/// Checks one call's numbers for a weight of `cols` inputs (shared by the CPU and CUDA
+/// versions): `nm` fits the row and `block_size` is a positive multiple of M, or the
+/// sparsity is in [0, 1).
+pub fn check_args(cols: usize, sparsity: f64, nm: Option<(usize, usize)>, block_size: usize) -> Result<()> {
+    match nm {
+        Some((n, m)) => {
+            check_nm(n, m, cols)?;
+            if block_size % m != 0 {
+                return Err(Error::invalid(format!("sparsegpt: block size {block_size} is not a multiple of M = {m}")));
+            }
+        }
+        None if !(0.0..1.0).contains(&sparsity) => {
+            return Err(Error::invalid(format!("sparsity must be in [0, 1), got {sparsity}")))
+        }
+        None => {}
+    }
+    if block_size == 0 {
+        return Err(Error::invalid("sparsegpt: block size must be positive"));
+    }
+    Ok(())
+}
 
 /// n·n, or an error unless `len` is exactly that and n > 0.
 fn check_square(op: &str, len: usize, n: usize) -> Result<usize> {
@@ -158,7 +182,7 @@ pub fn inverse_cholesky_upper(dev: &CudaDevice, h: &CudaSlice<f64>, n: usize) ->
 /// SparseGPT steps 1–3 on the device: zero the weight columns of dead inputs (H_jj = 0) in `w`
 /// [rows, cols], damp a copy of `h` [cols, cols] (dead diagonal → 1, then + `percdamp`·mean of
 /// the diagonal, summed on the host in the CPU reference's order) and return U
-/// ([`inverse_cholesky_upper`]). Like [`crate::prune::sparsegpt::prepare`].
+/// ([`inverse_cholesky_upper`]). Like [`cpu::prepare`].
 pub fn prepare(
     dev: &CudaDevice,
     w: &mut CudaSlice<f64>,
@@ -187,37 +211,39 @@ pub fn prepare(
 /// (ties to the lower flat index, NaN lowest) and returns packed keep bits on the device
 /// (bit k % 8 of byte k / 8 is element k; the [`BitMask`] layout of one row).
 ///
-/// For now the scores go to the host and through [`crate::prune::select::select`], exactly
-/// the CPU reference's selection; this function is the one step to swap for a device
-/// selection with the same contract.
+/// For now the scores go to the host and through [`prune_lowest_per_row`], exactly the CPU
+/// reference's selection; this function is the one step to swap for a device selection
+/// with the same contract.
 fn select_block(dev: &CudaDevice, scores: &CudaSlice<f32>, sparsity: f64) -> Result<CudaBuffer<u8>> {
     let host = dev.dtoh(scores)?;
-    let mask = select(&host, 1, host.len(), Pattern::Unstructured(sparsity))?;
+    let mask = prune_lowest_per_row(&host, 1, host.len(), pruned_count(host.len(), sparsity));
     dev.htod(mask.bytes())
 }
 
-/// Prunes `w` ([rows, cols], f64, on the device) in place to `pattern` using H ([cols, cols]),
-/// as [`crate::prune::sparsegpt::prune`] does on the CPU; returns the mask (1 = kept) on the
-/// host. Pruned entries of `w` are exact zeros and the kept ones carry SparseGPT's updates.
+/// Prunes `w` ([rows, cols], f64, on the device) in place using H ([cols, cols]), as
+/// [`cpu::prune`] does with the same numbers; returns the mask (1 = kept) on the host.
+/// Pruned entries of `w` are exact zeros and the kept ones carry SparseGPT's updates.
 /// Column blocks wider than 256 are not supported on the GPU (an error).
+#[allow(clippy::too_many_arguments)]
 pub fn prune(
     dev: &CudaDevice,
     w: &mut CudaSlice<f64>,
     h: &CudaSlice<f64>,
     rows: usize,
     cols: usize,
-    pattern: Pattern,
-    opts: SparseGptOptions,
+    sparsity: f64,
+    nm: Option<(usize, usize)>,
+    block_size: usize,
+    percdamp: f64,
 ) -> Result<BitMask> {
-    crate::prune::sparsegpt::check_options(cols, pattern, opts)?;
-    let block = opts.block_size.min(cols.max(1));
+    check_args(cols, sparsity, nm, block_size)?;
+    let block = block_size.min(cols.max(1));
     if block > MAX_BLOCK_COLUMNS {
         return Err(Error::invalid(format!(
-            "sparsegpt on CUDA: block size {} exceeds {MAX_BLOCK_COLUMNS} columns",
-            opts.block_size
+            "sparsegpt on CUDA: block size {block_size} exceeds {MAX_BLOCK_COLUMNS} columns"
         )));
     }
-    let u = prepare(dev, w, h, rows, cols, opts.percdamp)?;
+    let u = prepare(dev, w, h, rows, cols, percdamp)?;
     let mut keep = dev.alloc::<u8>(rows * cols)?;
     let mut err1 = dev.alloc::<f64>(rows * block)?;
     let mut i1 = 0;
@@ -225,13 +251,13 @@ pub fn prune(
         let i2 = (i1 + block).min(cols);
         let count = i2 - i1;
         let selected;
-        let decide = match pattern {
-            Pattern::Unstructured(s) => {
+        let decide = match nm {
+            None => {
                 let scores = cuda::block_scores(dev, w, u.slice(), rows, cols, i1, count)?;
-                selected = select_block(dev, scores.slice(), s)?;
+                selected = select_block(dev, scores.slice(), sparsity)?;
                 BlockKeep::Selected(selected.slice())
             }
-            Pattern::NM { n, m } => BlockKeep::NM { n, m },
+            Some((n, m)) => BlockKeep::NM { n, m },
         };
         cuda::block_columns(dev, w, u.slice(), decide, keep.slice_mut(), err1.slice_mut(), rows, cols, i1, count)?;
         if i2 < cols {
@@ -267,7 +293,6 @@ mod tests {
     use super::*;
     use crate::device::cuda_for_tests;
     use crate::linalg;
-    use crate::prune::sparsegpt;
     use crate::testing::{assert_close_f64, random_f64};
     use crate::Device;
 
@@ -390,7 +415,7 @@ mod tests {
         let h = hessian(cols, 3, &[0, 64]);
         let w0 = random_f64(rows * cols, 1.0, 4);
         let mut w_cpu = w0.clone();
-        let u_cpu = sparsegpt::prepare(&mut w_cpu, h.clone(), rows, cols, 0.01).unwrap();
+        let u_cpu = cpu::prepare(&mut w_cpu, h.clone(), rows, cols, 0.01).unwrap();
         let mut w_gpu = dev.htod(&w0).unwrap();
         let u_gpu = prepare(&dev, w_gpu.slice_mut(), dev.htod(&h).unwrap().slice(), rows, cols, 0.01).unwrap();
         assert_eq!(dev.dtoh(w_gpu.slice()).unwrap(), w_cpu, "dead columns zeroed, nothing else touched");
@@ -401,8 +426,8 @@ mod tests {
     #[test]
     fn prune_matches_cpu() {
         let Some(dev) = gpu("sparsegpt::prune_matches_cpu") else { return };
-        let un = Pattern::Unstructured;
-        let nm = |n, m| Pattern::NM { n, m };
+        let un = |s| (s, None);
+        let nm = |n, m| (0.0, Some((n, m)));
         let cases = [
             (9, 40, un(0.5), 16),
             (23, 77, un(0.5), 32),
@@ -420,17 +445,16 @@ mod tests {
             (9, 136, nm(4, 8), 32),
             (50, 264, nm(4, 8), 128),
         ];
-        for (seed, (rows, cols, pattern, block_size)) in cases.into_iter().enumerate() {
+        for (seed, (rows, cols, (s, nm), block_size)) in cases.into_iter().enumerate() {
             let seed = 100 + 10 * seed as u64;
-            let opts = SparseGptOptions { block_size, percdamp: 0.01 };
-            let what = format!("{pattern} {rows}x{cols} block {block_size}");
+            let what = format!("{s} {nm:?} {rows}x{cols} block {block_size}");
             let h = hessian(cols, seed, &[3]);
             let w0 = random_f64(rows * cols, 1.0, seed + 5);
             let mut want = w0.clone();
-            let want_mask = sparsegpt::prune(&mut want, h.clone(), rows, cols, pattern, opts).unwrap();
+            let want_mask = cpu::prune(&mut want, h.clone(), rows, cols, s, nm, block_size, 0.01).unwrap();
             let mut w_gpu = dev.htod(&w0).unwrap();
-            let mask =
-                prune(&dev, w_gpu.slice_mut(), dev.htod(&h).unwrap().slice(), rows, cols, pattern, opts).unwrap();
+            let h_gpu = dev.htod(&h).unwrap();
+            let mask = prune(&dev, w_gpu.slice_mut(), h_gpu.slice(), rows, cols, s, nm, block_size, 0.01).unwrap();
             let got = dev.dtoh(w_gpu.slice()).unwrap();
             let flips: Vec<(usize, usize)> = (0..rows * cols)
                 .map(|k| (k / cols, k % cols))
@@ -465,18 +489,18 @@ mod tests {
         let (rows, cols) = (4, 512);
         let h = dev.htod(&hessian(cols, 1, &[])).unwrap();
         let mut w = dev.htod(&random_f64(rows * cols, 1.0, 2)).unwrap();
-        let opts = |block_size| SparseGptOptions { block_size, percdamp: 0.01 };
-        let un = Pattern::Unstructured(0.5);
-        for (pattern, o, r, c) in [
-            (un, opts(0), rows, cols),
-            (un, opts(512), rows, cols),
-            (Pattern::NM { n: 2, m: 4 }, opts(30), rows, cols),
-            (Pattern::NM { n: 2, m: 3 }, opts(30), rows, cols),
-            (Pattern::Unstructured(1.0), opts(128), rows, cols),
-            (un, opts(128), rows + 1, cols),
-            (un, opts(128), 0, cols),
+        let un = (0.5, None);
+        for ((s, nm), block, r, c) in [
+            (un, 0, rows, cols),
+            (un, 512, rows, cols),
+            ((0.0, Some((2, 4))), 30, rows, cols),
+            ((0.0, Some((2, 3))), 30, rows, cols),
+            ((1.0, None), 128, rows, cols),
+            (un, 128, rows + 1, cols),
+            (un, 128, 0, cols),
         ] {
-            assert!(prune(&dev, w.slice_mut(), h.slice(), r, c, pattern, o).is_err(), "{pattern} {o:?} {r}x{c}");
+            let what = format!("{s} {nm:?} block {block} {r}x{c}");
+            assert!(prune(&dev, w.slice_mut(), h.slice(), r, c, s, nm, block, 0.01).is_err(), "{what}");
         }
     }
 }

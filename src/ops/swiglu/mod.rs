@@ -80,13 +80,7 @@ pub fn swiglu(tape: Option<&mut Tape>, gate: &Tensor, up: &Tensor) -> Result<Ten
     if let Some(tape) = tape {
         tape.record("swiglu", &[gate, up], &h, vec![Saved::Keep(gate.clone()), Saved::Keep(up.clone())], |ctx| {
             let (dgate, dup) = backward(ctx.saved(0)?, ctx.saved(1)?, ctx.grad_out(), ctx.needs(0), ctx.needs(1))?;
-            if let Some(dgate) = dgate {
-                ctx.add_grad(0, dgate)?;
-            }
-            if let Some(dup) = dup {
-                ctx.add_grad(1, dup)?;
-            }
-            Ok(())
+            ctx.add_grads([dgate, dup])
         });
     }
     Ok(h)

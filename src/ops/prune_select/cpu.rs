@@ -1,6 +1,7 @@
-//! Importance scores for a weight W [rows = out, cols = in] (higher = keep), from which
-//! [`super::select`] prunes the lowest per output row (or per N:M group).
+//! The CPU reference of the pruning scores and mask selection (`ops::prune_select`).
 //!
+//! Importance scores for a weight W [rows = out, cols = in] (higher = keep), as f32
+//! [rows, cols] computed in f64:
 //! `scaler_row_j = Σ_t X_tj² / n_seq` is Wanda's per-input statistic (locuslab/wanda
 //! `WrappedGPT.add_batch`: squared column norms over all tokens, divided by the number of
 //! calibration sequences).
@@ -15,12 +16,10 @@
 //! (`--per_outneuron` off) take one threshold over the whole matrix; per output row is
 //! RIA's `--per_outneuron` mode. Wanda itself is per row in the reference.
 
-use super::calib::InputStats;
+use std::cmp::Ordering;
 
-/// Wanda's `scaler_row`: Σ_t X_tj² / n_seq.
-pub fn scaler_row(stats: &InputStats, sequences: usize) -> Vec<f64> {
-    stats.sq_norms.iter().map(|v| v / sequences.max(1) as f64).collect()
-}
+use crate::sparse::{check_nm, BitMask};
+use crate::Result;
 
 /// `|W|`.
 pub fn magnitude(w: &[f32]) -> Vec<f32> {
@@ -54,6 +53,63 @@ pub fn ria(w: &[f32], rows: usize, cols: usize, scaler_row: &[f64], a: f64) -> V
             ((ratio(v, col_sum[c]) + ratio(v, row_sum[r])) * act[c]) as f32
         })
         .collect()
+}
+
+/// Masks (1 = kept, [`BitMask`] [rows, cols]) from scores: [`prune_lowest_per_row`] prunes
+/// the k lowest of every row, [`prune_lowest_nm`] the M − N lowest of every group of M
+/// consecutive columns. Ties are broken by column index, lower pruned first (the order of
+/// a stable ascending sort, as `torch.sort(..., stable=True)` in the reference code), so
+/// the mask is a deterministic function of the scores. NaN scores sort lowest.
+/// How many of `len` entries a sparsity `s` ∈ [0, 1) prunes: ⌊len·s⌋.
+pub fn pruned_count(len: usize, s: f64) -> usize {
+    ((len as f64 * s).floor() as usize).min(len)
+}
+
+/// Ascending by score, then by index; NaN lowest.
+fn ascending(scores: &[f32]) -> impl Fn(&usize, &usize) -> Ordering + '_ {
+    move |&a, &b| {
+        let (x, y) = (scores[a], scores[b]);
+        let key = |v: f32| if v.is_nan() { f32::NEG_INFINITY } else { v };
+        key(x).total_cmp(&key(y)).then(a.cmp(&b))
+    }
+}
+
+/// Prunes the `k` lowest scores of every row of a [rows, cols] score matrix.
+pub fn prune_lowest_per_row(scores: &[f32], rows: usize, cols: usize, k: usize) -> BitMask {
+    let mut mask = BitMask::all_kept(rows, cols);
+    let mut idx: Vec<usize> = Vec::with_capacity(cols);
+    for r in 0..rows {
+        let row = &scores[r * cols..(r + 1) * cols];
+        idx.clear();
+        idx.extend(0..cols);
+        let cmp = ascending(row);
+        if k > 0 && k < cols {
+            idx.select_nth_unstable_by(k - 1, &cmp);
+        }
+        for &c in &idx[..k.min(cols)] {
+            mask.set(r, c, false);
+        }
+    }
+    mask
+}
+
+/// Prunes the M − N lowest scores of every group of M consecutive columns.
+pub fn prune_lowest_nm(scores: &[f32], rows: usize, cols: usize, n: usize, m: usize) -> Result<BitMask> {
+    check_nm(n, m, cols)?;
+    let mut mask = BitMask::all_kept(rows, cols);
+    let mut idx: Vec<usize> = Vec::with_capacity(m);
+    for r in 0..rows {
+        let row = &scores[r * cols..(r + 1) * cols];
+        for g in (0..cols).step_by(m) {
+            idx.clear();
+            idx.extend(g..g + m);
+            idx.sort_by(ascending(row));
+            for &c in &idx[..m - n] {
+                mask.set(r, c, false);
+            }
+        }
+    }
+    Ok(mask)
 }
 
 #[cfg(test)]

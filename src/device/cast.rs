@@ -1,0 +1,39 @@
+//! Float conversion of a CUDA tensor, for [`crate::Tensor::to_dtype`]: launches
+//! `cuda/cast.cu`'s kernel for the (source, destination) pair of F32, BF16 and F16; each
+//! converts n elements, x [n] → y [n], rounding to nearest even. (The same `.cu` file's
+//! f64 kernels are launched by `crate::ops::cast::cuda` for the pruning ops.)
+
+use cudarc::driver::PushKernelArg;
+use half::{bf16, f16};
+
+use crate::device::cuda::grid_1d;
+use crate::device::CudaDevice;
+use crate::storage::Element;
+use crate::tensor::cuda_tensor;
+use crate::{DType, Error, Result, Tensor};
+
+fn launch<S: Element, D: Element>(dev: &CudaDevice, name: &str, x: &Tensor) -> Result<Tensor> {
+    let n = x.elem_count();
+    let mut out = dev.alloc::<D>(n)?;
+    let f = dev.function("cast", name)?;
+    let src = x.read()?;
+    let mut l = dev.stream().launch_builder(&f);
+    l.arg(src.cuda::<S>()?).arg(out.slice_mut()).arg(&n);
+    // SAFETY: source and destination hold n elements each.
+    unsafe { l.launch(grid_1d(n.min(1 << 24), 256)?) }?;
+    cuda_tensor(out, x.shape().clone(), x.device())
+}
+
+/// Converts a CUDA float tensor to `dtype` (which differs from its own).
+pub(crate) fn cast(dev: &CudaDevice, x: &Tensor, dtype: DType) -> Result<Tensor> {
+    match (x.dtype(), dtype) {
+        (DType::F32, DType::BF16) => launch::<f32, bf16>(dev, "cast_f32_bf16", x),
+        (DType::BF16, DType::F32) => launch::<bf16, f32>(dev, "cast_bf16_f32", x),
+        (DType::F16, DType::F32) => launch::<f16, f32>(dev, "cast_f16_f32", x),
+        (DType::F16, DType::BF16) => launch::<f16, bf16>(dev, "cast_f16_bf16", x),
+        (DType::F32, DType::F16) => launch::<f32, f16>(dev, "cast_f32_f16", x),
+        (DType::BF16, DType::F16) => launch::<bf16, f16>(dev, "cast_bf16_f16", x),
+        (s, _) => Err(Error::DType { op: "cast", dtype: s, msg: "no CUDA conversion for this pair" }),
+    }
+}
+

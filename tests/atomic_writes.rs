@@ -45,8 +45,7 @@ fn config() -> LlamaConfig {
 fn inputs(dir: &Path) -> (PathBuf, PathBuf) {
     let m = Llama::random(&config(), DType::F32, &Device::cpu(), 5).unwrap();
     let model = dir.join("source.safetensors");
-    llama::save_safetensors(&m, &model, DType::F32, Some(&Tokenizer::byte_level().unwrap()), &BTreeMap::new())
-        .unwrap();
+    llama::save_safetensors(&m, &model, DType::F32, Some(&Tokenizer::byte_level().unwrap()), &BTreeMap::new()).unwrap();
     let text = dir.join("text.txt");
     let words = ["the", "whale", "sea", "ship", "captain", "white", "harpoon", "deck", "wind", "night"];
     let body: Vec<&str> = (0..3000).map(|i| words[(i * 7 + i / 13) % words.len()]).collect();
@@ -103,10 +102,7 @@ fn restore(path: &Path, files: &[(PathBuf, Vec<u8>)]) {
 fn temps(path: &Path) -> Vec<String> {
     let dir = if path.is_dir() { path } else { path.parent().unwrap() };
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    entries
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.contains(".tmp-"))
-        .collect()
+    entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.contains(".tmp-")).collect()
 }
 
 fn run_to_end(args: &[String]) -> Duration {
@@ -189,9 +185,13 @@ fn a_killed_prune_leaves_the_previous_model_or_the_new_one() {
             match digest(&out) {
                 Ok(h) if h == old => olds += 1,
                 Ok(h) if h == new => news += 1,
-                Ok(_) => panic!("{form}: killed after {delay:?}, {out:?} holds a model that is neither the old nor the new one"),
+                Ok(_) => panic!(
+                    "{form}: killed after {delay:?}, {out:?} holds a model that is neither the old nor the new one"
+                ),
                 Err(e) if form == "sharded dir" && e.contains("interrupted write") => {}
-                Err(e) => panic!("{form}: killed after {delay:?} (exited before: {exited}), {out:?} does not load: {e}"),
+                Err(e) => {
+                    panic!("{form}: killed after {delay:?} (exited before: {exited}), {out:?} does not load: {e}")
+                }
             }
         }
         println!("{form:<12} {TRIALS:>6} {olds:>5} {news:>8} {mid_write:>10}");

@@ -36,4 +36,3 @@ pub(crate) fn cast(dev: &CudaDevice, x: &Tensor, dtype: DType) -> Result<Tensor>
         (s, _) => Err(Error::DType { op: "cast", dtype: s, msg: "no CUDA conversion for this pair" }),
     }
 }
-

@@ -68,6 +68,7 @@ impl CudaDevice {
         // One stream: cross-stream event tracking is pure overhead for us.
         // SAFETY: called before any buffer exists on this context.
         unsafe { ctx.disable_event_tracking() };
+        keep_freed_memory(&ctx)?;
         let stream = ctx.default_stream();
         let blas = CudaBlas::new(stream.clone())?;
         let name = ctx.name()?;
@@ -230,6 +231,32 @@ impl<T> CudaBuffer<T> {
     }
 }
 
+/// Sets the release threshold of the device's default memory pool (where the stream-ordered
+/// allocations come from) to its maximum, so that memory freed during a step stays in the
+/// pool for the next one instead of going back to the driver at every synchronisation (the
+/// default threshold is 0). Devices without memory pools allocate synchronously: nothing
+/// to set.
+fn keep_freed_memory(ctx: &CudaContext) -> Result<()> {
+    use cudarc::driver::sys::{self, CUdevice_attribute_enum, CUmemPool_attribute};
+    if ctx.attribute(CUdevice_attribute_enum::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED)? == 0 {
+        return Ok(());
+    }
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // SAFETY: the device handle comes from a live context; the driver writes the pool handle
+    // and reads the u64 the attribute takes.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result()?;
+        sys::cuMemPoolSetAttribute(
+            pool,
+            CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold) as *mut u64 as *mut std::ffi::c_void,
+        )
+        .result()?;
+    }
+    Ok(())
+}
+
 /// Checked conversion of a size to the `i32` our kernels take.
 pub(crate) fn to_i32(op: &'static str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::invalid(format!("{op}: size {v} exceeds i32")))
@@ -247,14 +274,18 @@ pub fn grid_1d(n: usize, threads: u32) -> Result<LaunchConfig> {
 pub trait CudaFloat: crate::storage::FloatElement {
     /// Kernel-name suffix.
     const SUFFIX: &'static str;
+    /// The element type as cuBLAS names it.
+    const CUDA_TYPE: cudarc::cublas::sys::cudaDataType_t;
 }
 
 impl CudaFloat for f32 {
     const SUFFIX: &'static str = "f32";
+    const CUDA_TYPE: cudarc::cublas::sys::cudaDataType_t = cudarc::cublas::sys::cudaDataType_t::CUDA_R_32F;
 }
 
 impl CudaFloat for half::bf16 {
     const SUFFIX: &'static str = "bf16";
+    const CUDA_TYPE: cudarc::cublas::sys::cudaDataType_t = cudarc::cublas::sys::cudaDataType_t::CUDA_R_16BF;
 }
 
 /// Runs `$body` with `$t` bound to f32 or bf16 according to a compute dtype.

@@ -195,11 +195,7 @@ pub(crate) fn cuda_device(t: &Tensor) -> Result<&crate::device::CudaDevice> {
 /// computes in (f32 or bf16 on CUDA, f32 on the CPU).
 pub(crate) fn check_sparse_input(op: &'static str, x: &Tensor, w: &crate::sparse::SparseWeight) -> Result<()> {
     if x.shape().last_dim() != w.cols() || x.shape().rank() < 2 {
-        return Err(Error::ShapeMismatch {
-            op,
-            lhs: x.shape().clone(),
-            rhs: crate::Shape::new([w.rows(), w.cols()]),
-        });
+        return Err(Error::ShapeMismatch { op, lhs: x.shape().clone(), rhs: crate::Shape::new([w.rows(), w.cols()]) });
     }
     if x.device().is_cuda() {
         if !x.dtype().is_compute_float() {

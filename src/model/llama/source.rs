@@ -391,9 +391,7 @@ impl ModelSource {
                         .chunks_exact(4)
                         .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize)
                         .collect()),
-                    Some(st) => {
-                        Err(Error::format(st.path(), "sparse-bitmask", format!("{key} must be U32 [2]")))
-                    }
+                    Some(st) => Err(Error::format(st.path(), "sparse-bitmask", format!("{key} must be U32 [2]"))),
                     None => Err(Error::MissingTensor { path: self.path.clone(), name }),
                 }
             }

@@ -20,10 +20,7 @@ pub fn build_effective<T: CudaFloat>(
     s: f32,
     ws: &mut CudaSlice<T>,
     d: Dims,
-) -> Result<()>
-where
-    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
-{
+) -> Result<()> {
     matmul(dev, b, a, ws, Mm::single(d.output, d.input, d.rank, false, false), s, 0.0)?;
     w.expand_into_cuda(&mut ws.slice_mut(..), Expand::AddKept)
 }
@@ -39,10 +36,7 @@ pub fn forward<T: CudaFloat>(
     s: f32,
     y: &mut CudaSlice<T>,
     d: Dims,
-) -> Result<()>
-where
-    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
-{
+) -> Result<()> {
     dev.with_workspace::<T, _>(d.output * d.input, |ws| {
         build_effective(dev, w, a, b, s, ws, d)?;
         matmul(dev, x, ws, y, Mm::single(d.tokens, d.output, d.input, false, true), 1.0, 0.0)
@@ -63,10 +57,7 @@ pub fn backward_exact<T: CudaFloat>(
     dx: Option<&mut CudaSlice<T>>,
     adapters: Option<(&mut CudaSlice<T>, &mut CudaSlice<T>)>,
     d: Dims,
-) -> Result<()>
-where
-    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
-{
+) -> Result<()> {
     dev.with_workspace::<T, _>(d.output * d.input, |ws| {
         if let Some(dx) = dx {
             build_effective(dev, w, a, b, s, ws, d)?;

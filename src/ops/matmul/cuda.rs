@@ -1,10 +1,14 @@
-//! Matmul through cuBLAS (f32, or bf16 with f32 accumulation). Row-major
+//! Matmul through cuBLAS (f32, or bf16 with f32 accumulation; f32 alpha and beta). Row-major
 //! `C[m,n] = op(A)·op(B)` is issued as the column-major product `Cᵀ = op(B)ᵀ·op(A)ᵀ`,
 //! which reads our row-major buffers without copies.
 
+use std::ffi::c_void;
+
+use cudarc::cublas::result;
+use cudarc::cublas::sys::cublasComputeType_t::CUBLAS_COMPUTE_32F;
+use cudarc::cublas::sys::cublasGemmAlgo_t;
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-use cudarc::cublas::{Gemm, GemmConfig, StridedBatchedConfig};
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
 use super::cpu::Dims;
 use crate::device::cuda::CudaFloat;
@@ -12,9 +16,10 @@ use crate::device::CudaDevice;
 use crate::ops::to_i32;
 use crate::Result;
 
-/// c = alpha·op(a)·op(b) + beta·c for every batch entry (f32 accumulation for bf16; for
-/// bf16 cuBLAS receives alpha and beta rounded to bf16). Slices may be longer than the
-/// matrices; sizes are checked by the caller.
+/// c = alpha·op(a)·op(b) + beta·c for every batch entry, through `cublasGemmEx` with f32
+/// accumulation (`CUBLAS_COMPUTE_32F`) and alpha and beta passed as f32 whatever the
+/// element type (rounding them to bf16 would scale by 2.672 where 32/12 = 2.667 is meant).
+/// Slices may be longer than the matrices; sizes are checked by the caller.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul<T: CudaFloat>(
     dev: &CudaDevice,
@@ -24,40 +29,78 @@ pub fn matmul<T: CudaFloat>(
     d: Dims,
     alpha: f32,
     beta: f32,
-) -> Result<()>
-where
-    cudarc::cublas::CudaBlas: Gemm<T>,
-{
+) -> Result<()> {
     let (m, n, k) = (to_i32("matmul", d.m)?, to_i32("matmul", d.n)?, to_i32("matmul", d.k)?);
-    let gemm = GemmConfig {
-        // column-major A' = op(b)ᵀ: b row-major [k,n] is already [n,k] col-major (N);
-        // b stored [n,k] row-major is [k,n] col-major, so transpose it (T).
-        transa: if d.trans_b { CUBLAS_OP_T } else { CUBLAS_OP_N },
-        transb: if d.trans_a { CUBLAS_OP_T } else { CUBLAS_OP_N },
-        m: n,
-        n: m,
-        k,
-        alpha: T::from_f32(alpha),
-        lda: if d.trans_b { k } else { n },
-        ldb: if d.trans_a { m } else { k },
-        beta: T::from_f32(beta),
-        ldc: n,
-    };
-    let blas = dev.blas();
+    // Column-major A' = op(b)ᵀ: b row-major [k,n] is already [n,k] col-major (N); b stored
+    // [n,k] row-major is [k,n] col-major, so transpose it (T). B' = op(a)ᵀ likewise.
+    let transa = if d.trans_b { CUBLAS_OP_T } else { CUBLAS_OP_N };
+    let transb = if d.trans_a { CUBLAS_OP_T } else { CUBLAS_OP_N };
+    let (lda, ldb, ldc) = (if d.trans_b { k } else { n }, if d.trans_a { m } else { k }, n);
+    let stream = dev.stream();
+    let handle = *dev.blas().handle();
+    let (a_ptr, _a_read) = a.device_ptr(stream);
+    let (b_ptr, _b_read) = b.device_ptr(stream);
+    let (c_ptr, _c_write) = c.device_ptr_mut(stream);
+    let (alpha_ptr, beta_ptr) = ((&alpha) as *const f32 as *const c_void, (&beta) as *const f32 as *const c_void);
+    let (ty, compute, algo) = (T::CUDA_TYPE, CUBLAS_COMPUTE_32F, cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT);
     if d.batch == 1 {
-        // SAFETY: a holds m·k, b k·n and c m·n elements (checked in ops::matmul), matching
-        // the leading dimensions above.
-        unsafe { blas.gemm(gemm, b, a, c) }?;
+        // SAFETY: a holds m·k, b k·n and c m·n elements of type T (checked in ops::matmul),
+        // matching the leading dimensions above; alpha and beta are f32, as COMPUTE_32F
+        // requires; the handle is bound to this device's stream.
+        unsafe {
+            result::gemm_ex(
+                handle,
+                transa,
+                transb,
+                n,
+                m,
+                k,
+                alpha_ptr,
+                b_ptr as *const c_void,
+                ty,
+                lda,
+                a_ptr as *const c_void,
+                ty,
+                ldb,
+                beta_ptr,
+                c_ptr as *mut c_void,
+                ty,
+                ldc,
+                compute,
+                algo,
+            )
+        }?;
     } else {
-        let cfg = StridedBatchedConfig {
-            gemm,
-            batch_size: to_i32("matmul", d.batch)?,
-            stride_a: if d.b_batched { (d.k * d.n) as i64 } else { 0 },
-            stride_b: (d.m * d.k) as i64,
-            stride_c: (d.m * d.n) as i64,
-        };
+        let stride_a = if d.b_batched { (d.k * d.n) as i64 } else { 0 };
+        let (stride_b, stride_c) = ((d.m * d.k) as i64, (d.m * d.n) as i64);
         // SAFETY: as above, per batch entry; b is shared (stride 0) when not batched.
-        unsafe { blas.gemm_strided_batched(cfg, b, a, c) }?;
+        unsafe {
+            result::gemm_strided_batched_ex(
+                handle,
+                transa,
+                transb,
+                n,
+                m,
+                k,
+                alpha_ptr,
+                b_ptr as *const c_void,
+                ty,
+                lda,
+                stride_a,
+                a_ptr as *const c_void,
+                ty,
+                ldb,
+                stride_b,
+                beta_ptr,
+                c_ptr as *mut c_void,
+                ty,
+                ldc,
+                stride_c,
+                to_i32("matmul", d.batch)?,
+                compute,
+                algo,
+            )
+        }?;
     }
     Ok(())
 }

@@ -284,4 +284,43 @@ mod tests {
             }
         }
     }
+
+    /// Alpha and beta reach cuBLAS as f32 for bf16 too: 32/12 and 1/3 are no bf16 values
+    /// (they round to 2.671875 and 0.333984375, 0.2% high), and LoRA's scale s = α/r is
+    /// such an alpha. Element errors are bf16 roundings of the output (unbiased), so the
+    /// mean of got/want over many elements is 1 to ~1e-5 with f32 scalars and 1.002 with
+    /// bf16 ones.
+    #[test]
+    fn cuda_bf16_takes_alpha_and_beta_in_f32() {
+        use half::bf16;
+        let Some(gpu) = cuda_for_tests("matmul::cuda_bf16_takes_alpha_and_beta_in_f32") else { return };
+        let Device::Cuda(dev) = &gpu else { panic!("cuda_for_tests gave a non-CUDA device") };
+        let (m, n, k) = (128, 96, 64);
+        let (alpha, beta) = (32.0f32 / 12.0, 1.0f32 / 3.0);
+        let to_bf16 = |v: Vec<f32>| v.into_iter().map(bf16::from_f32).collect::<Vec<_>>();
+        let (a, b, c0) = (
+            to_bf16(random_f32(m * k, 1.0, 21)),
+            to_bf16(random_f32(k * n, 1.0, 22)),
+            to_bf16(random_f32(m * n, 1.0, 23)),
+        );
+        let (ag, bg, mut cg) = (dev.htod(&a).unwrap(), dev.htod(&b).unwrap(), dev.htod(&c0).unwrap());
+        let d = Dims::single(m, n, k, false, false);
+        cuda::matmul::<bf16>(dev, ag.slice(), bg.slice(), cg.slice_mut(), d, alpha, beta).unwrap();
+        let got = dev.dtoh(cg.slice()).unwrap();
+        let (mut ratio_sum, mut counted) = (0f64, 0usize);
+        for i in 0..m {
+            for j in 0..n {
+                let dot: f64 = (0..k).map(|p| a[i * k + p].to_f64() * b[p * n + j].to_f64()).sum();
+                let want = alpha as f64 * dot + beta as f64 * c0[i * n + j].to_f64();
+                let g = got[i * n + j].to_f64();
+                assert!((g - want).abs() <= 1e-2 + 8e-3 * want.abs(), "({i}, {j}): {g} vs {want}");
+                if want.abs() > 0.5 {
+                    ratio_sum += g / want;
+                    counted += 1;
+                }
+            }
+        }
+        let mean = ratio_sum / counted as f64;
+        assert!((mean - 1.0).abs() < 5e-4, "mean got/want {mean} over {counted} elements: the scalars were rounded");
+    }
 }

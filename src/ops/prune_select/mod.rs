@@ -174,8 +174,8 @@ mod tests {
     use super::*;
     use crate::device::cuda_for_tests;
     use crate::sparse::BitMask;
-    use crate::Device;
     use crate::testing::{assert_close, random_f32, random_f64};
+    use crate::Device;
 
     /// Scores with deliberate ties (quantised values, ±0), NaN and ±∞.
     fn tricky_scores(n: usize, seed: u64) -> Vec<f32> {

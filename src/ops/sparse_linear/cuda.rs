@@ -20,10 +20,7 @@ pub fn forward<T: CudaFloat>(
     w: &SparseWeight,
     y: &mut CudaSlice<T>,
     d: Dims,
-) -> Result<()>
-where
-    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
-{
+) -> Result<()> {
     dev.with_workspace::<T, _>(d.output * d.input, |ws| {
         w.expand_into_cuda(&mut ws.slice_mut(..), Expand::Overwrite)?;
         matmul(dev, x, ws, y, Mm::single(d.tokens, d.output, d.input, false, true), 1.0, 0.0)
@@ -40,10 +37,7 @@ pub fn backward<T: CudaFloat>(
     dx: Option<&mut CudaSlice<T>>,
     want_values: bool,
     d: Dims,
-) -> Result<Option<CudaBuffer<T>>>
-where
-    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
-{
+) -> Result<Option<CudaBuffer<T>>> {
     dev.with_workspace::<T, _>(d.output * d.input, |ws| {
         if let Some(dx) = dx {
             w.expand_into_cuda(&mut ws.slice_mut(..), Expand::Overwrite)?;

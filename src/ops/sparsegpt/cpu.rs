@@ -23,7 +23,7 @@
 use rayon::prelude::*;
 
 use crate::linalg::{gemm_f64, inverse_cholesky_upper};
-use crate::ops::prune_select::cpu::{pruned_count, prune_lowest_per_row};
+use crate::ops::prune_select::cpu::{prune_lowest_per_row, pruned_count};
 use crate::sparse::BitMask;
 use crate::{Error, Result};
 

@@ -1,6 +1,7 @@
 //! Dense f64 linear algebra on the CPU, row-major: products through the gemm crate, and for
 //! SparseGPT a blocked Cholesky (A = L·Lᵀ: 64-wide diagonal blocks factored directly, the panel below
-//! solved as a product with the inverted diagonal block, trailing update A22 −= P·Pᵀ), the
+//! solved as a product with the inverted diagonal block, trailing update A22 −= P·Pᵀ of its
+//! lower triangle only, in row blocks of 512), the
 //! inverse of a lower-triangular matrix (recursive: [[A, 0], [B, C]]⁻¹ =
 //! [[A⁻¹, 0], [−C⁻¹·B·A⁻¹, C⁻¹]]), and the upper Cholesky factor of A⁻¹ as SparseGPT builds
 //! it: L = chol(A), A⁻¹ = L⁻ᵀ·L⁻¹, A⁻¹ = Uᵀ·U with U = chol(A⁻¹)ᵀ. All products go through
@@ -15,6 +16,8 @@ use crate::ops::matmul::cpu::strided;
 use crate::{Error, Result};
 
 const BLOCK: usize = 64;
+/// Rows per product of the Cholesky trailing update.
+const TRAILING_ROWS: usize = 512;
 
 /// `c = beta·c + alpha·op(a)·op(b)` on row-major strided f64 views, all cores; `c` is
 /// [m, n] with row stride `ldc`, op(a) [m, k], op(b) [k, n]; `a_t`/`b_t` read a/b
@@ -88,7 +91,13 @@ pub fn cholesky_lower(a: &mut [f64], n: usize) -> Result<()> {
             let panel: Vec<f64> =
                 (k0 + b..n).flat_map(|i| a[i * n + k0..i * n + k0 + b].iter().copied()).collect::<Vec<_>>();
             let start = (k0 + b) * n + k0 + b;
-            gemm_f64(rest, rest, b, &mut a[start..], n, true, -1.0, &panel, b, false, &panel, b, true);
+            // Only the lower triangle is read later: update it by row blocks, each up to its
+            // own last column (about half the products of the full square, the same bits).
+            for r0 in (0..rest).step_by(TRAILING_ROWS) {
+                let r1 = (r0 + TRAILING_ROWS).min(rest);
+                let c = &mut a[start + r0 * n..];
+                gemm_f64(r1 - r0, r1, b, c, n, true, -1.0, &panel[r0 * b..], b, false, &panel, b, true);
+            }
         }
         k0 += b;
     }
@@ -162,17 +171,15 @@ pub fn inverse_cholesky_upper(a: Vec<f64>, n: usize) -> Result<Vec<f64>> {
     cholesky_lower(&mut l, n)?;
     let li = invert_lower(&l, n);
     drop(l);
+    // The lower triangle of L⁻ᵀ·L⁻¹ (all the factorisation reads), by row blocks up to each
+    // block's last column: half the products of the full square. Entry (i, j) sums the
+    // same products in the same order as (j, i), so the result is exactly symmetric.
     let mut inv = vec![0f64; n * n];
-    gemm_f64(n, n, n, &mut inv, n, false, 1.0, &li, n, true, &li, n, false);
-    drop(li);
-    // Symmetrise against rounding before the second factorisation.
-    for i in 0..n {
-        for j in 0..i {
-            let v = 0.5 * (inv[i * n + j] + inv[j * n + i]);
-            inv[i * n + j] = v;
-            inv[j * n + i] = v;
-        }
+    for r0 in (0..n).step_by(TRAILING_ROWS) {
+        let r1 = (r0 + TRAILING_ROWS).min(n);
+        gemm_f64(r1 - r0, r1, n, &mut inv[r0 * n..], n, false, 1.0, &li[r0..], n, true, &li, n, false);
     }
+    drop(li);
     cholesky_lower(&mut inv, n)?;
     // U = Lᵀ in place: the upper triangle takes the lower one, which becomes zero.
     for i in 0..n {

@@ -139,6 +139,29 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
+/// `sparsetune prune` of `source` with `method` to `sparsity`, calibrated on `text`, to `out`.
+fn prune_args(source: &Path, text: &Path, method: &str, sparsity: &str, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v = strings(&[
+        "prune",
+        "--model",
+        source.to_str().unwrap(),
+        "--method",
+        method,
+        "--sparsity",
+        sparsity,
+        "--calib",
+        text.to_str().unwrap(),
+        "--calib-samples",
+        "2",
+        "--calib-seq-len",
+        "32",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    v.extend(strings(extra));
+    v
+}
+
 #[test]
 fn a_killed_prune_leaves_the_previous_model_or_the_new_one() {
     let dir = common::scratch("atomic-prune");
@@ -151,27 +174,7 @@ fn a_killed_prune_leaves_the_previous_model_or_the_new_one() {
         ("directory", dir.join("out-one"), vec![]),
         ("sharded dir", dir.join("out-dir"), vec!["--max-shard-size", "1MB"]),
     ] {
-        let args = |sparsity: &str| {
-            let mut v = strings(&[
-                "prune",
-                "--model",
-                source.to_str().unwrap(),
-                "--method",
-                "wanda",
-                "--sparsity",
-                sparsity,
-                "--calib",
-                text.to_str().unwrap(),
-                "--calib-samples",
-                "2",
-                "--calib-seq-len",
-                "32",
-                "--out",
-                out.to_str().unwrap(),
-            ]);
-            v.extend(strings(&extra));
-            v
-        };
+        let args = |sparsity: &str| prune_args(&source, &text, "wanda", sparsity, &out, &extra);
         run_to_end(&args("0.25"));
         let (old, old_files) = (digest(&out).unwrap(), snapshot(&out));
         let d = run_to_end(&args("0.5"));
@@ -211,21 +214,7 @@ fn a_directory_with_shards_of_two_writes_is_refused() {
     let dir = common::scratch("atomic-mixed");
     let (source, text) = inputs(&dir);
     let prune = |sparsity: &str, out: &Path| {
-        run_to_end(&strings(&[
-            "prune",
-            "--model",
-            source.to_str().unwrap(),
-            "--method",
-            "magnitude",
-            "--sparsity",
-            sparsity,
-            "--calib",
-            text.to_str().unwrap(),
-            "--max-shard-size",
-            "1MB",
-            "--out",
-            out.to_str().unwrap(),
-        ]))
+        run_to_end(&prune_args(&source, &text, "magnitude", sparsity, out, &["--max-shard-size", "1MB"]))
     };
     let (a, b) = (dir.join("a"), dir.join("b"));
     prune("0.25", &a);
@@ -252,19 +241,7 @@ fn a_killed_finetune_resumes_to_the_uninterrupted_result() {
     let dir = common::scratch("atomic-finetune");
     let (source, text) = inputs(&dir);
     let pruned = dir.join("pruned.safetensors");
-    run_to_end(&strings(&[
-        "prune",
-        "--model",
-        source.to_str().unwrap(),
-        "--method",
-        "magnitude",
-        "--sparsity",
-        "0.5",
-        "--calib",
-        text.to_str().unwrap(),
-        "--out",
-        pruned.to_str().unwrap(),
-    ]));
+    run_to_end(&prune_args(&source, &text, "magnitude", "0.5", &pruned, &[]));
     let args = |k: usize| {
         strings(&[
             "finetune",

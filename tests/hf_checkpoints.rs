@@ -194,12 +194,7 @@ fn unexpected_tensors_are_refused() {
     let dev = Device::cpu();
     let m = common::tiny_model(DType::F32, &dev, 2);
     let dir = common::scratch("extra-tensor");
-    let mut entries: Vec<(String, Vec<usize>, Vec<u8>)> = m
-        .named_tensors()
-        .unwrap()
-        .into_iter()
-        .map(|(p, t)| (p.hf_name(), t.dims().to_vec(), t.to_le_bytes().unwrap()))
-        .collect();
+    let mut entries = common::hf_blobs(&m);
     entries.push(("model.layers.0.self_attn.q_proj.bias".into(), vec![24], vec![0; 96]));
     common::write_f32_safetensors(&dir.join("model.safetensors"), &entries, &Default::default());
     std::fs::write(dir.join("config.json"), m.config.to_hf_json(DType::F32).unwrap()).unwrap();

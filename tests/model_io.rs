@@ -193,12 +193,7 @@ fn hf_directory_with_config_and_tokenizer_json_loads() {
     let dev = Device::cpu();
     let m = common::tiny_model(DType::F32, &dev, 8);
     let dir = common::scratch("hfdir");
-    let blobs: Vec<(String, Vec<usize>, Vec<u8>)> = m
-        .named_tensors()
-        .unwrap()
-        .into_iter()
-        .map(|(p, t)| (p.hf_name(), t.dims().to_vec(), t.to_le_bytes().unwrap()))
-        .collect();
+    let blobs = common::hf_blobs(&m);
     common::write_f32_safetensors(&dir.join("model.safetensors"), &blobs, &BTreeMap::new());
     assert!(llama::load(&dir, &dev, DType::F32).unwrap_err().to_string().contains("config.json"));
     std::fs::write(dir.join("config.json"), m.config.to_hf_json(DType::F32).unwrap()).unwrap();
@@ -287,12 +282,7 @@ fn counts_and_shapes_the_file_cannot_back_are_refused() {
         cfg["num_hidden_layers"] = count.into();
         let meta = BTreeMap::from([("sparsetune.config".to_string(), cfg.to_string())]);
         let p = dir.join("layers.safetensors");
-        let blobs: Vec<(String, Vec<usize>, Vec<u8>)> = m
-            .named_tensors()
-            .unwrap()
-            .into_iter()
-            .map(|(p, t)| (p.hf_name(), t.dims().to_vec(), t.to_le_bytes().unwrap()))
-            .collect();
+        let blobs = common::hf_blobs(&m);
         common::write_f32_safetensors(&p, &blobs, &meta);
         let e = llama::load(&p, &dev, DType::F32).unwrap_err().to_string();
         assert!(e.contains("num_hidden_layers") && e.contains(&count.to_string()), "{count}: {e}");

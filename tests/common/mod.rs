@@ -40,6 +40,16 @@ pub fn tiny_model(dtype: DType, device: &Device, seed: u64) -> Llama {
     Llama::random(&LlamaConfig::tiny(), dtype, device, seed).expect("tiny model")
 }
 
+/// A model's tensors as (Hugging Face name, shape, little-endian bytes), for
+/// [`write_f32_safetensors`].
+pub fn hf_blobs(m: &Llama) -> Vec<(String, Vec<usize>, Vec<u8>)> {
+    m.named_tensors()
+        .expect("named tensors")
+        .into_iter()
+        .map(|(p, t)| (p.hf_name(), t.dims().to_vec(), t.to_le_bytes().expect("tensor bytes")))
+        .collect()
+}
+
 /// Writes F32 tensors given as (name, shape, little-endian bytes) to a safetensors file.
 pub fn write_f32_safetensors(
     path: &std::path::Path,

@@ -144,17 +144,8 @@ fn gguf(m: &Llama, edit: Option<(&str, GgufValue)>) -> Vec<u8> {
     types[256] = 3;
     types[257] = 3;
     let mut w = GgufWriter::new();
-    w.add_str("general.architecture", "llama")
-        .add_u32("llama.embedding_length", c.hidden_size as u32)
-        .add_u32("llama.feed_forward_length", c.intermediate_size as u32)
-        .add_u32("llama.block_count", c.num_hidden_layers as u32)
-        .add_u32("llama.attention.head_count", c.num_attention_heads as u32)
-        .add_u32("llama.attention.head_count_kv", c.num_key_value_heads as u32)
-        .add_u32("llama.vocab_size", c.vocab_size as u32)
-        .add_u32("llama.context_length", c.max_position_embeddings as u32)
-        .add_f32("llama.attention.layer_norm_rms_epsilon", c.rms_norm_eps as f32)
-        .add_f32("llama.rope.freq_base", c.rope_theta as f32)
-        .add_str("tokenizer.ggml.model", "gpt2")
+    common::add_gguf_llama_metadata(&mut w, c);
+    w.add_str("tokenizer.ggml.model", "gpt2")
         .add_str("tokenizer.ggml.pre", "gpt2")
         .add_str_array("tokenizer.ggml.tokens", &tokens)
         .add_str_array::<&str>("tokenizer.ggml.merges", &[])

@@ -59,16 +59,7 @@ fn write_gguf(m: &Llama, path: &std::path::Path, skip: Option<&str>, corrupt_typ
 fn gguf_writer(m: &Llama, skip: Option<&str>, corrupt_type: Option<&str>) -> GgufWriter {
     let c = &m.config;
     let mut w = GgufWriter::new();
-    w.add_str("general.architecture", "llama");
-    w.add_u32("llama.embedding_length", c.hidden_size as u32);
-    w.add_u32("llama.feed_forward_length", c.intermediate_size as u32);
-    w.add_u32("llama.block_count", c.num_hidden_layers as u32);
-    w.add_u32("llama.attention.head_count", c.num_attention_heads as u32);
-    w.add_u32("llama.attention.head_count_kv", c.num_key_value_heads as u32);
-    w.add_u32("llama.vocab_size", c.vocab_size as u32);
-    w.add_u32("llama.context_length", c.max_position_embeddings as u32);
-    w.add_f32("llama.attention.layer_norm_rms_epsilon", c.rms_norm_eps as f32);
-    w.add_f32("llama.rope.freq_base", c.rope_theta as f32);
+    common::add_gguf_llama_metadata(&mut w, c);
     for (part, t) in m.named_tensors().unwrap() {
         let name = part.gguf_name();
         if Some(name.as_str()) == skip {

@@ -102,16 +102,20 @@ fn tok_err(context: &str, e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(format!("{context}: {e}"))
 }
 
-/// Runs `f`, turning a panic inside the `tokenizers` crate into an error about `context`.
-fn guarded<T>(context: &str, f: impl FnOnce() -> T) -> Result<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
-        let msg = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic".into());
-        Error::Tokenizer(format!("{context}: the tokenizers library failed ({msg})"))
-    })
+/// Runs a call into the `tokenizers` crate: its error, or a panic inside it, becomes an
+/// error about `context`.
+fn guarded<T, E: std::fmt::Display>(context: &str, f: impl FnOnce() -> std::result::Result<T, E>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(|e| tok_err(context, e)),
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            Err(Error::Tokenizer(format!("{context}: the tokenizers library failed ({msg})")))
+        }
+    }
 }
 
 /// Component types accepted in a `tokenizer.json`, by field.
@@ -336,8 +340,7 @@ impl Tokenizer {
             })
             .collect::<Result<Vec<_>>>()?;
         let bpe =
-            guarded("building BPE from GGUF vocabulary", || BPE::builder().vocab_and_merges(vocab, merges).build())?
-                .map_err(|e| tok_err("building BPE from GGUF vocabulary", e))?;
+            guarded("building BPE from GGUF vocabulary", || BPE::builder().vocab_and_merges(vocab, merges).build())?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
 
         let byte_level = ByteLevel::new(false, true, true);
@@ -485,8 +488,7 @@ impl Tokenizer {
     /// the config in errors.
     pub fn from_json_parts(json: &str, config: Option<&str>, origin: &str) -> Result<Tokenizer> {
         let json = check_tokenizer_json(json)?;
-        let inner = guarded("building the tokenizer", || json.parse::<tokenizers::Tokenizer>())?
-            .map_err(|e| tok_err("parsing tokenizer.json", e))?;
+        let inner = guarded("parsing tokenizer.json", || json.parse::<tokenizers::Tokenizer>())?;
         let mut tok = Tokenizer {
             inner,
             eos_token_id: None,
@@ -521,10 +523,7 @@ impl Tokenizer {
         let (add_bos, add_eos) = (flag("add_bos_token")?, flag("add_eos_token")?);
         // Without the flags, what the post-processor of tokenizer.json does to a probe.
         let probe = |with: bool| -> Result<Vec<u32>> {
-            Ok(guarded("probing the post-processor", || tok.inner.encode("a", with))?
-                .map_err(|e| tok_err("probing the post-processor", e))?
-                .get_ids()
-                .to_vec())
+            Ok(guarded("probing the post-processor", || tok.inner.encode("a", with))?.get_ids().to_vec())
         };
         let (bare, full) = (probe(false)?, probe(true)?);
         let starts =
@@ -609,7 +608,7 @@ impl Tokenizer {
 
     /// Token ids of `text`; no BOS/EOS is added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = guarded("encoding", || self.inner.encode(text, false))?.map_err(|e| tok_err("encoding", e))?;
+        let encoding = guarded("encoding", || self.inner.encode(text, false))?;
         Ok(encoding.get_ids().to_vec())
     }
 
@@ -648,7 +647,7 @@ impl Tokenizer {
         if let Some(bad) = ids.iter().find(|&&id| id as usize >= size) {
             return Err(Error::Tokenizer(format!("cannot decode id {bad}: vocabulary has {size} tokens")));
         }
-        guarded("decoding", || self.inner.decode(ids, false))?.map_err(|e| tok_err("decoding", e))
+        guarded("decoding", || self.inner.decode(ids, false))
     }
 
     /// Number of ids, added tokens included.

@@ -7,7 +7,7 @@
 //! reference; this module turns a pattern into its numbers.
 
 use crate::ops::prune_select::cpu::{prune_lowest_nm, prune_lowest_per_row, pruned_count};
-use crate::sparse::{check_nm, BitMask};
+use crate::sparse::{check_nm, check_sparsity, BitMask};
 use crate::{Error, Result};
 
 /// What a pruned matrix keeps.
@@ -48,15 +48,6 @@ impl std::fmt::Display for Pattern {
             Pattern::Unstructured(s) => write!(f, "{:.0}% unstructured", s * 100.0),
             Pattern::NM { n, m } => write!(f, "{n}:{m}"),
         }
-    }
-}
-
-/// Error unless 0 ≤ s < 1.
-pub fn check_sparsity(s: f64) -> Result<()> {
-    if (0.0..1.0).contains(&s) {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!("sparsity must be in [0, 1), got {s}")))
     }
 }
 

@@ -33,7 +33,8 @@ fn numbers(pattern: Pattern) -> (f64, Option<(usize, usize)>) {
 }
 
 /// Prunes `w` ([rows, cols], row-major, f64) in place to `pattern` using H (consumed) on
-/// the CPU; returns the mask (1 = kept).
+/// the CPU; returns the mask (1 = kept). The op checks the numbers
+/// ([`op::check_args`]: the pattern against the row, the block size).
 pub fn prune(
     w: &mut [f64],
     h: Vec<f64>,
@@ -42,7 +43,6 @@ pub fn prune(
     pattern: Pattern,
     opts: SparseGptOptions,
 ) -> Result<BitMask> {
-    pattern.check(cols)?;
     let (s, nm) = numbers(pattern);
     op::cpu::prune(w, h, rows, cols, s, nm, opts.block_size, opts.percdamp)
 }
@@ -57,7 +57,6 @@ pub fn prune_cuda(
     pattern: Pattern,
     opts: SparseGptOptions,
 ) -> Result<BitMask> {
-    pattern.check(cols)?;
     let (s, nm) = numbers(pattern);
     op::prune(dev, w, h, rows, cols, s, nm, opts.block_size, opts.percdamp)
 }

@@ -68,6 +68,21 @@ pub fn write_f32_safetensors(
     sparsetune::io::write_safetensors(path, &entries, metadata).expect("write safetensors");
 }
 
+/// Adds the `llama.*` metadata of `c` (architecture, sizes, norm epsilon, RoPE base) to a
+/// GGUF being written, as llama.cpp names them.
+pub fn add_gguf_llama_metadata(w: &mut sparsetune::io::GgufWriter, c: &LlamaConfig) {
+    w.add_str("general.architecture", "llama")
+        .add_u32("llama.embedding_length", c.hidden_size as u32)
+        .add_u32("llama.feed_forward_length", c.intermediate_size as u32)
+        .add_u32("llama.block_count", c.num_hidden_layers as u32)
+        .add_u32("llama.attention.head_count", c.num_attention_heads as u32)
+        .add_u32("llama.attention.head_count_kv", c.num_key_value_heads as u32)
+        .add_u32("llama.vocab_size", c.vocab_size as u32)
+        .add_u32("llama.context_length", c.max_position_embeddings as u32)
+        .add_f32("llama.attention.layer_norm_rms_epsilon", c.rms_norm_eps as f32)
+        .add_f32("llama.rope.freq_base", c.rope_theta as f32);
+}
+
 /// Token ids and next-token targets [batch, t] from a deterministic pattern.
 pub fn tokens(batch: usize, t: usize, vocab: usize, device: &Device) -> (Tensor, Tensor) {
     let all: Vec<u32> = (0..batch * (t + 1)).map(|i| ((i * 37 + 11) % vocab) as u32).collect();

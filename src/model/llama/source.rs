@@ -385,17 +385,24 @@ impl ModelSource {
                     return Ok(shape);
                 }
                 let key = format!("{name}.shape");
-                match self.shard(&key) {
-                    Some(st) if st.info(&key) == Some((DType::U32, vec![2])) => Ok(st
-                        .tensor_bytes(&key)?
-                        .chunks_exact(4)
-                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize)
-                        .collect()),
-                    Some(st) => Err(Error::format(st.path(), "sparse-bitmask", format!("{key} must be U32 [2]"))),
+                match self.u32s(&key) {
+                    Some(shape) => Ok(shape?.into_iter().map(|d| d as usize).collect()),
                     None => Err(Error::MissingTensor { path: self.path.clone(), name }),
                 }
             }
         }
+    }
+
+    /// The values of the U32 tensor `key` of the compressed layout (`None` when no shard
+    /// holds it; an error naming it when it is not U32).
+    fn u32s(&self, key: &str) -> Option<Result<Vec<u32>>> {
+        let st = self.shard(key)?;
+        Some(match st.info(key) {
+            Some((DType::U32, _)) => st
+                .tensor_bytes(key)
+                .map(|b| b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+            _ => Err(Error::format(st.path(), "sparse-bitmask", format!("{key} must be U32"))),
+        })
     }
 
     /// The path it was opened from.
@@ -628,7 +635,8 @@ impl ModelSource {
 
     /// The dense values of weight `name` stored as `name.compressed` (kept values, row-major),
     /// `name.bitmask` (U8 [rows, ceil(cols/8)], bit j%8 of byte j/8), `name.shape` and
-    /// `name.row_offsets` (U32 [rows], the first value of each row), checked for consistency.
+    /// `name.row_offsets` (U32 [rows], the first value of each row), checked for consistency
+    /// (the shape against the config was checked at open, [`Self::check_tensors`]).
     fn read_bitmask_weight(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
         let values_key = format!("{name}.compressed");
         let Some(st) = self.shard(&values_key) else {
@@ -637,25 +645,10 @@ impl ModelSource {
         let bad = |msg: String| Error::format(st.path(), "sparse-bitmask", format!("{name}: {msg}"));
         let ints = |suffix: &str| -> Result<Vec<u32>> {
             let key = format!("{name}.{suffix}");
-            let file = self.shard(&key).ok_or_else(|| bad(format!("{key} is missing")))?;
-            match file.info(&key) {
-                Some((DType::U32, _)) => Ok(file
-                    .tensor_bytes(&key)?
-                    .chunks_exact(4)
-                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect()),
-                _ => Err(bad(format!("{key} must be U32"))),
-            }
+            self.u32s(&key).unwrap_or_else(|| Err(bad(format!("{key} is missing"))))
         };
         let shape: Vec<usize> = ints("shape")?.into_iter().map(|d| d as usize).collect();
         let [rows, cols] = shape[..] else { return Err(bad(format!("shape {shape:?} is not 2-D"))) };
-        let want = {
-            let mut it = Part::all(&self.config).into_iter().filter(|p| p.hf_name() == name);
-            it.next().map(|p| p.shape(&self.config))
-        };
-        if want.as_deref() != Some(&shape[..]) {
-            return Err(bad(format!("shape {shape:?} is not the config's {want:?}")));
-        }
         let offsets = ints("row_offsets")?;
         let values = st.tensor_f32(&values_key)?;
         let mask_key = format!("{name}.bitmask");

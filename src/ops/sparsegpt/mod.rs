@@ -29,7 +29,7 @@ use cudarc::driver::CudaSlice;
 use self::cuda::{BlockKeep, CHOL_BLOCK, MAX_BLOCK_COLUMNS};
 use crate::device::{CudaBuffer, CudaDevice};
 use crate::ops::prune_select::cpu::{prune_lowest_per_row, pruned_count};
-use crate::sparse::{check_nm, BitMask};
+use crate::sparse::{check_nm, check_sparsity, BitMask};
 use crate::{Error, Result};
 
 /// Checks one call's numbers for a weight of `cols` inputs (shared by the CPU and CUDA
@@ -43,10 +43,7 @@ pub fn check_args(cols: usize, sparsity: f64, nm: Option<(usize, usize)>, block_
                 return Err(Error::invalid(format!("sparsegpt: block size {block_size} is not a multiple of M = {m}")));
             }
         }
-        None if !(0.0..1.0).contains(&sparsity) => {
-            return Err(Error::invalid(format!("sparsity must be in [0, 1), got {sparsity}")))
-        }
-        None => {}
+        None => check_sparsity(sparsity)?,
     }
     if block_size == 0 {
         return Err(Error::invalid("sparsegpt: block size must be positive"));

@@ -159,8 +159,10 @@ fn combine_inverse(
 }
 
 /// The upper-triangular U [n, n] with H⁻¹ = Uᵀ·U for the symmetric positive-definite `h`
-/// [n, n], computed as SparseGPT does (and as [`crate::linalg::inverse_cholesky_upper`]):
-/// L = chol(H); H⁻¹ = L⁻ᵀ·L⁻¹, symmetrised; U = chol(H⁻¹)ᵀ. U is exactly zero below the
+/// [n, n], computed as SparseGPT does: L = chol(H); H⁻¹ = L⁻ᵀ·L⁻¹, symmetrised;
+/// U = chol(H⁻¹)ᵀ. The CPU's [`crate::linalg::inverse_cholesky_upper`] reaches the same
+/// unique factor by one reversed factorisation (half the work), so the tests compare two
+/// routes to the same U. U is exactly zero below the
 /// diagonal. Errors when H (or the computed H⁻¹) is not positive definite.
 pub fn inverse_cholesky_upper(dev: &CudaDevice, h: &CudaSlice<f64>, n: usize) -> Result<CudaBuffer<f64>> {
     let nn = check_square("inverse_cholesky_upper", h.len(), n)?;

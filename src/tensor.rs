@@ -332,15 +332,12 @@ impl Tensor {
     /// the same device. Records nothing; see [`crate::ops::cast()`] for the differentiable
     /// version.
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
-        let float = |d: DType| matches!(d, DType::F32 | DType::BF16 | DType::F16);
-        if !float(self.dtype()) || !float(dtype) {
-            if self.dtype() == dtype {
-                return self.to_device(self.device());
-            }
-            return Err(Error::DType { op: "cast", dtype: self.dtype(), msg: "only float types convert" });
-        }
         if self.dtype() == dtype {
             return self.to_device(self.device());
+        }
+        let float = |d: DType| matches!(d, DType::F32 | DType::BF16 | DType::F16);
+        if !float(self.dtype()) || !float(dtype) {
+            return Err(Error::DType { op: "cast", dtype: self.dtype(), msg: "only float types convert" });
         }
         match self.device() {
             Device::Cpu(_) => Tensor::from_f32(self.to_f32_vec()?, self.shape().clone(), dtype, self.device()),

@@ -58,18 +58,22 @@ impl InputStats {
 
     /// SparseGPT's H = (2/n)·XᵀX.
     pub fn hessian(&self) -> Result<Vec<f64>> {
-        let xtx = self.xtx.as_ref().ok_or_else(|| Error::invalid("calibration collected no XᵀX"))?;
-        let scale = 2.0 / self.tokens.max(1) as f64;
-        Ok(xtx.iter().map(|v| v * scale).collect())
+        let scale = self.hessian_scale();
+        Ok(self.xtx.as_ref().ok_or_else(no_xtx)?.iter().map(|v| v * scale).collect())
     }
 
     /// [`InputStats::hessian`] scaled in place in the XᵀX buffer (no [in, in] copy), for
     /// the last linear that reads this input.
     pub fn into_hessian(self) -> Result<Vec<f64>> {
-        let mut xtx = self.xtx.ok_or_else(|| Error::invalid("calibration collected no XᵀX"))?;
-        let scale = 2.0 / self.tokens.max(1) as f64;
+        let scale = self.hessian_scale();
+        let mut xtx = self.xtx.ok_or_else(no_xtx)?;
         xtx.iter_mut().for_each(|v| *v *= scale);
         Ok(xtx)
+    }
+
+    /// H's factor 2/n over the tokens seen.
+    fn hessian_scale(&self) -> f64 {
+        2.0 / self.tokens.max(1) as f64
     }
 
     /// Adds the tokens of `x`: [sequences, T, in] (or [T, in], one sequence).
@@ -112,4 +116,8 @@ impl InputStats {
         self.tokens += rows;
         Ok(())
     }
+}
+
+fn no_xtx() -> Error {
+    Error::invalid("calibration collected no XᵀX")
 }

@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use clap::Args;
 
-use super::{default_asset, default_model, device_and_dtype, progress};
-use crate::data::{tokenize_file, windows_of_streams};
+use super::{default_asset, default_model, device_and_dtype, progress, DataArgs};
+use crate::data::{window_streams, windows_of_streams};
 use crate::eval::perplexity;
 use crate::model::llama;
 use crate::Result;
@@ -27,9 +27,12 @@ pub struct EvalArgs {
     /// Tokens per window.
     #[arg(long, default_value_t = 512)]
     seq_len: usize,
-    /// Evaluate only the first K windows (default: all).
+    /// Evaluate only the first K windows (default: all); the texts are read only as far
+    /// as they need.
     #[arg(long)]
     windows: Option<usize>,
+    #[command(flatten)]
+    data: DataArgs,
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -78,7 +81,10 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
     let tokenizer = llama::load_tokenizer(&model_path)?;
     let model = llama::load(&model_path, &device, dtype)?;
     let load_seconds = t0.elapsed().as_secs_f64();
-    let streams = texts.iter().map(|p| tokenize_file(&tokenizer, p, &a.text_field)).collect::<Result<Vec<_>>>()?;
+    let limits = a.data.limits()?;
+    progress::stage("reading text");
+    let read = window_streams(&tokenizer, &texts, &a.text_field, &limits, a.seq_len, a.windows)?;
+    let (streams, whole) = (read.tokens, read.read_whole);
     let windows = windows_of_streams(&streams, a.seq_len, a.windows)?;
     if let Some(path) = &a.logits_out {
         let first = windows[0];
@@ -106,6 +112,7 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
             "model": model_path.display().to_string(),
             "texts": texts.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
             "text_tokens": streams.iter().map(Vec::len).collect::<Vec<_>>(),
+            "text_read_whole": whole,
             "seq_len": a.seq_len,
             "device": device.label(),
             "dtype": dtype.as_str(),

@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use clap::Args;
 
-use super::{default_asset, device_and_dtype, peak_rss_bytes, progress};
-use crate::data::{sotu_files, tokenize_file};
+use super::{default_asset, device_and_dtype, peak_rss_bytes, progress, DataArgs};
+use crate::data::{sotu_files, window_streams};
 use crate::finetune::plan::{plan, PlanInput};
 use crate::finetune::{
     checkpoint, export, Decay, LoraOptions, Repair, RepairMethod, RepairOptions, TrainConfig, TrainData,
@@ -42,6 +42,8 @@ pub struct FinetuneArgs {
     /// JSON field holding each document's text in .jsonl / .json(.gz) data files.
     #[arg(long, default_value = "text")]
     text_field: String,
+    #[command(flatten)]
+    data_limits: DataArgs,
     /// Optimizer steps.
     #[arg(long, default_value_t = 100)]
     steps: usize,
@@ -263,7 +265,8 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
     ));
     let files = if a.data.is_empty() { sotu_files(&default_asset("sotu")?, 2000)? } else { a.data.clone() };
     progress::stage("reading training data");
-    let streams = files.iter().map(|p| tokenize_file(&tokenizer, p, &a.text_field)).collect::<Result<Vec<_>>>()?;
+    let limits = a.data_limits.limits()?;
+    let streams = window_streams(&tokenizer, &files, &a.text_field, &limits, a.seq_len + 1, None)?.tokens;
     let data = TrainData::new(&streams, a.seq_len)?;
 
     let mut lora = LoraOptions::new(a.rank, a.alpha);

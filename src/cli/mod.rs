@@ -11,8 +11,10 @@ mod run;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
+use crate::data::DataLimits;
+use crate::model::llama::hf_dir::parse_size;
 use crate::{DType, Device, Error, Result};
 
 /// Prune LLaMA-family models and repair them with sparsity-preserving fine-tuning.
@@ -87,6 +89,31 @@ pub(crate) fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// The bounds on reading data files, shared by the commands that read text.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct DataArgs {
+    /// Bytes read from one data file at most, after decompression (e.g. 1GiB, 500MB);
+    /// reading stops earlier once the tokens needed are had.
+    #[arg(long, default_value = "1GiB")]
+    max_data_bytes: String,
+    /// Longest JSON record (a line of a .jsonl file, an element of a .json array), and the
+    /// most text one tokenizer call may take when a text cannot be cut into pieces.
+    #[arg(long, default_value = "16MiB")]
+    max_document_bytes: String,
+}
+
+impl DataArgs {
+    /// The limits the flags give.
+    pub(crate) fn limits(&self) -> Result<DataLimits> {
+        let document = parse_size(&self.max_document_bytes)?;
+        Ok(DataLimits {
+            max_data_bytes: parse_size(&self.max_data_bytes)?,
+            max_document_bytes: usize::try_from(document)
+                .map_err(|_| Error::invalid(format!("--max-document-bytes {document} is too large")))?,
+        })
+    }
 }
 
 /// Parses `--device` and `--dtype`.

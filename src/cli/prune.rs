@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{default_asset, default_model, peak_rss_bytes, progress};
+use super::{default_asset, default_model, peak_rss_bytes, progress, DataArgs};
 use crate::data::{calibration_windows, sotu_files};
 use crate::model::llama::hf_dir::parse_size;
 use crate::model::llama::{DecoderLayer, Llama, ModelSource, ModelWriter, OutputForm, OutputSpec, Part, Proj};
@@ -67,6 +67,8 @@ pub struct PruneArgs {
     /// Tokens per calibration window.
     #[arg(long, default_value_t = 512)]
     calib_seq_len: usize,
+    #[command(flatten)]
+    data: DataArgs,
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -145,6 +147,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
         return Err(Error::invalid(format!("--dtype must be f32 or bf16, not {d}")));
     }
     let form = OutputForm::of(&a.out, parse_size(&a.max_shard_size)?);
+    let limits = a.data.limits()?;
     progress::stage(&format!("opening {}", model_path.display()));
     let source = ModelSource::open(&model_path)?;
     // Cheap checks first: the options against the model's config.
@@ -154,7 +157,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
     let tokenizer = source.tokenizer()?;
     let samples = if crate::prune::needs_calibration(&opts) {
         progress::stage("reading calibration text");
-        calibration_windows(&tokenizer, &calib_files, a.calib_samples, a.calib_seq_len, &a.text_field)?
+        calibration_windows(&tokenizer, &calib_files, a.calib_samples, a.calib_seq_len, &a.text_field, &limits)?
     } else {
         Vec::new()
     };

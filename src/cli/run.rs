@@ -13,8 +13,8 @@ use clap::Args;
 
 use super::finetune::{method_config, planned_peak, train};
 use super::prune::{parse_nm, prune_with_bar};
-use super::{default_asset, default_model, device_and_dtype, progress};
-use crate::data::{calibration_windows, sotu_files, tokenize_file, windows_of_streams};
+use super::{default_asset, default_model, device_and_dtype, progress, DataArgs};
+use crate::data::{calibration_windows, sotu_files, window_streams, windows_of_streams};
 use crate::eval::perplexity;
 use crate::finetune::{checkpoint, LoraOptions, Repair, RepairMethod, RepairOptions, TrainData};
 use crate::model::llama::{self, Llama, ModelSource, OutputForm, OutputSpec, Proj, DEFAULT_MAX_SHARD_BYTES};
@@ -74,6 +74,8 @@ pub struct RunArgs {
     /// JSON field holding each document's text in .jsonl / .json(.gz) data files.
     #[arg(long, default_value = "text")]
     text_field: String,
+    #[command(flatten)]
+    data_limits: DataArgs,
     /// Calibration windows for pruning.
     #[arg(long, default_value_t = 32)]
     calib_samples: usize,
@@ -160,7 +162,8 @@ pub fn run(a: RunArgs) -> Result<()> {
     let tokenizer = llama::load_tokenizer(&model_path)?;
     let data_files = if a.data.is_empty() { sotu_files(&default_asset("sotu")?, 2000)? } else { a.data.clone() };
     let texts = if a.texts.is_empty() { vec![default_asset("moby-dick/data.txt")?] } else { a.texts.clone() };
-    let eval_streams = texts.iter().map(|p| tokenize_file(&tokenizer, p, &a.text_field)).collect::<Result<Vec<_>>>()?;
+    let limits = a.data_limits.limits()?;
+    let eval_streams = window_streams(&tokenizer, &texts, &a.text_field, &limits, 512, Some(a.eval_windows))?.tokens;
     let eval_windows = windows_of_streams(&eval_streams, 512, Some(a.eval_windows))?;
     let evaluate = |m: &Llama, what: &str| -> Result<(f64, f64)> {
         let pb = progress::bar(eval_windows.len() as u64, &format!("eval {what}"));
@@ -199,7 +202,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     } else {
         let mut m = dense.clone();
         let samples = if crate::prune::needs_calibration(&prune_opts) {
-            calibration_windows(&tokenizer, &data_files, a.calib_samples, 512, &a.text_field)?
+            calibration_windows(&tokenizer, &data_files, a.calib_samples, 512, &a.text_field, &limits)?
         } else {
             Vec::new()
         };
@@ -230,7 +233,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     });
 
     // 3. Repair.
-    let streams = data_files.iter().map(|p| tokenize_file(&tokenizer, p, &a.text_field)).collect::<Result<Vec<_>>>()?;
+    let streams = window_streams(&tokenizer, &data_files, &a.text_field, &limits, a.seq_len + 1, None)?.tokens;
     let data = TrainData::new(&streams, a.seq_len)?;
     let ck_dir = out("checkpoint");
     let ck_path = checkpoint::path_in(&ck_dir);

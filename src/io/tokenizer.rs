@@ -44,8 +44,15 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::AddedToken;
 
+use tokenizers::processors::PostProcessorWrapper;
+
 use crate::io::gguf::{GgufFile, GgufValue};
+use crate::io::PieceEncoder;
 use crate::{Error, Result};
+
+/// The growth bound of a byte-level pipeline (GGUF's, [`Tokenizer::byte_level`]): each
+/// byte becomes a character of one or two bytes.
+const BYTE_LEVEL_GROWTH: usize = 2;
 
 /// llama.cpp pre-tokenizer names whose regexes are "each digit alone" followed by the
 /// GPT-2 regex, i.e. `Sequence[Digits(individual), ByteLevel]`.
@@ -82,10 +89,28 @@ pub const GGUF_TOKENIZER_KEYS: &[(&str, &str)] = &[
 /// regex alone.
 const GPT2_PRE: &[&str] = &["gpt2", "default"];
 
+/// How many times longer than its input the normalizer and pre-tokenizer of a tokenizer
+/// may make a text, at most (see [`check_tokenizer_json`]): beyond it a chain of growing
+/// `Replace` steps could turn a small piece of text into gigabytes.
+pub const MAX_GROWTH: usize = 128;
+
+/// Text tokenized in one call at most, after the normalizer's growth, by default
+/// ([`Tokenizer::encode`]); data readers take theirs from `--max-document-bytes`.
+pub const DEFAULT_MAX_PIECE_BYTES: usize = 16 << 20;
+
 /// A byte-level BPE tokenizer plus the special ids the model uses.
 #[derive(Clone, Debug)]
 pub struct Tokenizer {
+    /// The pipeline without its post-processor: with no special tokens added, a
+    /// post-processor only trims offsets, which [`PieceEncoder`] needs untrimmed.
     inner: tokenizers::Tokenizer,
+    /// The post-processor, put back for serialising and for probing what it adds.
+    post_processor: Option<PostProcessorWrapper>,
+    /// Upper bound of the normalizer's and pre-tokenizer's growth (≤ [`MAX_GROWTH`]).
+    growth: usize,
+    /// One more than the largest id any token has (the model's vocabulary and the added
+    /// tokens).
+    id_bound: usize,
     eos_token_id: Option<u32>,
     bos_token_id: Option<u32>,
     add_bos: bool,
@@ -102,10 +127,33 @@ fn tok_err(context: &str, e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(format!("{context}: {e}"))
 }
 
+thread_local! {
+    /// Set while this thread runs inside [`guarded`]: its panics are reported as errors, so
+    /// the panic hook stays quiet.
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Runs a call into the `tokenizers` crate: its error, or a panic inside it, becomes an
-/// error about `context`.
-fn guarded<T, E: std::fmt::Display>(context: &str, f: impl FnOnce() -> std::result::Result<T, E>) -> Result<T> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+/// error about `context`. The first call wraps the process's panic hook (once) so that a
+/// panic caught here prints nothing (`thread 'main' panicked at …` before a clean error
+/// would read as a crash); panics anywhere else reach the previous hook as before.
+pub(crate) fn guarded<T, E: std::fmt::Display>(
+    context: &str,
+    f: impl FnOnce() -> std::result::Result<T, E>,
+) -> Result<T> {
+    static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !GUARDED.with(std::cell::Cell::get) {
+                previous(info)
+            }
+        }));
+    });
+    let outer = GUARDED.with(|g| g.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(outer));
+    match result {
         Ok(r) => r.map_err(|e| tok_err(context, e)),
         Err(payload) => {
             let msg = payload
@@ -222,9 +270,56 @@ fn check_component(field: &str, v: &serde_json::Value, allowed: &[&str], list_ke
     Ok(())
 }
 
-/// Checks what the pipeline uses of a `tokenizer.json` (see the module doc) and returns
-/// it with `truncation` and `padding` cleared.
-pub fn check_tokenizer_json(json: &str) -> Result<String> {
+/// The upper bound of how many times longer (in bytes) a normalizer or pre-tokenizer
+/// component can make its input (a sequence multiplies its parts):
+/// - `Replace` of a string pattern p by c: ⌈|c|/|p|⌉ (each match, at least |p| bytes,
+///   becomes c); of a regex, which may match the empty string between characters: 1 + 2|c|;
+/// - `Prepend` p: 1 + |p| (once, before at least one byte);
+/// - Unicode normal forms, by the bounds of UAX #15 in UTF-8: NFC and NFD 3, NFKC and
+///   NFKD 11; lower-casing 2 (e.g. U+0130 İ, 2 bytes, is 3 in lower case); `BertNormalizer`
+///   12 (spaces around CJK characters ×2, accents stripped after NFD ×3, lower case ×2);
+/// - byte-level 2 (each byte becomes a character of one or two bytes); `Metaspace` with
+///   replacement r: 2|r| (every space becomes r, and r may be prepended);
+/// - everything else splits or removes: 1.
+fn growth(v: &serde_json::Value, list_key: &str) -> f64 {
+    use serde_json::Value;
+    let len = |key: &str| v.get(key).and_then(Value::as_str).map_or(0, str::len) as f64;
+    match v.get("type").and_then(Value::as_str) {
+        Some("Sequence") => v
+            .get(list_key)
+            .and_then(Value::as_array)
+            .map_or(1.0, |parts| parts.iter().map(|p| growth(p, list_key)).product()),
+        Some("Replace") => {
+            let pattern = v.get("pattern");
+            match pattern.and_then(|p| p.get("String")).and_then(Value::as_str) {
+                Some(p) if !p.is_empty() => (len("content") / p.len() as f64).ceil().max(1.0),
+                _ => 1.0 + 2.0 * len("content"),
+            }
+        }
+        Some("Prepend") => 1.0 + len("prepend"),
+        Some("NFC" | "NFD") => 3.0,
+        Some("NFKC" | "NFKD") => 11.0,
+        Some("Lowercase" | "ByteLevel") => 2.0,
+        Some("BertNormalizer") => 12.0,
+        Some("Metaspace") => 2.0 * len("replacement").max(1.0),
+        _ => 1.0,
+    }
+}
+
+/// What [`check_tokenizer_json`] found.
+struct CheckedJson {
+    /// The JSON with `truncation` and `padding` cleared.
+    json: String,
+    /// The pipeline's growth bound ([`growth`] of normalizer × pre-tokenizer).
+    growth: usize,
+    /// Every `added_tokens` entry: (index, content, id the file gives it).
+    added: Vec<(usize, String, u64)>,
+}
+
+/// Checks what the pipeline uses of a `tokenizer.json` (see the module doc): the
+/// components and model, the growth bound ([`MAX_GROWTH`]), ids unique in the model's
+/// vocabulary, and every added token with an id and content.
+fn check_tokenizer_json(json: &str) -> Result<CheckedJson> {
     use serde_json::Value;
     let mut v: Value = serde_json::from_str(json).map_err(|e| tok_err("tokenizer.json", e))?;
     let obj = v.as_object_mut().ok_or_else(|| Error::Tokenizer("tokenizer.json: not a JSON object".into()))?;
@@ -237,6 +332,14 @@ pub fn check_tokenizer_json(json: &str) -> Result<String> {
     check_component("decoder", get("decoder"), DECODERS, "decoders")?;
     check_component("post_processor", get("post_processor"), POST_PROCESSORS, "processors")?;
     let bad = |why: String| Error::Tokenizer(format!("tokenizer.json: {why}"));
+    let (norm, pre) = (growth(get("normalizer"), "normalizers"), growth(get("pre_tokenizer"), "pretokenizers"));
+    let total = norm * pre;
+    if total > MAX_GROWTH as f64 {
+        return Err(bad(format!(
+            "the normalizer (×{norm}) and pre-tokenizer (×{pre}) can make a text up to ×{total} longer; \
+             more than ×{MAX_GROWTH} is refused"
+        )));
+    }
     let model = get("model");
     let kind = model.get("type").and_then(Value::as_str).unwrap_or("BPE");
     match kind {
@@ -254,6 +357,17 @@ pub fn check_tokenizer_json(json: &str) -> Result<String> {
                     return Err(bad(format!("{kind} unk_token '{unk}' is not in the vocab")));
                 }
             }
+            // Ids must be unique: two tokens with one id decode ambiguously.
+            let mut by_id: std::collections::HashMap<u64, &str> = std::collections::HashMap::new();
+            for (token, id) in vocab {
+                let id = id
+                    .as_u64()
+                    .filter(|&i| i <= u32::MAX as u64)
+                    .ok_or_else(|| bad(format!("model.vocab['{token}'] = {id} is not a token id")))?;
+                if let Some(other) = by_id.insert(id, token) {
+                    return Err(bad(format!("model.vocab: '{other}' and '{token}' both have id {id}")));
+                }
+            }
         }
         "Unigram" => {
             let n = model.get("vocab").and_then(Value::as_array).map_or(0, Vec::len);
@@ -268,17 +382,20 @@ pub fn check_tokenizer_json(json: &str) -> Result<String> {
         }
         other => return Err(bad(format!("model type '{other}' is not supported"))),
     }
-    if let Some(added) = obj.get("added_tokens").filter(|a| !a.is_null()) {
-        let list = added.as_array().ok_or_else(|| bad("added_tokens is not a list".into()))?;
+    let mut added = Vec::new();
+    if let Some(list) = obj.get("added_tokens").filter(|a| !a.is_null()) {
+        let list = list.as_array().ok_or_else(|| bad("added_tokens is not a list".into()))?;
         for (i, t) in list.iter().enumerate() {
-            let id_ok = t.get("id").and_then(Value::as_u64).is_some_and(|id| id <= u32::MAX as u64);
-            let content_ok = t.get("content").and_then(Value::as_str).is_some_and(|c| !c.is_empty());
-            if !id_ok || !content_ok {
+            let id = t.get("id").and_then(Value::as_u64).filter(|&id| id <= u32::MAX as u64);
+            let content = t.get("content").and_then(Value::as_str).filter(|c| !c.is_empty());
+            let (Some(id), Some(content)) = (id, content) else {
                 return Err(bad(format!("added_tokens[{i}] needs an id and non-empty content")));
-            }
+            };
+            added.push((i, content.to_owned(), id));
         }
     }
-    serde_json::to_string(&v).map_err(|e| tok_err("tokenizer.json", e))
+    let json = serde_json::to_string(&v).map_err(|e| tok_err("tokenizer.json", e))?;
+    Ok(CheckedJson { json, growth: total.ceil() as usize, added })
 }
 
 impl Tokenizer {
@@ -409,14 +526,12 @@ impl Tokenizer {
                 Some(v.as_str().ok_or_else(|| refuse("tokenizer.chat_template", v, "expected a string"))?.to_owned())
             }
         };
-        let tok = Tokenizer {
-            inner,
-            eos_token_id: special_id("tokenizer.ggml.eos_token_id")?,
-            bos_token_id: special_id("tokenizer.ggml.bos_token_id")?,
-            add_bos: flag("tokenizer.ggml.add_bos_token")?,
-            add_eos: flag("tokenizer.ggml.add_eos_token")?,
-            chat_template,
-        };
+        let mut tok = Tokenizer::assemble(inner, BYTE_LEVEL_GROWTH);
+        tok.eos_token_id = special_id("tokenizer.ggml.eos_token_id")?;
+        tok.bos_token_id = special_id("tokenizer.ggml.bos_token_id")?;
+        tok.add_bos = flag("tokenizer.ggml.add_bos_token")?;
+        tok.add_eos = flag("tokenizer.ggml.add_eos_token")?;
+        tok.chat_template = chat_template;
         tok.check_flags(&gguf.path().display().to_string())?;
         Ok(tok)
     }
@@ -440,14 +555,42 @@ impl Tokenizer {
         inner.with_decoder(Some(byte_level));
         inner.add_special_tokens(&[AddedToken::from("<s>", true), AddedToken::from("</s>", true)]);
         let (bos, eos) = (inner.token_to_id("<s>"), inner.token_to_id("</s>"));
-        Ok(Tokenizer {
-            inner,
-            eos_token_id: eos,
-            bos_token_id: bos,
-            add_bos: true,
+        let mut tok = Tokenizer::assemble(inner, BYTE_LEVEL_GROWTH);
+        (tok.bos_token_id, tok.eos_token_id, tok.add_bos) = (bos, eos, true);
+        Ok(tok)
+    }
+
+    /// A tokenizer from a built pipeline whose normalizer and pre-tokenizer grow a text at
+    /// most `growth` times: the post-processor is set aside (see the field), no special
+    /// ids yet.
+    fn assemble(mut full: tokenizers::Tokenizer, growth: usize) -> Tokenizer {
+        let post_processor = full.get_post_processor().cloned();
+        full.with_post_processor(None::<PostProcessorWrapper>);
+        let id_bound = full.get_vocab(true).values().max().map_or(0, |&m| m as usize + 1);
+        Tokenizer {
+            inner: full,
+            post_processor,
+            growth,
+            id_bound,
+            eos_token_id: None,
+            bos_token_id: None,
+            add_bos: false,
             add_eos: false,
             chat_template: None,
-        })
+        }
+    }
+
+    /// The pipeline as the `tokenizers` crate runs it (tests compare whole-text encodings).
+    #[cfg(test)]
+    pub(crate) fn pipeline(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
+    /// The whole pipeline, post-processor included.
+    fn full(&self) -> tokenizers::Tokenizer {
+        let mut t = self.inner.clone();
+        t.with_post_processor(self.post_processor.clone());
+        t
     }
 
     /// Adding BOS or EOS needs that token's id.
@@ -487,16 +630,27 @@ impl Tokenizer {
     /// `tokenizer.json` text and optionally `tokenizer_config.json` text; `origin` names
     /// the config in errors.
     pub fn from_json_parts(json: &str, config: Option<&str>, origin: &str) -> Result<Tokenizer> {
-        let json = check_tokenizer_json(json)?;
-        let inner = guarded("parsing tokenizer.json", || json.parse::<tokenizers::Tokenizer>())?;
-        let mut tok = Tokenizer {
-            inner,
-            eos_token_id: None,
-            bos_token_id: None,
-            add_bos: false,
-            add_eos: false,
-            chat_template: None,
+        let checked = check_tokenizer_json(json)?;
+        let full = guarded("parsing tokenizer.json", || checked.json.parse::<tokenizers::Tokenizer>())?;
+        // The crate gives an added token the id its content has, or the next free one,
+        // whatever the file says: a different id is a silently different model input.
+        for (i, content, id) in &checked.added {
+            let got = full.token_to_id(content);
+            if got != Some(*id as u32) {
+                return Err(Error::Tokenizer(format!(
+                    "tokenizer.json: added_tokens[{i}] '{content}' has id {id} in the file, but the \
+                     tokenizer gives it {}: duplicate ids, or ids beyond the vocabulary, are not supported",
+                    got.map_or("none".into(), |g| g.to_string())
+                )));
+            }
+        }
+        // Without the flags of tokenizer_config.json, what the post-processor does to a
+        // probe decides whether BOS and EOS are added.
+        let probe = |with: bool| -> Result<Vec<u32>> {
+            Ok(guarded("probing the post-processor", || full.encode("a", with))?.get_ids().to_vec())
         };
+        let (bare, with_specials) = (probe(false)?, probe(true)?);
+        let mut tok = Tokenizer::assemble(full, checked.growth);
         let Some(config) = config else { return Ok(tok) };
         let cfg: serde_json::Value =
             serde_json::from_str(config).map_err(|e| Error::Tokenizer(format!("{origin}: {e}")))?;
@@ -521,14 +675,12 @@ impl Tokenizer {
             }
         };
         let (add_bos, add_eos) = (flag("add_bos_token")?, flag("add_eos_token")?);
-        // Without the flags, what the post-processor of tokenizer.json does to a probe.
-        let probe = |with: bool| -> Result<Vec<u32>> {
-            Ok(guarded("probing the post-processor", || tok.inner.encode("a", with))?.get_ids().to_vec())
-        };
-        let (bare, full) = (probe(false)?, probe(true)?);
-        let starts =
-            bos.is_some_and(|b| full.len() > bare.len() && full.first() == Some(&b) && bare.first() != Some(&b));
-        let ends = eos.is_some_and(|e| full.len() > bare.len() && full.last() == Some(&e) && bare.last() != Some(&e));
+        let starts = bos.is_some_and(|b| {
+            with_specials.len() > bare.len() && with_specials.first() == Some(&b) && bare.first() != Some(&b)
+        });
+        let ends = eos.is_some_and(|e| {
+            with_specials.len() > bare.len() && with_specials.last() == Some(&e) && bare.last() != Some(&e)
+        });
         tok.bos_token_id = bos;
         tok.eos_token_id = eos;
         tok.add_bos = add_bos.unwrap_or(starts);
@@ -595,21 +747,31 @@ impl Tokenizer {
             .special_tokens(specials)
             .build()
             .map_err(|e| tok_err("building the post-processor", e))?;
-        let mut inner = self.inner.clone();
-        inner.with_post_processor(Some(template));
-        inner.to_string(false).map_err(|e| tok_err("serialising tokenizer", e))
+        let mut full = self.inner.clone();
+        full.with_post_processor(Some(template));
+        full.to_string(false).map_err(|e| tok_err("serialising tokenizer", e))
     }
 
     /// The tokenizer as `tokenizer.json` text (compact), loadable with
     /// [`Tokenizer::from_json_str`] or by Hugging Face `tokenizers`.
     pub fn to_json_string(&self) -> Result<String> {
-        self.inner.to_string(false).map_err(|e| tok_err("serialising tokenizer", e))
+        self.full().to_string(false).map_err(|e| tok_err("serialising tokenizer", e))
     }
 
-    /// Token ids of `text`; no BOS/EOS is added.
+    /// Token ids of `text`; no BOS/EOS is added. A long text is tokenized in checked
+    /// pieces ([`PieceEncoder`]), the ids exactly those of the whole text; one piece is
+    /// at most [`DEFAULT_MAX_PIECE_BYTES`] after the normalizer's growth.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = guarded("encoding", || self.inner.encode(text, false))?;
-        Ok(encoding.get_ids().to_vec())
+        let mut enc = self.piece_encoder(DEFAULT_MAX_PIECE_BYTES);
+        enc.push(text)?;
+        enc.finish()
+    }
+
+    /// A [`PieceEncoder`] for long or streamed texts, taking at most `max_piece_bytes`
+    /// after the normalizer's growth in one call (the input limit is that divided by the
+    /// growth bound).
+    pub fn piece_encoder(&self, max_piece_bytes: usize) -> PieceEncoder<'_> {
+        PieceEncoder::new(&self.inner, max_piece_bytes / self.growth.max(1))
     }
 
     /// Token ids of one document: [`Tokenizer::encode`] with BOS before and EOS after when
@@ -650,9 +812,11 @@ impl Tokenizer {
         guarded("decoding", || self.inner.decode(ids, false))
     }
 
-    /// Number of ids, added tokens included.
+    /// One more than the largest id a token has, added tokens included: every id
+    /// [`Tokenizer::encode`] gives is below it (a model's embedding needs at least as many
+    /// rows).
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.id_bound
     }
 
     /// Id of a token string (e.g. `"<|im_end|>"`), if it is in the vocabulary.
@@ -905,5 +1069,64 @@ mod hostile {
         let mut v = base();
         v["model"] = json!({"type": "Unigram", "unk_id": 7, "vocab": [["a", 0.0]]});
         assert!(build(&v).unwrap_err().to_string().contains("unk_id"));
+    }
+
+    /// A chain of `Replace` steps that each grow the text (the hostile tokenizer that
+    /// aborted the process) is refused at load by its growth bound; LLaMA-2's own chain
+    /// (×4 for the prepended `▁`, ×3 for each space) is accepted.
+    #[test]
+    fn normalizers_that_grow_the_text_without_bound_are_refused() {
+        use serde_json::json;
+        let grow = json!({"type": "Replace", "pattern": {"String": "a"}, "content": "aaaa"});
+        let mut v = base();
+        v["normalizer"] = json!({"type": "Sequence", "normalizers": vec![grow; 40]});
+        let e = build(&v).unwrap_err().to_string();
+        assert!(e.contains("normalizer") && e.contains(&format!("×{MAX_GROWTH}")), "{e}");
+        let mut v = base();
+        v["normalizer"] = json!({"type": "Replace", "pattern": {"Regex": "x?"}, "content": "y".repeat(200)});
+        assert!(build(&v).unwrap_err().to_string().contains("longer"));
+        let mut v = base();
+        v["normalizer"] = json!({"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]});
+        assert_eq!(build(&v).unwrap().growth, 4 * 3 * 2);
+    }
+
+    /// Two tokens with one id, and added tokens whose ids the library would silently
+    /// change (a duplicate, or an id beyond the vocabulary), are refused by name; the
+    /// vocabulary size covers every id a token has.
+    #[test]
+    fn token_ids_are_unique_and_as_the_file_says() {
+        use serde_json::json;
+        let mut v = base();
+        v["model"]["vocab"]["zz"] = json!(5);
+        let e = build(&v).unwrap_err().to_string();
+        assert!(e.contains("both have id 5") && e.contains("'zz'"), "{e}");
+        let added = |id: u64, content: &str| {
+            json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false,
+                   "normalized": false, "special": true})
+        };
+        let mut v = base();
+        let mut list = v["added_tokens"].as_array().unwrap().clone();
+        list.push(added(100_000, "<extra>"));
+        v["added_tokens"] = json!(list);
+        let e = build(&v).unwrap_err().to_string();
+        assert!(e.contains("'<extra>'") && e.contains("100000") && e.contains("258"), "{e}");
+        let mut v = base();
+        let mut list = v["added_tokens"].as_array().unwrap().clone();
+        list.push(added(256, "<other>"));
+        v["added_tokens"] = json!(list);
+        let e = build(&v).unwrap_err().to_string();
+        assert!(e.contains("'<other>'") && e.contains("id 256"), "{e}");
+        // A hole in the vocabulary moves the added tokens' ids: refused.
+        let mut v = base();
+        v["model"]["vocab"]["far"] = json!(1000);
+        let e = build(&v).unwrap_err().to_string();
+        assert!(e.contains("'<s>' has id 256") && e.contains("gives it 257"), "{e}");
+        // Without added tokens it is accepted, and the size bounds the largest id, not
+        // the count.
+        v["added_tokens"] = json!([]);
+        let t = Tokenizer::from_json_str(&v.to_string()).unwrap();
+        assert_eq!(t.vocab_size(), 1001);
+        assert_eq!(Tokenizer::byte_level().unwrap().vocab_size(), 258);
     }
 }

@@ -4,12 +4,14 @@
 //! `$SPARSETUNE_CACHE`, else `$HOME/.cache/sparsetune`, filled by `scripts/fetch-assets.sh`.
 
 pub mod gguf;
+pub mod regular;
 pub mod safetensors;
 pub mod tokenizer;
 
 use std::path::PathBuf;
 
 pub use gguf::{GgmlType, GgufFile, GgufTensorInfo, GgufValue, GgufWriter};
+pub use regular::{open_regular, read_regular, read_regular_to_string};
 pub use safetensors::{
     write_owned, write_safetensors, OwnedEntry, PlannedFile, SafetensorsEntry, SafetensorsFile, SafetensorsWriter,
     TensorSpec,

@@ -21,11 +21,12 @@
 //! ```
 //! F32, F16 and BF16 convert exactly. Every count and length read from the file is checked
 //! against the bytes that remain before anything is allocated, so truncated or hostile files
-//! give [`Error::Format`] instead of a panic or a huge allocation.
+//! give [`Error::Format`] instead of a panic or a huge allocation. Only a regular file is
+//! opened (see [`super::open_regular`]), and a tensor that dequantises to NaN or an
+//! infinity is refused by name.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
@@ -360,10 +361,11 @@ impl fmt::Debug for GgufFile {
 impl GgufFile {
     /// Maps the file and parses its header, metadata and tensor directory. Checks that the
     /// data of every tensor of a known type lies inside the file; tensors of unknown types
-    /// are listed and only fail when read.
+    /// are listed and only fail when read. Anything but a regular file (a FIFO, a
+    /// directory) is refused by name.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let file = super::open_regular(&path)?;
         let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         // magic + version + n_tensors + n_kv
         if len < 24 {
@@ -457,7 +459,10 @@ impl GgufFile {
     }
 
     /// The tensor's elements as f32, row-major in [`GgufTensorInfo::shape`] order,
-    /// dequantised from F32, F16, BF16, Q4_0, Q4_1 or Q8_0 (in parallel over blocks).
+    /// dequantised from F32, F16, BF16, Q4_0, Q4_1 or Q8_0 (in parallel over blocks). An
+    /// element that is NaN or infinite (stored so, or from a block scale that is) is an
+    /// error naming the tensor, the element (flat index into the stored layout) and its
+    /// value.
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>> {
         let info = self
             .tensor_info(name)
@@ -488,6 +493,19 @@ impl GgufFile {
             })?;
         let mut out = vec![0f32; info.elem_count()];
         dequantize(info.ggml_type, bytes, &mut out);
+        if let Some(i) = out.par_iter().position_first(|x| !x.is_finite()) {
+            return Err(Error::format(
+                &self.path,
+                FORMAT,
+                format!(
+                    "tensor '{name}' ({} {:?}): element {i} (at {:?}) is {}: NaN and infinite weights are refused",
+                    info.ggml_type,
+                    info.shape,
+                    super::safetensors::unravel(i, &info.shape),
+                    out[i]
+                ),
+            ));
+        }
         Ok(out)
     }
 }
@@ -962,6 +980,27 @@ mod tests {
         let path = test_dir("gguf").join(name);
         w.write(&path)?;
         GgufFile::open(&path)
+    }
+
+    /// A Q8_0 block whose f16 scale is infinite, and an F32 NaN: refused by tensor,
+    /// element and value.
+    #[test]
+    fn non_finite_values_are_refused_by_tensor_and_element() {
+        let mut block = h(f32::INFINITY).to_vec();
+        block.extend([1u8; 32]);
+        let mut w = GgufWriter::new();
+        w.add_tensor_raw("scaled", &[32], GgmlType::Q8_0, block).unwrap();
+        w.add_tensor_f32("plain", &[2, 3], &[0.0, 1.0, 2.0, 3.0, f32::NAN, 5.0]).unwrap();
+        w.add_tensor_f32("fine", &[2], &[f32::MAX, -f32::MAX]).unwrap();
+        let f = write_and_open(&w, "non-finite.gguf").unwrap();
+        let e = f.tensor_f32("scaled").unwrap_err().to_string();
+        assert!(
+            e.contains("non-finite.gguf") && e.contains("'scaled'") && e.contains("element 0") && e.contains("inf"),
+            "{e}"
+        );
+        let e = f.tensor_f32("plain").unwrap_err().to_string();
+        assert!(e.contains("'plain'") && e.contains("element 4 (at [1, 1]) is NaN"), "{e}");
+        assert_eq!(f.tensor_f32("fine").unwrap(), [f32::MAX, -f32::MAX]);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod gguf;
 pub mod pieces;
+pub mod regular;
 pub mod safetensors;
 pub mod tokenizer;
 
@@ -12,6 +13,7 @@ use std::path::PathBuf;
 
 pub use gguf::{GgmlType, GgufFile, GgufTensorInfo, GgufValue, GgufWriter};
 pub use pieces::PieceEncoder;
+pub use regular::{open_regular, read_regular, read_regular_to_string};
 pub use safetensors::{
     write_owned, write_safetensors, OwnedEntry, PlannedFile, SafetensorsEntry, SafetensorsFile, SafetensorsWriter,
     TensorSpec,

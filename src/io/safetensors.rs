@@ -9,8 +9,11 @@
 //! Offsets are relative to the start of the data section; tensors are row-major and
 //! little-endian, and together cover the data section exactly, without gaps or overlaps.
 //! Parsing and validation are done by the `safetensors` crate; its errors become
-//! [`Error::Format`] naming the file. Writing is our own so that it can stream to disk and
-//! replace the destination atomically.
+//! [`Error::Format`] naming the file. Only a regular file is opened (see
+//! [`super::open_regular`]), and float data is checked for NaN and infinities as it is read
+//! ([`SafetensorsFile::tensor`], [`SafetensorsFile::tensor_f32`]): the error names the
+//! tensor, the first bad element and its value. Writing is our own so that it can stream to
+//! disk and replace the destination atomically.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -19,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
 use memmap2::Mmap;
+use rayon::prelude::*;
 use safetensors::tensor::{Dtype, SafeTensors};
 
 use crate::{DType, Error, Result};
@@ -81,10 +85,11 @@ fn header_name(dtype: DType) -> &'static str {
 impl SafetensorsFile {
     /// Maps the file and validates its header: JSON well-formed, every dtype known to the
     /// format, byte ranges consistent with shapes, contiguous, and covering the data
-    /// section exactly.
+    /// section exactly. Anything but a regular file (a FIFO, a directory) is refused by
+    /// name.
     pub fn open(path: impl AsRef<Path>) -> Result<SafetensorsFile> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let file = super::open_regular(&path)?;
         let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         if len < PREFIX_LEN as u64 {
             return Err(Error::format(
@@ -164,10 +169,12 @@ impl SafetensorsFile {
     }
 
     /// The tensor as f32, converted exactly from F32, BF16 or F16. Integer and other
-    /// dtypes are an error (read them with [`SafetensorsFile::tensor_bytes`]).
+    /// dtypes are an error (read them with [`SafetensorsFile::tensor_bytes`]), and so is a
+    /// NaN or infinite element (see [`SafetensorsFile::tensor`]).
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>> {
         let e = self.entry(name)?;
         let bytes = self.tensor_bytes(name)?;
+        self.check_finite(e, bytes)?;
         let halves = || bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]));
         match e.dtype {
             Dtype::F32 => Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
@@ -191,8 +198,45 @@ impl SafetensorsFile {
         self.entries.iter().map(|e| e.end - e.start).sum()
     }
 
+    /// Refuses NaN and infinities in float data `bytes` of entry `e` (one pass over the
+    /// raw bits, in parallel): the error names the file, the tensor, the first bad
+    /// element (flat row-major index and its position) and its value. Other dtypes pass.
+    fn check_finite(&self, e: &Entry, bytes: &[u8]) -> Result<()> {
+        // An IEEE float is NaN or infinite exactly when its exponent bits are all ones.
+        let first = match e.dtype {
+            Dtype::F32 => bytes
+                .par_chunks_exact(4)
+                .position_first(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7F80_0000 == 0x7F80_0000),
+            Dtype::BF16 => {
+                bytes.par_chunks_exact(2).position_first(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7F80 == 0x7F80)
+            }
+            Dtype::F16 => {
+                bytes.par_chunks_exact(2).position_first(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7C00 == 0x7C00)
+            }
+            _ => None,
+        };
+        let Some(i) = first else { return Ok(()) };
+        let value = match e.dtype {
+            Dtype::F32 => f32::from_le_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]]),
+            Dtype::BF16 => bf16::from_bits(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])).to_f32(),
+            _ => f16::from_bits(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])).to_f32(),
+        };
+        Err(Error::format(
+            &self.path,
+            FORMAT,
+            format!(
+                "tensor '{}' ({} {:?}): element {i} (at {:?}) is {value}: NaN and infinite weights are refused",
+                e.name,
+                e.dtype,
+                e.shape,
+                unravel(i, &e.shape)
+            ),
+        ))
+    }
+
     /// The float tensor `name` on `device` in `dtype`: read in its stored dtype (F32, BF16
-    /// or F16), converted on the host when `dtype` differs (exactly when widening).
+    /// or F16), converted on the host when `dtype` differs (exactly when widening). A NaN
+    /// or infinite element is an error naming the tensor, the element and its value.
     pub fn tensor(&self, name: &str, dtype: DType, device: &crate::Device) -> Result<crate::Tensor> {
         let (stored, shape) = self.info(name).ok_or_else(|| match self.dtype_name(name) {
             Some(d) => Error::format(&self.path, FORMAT, format!("tensor '{name}' has dtype {d}, not a float type")),
@@ -205,9 +249,11 @@ impl SafetensorsFile {
                 format!("tensor '{name}' has dtype {stored}, not a float type"),
             ));
         }
+        let bytes = self.tensor_bytes(name)?;
+        self.check_finite(self.entry(name)?, bytes)?;
         // On the caller's CPU device (its allocator counts the bytes), or a scratch one.
         let cpu = if device.is_cuda() { crate::Device::cpu() } else { device.clone() };
-        let host = crate::Tensor::from_le_bytes(self.tensor_bytes(name)?, stored, shape, &cpu)?;
+        let host = crate::Tensor::from_le_bytes(bytes, stored, shape, &cpu)?;
         let host = if stored == dtype { host } else { host.to_dtype(dtype)? };
         if device.is_cuda() {
             host.to_device(device)
@@ -228,6 +274,18 @@ impl SafetensorsFile {
         let _ =
             unsafe { self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, e.start, e.end - e.start) };
     }
+}
+
+/// The row-major position of flat index `i` in `shape`.
+pub(crate) fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
+    let mut at = vec![0; shape.len()];
+    for (a, &d) in at.iter_mut().zip(shape).rev() {
+        if d > 0 {
+            *a = i % d;
+            i /= d;
+        }
+    }
+    at
 }
 
 /// One tensor to write: `data` is row-major little-endian, `shape.product() ×
@@ -640,6 +698,44 @@ mod tests {
         assert_eq!(f.tensor_bytes("i").unwrap(), &[7; 16]);
         let err = f.tensor_f32("i").unwrap_err().to_string();
         assert!(err.contains("I64"), "{err}");
+    }
+
+    /// NaN and infinities are refused when read as floats, in each float dtype, naming the
+    /// tensor, the element and its value; the raw bytes stay readable.
+    #[test]
+    fn non_finite_floats_are_refused_by_tensor_and_element() {
+        let path = test_dir("safetensors").join("non-finite.safetensors");
+        let w = f32_bytes(&[0.0, 1.0, 2.0, f32::NAN, 4.0, 5.0]);
+        let b: Vec<u8> =
+            [1.0f32, f32::INFINITY].iter().flat_map(|&x| bf16::from_f32(x).to_bits().to_le_bytes()).collect();
+        let h: Vec<u8> = [f32::NEG_INFINITY].iter().flat_map(|&x| f16::from_f32(x).to_bits().to_le_bytes()).collect();
+        let ok = f32_bytes(&[f32::MAX, -f32::MAX, f32::MIN_POSITIVE]);
+        let tensors = [
+            SafetensorsEntry { name: "w".into(), dtype: DType::F32, shape: vec![2, 3], data: &w },
+            SafetensorsEntry { name: "ok".into(), dtype: DType::F32, shape: vec![3], data: &ok },
+            SafetensorsEntry { name: "b".into(), dtype: DType::BF16, shape: vec![2], data: &b },
+            SafetensorsEntry { name: "h".into(), dtype: DType::F16, shape: vec![1], data: &h },
+        ];
+        write_safetensors(&path, &tensors, &BTreeMap::new()).unwrap();
+        let f = SafetensorsFile::open(&path).unwrap();
+        let cpu = crate::Device::cpu();
+        for (name, at, shown) in
+            [("w", "element 3 (at [1, 0]) is NaN", "F32"), ("b", "element 1 (at [1]) is inf", "BF16")]
+        {
+            for e in [
+                f.tensor_f32(name).unwrap_err().to_string(),
+                f.tensor(name, DType::F32, &cpu).unwrap_err().to_string(),
+                f.tensor(name, DType::BF16, &cpu).unwrap_err().to_string(),
+            ] {
+                assert!(e.contains("non-finite.safetensors") && e.contains(&format!("'{name}'")), "{e}");
+                assert!(e.contains(at) && e.contains(shown), "{e}");
+            }
+        }
+        assert!(f.tensor_f32("h").unwrap_err().to_string().contains("element 0 (at [0]) is -inf"));
+        assert_eq!(f.tensor_f32("ok").unwrap(), [f32::MAX, -f32::MAX, f32::MIN_POSITIVE]);
+        assert_eq!(f.tensor_bytes("w").unwrap(), w.as_slice());
+        assert_eq!(unravel(0, &[]), Vec::<usize>::new());
+        assert_eq!(unravel(7, &[2, 3, 2]), [1, 0, 1]);
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //! - a `model.safetensors.index.json`: its `weight_map` names each tensor's shard (plain
 //!   file names in the index's directory, any number of them); config from the
 //!   `config.json` beside it;
-//! - a directory: its `model.safetensors.index.json` if there is one, else its
-//!   `model.safetensors`.
+//! - a directory: its `model.safetensors.index.json` or its `model.safetensors` (one of
+//!   them: a directory holding both is refused as ambiguous, since one is left over from
+//!   another write).
 //!
 //! safetensors tensors are F32, BF16 or F16, memory-mapped, and read in their stored dtype
 //! (converted on the host only when another dtype is asked for); the decoder linears may be
@@ -24,7 +25,14 @@
 //!
 //! The tokenizer: GGUF metadata; a single file's `sparsetune.tokenizer` (and
 //! `sparsetune.tokenizer_config`) metadata; else `tokenizer.json` and
-//! `tokenizer_config.json` in the model's directory.
+//! `tokenizer_config.json` in the model's directory. It may have fewer ids than the
+//! embedding has rows (padded embeddings), never more.
+//!
+//! Every file is treated as hostile: only regular files (or links to them) are opened
+//! ([`crate::io::open_regular`]: a FIFO is refused, not waited on), JSON side files are
+//! size-bounded before they are read, a sharded checkpoint's shards must come from one
+//! write, every float tensor is checked for NaN and infinities as it is read, and a stored
+//! shape the config does not imply is refused naming the tensor and its file.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -32,6 +40,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use super::{DecoderLayer, Llama, LlamaConfig, Part, Proj};
+use crate::io::regular::{open_regular, read_regular_to_string, MAX_CONFIG_BYTES, MAX_TOKENIZER_BYTES};
 use crate::io::{GgufFile, SafetensorsFile, Tokenizer};
 use crate::nn::Linear;
 use crate::{DType, Device, Error, Result, Tensor};
@@ -89,7 +98,7 @@ impl std::fmt::Debug for ModelSource {
 fn sniff(file: &Path) -> Result<ModelFormat> {
     use std::io::Read;
     let mut head = [0u8; 8];
-    let mut f = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
+    let mut f = open_regular(file)?;
     let n = f.read(&mut head).map_err(|e| Error::io(file, e))?;
     if n < 8 {
         return Err(Error::format(file, "model", "file is shorter than 8 bytes"));
@@ -116,10 +125,21 @@ fn shard_path(index: &Path, dir: &Path, name: &str) -> Result<PathBuf> {
     Ok(dir.join(name))
 }
 
-/// Reads `config.json` in `dir`.
+/// Whether anything (a file, a directory, a FIFO, a dangling link) is at `path`: what is
+/// there is then opened, and refused by name if it is not a regular file, instead of being
+/// passed over as absent.
+fn present(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
+}
+
+/// Reads `config.json` in `dir` (a regular file of at most [`MAX_CONFIG_BYTES`]); `why`
+/// explains what needs it when there is none.
 fn read_config_json(dir: &Path, why: &str) -> Result<(LlamaConfig, Map<String, Value>)> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::Config(format!("{}: {why} ({e})", path.display())))?;
+    if !present(&path) {
+        return Err(Error::Config(format!("{}: {why} (there is none)", path.display())));
+    }
+    let text = read_regular_to_string(&path, MAX_CONFIG_BYTES)?;
     let value: Value = serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
     let map =
         value.as_object().cloned().ok_or_else(|| Error::Config(format!("{}: not a JSON object", path.display())))?;
@@ -132,21 +152,29 @@ impl ModelSource {
     pub fn open(path: &Path) -> Result<ModelSource> {
         let (file, index) = if path.is_dir() {
             // The config first: a refused key is named before anything else is looked at.
-            if path.join("config.json").is_file() {
+            if present(&path.join("config.json")) {
                 read_config_json(path, "unreadable")?;
             }
             let index = path.join(INDEX_FILE);
-            if index.is_file() {
-                (index, true)
-            } else {
-                let single = path.join("model.safetensors");
-                if !single.is_file() {
+            let single = path.join("model.safetensors");
+            match (present(&index), present(&single)) {
+                (true, true) => {
+                    return Err(Error::invalid(format!(
+                        "{}: holds both {INDEX_FILE} (a sharded model) and model.safetensors (a one-file \
+                         model), so which one is the model is ambiguous (one was left by another write, \
+                         e.g. an old index that could not be removed): remove the one that does not \
+                         belong, or name the file to load",
+                        path.display()
+                    )))
+                }
+                (true, false) => (index, true),
+                (false, true) => (single, false),
+                (false, false) => {
                     return Err(Error::invalid(format!(
                         "{}: a model directory needs {INDEX_FILE} or model.safetensors",
                         path.display()
-                    )));
+                    )))
                 }
-                (single, false)
             }
         } else {
             let index = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".index.json"));
@@ -209,7 +237,7 @@ impl ModelSource {
 
     fn open_index(given: &Path, index: &Path, dir: &Path) -> Result<ModelSource> {
         let bad = |msg: String| Error::format(index, "safetensors index", msg);
-        let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+        let text = read_regular_to_string(index, MAX_CONFIG_BYTES)?;
         let json: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         let map =
             json.get("weight_map").and_then(Value::as_object).ok_or_else(|| bad("no 'weight_map' object".into()))?;
@@ -246,16 +274,36 @@ impl ModelSource {
         }
         // Written by us: every shard must come from the index's write (a run killed between
         // renaming its shards leaves some of the previous model's).
+        fn write_id(st: &SafetensorsFile) -> Option<&str> {
+            st.metadata().get(META_WRITE).map(String::as_str)
+        }
         if let Some(id) = json.get("metadata").and_then(|m| m.get(META_WRITE)) {
             let id = id.as_str().ok_or_else(|| bad(format!("metadata.{META_WRITE} is not a string")))?;
-            if let Some(st) = shards.iter().find(|st| st.metadata().get(META_WRITE).map(String::as_str) != Some(id)) {
+            if let Some(st) = shards.iter().find(|st| write_id(st) != Some(id)) {
                 return Err(bad(format!(
                     "{} is not from the write that made this index (metadata {META_WRITE} {:?}, the index says \
                      {id:?}): the directory holds parts of two models, as an interrupted write leaves it; \
                      write it again",
                     st.path().display(),
-                    st.metadata().get(META_WRITE).map_or("absent", String::as_str)
+                    write_id(st).unwrap_or("absent")
                 )));
+            }
+        } else {
+            // No id in the index (transformers writes none, and an interrupted write of ours
+            // can leave an older index): once one shard carries an id, every shard must carry
+            // that one. Shards without ids anywhere (transformers' checkpoints) are accepted.
+            let mut by_name: Vec<&SafetensorsFile> = shards.iter().collect();
+            by_name.sort_by(|a, b| a.path().cmp(b.path()));
+            if let Some((first, id)) = by_name.iter().find_map(|st| Some((st, write_id(st)?))) {
+                if let Some(st) = by_name.iter().find(|st| write_id(st) != Some(id)) {
+                    return Err(bad(format!(
+                        "{} and {} are not from the same write (metadata {META_WRITE} {id:?} and {:?}): the \
+                         directory holds parts of two models, as an interrupted write leaves it; write it again",
+                        first.path().display(),
+                        st.path().display(),
+                        write_id(st).unwrap_or("absent")
+                    )));
+                }
             }
         }
         if let Some(total) = json.get("metadata").and_then(|m| m.get("total_size")) {
@@ -309,9 +357,9 @@ impl ModelSource {
         // config (a dimension the file only claims stays a claim).
         for part in &parts {
             let want = part.shape(&self.config);
-            let stored = self.stored_shape(part)?;
+            let (stored, file, name) = self.stored_shape(part)?;
             if stored != want {
-                return Err(Error::ShapeMismatch { op: "model files vs config", lhs: stored.into(), rhs: want.into() });
+                return Err(self.shape_error(&file, &name, &stored, &want));
             }
         }
         match &self.files {
@@ -370,27 +418,63 @@ impl ModelSource {
     }
 
     /// The shape `part` is stored with, from the headers alone (for the compressed layout,
-    /// its `.shape` tensor); a missing tensor is an error.
-    fn stored_shape(&self, part: &Part) -> Result<Vec<usize>> {
+    /// its `.shape` tensor), with the file and the name of the tensor that says so; a
+    /// missing tensor is an error.
+    fn stored_shape(&self, part: &Part) -> Result<(Vec<usize>, PathBuf, String)> {
         match &self.files {
             Files::Gguf(g) => {
                 let name = part.gguf_name();
-                g.tensor_info(&name)
-                    .map(|t| t.shape.clone())
-                    .ok_or_else(|| Error::MissingTensor { path: g.path().to_path_buf(), name })
+                match g.tensor_info(&name) {
+                    Some(t) => Ok((t.shape.clone(), g.path().to_path_buf(), name)),
+                    None => Err(Error::MissingTensor { path: g.path().to_path_buf(), name }),
+                }
             }
             Files::Safetensors { .. } => {
                 let name = part.hf_name();
-                if let Some((_, shape)) = self.st_info(&name) {
-                    return Ok(shape);
+                if let (Some((_, shape)), Some(st)) = (self.st_info(&name), self.shard(&name)) {
+                    return Ok((shape, st.path().to_path_buf(), name));
                 }
                 let key = format!("{name}.shape");
-                match self.u32s(&key) {
-                    Some(shape) => Ok(shape?.into_iter().map(|d| d as usize).collect()),
-                    None => Err(Error::MissingTensor { path: self.path.clone(), name }),
+                match (self.u32s(&key), self.shard(&key)) {
+                    (Some(shape), Some(st)) => {
+                        Ok((shape?.into_iter().map(|d| d as usize).collect(), st.path().to_path_buf(), key))
+                    }
+                    _ => Err(Error::MissingTensor { path: self.path.clone(), name }),
                 }
             }
         }
+    }
+
+    /// Where the config was read: for errors that set a file against it.
+    fn config_origin(&self) -> String {
+        match &self.files {
+            Files::Gguf(g) => format!("the llama.* metadata of {}", g.path().display()),
+            Files::Safetensors { shards, .. } => match (&self.dir, self.config_file) {
+                (Some(dir), true) => dir.join("config.json").display().to_string(),
+                _ => format!(
+                    "metadata {META_CONFIG} of {}",
+                    shards
+                        .first()
+                        .map_or_else(|| self.path.display().to_string(), |st| st.path().display().to_string())
+                ),
+            },
+        }
+    }
+
+    /// The error for tensor `name` of `file` stored with a shape the config does not imply.
+    fn shape_error(&self, file: &Path, name: &str, stored: &[usize], want: &[usize]) -> Error {
+        let format = match self.files {
+            Files::Gguf(_) => "GGUF",
+            Files::Safetensors { .. } => "safetensors",
+        };
+        Error::format(
+            file,
+            format,
+            format!(
+                "tensor '{name}' is stored with shape {stored:?}, but the config ({}) implies {want:?}",
+                self.config_origin()
+            ),
+        )
     }
 
     /// The values of the U32 tensor `key` of the compressed layout (`None` when no shard
@@ -483,7 +567,6 @@ impl ModelSource {
             return Err(Error::invalid(format!("model dtype must be f32 or bf16, not {dtype}")));
         }
         let want = part.shape(&self.config);
-        let mismatch = |shape: Vec<usize>, op| Error::ShapeMismatch { op, lhs: shape.into(), rhs: want.clone().into() };
         match &self.files {
             Files::Gguf(f) => {
                 let name = part.gguf_name();
@@ -491,7 +574,7 @@ impl ModelSource {
                     .tensor_info(&name)
                     .ok_or_else(|| Error::MissingTensor { path: f.path().to_path_buf(), name: name.clone() })?;
                 if info.shape != want {
-                    return Err(mismatch(info.shape.clone(), "load gguf"));
+                    return Err(self.shape_error(f.path(), &name, &info.shape, &want));
                 }
                 let mut data = f.tensor_f32(&name)?;
                 let (c, hd) = (&self.config, self.config.head_dim());
@@ -507,14 +590,17 @@ impl ModelSource {
                 if let Some(st) = self.shard(&name) {
                     let shape = st.info(&name).map(|(_, s)| s).unwrap_or_default();
                     if shape != want {
-                        return Err(mismatch(shape, "load safetensors"));
+                        return Err(self.shape_error(st.path(), &name, &shape, &want));
                     }
                     return st.tensor(&name, dtype, device);
                 }
-                if matches!(part, Part::Linear(..)) && self.shard(&format!("{name}.compressed")).is_some() {
+                let values_key = format!("{name}.compressed");
+                if let (Part::Linear(..), Some(st)) = (part, self.shard(&values_key)) {
                     let (dense, shape) = self.read_bitmask_weight(&name)?;
                     if shape != want {
-                        return Err(mismatch(shape, "load safetensors"));
+                        let key = format!("{name}.shape");
+                        let file = self.shard(&key).unwrap_or(st).path();
+                        return Err(self.shape_error(file, &key, &shape, &want));
                     }
                     return Tensor::from_f32(dense, shape, dtype, device);
                 }
@@ -603,32 +689,67 @@ impl ModelSource {
         Ok(Llama { config, embed, layers, norm, lm_head })
     }
 
-    /// The model's tokenizer (see the module doc).
+    /// The model's tokenizer (see the module doc), refused when it has more ids (added
+    /// tokens included) than the model's embedding has rows: those ids would index past it.
     pub fn tokenizer(&self) -> Result<Tokenizer> {
+        let (tok, origin) = self.read_tokenizer()?;
+        let (ids, rows) = (tok.vocab_size(), self.config.vocab_size);
+        if ids > rows {
+            let embedding = match self.files {
+                Files::Gguf(_) => "token_embd.weight",
+                Files::Safetensors { .. } => "model.embed_tokens.weight",
+            };
+            return Err(Error::Tokenizer(format!(
+                "{origin} has {ids} tokens (added tokens included), more than the {rows} rows of the model's \
+                 embedding ({embedding}; vocab_size {rows} in {}): ids from {rows} on have no embedding, so \
+                 this is not the model's tokenizer",
+                self.config_origin()
+            )));
+        }
+        Ok(tok)
+    }
+
+    /// The tokenizer as stored, and where it was read (for errors).
+    fn read_tokenizer(&self) -> Result<(Tokenizer, String)> {
         match &self.files {
-            Files::Gguf(g) => Tokenizer::from_gguf(g),
+            Files::Gguf(g) => {
+                Ok((Tokenizer::from_gguf(g)?, format!("the tokenizer.ggml.* metadata of {}", g.path().display())))
+            }
             Files::Safetensors { shards, .. } => {
                 if let [st] = shards.as_slice() {
                     if let Some(json) = st.metadata().get(META_TOKENIZER) {
                         let origin = format!("{} (metadata {META_TOKENIZER_CONFIG})", st.path().display());
-                        return Tokenizer::from_json_parts(
+                        let tok = Tokenizer::from_json_parts(
                             json,
                             st.metadata().get(META_TOKENIZER_CONFIG).map(String::as_str),
                             &origin,
-                        );
+                        )?;
+                        return Ok((
+                            tok,
+                            format!("the tokenizer in metadata {META_TOKENIZER} of {}", st.path().display()),
+                        ));
                     }
                 }
                 let dir = self.dir.clone().unwrap_or_default();
-                let json = dir.join("tokenizer.json");
-                if !json.is_file() {
+                let json_path = dir.join("tokenizer.json");
+                if !present(&json_path) {
                     return Err(Error::Tokenizer(format!(
                         "{}: no tokenizer in the metadata and no tokenizer.json in {}",
                         self.path.display(),
                         dir.display()
                     )));
                 }
-                let config = dir.join("tokenizer_config.json");
-                Tokenizer::from_hf_files(&json, config.is_file().then_some(config.as_path()))
+                // Read here as regular files of bounded size (a FIFO would block the reader
+                // of `Tokenizer::from_hf_files`); parsed as that function parses them.
+                let json = read_regular_to_string(&json_path, MAX_TOKENIZER_BYTES)?;
+                let config_path = dir.join("tokenizer_config.json");
+                let config = present(&config_path)
+                    .then(|| read_regular_to_string(&config_path, MAX_CONFIG_BYTES))
+                    .transpose()?;
+                let origin = if config.is_some() { &config_path } else { &json_path };
+                let tok = Tokenizer::from_json_parts(&json, config.as_deref(), &origin.display().to_string())
+                    .map_err(|e| Error::Tokenizer(format!("{}: {e}", json_path.display())))?;
+                Ok((tok, json_path.display().to_string()))
             }
         }
     }
@@ -656,7 +777,8 @@ impl ModelSource {
         if mask_file.info(&mask_key) != Some((DType::U8, vec![rows, crate::sparse::BitMask::stride_for(cols)])) {
             return Err(bad(format!("{mask_key} must be U8 [{rows}, {}]", cols.div_ceil(8))));
         }
-        let mask = crate::sparse::BitMask::from_bytes(rows, cols, mask_file.tensor_bytes(&mask_key)?.to_vec())?;
+        let mask = crate::sparse::BitMask::from_bytes(rows, cols, mask_file.tensor_bytes(&mask_key)?.to_vec())
+            .map_err(|e| Error::format(mask_file.path(), "sparse-bitmask", format!("{mask_key}: {e}")))?;
         if offsets.len() != rows || mask.kept() != values.len() {
             return Err(bad(format!(
                 "{} row offsets for {rows} rows, {} kept bits for {} values",

@@ -8,6 +8,19 @@
 //! its value), since it cannot tell whether it matters. [`HF_CONFIG_KEYS`] and
 //! [`GGUF_KEYS`] list every key with what is done with it; the tests walk both lists.
 //!
+//! [`HF_CONFIG_KEYS`] follows transformers 5.24.0: `configuration_utils.py`
+//! (`PreTrainedConfig`: its fields, class attributes, what `__post_init__` renames or drops,
+//! what `to_dict`/`to_diff_dict` write), `modeling_rope_utils.py`
+//! (`RotaryEmbeddingConfigMixin`), `integrations/heterogeneity/configuration_utils.py`
+//! (`per_layer_config`), `generation/configuration_utils.py` (the generation defaults a model
+//! config drops), `integrations/ggml.py` (the keys of a config rebuilt from GGUF metadata),
+//! `models/llama/configuration_llama.py` and `models/mistral/configuration_mistral.py`, each
+//! key checked against `models/llama/modeling_llama.py`, `models/mistral/modeling_mistral.py`
+//! and `modeling_utils.py`: a key is harmless only where those never use it for the forward
+//! pass of LlamaForCausalLM / MistralForCausalLM. Keys that only transformers 4.x or other
+//! writers (SmolLM, Qwen, transformers.js) put in LLaMA-shaped checkpoints are kept on the same
+//! terms.
+//!
 //! RoPE, as transformers computes it (f32): `inv_freq_i = 1 / θ^(2i/d)`, i < d/2, then
 //! - `default`: as is;
 //! - `linear` (factor f): `inv_freq / f`;
@@ -103,10 +116,10 @@ pub enum KeyUse {
 }
 
 /// Every top-level key of a Hugging Face `config.json` the loader knows, with what it
-/// does with it. Any other key is refused by name.
+/// does with it, grouped by where transformers 5.24.0 defines it (see the module doc). Any
+/// other key is refused by name.
 pub const HF_CONFIG_KEYS: &[(&str, KeyUse, &str)] = &[
-    ("model_type", KeyUse::Read, "\"llama\" or \"mistral\" (absent: llama)"),
-    ("architectures", KeyUse::Read, "LlamaForCausalLM or MistralForCausalLM"),
+    // LlamaConfig / MistralConfig fields (models/{llama,mistral}/configuration_*.py).
     ("vocab_size", KeyUse::Read, "required"),
     ("hidden_size", KeyUse::Read, "required"),
     ("intermediate_size", KeyUse::Read, "required"),
@@ -114,64 +127,69 @@ pub const HF_CONFIG_KEYS: &[(&str, KeyUse, &str)] = &[
     ("num_attention_heads", KeyUse::Read, "required"),
     ("num_key_value_heads", KeyUse::Read, "default: num_attention_heads"),
     ("head_dim", KeyUse::Read, "default: hidden_size / num_attention_heads"),
-    ("rms_norm_eps", KeyUse::Read, "default 1e-6"),
-    ("rope_theta", KeyUse::Read, "transformers 4.x form; default 10000"),
-    ("rope_parameters", KeyUse::Read, "transformers 5.x form: rope_type, rope_theta and the scaling's parameters"),
-    ("rope_scaling", KeyUse::Read, "transformers 4.x form: null, or type/rope_type and parameters"),
-    ("max_position_embeddings", KeyUse::Read, "default 2048"),
-    ("tie_word_embeddings", KeyUse::Read, "default false"),
-    ("sliding_window", KeyUse::Read, "null or a length; longer windows are refused"),
     ("hidden_act", KeyUse::Read, "\"silu\" (or its alias \"swish\") only"),
+    ("max_position_embeddings", KeyUse::Read, "default 2048"),
+    ("rms_norm_eps", KeyUse::Read, "default 1e-6"),
+    ("tie_word_embeddings", KeyUse::Read, "default false"),
+    ("rope_parameters", KeyUse::Read, "transformers 5.x form: rope_type, rope_theta and the scaling's parameters"),
     ("attention_bias", KeyUse::Read, "false only"),
     ("mlp_bias", KeyUse::Read, "false only"),
     ("attention_dropout", KeyUse::Read, "0 only (no dropout is implemented)"),
-    ("partial_rotary_factor", KeyUse::Read, "1 only"),
-    ("rope_interleaved", KeyUse::Read, "false only (SmolLM's key)"),
-    ("use_sliding_window", KeyUse::Read, "false only (Qwen's switch)"),
-    ("layer_types", KeyUse::Read, "every layer \"full_attention\" only"),
     ("pretraining_tp", KeyUse::Read, "an integer ≥ 1: transformers 4.x splits the same products in slices"),
-    ("torch_dtype", KeyUse::Read, "float32, bfloat16 or float16 (the default load dtype; rewritten on export)"),
-    ("dtype", KeyUse::Read, "transformers 5.x name of torch_dtype"),
-    ("quantization_config", KeyUse::Read, "refused: quantized checkpoints are not read"),
-    ("_name_or_path", KeyUse::Harmless, "where the model came from"),
-    ("transformers_version", KeyUse::Harmless, "writer version"),
+    ("sliding_window", KeyUse::Read, "null or a length; longer windows are refused"),
     ("initializer_range", KeyUse::Harmless, "initialisation of new weights"),
     ("use_cache", KeyUse::Harmless, "KV cache in generation"),
     ("bos_token_id", KeyUse::Harmless, "generation (the tokenizer's files decide)"),
     ("eos_token_id", KeyUse::Harmless, "generation (the tokenizer's files decide)"),
-    ("pad_token_id", KeyUse::Harmless, "padding"),
-    ("sep_token_id", KeyUse::Harmless, "token id"),
-    ("decoder_start_token_id", KeyUse::Harmless, "token id"),
-    ("max_window_layers", KeyUse::Harmless, "only with use_sliding_window (refused)"),
-    ("is_llama_config", KeyUse::Harmless, "SmolLM's marker"),
-    ("transformers.js_config", KeyUse::Harmless, "transformers.js settings"),
-    ("tokenizer_class", KeyUse::Harmless, "tokenizer name"),
-    ("output_attentions", KeyUse::Harmless, "outputs"),
+    (
+        "pad_token_id",
+        KeyUse::Harmless,
+        "the embedding's padding_idx: that row is zero at initialisation and gets no gradient; loaded, it is used as is",
+    ),
+    // PreTrainedConfig fields and class attributes (configuration_utils.py).
+    ("model_type", KeyUse::Read, "\"llama\" or \"mistral\" (absent: llama)"),
+    ("architectures", KeyUse::Read, "LlamaForCausalLM or MistralForCausalLM"),
+    ("dtype", KeyUse::Read, "float32, bfloat16 or float16 (the default load dtype; rewritten on export)"),
+    ("transformers_version", KeyUse::Harmless, "writer version"),
     ("output_hidden_states", KeyUse::Harmless, "outputs"),
     ("return_dict", KeyUse::Harmless, "outputs"),
-    ("torchscript", KeyUse::Harmless, "export"),
-    ("use_bfloat16", KeyUse::Harmless, "legacy TF flag"),
-    ("tf_legacy_loss", KeyUse::Harmless, "legacy TF flag"),
+    ("chunk_size_feed_forward", KeyUse::Harmless, "memory chunking; the Llama and Mistral models never read it"),
+    ("is_encoder_decoder", KeyUse::Harmless, "encoder-decoder wiring, for generation"),
     ("id2label", KeyUse::Harmless, "classification heads"),
     ("label2id", KeyUse::Harmless, "classification heads"),
     ("problem_type", KeyUse::Harmless, "classification heads"),
-    ("finetuning_task", KeyUse::Harmless, "classification heads"),
-    ("pruned_heads", KeyUse::Harmless, "a pruned head would show as a shape mismatch"),
-    ("chunk_size_feed_forward", KeyUse::Harmless, "memory chunking"),
-    ("is_encoder_decoder", KeyUse::Harmless, "encoder-decoder wiring"),
-    ("is_decoder", KeyUse::Harmless, "encoder-decoder wiring"),
-    ("add_cross_attention", KeyUse::Harmless, "encoder-decoder wiring"),
-    ("cross_attention_hidden_size", KeyUse::Harmless, "encoder-decoder wiring"),
-    ("tie_encoder_decoder", KeyUse::Harmless, "encoder-decoder wiring"),
-    ("prefix", KeyUse::Harmless, "generation"),
-    ("task_specific_params", KeyUse::Harmless, "generation"),
+    // Arguments PreTrainedConfig.__post_init__ renames, converts or drops, and the private
+    // attributes it keeps (configuration_utils.py).
+    ("torch_dtype", KeyUse::Read, "older name of dtype, as dtype"),
+    ("rope_theta", KeyUse::Read, "transformers 4.x form; default 10000"),
+    ("rope_scaling", KeyUse::Read, "transformers 4.x form: null, or type/rope_type and parameters"),
+    ("partial_rotary_factor", KeyUse::Read, "1 only"),
+    (
+        "original_max_position_embeddings",
+        KeyUse::Read,
+        "llama3 RoPE's original context (transformers 5 puts it in rope_parameters); must agree with the one there",
+    ),
+    ("per_layer_config", KeyUse::Read, "null or {} only (per-layer overrides are not implemented)"),
+    ("num_labels", KeyUse::Harmless, "classification heads"),
+    ("name_or_path", KeyUse::Harmless, "where the model came from"),
+    ("_name_or_path", KeyUse::Harmless, "where the model came from (written by transformers 4.x)"),
+    ("_commit_hash", KeyUse::Harmless, "hub revision, dropped on load"),
+    ("output_attentions", KeyUse::Harmless, "outputs (selects eager attention: the same function)"),
+    ("_output_attentions", KeyUse::Harmless, "outputs"),
+    ("attn_implementation", KeyUse::Harmless, "eager, sdpa or flash kernels of the same attention"),
+    ("_attn_implementation", KeyUse::Harmless, "eager, sdpa or flash kernels of the same attention"),
+    ("_attn_implementation_internal", KeyUse::Harmless, "ignored on load"),
+    ("experts_implementation", KeyUse::Harmless, "mixture-of-experts kernels; no experts here"),
+    ("_experts_implementation", KeyUse::Harmless, "mixture-of-experts kernels; no experts here"),
+    ("_experts_implementation_internal", KeyUse::Harmless, "ignored on load"),
+    ("_post_init_done", KeyUse::Harmless, "construction bookkeeping"),
+    // Generation defaults: GenerationConfig._get_default_generation_params(), dropped from
+    // the model config on load (generation/configuration_utils.py).
     ("max_length", KeyUse::Harmless, "generation default"),
     ("min_length", KeyUse::Harmless, "generation default"),
     ("do_sample", KeyUse::Harmless, "generation default"),
     ("early_stopping", KeyUse::Harmless, "generation default"),
     ("num_beams", KeyUse::Harmless, "generation default"),
-    ("num_beam_groups", KeyUse::Harmless, "generation default"),
-    ("diversity_penalty", KeyUse::Harmless, "generation default"),
     ("temperature", KeyUse::Harmless, "generation default"),
     ("top_k", KeyUse::Harmless, "generation default"),
     ("top_p", KeyUse::Harmless, "generation default"),
@@ -190,6 +208,44 @@ pub const HF_CONFIG_KEYS: &[(&str, KeyUse, &str)] = &[
     ("exponential_decay_length_penalty", KeyUse::Harmless, "generation default"),
     ("suppress_tokens", KeyUse::Harmless, "generation default"),
     ("begin_suppress_tokens", KeyUse::Harmless, "generation default"),
+    ("epsilon_cutoff", KeyUse::Harmless, "generation default"),
+    ("eta_cutoff", KeyUse::Harmless, "generation default"),
+    ("encoder_repetition_penalty", KeyUse::Harmless, "generation default"),
+    ("num_assistant_tokens", KeyUse::Harmless, "generation default"),
+    ("num_assistant_tokens_schedule", KeyUse::Harmless, "generation default"),
+    ("assistant_confidence_threshold", KeyUse::Harmless, "generation default"),
+    ("assistant_lookbehind", KeyUse::Harmless, "generation default"),
+    ("target_lookbehind", KeyUse::Harmless, "generation default"),
+    ("num_beam_groups", KeyUse::Harmless, "generation default (transformers 4.x)"),
+    ("diversity_penalty", KeyUse::Harmless, "generation default (transformers 4.x)"),
+    // What transformers writes for a config rebuilt from GGUF metadata (integrations/ggml.py,
+    // GGUF_CONFIG_MAPPING: general.name, tokenizer.ggml.unknown_token_id).
+    ("_model_name_or_path", KeyUse::Harmless, "the GGUF file's general.name"),
+    ("unk_token_id", KeyUse::Harmless, "token id"),
+    // PreTrainedConfig attributes of transformers 4.x, not read by the 5.x Llama or Mistral
+    // models either (set as plain attributes when present).
+    ("torchscript", KeyUse::Harmless, "export"),
+    ("use_bfloat16", KeyUse::Harmless, "legacy TF flag"),
+    ("tf_legacy_loss", KeyUse::Harmless, "legacy TF flag"),
+    ("finetuning_task", KeyUse::Harmless, "classification heads"),
+    ("pruned_heads", KeyUse::Harmless, "a pruned head would show as a shape mismatch"),
+    ("is_decoder", KeyUse::Harmless, "encoder-decoder wiring"),
+    ("add_cross_attention", KeyUse::Harmless, "encoder-decoder wiring"),
+    ("cross_attention_hidden_size", KeyUse::Harmless, "encoder-decoder wiring"),
+    ("tie_encoder_decoder", KeyUse::Harmless, "encoder-decoder wiring"),
+    ("prefix", KeyUse::Harmless, "generation"),
+    ("task_specific_params", KeyUse::Harmless, "generation"),
+    ("tokenizer_class", KeyUse::Harmless, "tokenizer name"),
+    ("sep_token_id", KeyUse::Harmless, "token id"),
+    ("decoder_start_token_id", KeyUse::Harmless, "token id"),
+    // Other writers' keys on LLaMA-shaped checkpoints.
+    ("layer_types", KeyUse::Read, "every layer \"full_attention\" only"),
+    ("rope_interleaved", KeyUse::Read, "false only (SmolLM's key)"),
+    ("use_sliding_window", KeyUse::Read, "false only (Qwen's switch)"),
+    ("max_window_layers", KeyUse::Harmless, "only with use_sliding_window (refused)"),
+    ("is_llama_config", KeyUse::Harmless, "SmolLM's marker"),
+    ("transformers.js_config", KeyUse::Harmless, "transformers.js settings"),
+    ("quantization_config", KeyUse::Read, "refused: quantized checkpoints are not read"),
 ];
 
 /// Keys inside `rope_parameters` / `rope_scaling`, for the accepted RoPE types.
@@ -615,6 +671,11 @@ impl LlamaConfig {
         for key in ["torch_dtype", "dtype"] {
             r.only(key, |v| v.as_str().and_then(dtype_from_hf).is_some(), "expected float32, bfloat16 or float16")?;
         }
+        r.only(
+            "per_layer_config",
+            |v| v.as_object().is_some_and(Map::is_empty),
+            "per-layer overrides are not implemented",
+        )?;
         if let Some(v) = r.get("quantization_config") {
             return Err(r.refuse("quantization_config", v, "quantized checkpoints are not supported"));
         }
@@ -768,9 +829,13 @@ fn gguf_shown(v: &GgufValue) -> String {
 }
 
 /// θ and the scaling from `rope_theta`, `rope_parameters` (transformers 5) and
-/// `rope_scaling` (transformers 4); when both forms are given they must agree.
+/// `rope_scaling` (transformers 4); when both forms are given they must agree, and so must a
+/// top-level `original_max_position_embeddings` with llama3's own.
 fn rope_from_hf(r: &Reader<'_>) -> Result<(f64, RopeScaling)> {
     let top_theta = r.f64_opt("rope_theta")?;
+    // Top level, it is llama3's original context (transformers' standardize_rope_params).
+    let omp = "original_max_position_embeddings";
+    let top_omp = r.usize_opt(omp)?;
     let mut found: Vec<(&str, f64, RopeScaling)> = Vec::new();
     for key in ["rope_parameters", "rope_scaling"] {
         let Some(v) = r.get(key) else { continue };
@@ -807,9 +872,13 @@ fn rope_from_hf(r: &Reader<'_>) -> Result<(f64, RopeScaling)> {
                     factor: factor()?,
                     low_freq_factor: need("low_freq_factor")?,
                     high_freq_factor: need("high_freq_factor")?,
-                    original_max_position_embeddings: match inner.usize_opt("original_max_position_embeddings")? {
-                        Some(c) => c,
-                        None => r.usize_opt("max_position_embeddings")?.unwrap_or(2048),
+                    original_max_position_embeddings: match (inner.usize_opt(omp)?, top_omp) {
+                        // transformers 5 takes the top-level one, 4.x the nested one.
+                        (Some(c), Some(top)) if c != top => {
+                            return Err(r.refuse(omp, &Value::from(top), &format!("differs from {key}.{omp} = {c}")))
+                        }
+                        (Some(c), _) | (None, Some(c)) => c,
+                        (None, None) => r.usize_opt("max_position_embeddings")?.unwrap_or(2048),
                     },
                 }
             }
@@ -923,6 +992,11 @@ mod tests {
                 (json!(["full_attention"]), Refused),
             ],
             "pretraining_tp" => vec![(json!(1), Same), (json!(2), Same), (json!(0), Refused)],
+            // Not used by default RoPE; with llama3, see rope_forms_agree_or_are_refused.
+            "original_max_position_embeddings" => vec![(json!(16), Same), (json!(0), Refused)],
+            "per_layer_config" => {
+                vec![(Value::Null, Same), (json!({}), Same), (json!({"0": {"intermediate_size": 128}}), Refused)]
+            }
             "torch_dtype" | "dtype" => {
                 vec![(json!("bfloat16"), Same), (json!("float16"), Same), (json!("int8"), Refused)]
             }
@@ -1023,6 +1097,53 @@ mod tests {
         ])
         .unwrap();
         assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { original_max_position_embeddings: 8192, .. }));
+        // A top-level original_max_position_embeddings is llama3's original context
+        // (transformers 5 moves it into rope_parameters); it must agree with a nested one.
+        let llama3 = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0});
+        let c = with(&[("original_max_position_embeddings", json!(16)), ("rope_parameters", llama3.clone())]).unwrap();
+        assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { original_max_position_embeddings: 16, .. }));
+        let mut nested = llama3.clone();
+        nested["original_max_position_embeddings"] = json!(16);
+        let c2 = with(&[("original_max_position_embeddings", json!(16)), ("rope_parameters", nested.clone())]).unwrap();
+        assert_eq!(c2, c);
+        let e = with(&[("original_max_position_embeddings", json!(32)), ("rope_parameters", nested)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'original_max_position_embeddings' = 32") && e.contains("= 16"), "{e}");
+    }
+
+    /// Every harmless key at once, each with a value of another JSON type, changes nothing;
+    /// a key not in the table is still refused by name, with its value.
+    #[test]
+    fn harmless_keys_take_any_value_and_unknown_keys_are_refused() {
+        let plain = parse(&base_hf()).unwrap();
+        let values = [
+            Value::Null,
+            json!(0),
+            json!(-1.5e300),
+            json!(true),
+            json!("LLaMA v2"),
+            json!([1, "two", null]),
+            json!({"a": {"b": [3]}}),
+        ];
+        let mut map = base_hf();
+        let harmless = HF_CONFIG_KEYS.iter().filter(|(_, u, _)| *u == KeyUse::Harmless);
+        for (i, (key, _, _)) in harmless.enumerate() {
+            map.insert(key.to_string(), values[i % values.len()].clone());
+        }
+        assert_eq!(parse(&map).unwrap(), plain);
+        for (key, value) in [("_model_name_or_path_v2", json!("x")), ("unk_token_ids", json!([0])), ("rope", json!(1))]
+        {
+            let mut with_unknown = map.clone();
+            with_unknown.insert(key.to_string(), value.clone());
+            let e = parse(&with_unknown).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("'{key}' = {value}"))
+                    && e.contains("unknown key")
+                    && e.contains("test/config.json"),
+                "{e}"
+            );
+        }
     }
 
     /// llama3 scaling worked by hand for head_dim 8, θ 10⁴, f 8, l 1, h 4, c 16:

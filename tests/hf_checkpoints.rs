@@ -452,3 +452,22 @@ fn configs_written_by_transformers_5_24_read_as_transformers_reads_them() {
         assert!(keys_seen.contains(key), "no fixture has {key}");
     }
 }
+
+/// transformers' LLaMA-2-7B config.json with an `rms_norm_eps` that is finite in f64 but
+/// infinite in f32 (or 0 there) is refused with the file, the key and the value: the forward
+/// computes with ε in f32, where 1e300 would make every activation 0.
+#[test]
+fn an_rms_norm_eps_that_is_no_f32_is_refused_by_name() {
+    let text = std::fs::read_to_string(fixtures().join("configs-5.24/llama-2-7b/config.json")).unwrap();
+    let dir = common::scratch("eps-overflow");
+    for eps in ["1e300", "1e-50"] {
+        let edited = text.replace("\"rms_norm_eps\": 1e-05", &format!("\"rms_norm_eps\": {eps}"));
+        assert_ne!(edited, text);
+        std::fs::write(dir.join("config.json"), edited).unwrap();
+        let e = sparsetune::model::llama::load_config(&dir).unwrap_err().to_string();
+        // The value as the JSON parser reads it (1e-50 comes out as 9.999999999999999e-51).
+        let read: f64 = serde_json::from_str(eps).unwrap();
+        assert!(e.contains("config.json") && e.contains(&format!("rms_norm_eps = {read:?}: must be")), "{e}");
+    }
+    common::remove_scratch(&dir);
+}

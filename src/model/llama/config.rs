@@ -19,7 +19,8 @@
 //! and `modeling_utils.py`: a key is harmless only where those never use it for the forward
 //! pass of LlamaForCausalLM / MistralForCausalLM. Keys that only transformers 4.x or other
 //! writers (SmolLM, Qwen, transformers.js) put in LLaMA-shaped checkpoints are kept on the same
-//! terms.
+//! terms. Every float the forward uses in f32 must be a positive finite f32
+//! ([`LlamaConfig::validate`]).
 //!
 //! RoPE, as transformers computes it (f32): `inv_freq_i = 1 / θ^(2i/d)`, i < d/2, then
 //! - `default`: as is;
@@ -444,8 +445,34 @@ impl LlamaConfig {
         }
     }
 
-    /// Checks the numbers are consistent and their products fit.
+    /// Checks the numbers are consistent and their products fit, and that every float the
+    /// forward computes with in f32 ([`LlamaConfig::f32_parameters`]) is a positive finite
+    /// f32, naming config.json's key and its value otherwise.
     pub fn validate(&self) -> Result<()> {
+        self.validate_named(&|key| key.to_owned())
+    }
+
+    /// The floats the forward computes with in f32, by their config.json (transformers 5)
+    /// names: RMSNorm's ε, RoPE's θ and the scaling's factors. `dynamic`'s factor is not
+    /// among them (it applies beyond `max_position_embeddings` only, which is refused), nor
+    /// are GGUF frequency factors (f32 already).
+    pub fn f32_parameters(&self) -> Vec<(&'static str, f64)> {
+        let mut v = vec![("rms_norm_eps", self.rms_norm_eps), ("rope_theta", self.rope_theta)];
+        match &self.rope_scaling {
+            RopeScaling::Linear { factor } => v.push(("rope_parameters.factor", *factor)),
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, .. } => v.extend([
+                ("rope_parameters.factor", *factor),
+                ("rope_parameters.low_freq_factor", *low_freq_factor),
+                ("rope_parameters.high_freq_factor", *high_freq_factor),
+            ]),
+            RopeScaling::Default | RopeScaling::Dynamic { .. } | RopeScaling::FreqFactors(_) => {}
+        }
+        v
+    }
+
+    /// [`LlamaConfig::validate`], with the keys of [`LlamaConfig::f32_parameters`] named as
+    /// the file being read names them (`name` maps config.json's names to the file's).
+    fn validate_named(&self, name: &dyn Fn(&'static str) -> String) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         if self.vocab_size == 0 || self.hidden_size == 0 || self.intermediate_size == 0 || self.num_hidden_layers == 0 {
             return bad(format!("zero-sized dimension in {self:?}"));
@@ -476,24 +503,45 @@ impl LlamaConfig {
         if sizes.iter().any(|s| s.is_none_or(|n| n.checked_mul(8).is_none())) {
             return bad(format!("dimensions overflow: {self:?}"));
         }
-        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite()) {
-            return bad(format!("rms_norm_eps {} must be positive", self.rms_norm_eps));
-        }
-        if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
-            return bad(format!("rope_theta {} must be positive", self.rope_theta));
+        // A finite f64 can be infinite (1e300) or 0 (1e-50) in f32: RMSNorm would then give 0
+        // or NaN activations, and RoPE NaN angles.
+        for (key, x) in self.f32_parameters() {
+            let x32 = x as f32;
+            if !(x32.is_finite() && x32 > 0.0) {
+                let there = if x > 0.0 && x.is_finite() { format!(", where it is {x32:?}") } else { String::new() };
+                return bad(format!(
+                    "{} = {x:?}: must be a positive finite f32 (the forward computes with it in f32{there})",
+                    name(key)
+                ));
+            }
         }
         let positive = |x: f64| x > 0.0 && x.is_finite();
         match &self.rope_scaling {
-            RopeScaling::Default => {}
-            RopeScaling::Linear { factor } | RopeScaling::Dynamic { factor } if positive(*factor) => {}
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }
-                if positive(*factor)
-                    && positive(*low_freq_factor)
-                    && *high_freq_factor > *low_freq_factor
-                    && high_freq_factor.is_finite()
-                    && *original_max_position_embeddings > 0 => {}
+            RopeScaling::Default | RopeScaling::Linear { .. } => {}
+            RopeScaling::Dynamic { factor } if positive(*factor) => {}
+            // The smoothing divides by h − l, in f32.
+            RopeScaling::Llama3 { low_freq_factor: l, high_freq_factor: h, .. } if *h as f32 <= *l as f32 => {
+                return bad(format!(
+                    "{} = {h:?} must exceed {} = {l:?} (in f32)",
+                    name("rope_parameters.high_freq_factor"),
+                    name("rope_parameters.low_freq_factor")
+                ));
+            }
+            RopeScaling::Llama3 { original_max_position_embeddings, .. } if *original_max_position_embeddings > 0 => {}
             RopeScaling::FreqFactors(phi) if phi.len() == hd / 2 && phi.iter().all(|&p| positive(p as f64)) => {}
             other => return bad(format!("invalid RoPE scaling {other:?} (head_dim {hd})")),
+        }
+        // Positive finite parameters can still overflow the frequencies (θ near f32::MAX, a
+        // tiny factor).
+        if let Some(i) = self.rope_inv_freq().iter().position(|f| !f.is_finite()) {
+            let mut with: Vec<String> = (self.f32_parameters().into_iter())
+                .filter(|(k, _)| *k != "rms_norm_eps")
+                .map(|(k, x)| format!("{} = {x:?}", name(k)))
+                .collect();
+            if matches!(self.rope_scaling, RopeScaling::FreqFactors(_)) {
+                with.push("the factors of rope_freqs.weight".into());
+            }
+            return bad(format!("RoPE frequency {i} of {} overflows f32 with {}", hd / 2, with.join(", ")));
         }
         if self.sliding_window == Some(0) {
             return bad("sliding_window 0".into());
@@ -612,7 +660,18 @@ impl LlamaConfig {
                 ));
             }
         }
-        cfg.validate().map_err(|e| {
+        // validate's names are config.json's; these are the keys this file gave them under.
+        let gguf_name = |key: &'static str| -> String {
+            match key {
+                "rms_norm_eps" => "llama.attention.layer_norm_rms_epsilon",
+                "rope_theta" => "llama.rope.freq_base",
+                "rope_parameters.factor" if f.get("llama.rope.scaling.factor").is_some() => "llama.rope.scaling.factor",
+                "rope_parameters.factor" => "llama.rope.scale_linear",
+                other => other,
+            }
+            .to_owned()
+        };
+        cfg.validate_named(&gguf_name).map_err(|e| {
             let read: Vec<String> = GGUF_KEYS
                 .iter()
                 .filter_map(|(k, _, _)| {
@@ -707,7 +766,17 @@ impl LlamaConfig {
                 return Err(r.refuse("layer_types", v, "one entry per layer expected"));
             }
         }
-        cfg.validate().map_err(|e| within(origin, e, ""))?;
+        // validate's names are transformers 5's; say where this file put each.
+        let nested = if r.get("rope_parameters").is_some() { "rope_parameters" } else { "rope_scaling" };
+        let theta_nested = r.get(nested).and_then(|v| v.get("rope_theta")).is_some_and(|v| !v.is_null());
+        let hf_name = |key: &'static str| -> String {
+            match key.strip_prefix("rope_parameters.") {
+                Some(k) => format!("{nested}.{k}"),
+                None if key == "rope_theta" && r.get(key).is_none() && theta_nested => format!("{nested}.rope_theta"),
+                None => key.to_owned(),
+            }
+        };
+        cfg.validate_named(&hf_name).map_err(|e| within(origin, e, ""))?;
         Ok(cfg)
     }
 
@@ -823,6 +892,8 @@ fn gguf_shown(v: &GgufValue) -> String {
     let s = match v {
         GgufValue::String(s) => format!("{s:?}"),
         GgufValue::Array(a) => format!("[{} values]", a.len()),
+        GgufValue::F32(x) => format!("{x:?}"),
+        GgufValue::F64(x) => format!("{x:?}"),
         other => other.as_f64().map_or_else(|| format!("{other:?}"), |x| x.to_string()),
     };
     s.chars().take(80).collect()
@@ -955,8 +1026,10 @@ mod tests {
             "num_attention_heads" => vec![(json!(8), Changes), (json!(3), Refused)],
             "num_key_value_heads" => vec![(json!(4), Changes), (json!(3), Refused)],
             "head_dim" => vec![(json!(8), Same), (json!(16), Changes), (json!(7), Refused), (Value::Null, Same)],
-            "rms_norm_eps" => vec![(json!(1e-5), Changes), (json!(0), Refused)],
-            "rope_theta" => vec![(json!(500000.0), Changes), (json!(-1), Refused)],
+            "rms_norm_eps" => {
+                vec![(json!(1e-5), Changes), (json!(0), Refused), (json!(1e300), Refused), (json!(1e-50), Refused)]
+            }
+            "rope_theta" => vec![(json!(500000.0), Changes), (json!(-1), Refused), (json!(1e300), Refused)],
             "rope_parameters" => vec![
                 (json!({"rope_type": "default", "rope_theta": 10000.0}), Same),
                 (json!({"rope_type": "default", "rope_theta": 100000.0}), Changes),
@@ -967,6 +1040,7 @@ mod tests {
                 (json!({"rope_type": "longrope", "factor": 2.0}), Refused),
                 (json!({"rope_type": "default", "beta_fast": 32}), Refused),
                 (json!({"rope_type": "linear"}), Refused),
+                (json!({"rope_type": "linear", "factor": 1e300}), Refused),
                 (json!({"rope_type": "default", "partial_rotary_factor": 0.5}), Refused),
                 (json!({"full_attention": {"rope_type": "default"}}), Refused),
             ],
@@ -975,6 +1049,7 @@ mod tests {
                 (json!({"type": "linear", "factor": 2.0}), Changes),
                 (llama3, Changes),
                 (json!({"type": "yarn", "factor": 2.0}), Refused),
+                (json!({"type": "linear", "factor": 1e-50}), Refused),
                 (json!("linear"), Refused),
             ],
             "max_position_embeddings" => vec![(json!(4096), Changes), (json!(-5), Refused)],
@@ -1212,7 +1287,7 @@ mod tests {
     }
 
     fn gguf_cases(key: &str) -> Vec<(GgufValue, Expect)> {
-        use GgufValue::{String as S, F32, U32};
+        use GgufValue::{String as S, F32, F64, U32};
         match key {
             "general.architecture" => vec![(S("llama".into()), Same), (S("qwen2".into()), Refused)],
             "llama.vocab_size" | "llama.embedding_length" | "llama.feed_forward_length" | "llama.block_count" => {
@@ -1223,15 +1298,23 @@ mod tests {
             "llama.attention.key_length" | "llama.attention.value_length" => {
                 vec![(U32(8), Same), (U32(16), Changes), (U32(7), Refused)]
             }
-            "llama.attention.layer_norm_rms_epsilon" => vec![(F32(1e-6), Changes), (F32(-1.0), Refused)],
+            "llama.attention.layer_norm_rms_epsilon" => {
+                vec![(F32(1e-6), Changes), (F32(-1.0), Refused), (F64(1e300), Refused), (F64(1e-50), Refused)]
+            }
             "llama.attention.sliding_window" => vec![(U32(4096), Changes), (U32(0), Refused)],
-            "llama.rope.freq_base" => vec![(F32(500000.0), Changes), (F32(0.0), Refused)],
+            "llama.rope.freq_base" => vec![(F32(500000.0), Changes), (F32(0.0), Refused), (F64(1e300), Refused)],
             "llama.rope.dimension_count" => vec![(U32(8), Same), (U32(4), Refused)],
             "llama.rope.scaling.type" => {
                 vec![(S("none".into()), Same), (S("linear".into()), Same), (S("yarn".into()), Refused)]
             }
             "llama.rope.scaling.factor" | "llama.rope.scale_linear" => {
-                vec![(F32(4.0), Changes), (F32(1.0), Same), (F32(0.0), Same), (S("x".into()), Refused)]
+                vec![
+                    (F32(4.0), Changes),
+                    (F32(1.0), Same),
+                    (F32(0.0), Same),
+                    (F64(1e300), Refused),
+                    (S("x".into()), Refused),
+                ]
             }
             "llama.context_length" => vec![(U32(8192), Changes)],
             "llama.expert_count" | "llama.expert_used_count" => vec![(U32(0), Same), (U32(8), Refused)],
@@ -1280,6 +1363,70 @@ mod tests {
                 (Refused, Err(e)) => assert!(e.to_string().contains(key), "{e}"),
                 (want, got) => panic!("{key}: expected {want:?}, got {got:?}"),
             }
+        }
+    }
+
+    /// Floats the forward uses in f32 that are infinite (1e300) or 0 (1e-50) there, or that
+    /// overflow the RoPE frequencies, are refused with the file's key and the value, from
+    /// config.json and from GGUF alike.
+    #[test]
+    fn floats_that_are_no_positive_finite_f32_are_refused_by_name() {
+        let e = LlamaConfig { rms_norm_eps: 1e300, ..LlamaConfig::tiny() }.validate().unwrap_err().to_string();
+        assert!(e.contains("rms_norm_eps = 1e300") && e.contains("where it is inf"), "{e}");
+        let with = |pairs: &[(&str, Value)]| {
+            let mut map = base_hf();
+            for (k, v) in pairs {
+                map.insert(k.to_string(), v.clone());
+            }
+            parse(&map).unwrap_err().to_string()
+        };
+        let llama3 = |factor: f64, low: f64, high: f64| {
+            json!({"rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
+                   "original_max_position_embeddings": 16})
+        };
+        for (pairs, named) in [
+            (vec![("rms_norm_eps", json!(1e300))], "rms_norm_eps = 1e300: must be a positive finite f32"),
+            (vec![("rms_norm_eps", json!(1e-50))], "rms_norm_eps = 1e-50: must be a positive finite f32"),
+            (vec![("rope_theta", json!(1e300))], "rope_theta = 1e300"),
+            (
+                vec![("rope_parameters", json!({"rope_type": "default", "rope_theta": 1e39}))],
+                "rope_parameters.rope_theta = 1e39",
+            ),
+            (vec![("rope_parameters", llama3(1e300, 1.0, 4.0))], "rope_parameters.factor = 1e300"),
+            (vec![("rope_scaling", llama3(8.0, 1e-50, 4.0))], "rope_scaling.low_freq_factor = 1e-50"),
+            (vec![("rope_scaling", llama3(8.0, 1.0, 1e39))], "rope_scaling.high_freq_factor = 1e39"),
+            // Distinct in f64, equal in f32: the smoothing would divide by 0.
+            (
+                vec![("rope_parameters", llama3(8.0, 1.0, 1.00000001))],
+                "rope_parameters.high_freq_factor = 1.00000001 must exceed rope_parameters.low_freq_factor = 1.0",
+            ),
+            // Each a positive finite f32, but inv_freq / factor overflows.
+            (
+                vec![("rope_scaling", json!({"type": "linear", "factor": 1e-40}))],
+                "overflows f32 with rope_theta = 10000.0, rope_scaling.factor = 1e-40",
+            ),
+        ] {
+            let e = with(&pairs);
+            assert!(e.contains("test/config.json: ") && e.contains(named), "{pairs:?}: {e}");
+        }
+        for (key, value, named) in [
+            (
+                "llama.attention.layer_norm_rms_epsilon",
+                1e300,
+                "llama.attention.layer_norm_rms_epsilon = 1e300: must be",
+            ),
+            (
+                "llama.attention.layer_norm_rms_epsilon",
+                1e-50,
+                "llama.attention.layer_norm_rms_epsilon = 1e-50: must be",
+            ),
+            ("llama.rope.freq_base", 1e300, "llama.rope.freq_base = 1e300: must be"),
+            ("llama.rope.scale_linear", 1e300, "llama.rope.scale_linear = 1e300: must be"),
+        ] {
+            let mut w = gguf_base();
+            w.add_metadata(key, GgufValue::F64(value));
+            let e = gguf_config(&w, "f32-overflow.gguf").unwrap_err().to_string();
+            assert!(e.contains("f32-overflow.gguf: ") && e.contains(named), "{key} = {value:e}: {e}");
         }
     }
 

@@ -126,10 +126,10 @@ pub const HF_CONFIG_KEYS: &[(&str, KeyUse, &str)] = &[
     ("intermediate_size", KeyUse::Read, "required"),
     ("num_hidden_layers", KeyUse::Read, "required"),
     ("num_attention_heads", KeyUse::Read, "required"),
-    ("num_key_value_heads", KeyUse::Read, "default: num_attention_heads"),
+    ("num_key_value_heads", KeyUse::Read, "default: num_attention_heads (Mistral, when absent: 8)"),
     ("head_dim", KeyUse::Read, "default: hidden_size / num_attention_heads"),
     ("hidden_act", KeyUse::Read, "\"silu\" (or its alias \"swish\") only"),
-    ("max_position_embeddings", KeyUse::Read, "default 2048"),
+    ("max_position_embeddings", KeyUse::Read, "default 2048 (Mistral: 131072)"),
     ("rms_norm_eps", KeyUse::Read, "default 1e-6"),
     ("tie_word_embeddings", KeyUse::Read, "default false"),
     ("rope_parameters", KeyUse::Read, "transformers 5.x form: rope_type, rope_theta and the scaling's parameters"),
@@ -137,7 +137,7 @@ pub const HF_CONFIG_KEYS: &[(&str, KeyUse, &str)] = &[
     ("mlp_bias", KeyUse::Read, "false only"),
     ("attention_dropout", KeyUse::Read, "0 only (no dropout is implemented)"),
     ("pretraining_tp", KeyUse::Read, "an integer ≥ 1: transformers 4.x splits the same products in slices"),
-    ("sliding_window", KeyUse::Read, "null or a length; longer windows are refused"),
+    ("sliding_window", KeyUse::Read, "null or a length; longer windows are refused (Mistral, when absent: 4096)"),
     ("initializer_range", KeyUse::Harmless, "initialisation of new weights"),
     ("use_cache", KeyUse::Harmless, "KV cache in generation"),
     ("bos_token_id", KeyUse::Harmless, "generation (the tokenizer's files decide)"),
@@ -739,25 +739,39 @@ impl LlamaConfig {
             return Err(r.refuse("quantization_config", v, "quantized checkpoints are not supported"));
         }
 
-        let (rope_theta, rope_scaling) = rope_from_hf(&r)?;
+        // Where a key is absent, MistralConfig's defaults differ from LlamaConfig's; an
+        // explicit null takes the null path of both (num_key_value_heads = heads, no window).
+        let mistral = r.get("model_type").and_then(Value::as_str) == Some("mistral");
+        let absent = |key: &str| !map.contains_key(key);
+        let max_position_embeddings =
+            r.usize_opt("max_position_embeddings")?.unwrap_or(if mistral { 4096 * 32 } else { 2048 });
+        let (rope_theta, rope_scaling) = rope_from_hf(&r, max_position_embeddings)?;
         let heads = r.usize_req("num_attention_heads")?;
         let hidden = r.usize_req("hidden_size")?;
         let head_dim = r.usize_opt("head_dim")?.filter(|&d| d.checked_mul(heads) != Some(hidden));
+        let kv_heads = match r.usize_opt("num_key_value_heads")? {
+            Some(n) => n,
+            None if mistral && absent("num_key_value_heads") => 8,
+            None => heads,
+        };
         // transformers' Llama ignores a sliding_window (Mistral applies it); refusing longer
         // windows is the reading that is never wrong for either.
-        let sliding_window = r.usize_opt("sliding_window")?;
+        let sliding_window = match r.usize_opt("sliding_window")? {
+            None if mistral && absent("sliding_window") => Some(4096),
+            w => w,
+        };
         let cfg = LlamaConfig {
             vocab_size: r.usize_req("vocab_size")?,
             hidden_size: hidden,
             intermediate_size: r.usize_req("intermediate_size")?,
             num_hidden_layers: r.usize_req("num_hidden_layers")?,
             num_attention_heads: heads,
-            num_key_value_heads: r.usize_opt("num_key_value_heads")?.unwrap_or(heads),
+            num_key_value_heads: kv_heads,
             head_dim,
             rms_norm_eps: r.f64_opt("rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
-            max_position_embeddings: r.usize_opt("max_position_embeddings")?.unwrap_or(2048),
+            max_position_embeddings,
             tie_word_embeddings: r.bool_opt("tie_word_embeddings")?.unwrap_or(false),
             sliding_window,
         };
@@ -902,7 +916,7 @@ fn gguf_shown(v: &GgufValue) -> String {
 /// θ and the scaling from `rope_theta`, `rope_parameters` (transformers 5) and
 /// `rope_scaling` (transformers 4); when both forms are given they must agree, and so must a
 /// top-level `original_max_position_embeddings` with llama3's own.
-fn rope_from_hf(r: &Reader<'_>) -> Result<(f64, RopeScaling)> {
+fn rope_from_hf(r: &Reader<'_>, max_position_embeddings: usize) -> Result<(f64, RopeScaling)> {
     let top_theta = r.f64_opt("rope_theta")?;
     // Top level, it is llama3's original context (transformers' standardize_rope_params).
     let omp = "original_max_position_embeddings";
@@ -949,7 +963,7 @@ fn rope_from_hf(r: &Reader<'_>) -> Result<(f64, RopeScaling)> {
                             return Err(r.refuse(omp, &Value::from(top), &format!("differs from {key}.{omp} = {c}")))
                         }
                         (Some(c), _) | (None, Some(c)) => c,
-                        (None, None) => r.usize_opt("max_position_embeddings")?.unwrap_or(2048),
+                        (None, None) => max_position_embeddings,
                     },
                 }
             }
@@ -1015,7 +1029,8 @@ mod tests {
         let llama3 = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                             "original_max_position_embeddings": 16});
         match key {
-            "model_type" => vec![(json!("mistral"), Same), (json!("llama"), Same), (json!("qwen2"), Refused)],
+            // Mistral's defaults for absent keys differ: see mistral_defaults_apply_to_absent_keys.
+            "model_type" => vec![(json!("mistral"), Changes), (json!("llama"), Same), (json!("qwen2"), Refused)],
             "architectures" => {
                 vec![(json!(["MistralForCausalLM"]), Same), (json!(["LlamaForSequenceClassification"]), Refused)]
             }
@@ -1219,6 +1234,34 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    /// A `mistral` config.json takes MistralConfig's defaults where a key is absent (8 key/value
+    /// heads, a 4096-token window, 131072 positions, transformers 4.x and 5.x alike); null keeps
+    /// the null reading; `llama` keeps LlamaConfig's.
+    #[test]
+    fn mistral_defaults_apply_to_absent_keys() {
+        let mut map = base_hf();
+        map.insert("num_attention_heads".into(), json!(8));
+        map.remove("num_key_value_heads");
+        let llama = parse(&map).unwrap();
+        assert_eq!((llama.num_key_value_heads, llama.sliding_window, llama.max_position_embeddings), (8, None, 2048));
+        map.insert("num_attention_heads".into(), json!(16));
+        map.insert("hidden_size".into(), json!(64));
+        let llama = parse(&map).unwrap();
+        assert_eq!(llama.num_key_value_heads, 16);
+        map.insert("model_type".into(), json!("mistral"));
+        let m = parse(&map).unwrap();
+        assert_eq!((m.num_key_value_heads, m.sliding_window, m.max_position_embeddings), (8, Some(4096), 131072));
+        let llama3 = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0});
+        map.insert("rope_parameters".into(), llama3);
+        let m = parse(&map).unwrap();
+        assert!(matches!(m.rope_scaling, RopeScaling::Llama3 { original_max_position_embeddings: 131072, .. }));
+        map.remove("rope_parameters");
+        map.insert("num_key_value_heads".into(), Value::Null);
+        map.insert("sliding_window".into(), Value::Null);
+        let m = parse(&map).unwrap();
+        assert_eq!((m.num_key_value_heads, m.sliding_window), (16, None));
     }
 
     /// llama3 scaling worked by hand for head_dim 8, θ 10⁴, f 8, l 1, h 4, c 16:

@@ -9,6 +9,17 @@ transformers loads the directories sparsetune writes.
         logits for those ids). Refused forms hold a config.json only (and `refuse.txt`, the
         key the loader must name).
 
+    python scripts/hf_fixtures.py configs [--out tests/fixtures/hf/configs-5.24]
+        Writes the config.json that transformers (5.24.0 exactly) saves for full-size
+        LLaMA-2-7B, LLaMA-3.1-8B and Mistral-7B shapes (the model built on the meta device
+        and saved with `save_pretrained`, weights left out), and for a LLaMA-2-7B-shaped
+        config rebuilt from GGUF metadata (`AutoConfig.from_pretrained(dir, gguf_file=...)`,
+        the only route on which 5.24 writes `_model_name_or_path` and `unk_token_id`), each
+        with `expected.json`: transformers' own values read back from that config.json
+        (shapes, eps, RoPE parameters and the inverse frequencies its rotary embedding
+        computes). Checks on the way that loading each directory and saving it again writes
+        the same file. Needs torch, gguf and accelerate besides transformers.
+
     python scripts/hf_fixtures.py check --ours DIR --logits OURS.safetensors [--text FILE]
                                         [--windows 4] [--atol 1e-4] [--rtol 1e-4]
         Loads DIR (written by `sparsetune prune/finetune/run --out DIR`) with
@@ -218,6 +229,166 @@ def make(out):
     shutil.rmtree(tok_dir)
 
 
+# Full-size shapes, as the published config.json files of these models give them.
+FULL_SIZE = {
+    "llama-2-7b": (
+        "LlamaConfig",
+        dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+             num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+             rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+             rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
+        "float16",
+    ),
+    "llama-3.1-8b": (
+        "LlamaConfig",
+        dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+             num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
+             rms_norm_eps=1e-5, bos_token_id=128000, eos_token_id=[128001, 128008, 128009],
+             tie_word_embeddings=False,
+             rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                              "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                              "original_max_position_embeddings": 8192}),
+        "bfloat16",
+    ),
+    "mistral-7b": (
+        "MistralConfig",
+        dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+             num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=32768,
+             rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+             sliding_window=4096, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
+        "bfloat16",
+    ),
+}
+
+
+def save_model_config(config, dtype, out):
+    """What `model.save_pretrained(out)` writes as config.json for a model of this config in
+    this dtype: the model is built on the meta device (no memory for 7B weights) and saved
+    with an empty state dict, so transformers' own save sets `architectures` and `dtype` and
+    writes the config; only config.json is kept."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config).to(getattr(torch, dtype))
+    model.save_pretrained(out, state_dict={})
+    for f in os.listdir(out):
+        if f != "config.json":
+            os.remove(os.path.join(out, f))
+    with open(os.path.join(out, "config.json")) as f:
+        return json.load(f)
+
+
+def expected_values(d):
+    """transformers' own values for the config.json in `d`, read back the way
+    `from_pretrained` reads it, and the inverse frequencies its rotary embedding computes."""
+    from transformers import AutoConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+    from transformers.models.mistral.modeling_mistral import MistralRotaryEmbedding
+
+    c = AutoConfig.from_pretrained(d)
+    rope = dict(c.rope_parameters)
+    rotary = (MistralRotaryEmbedding if c.model_type == "mistral" else LlamaRotaryEmbedding)(c)
+    return {
+        "model_type": c.model_type,
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_hidden_layers,
+        "num_attention_heads": c.num_attention_heads,
+        "num_key_value_heads": c.num_key_value_heads,
+        "head_dim": c.head_dim,
+        "rms_norm_eps": c.rms_norm_eps,
+        "rope_theta": rope["rope_theta"],
+        "rope_type": rope["rope_type"],
+        "rope_factor": rope.get("factor"),
+        "rope_low_freq_factor": rope.get("low_freq_factor"),
+        "rope_high_freq_factor": rope.get("high_freq_factor"),
+        "rope_original_max_position_embeddings": rope.get("original_max_position_embeddings"),
+        "max_position_embeddings": c.max_position_embeddings,
+        "tie_word_embeddings": c.tie_word_embeddings,
+        "sliding_window": getattr(c, "sliding_window", None),
+        # The rotary embedding's float32 buffer and its output scale (1 for these types).
+        "rope_inv_freq": [float(x) for x in rotary.inv_freq],
+        "rope_attention_scaling": float(rotary.attention_scaling),
+    }
+
+
+def write_gguf_llama2_7b(path):
+    """A GGUF with the metadata a llama.cpp conversion of LLaMA-2-7B carries (llama.cpp's key
+    names; placeholder token strings) and only the two vocabulary matrices, as all-zero Q4_0
+    blocks: transformers rebuilds the config from the metadata and the tensor names (an
+    `output.weight` means untied), so the other tensors are left out."""
+    import gguf
+    import numpy as np
+
+    vocab, width = 32000, 4096
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_name("LLaMA v2")
+    w.add_vocab_size(vocab)
+    w.add_context_length(4096)
+    w.add_embedding_length(width)
+    w.add_block_count(32)
+    w.add_feed_forward_length(11008)
+    w.add_rope_dimension_count(128)
+    w.add_head_count(32)
+    w.add_head_count_kv(32)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(["<unk>", "<s>", "</s>"] + [f"<tok{i}>" for i in range(3, vocab)])
+    w.add_token_scores([0.0] * vocab)
+    w.add_token_types([2, 3, 3] + [1] * (vocab - 3))
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    q4_0 = gguf.GGMLQuantizationType.Q4_0
+    block_bytes = gguf.GGML_QUANT_SIZES[q4_0][1]
+    for name in ["token_embd.weight", "output.weight"]:
+        w.add_tensor(name, np.zeros((vocab, width // 32 * block_bytes), dtype=np.uint8), raw_dtype=q4_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def configs(out):
+    import tempfile
+
+    import transformers
+    from transformers import AutoConfig
+
+    if transformers.__version__ != "5.24.0":
+        sys.exit(f"these fixtures are transformers 5.24.0's; this is {transformers.__version__}")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+
+    def finish(name, config, dtype):
+        d = os.path.join(out, name)
+        written = save_model_config(config, dtype, d)
+        # Loaded from the directory and saved again, as a user's round trip does.
+        with tempfile.TemporaryDirectory() as again:
+            rewritten = save_model_config(AutoConfig.from_pretrained(d), dtype, again)
+        if rewritten != written:
+            changed = sorted(k for k in set(written) | set(rewritten) if written.get(k) != rewritten.get(k))
+            sys.exit(f"{name}: loading and saving again changed {changed}")
+        with open(os.path.join(d, "expected.json"), "w") as f:
+            json.dump(expected_values(d), f, indent=1)
+            f.write("\n")
+        print("wrote", d, "keys:", sorted(written))
+
+    for name, (cls_name, kw, dtype) in FULL_SIZE.items():
+        finish(name, getattr(transformers, cls_name)(**kw), dtype)
+
+    with tempfile.TemporaryDirectory() as g:
+        write_gguf_llama2_7b(os.path.join(g, "model.gguf"))
+        config = AutoConfig.from_pretrained(g, gguf_file="model.gguf")
+        finish("llama-2-7b-from-gguf", config, "float32")
+
+
 def check(ours, logits_path, text, windows_max, atol, rtol):
     import torch
     from safetensors.torch import load_file
@@ -268,6 +439,10 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("make")
     m.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "hf"))
+    g = sub.add_parser("configs")
+    g.add_argument(
+        "--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "hf", "configs-5.24")
+    )
     c = sub.add_parser("check")
     c.add_argument("--ours", required=True)
     c.add_argument("--logits", required=True)
@@ -278,6 +453,9 @@ def main():
     a = ap.parse_args()
     if a.cmd == "make":
         make(os.path.normpath(a.out))
+        return 0
+    if a.cmd == "configs":
+        configs(os.path.normpath(a.out))
         return 0
     return check(a.ours, a.logits, a.text, a.windows, a.atol, a.rtol)
 

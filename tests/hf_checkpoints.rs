@@ -8,13 +8,17 @@
 //! - the refused forms give an error naming the key;
 //! - sharded bf16 loads from the directory and from the index, in its stored dtype;
 //! - a damaged index is refused by name.
+//!
+//! And config.json files written by transformers 5.24.0 for full-size LLaMA-2-7B,
+//! LLaMA-3.1-8B and Mistral-7B shapes and for a LLaMA-2-7B config rebuilt from GGUF metadata
+//! (`scripts/hf_fixtures.py configs`, in `configs-5.24/`) read with transformers' own values.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
 use sparsetune::io::SafetensorsFile;
-use sparsetune::model::llama::{ForwardOptions, Llama, ModelSource, Part, RopeScaling};
+use sparsetune::model::llama::{ForwardOptions, Llama, LlamaConfig, ModelSource, Part, RopeScaling};
 use sparsetune::{DType, Device, Tensor};
 
 fn fixtures() -> PathBuf {
@@ -371,4 +375,99 @@ fn real_model_through_a_directory_keeps_its_perplexity() {
         assert!((a - b).abs() <= 1e-3 * a, "{dtype}: perplexity {a} from GGUF, {b} from the directory");
         common::remove_scratch(&out);
     }
+}
+
+/// Each config.json of `configs-5.24/` (written by transformers 5.24.0 itself) reads to the
+/// numbers transformers reads from it, as its `expected.json` gives them (transformers'
+/// attribute values after loading that file), and our RoPE inverse frequencies are those of
+/// transformers' rotary embedding for it. One of them is the GGUF-derived config, which
+/// carries `_model_name_or_path` and `unk_token_id`.
+#[test]
+fn configs_written_by_transformers_5_24_read_as_transformers_reads_them() {
+    let root = fixtures().join("configs-5.24");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).collect();
+    dirs.sort();
+    let names: Vec<String> = dirs.iter().map(|d| d.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, ["llama-2-7b", "llama-2-7b-from-gguf", "llama-3.1-8b", "mistral-7b"]);
+    let mut keys_seen = std::collections::BTreeSet::new();
+    for (dir, name) in dirs.iter().zip(&names) {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let written: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(written["transformers_version"], "5.24.0", "{name}");
+        keys_seen.extend(written.as_object().unwrap().keys().cloned());
+        let c = LlamaConfig::from_hf_json(&text, &path.display().to_string()).unwrap_or_else(|e| panic!("{name}: {e}"));
+
+        let want = read_json(&dir.join("expected.json"));
+        let int = |k: &str| want[k].as_u64().unwrap_or_else(|| panic!("{name}: expected.json {k}")) as usize;
+        let num = |k: &str| want[k].as_f64().unwrap_or_else(|| panic!("{name}: expected.json {k}"));
+        for (key, ours, theirs) in [
+            ("vocab_size", c.vocab_size, int("vocab_size")),
+            ("hidden_size", c.hidden_size, int("hidden_size")),
+            ("intermediate_size", c.intermediate_size, int("intermediate_size")),
+            ("num_hidden_layers", c.num_hidden_layers, int("num_hidden_layers")),
+            ("num_attention_heads", c.num_attention_heads, int("num_attention_heads")),
+            ("num_key_value_heads", c.num_key_value_heads, int("num_key_value_heads")),
+            ("head_dim", c.head_dim(), int("head_dim")),
+            ("max_position_embeddings", c.max_position_embeddings, int("max_position_embeddings")),
+        ] {
+            assert_eq!(ours, theirs, "{name}: {key}");
+        }
+        assert_eq!(c.rms_norm_eps, num("rms_norm_eps"), "{name}: rms_norm_eps");
+        assert_eq!(c.rope_theta, num("rope_theta"), "{name}: rope_theta");
+        assert_eq!(
+            c.tie_word_embeddings,
+            want["tie_word_embeddings"].as_bool().unwrap(),
+            "{name}: tie_word_embeddings"
+        );
+        assert_eq!(c.sliding_window, want["sliding_window"].as_u64().map(|w| w as usize), "{name}: sliding_window");
+        let rope = match want["rope_type"].as_str().unwrap() {
+            "default" => {
+                for k in ["rope_factor", "rope_low_freq_factor", "rope_high_freq_factor"] {
+                    assert!(want[k].is_null(), "{name}: default RoPE with {k}");
+                }
+                RopeScaling::Default
+            }
+            "linear" => RopeScaling::Linear { factor: num("rope_factor") },
+            "dynamic" => RopeScaling::Dynamic { factor: num("rope_factor") },
+            "llama3" => RopeScaling::Llama3 {
+                factor: num("rope_factor"),
+                low_freq_factor: num("rope_low_freq_factor"),
+                high_freq_factor: num("rope_high_freq_factor"),
+                original_max_position_embeddings: int("rope_original_max_position_embeddings"),
+            },
+            other => panic!("{name}: rope_type {other} in expected.json"),
+        };
+        assert_eq!(c.rope_scaling, rope, "{name}: RoPE scaling");
+        // Our forward scales neither cos nor sin; transformers' rotary embedding must not either.
+        assert_eq!(num("rope_attention_scaling"), 1.0, "{name}");
+        let theirs: Vec<f64> = want["rope_inv_freq"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let ours = c.rope_inv_freq();
+        assert_eq!(ours.len(), theirs.len(), "{name}: inv_freq length");
+        for (i, (o, t)) in ours.iter().zip(&theirs).enumerate() {
+            assert!((*o as f64 - t).abs() <= 1e-6 * t.abs(), "{name}: inv_freq[{i}] ours {o:e}, transformers {t:e}");
+        }
+    }
+    for key in ["_model_name_or_path", "unk_token_id"] {
+        assert!(keys_seen.contains(key), "no fixture has {key}");
+    }
+}
+
+/// transformers' LLaMA-2-7B config.json with an `rms_norm_eps` that is finite in f64 but
+/// infinite in f32 (or 0 there) is refused with the file, the key and the value: the forward
+/// computes with ε in f32, where 1e300 would make every activation 0.
+#[test]
+fn an_rms_norm_eps_that_is_no_f32_is_refused_by_name() {
+    let text = std::fs::read_to_string(fixtures().join("configs-5.24/llama-2-7b/config.json")).unwrap();
+    let dir = common::scratch("eps-overflow");
+    for eps in ["1e300", "1e-50"] {
+        let edited = text.replace("\"rms_norm_eps\": 1e-05", &format!("\"rms_norm_eps\": {eps}"));
+        assert_ne!(edited, text);
+        std::fs::write(dir.join("config.json"), edited).unwrap();
+        let e = sparsetune::model::llama::load_config(&dir).unwrap_err().to_string();
+        // The value as the JSON parser reads it (1e-50 comes out as 9.999999999999999e-51).
+        let read: f64 = serde_json::from_str(eps).unwrap();
+        assert!(e.contains("config.json") && e.contains(&format!("rms_norm_eps = {read:?}: must be")), "{e}");
+    }
+    common::remove_scratch(&dir);
 }

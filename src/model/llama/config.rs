@@ -8,6 +8,20 @@
 //! its value), since it cannot tell whether it matters. [`HF_CONFIG_KEYS`] and
 //! [`GGUF_KEYS`] list every key with what is done with it; the tests walk both lists.
 //!
+//! [`HF_CONFIG_KEYS`] follows transformers 5.24.0: `configuration_utils.py`
+//! (`PreTrainedConfig`: its fields, class attributes, what `__post_init__` renames or drops,
+//! what `to_dict`/`to_diff_dict` write), `modeling_rope_utils.py`
+//! (`RotaryEmbeddingConfigMixin`), `integrations/heterogeneity/configuration_utils.py`
+//! (`per_layer_config`), `generation/configuration_utils.py` (the generation defaults a model
+//! config drops), `integrations/ggml.py` (the keys of a config rebuilt from GGUF metadata),
+//! `models/llama/configuration_llama.py` and `models/mistral/configuration_mistral.py`, each
+//! key checked against `models/llama/modeling_llama.py`, `models/mistral/modeling_mistral.py`
+//! and `modeling_utils.py`: a key is harmless only where those never use it for the forward
+//! pass of LlamaForCausalLM / MistralForCausalLM. Keys that only transformers 4.x or other
+//! writers (SmolLM, Qwen, transformers.js) put in LLaMA-shaped checkpoints are kept on the same
+//! terms. Every float the forward uses in f32 must be a positive finite f32
+//! ([`LlamaConfig::validate`]).
+//!
 //! RoPE, as transformers computes it (f32): `inv_freq_i = 1 / θ^(2i/d)`, i < d/2, then
 //! - `default`: as is;
 //! - `linear` (factor f): `inv_freq / f`;
@@ -103,75 +117,80 @@ pub enum KeyUse {
 }
 
 /// Every top-level key of a Hugging Face `config.json` the loader knows, with what it
-/// does with it. Any other key is refused by name.
+/// does with it, grouped by where transformers 5.24.0 defines it (see the module doc). Any
+/// other key is refused by name.
 pub const HF_CONFIG_KEYS: &[(&str, KeyUse, &str)] = &[
-    ("model_type", KeyUse::Read, "\"llama\" or \"mistral\" (absent: llama)"),
-    ("architectures", KeyUse::Read, "LlamaForCausalLM or MistralForCausalLM"),
+    // LlamaConfig / MistralConfig fields (models/{llama,mistral}/configuration_*.py).
     ("vocab_size", KeyUse::Read, "required"),
     ("hidden_size", KeyUse::Read, "required"),
     ("intermediate_size", KeyUse::Read, "required"),
     ("num_hidden_layers", KeyUse::Read, "required"),
     ("num_attention_heads", KeyUse::Read, "required"),
-    ("num_key_value_heads", KeyUse::Read, "default: num_attention_heads"),
+    ("num_key_value_heads", KeyUse::Read, "default: num_attention_heads (Mistral, when absent: 8)"),
     ("head_dim", KeyUse::Read, "default: hidden_size / num_attention_heads"),
-    ("rms_norm_eps", KeyUse::Read, "default 1e-6"),
-    ("rope_theta", KeyUse::Read, "transformers 4.x form; default 10000"),
-    ("rope_parameters", KeyUse::Read, "transformers 5.x form: rope_type, rope_theta and the scaling's parameters"),
-    ("rope_scaling", KeyUse::Read, "transformers 4.x form: null, or type/rope_type and parameters"),
-    ("max_position_embeddings", KeyUse::Read, "default 2048"),
-    ("tie_word_embeddings", KeyUse::Read, "default false"),
-    ("sliding_window", KeyUse::Read, "null or a length; longer windows are refused"),
     ("hidden_act", KeyUse::Read, "\"silu\" (or its alias \"swish\") only"),
+    ("max_position_embeddings", KeyUse::Read, "default 2048 (Mistral: 131072)"),
+    ("rms_norm_eps", KeyUse::Read, "default 1e-6"),
+    ("tie_word_embeddings", KeyUse::Read, "default false"),
+    ("rope_parameters", KeyUse::Read, "transformers 5.x form: rope_type, rope_theta and the scaling's parameters"),
     ("attention_bias", KeyUse::Read, "false only"),
     ("mlp_bias", KeyUse::Read, "false only"),
     ("attention_dropout", KeyUse::Read, "0 only (no dropout is implemented)"),
-    ("partial_rotary_factor", KeyUse::Read, "1 only"),
-    ("rope_interleaved", KeyUse::Read, "false only (SmolLM's key)"),
-    ("use_sliding_window", KeyUse::Read, "false only (Qwen's switch)"),
-    ("layer_types", KeyUse::Read, "every layer \"full_attention\" only"),
     ("pretraining_tp", KeyUse::Read, "an integer ≥ 1: transformers 4.x splits the same products in slices"),
-    ("torch_dtype", KeyUse::Read, "float32, bfloat16 or float16 (the default load dtype; rewritten on export)"),
-    ("dtype", KeyUse::Read, "transformers 5.x name of torch_dtype"),
-    ("quantization_config", KeyUse::Read, "refused: quantized checkpoints are not read"),
-    ("_name_or_path", KeyUse::Harmless, "where the model came from"),
-    ("transformers_version", KeyUse::Harmless, "writer version"),
+    ("sliding_window", KeyUse::Read, "null or a length; longer windows are refused (Mistral, when absent: 4096)"),
     ("initializer_range", KeyUse::Harmless, "initialisation of new weights"),
     ("use_cache", KeyUse::Harmless, "KV cache in generation"),
     ("bos_token_id", KeyUse::Harmless, "generation (the tokenizer's files decide)"),
     ("eos_token_id", KeyUse::Harmless, "generation (the tokenizer's files decide)"),
-    ("pad_token_id", KeyUse::Harmless, "padding"),
-    ("sep_token_id", KeyUse::Harmless, "token id"),
-    ("decoder_start_token_id", KeyUse::Harmless, "token id"),
-    ("max_window_layers", KeyUse::Harmless, "only with use_sliding_window (refused)"),
-    ("is_llama_config", KeyUse::Harmless, "SmolLM's marker"),
-    ("transformers.js_config", KeyUse::Harmless, "transformers.js settings"),
-    ("tokenizer_class", KeyUse::Harmless, "tokenizer name"),
-    ("output_attentions", KeyUse::Harmless, "outputs"),
+    (
+        "pad_token_id",
+        KeyUse::Harmless,
+        "the embedding's padding_idx: that row is zero at initialisation and gets no gradient; loaded, it is used as is",
+    ),
+    // PreTrainedConfig fields and class attributes (configuration_utils.py).
+    ("model_type", KeyUse::Read, "\"llama\" or \"mistral\" (absent: llama)"),
+    ("architectures", KeyUse::Read, "LlamaForCausalLM or MistralForCausalLM"),
+    ("dtype", KeyUse::Read, "float32, bfloat16 or float16 (the default load dtype; rewritten on export)"),
+    ("transformers_version", KeyUse::Harmless, "writer version"),
     ("output_hidden_states", KeyUse::Harmless, "outputs"),
     ("return_dict", KeyUse::Harmless, "outputs"),
-    ("torchscript", KeyUse::Harmless, "export"),
-    ("use_bfloat16", KeyUse::Harmless, "legacy TF flag"),
-    ("tf_legacy_loss", KeyUse::Harmless, "legacy TF flag"),
+    ("chunk_size_feed_forward", KeyUse::Harmless, "memory chunking; the Llama and Mistral models never read it"),
+    ("is_encoder_decoder", KeyUse::Harmless, "encoder-decoder wiring, for generation"),
     ("id2label", KeyUse::Harmless, "classification heads"),
     ("label2id", KeyUse::Harmless, "classification heads"),
     ("problem_type", KeyUse::Harmless, "classification heads"),
-    ("finetuning_task", KeyUse::Harmless, "classification heads"),
-    ("pruned_heads", KeyUse::Harmless, "a pruned head would show as a shape mismatch"),
-    ("chunk_size_feed_forward", KeyUse::Harmless, "memory chunking"),
-    ("is_encoder_decoder", KeyUse::Harmless, "encoder-decoder wiring"),
-    ("is_decoder", KeyUse::Harmless, "encoder-decoder wiring"),
-    ("add_cross_attention", KeyUse::Harmless, "encoder-decoder wiring"),
-    ("cross_attention_hidden_size", KeyUse::Harmless, "encoder-decoder wiring"),
-    ("tie_encoder_decoder", KeyUse::Harmless, "encoder-decoder wiring"),
-    ("prefix", KeyUse::Harmless, "generation"),
-    ("task_specific_params", KeyUse::Harmless, "generation"),
+    // Arguments PreTrainedConfig.__post_init__ renames, converts or drops, and the private
+    // attributes it keeps (configuration_utils.py).
+    ("torch_dtype", KeyUse::Read, "older name of dtype, as dtype"),
+    ("rope_theta", KeyUse::Read, "transformers 4.x form; default 10000"),
+    ("rope_scaling", KeyUse::Read, "transformers 4.x form: null, or type/rope_type and parameters"),
+    ("partial_rotary_factor", KeyUse::Read, "1 only"),
+    (
+        "original_max_position_embeddings",
+        KeyUse::Read,
+        "llama3 RoPE's original context (transformers 5 puts it in rope_parameters); must agree with the one there",
+    ),
+    ("per_layer_config", KeyUse::Read, "null or {} only (per-layer overrides are not implemented)"),
+    ("num_labels", KeyUse::Harmless, "classification heads"),
+    ("name_or_path", KeyUse::Harmless, "where the model came from"),
+    ("_name_or_path", KeyUse::Harmless, "where the model came from (written by transformers 4.x)"),
+    ("_commit_hash", KeyUse::Harmless, "hub revision, dropped on load"),
+    ("output_attentions", KeyUse::Harmless, "outputs (selects eager attention: the same function)"),
+    ("_output_attentions", KeyUse::Harmless, "outputs"),
+    ("attn_implementation", KeyUse::Harmless, "eager, sdpa or flash kernels of the same attention"),
+    ("_attn_implementation", KeyUse::Harmless, "eager, sdpa or flash kernels of the same attention"),
+    ("_attn_implementation_internal", KeyUse::Harmless, "ignored on load"),
+    ("experts_implementation", KeyUse::Harmless, "mixture-of-experts kernels; no experts here"),
+    ("_experts_implementation", KeyUse::Harmless, "mixture-of-experts kernels; no experts here"),
+    ("_experts_implementation_internal", KeyUse::Harmless, "ignored on load"),
+    ("_post_init_done", KeyUse::Harmless, "construction bookkeeping"),
+    // Generation defaults: GenerationConfig._get_default_generation_params(), dropped from
+    // the model config on load (generation/configuration_utils.py).
     ("max_length", KeyUse::Harmless, "generation default"),
     ("min_length", KeyUse::Harmless, "generation default"),
     ("do_sample", KeyUse::Harmless, "generation default"),
     ("early_stopping", KeyUse::Harmless, "generation default"),
     ("num_beams", KeyUse::Harmless, "generation default"),
-    ("num_beam_groups", KeyUse::Harmless, "generation default"),
-    ("diversity_penalty", KeyUse::Harmless, "generation default"),
     ("temperature", KeyUse::Harmless, "generation default"),
     ("top_k", KeyUse::Harmless, "generation default"),
     ("top_p", KeyUse::Harmless, "generation default"),
@@ -190,6 +209,44 @@ pub const HF_CONFIG_KEYS: &[(&str, KeyUse, &str)] = &[
     ("exponential_decay_length_penalty", KeyUse::Harmless, "generation default"),
     ("suppress_tokens", KeyUse::Harmless, "generation default"),
     ("begin_suppress_tokens", KeyUse::Harmless, "generation default"),
+    ("epsilon_cutoff", KeyUse::Harmless, "generation default"),
+    ("eta_cutoff", KeyUse::Harmless, "generation default"),
+    ("encoder_repetition_penalty", KeyUse::Harmless, "generation default"),
+    ("num_assistant_tokens", KeyUse::Harmless, "generation default"),
+    ("num_assistant_tokens_schedule", KeyUse::Harmless, "generation default"),
+    ("assistant_confidence_threshold", KeyUse::Harmless, "generation default"),
+    ("assistant_lookbehind", KeyUse::Harmless, "generation default"),
+    ("target_lookbehind", KeyUse::Harmless, "generation default"),
+    ("num_beam_groups", KeyUse::Harmless, "generation default (transformers 4.x)"),
+    ("diversity_penalty", KeyUse::Harmless, "generation default (transformers 4.x)"),
+    // What transformers writes for a config rebuilt from GGUF metadata (integrations/ggml.py,
+    // GGUF_CONFIG_MAPPING: general.name, tokenizer.ggml.unknown_token_id).
+    ("_model_name_or_path", KeyUse::Harmless, "the GGUF file's general.name"),
+    ("unk_token_id", KeyUse::Harmless, "token id"),
+    // PreTrainedConfig attributes of transformers 4.x, not read by the 5.x Llama or Mistral
+    // models either (set as plain attributes when present).
+    ("torchscript", KeyUse::Harmless, "export"),
+    ("use_bfloat16", KeyUse::Harmless, "legacy TF flag"),
+    ("tf_legacy_loss", KeyUse::Harmless, "legacy TF flag"),
+    ("finetuning_task", KeyUse::Harmless, "classification heads"),
+    ("pruned_heads", KeyUse::Harmless, "a pruned head would show as a shape mismatch"),
+    ("is_decoder", KeyUse::Harmless, "encoder-decoder wiring"),
+    ("add_cross_attention", KeyUse::Harmless, "encoder-decoder wiring"),
+    ("cross_attention_hidden_size", KeyUse::Harmless, "encoder-decoder wiring"),
+    ("tie_encoder_decoder", KeyUse::Harmless, "encoder-decoder wiring"),
+    ("prefix", KeyUse::Harmless, "generation"),
+    ("task_specific_params", KeyUse::Harmless, "generation"),
+    ("tokenizer_class", KeyUse::Harmless, "tokenizer name"),
+    ("sep_token_id", KeyUse::Harmless, "token id"),
+    ("decoder_start_token_id", KeyUse::Harmless, "token id"),
+    // Other writers' keys on LLaMA-shaped checkpoints.
+    ("layer_types", KeyUse::Read, "every layer \"full_attention\" only"),
+    ("rope_interleaved", KeyUse::Read, "false only (SmolLM's key)"),
+    ("use_sliding_window", KeyUse::Read, "false only (Qwen's switch)"),
+    ("max_window_layers", KeyUse::Harmless, "only with use_sliding_window (refused)"),
+    ("is_llama_config", KeyUse::Harmless, "SmolLM's marker"),
+    ("transformers.js_config", KeyUse::Harmless, "transformers.js settings"),
+    ("quantization_config", KeyUse::Read, "refused: quantized checkpoints are not read"),
 ];
 
 /// Keys inside `rope_parameters` / `rope_scaling`, for the accepted RoPE types.
@@ -388,8 +445,34 @@ impl LlamaConfig {
         }
     }
 
-    /// Checks the numbers are consistent and their products fit.
+    /// Checks the numbers are consistent and their products fit, and that every float the
+    /// forward computes with in f32 ([`LlamaConfig::f32_parameters`]) is a positive finite
+    /// f32, naming config.json's key and its value otherwise.
     pub fn validate(&self) -> Result<()> {
+        self.validate_named(&|key| key.to_owned())
+    }
+
+    /// The floats the forward computes with in f32, by their config.json (transformers 5)
+    /// names: RMSNorm's ε, RoPE's θ and the scaling's factors. `dynamic`'s factor is not
+    /// among them (it applies beyond `max_position_embeddings` only, which is refused), nor
+    /// are GGUF frequency factors (f32 already).
+    pub fn f32_parameters(&self) -> Vec<(&'static str, f64)> {
+        let mut v = vec![("rms_norm_eps", self.rms_norm_eps), ("rope_theta", self.rope_theta)];
+        match &self.rope_scaling {
+            RopeScaling::Linear { factor } => v.push(("rope_parameters.factor", *factor)),
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, .. } => v.extend([
+                ("rope_parameters.factor", *factor),
+                ("rope_parameters.low_freq_factor", *low_freq_factor),
+                ("rope_parameters.high_freq_factor", *high_freq_factor),
+            ]),
+            RopeScaling::Default | RopeScaling::Dynamic { .. } | RopeScaling::FreqFactors(_) => {}
+        }
+        v
+    }
+
+    /// [`LlamaConfig::validate`], with the keys of [`LlamaConfig::f32_parameters`] named as
+    /// the file being read names them (`name` maps config.json's names to the file's).
+    fn validate_named(&self, name: &dyn Fn(&'static str) -> String) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         if self.vocab_size == 0 || self.hidden_size == 0 || self.intermediate_size == 0 || self.num_hidden_layers == 0 {
             return bad(format!("zero-sized dimension in {self:?}"));
@@ -420,24 +503,45 @@ impl LlamaConfig {
         if sizes.iter().any(|s| s.is_none_or(|n| n.checked_mul(8).is_none())) {
             return bad(format!("dimensions overflow: {self:?}"));
         }
-        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite()) {
-            return bad(format!("rms_norm_eps {} must be positive", self.rms_norm_eps));
-        }
-        if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
-            return bad(format!("rope_theta {} must be positive", self.rope_theta));
+        // A finite f64 can be infinite (1e300) or 0 (1e-50) in f32: RMSNorm would then give 0
+        // or NaN activations, and RoPE NaN angles.
+        for (key, x) in self.f32_parameters() {
+            let x32 = x as f32;
+            if !(x32.is_finite() && x32 > 0.0) {
+                let there = if x > 0.0 && x.is_finite() { format!(", where it is {x32:?}") } else { String::new() };
+                return bad(format!(
+                    "{} = {x:?}: must be a positive finite f32 (the forward computes with it in f32{there})",
+                    name(key)
+                ));
+            }
         }
         let positive = |x: f64| x > 0.0 && x.is_finite();
         match &self.rope_scaling {
-            RopeScaling::Default => {}
-            RopeScaling::Linear { factor } | RopeScaling::Dynamic { factor } if positive(*factor) => {}
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }
-                if positive(*factor)
-                    && positive(*low_freq_factor)
-                    && *high_freq_factor > *low_freq_factor
-                    && high_freq_factor.is_finite()
-                    && *original_max_position_embeddings > 0 => {}
+            RopeScaling::Default | RopeScaling::Linear { .. } => {}
+            RopeScaling::Dynamic { factor } if positive(*factor) => {}
+            // The smoothing divides by h − l, in f32.
+            RopeScaling::Llama3 { low_freq_factor: l, high_freq_factor: h, .. } if *h as f32 <= *l as f32 => {
+                return bad(format!(
+                    "{} = {h:?} must exceed {} = {l:?} (in f32)",
+                    name("rope_parameters.high_freq_factor"),
+                    name("rope_parameters.low_freq_factor")
+                ));
+            }
+            RopeScaling::Llama3 { original_max_position_embeddings, .. } if *original_max_position_embeddings > 0 => {}
             RopeScaling::FreqFactors(phi) if phi.len() == hd / 2 && phi.iter().all(|&p| positive(p as f64)) => {}
             other => return bad(format!("invalid RoPE scaling {other:?} (head_dim {hd})")),
+        }
+        // Positive finite parameters can still overflow the frequencies (θ near f32::MAX, a
+        // tiny factor).
+        if let Some(i) = self.rope_inv_freq().iter().position(|f| !f.is_finite()) {
+            let mut with: Vec<String> = (self.f32_parameters().into_iter())
+                .filter(|(k, _)| *k != "rms_norm_eps")
+                .map(|(k, x)| format!("{} = {x:?}", name(k)))
+                .collect();
+            if matches!(self.rope_scaling, RopeScaling::FreqFactors(_)) {
+                with.push("the factors of rope_freqs.weight".into());
+            }
+            return bad(format!("RoPE frequency {i} of {} overflows f32 with {}", hd / 2, with.join(", ")));
         }
         if self.sliding_window == Some(0) {
             return bad("sliding_window 0".into());
@@ -556,7 +660,18 @@ impl LlamaConfig {
                 ));
             }
         }
-        cfg.validate().map_err(|e| {
+        // validate's names are config.json's; these are the keys this file gave them under.
+        let gguf_name = |key: &'static str| -> String {
+            match key {
+                "rms_norm_eps" => "llama.attention.layer_norm_rms_epsilon",
+                "rope_theta" => "llama.rope.freq_base",
+                "rope_parameters.factor" if f.get("llama.rope.scaling.factor").is_some() => "llama.rope.scaling.factor",
+                "rope_parameters.factor" => "llama.rope.scale_linear",
+                other => other,
+            }
+            .to_owned()
+        };
+        cfg.validate_named(&gguf_name).map_err(|e| {
             let read: Vec<String> = GGUF_KEYS
                 .iter()
                 .filter_map(|(k, _, _)| {
@@ -615,29 +730,48 @@ impl LlamaConfig {
         for key in ["torch_dtype", "dtype"] {
             r.only(key, |v| v.as_str().and_then(dtype_from_hf).is_some(), "expected float32, bfloat16 or float16")?;
         }
+        r.only(
+            "per_layer_config",
+            |v| v.as_object().is_some_and(Map::is_empty),
+            "per-layer overrides are not implemented",
+        )?;
         if let Some(v) = r.get("quantization_config") {
             return Err(r.refuse("quantization_config", v, "quantized checkpoints are not supported"));
         }
 
-        let (rope_theta, rope_scaling) = rope_from_hf(&r)?;
+        // Where a key is absent, MistralConfig's defaults differ from LlamaConfig's; an
+        // explicit null takes the null path of both (num_key_value_heads = heads, no window).
+        let mistral = r.get("model_type").and_then(Value::as_str) == Some("mistral");
+        let absent = |key: &str| !map.contains_key(key);
+        let max_position_embeddings =
+            r.usize_opt("max_position_embeddings")?.unwrap_or(if mistral { 4096 * 32 } else { 2048 });
+        let (rope_theta, rope_scaling) = rope_from_hf(&r, max_position_embeddings)?;
         let heads = r.usize_req("num_attention_heads")?;
         let hidden = r.usize_req("hidden_size")?;
         let head_dim = r.usize_opt("head_dim")?.filter(|&d| d.checked_mul(heads) != Some(hidden));
+        let kv_heads = match r.usize_opt("num_key_value_heads")? {
+            Some(n) => n,
+            None if mistral && absent("num_key_value_heads") => 8,
+            None => heads,
+        };
         // transformers' Llama ignores a sliding_window (Mistral applies it); refusing longer
         // windows is the reading that is never wrong for either.
-        let sliding_window = r.usize_opt("sliding_window")?;
+        let sliding_window = match r.usize_opt("sliding_window")? {
+            None if mistral && absent("sliding_window") => Some(4096),
+            w => w,
+        };
         let cfg = LlamaConfig {
             vocab_size: r.usize_req("vocab_size")?,
             hidden_size: hidden,
             intermediate_size: r.usize_req("intermediate_size")?,
             num_hidden_layers: r.usize_req("num_hidden_layers")?,
             num_attention_heads: heads,
-            num_key_value_heads: r.usize_opt("num_key_value_heads")?.unwrap_or(heads),
+            num_key_value_heads: kv_heads,
             head_dim,
             rms_norm_eps: r.f64_opt("rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
-            max_position_embeddings: r.usize_opt("max_position_embeddings")?.unwrap_or(2048),
+            max_position_embeddings,
             tie_word_embeddings: r.bool_opt("tie_word_embeddings")?.unwrap_or(false),
             sliding_window,
         };
@@ -646,7 +780,17 @@ impl LlamaConfig {
                 return Err(r.refuse("layer_types", v, "one entry per layer expected"));
             }
         }
-        cfg.validate().map_err(|e| within(origin, e, ""))?;
+        // validate's names are transformers 5's; say where this file put each.
+        let nested = if r.get("rope_parameters").is_some() { "rope_parameters" } else { "rope_scaling" };
+        let theta_nested = r.get(nested).and_then(|v| v.get("rope_theta")).is_some_and(|v| !v.is_null());
+        let hf_name = |key: &'static str| -> String {
+            match key.strip_prefix("rope_parameters.") {
+                Some(k) => format!("{nested}.{k}"),
+                None if key == "rope_theta" && r.get(key).is_none() && theta_nested => format!("{nested}.rope_theta"),
+                None => key.to_owned(),
+            }
+        };
+        cfg.validate_named(&hf_name).map_err(|e| within(origin, e, ""))?;
         Ok(cfg)
     }
 
@@ -762,15 +906,21 @@ fn gguf_shown(v: &GgufValue) -> String {
     let s = match v {
         GgufValue::String(s) => format!("{s:?}"),
         GgufValue::Array(a) => format!("[{} values]", a.len()),
+        GgufValue::F32(x) => format!("{x:?}"),
+        GgufValue::F64(x) => format!("{x:?}"),
         other => other.as_f64().map_or_else(|| format!("{other:?}"), |x| x.to_string()),
     };
     s.chars().take(80).collect()
 }
 
 /// θ and the scaling from `rope_theta`, `rope_parameters` (transformers 5) and
-/// `rope_scaling` (transformers 4); when both forms are given they must agree.
-fn rope_from_hf(r: &Reader<'_>) -> Result<(f64, RopeScaling)> {
+/// `rope_scaling` (transformers 4); when both forms are given they must agree, and so must a
+/// top-level `original_max_position_embeddings` with llama3's own.
+fn rope_from_hf(r: &Reader<'_>, max_position_embeddings: usize) -> Result<(f64, RopeScaling)> {
     let top_theta = r.f64_opt("rope_theta")?;
+    // Top level, it is llama3's original context (transformers' standardize_rope_params).
+    let omp = "original_max_position_embeddings";
+    let top_omp = r.usize_opt(omp)?;
     let mut found: Vec<(&str, f64, RopeScaling)> = Vec::new();
     for key in ["rope_parameters", "rope_scaling"] {
         let Some(v) = r.get(key) else { continue };
@@ -807,9 +957,13 @@ fn rope_from_hf(r: &Reader<'_>) -> Result<(f64, RopeScaling)> {
                     factor: factor()?,
                     low_freq_factor: need("low_freq_factor")?,
                     high_freq_factor: need("high_freq_factor")?,
-                    original_max_position_embeddings: match inner.usize_opt("original_max_position_embeddings")? {
-                        Some(c) => c,
-                        None => r.usize_opt("max_position_embeddings")?.unwrap_or(2048),
+                    original_max_position_embeddings: match (inner.usize_opt(omp)?, top_omp) {
+                        // transformers 5 takes the top-level one, 4.x the nested one.
+                        (Some(c), Some(top)) if c != top => {
+                            return Err(r.refuse(omp, &Value::from(top), &format!("differs from {key}.{omp} = {c}")))
+                        }
+                        (Some(c), _) | (None, Some(c)) => c,
+                        (None, None) => max_position_embeddings,
                     },
                 }
             }
@@ -875,7 +1029,8 @@ mod tests {
         let llama3 = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                             "original_max_position_embeddings": 16});
         match key {
-            "model_type" => vec![(json!("mistral"), Same), (json!("llama"), Same), (json!("qwen2"), Refused)],
+            // Mistral's defaults for absent keys differ: see mistral_defaults_apply_to_absent_keys.
+            "model_type" => vec![(json!("mistral"), Changes), (json!("llama"), Same), (json!("qwen2"), Refused)],
             "architectures" => {
                 vec![(json!(["MistralForCausalLM"]), Same), (json!(["LlamaForSequenceClassification"]), Refused)]
             }
@@ -886,8 +1041,10 @@ mod tests {
             "num_attention_heads" => vec![(json!(8), Changes), (json!(3), Refused)],
             "num_key_value_heads" => vec![(json!(4), Changes), (json!(3), Refused)],
             "head_dim" => vec![(json!(8), Same), (json!(16), Changes), (json!(7), Refused), (Value::Null, Same)],
-            "rms_norm_eps" => vec![(json!(1e-5), Changes), (json!(0), Refused)],
-            "rope_theta" => vec![(json!(500000.0), Changes), (json!(-1), Refused)],
+            "rms_norm_eps" => {
+                vec![(json!(1e-5), Changes), (json!(0), Refused), (json!(1e300), Refused), (json!(1e-50), Refused)]
+            }
+            "rope_theta" => vec![(json!(500000.0), Changes), (json!(-1), Refused), (json!(1e300), Refused)],
             "rope_parameters" => vec![
                 (json!({"rope_type": "default", "rope_theta": 10000.0}), Same),
                 (json!({"rope_type": "default", "rope_theta": 100000.0}), Changes),
@@ -898,6 +1055,7 @@ mod tests {
                 (json!({"rope_type": "longrope", "factor": 2.0}), Refused),
                 (json!({"rope_type": "default", "beta_fast": 32}), Refused),
                 (json!({"rope_type": "linear"}), Refused),
+                (json!({"rope_type": "linear", "factor": 1e300}), Refused),
                 (json!({"rope_type": "default", "partial_rotary_factor": 0.5}), Refused),
                 (json!({"full_attention": {"rope_type": "default"}}), Refused),
             ],
@@ -906,6 +1064,7 @@ mod tests {
                 (json!({"type": "linear", "factor": 2.0}), Changes),
                 (llama3, Changes),
                 (json!({"type": "yarn", "factor": 2.0}), Refused),
+                (json!({"type": "linear", "factor": 1e-50}), Refused),
                 (json!("linear"), Refused),
             ],
             "max_position_embeddings" => vec![(json!(4096), Changes), (json!(-5), Refused)],
@@ -923,6 +1082,11 @@ mod tests {
                 (json!(["full_attention"]), Refused),
             ],
             "pretraining_tp" => vec![(json!(1), Same), (json!(2), Same), (json!(0), Refused)],
+            // Not used by default RoPE; with llama3, see rope_forms_agree_or_are_refused.
+            "original_max_position_embeddings" => vec![(json!(16), Same), (json!(0), Refused)],
+            "per_layer_config" => {
+                vec![(Value::Null, Same), (json!({}), Same), (json!({"0": {"intermediate_size": 128}}), Refused)]
+            }
             "torch_dtype" | "dtype" => {
                 vec![(json!("bfloat16"), Same), (json!("float16"), Same), (json!("int8"), Refused)]
             }
@@ -1023,6 +1187,81 @@ mod tests {
         ])
         .unwrap();
         assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { original_max_position_embeddings: 8192, .. }));
+        // A top-level original_max_position_embeddings is llama3's original context
+        // (transformers 5 moves it into rope_parameters); it must agree with a nested one.
+        let llama3 = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0});
+        let c = with(&[("original_max_position_embeddings", json!(16)), ("rope_parameters", llama3.clone())]).unwrap();
+        assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { original_max_position_embeddings: 16, .. }));
+        let mut nested = llama3.clone();
+        nested["original_max_position_embeddings"] = json!(16);
+        let c2 = with(&[("original_max_position_embeddings", json!(16)), ("rope_parameters", nested.clone())]).unwrap();
+        assert_eq!(c2, c);
+        let e = with(&[("original_max_position_embeddings", json!(32)), ("rope_parameters", nested)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'original_max_position_embeddings' = 32") && e.contains("= 16"), "{e}");
+    }
+
+    /// Every harmless key at once, each with a value of another JSON type, changes nothing;
+    /// a key not in the table is still refused by name, with its value.
+    #[test]
+    fn harmless_keys_take_any_value_and_unknown_keys_are_refused() {
+        let plain = parse(&base_hf()).unwrap();
+        let values = [
+            Value::Null,
+            json!(0),
+            json!(-1.5e300),
+            json!(true),
+            json!("LLaMA v2"),
+            json!([1, "two", null]),
+            json!({"a": {"b": [3]}}),
+        ];
+        let mut map = base_hf();
+        let harmless = HF_CONFIG_KEYS.iter().filter(|(_, u, _)| *u == KeyUse::Harmless);
+        for (i, (key, _, _)) in harmless.enumerate() {
+            map.insert(key.to_string(), values[i % values.len()].clone());
+        }
+        assert_eq!(parse(&map).unwrap(), plain);
+        for (key, value) in [("_model_name_or_path_v2", json!("x")), ("unk_token_ids", json!([0])), ("rope", json!(1))]
+        {
+            let mut with_unknown = map.clone();
+            with_unknown.insert(key.to_string(), value.clone());
+            let e = parse(&with_unknown).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("'{key}' = {value}"))
+                    && e.contains("unknown key")
+                    && e.contains("test/config.json"),
+                "{e}"
+            );
+        }
+    }
+
+    /// A `mistral` config.json takes MistralConfig's defaults where a key is absent (8 key/value
+    /// heads, a 4096-token window, 131072 positions, transformers 4.x and 5.x alike); null keeps
+    /// the null reading; `llama` keeps LlamaConfig's.
+    #[test]
+    fn mistral_defaults_apply_to_absent_keys() {
+        let mut map = base_hf();
+        map.insert("num_attention_heads".into(), json!(8));
+        map.remove("num_key_value_heads");
+        let llama = parse(&map).unwrap();
+        assert_eq!((llama.num_key_value_heads, llama.sliding_window, llama.max_position_embeddings), (8, None, 2048));
+        map.insert("num_attention_heads".into(), json!(16));
+        map.insert("hidden_size".into(), json!(64));
+        let llama = parse(&map).unwrap();
+        assert_eq!(llama.num_key_value_heads, 16);
+        map.insert("model_type".into(), json!("mistral"));
+        let m = parse(&map).unwrap();
+        assert_eq!((m.num_key_value_heads, m.sliding_window, m.max_position_embeddings), (8, Some(4096), 131072));
+        let llama3 = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0});
+        map.insert("rope_parameters".into(), llama3);
+        let m = parse(&map).unwrap();
+        assert!(matches!(m.rope_scaling, RopeScaling::Llama3 { original_max_position_embeddings: 131072, .. }));
+        map.remove("rope_parameters");
+        map.insert("num_key_value_heads".into(), Value::Null);
+        map.insert("sliding_window".into(), Value::Null);
+        let m = parse(&map).unwrap();
+        assert_eq!((m.num_key_value_heads, m.sliding_window), (16, None));
     }
 
     /// llama3 scaling worked by hand for head_dim 8, θ 10⁴, f 8, l 1, h 4, c 16:
@@ -1091,7 +1330,7 @@ mod tests {
     }
 
     fn gguf_cases(key: &str) -> Vec<(GgufValue, Expect)> {
-        use GgufValue::{String as S, F32, U32};
+        use GgufValue::{String as S, F32, F64, U32};
         match key {
             "general.architecture" => vec![(S("llama".into()), Same), (S("qwen2".into()), Refused)],
             "llama.vocab_size" | "llama.embedding_length" | "llama.feed_forward_length" | "llama.block_count" => {
@@ -1102,15 +1341,23 @@ mod tests {
             "llama.attention.key_length" | "llama.attention.value_length" => {
                 vec![(U32(8), Same), (U32(16), Changes), (U32(7), Refused)]
             }
-            "llama.attention.layer_norm_rms_epsilon" => vec![(F32(1e-6), Changes), (F32(-1.0), Refused)],
+            "llama.attention.layer_norm_rms_epsilon" => {
+                vec![(F32(1e-6), Changes), (F32(-1.0), Refused), (F64(1e300), Refused), (F64(1e-50), Refused)]
+            }
             "llama.attention.sliding_window" => vec![(U32(4096), Changes), (U32(0), Refused)],
-            "llama.rope.freq_base" => vec![(F32(500000.0), Changes), (F32(0.0), Refused)],
+            "llama.rope.freq_base" => vec![(F32(500000.0), Changes), (F32(0.0), Refused), (F64(1e300), Refused)],
             "llama.rope.dimension_count" => vec![(U32(8), Same), (U32(4), Refused)],
             "llama.rope.scaling.type" => {
                 vec![(S("none".into()), Same), (S("linear".into()), Same), (S("yarn".into()), Refused)]
             }
             "llama.rope.scaling.factor" | "llama.rope.scale_linear" => {
-                vec![(F32(4.0), Changes), (F32(1.0), Same), (F32(0.0), Same), (S("x".into()), Refused)]
+                vec![
+                    (F32(4.0), Changes),
+                    (F32(1.0), Same),
+                    (F32(0.0), Same),
+                    (F64(1e300), Refused),
+                    (S("x".into()), Refused),
+                ]
             }
             "llama.context_length" => vec![(U32(8192), Changes)],
             "llama.expert_count" | "llama.expert_used_count" => vec![(U32(0), Same), (U32(8), Refused)],
@@ -1159,6 +1406,70 @@ mod tests {
                 (Refused, Err(e)) => assert!(e.to_string().contains(key), "{e}"),
                 (want, got) => panic!("{key}: expected {want:?}, got {got:?}"),
             }
+        }
+    }
+
+    /// Floats the forward uses in f32 that are infinite (1e300) or 0 (1e-50) there, or that
+    /// overflow the RoPE frequencies, are refused with the file's key and the value, from
+    /// config.json and from GGUF alike.
+    #[test]
+    fn floats_that_are_no_positive_finite_f32_are_refused_by_name() {
+        let e = LlamaConfig { rms_norm_eps: 1e300, ..LlamaConfig::tiny() }.validate().unwrap_err().to_string();
+        assert!(e.contains("rms_norm_eps = 1e300") && e.contains("where it is inf"), "{e}");
+        let with = |pairs: &[(&str, Value)]| {
+            let mut map = base_hf();
+            for (k, v) in pairs {
+                map.insert(k.to_string(), v.clone());
+            }
+            parse(&map).unwrap_err().to_string()
+        };
+        let llama3 = |factor: f64, low: f64, high: f64| {
+            json!({"rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
+                   "original_max_position_embeddings": 16})
+        };
+        for (pairs, named) in [
+            (vec![("rms_norm_eps", json!(1e300))], "rms_norm_eps = 1e300: must be a positive finite f32"),
+            (vec![("rms_norm_eps", json!(1e-50))], "rms_norm_eps = 1e-50: must be a positive finite f32"),
+            (vec![("rope_theta", json!(1e300))], "rope_theta = 1e300"),
+            (
+                vec![("rope_parameters", json!({"rope_type": "default", "rope_theta": 1e39}))],
+                "rope_parameters.rope_theta = 1e39",
+            ),
+            (vec![("rope_parameters", llama3(1e300, 1.0, 4.0))], "rope_parameters.factor = 1e300"),
+            (vec![("rope_scaling", llama3(8.0, 1e-50, 4.0))], "rope_scaling.low_freq_factor = 1e-50"),
+            (vec![("rope_scaling", llama3(8.0, 1.0, 1e39))], "rope_scaling.high_freq_factor = 1e39"),
+            // Distinct in f64, equal in f32: the smoothing would divide by 0.
+            (
+                vec![("rope_parameters", llama3(8.0, 1.0, 1.00000001))],
+                "rope_parameters.high_freq_factor = 1.00000001 must exceed rope_parameters.low_freq_factor = 1.0",
+            ),
+            // Each a positive finite f32, but inv_freq / factor overflows.
+            (
+                vec![("rope_scaling", json!({"type": "linear", "factor": 1e-40}))],
+                "overflows f32 with rope_theta = 10000.0, rope_scaling.factor = 1e-40",
+            ),
+        ] {
+            let e = with(&pairs);
+            assert!(e.contains("test/config.json: ") && e.contains(named), "{pairs:?}: {e}");
+        }
+        for (key, value, named) in [
+            (
+                "llama.attention.layer_norm_rms_epsilon",
+                1e300,
+                "llama.attention.layer_norm_rms_epsilon = 1e300: must be",
+            ),
+            (
+                "llama.attention.layer_norm_rms_epsilon",
+                1e-50,
+                "llama.attention.layer_norm_rms_epsilon = 1e-50: must be",
+            ),
+            ("llama.rope.freq_base", 1e300, "llama.rope.freq_base = 1e300: must be"),
+            ("llama.rope.scale_linear", 1e300, "llama.rope.scale_linear = 1e300: must be"),
+        ] {
+            let mut w = gguf_base();
+            w.add_metadata(key, GgufValue::F64(value));
+            let e = gguf_config(&w, "f32-overflow.gguf").unwrap_err().to_string();
+            assert!(e.contains("f32-overflow.gguf: ") && e.contains(named), "{key} = {value:e}: {e}");
         }
     }
 

@@ -2,8 +2,8 @@
 //! (SIGKILL) at random points of its run leaves, at its output path, the previous model or
 //! the new one and never a torn file; a sharded directory left with shards of two writes
 //! is refused by name; a run killed between checkpoints resumes to exactly the result of
-//! an uninterrupted run (its output in the compressed layout); the next complete write
-//! removes what killed writes left behind.
+//! an uninterrupted run (its output in the compressed layout); the next write removes what
+//! killed writes left behind as soon as it starts (issue 22), and again when it completes.
 //!
 //! A small random LLaMA (4 layers, ~6 MB in f32) is the source; the kill delays are spread
 //! evenly over the measured length of an uninterrupted run (with jitter), so kills land
@@ -281,5 +281,48 @@ fn a_killed_finetune_resumes_to_the_uninterrupted_result() {
         assert_eq!(digest(&out).unwrap(), want, "killed after {delay:?} and resumed: a different model");
     }
     println!("{TRIALS} kills: {from_checkpoint} left a checkpoint directory, {mid_write} in the middle of a checkpoint write");
+    common::remove_scratch(&dir);
+}
+
+/// Issue 22, item 7: the temporary files of killed writes (`<name>.tmp-<dead pid>`, up to
+/// a shard's size) are removed when the next write of the same output starts, before its
+/// first byte, not only once it completes.
+#[test]
+fn a_new_write_removes_what_killed_writes_left_when_it_starts() {
+    use sparsetune::io::{PlannedFile, SafetensorsWriter, TensorSpec};
+    use sparsetune::model::llama::{ModelWriter, OutputForm, OutputSpec};
+    let dir = common::scratch("atomic-stale");
+    let dead = {
+        let mut child = Command::new("true").spawn().expect("run true");
+        child.wait().unwrap();
+        child.id()
+    };
+    let file = dir.join("out.safetensors");
+    let stale = dir.join(format!("out.safetensors.tmp-{dead}"));
+    std::fs::write(&stale, vec![7u8; 1 << 20]).unwrap();
+    let spec = TensorSpec { name: "a".into(), dtype: DType::F32, shape: vec![2] };
+    let plan = PlannedFile { path: file.clone(), tensors: vec![spec], metadata: BTreeMap::new(), reserve: 0 };
+    let writer = SafetensorsWriter::create(vec![plan]).unwrap();
+    assert!(!stale.exists(), "a killed write's temporary file outlived the start of the next write");
+    drop(writer);
+    // A model directory: a killed write's shard of another shard count, and its index.
+    let out = dir.join("model");
+    std::fs::create_dir_all(&out).unwrap();
+    let left =
+        [format!("model-00002-of-00003.safetensors.tmp-{dead}"), format!("model.safetensors.index.json.tmp-{dead}")];
+    for name in &left {
+        std::fs::write(out.join(name), b"partial").unwrap();
+    }
+    std::fs::write(out.join("notes.txt.tmp-1"), b"not a model file").unwrap();
+    let m = Llama::random(&config(), DType::F32, &Device::cpu(), 1).unwrap();
+    let tok = Tokenizer::byte_level().unwrap();
+    let spec =
+        OutputSpec { config: &m.config, source: None, tokenizer: &tok, dtype: DType::F32, metadata: BTreeMap::new() };
+    let writer = ModelWriter::create(&out, OutputForm::Directory { max_shard_bytes: 1 << 30 }, spec).unwrap();
+    for name in &left {
+        assert!(!out.join(name).exists(), "{name} outlived the start of the next write");
+    }
+    assert!(out.join("notes.txt.tmp-1").exists(), "a file that is not a model's was removed");
+    drop(writer);
     common::remove_scratch(&dir);
 }

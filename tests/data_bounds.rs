@@ -184,7 +184,10 @@ fn commands_refuse_a_bomb_by_name() {
     let dir = common::scratch("bounds-cli");
     let bomb = one_line_bomb(&dir, 1);
     let model = dir.join("tiny.safetensors");
-    let tiny = common::tiny_model(DType::F32, &sparsetune::Device::cpu(), 3);
+    // An embedding with a row for each of the byte-level tokenizer's 258 ids.
+    let config =
+        sparsetune::model::llama::LlamaConfig { vocab_size: 260, ..sparsetune::model::llama::LlamaConfig::tiny() };
+    let tiny = sparsetune::model::llama::Llama::random(&config, DType::F32, &sparsetune::Device::cpu(), 3).unwrap();
     llama::save_safetensors(&tiny, &model, DType::F32, Some(&Tokenizer::byte_level().unwrap()), &Default::default())
         .unwrap();
     let (m, b) = (model.to_str().unwrap(), bomb.to_str().unwrap());

@@ -155,7 +155,7 @@ fn resume_is_bit_identical_and_bad_checkpoints_are_refused() {
     for _ in 0..3 {
         first.train_step(&data).unwrap();
     }
-    checkpoint::save(&path, &first, "masked-lora", serde_json::json!({}), &[]).unwrap();
+    checkpoint::save(&path, &first, "masked-lora", None, serde_json::json!({}), &[]).unwrap();
     drop(first);
     let (mut resumed, _) = trainer(6, 2, 2);
     let ck = checkpoint::load(&path).unwrap();
@@ -589,5 +589,60 @@ fn losa_checkpoint_with_absurd_ranks_is_refused() {
         let e = second.resume(&path).unwrap_err().to_string();
         assert!(e.contains(&format!("rank {rank}")) && e.contains("outside"), "{rank}: {e}");
     }
+    common::remove_scratch(&dir);
+}
+
+/// Issue 22: a checkpoint records what it was made from and refuses, by name, a resume
+/// from anything else; one that records nothing (saved without it, or format version 1)
+/// still loads but is refused by the check; an unknown version is refused at load.
+#[test]
+fn checkpoints_record_what_they_were_made_from() {
+    use sparsetune::finetune::checkpoint;
+    use sparsetune::io::outputs::{DataFile, Provenance};
+    use sparsetune::io::{write_owned, OwnedEntry, SafetensorsFile};
+    let dir = common::scratch("provenance");
+    let (t, _) = trainer(4, 1, 1);
+    let made =
+        Provenance::new("m1".into(), vec![DataFile { path: "a.txt".into(), hash: "d1".into() }]).arg("--rank", 4);
+    let path = dir.join("with.safetensors");
+    checkpoint::save(&path, &t, "masked-lora", Some(&made), serde_json::json!({}), &[]).unwrap();
+    let ck = checkpoint::load(&path).unwrap();
+    assert_eq!(ck.meta.version, 2);
+    ck.check_provenance(&made, "--model", "--data").unwrap();
+    let other = Provenance { model: "m2".into(), ..made.clone() }.arg("--rank", 8);
+    let e = ck.check_provenance(&other, "--model", "--data").unwrap_err().to_string();
+    assert!(e.contains("--model: another model") && e.contains("--rank: 4 then, 8 now"), "{e}");
+
+    let none = dir.join("none.safetensors");
+    checkpoint::save(&none, &t, "masked-lora", None, serde_json::json!({}), &[]).unwrap();
+    let e = checkpoint::load(&none).unwrap().check_provenance(&made, "--model", "--data").unwrap_err().to_string();
+    assert!(e.contains("does not record what it was made from"), "{e}");
+    // The same file as format version 1 wrote it, and as an unknown version 3.
+    let rewrite = |version: u64| {
+        let st = SafetensorsFile::open(&none).unwrap();
+        let mut md = st.metadata().clone();
+        let mut meta: serde_json::Value = serde_json::from_str(&md["sparsetune.checkpoint"]).unwrap();
+        meta["version"] = version.into();
+        meta.as_object_mut().unwrap().remove("provenance");
+        md.insert("sparsetune.checkpoint".into(), meta.to_string());
+        let blobs: Vec<OwnedEntry> = st
+            .names()
+            .into_iter()
+            .map(|n| {
+                let (dtype, shape) = st.info(n).unwrap();
+                OwnedEntry { name: n.to_string(), dtype, shape, data: st.tensor_bytes(n).unwrap().to_vec() }
+            })
+            .collect();
+        let out = dir.join(format!("v{version}.safetensors"));
+        write_owned(&out, &blobs, &md).unwrap();
+        checkpoint::reseal(&out).unwrap();
+        out
+    };
+    let v1 = checkpoint::load(&rewrite(1)).unwrap();
+    assert!(v1.meta.provenance.is_none());
+    let e = v1.check_provenance(&made, "--model", "--data").unwrap_err().to_string();
+    assert!(e.contains("format version 1"), "{e}");
+    let e = checkpoint::load(&rewrite(3)).unwrap_err().to_string();
+    assert!(e.contains("format version 3"), "{e}");
     common::remove_scratch(&dir);
 }

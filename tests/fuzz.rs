@@ -1,25 +1,34 @@
 //! Hostile files: a seeded, structure-aware fuzz campaign over every kind of file the tool
-//! reads, on the stable toolchain (issue 15).
+//! reads, on the stable toolchain (issues 15 and 22).
 //!
 //! Seeds are small files generated here (no downloads): a tiny LLaMA as GGUF (with a
 //! byte-level tokenizer in its metadata), as one safetensors file (config and tokenizer in
 //! the metadata), in the compressed sparse-bitmask layout, as a Hugging Face directory
 //! (config.json, tokenizer.json, tokenizer_config.json, model.safetensors), as a sharded
-//! directory with an index, and a masked-LoRA training checkpoint. Each case mutates one
-//! file of one seed — bytes (truncation, bit flips, interesting integers at aligned
+//! directory with an index, a Hugging Face directory with a LLaMA-2-style tokenizer
+//! (normalizer, BPE, byte fallback: `tests/fixtures/tokenizers/llama2-style.json`), a
+//! masked-LoRA training checkpoint, and data files (`.txt`, `.jsonl`, `.json` array,
+//! `.jsonl.gz`, `.txt.gz`). Each case mutates one file of one seed — bytes (truncation, bit flips, interesting integers at aligned
 //! offsets, chunks deleted or repeated), a safetensors header as JSON (shapes, dtypes,
 //! offsets, and the config/tokenizer JSON inside its metadata), a JSON file as JSON
 //! (numbers set to 0, −1, 2³¹−1, 2⁶³, 2⁶⁴−1, 10⁹, 1e300; types swapped, keys dropped,
-//! strings emptied or lengthened), GGUF metadata values — and runs what a user runs on
-//! it: open, tokenizer, load, one tiny window of evaluation and a Wanda prune of the model;
-//! for the checkpoint, `resume` (resealed, so that its checksum does not stop the case at
-//! the door) and one step.
+//! strings emptied or lengthened), GGUF metadata values, a data file's record as JSON,
+//! a compressed file's inflated text, a gzip bomb (up to 64 MiB of one repeated byte, with
+//! or without line breaks), or any file replaced by something that is not a regular file
+//! (a FIFO, a directory, a link to `/dev/zero`, a dangling or looping link) — and runs what
+//! a user runs on it: open, tokenizer, load, one tiny window of evaluation and a Wanda
+//! prune of the model; for the checkpoint, `resume` (resealed, so that its checksum does
+//! not stop the case at the door) and one step; for a data file, calibration windows,
+//! evaluation streams and a whole read, under limits of 2 MiB per file and 256 KiB per
+//! record ([`DATA_LIMITS`]).
 //!
 //! A case passes when it loads or fails with an error; it fails on a panic, on taking more
 //! than [`TIMEOUT`], or on any single allocation above [`ALLOC_BOUND`] (the inputs are
 //! kilobytes: nothing they say may size more; a counting global allocator measures it).
 //! Failing inputs are kept under `tests/fuzz-regressions/<id>/` and replayed first by
-//! every campaign. Counts per class are printed.
+//! every campaign (a special file is kept as a small marker file, [`SPECIAL`]). Counts per
+//! class are printed, and the campaign fails if the process's peak resident memory
+//! (`VmHWM`) passes [`RSS_BOUND`].
 //!
 //! Short campaign (the test suite): `cargo test --test fuzz` (3,000 cases).
 //! Long campaign: `SPARSETUNE_FUZZ_CASES=100000 cargo test --release --test fuzz -- --nocapture`
@@ -37,6 +46,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
+use sparsetune::data::{calibration_windows, tokenize_files, window_streams, DataLimits};
 use sparsetune::finetune::{checkpoint, LoraOptions, Repair, RepairMethod, RepairOptions, TrainConfig, TrainData};
 use sparsetune::io::{GgufValue, GgufWriter, Tokenizer};
 use sparsetune::model::llama::{
@@ -52,6 +62,14 @@ const ALLOC_BOUND: usize = 256 << 20;
 const HARD_CAP: usize = 8 << 30;
 /// A case slower than this fails; the watchdog aborts the campaign at four times it.
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// The most the whole campaign may hold resident at once (`VmHWM`).
+const RSS_BOUND: u64 = 2 << 30;
+/// What a data case may read: far below the defaults, so that a bomb meets the bound
+/// within a case's time.
+const DATA_LIMITS: DataLimits = DataLimits { max_data_bytes: 2 << 20, max_document_bytes: 256 << 10 };
+/// A file whose bytes start with this is written as a special file instead: the rest names
+/// which ([`write_case`]).
+const SPECIAL: &[u8] = b"\xffsparsetune-fuzz-special:";
 
 struct Counting;
 static LARGEST: AtomicUsize = AtomicUsize::new(0);
@@ -95,6 +113,8 @@ enum Entry {
     Model,
     /// Resume a masked-LoRA run from `ck.safetensors`.
     Resume,
+    /// Read the data file named by the seed's `model` (JSON field `text`).
+    Data,
 }
 
 /// A seed: named files and how they are used.
@@ -114,6 +134,99 @@ fn config() -> LlamaConfig {
 
 fn tiny() -> Llama {
     Llama::random(&config(), DType::F32, &Device::cpu(), 11).unwrap()
+}
+
+/// The LLaMA-2-style tokenizer fixture (vocabulary of 1,456 ids).
+fn llama2_tokenizer() -> &'static Tokenizer {
+    static TOK: std::sync::OnceLock<Tokenizer> = std::sync::OnceLock::new();
+    TOK.get_or_init(|| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizers/llama2-style.json");
+        Tokenizer::from_file(path).unwrap()
+    })
+}
+
+/// A few kilobytes of prose with punctuation, digits, accents and emoji, as documents.
+fn documents() -> Vec<String> {
+    let words = [
+        "Call",
+        "me",
+        "Ishmael.",
+        "Some",
+        "years",
+        "ago—never",
+        "mind",
+        "how",
+        "long",
+        "precisely—having",
+        "little",
+        "or",
+        "no",
+        "money",
+        "in",
+        "my",
+        "purse,",
+        "and",
+        "nothing",
+        "particular",
+        "to",
+        "interest",
+        "me",
+        "on",
+        "shore,",
+        "I",
+        "thought",
+        "I",
+        "would",
+        "sail",
+        "about",
+        "a",
+        "little",
+        "and",
+        "see",
+        "the",
+        "watery",
+        "part",
+        "of",
+        "the",
+        "world.",
+        "café",
+        "naïve",
+        "1851",
+        "🐋",
+        "Æsir",
+        "東京",
+        "\t",
+    ];
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    (0..24)
+        .map(|_| {
+            let n = rng.random_range(20..90);
+            (0..n).map(|_| words[rng.random_range(0..words.len())]).collect::<Vec<_>>().join(" ")
+        })
+        .collect()
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+fn gunzip(bytes: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(bytes).take(1 << 20).read_to_end(&mut out).ok()?;
+    Some(out)
+}
+
+fn jsonl(docs: &[String]) -> Vec<u8> {
+    let mut out = String::new();
+    for (i, d) in docs.iter().enumerate() {
+        out.push_str(&serde_json::json!({"id": i, "text": d, "meta": {"source": "fuzz"}}).to_string());
+        out.push('\n');
+    }
+    out.into_bytes()
 }
 
 fn read_dir(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -218,6 +331,35 @@ fn seeds(dir: &Path) -> Vec<Seed> {
             model: ".",
             entry: Entry::Model,
         });
+    }
+
+    // A directory whose tokenizer has a normalizer, merges and byte fallback, with an
+    // embedding as large as its vocabulary.
+    let tok2 = llama2_tokenizer();
+    let m2 = Llama::random(
+        &LlamaConfig { vocab_size: tok2.vocab_size(), ..LlamaConfig::tiny() },
+        DType::F32,
+        &Device::cpu(),
+        12,
+    )
+    .unwrap();
+    let d = dir.join("hf-tok");
+    let spec =
+        OutputSpec { config: &m2.config, source: None, tokenizer: tok2, dtype: DType::F32, metadata: BTreeMap::new() };
+    save_model(&m2, &d, OutputForm::Directory { max_shard_bytes: 1 << 30 }, spec).unwrap();
+    out.push(Seed { name: "hf-tok", files: read_dir(&d), model: ".", entry: Entry::Model });
+
+    let docs = documents();
+    let text = docs.join("\n\n").into_bytes();
+    let array = serde_json::to_vec(&docs.iter().map(|d| serde_json::json!({"text": d})).collect::<Vec<_>>()).unwrap();
+    for (name, file, bytes) in [
+        ("data-txt", "data.txt", text.clone()),
+        ("data-jsonl", "data.jsonl", jsonl(&docs)),
+        ("data-json", "data.json", array),
+        ("data-jsonl-gz", "data.jsonl.gz", gzip(&jsonl(&docs))),
+        ("data-txt-gz", "data.txt.gz", gzip(&text)),
+    ] {
+        out.push(Seed { name, files: vec![(file.into(), bytes)], model: file, entry: Entry::Data });
     }
 
     let (mut repair, data) = repair_run();
@@ -437,9 +579,99 @@ fn mutate_safetensors_header(rng: &mut ChaCha8Rng, b: &mut Vec<u8>) -> Option<&'
     Some(what)
 }
 
+/// A special file in place of a regular one, as a marker [`write_case`] turns into it.
+fn special(rng: &mut ChaCha8Rng) -> (&'static str, Vec<u8>) {
+    let what = ["fifo", "dir", "dev-zero", "dangling", "loop"][rng.random_range(0..5)];
+    (what, [SPECIAL, what.as_bytes()].concat())
+}
+
+/// A gzip bomb: up to 64 MiB of one byte, in one line or in lines of 1 KiB.
+fn bomb(rng: &mut ChaCha8Rng) -> (&'static str, Vec<u8>) {
+    let mut text = vec![b'a'; 1usize << rng.random_range(20..=26)];
+    if rng.random_bool(0.5) {
+        return ("gz/bomb-one-line", gzip(&text));
+    }
+    for i in (1023..text.len()).step_by(1024) {
+        text[i] = b'\n';
+    }
+    ("gz/bomb-lines", gzip(&text))
+}
+
+/// One edit of a data file's contents: a JSON-lines record or a JSON array as JSON, or
+/// bytes, or one long line.
+fn mutate_text(rng: &mut ChaCha8Rng, name: &str, b: &mut Vec<u8>) -> &'static str {
+    if rng.random_bool(0.05) {
+        // One record longer than the per-record bound, or a text that never breaks.
+        let n = rng.random_range(200_000..600_000);
+        let chunk: Vec<u8> = b.iter().copied().filter(|&c| c != b'\n').take(64).collect();
+        let mut long: Vec<u8> = chunk.iter().copied().cycle().take(n).collect();
+        if name.contains(".json") {
+            long = serde_json::json!({"text": String::from_utf8_lossy(&long)}).to_string().into_bytes();
+        }
+        b.extend_from_slice(&long);
+        return "text/long-record";
+    }
+    if name.contains(".jsonl") && rng.random_bool(0.6) {
+        let mut lines: Vec<Vec<u8>> = b.split(|&c| c == b'\n').map(<[u8]>::to_vec).collect();
+        let i = rng.random_range(0..lines.len());
+        let what = match serde_json::from_slice::<Value>(&lines[i]) {
+            Ok(mut v) => {
+                let what = mutate_json(rng, &mut v);
+                lines[i] = v.to_string().into_bytes();
+                what
+            }
+            Err(_) => mutate_bytes(rng, &mut lines[i]),
+        };
+        *b = lines.join(&b'\n');
+        return what;
+    }
+    if name.ends_with(".json") && rng.random_bool(0.6) {
+        if let Ok(mut v) = serde_json::from_slice::<Value>(b) {
+            let what = mutate_json(rng, &mut v);
+            *b = v.to_string().into_bytes();
+            return what;
+        }
+    }
+    mutate_bytes(rng, b)
+}
+
+/// One case of a data seed.
+fn mutate_data(rng: &mut ChaCha8Rng, name: &str, b: &mut Vec<u8>) -> String {
+    if !name.ends_with(".gz") {
+        return format!("text/{}", mutate_text(rng, name, b).trim_start_matches("text/"));
+    }
+    match rng.random_range(0..10) {
+        0 => {
+            let (what, bytes) = bomb(rng);
+            *b = bytes;
+            what.into()
+        }
+        1..=4 => match gunzip(b) {
+            Some(mut inner) => {
+                let what = mutate_text(rng, name.trim_end_matches(".gz"), &mut inner);
+                *b = gzip(&inner);
+                format!("gz/inflated-{}", what.replace('/', "-"))
+            }
+            None => format!("gz/{}", mutate_bytes(rng, b).trim_start_matches("bytes/")),
+        },
+        _ => format!("gz/{}", mutate_bytes(rng, b).trim_start_matches("bytes/")),
+    }
+}
+
 /// One case: a seed with one file mutated.
 fn mutate(rng: &mut ChaCha8Rng, seed: &Seed, base: &Llama) -> (String, Vec<(String, Vec<u8>)>) {
     let mut files = seed.files.clone();
+    if rng.random_bool(0.04) {
+        let i = rng.random_range(0..files.len());
+        let (what, marker) = special(rng);
+        let name = files[i].0.clone();
+        files[i].1 = marker;
+        return (format!("{}:special/{what} {}", seed.name, name.rsplit('.').next().unwrap_or("")), files);
+    }
+    if seed.entry == Entry::Data {
+        let what = mutate_data(rng, seed.model, &mut files[0].1);
+        return (format!("{}:{what}", seed.name), files);
+    }
     if seed.name == "gguf" && rng.random_bool(0.3) {
         // GGUF metadata: one value replaced, of any type the format has.
         let keys = [
@@ -543,6 +775,17 @@ fn run_resume(dir: &Path) -> sparsetune::Result<()> {
     Ok(())
 }
 
+/// What `eval`, `prune` and `finetune` do with a data file: calibration windows, evaluation
+/// streams, and the whole file.
+fn run_data(path: &Path) -> sparsetune::Result<()> {
+    let tok = llama2_tokenizer();
+    let files = [path.to_path_buf()];
+    let calibration = calibration_windows(tok, &files, 2, 16, "text", &DATA_LIMITS);
+    window_streams(tok, &files, "text", &DATA_LIMITS, 16, Some(4))?;
+    tokenize_files(tok, &files, "text", &DATA_LIMITS, None)?;
+    calibration.map(drop)
+}
+
 /// Runs one case in `dir` (its files already written).
 fn run_case(dir: &Path, model: &str, entry: Entry) -> (Outcome, String, usize, Duration) {
     LARGEST.store(0, Ordering::Relaxed);
@@ -552,6 +795,7 @@ fn run_case(dir: &Path, model: &str, entry: Entry) -> (Outcome, String, usize, D
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match entry {
         Entry::Model => run_model(&if model == "." { dir.to_path_buf() } else { dir.join(model) }),
         Entry::Resume => run_resume(dir),
+        Entry::Data => run_data(&dir.join(model)),
     }));
     IN_CASE.store(false, Ordering::Relaxed);
     let (took, largest) = (start.elapsed(), LARGEST.load(Ordering::Relaxed));
@@ -573,12 +817,35 @@ fn run_case(dir: &Path, model: &str, entry: Entry) -> (Outcome, String, usize, D
     (outcome, msg, largest, took)
 }
 
+/// Writes a case's files into a fresh `dir`; a [`SPECIAL`] marker becomes what it names.
 fn write_case(dir: &Path, files: &[(String, Vec<u8>)]) {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
     for (name, bytes) in files {
-        std::fs::write(dir.join(name), bytes).unwrap();
+        let path = dir.join(name);
+        match bytes.strip_prefix(SPECIAL) {
+            None => std::fs::write(&path, bytes).unwrap(),
+            Some(b"fifo") => {
+                let made = std::process::Command::new("mkfifo").arg(&path).status().is_ok_and(|s| s.success());
+                assert!(made, "mkfifo {} failed", path.display());
+            }
+            Some(b"dir") => std::fs::create_dir(&path).unwrap(),
+            Some(b"dev-zero") => std::os::unix::fs::symlink("/dev/zero", &path).unwrap(),
+            Some(b"dangling") => std::os::unix::fs::symlink(dir.join("no-such-file"), &path).unwrap(),
+            Some(b"loop") => std::os::unix::fs::symlink(&path, &path).unwrap(),
+            Some(other) => panic!("unknown special file {}", String::from_utf8_lossy(other)),
+        }
     }
+}
+
+/// The process's peak resident memory (`VmHWM`), in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    kib.unwrap_or(0) * 1024
 }
 
 fn regressions_dir() -> PathBuf {
@@ -694,9 +961,12 @@ fn hostile_inputs_never_panic_hang_or_over_allocate() {
         }
     }
     done.store(true, Ordering::Relaxed);
+    let rss = peak_rss();
     println!(
-        "{cases} cases (seed {seed}) in {:.1} s; largest allocation {largest_seen} bytes, slowest case {slowest:?}",
-        t0.elapsed().as_secs_f64()
+        "{cases} cases (seed {seed}) in {:.1} s; largest allocation {largest_seen} bytes, slowest case {slowest:?}, \
+         peak resident {:.1} MiB",
+        t0.elapsed().as_secs_f64(),
+        rss as f64 / (1u64 << 20) as f64
     );
     println!("{:<44} {:>7} {:>7} {:>7} {:>7} {:>7}", "class", "loaded", "refused", "panic", "slow", "alloc");
     let mut total = [0usize; 5];
@@ -709,4 +979,5 @@ fn hostile_inputs_never_panic_hang_or_over_allocate() {
     println!("{:<44} {:>7} {:>7} {:>7} {:>7} {:>7}", "total", total[0], total[1], total[2], total[3], total[4]);
     common::remove_scratch(&work);
     assert!(failures.is_empty(), "{} failing cases:\n{}", failures.len(), failures.join("\n"));
+    assert!(rss <= RSS_BOUND, "peak resident memory {rss} bytes > {RSS_BOUND}");
 }

@@ -49,6 +49,10 @@ enum BenchKind {
         /// Output directory.
         #[arg(long)]
         out: std::path::PathBuf,
+        /// Replace an --out directory that an earlier `bench make-model` did not write
+        /// (another model's files only).
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Upper Cholesky factor of H⁻¹ (SparseGPT's step 3) for an n×n SPD matrix.
     Cholesky {
@@ -170,8 +174,8 @@ fn cuda(device: &Device) -> Option<&CudaDevice> {
 pub fn run(a: BenchArgs) -> Result<()> {
     let device = Device::from_name(&a.device)?;
     match a.what {
-        BenchKind::MakeModel { shape, dtype, max_shard_size, out } => {
-            make_model(&shape, &dtype, &max_shard_size, &out)?
+        BenchKind::MakeModel { shape, dtype, max_shard_size, out, overwrite } => {
+            make_model(&shape, &dtype, &max_shard_size, &out, overwrite)?
         }
         BenchKind::Cholesky { n } => {
             let h = spd(n);
@@ -364,14 +368,18 @@ fn fast_random_model(config: &LlamaConfig, dtype: DType, device: &Device) -> Res
     Llama::from_named(config.clone(), |part| fast_random_tensor(part, config, dtype, device))
 }
 
-/// `bench make-model`: the random model written a tensor at a time.
-fn make_model(shape: &str, dtype: &str, max_shard: &str, out: &std::path::Path) -> Result<()> {
+/// `bench make-model`: the random model written a tensor at a time, after checking `out`
+/// ([`crate::io::outputs::OutputPlan`]).
+fn make_model(shape: &str, dtype: &str, max_shard: &str, out: &std::path::Path, overwrite: bool) -> Result<()> {
+    use crate::io::outputs::{role, OutputKind, OutputPlan, META_WRITTEN_BY};
     use crate::model::llama::{hf_dir::parse_size, ModelWriter, OutputForm, OutputSpec};
     let start = Instant::now();
     let dtype: DType = dtype.parse()?;
     let config = plan::shape(shape)?;
+    OutputPlan::new(overwrite).output("--out", out, OutputKind::ModelDir, role::MAKE_MODEL).check()?;
     let tokenizer = crate::io::Tokenizer::byte_level()?;
-    let spec = OutputSpec { config: &config, source: None, tokenizer: &tokenizer, dtype, metadata: Default::default() };
+    let metadata = [(META_WRITTEN_BY.to_string(), role::MAKE_MODEL.to_string())].into();
+    let spec = OutputSpec { config: &config, source: None, tokenizer: &tokenizer, dtype, metadata };
     let mut w = ModelWriter::create(out, OutputForm::Directory { max_shard_bytes: parse_size(max_shard)? }, spec)?;
     let parts = Part::all(&config);
     let pb = super::progress::bar(parts.len() as u64, "make-model");

@@ -8,6 +8,7 @@ use clap::Args;
 use super::{default_asset, default_model, device_and_dtype, progress, DataArgs};
 use crate::data::{window_streams, windows_of_streams};
 use crate::eval::perplexity;
+use crate::io::outputs::{new_write_id, role, write_stamp, OutputKind, OutputPlan};
 use crate::model::llama;
 use crate::Result;
 
@@ -43,9 +44,15 @@ pub struct EvalArgs {
     #[arg(long)]
     json: bool,
     /// Also write the first window's token ids (`ids`, U32 [T]) and logits (`logits`, F32
-    /// [T, vocab]) to this safetensors file, e.g. for `scripts/hf_fixtures.py check`.
+    /// [T, vocab]) to this safetensors file, e.g. for `scripts/hf_fixtures.py check`
+    /// (its directory must exist; an existing file is replaced only if an earlier
+    /// `eval --logits-out` wrote it, or with --overwrite).
     #[arg(long)]
     logits_out: Option<PathBuf>,
+    /// Replace an existing --logits-out file that an earlier `eval --logits-out` did not
+    /// write (never an input).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 /// Arguments of `sparsetune generate`.
@@ -76,6 +83,13 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
     };
     let texts = if a.texts.is_empty() { vec![default_asset("moby-dick/data.txt")?] } else { a.texts };
     let (device, dtype) = device_and_dtype(&a.device, &a.dtype)?;
+    if let Some(path) = &a.logits_out {
+        OutputPlan::new(a.overwrite)
+            .model("--model", &model_path)
+            .data("--text", &texts)
+            .output("--logits-out", path, OutputKind::File, role::LOGITS)
+            .check()?;
+    }
     let t0 = Instant::now();
     progress::stage(&format!("loading {}", model_path.display()));
     let tokenizer = llama::load_tokenizer(&model_path)?;
@@ -95,7 +109,7 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
             crate::io::OwnedEntry::u32s("ids", vec![first.len()], first),
             crate::io::OwnedEntry::of("logits", &logits)?,
         ];
-        crate::io::write_owned(path, &entries, &Default::default())?;
+        crate::io::write_owned(path, &entries, &write_stamp(&new_write_id(), role::LOGITS))?;
     }
     let pb = progress::bar(windows.len() as u64, "eval");
     let report = perplexity(&model, &windows, |done, _| pb.set_position(done as u64))?;

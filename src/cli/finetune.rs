@@ -7,6 +7,11 @@
 //! of the model. LoRS's gradient initialisation and LoSA's re-pruning read the dense
 //! pruned weights, so those two load it dense. The output is merged a linear at a time
 //! as it is written.
+//!
+//! Before anything is read, the outputs (`--out`, `--adapter-out`, `--checkpoint-dir`) are
+//! checked ([`OutputPlan`]). A checkpoint records what the training was made from (a
+//! content hash of the pruned model as loaded, the data files' hashes, the options that
+//! change the result); `--resume` refuses one made from anything else, naming it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,10 +25,11 @@ use crate::finetune::plan::{plan, PlanInput};
 use crate::finetune::{
     checkpoint, export, Decay, LoraOptions, Repair, RepairMethod, RepairOptions, TrainConfig, TrainData,
 };
+use crate::io::outputs::{hash_data_files, model_hash, role, OutputKind, OutputPlan, Provenance, META_WRITTEN_BY};
 use crate::model::llama::hf_dir::parse_size;
 use crate::model::llama::{self, Llama, ModelSource, OutputForm, OutputSpec, WeightLayout};
 use crate::sparse::SparseFormat;
-use crate::{Error, Result};
+use crate::{DType, Error, Result};
 
 /// Arguments of `sparsetune finetune`.
 #[derive(Args, Debug)]
@@ -135,18 +141,23 @@ pub struct FinetuneArgs {
     /// Also write the adapters alone (PEFT names, with their masks).
     #[arg(long)]
     adapter_out: Option<PathBuf>,
+    /// Replace an existing --out, --adapter-out or --checkpoint-dir that an earlier
+    /// finetune did not write; never an input, never a directory holding other files.
+    #[arg(long)]
+    overwrite: bool,
     /// Print one JSON object (the report) on stdout.
     #[arg(long)]
     json: bool,
 }
 
 /// Trains `repair` to its last step with a progress bar (loss, lr, tokens/s, ETA),
-/// checkpointing into `checkpoint = (dir, every)` every `every` steps, at the end, and when
-/// stopping after `stop_after` steps of this call. Returns false when it stopped early.
+/// checkpointing into `checkpoint = (dir, every, made from)` every `every` steps, at the
+/// end, and when stopping after `stop_after` steps of this call. Returns false when it
+/// stopped early.
 pub(super) fn train(
     repair: &mut Repair,
     data: &TrainData,
-    checkpoint: Option<(&std::path::Path, usize)>,
+    checkpoint: Option<(&std::path::Path, usize, &Provenance)>,
     stop_after: Option<usize>,
 ) -> Result<bool> {
     let pb = progress::bar(repair.trainer.config.steps as u64, repair.method.name());
@@ -161,9 +172,9 @@ pub(super) fn train(
         pb.set_message(format!("loss {:.4} lr {:.2e} {:.0} tok/s", r.loss, r.lr, r.tokens as f64 / r.seconds));
         pb.inc(1);
         let stop = stop_after == Some(this_run);
-        if let Some((dir, every)) = checkpoint {
+        if let Some((dir, every, made_from)) = checkpoint {
             if repair.trainer.step % every == 0 || repair.done() || stop {
-                repair.save(&checkpoint::path_in(dir))?;
+                repair.save_with(&checkpoint::path_in(dir), Some(made_from))?;
             }
         }
         if stop && !repair.done() {
@@ -184,6 +195,40 @@ pub(super) fn method_config(method: RepairMethod, steps: usize) -> TrainConfig {
         cfg.adamw.weight_decay = 0.001;
     }
     cfg
+}
+
+/// What a training run is made from: the [`model_hash`] of the model it starts from
+/// (`base_hash`), the training files' hashes, and the options of `method` that change the
+/// result beyond its [`TrainConfig`] (which a checkpoint compares itself).
+pub(super) fn training_provenance(
+    base_hash: String,
+    files: &[PathBuf],
+    method: RepairMethod,
+    opts: &RepairOptions,
+    text_field: &str,
+    dtype: DType,
+) -> Result<Provenance> {
+    let mut p = Provenance::new(base_hash, hash_data_files(files)?)
+        .arg("--method", method.name())
+        .arg("--text-field", text_field)
+        .arg("compute dtype", dtype.as_str());
+    if method.has_adapters() {
+        p = p.arg("--rank", opts.lora.rank).arg("--alpha", opts.lora.alpha).arg("adapter seed", opts.lora.seed);
+    }
+    match method {
+        RepairMethod::Seft => {
+            p = p.arg("--seft-interval", opts.seft.interval).arg("--seft-swap", opts.seft.swap_fraction);
+        }
+        RepairMethod::Losa => {
+            p = p
+                .arg("--sparsity", opts.losa.target)
+                .arg("--losa-stages", opts.losa.stages)
+                .arg("--losa-calib-samples", opts.losa.calib_samples)
+                .arg("--losa-cka-samples", opts.losa.cka_samples);
+        }
+        RepairMethod::MaskedLora | RepairMethod::Lors => {}
+    }
+    Ok(p)
 }
 
 /// The memory plan's predicted peak for repairing `source` with `method` as configured
@@ -244,6 +289,20 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
     if a.compressed && form != OutputForm::File {
         return Err(Error::invalid("--compressed writes one file: give --out NAME.safetensors"));
     }
+    let files = if a.data.is_empty() { sotu_files(&default_asset("sotu")?, 2000)? } else { a.data.clone() };
+    let mut outputs = OutputPlan::new(a.overwrite).model("--model", &a.model).data("--data", &files).output(
+        "--out",
+        &a.out,
+        if form == OutputForm::File { OutputKind::File } else { OutputKind::ModelDir },
+        role::FINETUNE,
+    );
+    if let Some(p) = &a.adapter_out {
+        outputs = outputs.output("--adapter-out", p, OutputKind::File, role::ADAPTERS);
+    }
+    if let Some(d) = &a.checkpoint_dir {
+        outputs = outputs.output("--checkpoint-dir", d, OutputKind::CheckpointDir, role::CHECKPOINT);
+    }
+    outputs.check()?;
 
     let start = Instant::now();
     progress::stage(&format!("loading {}", a.model.display()));
@@ -263,7 +322,6 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
         load_peak as f64 / (1u64 << 20) as f64,
         if matches!(method, RepairMethod::MaskedLora | RepairMethod::Seft) { "compressed" } else { "dense" }
     ));
-    let files = if a.data.is_empty() { sotu_files(&default_asset("sotu")?, 2000)? } else { a.data.clone() };
     progress::stage("reading training data");
     let limits = a.data_limits.limits()?;
     let streams = window_streams(&tokenizer, &files, &a.text_field, &limits, a.seq_len + 1, None)?.tokens;
@@ -279,6 +337,15 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
     (opts.losa.target, opts.losa.stages) = (a.sparsity, a.losa_stages);
     (opts.losa.calib_samples, opts.losa.cka_samples) = (a.losa_calib_samples, a.losa_cka_samples);
     let planned = planned_peak(&pruned, method, &cfg, &opts)?;
+    // What the checkpoints are made from, checked against the one to resume before any
+    // training work.
+    let made_from = match &a.checkpoint_dir {
+        Some(_) => Some(training_provenance(model_hash(&pruned)?, &files, method, &opts, &a.text_field, dtype)?),
+        None => None,
+    };
+    if let (Some(path), Some(now)) = (&resume_from, &made_from) {
+        checkpoint::load(path)?.check_provenance(now, "--model", "--data")?;
+    }
     let init_pb = progress::bar(0, "init");
     let mut repair = Repair::new(&pruned, method, opts, cfg, &data, &mut |done, total| {
         init_pb.set_length(total as u64);
@@ -293,7 +360,7 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
     }
 
     let train_start = Instant::now();
-    let ckpt = a.checkpoint_dir.as_deref().map(|d| (d, a.save_every));
+    let ckpt = a.checkpoint_dir.as_deref().zip(made_from.as_ref()).map(|(d, p)| (d, a.save_every, p));
     if !train(&mut repair, &data, ckpt, a.stop_after)? {
         eprintln!("stopped at step {} of {}; continue with --resume", repair.trainer.step, a.steps);
         return Ok(());
@@ -333,7 +400,10 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
         "seconds": start.elapsed().as_secs_f64(),
         "out": a.out.display().to_string(),
     });
-    let meta = BTreeMap::from([("sparsetune.finetune".to_string(), report.to_string())]);
+    let meta = BTreeMap::from([
+        ("sparsetune.finetune".to_string(), report.to_string()),
+        (META_WRITTEN_BY.to_string(), role::FINETUNE.to_string()),
+    ]);
     progress::stage(&format!("writing {}", a.out.display()));
     if a.compressed {
         let merged = repair.merged()?;

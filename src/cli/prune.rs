@@ -7,6 +7,12 @@
 //! dtype (the source's stored dtype unless `--dtype` says otherwise), so peak memory is
 //! the embeddings, one layer, and the calibration activations (plus SparseGPT's Hessians
 //! of that layer), whatever the model's size.
+//!
+//! Before anything is read, the output is checked ([`OutputPlan`]: not an input, its
+//! directory there, nothing at the path that an earlier `prune --out` did not write unless
+//! `--overwrite`). The report records what the model was made from (`provenance`: a
+//! content hash of the source's weights, hashed as they are read for pruning, the
+//! calibration files' hashes and the options that change the result).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,6 +21,7 @@ use clap::Args;
 
 use super::{default_asset, default_model, peak_rss_bytes, progress, DataArgs};
 use crate::data::{calibration_windows, sotu_files};
+use crate::io::outputs::{hash_data_files, role, ModelHasher, OutputKind, OutputPlan, Provenance, META_WRITTEN_BY};
 use crate::model::llama::hf_dir::parse_size;
 use crate::model::llama::{DecoderLayer, Llama, ModelSource, ModelWriter, OutputForm, OutputSpec, Part, Proj};
 use crate::prune::{
@@ -82,9 +89,42 @@ pub struct PruneArgs {
     /// Largest weights shard of a directory output (e.g. 5GB, 500MB, 2GiB).
     #[arg(long, default_value = "5GB")]
     max_shard_size: String,
+    /// Replace an existing --out that an earlier `prune --out` did not write (another
+    /// model's directory, a file); never an input, never a directory holding other files.
+    #[arg(long)]
+    overwrite: bool,
     /// Print one JSON object (the report) on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// What a pruned model is made from: the source's [`crate::io::outputs::model_hash`] as
+/// computed, the calibration files' hashes when the method reads them, and the options that
+/// change the result.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn provenance(
+    model_hash: String,
+    calib: &[PathBuf],
+    opts: &PruneOptions,
+    samples: usize,
+    seq_len: usize,
+    text_field: &str,
+    compute: DType,
+    out: DType,
+) -> Result<Provenance> {
+    let calibrated = crate::prune::needs_calibration(opts);
+    let data = if calibrated { hash_data_files(calib)? } else { Vec::new() };
+    let mut p = Provenance::new(model_hash, data)
+        .arg("--method", opts.method.name())
+        .arg("--sparsity/--nm", format!("{:?}", opts.pattern))
+        .arg("--allocation", format!("{:?}", opts.allocation))
+        .arg("--dsnot", opts.dsnot.is_some())
+        .arg("compute dtype", compute.as_str())
+        .arg("output dtype", out.as_str());
+    if calibrated {
+        p = p.arg("--calib-samples", samples).arg("--calib-seq-len", seq_len).arg("--text-field", text_field);
+    }
+    Ok(p)
 }
 
 /// [`prune_model`] with a progress bar per decoder layer.
@@ -148,12 +188,18 @@ pub fn run(a: PruneArgs) -> Result<()> {
     }
     let form = OutputForm::of(&a.out, parse_size(&a.max_shard_size)?);
     let limits = a.data.limits()?;
+    let calib_files = if a.calib.is_empty() { sotu_files(&default_asset("sotu")?, 2000)? } else { a.calib.clone() };
+    let kind = if form == OutputForm::File { OutputKind::File } else { OutputKind::ModelDir };
+    OutputPlan::new(a.overwrite)
+        .model("--model", &model_path)
+        .data("--calib", &calib_files)
+        .output("--out", &a.out, kind, role::PRUNE)
+        .check()?;
     progress::stage(&format!("opening {}", model_path.display()));
     let source = ModelSource::open(&model_path)?;
     // Cheap checks first: the options against the model's config.
     crate::prune::check_config(source.config(), &opts)?;
     let (compute, out_dtype) = (given.unwrap_or(DType::F32), given.unwrap_or(source.stored_dtype()));
-    let calib_files = if a.calib.is_empty() { sotu_files(&default_asset("sotu")?, 2000)? } else { a.calib.clone() };
     let tokenizer = source.tokenizer()?;
     let samples = if crate::prune::needs_calibration(&opts) {
         progress::stage("reading calibration text");
@@ -168,15 +214,24 @@ pub fn run(a: PruneArgs) -> Result<()> {
         source: Some(&source),
         tokenizer: &tokenizer,
         dtype: out_dtype,
-        metadata: BTreeMap::new(),
+        metadata: BTreeMap::from([(META_WRITTEN_BY.to_string(), role::PRUNE.to_string())]),
     };
     let mut writer = ModelWriter::create(&a.out, form, spec)?;
     // The embedding is written first (in file order) and kept for calibration.
     let embed = source.tensor(&Part::Embed, compute, &device)?;
+    let mut hasher = ModelHasher::new();
+    hasher.add(&Part::Embed, &embed)?;
     writer.put(&Part::Embed, &embed)?;
     source.release(&Part::Embed);
     let report = {
-        let mut store = Streamed { source: &source, dtype: compute, device: &device, writer: &mut writer };
+        let mut store = Streamed {
+            source: &source,
+            dtype: compute,
+            device: &device,
+            writer: &mut writer,
+            hasher: &mut hasher,
+            hashed: 0,
+        };
         let pb = progress::bar(config.num_hidden_layers as u64, "prune");
         let r = prune_layers(&config, &embed, &mut store, &samples, &opts, &mut |l| {
             pb.set_message(format!("layer {} at {:.3}", l.layer, l.achieved));
@@ -188,10 +243,22 @@ pub fn run(a: PruneArgs) -> Result<()> {
     drop(embed);
     for part in [Part::Norm, Part::LmHead] {
         if part != Part::LmHead || !config.tie_word_embeddings {
-            writer.put(&part, &source.tensor(&part, compute, &device)?)?;
+            let t = source.tensor(&part, compute, &device)?;
+            hasher.add(&part, &t)?;
+            writer.put(&part, &t)?;
             source.release(&part);
         }
     }
+    let made_from = provenance(
+        hasher.hex(),
+        &calib_files,
+        &opts,
+        a.calib_samples,
+        a.calib_seq_len,
+        &a.text_field,
+        compute,
+        out_dtype,
+    )?;
 
     let mut record = serde_json::to_value(&report).map_err(|e| Error::invalid(e.to_string()))?;
     record["calibration_files"] =
@@ -201,6 +268,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
     record["compute_dtype"] = serde_json::json!(compute.as_str());
     record["device"] = serde_json::json!(device.label());
     record["peak_memory_bytes"] = serde_json::json!(device.memory().peak_bytes);
+    record["provenance"] = serde_json::to_value(&made_from).map_err(|e| Error::invalid(e.to_string()))?;
     progress::stage(&format!("writing {}", a.out.display()));
     writer.finish(BTreeMap::from([("sparsetune.prune".to_string(), record.to_string())]))?;
     record["peak_rss_bytes"] = serde_json::json!(peak_rss_bytes());
@@ -237,17 +305,30 @@ pub fn run(a: PruneArgs) -> Result<()> {
     Ok(())
 }
 
-/// Layers read from the files one at a time and written out once pruned.
+/// Layers read from the files one at a time and written out once pruned; each is hashed
+/// (into the source's content hash) the first time it is read.
 struct Streamed<'s, 'w> {
     source: &'s ModelSource,
     dtype: DType,
     device: &'s Device,
     writer: &'s mut ModelWriter<'w>,
+    hasher: &'s mut ModelHasher,
+    /// Layers hashed so far (OWL reads every layer twice, in order).
+    hashed: usize,
 }
 
 impl LayerStore for Streamed<'_, '_> {
     fn layer(&mut self, l: usize) -> Result<DecoderLayer> {
-        self.source.layer(l, self.dtype, self.device)
+        let layer = self.source.layer(l, self.dtype, self.device)?;
+        if l == self.hashed {
+            self.hasher.add(&Part::InputNorm(l), &layer.input_norm)?;
+            for p in Proj::ALL {
+                self.hasher.add(&Part::Linear(l, p), layer.linear(p).dense()?)?;
+            }
+            self.hasher.add(&Part::PostNorm(l), &layer.post_norm)?;
+            self.hashed += 1;
+        }
+        Ok(layer)
     }
 
     fn put(&mut self, l: usize, layer: DecoderLayer) -> Result<()> {

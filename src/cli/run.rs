@@ -2,24 +2,34 @@
 //! fine-tuning) → merge → eval, printing a table and writing into `--out-dir`: `pruned/`
 //! and `repaired/` (Hugging Face directories that transformers loads as they are; merged,
 //! zeros where pruned), `report.json`, and PNG charts (`loss.png`, `perplexity.png`,
-//! `layers.png`, and `rank.png` for adapter methods). `--resume` reuses the pruned model
-//! and the training checkpoint of an interrupted run in the same directory.
+//! `layers.png`, and `rank.png` for adapter methods).
+//!
+//! Before anything is read, `--out-dir` is checked ([`OutputPlan`]): a directory that an
+//! earlier run did not write (it has no manifest, [`RunManifest`], or holds files the
+//! manifest does not list) is refused unless `--overwrite`. `--resume` reuses the pruned
+//! model of an interrupted run only when it records being made from this run's inputs
+//! (model, method, pattern, calibration data and options, dtypes), and the training
+//! checkpoint only when it was made on that pruned model from this run's data and
+//! options; otherwise it says why on stderr and redoes the stage, so that the report
+//! describes what was used.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
 
-use super::finetune::{method_config, planned_peak, train};
-use super::prune::{parse_nm, prune_with_bar};
+use super::finetune::{method_config, planned_peak, train, training_provenance};
+use super::prune::{parse_nm, provenance as prune_provenance, prune_with_bar};
 use super::{default_asset, default_model, device_and_dtype, progress, DataArgs};
 use crate::data::{calibration_windows, sotu_files, window_streams, windows_of_streams};
 use crate::eval::perplexity;
-use crate::finetune::{checkpoint, LoraOptions, Repair, RepairMethod, RepairOptions, TrainData};
+use crate::finetune::{checkpoint, LoraOptions, Repair, RepairMethod, RepairOptions, TrainConfig, TrainData};
+use crate::io::outputs::{model_hash, role, OutputKind, OutputPlan, Provenance, RunManifest, META_WRITTEN_BY};
+use crate::model::llama::hf_dir::written_metadata;
 use crate::model::llama::{self, Llama, ModelSource, OutputForm, OutputSpec, Proj, DEFAULT_MAX_SHARD_BYTES};
 use crate::prune::{Method, Pattern, PruneOptions};
-use crate::report::plot::{bar_chart, line_chart, Series};
+use crate::report::plot::{bar_chart_png, line_chart_png, Series};
 use crate::sparse::SparseFormat;
 use crate::{Error, Result};
 
@@ -95,9 +105,14 @@ pub struct RunArgs {
     /// Output directory.
     #[arg(long, default_value = "sparsetune-run")]
     out_dir: PathBuf,
-    /// Reuse the pruned model and training checkpoint in --out-dir.
+    /// Reuse the pruned model and training checkpoint in --out-dir, where they were made
+    /// from this run's inputs (otherwise they are made again).
     #[arg(long)]
     resume: bool,
+    /// Replace an --out-dir that an earlier run did not write (a run's files and models
+    /// only; never an input, never a directory holding other files).
+    #[arg(long)]
+    overwrite: bool,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -125,6 +140,55 @@ fn revived(pruned: &Llama, merged: &Llama) -> Result<usize> {
     Ok(n)
 }
 
+/// The `sparsetune.prune` record of the pruned model at `dir` when it records being made
+/// from `now`; otherwise None, after saying on stderr why it is made again.
+fn reusable_pruned(dir: &Path, now: &Provenance) -> Option<serde_json::Value> {
+    // The writer puts config.json last: with it, the directory is complete.
+    if !dir.join("config.json").is_file() {
+        return None;
+    }
+    let record: Option<serde_json::Value> = written_metadata(dir)
+        .ok()
+        .and_then(|md| md.get("sparsetune.prune").cloned())
+        .and_then(|s| serde_json::from_str(&s).ok());
+    let saved: Option<Provenance> = record.as_ref().and_then(|r| serde_json::from_value(r["provenance"].clone()).ok());
+    let why = match &saved {
+        Some(saved) => saved.differences(now, "--model", "--data"),
+        None => vec!["it does not record what it was made from".to_string()],
+    };
+    if why.is_empty() {
+        return record;
+    }
+    eprintln!("{} was made from other inputs, pruning again:\n  {}", dir.display(), why.join("\n  "));
+    None
+}
+
+/// Whether the checkpoint at `path` continues a training made from `now` with `method` and
+/// `cfg`; if not, says on stderr why the training starts again.
+fn reusable_checkpoint(path: &Path, now: &Provenance, method: RepairMethod, cfg: &TrainConfig) -> bool {
+    let ck = match checkpoint::load(path) {
+        Ok(ck) => ck,
+        Err(e) => {
+            eprintln!("not resuming: {e}; training from the start");
+            return false;
+        }
+    };
+    let mut why = match ck.check_provenance(now, "the base model", "--data") {
+        Ok(()) => Vec::new(),
+        Err(e) => vec![e.to_string()],
+    };
+    if ck.meta.method != method.name() {
+        why.push(format!("it was written by method '{}', not '{method}'", ck.meta.method));
+    }
+    if &ck.meta.config != cfg {
+        why.push("the training configuration differs".to_string());
+    }
+    if !why.is_empty() {
+        eprintln!("not resuming from {}: {}; training from the start", path.display(), why.join("; "));
+    }
+    why.is_empty()
+}
+
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
@@ -146,6 +210,14 @@ pub fn run(a: RunArgs) -> Result<()> {
         Some(p) => p.clone(),
         None => default_model()?,
     };
+    let data_files = if a.data.is_empty() { sotu_files(&default_asset("sotu")?, 2000)? } else { a.data.clone() };
+    let texts = if a.texts.is_empty() { vec![default_asset("moby-dick/data.txt")?] } else { a.texts.clone() };
+    OutputPlan::new(a.overwrite)
+        .model("--model", &model_path)
+        .data("--data", &data_files)
+        .data("--text", &texts)
+        .output("--out-dir", &a.out_dir, OutputKind::RunDir, role::RUN)
+        .check()?;
     crate::prune::check_config(&llama::load_config(&model_path)?, &prune_opts)?;
     let default_dtype = if a.device.starts_with("cuda") { "bf16" } else { "f32" };
     let (device, dtype) = device_and_dtype(&a.device, a.dtype.as_deref().unwrap_or(default_dtype))?;
@@ -156,12 +228,10 @@ pub fn run(a: RunArgs) -> Result<()> {
     let mut cfg = method_config(repair_method, a.steps);
     (cfg.seq_len, cfg.lr, cfg.seed) = (a.seq_len, lr, a.seed);
     cfg.check()?;
-    std::fs::create_dir_all(&a.out_dir).map_err(|e| Error::io(&a.out_dir, e))?;
+    let mut manifest = RunManifest::start(&a.out_dir)?;
     let out = |name: &str| a.out_dir.join(name);
 
     let tokenizer = llama::load_tokenizer(&model_path)?;
-    let data_files = if a.data.is_empty() { sotu_files(&default_asset("sotu")?, 2000)? } else { a.data.clone() };
-    let texts = if a.texts.is_empty() { vec![default_asset("moby-dick/data.txt")?] } else { a.texts.clone() };
     let limits = a.data_limits.limits()?;
     let eval_streams = window_streams(&tokenizer, &texts, &a.text_field, &limits, 512, Some(a.eval_windows))?.tokens;
     let eval_windows = windows_of_streams(&eval_streams, 512, Some(a.eval_windows))?;
@@ -183,33 +253,54 @@ pub fn run(a: RunArgs) -> Result<()> {
             source: Some(&model_source),
             tokenizer: &tokenizer,
             dtype: out_dtype,
-            metadata: BTreeMap::from([(report.0.to_string(), report.1)]),
+            metadata: BTreeMap::from([
+                (report.0.to_string(), report.1),
+                (META_WRITTEN_BY.to_string(), role::RUN.to_string()),
+            ]),
         };
         progress::stage(&format!("writing {}", dir.display()));
         llama::save_model(m, dir, OutputForm::Directory { max_shard_bytes: DEFAULT_MAX_SHARD_BYTES }, spec)
     };
     let dense = model_source.load(&device, dtype)?;
+    let dense_hash = model_hash(&dense)?;
     let (ppl, secs) = evaluate(&dense, "dense")?;
     stages.push(Stage { stage: "dense".into(), perplexity: ppl, sparsity: 0.0, seconds: secs });
 
-    // 2. Prune (or reuse the pruned model of an interrupted run).
+    // 2. Prune (or reuse the pruned model of an interrupted run made from the same inputs).
     let pruned_path = out("pruned");
     let t0 = Instant::now();
-    // The writer puts config.json last: with it, the directory is complete.
-    let (pruned, prune_report) = if a.resume && pruned_path.join("config.json").is_file() {
-        eprintln!("reusing {}", pruned_path.display());
-        (llama::load(&pruned_path, &device, dtype)?, serde_json::Value::Null)
-    } else {
-        let mut m = dense.clone();
-        let samples = if crate::prune::needs_calibration(&prune_opts) {
-            calibration_windows(&tokenizer, &data_files, a.calib_samples, 512, &a.text_field, &limits)?
-        } else {
-            Vec::new()
-        };
-        let report = prune_with_bar(&mut m, &samples, &prune_opts)?;
-        let record = serde_json::to_value(&report).map_err(|e| Error::invalid(e.to_string()))?;
-        write(&m, &pruned_path, ("sparsetune.prune", record.to_string()))?;
-        (m, record)
+    let prune_from = prune_provenance(
+        dense_hash.clone(),
+        &data_files,
+        &prune_opts,
+        a.calib_samples,
+        512,
+        &a.text_field,
+        dtype,
+        out_dtype,
+    )?;
+    let reusable = if a.resume { reusable_pruned(&pruned_path, &prune_from) } else { None };
+    let reused = reusable.is_some();
+    let (pruned, prune_report) = match reusable {
+        Some(record) => {
+            eprintln!("reusing {}", pruned_path.display());
+            (llama::load(&pruned_path, &device, dtype)?, record)
+        }
+        None => {
+            let mut m = dense.clone();
+            let samples = if crate::prune::needs_calibration(&prune_opts) {
+                calibration_windows(&tokenizer, &data_files, a.calib_samples, 512, &a.text_field, &limits)?
+            } else {
+                Vec::new()
+            };
+            let report = prune_with_bar(&mut m, &samples, &prune_opts)?;
+            let mut record = serde_json::to_value(&report).map_err(|e| Error::invalid(e.to_string()))?;
+            record["provenance"] = serde_json::to_value(&prune_from).map_err(|e| Error::invalid(e.to_string()))?;
+            write(&m, &pruned_path, ("sparsetune.prune", record.to_string()))?;
+            // Train on the model as written (and as a resumed run reads it back).
+            let m = if out_dtype == dtype { m } else { llama::load(&pruned_path, &device, dtype)? };
+            (m, record)
+        }
     };
     // LoSA prunes the dense model itself, in stages.
     let source = if repair_method == RepairMethod::Losa {
@@ -237,17 +328,21 @@ pub fn run(a: RunArgs) -> Result<()> {
     let data = TrainData::new(&streams, a.seq_len)?;
     let ck_dir = out("checkpoint");
     let ck_path = checkpoint::path_in(&ck_dir);
-    let resuming = a.resume && ck_path.exists();
     let mut lora = LoraOptions::new(a.rank, a.alpha);
     lora.seed = a.seed;
     if let Pattern::NM { n, m } = pattern {
         lora.format = SparseFormat::NM { n, m };
     }
     let mut opts = RepairOptions::new(lora);
-    opts.init_samples = if resuming { 0 } else { a.init_samples };
     opts.seft.interval = a.seft_interval;
     (opts.losa.target, opts.losa.calib_samples) = (Some(a.sparsity), a.losa_calib_samples);
     opts.losa.cka_samples = opts.losa.cka_samples.min(a.losa_calib_samples);
+    // The checkpoint resumes only a training made on this base model from this run's data
+    // and options.
+    let base_hash = if source.is_some() { dense_hash } else { model_hash(&pruned)? };
+    let train_from = training_provenance(base_hash, &data_files, repair_method, &opts, &a.text_field, dtype)?;
+    let resuming = a.resume && ck_path.exists() && reusable_checkpoint(&ck_path, &train_from, repair_method, &cfg);
+    opts.init_samples = if resuming { 0 } else { a.init_samples };
     let t0 = Instant::now();
     let planned = planned_peak(source.as_ref().unwrap_or(&pruned), repair_method, &cfg, &opts)?;
     let init_pb = progress::bar(0, "init");
@@ -265,7 +360,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         repair.resume(&ck_path)?;
         eprintln!("resumed from {} at step {}", ck_path.display(), repair.trainer.step);
     }
-    train(&mut repair, &data, Some((&ck_dir, 20)), None)?;
+    train(&mut repair, &data, Some((&ck_dir, 20, &train_from)), None)?;
     let peak = device.memory().peak_bytes;
     let merged = repair.merged()?;
     let repair_seconds = t0.elapsed().as_secs_f64();
@@ -284,19 +379,30 @@ pub fn run(a: RunArgs) -> Result<()> {
     // 4. Report and charts.
     let h = &repair.trainer.history;
     let losses: Vec<(f64, f64)> = h.iter().map(|r| (r.step as f64, f64::from(r.loss))).collect();
-    line_chart(
-        &out("loss.png"),
-        &format!("Training loss ({})", repair_method.name()),
-        "step",
-        "loss",
-        &[Series { name: repair_method.name(), points: &losses }],
-        false,
-    )?;
+    let mut files = vec![(
+        "loss.png",
+        line_chart_png(
+            &out("loss.png"),
+            &format!("Training loss ({})", repair_method.name()),
+            "step",
+            "loss",
+            &[Series { name: repair_method.name(), points: &losses }],
+            false,
+        )?,
+    )];
     let names: Vec<String> = stages.iter().map(|s| s.stage.clone()).collect();
     let ppls: Vec<f64> = stages.iter().map(|s| s.perplexity).collect();
-    bar_chart(&out("perplexity.png"), "Perplexity per stage", &names, "perplexity", &[("perplexity", &ppls)], false)?;
+    let png = bar_chart_png(
+        &out("perplexity.png"),
+        "Perplexity per stage",
+        &names,
+        "perplexity",
+        &[("perplexity", &ppls)],
+        false,
+    )?;
+    files.push(("perplexity.png", png));
     let layers: Vec<String> = (0..pruned_layers.len()).map(|l| l.to_string()).collect();
-    bar_chart(
+    let png = bar_chart_png(
         &out("layers.png"),
         "Sparsity per decoder layer",
         &layers,
@@ -304,16 +410,25 @@ pub fn run(a: RunArgs) -> Result<()> {
         &[("pruned", &pruned_layers), ("repaired", &repaired_layers)],
         false,
     )?;
+    files.push(("layers.png", png));
     let ranks: Option<Vec<f64>> = match repair.losa.as_ref().and_then(|l| l.stages.last()) {
         Some(last) => Some(last.ranks.iter().map(|&r| r as f64).collect()),
         None => repair_method.has_adapters().then(|| vec![a.rank as f64; layers.len()]),
     };
     if let Some(r) = &ranks {
-        bar_chart(&out("rank.png"), "Adapter rank per decoder layer", &layers, "rank", &[("rank", r)], false)?;
+        let png =
+            bar_chart_png(&out("rank.png"), "Adapter rank per decoder layer", &layers, "rank", &[("rank", r)], false)?;
+        files.push(("rank.png", png));
     }
     let report = serde_json::json!({
         "model": model_path.display().to_string(),
-        "prune": { "method": prune_method.name(), "pattern": pattern.to_string(), "report": prune_report },
+        "prune": {
+            "method": prune_method.name(),
+            "pattern": pattern.to_string(),
+            "reused": reused,
+            "provenance": prune_from,
+            "report": prune_report,
+        },
         "repair": {
             "method": repair_method.name(),
             "config": repair.trainer.config,
@@ -323,6 +438,8 @@ pub fn run(a: RunArgs) -> Result<()> {
             "history": h,
             "peak_bytes": peak,
             "planned_peak_bytes": planned,
+            "resumed": resuming,
+            "provenance": train_from,
         },
         "stages": stages,
         "layer_sparsity": { "pruned": pruned_layers, "repaired": repaired_layers },
@@ -334,8 +451,10 @@ pub fn run(a: RunArgs) -> Result<()> {
         "seconds": start.elapsed().as_secs_f64(),
     });
     let json = serde_json::to_string_pretty(&report).map_err(|e| Error::invalid(e.to_string()))?;
-    let report_path = out("report.json");
-    crate::io::write_atomic(&report_path, json.as_bytes())?;
+    files.push(("report.json", json.into_bytes()));
+    // An earlier run's rank chart does not describe this one.
+    let stale: &[&str] = if ranks.is_none() { &["rank.png"] } else { &[] };
+    manifest.write_files(&a.out_dir, &files, stale)?;
 
     println!("{:<28} {:>11} {:>9} {:>9}", "stage", "perplexity", "sparsity", "seconds");
     for s in &stages {

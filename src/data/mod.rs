@@ -1,7 +1,8 @@
 //! Text corpora → token streams and windows, read lazily and within bounds.
 //!
 //! A data file holds documents: a text file (any name but the ones below) is one document,
-//! UTF-8; `.jsonl`, `.jsonl.gz` and `.json.gz` hold one JSON object per line (the form C4
+//! UTF-8, and so is a gzip-compressed one (`.txt.gz`, any other `.gz`); `.jsonl`,
+//! `.jsonl.gz` and `.json.gz` hold one JSON object per line (the form C4
 //! shards and most fine-tuning sets come in) and `.json` either that or one array of
 //! objects, each document being the string under `field` (`--text-field`, default
 //! `text`). Documents are joined with a blank line and tokenized as one text
@@ -67,7 +68,9 @@ pub enum Piece<'a> {
 /// How a file's name says it is laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Layout {
-    Text,
+    Text {
+        gzip: bool,
+    },
     JsonLines {
         gzip: bool,
     },
@@ -84,7 +87,7 @@ fn layout(path: &Path) -> Layout {
     } else if name.ends_with(".json") {
         Layout::Json
     } else {
-        Layout::Text
+        Layout::Text { gzip: name.ends_with(".gz") }
     }
 }
 
@@ -169,14 +172,6 @@ fn read_error(path: &Path, at: &str, e: std::io::Error) -> Error {
 }
 
 /// Opens a data file: a regular file (a FIFO or a directory would hang or fail oddly).
-fn open_data(path: &Path) -> Result<std::fs::File> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if !meta.is_file() {
-        return Err(Error::format(path, "data", "not a regular file"));
-    }
-    std::fs::File::open(path).map_err(|e| Error::io(path, e))
-}
-
 /// Reads a text file as UTF-8 in chunks, handing each on.
 fn read_text_pieces(
     path: &Path,
@@ -385,7 +380,7 @@ pub fn read_documents(
     limits: &DataLimits,
     sink: &mut dyn FnMut(Piece<'_>) -> Result<Flow>,
 ) -> Result<Flow> {
-    let file = open_data(path)?;
+    let file = crate::io::open_regular(path)?;
     let bounded = |inner: Box<dyn Read>| Bounded {
         inner,
         read: Rc::new(Cell::new(0)),
@@ -394,16 +389,22 @@ pub fn read_documents(
     };
     let mut docs = 0usize;
     let max_record = limits.max_document_bytes;
+    let raw = |gzip: bool| -> Box<dyn Read> {
+        if gzip {
+            Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file)))
+        } else {
+            Box::new(file)
+        }
+    };
     let flow = match layout(path) {
-        Layout::Text => return read_text_pieces(path, &mut bounded(Box::new(file)), sink),
+        Layout::Text { gzip } => return read_text_pieces(path, &mut bounded(raw(gzip)), sink),
         Layout::JsonLines { gzip } => {
-            let raw: Box<dyn Read> =
-                if gzip { Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file))) } else { Box::new(file) };
+            let raw = raw(gzip);
             let mut reader = BufReader::new(bounded(raw));
             read_json_lines(path, &mut reader, 1, field, max_record, &mut docs, sink)?
         }
         Layout::Json => {
-            let mut reader = BufReader::new(bounded(Box::new(file)));
+            let mut reader = BufReader::new(bounded(raw(false)));
             // An array, or JSON lines: the first byte that is not white space says which.
             let mut first_line = 1;
             let first = loop {
@@ -667,6 +668,24 @@ mod tests {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         enc.write_all(bytes).unwrap();
         enc.finish().unwrap()
+    }
+
+    /// A compressed text file is one document of its inflated text, like the plain file;
+    /// a `.gz` that is not gzip is an error naming the file, not text.
+    #[test]
+    fn gzip_text_files_are_inflated() {
+        let dir = test_dir("data-txt-gz");
+        let lim = DataLimits::default();
+        let text = "Call me Ishmael.\n\nSome years ago — never mind how long precisely — 🐋\n".repeat(3000);
+        let (plain, packed) = (dir.join("a.txt"), dir.join("a.txt.gz"));
+        std::fs::write(&plain, &text).unwrap();
+        std::fs::write(&packed, gzip(text.as_bytes())).unwrap();
+        assert_eq!(read(&packed, "text", &lim).unwrap(), vec![text.clone()]);
+        assert_eq!(read(&packed, "text", &lim).unwrap(), read(&plain, "text", &lim).unwrap());
+        let fake = dir.join("b.txt.gz");
+        std::fs::write(&fake, &text).unwrap();
+        let e = read(&fake, "text", &lim).unwrap_err().to_string();
+        assert!(e.contains("b.txt.gz"), "{e}");
     }
 
     /// JSON lines (plain and gzip), JSON arrays, the field chosen, and errors that name the

@@ -8,11 +8,19 @@
 //! the previous checkpoint or the new one, never a mixture. Loading refuses a truncated
 //! file (the safetensors header no longer matches the file) and a corrupted one (the
 //! checksum differs) with an error naming the file.
+//!
+//! Format version 2 records what the training was made from ([`Provenance`]: a content
+//! hash of the base model as loaded, the data files' hashes, the arguments that change the
+//! result), and carries a write id (`sparsetune.write`, written by
+//! [`role::CHECKPOINT`](crate::io::outputs::role::CHECKPOINT)) so that a checkpoint
+//! directory is recognised as ours. Version 1 files still load, with no provenance:
+//! [`Checkpoint::check_provenance`] refuses them, since nothing says what they were made
+//! from.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::trainer::{StepRecord, TrainConfig, Trainer};
+use crate::io::outputs::{new_write_id, role, write_stamp, Provenance, CHECKPOINT_FILE};
 use crate::io::{write_owned, OwnedEntry, SafetensorsFile};
 use crate::model::llama::{Llama, Proj};
 use crate::sparse::BitMask;
@@ -20,7 +28,9 @@ use crate::{DType, Device, Error, Result, Tensor};
 
 const META: &str = "sparsetune.checkpoint";
 const CHECKSUM: &str = "sparsetune.checksum";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// The oldest version this build reads (version 1: no provenance).
+const OLDEST_VERSION: u32 = 1;
 
 /// The progress a checkpoint records.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -41,6 +51,9 @@ pub struct CheckpointMeta {
     pub history: Vec<StepRecord>,
     /// Method-specific state (stage, rank allocation, ...).
     pub method_state: serde_json::Value,
+    /// What the training was made from (None: version 1, or saved without one).
+    #[serde(default)]
+    pub provenance: Option<Provenance>,
 }
 
 /// Every compressed linear's mask (a masked-LoRA base's or a trained sparse weight's) as
@@ -76,7 +89,7 @@ pub fn read_mask(
 
 /// The conventional checkpoint path inside a checkpoint directory.
 pub fn path_in(dir: &Path) -> PathBuf {
-    dir.join("checkpoint.safetensors")
+    dir.join(CHECKPOINT_FILE)
 }
 
 /// FNV-1a 64.
@@ -110,11 +123,13 @@ fn checksum<'a>(meta: &str, tensors: impl Iterator<Item = (&'a str, DType, &'a [
     format!("{:016x}", h.0)
 }
 
-/// Writes `trainer`'s state (and `extra` tensors of the method) to `path` atomically.
+/// Writes `trainer`'s state (and `extra` tensors of the method), with what it was made from
+/// (`provenance`), to `path` atomically.
 pub fn save(
     path: &Path,
     trainer: &Trainer,
     method: &str,
+    provenance: Option<&Provenance>,
     method_state: serde_json::Value,
     extra: &[(String, Tensor)],
 ) -> Result<()> {
@@ -127,6 +142,7 @@ pub fn save(
         config: trainer.config.clone(),
         history: trainer.history.clone(),
         method_state,
+        provenance: provenance.cloned(),
     };
     let meta_json = serde_json::to_string(&meta).map_err(|e| Error::invalid(format!("checkpoint metadata: {e}")))?;
     let mut blobs = Vec::new();
@@ -141,7 +157,7 @@ pub fn save(
     }
     let sum =
         checksum(&meta_json, blobs.iter().map(|b| (b.name.as_str(), b.dtype, b.shape.as_slice(), b.data.as_slice())));
-    let mut md = BTreeMap::new();
+    let mut md = write_stamp(&new_write_id(), role::CHECKPOINT);
     md.insert(META.to_string(), meta_json);
     md.insert(CHECKSUM.to_string(), sum);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -203,8 +219,11 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     }
     let meta: CheckpointMeta =
         serde_json::from_str(meta_json).map_err(|e| corrupt(format!("training state unreadable: {e}")))?;
-    if meta.version != VERSION {
-        return Err(corrupt(format!("format version {} (this build reads {VERSION})", meta.version)));
+    if !(OLDEST_VERSION..=VERSION).contains(&meta.version) {
+        return Err(corrupt(format!(
+            "format version {} (this build reads {OLDEST_VERSION} to {VERSION})",
+            meta.version
+        )));
     }
     drop(parts);
     Ok(Checkpoint { file, meta })
@@ -223,6 +242,30 @@ impl Checkpoint {
     /// An `extra/<name>` tensor.
     pub fn extra(&self, name: &str, device: &Device) -> Result<Tensor> {
         self.tensor(&format!("extra/{name}"), device)
+    }
+
+    /// Refuses, naming what differs, a checkpoint not made from `now` (the base model
+    /// called `model` and the data called `data` in the message, e.g. "--model" and
+    /// "--data"), or one that does not say what it was made from.
+    pub fn check_provenance(&self, now: &Provenance, model: &str, data: &str) -> Result<()> {
+        let path = self.file.path().display();
+        let Some(saved) = &self.meta.provenance else {
+            return Err(Error::invalid(format!(
+                "cannot resume from {path}: it does not record what it was made from (format version {}, or \
+                 written without it), so it cannot be checked against {model} and {data}; start again without \
+                 --resume",
+                self.meta.version
+            )));
+        };
+        let diff = saved.differences(now, model, data);
+        if diff.is_empty() {
+            return Ok(());
+        }
+        Err(Error::invalid(format!(
+            "cannot resume from {path}: it was made from other inputs:\n  {}\nresume with the same inputs, or \
+             start again without --resume",
+            diff.join("\n  ")
+        )))
     }
 
     /// Puts the saved state into `trainer`, which must have been built for the same method,

@@ -5,10 +5,10 @@
 //! (`sparsetune.adapter`: peft_type, r, lora_alpha, scale, target_modules). Merging later:
 //! `W ← W⊙M + s·M⊙(B·A)` ([`merge_adapter_file`]), zeros exactly where M is 0.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::adapters::module_name;
+use crate::io::outputs::{new_write_id, role, write_stamp};
 use crate::io::{write_owned, OwnedEntry, SafetensorsFile};
 use crate::model::llama::{Llama, Proj};
 use crate::nn::{Linear, MaskedLora};
@@ -19,7 +19,8 @@ use crate::{DType, Error, Result, Tensor};
 const META: &str = "sparsetune.adapter";
 const PREFIX: &str = "base_model.model.";
 
-/// Writes the adapters of `model` (every masked-LoRA linear) to `path` in `dtype`.
+/// Writes the adapters of `model` (every masked-LoRA linear) to `path` in `dtype`, with a
+/// write id (written by [`role::ADAPTERS`]).
 pub fn save_adapters(model: &Llama, path: &Path, dtype: DType) -> Result<()> {
     let mut blobs = Vec::new();
     let (mut scale, mut ranks) = (None, Vec::new());
@@ -53,7 +54,7 @@ pub fn save_adapters(model: &Llama, path: &Path, dtype: DType) -> Result<()> {
         "ranks": ranks,
         "target_modules": Proj::ALL.iter().map(|p| p.short()).collect::<Vec<_>>(),
     });
-    let mut md = BTreeMap::new();
+    let mut md = write_stamp(&new_write_id(), role::ADAPTERS);
     md.insert(META.to_string(), info.to_string());
     md.insert("format".to_string(), "pt".to_string());
     write_owned(path, &blobs, &md)

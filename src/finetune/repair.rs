@@ -21,6 +21,7 @@ use super::checkpoint;
 use super::losa::{Losa, LosaOptions, LosaStage};
 use super::seft::{self, Evolution, SeftOptions};
 use super::trainer::{StepRecord, TrainConfig, TrainData, Trainer};
+use crate::io::outputs::Provenance;
 use crate::model::llama::Llama;
 use crate::ops::masked_lora::AdapterGrad;
 use crate::{Device, Error, Result, Tensor};
@@ -196,13 +197,19 @@ impl Repair {
     }
 
     /// Writes a checkpoint with the method's state (SEFT: its masks and evolutions; LoSA:
-    /// its masks and stages).
+    /// its masks and stages) and no provenance (see [`Repair::save_with`]).
     pub fn save(&self, path: &Path) -> Result<()> {
+        self.save_with(path, None)
+    }
+
+    /// [`Repair::save`], recording what the training was made from, which
+    /// [`checkpoint::Checkpoint::check_provenance`] checks before a resume.
+    pub fn save_with(&self, path: &Path, provenance: Option<&Provenance>) -> Result<()> {
         let stages: &[LosaStage] = self.losa.as_ref().map_or(&[], |l| &l.stages);
         let state = serde_json::json!({ "evolutions": self.evolutions, "losa_stages": stages });
         let moves_masks = matches!(self.method, RepairMethod::Seft | RepairMethod::Losa);
         let extra = if moves_masks { checkpoint::masks(&self.trainer.model)? } else { Vec::new() };
-        checkpoint::save(path, &self.trainer, self.method.name(), state, &extra)
+        checkpoint::save(path, &self.trainer, self.method.name(), provenance, state, &extra)
     }
 
     /// Restores a checkpoint written by [`Repair::save`] for the same method and config.

@@ -4,6 +4,7 @@
 //! `$SPARSETUNE_CACHE`, else `$HOME/.cache/sparsetune`, filled by `scripts/fetch-assets.sh`.
 
 pub mod gguf;
+pub mod outputs;
 pub mod pieces;
 pub mod regular;
 pub mod safetensors;
@@ -20,9 +21,11 @@ pub use safetensors::{
 };
 
 /// Writes `bytes` to `path` atomically: to `<path>.tmp-<pid>`, fsynced, then renamed over
-/// `path`, so a reader sees the old file or the new one, never part of one.
+/// `path`, so a reader sees the old file or the new one, never part of one. What killed
+/// writes of `path` left beside it is removed first.
 pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> crate::Result<()> {
     use std::io::Write;
+    remove_stale_temps(path);
     let name =
         path.file_name().ok_or_else(|| crate::Error::invalid(format!("{}: path has no file name", path.display())))?;
     let mut tmp_name = name.to_os_string();
@@ -50,8 +53,8 @@ pub(crate) fn is_stale_temp(name: &str) -> bool {
     pid != std::process::id() && proc.join("self").exists() && !proc.join(pid.to_string()).exists()
 }
 
-/// After `path` is written: removes what killed writes of the same file left beside it
-/// (a 7B shard's is gigabytes). Best-effort: a file that cannot be removed stays.
+/// Before and after `path` is written: removes what killed writes of the same file left
+/// beside it (a 7B shard's is gigabytes). Best-effort: a file that cannot be removed stays.
 pub(crate) fn remove_stale_temps(path: &std::path::Path) {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else { return };
     let dir = if dir.as_os_str().is_empty() { std::path::Path::new(".") } else { dir };

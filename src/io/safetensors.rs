@@ -445,7 +445,8 @@ pub(crate) fn sync_dir_of(path: &Path) {
 
 impl SafetensorsWriter {
     /// Checks the plan (unique names, `__metadata__` reserved, sizes that fit) and
-    /// prepares the files; nothing is written before the first `put`.
+    /// prepares the files: what killed writes of them left (`<path>.tmp-<dead pid>`) is
+    /// removed; nothing is written before the first `put`.
     pub fn create(files: Vec<PlannedFile>) -> Result<SafetensorsWriter> {
         let mut temps = Vec::with_capacity(files.len());
         for f in &files {
@@ -461,6 +462,9 @@ impl SafetensorsWriter {
                 t.byte_len().map_err(|e| invalid(e.to_string()))?;
             }
             temps.push(temp_path(&f.path)?);
+        }
+        for f in &files {
+            super::remove_stale_temps(&f.path);
         }
         let header_lens = vec![0; files.len()];
         Ok(SafetensorsWriter { files, temps, next: (0, 0), header_lens, out: None, finished: false })

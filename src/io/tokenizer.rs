@@ -613,10 +613,13 @@ impl Tokenizer {
 
     /// Loads `tokenizer.json` and, when given, its `tokenizer_config.json` (see the module
     /// doc for what is read).
+    /// Both are opened as regular files only and read up to
+    /// [`MAX_TOKENIZER_BYTES`](super::regular::MAX_TOKENIZER_BYTES) and
+    /// [`MAX_CONFIG_BYTES`](super::regular::MAX_CONFIG_BYTES).
     pub fn from_hf_files(tokenizer_json: &Path, tokenizer_config: Option<&Path>) -> Result<Tokenizer> {
-        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| Error::io(p, e));
-        let json = read(tokenizer_json)?;
-        let config = tokenizer_config.map(read).transpose()?;
+        use super::regular::{read_regular_to_string, MAX_CONFIG_BYTES, MAX_TOKENIZER_BYTES};
+        let json = read_regular_to_string(tokenizer_json, MAX_TOKENIZER_BYTES)?;
+        let config = tokenizer_config.map(|p| read_regular_to_string(p, MAX_CONFIG_BYTES)).transpose()?;
         let origin = tokenizer_config.unwrap_or(tokenizer_json).display().to_string();
         Self::from_json_parts(&json, config.as_deref(), &origin)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", tokenizer_json.display())))

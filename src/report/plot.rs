@@ -79,8 +79,21 @@ pub fn line_chart(
     series: &[Series],
     log_y: bool,
 ) -> Result<()> {
+    let png = line_chart_png(path, title, x_label, y_label, series, log_y)?;
+    crate::io::write_atomic(path, &png)
+}
+
+/// [`line_chart`]'s PNG bytes, not written (`path` names the chart in errors).
+pub fn line_chart_png(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    log_y: bool,
+) -> Result<Vec<u8>> {
     let rgb = render_line(path, (CHART_WIDTH, CHART_HEIGHT), title, x_label, y_label, series, log_y)?;
-    write_png(path, CHART_WIDTH, CHART_HEIGHT, &rgb)
+    png_bytes(path, CHART_WIDTH, CHART_HEIGHT, &rgb)
 }
 
 /// Grouped bar chart (e.g. perplexity per pipeline stage; per-layer sparsity and rank),
@@ -102,8 +115,21 @@ pub fn bar_chart(
     series: &[(&str, &[f64])],
     log_y: bool,
 ) -> Result<()> {
+    let png = bar_chart_png(path, title, categories, y_label, series, log_y)?;
+    crate::io::write_atomic(path, &png)
+}
+
+/// [`bar_chart`]'s PNG bytes, not written (`path` names the chart in errors).
+pub fn bar_chart_png(
+    path: &Path,
+    title: &str,
+    categories: &[String],
+    y_label: &str,
+    series: &[(&str, &[f64])],
+    log_y: bool,
+) -> Result<Vec<u8>> {
     let rgb = render_bar(path, (CHART_WIDTH, CHART_HEIGHT), title, categories, y_label, series, log_y)?;
-    write_png(path, CHART_WIDTH, CHART_HEIGHT, &rgb)
+    png_bytes(path, CHART_WIDTH, CHART_HEIGHT, &rgb)
 }
 
 /// Registers the embedded font with plotters once per process.
@@ -122,11 +148,9 @@ fn draw_err<E: Display>(path: &Path) -> impl Fn(E) -> Error + '_ {
     move |e| Error::io(path, std::io::Error::other(format!("drawing chart: {e}")))
 }
 
-/// Encodes an RGB8 buffer as PNG and writes it to `path`.
-fn write_png(path: &Path, width: u32, height: u32, rgb: &[u8]) -> Result<()> {
-    let bytes = encode_png(width, height, rgb)
-        .map_err(|e| Error::io(path, std::io::Error::other(format!("encoding PNG: {e}"))))?;
-    crate::io::write_atomic(path, &bytes)
+/// Encodes an RGB8 buffer as PNG (`path` names the chart in errors).
+fn png_bytes(path: &Path, width: u32, height: u32, rgb: &[u8]) -> Result<Vec<u8>> {
+    encode_png(width, height, rgb).map_err(|e| Error::io(path, std::io::Error::other(format!("encoding PNG: {e}"))))
 }
 
 fn encode_png(width: u32, height: u32, rgb: &[u8]) -> std::result::Result<Vec<u8>, png::EncodingError> {

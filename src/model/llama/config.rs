@@ -249,6 +249,10 @@ pub const HF_CONFIG_KEYS: &[(&str, KeyUse, &str)] = &[
     ("quantization_config", KeyUse::Read, "refused: quantized checkpoints are not read"),
 ];
 
+/// The largest `head_dim` accepted: far above any LLaMA-family model's (64 to 256), low
+/// enough that the RoPE frequencies `validate` computes stay small.
+pub const MAX_HEAD_DIM: usize = 1 << 16;
+
 /// Keys inside `rope_parameters` / `rope_scaling`, for the accepted RoPE types.
 pub const HF_ROPE_KEYS: &[&str] = &[
     "rope_type",
@@ -494,6 +498,13 @@ impl LlamaConfig {
         let hd = self.head_dim();
         if hd == 0 || hd % 2 != 0 {
             return bad(format!("head_dim {hd} must be even and non-zero for RoPE"));
+        }
+        // The RoPE frequencies (hd / 2 of them) are computed and checked below, before any
+        // tensor is read: a damaged head_dim must not size that work.
+        if hd > MAX_HEAD_DIM {
+            return bad(format!(
+                "head_dim {hd} exceeds {MAX_HEAD_DIM} (LLaMA-family models use 64 to 256): refused as damaged"
+            ));
         }
         let sizes = [
             self.vocab_size.checked_mul(self.hidden_size),
@@ -1234,6 +1245,18 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    /// A head_dim no model has is refused by name before the RoPE frequencies are computed
+    /// (2³¹ of them took 4 GiB: a fuzz case of issue 22).
+    #[test]
+    fn an_absurd_head_dim_is_refused_before_rope_is_computed() {
+        let mut map = base_hf();
+        map.insert("head_dim".into(), json!(1u64 << 31));
+        let e = parse(&map).unwrap_err().to_string();
+        assert!(e.contains("head_dim 2147483648 exceeds 65536"), "{e}");
+        map.insert("head_dim".into(), json!(MAX_HEAD_DIM));
+        assert!(parse(&map).is_ok());
     }
 
     /// A `mistral` config.json takes MistralConfig's defaults where a key is absent (8 key/value

@@ -20,12 +20,18 @@
 //! The tensors' names, dtypes and shapes are known from the config, so every header is
 //! written before the first tensor's data, and a model is written a layer at a time as
 //! its layers are produced. Shards go to temporary names and are renamed into place at
-//! [`ModelWriter::finish`], then the index, then the side files; weights files of an
-//! earlier model in the directory that the new one does not use, and the temporary files
-//! of killed writes, are removed last. A run killed at any point leaves each file whole,
-//! the previous one or the new one; the shards and the index of a sharded model carry one
-//! write id (`sparsetune.write`), so that a directory left with shards of two writes (a
-//! kill between two renames) is refused at load instead of read as one model.
+//! [`ModelWriter::finish`], then the index, then the side files; the files of an earlier
+//! model in the directory that the new one does not use (any of [`is_model_file`]: another
+//! model's shards, index, tokenizer or generation files), and the temporary files of
+//! killed writes, are removed last, so that the directory holds exactly the new model. A
+//! run killed at any point leaves each file whole, the previous one or the new one.
+//!
+//! Every weights file (and the index) carries one write id (`sparsetune.write`), so that a
+//! directory left with shards of two writes (a kill between two renames) is refused at
+//! load instead of read as one model, and the output that wrote it
+//! ([`META_WRITTEN_BY`], taken from [`OutputSpec::metadata`]); the first weights file of a
+//! directory lists the side files with their content hashes ([`META_FILES`]): with them
+//! [`crate::io::outputs`] recognises an earlier output as its own.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +40,7 @@ use serde_json::{Map, Value};
 
 use super::source::{INDEX_FILE, META_CONFIG, META_TOKENIZER, META_TOKENIZER_CONFIG, META_WRITE};
 use super::{dtype_to_hf, Llama, LlamaConfig, ModelSource, Part};
+use crate::io::outputs::{hash_bytes, new_write_id, META_FILES, META_WRITTEN_BY};
 use crate::io::{write_atomic, PlannedFile, SafetensorsWriter, TensorSpec, Tokenizer};
 use crate::{DType, Error, Result, Tensor};
 
@@ -52,6 +59,25 @@ const TOKENIZER_FILES: &[&str] = &[
     "vocab.json",
     "merges.txt",
 ];
+
+/// Whether `name` is a file of a Hugging Face model directory as this writer or
+/// transformers writes one (weights `model.safetensors` / `model-*.safetensors`, their
+/// index, `pytorch_model*.bin` and its index, `config.json`, `generation_config.json`, the
+/// tokenizer files), or the temporary file `<name>.tmp-<pid>` of a write of one: what
+/// replacing a model may remove.
+pub fn is_model_file(name: &str) -> bool {
+    let base = match name.rsplit_once(".tmp-") {
+        Some((base, pid)) if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) => base,
+        _ => name,
+    };
+    base == "config.json"
+        || base == "generation_config.json"
+        || TOKENIZER_FILES.contains(&base)
+        || base == "model.safetensors"
+        || (base.starts_with("model-") && base.ends_with(".safetensors"))
+        || base == INDEX_FILE
+        || (base.starts_with("pytorch_model") && (base.ends_with(".bin") || base.ends_with(".bin.index.json")))
+}
 
 /// Parses `--max-shard-size`: bytes, or a number with KB/MB/GB (decimal, as transformers)
 /// or KiB/MiB/GiB.
@@ -112,7 +138,9 @@ pub struct OutputSpec<'a> {
     pub tokenizer: &'a Tokenizer,
     /// dtype of the weights.
     pub dtype: DType,
-    /// Extra safetensors metadata (reports), put in the first weights file.
+    /// Extra safetensors metadata (reports), put in the first weights file; its
+    /// [`META_WRITTEN_BY`] (the output writing the model) goes into every weights file and
+    /// the index.
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -157,12 +185,6 @@ pub fn plan_shards(specs: Vec<TensorSpec>, max: u64) -> Result<Vec<Vec<TensorSpe
     Ok(shards)
 }
 
-/// An id unique to this write: the process id and the time in nanoseconds.
-fn write_id() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    format!("{}-{nanos}", std::process::id())
-}
-
 impl<'a> ModelWriter<'a> {
     /// Plans the output at `out` in `form` (nothing is written before the first tensor).
     pub fn create(out: &Path, form: OutputForm, spec: OutputSpec<'a>) -> Result<ModelWriter<'a>> {
@@ -172,8 +194,14 @@ impl<'a> ModelWriter<'a> {
         let specs = tensor_specs(spec.config, spec.dtype);
         // Room in the first header for the report known only at the end.
         let reserve = (64 << 10) + (4 << 10) * spec.config.num_hidden_layers;
+        // One id for this write in every weights file and in the index: shards of two
+        // writes (a run killed between two renames) are refused at load.
+        let mut stamp = BTreeMap::from([("format".to_string(), "pt".to_string()), (META_WRITE.into(), new_write_id())]);
+        if let Some(by) = spec.metadata.get(META_WRITTEN_BY) {
+            stamp.insert(META_WRITTEN_BY.into(), by.clone());
+        }
         let mut meta = spec.metadata.clone();
-        meta.insert("format".into(), "pt".into());
+        meta.extend(stamp.clone());
         match form {
             OutputForm::File => {
                 meta.insert(META_CONFIG.into(), spec.config.to_hf_json(spec.dtype)?);
@@ -188,6 +216,7 @@ impl<'a> ModelWriter<'a> {
             }
             OutputForm::Directory { max_shard_bytes } => {
                 std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+                remove_stale_model_temps(out)?;
                 let shards = plan_shards(specs, max_shard_bytes)?;
                 let n = shards.len();
                 let name = |i: usize| {
@@ -197,9 +226,6 @@ impl<'a> ModelWriter<'a> {
                         format!("model-{:05}-of-{n:05}.safetensors", i + 1)
                     }
                 };
-                // One id for this write in every shard and in the index: shards of two
-                // writes (a run killed between two renames) are refused at load.
-                let write_id = write_id();
                 let mut weight_map = Map::new();
                 let (mut total, mut params) = (0u64, 0u64);
                 let mut files = Vec::with_capacity(n);
@@ -209,21 +235,17 @@ impl<'a> ModelWriter<'a> {
                         total += t.byte_len()? as u64;
                         params += t.shape.iter().product::<usize>() as u64;
                     }
-                    let (mut metadata, reserve) = if i == 0 {
-                        (meta.clone(), reserve)
-                    } else {
-                        (BTreeMap::from([("format".into(), "pt".into())]), 0)
-                    };
-                    if n > 1 {
-                        metadata.insert(META_WRITE.into(), write_id.clone());
-                    }
+                    let (metadata, reserve) = if i == 0 { (meta.clone(), reserve) } else { (stamp.clone(), 0) };
                     files.push(PlannedFile { path: out.join(name(i)), tensors, metadata, reserve });
                 }
                 let index = (n > 1).then(|| {
-                    serde_json::json!({
-                        "metadata": { "total_size": total, "total_parameters": params, META_WRITE: write_id },
-                        "weight_map": weight_map,
-                    })
+                    let mut metadata = serde_json::json!({ "total_size": total, "total_parameters": params });
+                    for (k, v) in &stamp {
+                        if k != "format" {
+                            metadata[k] = v.clone().into();
+                        }
+                    }
+                    serde_json::json!({ "metadata": metadata, "weight_map": weight_map })
                 });
                 let weights = files.iter().map(|f| f.path.clone()).collect();
                 let writer = SafetensorsWriter::create(files)?;
@@ -265,38 +287,60 @@ impl<'a> ModelWriter<'a> {
         Ok(())
     }
 
-    /// After the last tensor: adds `report` to the first file's metadata, puts the weights
-    /// in place, then the index and the side files, and removes weights files of an earlier
-    /// model that the new one does not use.
-    pub fn finish(self, report: BTreeMap<String, String>) -> Result<()> {
+    /// After the last tensor: adds `report` (and, for a directory, the side files' hashes)
+    /// to the first file's metadata, puts the weights in place, then the index and the side
+    /// files, and removes the files of an earlier model that the new one does not use.
+    pub fn finish(self, mut report: BTreeMap<String, String>) -> Result<()> {
         let ModelWriter { writer, spec, dir } = self;
         let Some(plan) = dir else { return writer.finish(report) };
         let side = side_files(&spec)?;
+        let hashes: BTreeMap<&str, String> =
+            side.iter().map(|(name, bytes)| (name.as_str(), hash_bytes(bytes))).collect();
+        report.insert(META_FILES.into(), serde_json::to_string(&hashes).map_err(|e| Error::invalid(e.to_string()))?);
         writer.finish(report)?;
         let index_path = plan.dir.join(INDEX_FILE);
         if let Some(index) = &plan.index {
             let text = serde_json::to_string_pretty(index).map_err(|e| Error::invalid(e.to_string()))?;
             write_atomic(&index_path, text.as_bytes())?;
         }
+        let mut new_files: Vec<PathBuf> = plan.weights.clone();
         for (name, bytes) in side {
-            write_atomic(&plan.dir.join(name), &bytes)?;
+            let path = plan.dir.join(name);
+            write_atomic(&path, &bytes)?;
+            new_files.push(path);
         }
-        // Stale weights of an earlier model: a leftover index would be read before the new
+        // The files of an earlier model: a leftover index would be read before the new
         // model.safetensors, so it goes first.
         if plan.index.is_none() && index_path.exists() {
             std::fs::remove_file(&index_path).map_err(|e| Error::io(&index_path, e))?;
+        } else if plan.index.is_some() {
+            new_files.push(index_path);
         }
         for entry in std::fs::read_dir(&plan.dir).map_err(|e| Error::io(&plan.dir, e))? {
-            let path = entry.map_err(|e| Error::io(&plan.dir, e))?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            let weights = name == "model.safetensors" || (name.starts_with("model-") && name.ends_with(".safetensors"));
-            let killed_write = name.starts_with("model") && crate::io::is_stale_temp(name);
-            if (weights && !plan.weights.contains(&path)) || killed_write {
+            let entry = entry.map_err(|e| Error::io(&plan.dir, e))?;
+            let (path, name) = (entry.path(), entry.file_name().to_string_lossy().into_owned());
+            let temp = name.contains(".tmp-");
+            let old = is_model_file(&name) && !new_files.contains(&path) && !path.is_dir();
+            if old && (!temp || crate::io::is_stale_temp(&name)) {
                 std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
             }
         }
         Ok(())
     }
+}
+
+/// Removes what killed writes of model files left in `dir` (`<name>.tmp-<dead pid>`),
+/// before a new write starts.
+fn remove_stale_model_temps(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_model_file(&name) && crate::io::is_stale_temp(&name) {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// The `config.json` for `spec`: the source's keys with the dtype updated, or our own.
@@ -342,7 +386,8 @@ fn side_files(spec: &OutputSpec<'_>) -> Result<Vec<(String, Vec<u8>)>> {
         Ok(s.into_bytes())
     };
     let mut out = vec![("config.json".to_string(), json(&Value::Object(config_json(spec)?))?)];
-    let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io(p, e));
+    // Regular files only, of bounded size: a FIFO beside the source must not block the write.
+    let read = |p: &Path| crate::io::read_regular(p, crate::io::regular::MAX_TOKENIZER_BYTES);
     if let Some(dir) = spec.source.and_then(ModelSource::config_dir) {
         let gen = dir.join("generation_config.json");
         if gen.is_file() {
@@ -365,6 +410,30 @@ fn side_files(spec: &OutputSpec<'_>) -> Result<Vec<(String, Vec<u8>)>> {
         }
     }
     Ok(out)
+}
+
+/// The metadata [`ModelWriter`] put in the first weights file of the model at `out` (a
+/// directory: its `model.safetensors`, or the shard its index names for the embedding;
+/// or one file): the reports, the write id and the output that wrote it.
+pub fn written_metadata(out: &Path) -> Result<BTreeMap<String, String>> {
+    let first = if out.is_dir() {
+        let index = out.join(INDEX_FILE);
+        if index.is_file() {
+            let bad = |msg: &str| Error::format(&index, "safetensors index", msg.to_string());
+            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let json: Value = serde_json::from_str(&text).map_err(|e| bad(&e.to_string()))?;
+            let name = json["weight_map"][Part::Embed.hf_name()].as_str().ok_or_else(|| bad("no embedding shard"))?;
+            if Path::new(name).file_name().is_none_or(|n| n != name) {
+                return Err(bad("the embedding's shard is not a plain file name"));
+            }
+            out.join(name)
+        } else {
+            out.join("model.safetensors")
+        }
+    } else {
+        out.to_path_buf()
+    };
+    Ok(crate::io::SafetensorsFile::open(&first)?.metadata().clone())
 }
 
 /// Writes an in-memory model at `out` in `form` (see [`ModelWriter`]; adapted or

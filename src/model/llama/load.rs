@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub use super::source::unpermute_rows;
-use super::source::{META_CONFIG, META_LAYOUT, META_TOKENIZER, META_TOKENIZER_CONFIG};
+use super::source::{META_CONFIG, META_LAYOUT, META_TOKENIZER, META_TOKENIZER_CONFIG, META_WRITE};
 use super::{Llama, LlamaConfig, ModelSource, Part};
 use crate::io::{write_owned, OwnedEntry, Tokenizer};
 use crate::{DType, Device, Error, Result};
@@ -46,7 +46,9 @@ pub enum WeightLayout {
 }
 
 /// Writes `model` as HF-named safetensors in `dtype` (F32 or BF16), with the config, the
-/// tokenizer (if given) and `extra` in the metadata. The write is atomic.
+/// tokenizer (if given), a write id (`sparsetune.write`, unless `extra` gives one) and
+/// `extra` (e.g. [`crate::io::outputs::META_WRITTEN_BY`]) in the metadata. The write is
+/// atomic.
 pub fn save_safetensors(
     model: &Llama,
     path: &Path,
@@ -88,6 +90,7 @@ pub fn save_safetensors_as(
     }
     let mut meta = extra.clone();
     meta.insert("format".into(), "pt".into());
+    meta.entry(META_WRITE.into()).or_insert_with(crate::io::outputs::new_write_id);
     meta.insert(META_CONFIG.into(), model.config.to_hf_json(dtype)?);
     if let Some(tok) = tokenizer {
         meta.insert(META_TOKENIZER.into(), tok.to_json_string()?);

@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use super::{DecoderLayer, Llama, LlamaConfig, Part, Proj};
-use crate::io::regular::{open_regular, read_regular_to_string, MAX_CONFIG_BYTES, MAX_TOKENIZER_BYTES};
+use crate::io::regular::{open_regular, read_regular_to_string, MAX_CONFIG_BYTES};
 use crate::io::{GgufFile, SafetensorsFile, Tokenizer};
 use crate::nn::Linear;
 use crate::{DType, Device, Error, Result, Tensor};
@@ -739,16 +739,8 @@ impl ModelSource {
                         dir.display()
                     )));
                 }
-                // Read here as regular files of bounded size (a FIFO would block the reader
-                // of `Tokenizer::from_hf_files`); parsed as that function parses them.
-                let json = read_regular_to_string(&json_path, MAX_TOKENIZER_BYTES)?;
                 let config_path = dir.join("tokenizer_config.json");
-                let config = present(&config_path)
-                    .then(|| read_regular_to_string(&config_path, MAX_CONFIG_BYTES))
-                    .transpose()?;
-                let origin = if config.is_some() { &config_path } else { &json_path };
-                let tok = Tokenizer::from_json_parts(&json, config.as_deref(), &origin.display().to_string())
-                    .map_err(|e| Error::Tokenizer(format!("{}: {e}", json_path.display())))?;
+                let tok = Tokenizer::from_hf_files(&json_path, present(&config_path).then_some(config_path.as_path()))?;
                 Ok((tok, json_path.display().to_string()))
             }
         }

@@ -3,4 +3,4 @@
 
 pub mod plot;
 
-pub use plot::{bar_chart, line_chart, Series, CHART_HEIGHT, CHART_WIDTH};
+pub use plot::{bar_chart_png, line_chart_png, Series, CHART_HEIGHT, CHART_WIDTH};

@@ -5,7 +5,8 @@
 //! Every chart is [`CHART_WIDTH`] x [`CHART_HEIGHT`] pixels, white background, with a
 //! title, axis labels, tick labels, and a legend when there is more than one series.
 //! Drawing goes through plotters' bitmap backend into an in-memory RGB buffer, which is
-//! encoded with the `png` crate and written to the file in one go.
+//! encoded with the `png` crate; the caller writes the bytes (`sparsetune run` lists their
+//! hash in its manifest before it does).
 //!
 //! Text is rasterised by ab_glyph from a font embedded in the binary, so charts render
 //! the same on a bare machine without fontconfig or system fonts: DejaVu Sans 2.37
@@ -61,8 +62,8 @@ pub struct Series<'a> {
     pub points: &'a [(f64, f64)],
 }
 
-/// Line chart (e.g. training loss per step, several methods overlaid), written as a PNG to
-/// `path`.
+/// Line chart (e.g. training loss per step, several methods overlaid) as PNG bytes
+/// (`path`, where they will be written, names the chart in errors).
 ///
 /// Points with a non-finite x or y are skipped (and, with `log_y`, points with y <= 0);
 /// the line joins the remaining points in order. Series of at most 40 plotted points also
@@ -70,20 +71,7 @@ pub struct Series<'a> {
 /// points still appears in the legend.
 ///
 /// Errors: [`Error::InvalidArgument`] if `series` is empty or no series has a plottable
-/// point; [`Error::Io`] (with `path`) if drawing or writing the file fails.
-pub fn line_chart(
-    path: &Path,
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &[Series],
-    log_y: bool,
-) -> Result<()> {
-    let png = line_chart_png(path, title, x_label, y_label, series, log_y)?;
-    crate::io::write_atomic(path, &png)
-}
-
-/// [`line_chart`]'s PNG bytes, not written (`path` names the chart in errors).
+/// point; [`Error::Io`] (with `path`) if drawing fails.
 pub fn line_chart_png(
     path: &Path,
     title: &str,
@@ -96,8 +84,8 @@ pub fn line_chart_png(
     png_bytes(path, CHART_WIDTH, CHART_HEIGHT, &rgb)
 }
 
-/// Grouped bar chart (e.g. perplexity per pipeline stage; per-layer sparsity and rank),
-/// written as a PNG to `path`: one group per entry of `categories`, one bar per series in
+/// Grouped bar chart (e.g. perplexity per pipeline stage; per-layer sparsity and rank) as
+/// PNG bytes (`path` names the chart in errors): one group per entry of `categories`, one bar per series in
 /// each group, `series[j].1[i]` being the value of series `j` in category `i`.
 ///
 /// Linear bars start at 0 (values may be negative); with `log_y` they start at the bottom
@@ -106,20 +94,7 @@ pub fn line_chart_png(
 ///
 /// Errors: [`Error::InvalidArgument`] if `categories` or `series` is empty, a series does
 /// not have one value per category, or no value is plottable; [`Error::Io`] (with `path`)
-/// if drawing or writing the file fails.
-pub fn bar_chart(
-    path: &Path,
-    title: &str,
-    categories: &[String],
-    y_label: &str,
-    series: &[(&str, &[f64])],
-    log_y: bool,
-) -> Result<()> {
-    let png = bar_chart_png(path, title, categories, y_label, series, log_y)?;
-    crate::io::write_atomic(path, &png)
-}
-
-/// [`bar_chart`]'s PNG bytes, not written (`path` names the chart in errors).
+/// if drawing fails.
 pub fn bar_chart_png(
     path: &Path,
     title: &str,
@@ -366,7 +341,7 @@ fn min_max(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     })
 }
 
-/// Renders a line chart into an RGB8 buffer of `size`; see [`line_chart`].
+/// Renders a line chart into an RGB8 buffer of `size`; see [`line_chart_png`].
 fn render_line(
     path: &Path,
     size: (u32, u32),
@@ -435,7 +410,7 @@ fn render_line(
     })
 }
 
-/// Renders a grouped bar chart into an RGB8 buffer of `size`; see [`bar_chart`].
+/// Renders a grouped bar chart into an RGB8 buffer of `size`; see [`bar_chart_png`].
 fn render_bar(
     path: &Path,
     size: (u32, u32),
@@ -653,6 +628,11 @@ mod tests {
         }
     }
 
+    /// Writes a chart's bytes to `path`.
+    fn save(path: &Path, png: Result<Vec<u8>>) {
+        std::fs::write(path, png.unwrap()).unwrap();
+    }
+
     /// Checks the PNG signature and the IHDR width/height, returns the file size.
     fn check_png(path: &Path) -> usize {
         let bytes = std::fs::read(path).unwrap();
@@ -705,7 +685,7 @@ mod tests {
         let series = [Series { name: "LoRA", points: &a }, Series { name: "sparse FT", points: &b }];
         for log_y in [false, true] {
             let path = dir.0.join(format!("loss-{log_y}.png"));
-            line_chart(&path, "Training loss", "step", "loss", &series, log_y).unwrap();
+            save(&path, line_chart_png(&path, "Training loss", "step", "loss", &series, log_y));
             let len = check_png(&path);
             assert!(len > 2 * blank_png_len(), "chart PNG ({len} bytes) looks blank");
         }
@@ -735,7 +715,7 @@ mod tests {
         let series: [(&str, &[f64]); 2] = [("wanda", &ppl), ("magnitude", &ppl2)];
         for log_y in [false, true] {
             let path = dir.0.join(format!("ppl-{log_y}.png"));
-            bar_chart(&path, "Perplexity per stage", &cats, "perplexity", &series, log_y).unwrap();
+            save(&path, bar_chart_png(&path, "Perplexity per stage", &cats, "perplexity", &series, log_y));
             let len = check_png(&path);
             assert!(len > 2 * blank_png_len(), "chart PNG ({len} bytes) looks blank");
         }
@@ -750,7 +730,7 @@ mod tests {
         let layers: Vec<String> = (0..64).map(|i| format!("model.layers.{i}.mlp")).collect();
         let vals: Vec<f64> = (0..64).map(|i| (i as f64 - 20.0) / 10.0).collect();
         let path = dir.0.join("layers.png");
-        bar_chart(&path, "Per-layer", &layers, "value", &[("x", &vals)], false).unwrap();
+        save(&path, bar_chart_png(&path, "Per-layer", &layers, "value", &[("x", &vals)], false));
         check_png(&path);
     }
 
@@ -767,7 +747,7 @@ mod tests {
         let huge = [(0.0, 1e300), (1e12, 5e300)];
         for log_y in [false, true] {
             for pts in [&one[..], &flat, &tiny, &huge] {
-                line_chart(&path, "t", "x", "y", &[Series { name: "s", points: pts }], log_y).unwrap();
+                save(&path, line_chart_png(&path, "t", "x", "y", &[Series { name: "s", points: pts }], log_y));
                 check_png(&path);
             }
             // An all-NaN or empty series next to a good one is kept in the legend.
@@ -776,17 +756,17 @@ mod tests {
                 Series { name: "nan", points: &nan },
                 Series { name: "none", points: &empty },
             ];
-            line_chart(&path, "t", "x", "y", &s, log_y).unwrap();
+            save(&path, line_chart_png(&path, "t", "x", "y", &s, log_y));
         }
-        line_chart(&path, "t", "x", "y", &[Series { name: "z", points: &zeros }], false).unwrap();
+        save(&path, line_chart_png(&path, "t", "x", "y", &[Series { name: "z", points: &zeros }], false));
 
         let cats = vec!["a".to_string()];
         for vals in [[0.0], [-3.0], [1e-30], [5.0]] {
-            bar_chart(&path, "t", &cats, "y", &[("s", &vals)], false).unwrap();
+            save(&path, bar_chart_png(&path, "t", &cats, "y", &[("s", &vals)], false));
             check_png(&path);
         }
-        bar_chart(&path, "t", &cats, "y", &[("s", &[5.0])], true).unwrap();
-        bar_chart(&path, "", &cats, "", &[("s", &[0.5]), ("", &[f64::NAN])], true).unwrap();
+        save(&path, bar_chart_png(&path, "t", &cats, "y", &[("s", &[5.0])], true));
+        save(&path, bar_chart_png(&path, "", &cats, "", &[("s", &[0.5]), ("", &[f64::NAN])], true));
     }
 
     #[test]
@@ -795,30 +775,29 @@ mod tests {
         let path = dir.0.join("e.png");
         let nan = [(0.0, f64::NAN), (f64::INFINITY, 1.0)];
         let neg = [(0.0, -1.0), (1.0, 0.0)];
-        let is_invalid = |r: Result<()>| matches!(r, Err(Error::InvalidArgument(_)));
+        let is_invalid = |r: Result<Vec<u8>>| matches!(r, Err(Error::InvalidArgument(_)));
 
-        assert!(is_invalid(line_chart(&path, "t", "x", "y", &[], false)));
-        assert!(is_invalid(line_chart(&path, "t", "x", "y", &[Series { name: "s", points: &[] }], false)));
-        assert!(is_invalid(line_chart(&path, "t", "x", "y", &[Series { name: "s", points: &nan }], false)));
-        assert!(is_invalid(line_chart(&path, "t", "x", "y", &[Series { name: "s", points: &neg }], true)));
+        assert!(is_invalid(line_chart_png(&path, "t", "x", "y", &[], false)));
+        assert!(is_invalid(line_chart_png(&path, "t", "x", "y", &[Series { name: "s", points: &[] }], false)));
+        assert!(is_invalid(line_chart_png(&path, "t", "x", "y", &[Series { name: "s", points: &nan }], false)));
+        assert!(is_invalid(line_chart_png(&path, "t", "x", "y", &[Series { name: "s", points: &neg }], true)));
         let huge = [(0.0, -1e308), (1.0, 1e308)];
-        assert!(is_invalid(line_chart(&path, "t", "x", "y", &[Series { name: "s", points: &huge }], false)));
+        assert!(is_invalid(line_chart_png(&path, "t", "x", "y", &[Series { name: "s", points: &huge }], false)));
 
         let cats: Vec<String> = vec!["a".into(), "b".into()];
-        assert!(is_invalid(bar_chart(&path, "t", &[], "y", &[("s", &[])], false)));
-        assert!(is_invalid(bar_chart(&path, "t", &cats, "y", &[], false)));
-        assert!(is_invalid(bar_chart(&path, "t", &cats, "y", &[("s", &[1.0])], false)));
-        assert!(is_invalid(bar_chart(&path, "t", &cats, "y", &[("s", &[1.0, 2.0]), ("u", &[1.0, 2.0, 3.0])], false)));
-        assert!(is_invalid(bar_chart(&path, "t", &cats, "y", &[("s", &[f64::NAN, f64::NAN])], false)));
-        assert!(is_invalid(bar_chart(&path, "t", &cats, "y", &[("s", &[0.0, -2.0])], true)));
-        assert!(!path.exists(), "nothing is written on invalid input");
-
-        // A write failure is an Io error carrying the path.
-        let bad = dir.0.join("no-such-dir").join("x.png");
-        match line_chart(&bad, "t", "x", "y", &[Series { name: "s", points: &[(0.0, 1.0)] }], false) {
-            Err(Error::Io { path, .. }) => assert_eq!(path, bad),
-            other => panic!("expected Io error, got {other:?}"),
-        }
+        assert!(is_invalid(bar_chart_png(&path, "t", &[], "y", &[("s", &[])], false)));
+        assert!(is_invalid(bar_chart_png(&path, "t", &cats, "y", &[], false)));
+        assert!(is_invalid(bar_chart_png(&path, "t", &cats, "y", &[("s", &[1.0])], false)));
+        assert!(is_invalid(bar_chart_png(
+            &path,
+            "t",
+            &cats,
+            "y",
+            &[("s", &[1.0, 2.0]), ("u", &[1.0, 2.0, 3.0])],
+            false
+        )));
+        assert!(is_invalid(bar_chart_png(&path, "t", &cats, "y", &[("s", &[f64::NAN, f64::NAN])], false)));
+        assert!(is_invalid(bar_chart_png(&path, "t", &cats, "y", &[("s", &[0.0, -2.0])], true)));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //     fiber (runtime/launch.cpp), blocks run one after another on the launching OS thread;
 //   - __syncthreads() as a true barrier of the block's live threads (exited threads count
 //     as arrived, as on sm_70+);
-//   - warp exchange (__shfl*_sync, __ballot_sync, __syncwarp): a rendezvous of exactly the
+//   - warp exchange (the __shfl*_sync and __ballot_sync our kernels use): a rendezvous of the
 //     lanes in `mask`; a lane of the mask that exited or does not exist, or a source lane
 //     outside the mask, aborts with a message instead of giving an undefined value;
 //   - __shared__ as `thread_local`: fibers of a block share their OS thread, so that is one
@@ -46,7 +46,6 @@
 // Bytes of each `extern __shared__` array (the most an H100 block may opt into).
 #define CUDA_CPU_DYNAMIC_SHARED (227u << 10)
 #define __device__
-#define __host__
 #define __forceinline__ inline __attribute__((always_inline))
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
@@ -62,7 +61,6 @@ extern thread_local dim3 gridDim;
 
 // Barriers and warp rendezvous, implemented by the fiber scheduler.
 void __syncthreads();
-void __syncwarp(unsigned mask = 0xffffffffu);
 namespace cuda_cpu {
 // Every lane of `mask` contributes `value`; returns the value of lane `src`, or the caller's
 // own when `src` is negative (the "outside the segment" case of the shuffles).
@@ -102,10 +100,6 @@ template <typename T> T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int w
 template <typename T> T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
     int lane = cuda_cpu::lane_id();
     return cuda_cpu::shuffle(mask, v, (lane & (width - 1)) >= (int)delta ? lane - (int)delta : -1);
-}
-template <typename T> T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
-    int lane = cuda_cpu::lane_id();
-    return cuda_cpu::shuffle(mask, v, (lane & (width - 1)) + (int)delta < width ? lane + (int)delta : -1);
 }
 inline unsigned __ballot_sync(unsigned mask, int pred) { return cuda_cpu::warp_ballot(mask, pred != 0); }
 

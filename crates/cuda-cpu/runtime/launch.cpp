@@ -343,8 +343,6 @@ void __syncthreads() {
     cuda_cpu::suspend();
 }
 
-void __syncwarp(unsigned mask) { cuda_cpu::rendezvous(mask, 0); }
-
 using namespace cuda_cpu;
 
 // C ABI for the Rust side (crates/cuda-cpu/src/lib.rs) ------------------------------------

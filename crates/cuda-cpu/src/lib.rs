@@ -81,16 +81,6 @@ impl<T: bytemuck::Pod> Buffer<T> {
         // launch runs while `self` is borrowed here.
         unsafe { std::slice::from_raw_parts(self.data, self.len) }.to_vec()
     }
-
-    /// Number of elements.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when it holds no element.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
 }
 
 impl<T> Drop for Buffer<T> {

@@ -262,11 +262,10 @@ pub(crate) fn to_i32(op: &'static str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::invalid(format!("{op}: size {v} exceeds i32")))
 }
 
-/// Launch geometry for a 1-D elementwise kernel over `n` items with `threads` per block.
+/// [`super::Launch::grid_1d`] as cudarc takes it, for launchers whose geometry is not yet a
+/// function of their own (see `ops::elementwise::cuda::geometry` for the pattern).
 pub fn grid_1d(n: usize, threads: u32) -> Result<LaunchConfig> {
-    let blocks = n.div_ceil(threads as usize);
-    let blocks = u32::try_from(blocks).map_err(|_| Error::invalid(format!("{n} elements exceed one CUDA grid")))?;
-    Ok(LaunchConfig { grid_dim: (blocks.max(1), 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 })
+    super::Launch::grid_1d(n, threads).map(LaunchConfig::from)
 }
 
 /// Float element types our kernels are instantiated for; `SUFFIX` picks the kernel name

@@ -4,11 +4,13 @@
 pub(crate) mod cast;
 pub mod cpu;
 pub mod cuda;
+pub mod launch;
 mod memory;
 pub mod workspace;
 
 pub use cpu::{CpuBuffer, CpuDevice};
 pub use cuda::{CudaBuffer, CudaDevice};
+pub use launch::Launch;
 pub use memory::{MemTicket, MemoryCounter, MemoryStats};
 
 use crate::Result;

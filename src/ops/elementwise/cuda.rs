@@ -1,12 +1,20 @@
-//! Launches `cuda/elementwise.cu` (grid-stride loops, 256 threads per block).
+//! Launches `cuda/elementwise.cu` (grid-stride loops, 256 threads per block, at most 2²⁴
+//! threads in the grid).
 
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
-use crate::device::cuda::{grid_1d, CudaFloat};
-use crate::device::CudaDevice;
+use crate::device::cuda::CudaFloat;
+use crate::device::{CudaDevice, Launch};
 use crate::Result;
 
 const THREADS: u32 = 256;
+/// Threads of the largest grid; longer inputs take more than one grid-stride step.
+pub const MAX_GRID_THREADS: usize = 1 << 24;
+
+/// Launch geometry of every kernel of `elementwise.cu` over n elements.
+pub fn geometry(n: usize) -> Result<Launch> {
+    Launch::grid_1d(n.min(MAX_GRID_THREADS), THREADS)
+}
 
 /// `kind` is "add" or "mul": out = a ∘ b over n elements.
 pub fn binary<T: CudaFloat>(
@@ -21,7 +29,7 @@ pub fn binary<T: CudaFloat>(
     let mut l = dev.stream().launch_builder(&f);
     l.arg(a).arg(b).arg(out).arg(&n);
     // SAFETY: a, b, out hold n elements (checked by the caller); grid-stride loop stays below n.
-    unsafe { l.launch(grid_1d(n.min(1 << 24), THREADS)?) }?;
+    unsafe { l.launch(LaunchConfig::from(geometry(n)?)) }?;
     Ok(())
 }
 
@@ -31,7 +39,7 @@ pub fn scale<T: CudaFloat>(dev: &CudaDevice, a: &CudaSlice<T>, s: f32, out: &mut
     let mut l = dev.stream().launch_builder(&f);
     l.arg(a).arg(&s).arg(out).arg(&n);
     // SAFETY: a, out hold n elements.
-    unsafe { l.launch(grid_1d(n.min(1 << 24), THREADS)?) }?;
+    unsafe { l.launch(LaunchConfig::from(geometry(n)?)) }?;
     Ok(())
 }
 
@@ -41,6 +49,6 @@ pub fn add_assign<T: CudaFloat>(dev: &CudaDevice, a: &mut CudaSlice<T>, b: &Cuda
     let mut l = dev.stream().launch_builder(&f);
     l.arg(a).arg(b).arg(&n);
     // SAFETY: a, b hold n elements.
-    unsafe { l.launch(grid_1d(n.min(1 << 24), THREADS)?) }?;
+    unsafe { l.launch(LaunchConfig::from(geometry(n)?)) }?;
     Ok(())
 }

@@ -1,0 +1,197 @@
+//! Runs the kernels of the workspace's `cuda/*.cu` on the CPU, from their own source (a test
+//! harness: see `include/cuda_cpu.h` for what is modelled and `runtime/launch.cpp` for how).
+//!
+//! ```ignore
+//! let x = Buffer::from_slice(&[1f32, 2.0], Guard::After);
+//! let y = Buffer::<f32>::filled(2, f32::NAN, Guard::After);
+//! launch("elementwise", "scale_f32", [1, 1, 1], [256, 1, 1], 0, &[&x, &3f32, &y, &2usize])?;
+//! assert_eq!(y.to_vec(), [3.0, 6.0]);
+//! ```
+//! Buffers are mmap'd between two `PROT_NONE` pages, so a kernel that reads or writes past
+//! either end faults; the launcher then names the kernel and the offset and aborts.
+
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::marker::PhantomData;
+
+extern "C" {
+    fn cuda_cpu_launch(
+        module: *const c_char,
+        name: *const c_char,
+        grid: *const u32,
+        block: *const u32,
+        shared_bytes: u32,
+        args: *const *const c_void,
+        sizes: *const usize,
+        nargs: usize,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn cuda_cpu_alloc(bytes: usize, align: usize, at_start: c_int) -> *mut c_void;
+    fn cuda_cpu_free(data: *mut c_void);
+    fn cuda_cpu_module_total() -> usize;
+    fn cuda_cpu_module_name(m: usize) -> *const c_char;
+    fn cuda_cpu_module_kernels(m: usize) -> usize;
+    fn cuda_cpu_kernel_name(m: usize, k: usize) -> *const c_char;
+    fn cuda_cpu_kernel_executions(m: usize, k: usize) -> u64;
+}
+
+/// Which end of a [`Buffer`] touches its guard page exactly (the other end has slack up to
+/// a page): run a case with both to catch overruns and underruns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guard {
+    /// The buffer ends where the guard page after it starts (aligned to its element).
+    After,
+    /// The buffer starts where the guard page before it ends.
+    Before,
+}
+
+/// A host buffer a kernel may read and write, like a device allocation: every launch that
+/// gets it as an argument may change its contents.
+pub struct Buffer<T> {
+    data: *mut T,
+    len: usize,
+    _owns: PhantomData<T>,
+}
+
+impl<T: bytemuck::Pod> Buffer<T> {
+    /// A copy of `values`.
+    pub fn from_slice(values: &[T], guard: Guard) -> Self {
+        let b = Self::uninit(values.len(), guard);
+        // SAFETY: `data` holds `len` elements, freshly mapped, disjoint from `values`.
+        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), b.data, values.len()) };
+        b
+    }
+
+    /// `len` copies of `value` (e.g. NaN, to see which outputs a kernel leaves unwritten).
+    pub fn filled(len: usize, value: T, guard: Guard) -> Self {
+        Self::from_slice(&vec![value; len], guard)
+    }
+
+    fn uninit(len: usize, guard: Guard) -> Self {
+        let bytes = len * std::mem::size_of::<T>();
+        // SAFETY: plain allocation call; the result is checked below.
+        let data = unsafe { cuda_cpu_alloc(bytes, std::mem::align_of::<T>(), (guard == Guard::Before) as c_int) };
+        assert!(!data.is_null(), "cuda_cpu: cannot map a guarded buffer of {bytes} bytes");
+        Buffer { data: data.cast(), len, _owns: PhantomData }
+    }
+
+    /// The current contents.
+    pub fn to_vec(&self) -> Vec<T> {
+        // SAFETY: `data` holds `len` initialised elements (Pod: any bits are valid), and no
+        // launch runs while `self` is borrowed here.
+        unsafe { std::slice::from_raw_parts(self.data, self.len) }.to_vec()
+    }
+}
+
+impl<T> Drop for Buffer<T> {
+    fn drop(&mut self) {
+        // SAFETY: `data` came from cuda_cpu_alloc and is freed once.
+        unsafe { cuda_cpu_free(self.data.cast()) }
+    }
+}
+
+/// A kernel argument: where its value is and how many bytes it has (a buffer passes its
+/// address, a scalar itself), as `cudaLaunchKernel` takes them.
+pub trait Arg {
+    /// Pointer to the value and its size in bytes.
+    fn value(&self) -> (*const c_void, usize);
+}
+
+impl<T> Arg for Buffer<T> {
+    fn value(&self) -> (*const c_void, usize) {
+        ((&self.data as *const *mut T).cast(), std::mem::size_of::<*mut T>())
+    }
+}
+
+/// A null pointer argument (for kernels that skip an optional output).
+pub struct Null;
+
+static NULL_POINTER: usize = 0;
+
+impl Arg for Null {
+    fn value(&self) -> (*const c_void, usize) {
+        ((&NULL_POINTER as *const usize).cast(), std::mem::size_of::<usize>())
+    }
+}
+
+macro_rules! scalar_args {
+    ($($t:ty),*) => {$(
+        impl Arg for $t {
+            fn value(&self) -> (*const c_void, usize) {
+                ((self as *const $t).cast(), std::mem::size_of::<$t>())
+            }
+        }
+    )*};
+}
+scalar_args!(i32, u32, i64, u64, usize, f32, f64);
+
+/// Runs kernel `kernel` of `cuda/<module>.cu` over `grid` blocks of `block` threads, with
+/// `shared_bytes` of dynamic shared memory. Err when CUDA would refuse the launch or the
+/// arguments do not match the kernel's parameters (count and sizes).
+pub fn launch(
+    module: &str,
+    kernel: &str,
+    grid: [u32; 3],
+    block: [u32; 3],
+    shared_bytes: u32,
+    args: &[&dyn Arg],
+) -> Result<(), String> {
+    let (pointers, sizes): (Vec<*const c_void>, Vec<usize>) = args.iter().map(|a| a.value()).unzip();
+    let c = |s: &str| CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"));
+    let (module_c, kernel_c) = (c(module)?, c(kernel)?);
+    let mut err = [0 as c_char; 512];
+    // SAFETY: every pointer in `pointers` points at a live value of the size next to it; the
+    // launcher checks count and sizes against the kernel before running it, and buffers stay
+    // alive (borrowed in `args`) until it returns.
+    let rc = unsafe {
+        cuda_cpu_launch(
+            module_c.as_ptr(),
+            kernel_c.as_ptr(),
+            grid.as_ptr(),
+            block.as_ptr(),
+            shared_bytes,
+            pointers.as_ptr(),
+            sizes.as_ptr(),
+            args.len(),
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    // SAFETY: the launcher wrote a NUL-terminated message into `err`.
+    Err(unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned())
+}
+
+/// One kernel of the name table.
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    /// `cuda/<module>.cu`.
+    pub module: String,
+    /// Its `extern "C"` name after macro expansion (`rms_norm_fwd_f32`).
+    pub name: String,
+    /// Launches of it in this process so far.
+    pub executions: u64,
+}
+
+/// Every kernel of every `cuda/*.cu`, in file order.
+pub fn kernels() -> Vec<Kernel> {
+    let text = |p: *const c_char| {
+        // SAFETY: the table holds static NUL-terminated strings.
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    };
+    let mut all = Vec::new();
+    // SAFETY (all calls below): indices stay below the counts the table reports.
+    for m in 0..unsafe { cuda_cpu_module_total() } {
+        let module = text(unsafe { cuda_cpu_module_name(m) });
+        for k in 0..unsafe { cuda_cpu_module_kernels(m) } {
+            all.push(Kernel {
+                module: module.clone(),
+                name: text(unsafe { cuda_cpu_kernel_name(m, k) }),
+                executions: unsafe { cuda_cpu_kernel_executions(m, k) },
+            });
+        }
+    }
+    all
+}

@@ -1,0 +1,84 @@
+//! Every kernel of the converted `cuda/*.cu` files, executed on the CPU from its own source
+//! (crates/cuda-cpu) with the launch geometry of its CUDA launcher, against its op's CPU
+//! reference: the cases and tolerances of the op's `cuda_matches_cpu` test, plus edge sizes
+//! per launch; outputs start as NaN, and each case runs with its buffers against the guard
+//! page after them and again against the guard page before them.
+//!
+//! One module per op. Adding an op `<op>` (every `cuda/*.cu` is already compiled and in the
+//! name table; a missing intrinsic goes into crates/cuda-cpu/include/cuda_cpu.h):
+//!   1. in `src/ops/<op>/cuda.rs`, compute each launch's grid, block and shared bytes in a
+//!      `pub fn …geometry(sizes) -> Result<Launch>` that the launcher turns into its
+//!      `LaunchConfig` (`LaunchConfig::from(geometry)`);
+//!   2. write `tests/cuda_on_cpu/<op>.rs`: a `check::<T>(shape, guard)` that launches every
+//!      kernel through [`run`] with that geometry and the launcher's argument order, and
+//!      compares with the op's CPU reference (the cases and tolerances of its
+//!      `cuda_matches_cpu`, plus edge sizes of each launch); `smoke()` with the smallest
+//!      case; tests looping over the shapes, dtypes and [`GUARDS`];
+//!   3. add `mod <op>;` and `("<op>", <op>::smoke)` to [`CONVERTED`].
+
+mod elementwise;
+mod rms_norm;
+
+use cuda_cpu::{Arg, Buffer, Guard};
+use sparsetune::device::cuda::CudaFloat;
+use sparsetune::device::Launch;
+use sparsetune::{Device, Tensor};
+
+/// Both placements of every buffer of a case.
+pub const GUARDS: [Guard; 2] = [Guard::After, Guard::Before];
+
+/// The `cuda/*.cu` files converted so far, each with a run of all of its kernels (its
+/// smallest cases). The list must grow to every file of `cuda/` (the next slices of issue
+/// 23); then the count below covers all kernels.
+const CONVERTED: &[(&str, fn())] = &[("elementwise", elementwise::smoke), ("rms_norm", rms_norm::smoke)];
+
+/// Counts kernels: M is the number of `extern "C" __global__` kernels in `cuda/*.cu` after
+/// macro expansion (the name table of crates/cuda-cpu: each instantiation counts, so
+/// `rms_norm_fwd_f32` and `rms_norm_fwd_bf16` are two), N those executed at least once in
+/// this test process. Prints `cuda kernels executed on the CPU: N of M`; fails when a kernel
+/// of a file in `CONVERTED` never ran (a kernel added to a converted file without a CPU run).
+#[test]
+fn every_kernel_of_a_converted_file_runs() {
+    for (_, run_all) in CONVERTED {
+        run_all();
+    }
+    let kernels = cuda_cpu::kernels();
+    for (module, _) in CONVERTED {
+        assert!(kernels.iter().any(|k| k.module == *module), "no kernel of cuda/{module}.cu in the name table");
+    }
+    let executed = kernels.iter().filter(|k| k.executions > 0).count();
+    println!("cuda kernels executed on the CPU: {executed} of {}", kernels.len());
+    let missing: Vec<String> = kernels
+        .iter()
+        .filter(|k| k.executions == 0 && CONVERTED.iter().any(|(m, _)| *m == k.module))
+        .map(|k| format!("{}/{}", k.module, k.name))
+        .collect();
+    assert!(missing.is_empty(), "kernels of converted files never executed on the CPU: {missing:?}");
+}
+
+/// Runs `kernel` of `cuda/<module>.cu` with `launch` (the geometry its CUDA launcher uses).
+pub fn run(module: &str, kernel: &str, launch: Launch, args: &[&dyn Arg]) {
+    let (g, b) = (launch.grid, launch.block);
+    cuda_cpu::launch(module, kernel, [g.0, g.1, g.2], [b.0, b.1, b.2], launch.shared_bytes, args)
+        .unwrap_or_else(|e| panic!("{module}/{kernel}: {e}"));
+}
+
+/// A CPU tensor of `T`'s dtype from f32 values (rounded as the dtype rounds).
+pub fn tensor<T: CudaFloat>(values: Vec<f32>, dims: &[usize]) -> Tensor {
+    Tensor::from_f32(values, dims.to_vec(), T::DTYPE, &Device::cpu()).expect("a CPU tensor")
+}
+
+/// A tensor's elements as a guarded buffer.
+pub fn buffer<T: CudaFloat>(t: &Tensor, guard: Guard) -> Buffer<T> {
+    Buffer::from_slice(&bytemuck::pod_collect_to_vec::<u8, T>(&t.to_le_bytes().expect("tensor bytes")), guard)
+}
+
+/// A guarded buffer of NaN, so unwritten outputs fail the comparison.
+pub fn nan_buffer<T: CudaFloat>(len: usize, guard: Guard) -> Buffer<T> {
+    Buffer::filled(len, T::from_f32(f32::NAN), guard)
+}
+
+/// A buffer's elements widened to f32.
+pub fn widen<T: CudaFloat>(b: &Buffer<T>) -> Vec<f32> {
+    b.to_vec().into_iter().map(T::to_f32).collect()
+}

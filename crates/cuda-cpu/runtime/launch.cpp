@@ -67,12 +67,14 @@ struct Block {
     Warp warps[32];
 };
 
-// The launch in progress on this OS thread, for the fault handler and error messages.
+// The launch in progress on this OS thread, for the fault handler and error messages
+// (constant-initialised, so a signal handler may read it on any thread).
 struct Current {
     const char* module = nullptr;
     const Kernel* kernel = nullptr;
     void* const* args = nullptr;
 };
+thread_local Current current;
 
 struct Scheduler {
     ucontext_t main;
@@ -80,7 +82,6 @@ struct Scheduler {
     std::deque<Fiber*> ready;
     Fiber* running = nullptr;
     Block block;
-    Current launch;
     stack_t alt_stack{};
 
     ~Scheduler() {
@@ -147,7 +148,7 @@ void fiber_main() {
     fprintf(stderr,
             "cuda_cpu: %s/%s block (%u,%u,%u) cannot proceed: %u of %u threads exited, %u wait at "
             "__syncthreads\n",
-            sched.launch.module, sched.launch.kernel->name, blockIdx.x, blockIdx.y, blockIdx.z, b.exited, b.threads,
+            current.module, current.kernel->name, blockIdx.x, blockIdx.y, blockIdx.z, b.exited, b.threads,
             b.at_barrier);
     for (unsigned w = 0; w < 32; ++w)
         if (b.warps[w].arrived)
@@ -231,16 +232,20 @@ unsigned launches_in_flight = 0;
 struct sigaction previous_segv, previous_bus;
 
 void on_fault(int sig, siginfo_t* info, void*) {
-    const Current& c = sched.launch;
+    const Current& c = current;
+    if (!c.kernel) {  // a fault of another OS thread: back to the previous handler, and retry
+        sigaction(sig, sig == SIGBUS ? &previous_bus : &previous_segv, nullptr);
+        return;
+    }
     const char* addr = (const char*)info->si_addr;
     fprintf(stderr, "\ncuda_cpu: %s in kernel %s/%s, block (%u,%u,%u), thread (%u,%u,%u), address %p\n",
-            sig == SIGBUS ? "SIGBUS" : "SIGSEGV", c.module, c.kernel ? c.kernel->name : "?", blockIdx.x, blockIdx.y,
+            sig == SIGBUS ? "SIGBUS" : "SIGSEGV", c.module, c.kernel->name, blockIdx.x, blockIdx.y,
             blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z, (const void*)addr);
     // The buffer arguments whose mapping (guard pages included) holds the address; all
     // buffer arguments when none does.
     for (int pass = 0; pass < 2; ++pass) {
         bool reported = false;
-        for (size_t i = 0; c.kernel && i < c.kernel->params; ++i) {
+        for (size_t i = 0; i < c.kernel->params; ++i) {
             if (c.kernel->param_sizes[i] != sizeof(void*)) continue;
             const char* p = *(char* const*)c.args[i];
             for (const Guarded& g : guarded) {
@@ -287,7 +292,7 @@ void remove_fault_handler() {
 }
 
 [[noreturn]] void fail(const char* fmt, ...) {
-    fprintf(stderr, "cuda_cpu: %s/%s: ", sched.launch.module, sched.launch.kernel ? sched.launch.kernel->name : "?");
+    fprintf(stderr, "cuda_cpu: %s/%s: ", current.module, current.kernel ? current.kernel->name : "?");
     va_list ap;
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
@@ -381,7 +386,7 @@ extern "C" int cuda_cpu_launch(const char* module, const char* name, const uint3
         return refuse(err, err_len, "%s: %u bytes of dynamic shared memory, at most %u here", name, shared_bytes,
                       (unsigned)CUDA_CPU_DYNAMIC_SHARED);
     ++k->executions;
-    sched.launch = {module, k, args};
+    current = {module, k, args};
     sched.block.run = k->run;
     sched.block.args = args;
     sched.block.threads = (unsigned)threads;
@@ -395,7 +400,7 @@ extern "C" int cuda_cpu_launch(const char* module, const char* name, const uint3
                 run_block();
             }
     remove_fault_handler();
-    sched.launch = {};
+    current = {};
     return 0;
 }
 

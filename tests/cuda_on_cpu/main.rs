@@ -18,11 +18,12 @@
 
 mod elementwise;
 mod rms_norm;
+mod rope;
 
 use cuda_cpu::{Arg, Buffer, Guard};
 use sparsetune::device::cuda::CudaFloat;
 use sparsetune::device::Launch;
-use sparsetune::{Device, Tensor};
+use sparsetune::{DType, Device, Tensor};
 
 /// Both placements of every buffer of a case.
 pub const GUARDS: [Guard; 2] = [Guard::After, Guard::Before];
@@ -30,7 +31,8 @@ pub const GUARDS: [Guard; 2] = [Guard::After, Guard::Before];
 /// The `cuda/*.cu` files converted so far, each with a run of all of its kernels (its
 /// smallest cases). The list must grow to every file of `cuda/` (the next slices of issue
 /// 23); then the count below covers all kernels.
-const CONVERTED: &[(&str, fn())] = &[("elementwise", elementwise::smoke), ("rms_norm", rms_norm::smoke)];
+const CONVERTED: &[(&str, fn())] =
+    &[("elementwise", elementwise::smoke), ("rms_norm", rms_norm::smoke), ("rope", rope::smoke)];
 
 /// Counts kernels: M is the number of `extern "C" __global__` kernels in `cuda/*.cu` after
 /// macro expansion (the name table of crates/cuda-cpu: each instantiation counts, so
@@ -76,6 +78,24 @@ pub fn buffer<T: CudaFloat>(t: &Tensor, guard: Guard) -> Buffer<T> {
 /// A guarded buffer of NaN, so unwritten outputs fail the comparison.
 pub fn nan_buffer<T: CudaFloat>(len: usize, guard: Guard) -> Buffer<T> {
     Buffer::filled(len, T::from_f32(f32::NAN), guard)
+}
+
+/// Runs `check` on every case with both guard placements.
+pub fn each_case<C: Copy>(cases: &[C], check: impl Fn(C, Guard)) {
+    for &case in cases {
+        for guard in GUARDS {
+            check(case, guard);
+        }
+    }
+}
+
+/// The tolerance (atol, rtol) of the ops' cuda_matches_cpu tests for `T`.
+pub fn tolerance<T: CudaFloat>() -> (f64, f64) {
+    if T::DTYPE == DType::F32 {
+        (1e-5, 1e-4)
+    } else {
+        (1e-2, 1e-2)
+    }
 }
 
 /// A buffer's elements widened to f32.

@@ -19,6 +19,7 @@
 mod elementwise;
 mod rms_norm;
 mod rope;
+mod swiglu;
 
 use cuda_cpu::{Arg, Buffer, Guard};
 use sparsetune::device::cuda::CudaFloat;
@@ -31,8 +32,12 @@ pub const GUARDS: [Guard; 2] = [Guard::After, Guard::Before];
 /// The `cuda/*.cu` files converted so far, each with a run of all of its kernels (its
 /// smallest cases). The list must grow to every file of `cuda/` (the next slices of issue
 /// 23); then the count below covers all kernels.
-const CONVERTED: &[(&str, fn())] =
-    &[("elementwise", elementwise::smoke), ("rms_norm", rms_norm::smoke), ("rope", rope::smoke)];
+const CONVERTED: &[(&str, fn())] = &[
+    ("elementwise", elementwise::smoke),
+    ("rms_norm", rms_norm::smoke),
+    ("rope", rope::smoke),
+    ("swiglu", swiglu::smoke),
+];
 
 /// Counts kernels: M is the number of `extern "C" __global__` kernels in `cuda/*.cu` after
 /// macro expansion (the name table of crates/cuda-cpu: each instantiation counts, so

@@ -16,6 +16,7 @@
 //!      case; tests looping over the shapes, dtypes and [`GUARDS`];
 //!   3. add `mod <op>;` and `("<op>", <op>::smoke)` to [`CONVERTED`].
 
+mod cast;
 mod elementwise;
 mod rms_norm;
 mod rope;
@@ -37,6 +38,7 @@ const CONVERTED: &[(&str, fn())] = &[
     ("rms_norm", rms_norm::smoke),
     ("rope", rope::smoke),
     ("swiglu", swiglu::smoke),
+    ("cast", cast::smoke),
 ];
 
 /// Counts kernels: M is the number of `extern "C" __global__` kernels in `cuda/*.cu` after

@@ -18,6 +18,7 @@
 
 mod cast;
 mod elementwise;
+mod embedding;
 mod rms_norm;
 mod rope;
 mod swiglu;
@@ -39,6 +40,7 @@ const CONVERTED: &[(&str, fn())] = &[
     ("rope", rope::smoke),
     ("swiglu", swiglu::smoke),
     ("cast", cast::smoke),
+    ("embedding", embedding::smoke),
 ];
 
 /// Counts kernels: M is the number of `extern "C" __global__` kernels in `cuda/*.cu` after
@@ -94,6 +96,11 @@ pub fn each_case<C: Copy>(cases: &[C], check: impl Fn(C, Guard)) {
             check(case, guard);
         }
     }
+}
+
+/// Sizes as the kernels' `int` parameters (the launchers check that they fit).
+pub fn i32s<const N: usize>(sizes: [usize; N]) -> [i32; N] {
+    sizes.map(|v| i32::try_from(v).expect("a size that fits an int"))
 }
 
 /// The tolerance (atol, rtol) of the ops' cuda_matches_cpu tests for `T`.

@@ -8,7 +8,7 @@ use sparsetune::device::cuda::CudaFloat;
 use sparsetune::ops::rope::{self, cpu::inv_freq, cuda::geometry};
 use sparsetune::testing::{assert_close, random_f32};
 
-use crate::{buffer, each_case, nan_buffer, run, tensor, tolerance, widen};
+use crate::{buffer, each_case, i32s, nan_buffer, run, tensor, tolerance, widen};
 
 /// (batch, seq, heads, head_dim, pos_offset, theta): the op test's cases (the last two
 /// reach position 8000); half = 129 > 128 threads (the cos/sin fill and the rotation both
@@ -38,16 +38,15 @@ fn check<T: CudaFloat>(
     let table = inv_freq(theta, head_dim);
     let table_buf = Buffer::from_slice(&table, guard);
     let launch = geometry(tokens, head_dim).unwrap();
-    let sizes = [tokens, seq, heads, head_dim, offset].map(|v| i32::try_from(v).unwrap());
+    let [tokens_i, seq_i, heads_i, dim_i, offset_i] = i32s([tokens, seq, heads, head_dim, offset]);
     for (sign, seed) in [(1f32, 30), (-1f32, 31)] {
         let x = tensor::<T>(random_f32(n, 1.0, seed), &dims);
         let (x_buf, y) = (buffer::<T>(&x, guard), nan_buffer::<T>(n, guard));
-        let [tokens_i, seq_i, heads_i, dim_i, offset_i] = &sizes;
         run(
             "rope",
             &format!("rope_{}", T::SUFFIX),
             launch,
-            &[&x_buf, &table_buf, &y, tokens_i, seq_i, heads_i, dim_i, offset_i, &sign],
+            &[&x_buf, &table_buf, &y, &tokens_i, &seq_i, &heads_i, &dim_i, &offset_i, &sign],
         );
         let (want, name) = if sign > 0.0 {
             (rope::forward(&x, &table, offset), "y")

@@ -16,6 +16,7 @@
 //!      case; tests looping over the shapes, dtypes and [`GUARDS`];
 //!   3. add `mod <op>;` and `("<op>", <op>::smoke)` to [`CONVERTED`].
 
+mod adamw;
 mod cast;
 mod elementwise;
 mod embedding;
@@ -41,6 +42,7 @@ const CONVERTED: &[(&str, fn())] = &[
     ("swiglu", swiglu::smoke),
     ("cast", cast::smoke),
     ("embedding", embedding::smoke),
+    ("adamw", adamw::smoke),
 ];
 
 /// Counts kernels: M is the number of `extern "C" __global__` kernels in `cuda/*.cu` after

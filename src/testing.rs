@@ -19,6 +19,12 @@ pub fn random_f32(n: usize, scale: f32, seed: u64) -> Vec<f32> {
     random_f64(n, scale as f64, seed).into_iter().map(|v| v as f32).collect()
 }
 
+/// Seeded uniform ids in [0, below) (token ids, e.g. for embeddings).
+pub fn random_ids(n: usize, below: u32, seed: u64) -> Vec<u32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(0..below)).collect()
+}
+
 /// A seeded random mask [rows, cols] (1 = kept) with exact counts: with `nm` = Some((n, m)),
 /// n kept in every group of m consecutive columns of a row; otherwise ⌊cols·sparsity⌋
 /// pruned in every row. Positions come from a shuffle (no selection code involved).

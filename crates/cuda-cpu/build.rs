@@ -42,6 +42,10 @@ fn main() {
         b.opt_level(2).flag("-Wno-unknown-pragmas");
         // Kernels and the launcher are linked into the test executable: its TLS is static.
         b.flag("-ftls-model=initial-exec");
+        // No thread_local here has a dynamic initialiser. Without this, g++ calls the weak,
+        // undefined TLS init function of an `extern __shared__` array declared inside a
+        // function (rope.cu's `trig`) without checking it for null: a jump to address 0.
+        b.flag_if_supported("-fno-extern-tls-init");
         b
     };
 

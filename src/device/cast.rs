@@ -3,10 +3,9 @@
 //! converts n elements, x [n] → y [n], rounding to nearest even. (The same `.cu` file's
 //! f64 kernels are launched by `crate::ops::cast::cuda` for the pruning ops.)
 
-use cudarc::driver::PushKernelArg;
+use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::{bf16, f16};
 
-use crate::device::cuda::grid_1d;
 use crate::device::CudaDevice;
 use crate::storage::Element;
 use crate::tensor::cuda_tensor;
@@ -20,7 +19,7 @@ fn launch<S: Element, D: Element>(dev: &CudaDevice, name: &str, x: &Tensor) -> R
     let mut l = dev.stream().launch_builder(&f);
     l.arg(src.cuda::<S>()?).arg(out.slice_mut()).arg(&n);
     // SAFETY: source and destination hold n elements each.
-    unsafe { l.launch(grid_1d(n.min(1 << 24), 256)?) }?;
+    unsafe { l.launch(LaunchConfig::from(crate::ops::cast::cuda::geometry(n)?)) }?;
     cuda_tensor(out, x.shape().clone(), x.device())
 }
 

@@ -16,13 +16,18 @@
 //!      case; tests looping over the shapes, dtypes and [`GUARDS`];
 //!   3. add `mod <op>;` and `("<op>", <op>::smoke)` to [`CONVERTED`].
 
+mod adamw;
+mod cast;
 mod elementwise;
+mod embedding;
 mod rms_norm;
+mod rope;
+mod swiglu;
 
 use cuda_cpu::{Arg, Buffer, Guard};
 use sparsetune::device::cuda::CudaFloat;
 use sparsetune::device::Launch;
-use sparsetune::{Device, Tensor};
+use sparsetune::{DType, Device, Tensor};
 
 /// Both placements of every buffer of a case.
 pub const GUARDS: [Guard; 2] = [Guard::After, Guard::Before];
@@ -30,7 +35,15 @@ pub const GUARDS: [Guard; 2] = [Guard::After, Guard::Before];
 /// The `cuda/*.cu` files converted so far, each with a run of all of its kernels (its
 /// smallest cases). The list must grow to every file of `cuda/` (the next slices of issue
 /// 23); then the count below covers all kernels.
-const CONVERTED: &[(&str, fn())] = &[("elementwise", elementwise::smoke), ("rms_norm", rms_norm::smoke)];
+const CONVERTED: &[(&str, fn())] = &[
+    ("elementwise", elementwise::smoke),
+    ("rms_norm", rms_norm::smoke),
+    ("rope", rope::smoke),
+    ("swiglu", swiglu::smoke),
+    ("cast", cast::smoke),
+    ("embedding", embedding::smoke),
+    ("adamw", adamw::smoke),
+];
 
 /// Counts kernels: M is the number of `extern "C" __global__` kernels in `cuda/*.cu` after
 /// macro expansion (the name table of crates/cuda-cpu: each instantiation counts, so
@@ -76,6 +89,29 @@ pub fn buffer<T: CudaFloat>(t: &Tensor, guard: Guard) -> Buffer<T> {
 /// A guarded buffer of NaN, so unwritten outputs fail the comparison.
 pub fn nan_buffer<T: CudaFloat>(len: usize, guard: Guard) -> Buffer<T> {
     Buffer::filled(len, T::from_f32(f32::NAN), guard)
+}
+
+/// Runs `check` on every case with both guard placements.
+pub fn each_case<C: Copy>(cases: &[C], check: impl Fn(C, Guard)) {
+    for &case in cases {
+        for guard in GUARDS {
+            check(case, guard);
+        }
+    }
+}
+
+/// Sizes as the kernels' `int` parameters (the launchers check that they fit).
+pub fn i32s<const N: usize>(sizes: [usize; N]) -> [i32; N] {
+    sizes.map(|v| i32::try_from(v).expect("a size that fits an int"))
+}
+
+/// The tolerance (atol, rtol) of the ops' cuda_matches_cpu tests for `T`.
+pub fn tolerance<T: CudaFloat>() -> (f64, f64) {
+    if T::DTYPE == DType::F32 {
+        (1e-5, 1e-4)
+    } else {
+        (1e-2, 1e-2)
+    }
 }
 
 /// A buffer's elements widened to f32.

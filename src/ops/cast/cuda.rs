@@ -1,15 +1,25 @@
 //! Launches `cuda/cast.cu`'s f64 kernels for the pruning ops: widen f32/bf16 to f64,
 //! narrow f64 to f32/bf16, scale f64 in place. (Its float ↔ float pair kernels serve
-//! `Tensor::to_dtype` from the core: `crate::device::cast`.)
+//! `Tensor::to_dtype` from the core: `crate::device::cast`, with the geometry of this file:
+//! grid-stride loops, 256 threads per block, at most 2²⁴ threads in the grid.)
 
-use cudarc::driver::PushKernelArg;
+use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::bf16;
 
-use crate::device::cuda::grid_1d;
-use crate::device::CudaDevice;
+use crate::device::{CudaDevice, Launch};
 use crate::ops::cuda_tensor;
 use crate::storage::Element;
 use crate::{DType, Error, Result, Tensor};
+
+const THREADS: u32 = 256;
+/// Threads of the largest grid; longer inputs take more than one grid-stride step.
+pub const MAX_GRID_THREADS: usize = 1 << 24;
+
+/// Launch geometry of every kernel of `cast.cu` over n elements (also used by
+/// `crate::device::cast` for the float ↔ float kernels).
+pub fn geometry(n: usize) -> Result<Launch> {
+    Launch::grid_1d(n.min(MAX_GRID_THREADS), THREADS)
+}
 
 /// Widens the first `n` elements of a float device view (f32 or bf16) into `out` as f64.
 pub fn widen_to_f64<T: crate::device::cuda::CudaFloat>(
@@ -25,7 +35,7 @@ pub fn widen_to_f64<T: crate::device::cuda::CudaFloat>(
     let mut l = dev.stream().launch_builder(&f);
     l.arg(x).arg(out).arg(&n);
     // SAFETY: x and out hold at least n elements (checked above).
-    unsafe { l.launch(grid_1d(n.min(1 << 24), 256)?) }?;
+    unsafe { l.launch(LaunchConfig::from(geometry(n)?)) }?;
     Ok(())
 }
 
@@ -67,7 +77,7 @@ pub fn from_f64(
         let mut l = dev.stream().launch_builder(&f);
         l.arg(x).arg(out.slice_mut()).arg(&n);
         // SAFETY: x holds at least n elements (checked by the caller), out exactly n.
-        unsafe { l.launch(grid_1d(n.min(1 << 24), 256)?) }?;
+        unsafe { l.launch(LaunchConfig::from(geometry(n)?)) }?;
         cuda_tensor(out, shape, device)
     }
     match dtype {
@@ -86,6 +96,6 @@ pub fn scale_f64(dev: &CudaDevice, x: &mut cudarc::driver::CudaSlice<f64>, s: f6
     let mut l = dev.stream().launch_builder(&f);
     l.arg(x).arg(&s).arg(&n);
     // SAFETY: x holds at least n elements (checked above).
-    unsafe { l.launch(grid_1d(n.min(1 << 24), 256)?) }?;
+    unsafe { l.launch(LaunchConfig::from(geometry(n)?)) }?;
     Ok(())
 }

@@ -5,11 +5,26 @@
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use crate::device::cuda::CudaFloat;
-use crate::device::CudaDevice;
+use crate::device::{CudaDevice, Launch};
 use crate::ops::to_i32;
 use crate::{Error, Result};
 
 const THREADS: u32 = 256;
+
+/// Geometry of `embedding_fwd_*`: one block per token (at least one block).
+pub fn forward_geometry(tokens: usize) -> Result<Launch> {
+    let blocks = to_i32("embedding", tokens)?.max(1) as u32;
+    Ok(Launch { grid: (blocks, 1, 1), block: (THREADS, 1, 1), shared_bytes: 0 })
+}
+
+/// Geometry of `embedding_bwd_*`: grid (n_unique, ⌈dim / 256⌉), one thread per column of
+/// one id's row.
+pub fn backward_geometry(n_unique: usize, dim: usize) -> Result<Launch> {
+    let column_tiles = u16::try_from(dim.div_ceil(THREADS as usize))
+        .map_err(|_| Error::invalid(format!("embedding: dim {dim} exceeds one CUDA grid")))?;
+    let ids = to_i32("embedding", n_unique)? as u32;
+    Ok(Launch { grid: (ids, column_tiles.into(), 1), block: (THREADS, 1, 1), shared_bytes: 0 })
+}
 
 /// `out = weight[ids]`. Slices: weight `[vocab·dim]`, ids `[tokens]`, out `[tokens·dim]` (checked by
 /// the caller, which also checked every id < vocab).
@@ -25,25 +40,27 @@ pub fn forward<T: CudaFloat>(
     let f = dev.function("embedding", &format!("embedding_fwd_{}", T::SUFFIX))?;
     let (tokens_i, vocab_i, dim_i) =
         (to_i32("embedding", tokens)?, to_i32("embedding", vocab)?, to_i32("embedding", dim)?);
-    let cfg =
-        LaunchConfig { grid_dim: (tokens_i.max(1) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
     let mut b = dev.stream().launch_builder(&f);
     b.arg(weight).arg(ids).arg(out).arg(&tokens_i).arg(&vocab_i).arg(&dim_i);
     // SAFETY: weight holds vocab·dim, ids tokens and out tokens·dim elements (checked in
     // ops::embedding); block n < tokens reads row ids[n] only when ids[n] < vocab.
-    unsafe { b.launch(cfg) }?;
+    unsafe { b.launch(LaunchConfig::from(forward_geometry(tokens)?)) }?;
     Ok(())
 }
 
 /// Token positions grouped by id: `order` lists positions sorted by id (token order kept
 /// within an id), id `uniq[u]` owns `order[starts[u]..starts[u + 1]]`.
-struct IdGroups {
-    order: Vec<u32>,
-    starts: Vec<u32>,
-    uniq: Vec<u32>,
+pub struct IdGroups {
+    /// Token positions sorted by id.
+    pub order: Vec<u32>,
+    /// n_unique + 1 offsets into `order`.
+    pub starts: Vec<u32>,
+    /// The distinct ids, ascending.
+    pub uniq: Vec<u32>,
 }
 
-fn group_by_id(ids: &[u32]) -> IdGroups {
+/// Groups the token positions of `ids` by id (the host side of the backward).
+pub fn group_by_id(ids: &[u32]) -> IdGroups {
     let mut order: Vec<u32> = (0..ids.len() as u32).collect();
     // Stable: the positions of one id stay in token order, which fixes the summation order.
     order.sort_by_key(|&n| ids[n as usize]);
@@ -76,24 +93,18 @@ pub fn backward<T: CudaFloat>(
     }
     let (tokens_i, vocab_i, dim_i) =
         (to_i32("embedding", tokens)?, to_i32("embedding", vocab)?, to_i32("embedding", dim)?);
-    let column_tiles = u16::try_from(dim.div_ceil(THREADS as usize))
-        .map_err(|_| Error::invalid(format!("embedding: dim {dim} exceeds one CUDA grid")))?;
     let groups = group_by_id(ids_host);
+    let launch = backward_geometry(groups.uniq.len(), dim)?;
     let n_unique_i = to_i32("embedding", groups.uniq.len())?;
     let (order, starts, uniq) = (dev.htod(&groups.order)?, dev.htod(&groups.starts)?, dev.htod(&groups.uniq)?);
     let f = dev.function("embedding", &format!("embedding_bwd_{}", T::SUFFIX))?;
-    let cfg = LaunchConfig {
-        grid_dim: (n_unique_i as u32, column_tiles as u32, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
     let mut b = dev.stream().launch_builder(&f);
     b.arg(dout).arg(order.slice()).arg(starts.slice()).arg(uniq.slice()).arg(dweight);
     b.arg(&n_unique_i).arg(&tokens_i).arg(&vocab_i).arg(&dim_i);
     // SAFETY: dout holds tokens·dim and dweight vocab·dim elements (checked in ops::embedding);
     // order holds tokens positions < tokens, starts n_unique + 1 offsets ≤ tokens and uniq
     // n_unique ids < vocab (built above from range-checked ids); the kernel re-checks them.
-    unsafe { b.launch(cfg) }?;
+    unsafe { b.launch(LaunchConfig::from(launch)) }?;
     Ok(())
 }
 

@@ -110,15 +110,8 @@ pub fn embedding(tape: Option<&mut Tape>, weight: &Tensor, ids: &Tensor) -> Resu
 mod tests {
     use super::*;
     use crate::device::cuda_for_tests;
-    use crate::testing::{assert_close, assert_close_f64, finite_diff, random_f32, random_f64};
+    use crate::testing::{assert_close, assert_close_f64, finite_diff, random_f32, random_f64, random_ids};
     use crate::DType;
-    use rand::{Rng, SeedableRng};
-    use rand_chacha::ChaCha8Rng;
-
-    fn random_ids(n: usize, below: u32, seed: u64) -> Vec<u32> {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        (0..n).map(|_| rng.random_range(0..below)).collect()
-    }
 
     #[test]
     fn backward_matches_finite_differences() {

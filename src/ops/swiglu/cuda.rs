@@ -1,14 +1,19 @@
 //! Launches `cuda/swiglu.cu`: grid-stride elementwise kernels, 256 threads per block.
 
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
-use crate::device::cuda::{grid_1d, CudaFloat};
-use crate::device::CudaDevice;
+use crate::device::cuda::CudaFloat;
+use crate::device::{CudaDevice, Launch};
 use crate::Result;
 
 const THREADS: u32 = 256;
 /// Grid-stride loops cover any n; more blocks than this only add scheduling overhead.
-const MAX_ITEMS_PER_GRID: usize = 1 << 24;
+pub const MAX_ITEMS_PER_GRID: usize = 1 << 24;
+
+/// Geometry of both kernels of `swiglu.cu` over n elements.
+pub fn geometry(n: usize) -> Result<Launch> {
+    Launch::grid_1d(n.min(MAX_ITEMS_PER_GRID), THREADS)
+}
 
 /// h = silu(gate) · up. Slices: gate, up, h `[n]` (checked by the caller).
 pub fn forward<T: CudaFloat>(
@@ -23,7 +28,7 @@ pub fn forward<T: CudaFloat>(
     b.arg(gate).arg(up).arg(h).arg(&n);
     // SAFETY: gate, up and h hold n elements (checked in ops::swiglu); the grid-stride loop
     // stays below n.
-    unsafe { b.launch(grid_1d(n.min(MAX_ITEMS_PER_GRID), THREADS)?) }?;
+    unsafe { b.launch(LaunchConfig::from(geometry(n)?)) }?;
     Ok(())
 }
 
@@ -53,6 +58,6 @@ pub fn backward<T: CudaFloat>(
     b.arg(&n);
     // SAFETY: gate, up, dh and the given outputs hold n elements (checked in ops::swiglu);
     // the grid-stride loop stays below n and never touches a null output.
-    unsafe { b.launch(grid_1d(n.min(MAX_ITEMS_PER_GRID), THREADS)?) }?;
+    unsafe { b.launch(LaunchConfig::from(geometry(n)?)) }?;
     Ok(())
 }

@@ -1,15 +1,26 @@
 //! Float conversion of a CUDA tensor, for [`crate::Tensor::to_dtype`]: launches
 //! `cuda/cast.cu`'s kernel for the (source, destination) pair of F32, BF16 and F16; each
 //! converts n elements, x [n] → y [n], rounding to nearest even. (The same `.cu` file's
-//! f64 kernels are launched by `crate::ops::cast::cuda` for the pruning ops.)
+//! f64 kernels are launched by `crate::ops::cast::cuda` for the pruning ops, with
+//! [`geometry`], which sizes every launch of the file.)
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::{bf16, f16};
 
-use crate::device::CudaDevice;
+use crate::device::{CudaDevice, Launch};
 use crate::storage::Element;
 use crate::tensor::cuda_tensor;
 use crate::{DType, Error, Result, Tensor};
+
+/// Threads per block of every kernel of `cast.cu` (grid-stride loops).
+const THREADS: u32 = 256;
+/// Threads of the largest grid; longer inputs take more than one grid-stride step.
+pub const MAX_GRID_THREADS: usize = 1 << 24;
+
+/// Launch geometry of every kernel of `cast.cu` over n elements.
+pub fn geometry(n: usize) -> Result<Launch> {
+    Launch::grid_1d(n.min(MAX_GRID_THREADS), THREADS)
+}
 
 fn launch<S: Element, D: Element>(dev: &CudaDevice, name: &str, x: &Tensor) -> Result<Tensor> {
     let n = x.elem_count();
@@ -19,7 +30,7 @@ fn launch<S: Element, D: Element>(dev: &CudaDevice, name: &str, x: &Tensor) -> R
     let mut l = dev.stream().launch_builder(&f);
     l.arg(src.cuda::<S>()?).arg(out.slice_mut()).arg(&n);
     // SAFETY: source and destination hold n elements each.
-    unsafe { l.launch(LaunchConfig::from(crate::ops::cast::cuda::geometry(n)?)) }?;
+    unsafe { l.launch(LaunchConfig::from(geometry(n)?)) }?;
     cuda_tensor(out, x.shape().clone(), x.device())
 }
 

@@ -6,7 +6,7 @@ use sparsetune::device::cuda::CudaFloat;
 use sparsetune::ops::elementwise::{self, add_assign, add_forward, mul_forward, scale_forward};
 use sparsetune::testing::{assert_close, random_f32};
 
-use crate::{buffer, nan_buffer, run, tensor, widen, GUARDS};
+use crate::{buffer, each_case, nan_buffer, run, tensor, widen, GUARDS};
 
 const TOL: (f64, f64) = (1e-6, 1e-6);
 
@@ -43,20 +43,12 @@ pub fn smoke() {
 
 #[test]
 fn f32_matches_cpu() {
-    for n in SIZES {
-        for guard in GUARDS {
-            check::<f32>(n, guard);
-        }
-    }
+    each_case(&SIZES, check::<f32>);
 }
 
 #[test]
 fn bf16_matches_cpu() {
-    for n in SIZES {
-        for guard in GUARDS {
-            check::<half::bf16>(n, guard);
-        }
-    }
+    each_case(&SIZES, check::<half::bf16>);
 }
 
 /// One element more than the largest grid covers: the last one is reached by the

@@ -6,9 +6,8 @@ use cuda_cpu::{Buffer, Guard, Null};
 use sparsetune::device::cuda::CudaFloat;
 use sparsetune::ops::rms_norm::{self, cuda::dw_geometry, cuda::row_geometry};
 use sparsetune::testing::{assert_close, random_f32};
-use sparsetune::DType;
 
-use crate::{buffer, nan_buffer, run, tensor, widen, GUARDS};
+use crate::{buffer, each_case, nan_buffer, run, tensor, tolerance, widen};
 
 const EPS: f32 = 1e-5;
 
@@ -17,19 +16,11 @@ const EPS: f32 = 1e-5;
 /// dw chunk, and a second chunk of one row).
 const SHAPES: [(usize, usize); 8] = [(1, 1), (3, 33), (37, 576), (5, 4099), (2, 256), (3, 257), (64, 40), (65, 257)];
 
-fn tolerance(dtype: DType) -> (f64, f64) {
-    if dtype == DType::F32 {
-        (1e-5, 1e-4)
-    } else {
-        (1e-2, 1e-2)
-    }
-}
-
 /// Runs the four kernels the way `rms_norm::cuda::{forward, backward}` launch them and
 /// compares y, dx and dw with the CPU reference.
 fn check<T: CudaFloat>(rows: usize, dim: usize, guard: Guard) {
     let what = format!("rms_norm {} {rows}x{dim} {guard:?}", T::DTYPE);
-    let (atol, rtol) = tolerance(T::DTYPE);
+    let (atol, rtol) = tolerance::<T>();
     let x = tensor::<T>(random_f32(rows * dim, 1.0, 10), &[rows, dim]);
     let w = tensor::<T>(random_f32(dim, 1.0, 11), &[dim]);
     let dy = tensor::<T>(random_f32(rows * dim, 1.0, 12), &[rows, dim]);
@@ -81,18 +72,10 @@ pub fn smoke() {
 
 #[test]
 fn f32_matches_cpu() {
-    for (rows, dim) in SHAPES {
-        for guard in GUARDS {
-            check::<f32>(rows, dim, guard);
-        }
-    }
+    each_case(&SHAPES, |(rows, dim), guard| check::<f32>(rows, dim, guard));
 }
 
 #[test]
 fn bf16_matches_cpu() {
-    for (rows, dim) in SHAPES {
-        for guard in GUARDS {
-            check::<half::bf16>(rows, dim, guard);
-        }
-    }
+    each_case(&SHAPES, |(rows, dim), guard| check::<half::bf16>(rows, dim, guard));
 }

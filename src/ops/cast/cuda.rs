@@ -1,25 +1,16 @@
 //! Launches `cuda/cast.cu`'s f64 kernels for the pruning ops: widen f32/bf16 to f64,
 //! narrow f64 to f32/bf16, scale f64 in place. (Its float ↔ float pair kernels serve
-//! `Tensor::to_dtype` from the core: `crate::device::cast`, with the geometry of this file:
-//! grid-stride loops, 256 threads per block, at most 2²⁴ threads in the grid.)
+//! `Tensor::to_dtype` from the core, `crate::device::cast`, which also owns the geometry of
+//! every kernel of the file: [`geometry`].)
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::bf16;
 
-use crate::device::{CudaDevice, Launch};
+pub use crate::device::cast::{geometry, MAX_GRID_THREADS};
+use crate::device::CudaDevice;
 use crate::ops::cuda_tensor;
 use crate::storage::Element;
 use crate::{DType, Error, Result, Tensor};
-
-const THREADS: u32 = 256;
-/// Threads of the largest grid; longer inputs take more than one grid-stride step.
-pub const MAX_GRID_THREADS: usize = 1 << 24;
-
-/// Launch geometry of every kernel of `cast.cu` over n elements (also used by
-/// `crate::device::cast` for the float ↔ float kernels).
-pub fn geometry(n: usize) -> Result<Launch> {
-    Launch::grid_1d(n.min(MAX_GRID_THREADS), THREADS)
-}
 
 /// Widens the first `n` elements of a float device view (f32 or bf16) into `out` as f64.
 pub fn widen_to_f64<T: crate::device::cuda::CudaFloat>(

@@ -18,6 +18,7 @@
 
 mod adamw;
 mod cast;
+mod cross_entropy;
 mod elementwise;
 mod embedding;
 mod rms_norm;
@@ -43,6 +44,7 @@ const CONVERTED: &[(&str, fn())] = &[
     ("cast", cast::smoke),
     ("embedding", embedding::smoke),
     ("adamw", adamw::smoke),
+    ("cross_entropy", cross_entropy::smoke),
 ];
 
 /// Counts kernels: M is the number of `extern "C" __global__` kernels in `cuda/*.cu` after

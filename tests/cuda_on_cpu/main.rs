@@ -21,6 +21,7 @@ mod cast;
 mod cross_entropy;
 mod elementwise;
 mod embedding;
+mod prune_stats;
 mod rms_norm;
 mod rope;
 mod swiglu;
@@ -45,6 +46,7 @@ const CONVERTED: &[(&str, fn())] = &[
     ("embedding", embedding::smoke),
     ("adamw", adamw::smoke),
     ("cross_entropy", cross_entropy::smoke),
+    ("prune_stats", prune_stats::smoke),
 ];
 
 /// Counts kernels: M is the number of `extern "C" __global__` kernels in `cuda/*.cu` after

@@ -21,6 +21,7 @@ mod cast;
 mod cross_entropy;
 mod elementwise;
 mod embedding;
+mod nm_pack;
 mod prune_stats;
 mod rms_norm;
 mod rope;
@@ -47,6 +48,7 @@ const CONVERTED: &[(&str, fn())] = &[
     ("adamw", adamw::smoke),
     ("cross_entropy", cross_entropy::smoke),
     ("prune_stats", prune_stats::smoke),
+    ("nm_pack", nm_pack::smoke),
 ];
 
 /// Counts kernels: M is the number of `extern "C" __global__` kernels in `cuda/*.cu` after

@@ -18,8 +18,11 @@
 
 mod adamw;
 mod cast;
+mod cross_entropy;
 mod elementwise;
 mod embedding;
+mod nm_pack;
+mod prune_stats;
 mod rms_norm;
 mod rope;
 mod swiglu;
@@ -43,6 +46,9 @@ const CONVERTED: &[(&str, fn())] = &[
     ("cast", cast::smoke),
     ("embedding", embedding::smoke),
     ("adamw", adamw::smoke),
+    ("cross_entropy", cross_entropy::smoke),
+    ("prune_stats", prune_stats::smoke),
+    ("nm_pack", nm_pack::smoke),
 ];
 
 /// Counts kernels: M is the number of `extern "C" __global__` kernels in `cuda/*.cu` after

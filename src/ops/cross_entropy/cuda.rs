@@ -4,14 +4,17 @@
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use crate::device::cuda::CudaFloat;
-use crate::device::CudaDevice;
+use crate::device::{CudaDevice, Launch};
 use crate::ops::to_i32;
 use crate::Result;
 
 const THREADS: u32 = 512;
 
-fn row_grid(rows: i32) -> LaunchConfig {
-    LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+/// Geometry of `cross_entropy_fwd_*` and `cross_entropy_bwd_*`: one 512-thread block per
+/// row (at least one block).
+pub fn row_geometry(rows: usize) -> Result<Launch> {
+    let blocks = u32::try_from(rows.max(1)).map_err(|_| crate::Error::invalid("cross_entropy: too many rows"))?;
+    Ok(Launch { grid: (blocks, 1, 1), block: (THREADS, 1, 1), shared_bytes: 0 })
 }
 
 /// Per-row logsumexp and loss (0 for ignored rows). Slices: logits `[rows·vocab]`, targets,
@@ -31,7 +34,7 @@ pub fn forward<T: CudaFloat>(
     b.arg(logits).arg(targets).arg(lse).arg(loss).arg(&rows_i).arg(&vocab_i);
     // SAFETY: logits hold rows·vocab elements and targets, lse, loss rows each (checked in
     // ops::cross_entropy); block `row < rows` reads its row and logits[row, t] only for t < vocab.
-    unsafe { b.launch(row_grid(rows_i)) }?;
+    unsafe { b.launch(LaunchConfig::from(row_geometry(rows)?)) }?;
     Ok(())
 }
 
@@ -55,6 +58,6 @@ pub fn backward<T: CudaFloat>(
     b.arg(logits).arg(targets).arg(lse).arg(grad).arg(&inv_count).arg(dlogits).arg(&rows_i).arg(&vocab_i);
     // SAFETY: logits and dlogits hold rows·vocab elements, targets and lse rows, grad one
     // (checked in ops::cross_entropy); block `row < rows` touches only its row.
-    unsafe { b.launch(row_grid(rows_i)) }?;
+    unsafe { b.launch(LaunchConfig::from(row_geometry(rows)?)) }?;
     Ok(())
 }

@@ -4,7 +4,7 @@
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use crate::device::cuda::CudaFloat;
-use crate::device::CudaDevice;
+use crate::device::{CudaDevice, Launch};
 use crate::ops::expect_len;
 use crate::ops::to_i32;
 use crate::sparse::nm::index_bits;
@@ -13,12 +13,14 @@ use crate::{Error, Result};
 
 const THREADS: u32 = 256;
 
-/// Grid (rows, tiles of [`THREADS`] over `per_row` items).
-fn grid(op: &'static str, rows: usize, per_row: usize) -> Result<LaunchConfig> {
+/// Geometry of both compression kernels: grid (rows, tiles of 256 threads over `per_row`
+/// items: the values of a row for `nm_compress_values_*`, its index bytes for
+/// `nm_compress_indices`); `op` names the caller in errors.
+pub fn row_tiles_geometry(op: &'static str, rows: usize, per_row: usize) -> Result<Launch> {
     let rows = to_i32(op, rows)? as u32;
     let tiles = u16::try_from(per_row.div_ceil(THREADS as usize))
         .map_err(|_| Error::invalid(format!("{op}: {per_row} items per row exceed one CUDA grid")))?;
-    Ok(LaunchConfig { grid_dim: (rows, u32::from(tiles), 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 })
+    Ok(Launch { grid: (rows, u32::from(tiles), 1), block: (THREADS, 1, 1), shared_bytes: 0 })
 }
 
 /// The sizes every kernel takes, as i32, and the per-row lengths of the four buffers.
@@ -92,7 +94,7 @@ pub fn compress<T: CudaFloat>(
     // SAFETY: dense holds rows·cols elements, mask rows·mask_stride bytes, values rows·per_row
     // (checked above); thread (row < rows, slot < per_row) reads mask bits and one dense
     // element of its group (m divides cols) and writes one value; bad_group holds one u64.
-    unsafe { b.launch(grid(op, rows, per_row)?) }?;
+    unsafe { b.launch(LaunchConfig::from(row_tiles_geometry(op, rows, per_row)?)) }?;
 
     let f = dev.function("nm_pack", "nm_compress_indices")?;
     let mut b = dev.stream().launch_builder(&f);
@@ -101,7 +103,7 @@ pub fn compress<T: CudaFloat>(
     // SAFETY: mask holds rows·mask_stride bytes and indices rows·index_stride (checked above),
     // index_stride = ceil(per_row·bits / 8); thread (row < rows, byte < index_stride) writes
     // that byte only and reads mask bits of slots below per_row.
-    unsafe { b.launch(grid(op, rows, index_stride)?) }?;
+    unsafe { b.launch(LaunchConfig::from(row_tiles_geometry(op, rows, index_stride)?)) }?;
 
     let bad = dev.dtoh(bad_group.slice())?;
     Ok(match bad.first() {

@@ -5,8 +5,8 @@ use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::{Gemm, GemmConfig};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
-use crate::device::cuda::{grid_1d, CudaFloat};
-use crate::device::CudaDevice;
+use crate::device::cuda::CudaFloat;
+use crate::device::{CudaDevice, Launch};
 use crate::ops::expect_len;
 use crate::ops::to_i32;
 use crate::{Error, Result};
@@ -20,6 +20,33 @@ pub const CHUNK_TOKENS: usize = 128;
 
 /// Bytes of the f64 copy of X that one DGEMM reads; longer inputs go through in slabs.
 const XTX_SLAB_BYTES: usize = 128 << 20;
+
+/// The two launches that add the column statistics of x [seqs, seq_len, dim].
+#[derive(Clone, Copy, Debug)]
+pub struct ColumnsGeometry {
+    /// Chunks of [`CHUNK_TOKENS`] tokens per sequence (the kernels' `chunks` argument).
+    pub chunks: usize,
+    /// `stats_partial_*`: grid (seqs·chunks, ⌈dim / 256⌉) into partial [seqs·chunks, 2, dim].
+    pub partial: Launch,
+    /// `stats_reduce`: one thread per column, ⌈dim / 256⌉ blocks.
+    pub reduce: Launch,
+}
+
+/// Geometry of the column statistics' kernels for x [seqs, seq_len, dim].
+pub fn columns_geometry(seqs: usize, seq_len: usize, dim: usize) -> Result<ColumnsGeometry> {
+    let chunks = seq_len.div_ceil(CHUNK_TOKENS);
+    // Non-negative by construction, so the cast is exact.
+    let seq_chunks = to_i32("prune_stats", seqs * chunks)? as u32;
+    let col_blocks = u16::try_from(dim.div_ceil(THREADS as usize))
+        .map_err(|_| Error::invalid(format!("prune_stats: width {dim} exceeds one CUDA grid")))?;
+    let partial = Launch { grid: (seq_chunks, u32::from(col_blocks), 1), block: (THREADS, 1, 1), shared_bytes: 0 };
+    Ok(ColumnsGeometry { chunks, partial, reduce: Launch::grid_1d(dim, THREADS)? })
+}
+
+/// Geometry of `stats_scaler_row`: one thread per column.
+pub fn scaler_row_geometry(dim: usize) -> Result<Launch> {
+    Launch::grid_1d(dim, THREADS)
+}
 
 /// Adds the column statistics of x [seqs, seq_len, dim] to the three outputs [dim] (sizes
 /// non-zero; lengths checked here).
@@ -42,28 +69,19 @@ pub fn accumulate_columns<T: CudaFloat>(
     for (what, out) in [("sq_norms", &*sq_norms), ("sums", &*sums), ("seq_var_sum", &*seq_var_sum)] {
         expect_len(op, what, out.len(), dim)?;
     }
-    let chunks = seq_len.div_ceil(CHUNK_TOKENS);
-    // Non-negative by construction, so the cast is exact.
-    let seq_chunks = to_i32(op, seqs * chunks)? as u32;
-    let col_blocks = u16::try_from(dim.div_ceil(THREADS as usize))
-        .map_err(|_| Error::invalid(format!("prune_stats: width {dim} exceeds one CUDA grid")))?;
+    let ColumnsGeometry { chunks, partial: partial_launch, reduce } = columns_geometry(seqs, seq_len, dim)?;
     let (seqs_i, len_i, dim_i) = (to_i32(op, seqs)?, to_i32(op, seq_len)?, to_i32(op, dim)?);
     let (chunk_i, chunks_i) = (to_i32(op, CHUNK_TOKENS)?, to_i32(op, chunks)?);
 
     // partial: [seqs·chunks, 2, dim] (chunk sums of x and x²).
     let mut partial = dev.alloc::<f64>(seqs * chunks * 2 * dim)?;
     let f = dev.function("prune_stats", &format!("stats_partial_{}", T::SUFFIX))?;
-    let cfg = LaunchConfig {
-        grid_dim: (seq_chunks, u32::from(col_blocks), 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
     let mut b = dev.stream().launch_builder(&f);
     b.arg(x).arg(partial.slice_mut()).arg(&seqs_i).arg(&len_i).arg(&dim_i).arg(&chunk_i).arg(&chunks_i);
     // SAFETY: x holds seqs·seq_len·dim elements (checked above) and partial seqs·chunks·2·dim;
     // block (sc, cb)
     // reads tokens below seq_len of sequence sc / chunks < seqs and columns below dim.
-    unsafe { b.launch(cfg) }?;
+    unsafe { b.launch(LaunchConfig::from(partial_launch)) }?;
 
     let f = dev.function("prune_stats", "stats_reduce")?;
     let mut b = dev.stream().launch_builder(&f);
@@ -71,7 +89,7 @@ pub fn accumulate_columns<T: CudaFloat>(
     b.arg(&seqs_i).arg(&len_i).arg(&dim_i).arg(&chunks_i);
     // SAFETY: partial holds seqs·chunks·2·dim elements, the three outputs dim each; one thread
     // per column below dim.
-    unsafe { b.launch(grid_1d(dim, THREADS)?) }?;
+    unsafe { b.launch(LaunchConfig::from(reduce)) }?;
     Ok(())
 }
 
@@ -136,6 +154,6 @@ pub fn scaler_row(
     let mut b = dev.stream().launch_builder(&f);
     b.arg(sq_norms).arg(out).arg(&sequences).arg(&dim_i);
     // SAFETY: sq_norms and out hold dim elements (checked above); one thread per column below dim.
-    unsafe { b.launch(grid_1d(dim, THREADS)?) }?;
+    unsafe { b.launch(LaunchConfig::from(scaler_row_geometry(dim)?)) }?;
     Ok(())
 }

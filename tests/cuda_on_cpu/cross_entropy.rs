@@ -11,7 +11,7 @@ use sparsetune::ops::cross_entropy::{self, cuda::row_geometry, IGNORE_INDEX};
 use sparsetune::testing::{assert_close, assert_close_f64, random_f32, random_ids};
 use sparsetune::{DType, Device, Tensor};
 
-use crate::{buffer, each_case, i32s, nan_buffer, run, tensor, tolerance, widen};
+use crate::{buffer, i32s, nan_buffer, run, tensor, tolerance, widen};
 
 /// The loss gradient g of the op test.
 const G: f32 = 1.3;
@@ -60,18 +60,4 @@ fn check<T: CudaFloat>((rows, vocab, ignore_every): (usize, usize, usize), guard
     assert_close(&format!("{what} dlogits"), &widen(&dlogits), &d_ref, atol, tolerance::<T>().1);
 }
 
-/// The smallest case, for the kernel count.
-pub fn smoke() {
-    check::<f32>(CASES[0], Guard::After);
-    check::<half::bf16>(CASES[0], Guard::After);
-}
-
-#[test]
-fn f32_matches_cpu() {
-    each_case(&CASES, check::<f32>);
-}
-
-#[test]
-fn bf16_matches_cpu() {
-    each_case(&CASES, check::<half::bf16>);
-}
+f32_and_bf16_tests!(CASES[0], CASES);

@@ -6,7 +6,7 @@ use sparsetune::device::cuda::CudaFloat;
 use sparsetune::ops::elementwise::{self, add_assign, add_forward, mul_forward, scale_forward};
 use sparsetune::testing::{assert_close, random_f32};
 
-use crate::{buffer, each_case, nan_buffer, run, tensor, widen, GUARDS};
+use crate::{buffer, nan_buffer, run, tensor, widen, GUARDS};
 
 const TOL: (f64, f64) = (1e-6, 1e-6);
 
@@ -35,21 +35,7 @@ fn check<T: CudaFloat>(n: usize, guard: Guard) {
     compare("add_assign", widen(&a_buf), a);
 }
 
-/// The smallest case, for the kernel count.
-pub fn smoke() {
-    check::<f32>(1, Guard::After);
-    check::<half::bf16>(1, Guard::After);
-}
-
-#[test]
-fn f32_matches_cpu() {
-    each_case(&SIZES, check::<f32>);
-}
-
-#[test]
-fn bf16_matches_cpu() {
-    each_case(&SIZES, check::<half::bf16>);
-}
+f32_and_bf16_tests!(1, SIZES);
 
 /// One element more than the largest grid covers: the last one is reached by the
 /// grid-stride step.

@@ -10,7 +10,7 @@ use sparsetune::ops::embedding::{self, cuda::backward_geometry, cuda::forward_ge
 use sparsetune::testing::{assert_close, random_f32, random_ids};
 use sparsetune::{Device, Tensor};
 
-use crate::{buffer, each_case, i32s, nan_buffer, run, tensor, tolerance, widen, GUARDS};
+use crate::{buffer, i32s, nan_buffer, run, tensor, tolerance, widen, GUARDS};
 
 /// (vocab, dim, tokens, ids drawn below): the op test's cases ([3, 5] and [2, 300] ids
 /// flattened); dim 257 (a row one past the 256-thread block: the gather's second stride,
@@ -94,21 +94,7 @@ fn check<T: CudaFloat>((vocab, dim, tokens, below): (usize, usize, usize, u32), 
     assert!(rows(&got, &absent, dim).iter().all(|v| v.is_nan()), "{what}: dweight rows of absent ids were written");
 }
 
-/// The smallest case, for the kernel count.
-pub fn smoke() {
-    check::<f32>(CASES[0], Guard::After);
-    check::<half::bf16>(CASES[0], Guard::After);
-}
-
-#[test]
-fn f32_matches_cpu() {
-    each_case(&CASES, check::<f32>);
-}
-
-#[test]
-fn bf16_matches_cpu() {
-    each_case(&CASES, check::<half::bf16>);
-}
+f32_and_bf16_tests!(CASES[0], CASES);
 
 /// Ids ≥ vocab (the host rejects them before launching) read nothing outside the weight:
 /// the gather writes NaN rows for them, the backward skips them.

@@ -16,6 +16,29 @@
 //!      case; tests looping over the shapes, dtypes and [`GUARDS`];
 //!   3. add `mod <op>;` and `("<op>", <op>::smoke)` to [`CONVERTED`].
 
+/// For an op whose `check::<T>(case, guard)` runs every kernel of its file on one case:
+/// `smoke()` (case `$smoke` in f32 and bf16, for the kernel count) and one test per dtype
+/// over every case of `$cases` with both guard placements.
+macro_rules! f32_and_bf16_tests {
+    ($smoke:expr, $cases:expr) => {
+        /// The smallest case, for the kernel count.
+        pub fn smoke() {
+            check::<f32>($smoke, cuda_cpu::Guard::After);
+            check::<half::bf16>($smoke, cuda_cpu::Guard::After);
+        }
+
+        #[test]
+        fn f32_matches_cpu() {
+            crate::each_case(&$cases, check::<f32>);
+        }
+
+        #[test]
+        fn bf16_matches_cpu() {
+            crate::each_case(&$cases, check::<half::bf16>);
+        }
+    };
+}
+
 mod adamw;
 mod cast;
 mod cross_entropy;

@@ -12,7 +12,7 @@ use sparsetune::sparse::nm::index_bits;
 use sparsetune::sparse::{BitMask, NmMatrix};
 use sparsetune::testing::random_f32;
 
-use crate::{each_case, i32s, nan_buffer, run, widen, GUARDS};
+use crate::{i32s, nan_buffer, run, widen, GUARDS};
 
 /// (n, m) patterns and (rows, groups per row) sizes of the op test, every pair a case.
 const PATTERNS: [(usize, usize); 7] = [(2, 4), (4, 8), (1, 4), (3, 8), (5, 16), (1, 2), (2, 6)];
@@ -79,21 +79,7 @@ fn check<T: CudaFloat>((n, m, rows, groups): (usize, usize, usize, usize), guard
     assert_eq!(bad_group, u64::MAX, "{what}: bad_group set for a good mask");
 }
 
-/// The smallest case, for the kernel count.
-pub fn smoke() {
-    check::<f32>(EDGES[0], Guard::After);
-    check::<half::bf16>(EDGES[0], Guard::After);
-}
-
-#[test]
-fn f32_matches_cpu() {
-    each_case(&cases(), check::<f32>);
-}
-
-#[test]
-fn bf16_matches_cpu() {
-    each_case(&cases(), check::<half::bf16>);
-}
+f32_and_bf16_tests!(EDGES[0], cases());
 
 /// A group keeping n + 1 or n − 1 is reported as the smallest bad flat group index, as
 /// ops::nm_pack's cuda_bad_masks_are_errors expects (row 3, group 8 of 9).

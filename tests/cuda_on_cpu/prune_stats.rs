@@ -11,7 +11,7 @@ use sparsetune::ops::prune_stats::cuda::{columns_geometry, scaler_row_geometry, 
 use sparsetune::ops::prune_stats::InputStats;
 use sparsetune::testing::{assert_close_f64, random_f32};
 
-use crate::{buffer, each_case, i32s, run, tensor};
+use crate::{buffer, i32s, run, tensor};
 
 /// (seqs, seq_len, dim): the op test's shapes (seq_len 300 spans three chunks); one element;
 /// a sequence of exactly one chunk with a full 256-column block, and one token and one
@@ -75,18 +75,4 @@ fn check<T: CudaFloat>((seqs, seq_len, dim): (usize, usize, usize), guard: Guard
     assert_eq!(out.to_vec(), got.scaler_row(), "{what} scaler_row");
 }
 
-/// The smallest case, for the kernel count.
-pub fn smoke() {
-    check::<f32>(SHAPES[6], Guard::After);
-    check::<half::bf16>(SHAPES[6], Guard::After);
-}
-
-#[test]
-fn f32_matches_cpu() {
-    each_case(&SHAPES, check::<f32>);
-}
-
-#[test]
-fn bf16_matches_cpu() {
-    each_case(&SHAPES, check::<half::bf16>);
-}
+f32_and_bf16_tests!(SHAPES[6], SHAPES);

@@ -8,7 +8,7 @@ use sparsetune::device::cuda::CudaFloat;
 use sparsetune::ops::rope::{self, cpu::inv_freq, cuda::geometry};
 use sparsetune::testing::{assert_close, random_f32};
 
-use crate::{buffer, each_case, i32s, nan_buffer, run, tensor, tolerance, widen};
+use crate::{buffer, i32s, nan_buffer, run, tensor, tolerance, widen};
 
 /// (batch, seq, heads, head_dim, pos_offset, theta): the op test's cases (the last two
 /// reach position 8000); half = 129 > 128 threads (the cos/sin fill and the rotation both
@@ -57,21 +57,7 @@ fn check<T: CudaFloat>(
     }
 }
 
-/// The smallest case, for the kernel count.
-pub fn smoke() {
-    check::<f32>(CASES[0], Guard::After);
-    check::<half::bf16>(CASES[0], Guard::After);
-}
-
-#[test]
-fn f32_matches_cpu() {
-    each_case(&CASES, check::<f32>);
-}
-
-#[test]
-fn bf16_matches_cpu() {
-    each_case(&CASES, check::<half::bf16>);
-}
+f32_and_bf16_tests!(CASES[0], CASES);
 
 /// A head_dim whose cos/sin exceed the block's shared memory is refused before launching.
 #[test]

@@ -8,7 +8,7 @@ use sparsetune::device::cuda::CudaFloat;
 use sparsetune::ops::swiglu::{self, cuda::geometry};
 use sparsetune::testing::{assert_close, random_f32};
 
-use crate::{buffer, each_case, nan_buffer, run, tensor, tolerance, widen};
+use crate::{buffer, nan_buffer, run, tensor, tolerance, widen};
 
 /// n: one element, a partial block, one full 256-thread block and one more, the op test's
 /// sizes ([3, 33], [37, 577], [5, 7, 4099]).
@@ -51,21 +51,7 @@ fn check<T: CudaFloat>(n: usize, guard: Guard) {
     compare("dup alone", widen(&dup), dup_ref);
 }
 
-/// The smallest case, for the kernel count.
-pub fn smoke() {
-    check::<f32>(1, Guard::After);
-    check::<half::bf16>(1, Guard::After);
-}
-
-#[test]
-fn f32_matches_cpu() {
-    each_case(&SIZES, check::<f32>);
-}
-
-#[test]
-fn bf16_matches_cpu() {
-    each_case(&SIZES, check::<half::bf16>);
-}
+f32_and_bf16_tests!(1, SIZES);
 
 /// One element more than the largest grid covers: the last one is reached by the
 /// grid-stride step (each guard once: 2²⁴ fibers per launch take a while).

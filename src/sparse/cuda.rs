@@ -6,12 +6,24 @@ use cudarc::driver::{CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg};
 use super::nm::index_bits;
 use super::weight::{Expand, SparseFormat};
 use crate::device::cuda::{to_i32, CudaFloat};
-use crate::device::CudaDevice;
+use crate::device::{CudaDevice, Launch};
 use crate::{Error, Result};
 
 const THREADS: u32 = 256;
 /// Largest mask row in bytes the bitmask kernel holds in shared memory (65,536 columns).
 pub const MAX_STRIDE: usize = 8192;
+
+/// `bitmask_expand_*`: one block of [`THREADS`] per row (its shared prefix counts are
+/// static, so no dynamic shared memory).
+pub fn bitmask_geometry(op: &'static str, rows: usize) -> Result<Launch> {
+    Ok(Launch { grid: (to_i32(op, rows)? as u32, 1, 1), block: (THREADS, 1, 1), shared_bytes: 0 })
+}
+
+/// `nm_expand_*`: blocks (rows, ⌈cols / [`THREADS`]⌉), one thread per output element.
+pub fn nm_geometry(op: &'static str, rows: usize, cols: usize) -> Result<Launch> {
+    let tiles = to_i32(op, cols.div_ceil(THREADS as usize))? as u32;
+    Ok(Launch { grid: (to_i32(op, rows)? as u32, tiles, 1), block: (THREADS, 1, 1), shared_bytes: 0 })
+}
 
 /// Expands into `out` (≥ rows·cols elements). Sizes are checked here.
 #[allow(clippy::too_many_arguments)]
@@ -86,7 +98,7 @@ fn launch<T: CudaFloat>(
             let stride_i = to_i32(op, stride)?;
             let mut b = dev.stream().launch_builder(&f);
             b.arg(values).arg(meta).arg(offsets).arg(out).arg(&rows_i).arg(&cols_i).arg(&stride_i).arg(&mode_i);
-            let cfg = LaunchConfig { grid_dim: (rows_i as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+            let cfg = LaunchConfig::from(bitmask_geometry(op, rows)?);
             // SAFETY: mask holds rows·stride bytes, offsets rows + 1 entries, out ≥ rows·cols;
             // offsets are private to SparseWeight, built non-decreasing with the last equal to
             // values.len(), and each row's kept-bit count equals its offset difference;
@@ -118,11 +130,7 @@ fn launch<T: CudaFloat>(
                 .arg(&m_i)
                 .arg(&bits_i)
                 .arg(&mode_i);
-            let cfg = LaunchConfig {
-                grid_dim: (rows_i as u32, cols.div_ceil(THREADS as usize) as u32, 1),
-                block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = LaunchConfig::from(nm_geometry(op, rows, cols)?);
             // SAFETY: values hold rows·cols/m·n, positions rows·index_stride bytes, out ≥ rows·cols;
             // thread (row, c < cols) reads its group's n slots and writes out[row·cols + c].
             unsafe { b.launch(cfg) }?;

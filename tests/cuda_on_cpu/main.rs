@@ -16,15 +16,18 @@
 //!      case; tests looping over the shapes, dtypes and [`GUARDS`];
 //!   3. add `mod <op>;` and `("<op>", <op>::smoke)` to [`CONVERTED`].
 
-/// For an op whose `check::<T>(case, guard)` runs every kernel of its file on one case:
-/// `smoke()` (case `$smoke` in f32 and bf16, for the kernel count) and one test per dtype
-/// over every case of `$cases` with both guard placements.
+/// For an op whose `check::<T>(case, guard)` runs every kernel of its file on one case (or
+/// of one of its formats, so that `[a, b, …]` smoke cases together run them all):
+/// `smoke()` (the `$smoke` case(s) in f32 and bf16, for the kernel count) and one test per
+/// dtype over every case of `$cases` with both guard placements.
 macro_rules! f32_and_bf16_tests {
-    ($smoke:expr, $cases:expr) => {
-        /// The smallest case, for the kernel count.
+    ([$($smoke:expr),+], $cases:expr) => {
+        /// The smallest case(s), for the kernel count.
         pub fn smoke() {
-            check::<f32>($smoke, cuda_cpu::Guard::After);
-            check::<half::bf16>($smoke, cuda_cpu::Guard::After);
+            $(
+                check::<f32>($smoke, cuda_cpu::Guard::After);
+                check::<half::bf16>($smoke, cuda_cpu::Guard::After);
+            )+
         }
 
         #[test]
@@ -37,6 +40,9 @@ macro_rules! f32_and_bf16_tests {
             crate::each_case(&$cases, check::<half::bf16>);
         }
     };
+    ($smoke:expr, $cases:expr) => {
+        f32_and_bf16_tests!([$smoke], $cases);
+    };
 }
 
 mod adamw;
@@ -48,6 +54,7 @@ mod nm_pack;
 mod prune_stats;
 mod rms_norm;
 mod rope;
+mod sparse;
 mod swiglu;
 
 use cuda_cpu::{Arg, Buffer, Guard};
@@ -72,6 +79,7 @@ const CONVERTED: &[(&str, fn())] = &[
     ("cross_entropy", cross_entropy::smoke),
     ("prune_stats", prune_stats::smoke),
     ("nm_pack", nm_pack::smoke),
+    ("sparse", sparse::smoke),
 ];
 
 /// Counts kernels: M is the number of `extern "C" __global__` kernels in `cuda/*.cu` after

@@ -490,7 +490,8 @@ fn run_resume_redoes_a_pruned_model_made_otherwise() {
     assert_eq!(report["prune"]["provenance"]["args"]["--method"], "wanda");
     assert_eq!(report["prune"]["reused"], false);
     assert!((report["stages"][1]["sparsity"].as_f64().unwrap() - 0.5).abs() < 0.05, "{}", report["stages"][1]);
-    let md = llama::hf_dir::written_metadata(&out.join("pruned")).unwrap();
+    let pruned = ModelSource::open(&out.join("pruned")).unwrap();
+    let md = pruned.embedding_file_metadata().unwrap();
     let record: serde_json::Value = serde_json::from_str(&md["sparsetune.prune"]).unwrap();
     assert_eq!(record["method"], "wanda");
     // Resumed with the same inputs: both stages reused.

@@ -25,7 +25,9 @@ use crate::finetune::plan::{plan, PlanInput};
 use crate::finetune::{
     checkpoint, export, Decay, LoraOptions, Repair, RepairMethod, RepairOptions, TrainConfig, TrainData,
 };
-use crate::io::outputs::{hash_data_files, model_hash, role, OutputKind, OutputPlan, Provenance, META_WRITTEN_BY};
+use crate::io::outputs::{
+    hash_data_files, model_hash, role, DataFile, OutputKind, OutputPlan, Provenance, META_WRITTEN_BY,
+};
 use crate::model::llama::hf_dir::parse_size;
 use crate::model::llama::{self, Llama, ModelSource, OutputForm, OutputSpec, WeightLayout};
 use crate::sparse::SparseFormat;
@@ -198,17 +200,17 @@ pub(super) fn method_config(method: RepairMethod, steps: usize) -> TrainConfig {
 }
 
 /// What a training run is made from: the [`model_hash`] of the model it starts from
-/// (`base_hash`), the training files' hashes, and the options of `method` that change the
+/// (`base_hash`), the training files' hashes (`data`), and the options of `method` that change the
 /// result beyond its [`TrainConfig`] (which a checkpoint compares itself).
 pub(super) fn training_provenance(
     base_hash: String,
-    files: &[PathBuf],
+    data: Vec<DataFile>,
     method: RepairMethod,
     opts: &RepairOptions,
     text_field: &str,
     dtype: DType,
-) -> Result<Provenance> {
-    let mut p = Provenance::new(base_hash, hash_data_files(files)?)
+) -> Provenance {
+    let mut p = Provenance::new(base_hash, data)
         .arg("--method", method.name())
         .arg("--text-field", text_field)
         .arg("compute dtype", dtype.as_str());
@@ -228,7 +230,7 @@ pub(super) fn training_provenance(
         }
         RepairMethod::MaskedLora | RepairMethod::Lors => {}
     }
-    Ok(p)
+    p
 }
 
 /// The memory plan's predicted peak for repairing `source` with `method` as configured
@@ -340,7 +342,14 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
     // What the checkpoints are made from, checked against the one to resume before any
     // training work.
     let made_from = match &a.checkpoint_dir {
-        Some(_) => Some(training_provenance(model_hash(&pruned)?, &files, method, &opts, &a.text_field, dtype)?),
+        Some(_) => Some(training_provenance(
+            model_hash(&pruned)?,
+            hash_data_files(&files)?,
+            method,
+            &opts,
+            &a.text_field,
+            dtype,
+        )),
         None => None,
     };
     if let (Some(path), Some(now)) = (&resume_from, &made_from) {

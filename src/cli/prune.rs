@@ -21,7 +21,9 @@ use clap::Args;
 
 use super::{default_asset, default_model, peak_rss_bytes, progress, DataArgs};
 use crate::data::{calibration_windows, sotu_files};
-use crate::io::outputs::{hash_data_files, role, ModelHasher, OutputKind, OutputPlan, Provenance, META_WRITTEN_BY};
+use crate::io::outputs::{
+    hash_data_files, role, DataFile, ModelHasher, OutputKind, OutputPlan, Provenance, META_WRITTEN_BY,
+};
 use crate::model::llama::hf_dir::parse_size;
 use crate::model::llama::{DecoderLayer, Llama, ModelSource, ModelWriter, OutputForm, OutputSpec, Part, Proj};
 use crate::prune::{
@@ -99,21 +101,21 @@ pub struct PruneArgs {
 }
 
 /// What a pruned model is made from: the source's [`crate::io::outputs::model_hash`] as
-/// computed, the calibration files' hashes when the method reads them, and the options that
-/// change the result.
+/// computed, the calibration files' hashes (`calib`, kept when the method reads them), and
+/// the options that change the result.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn provenance(
     model_hash: String,
-    calib: &[PathBuf],
+    calib: &[DataFile],
     opts: &PruneOptions,
     samples: usize,
     seq_len: usize,
     text_field: &str,
     compute: DType,
     out: DType,
-) -> Result<Provenance> {
+) -> Provenance {
     let calibrated = crate::prune::needs_calibration(opts);
-    let data = if calibrated { hash_data_files(calib)? } else { Vec::new() };
+    let data = if calibrated { calib.to_vec() } else { Vec::new() };
     let mut p = Provenance::new(model_hash, data)
         .arg("--method", opts.method.name())
         .arg("--sparsity/--nm", format!("{:?}", opts.pattern))
@@ -124,7 +126,7 @@ pub(super) fn provenance(
     if calibrated {
         p = p.arg("--calib-samples", samples).arg("--calib-seq-len", seq_len).arg("--text-field", text_field);
     }
-    Ok(p)
+    p
 }
 
 /// [`prune_model`] with a progress bar per decoder layer.
@@ -201,11 +203,13 @@ pub fn run(a: PruneArgs) -> Result<()> {
     crate::prune::check_config(source.config(), &opts)?;
     let (compute, out_dtype) = (given.unwrap_or(DType::F32), given.unwrap_or(source.stored_dtype()));
     let tokenizer = source.tokenizer()?;
-    let samples = if crate::prune::needs_calibration(&opts) {
+    let (samples, calib_hashes) = if crate::prune::needs_calibration(&opts) {
         progress::stage("reading calibration text");
-        calibration_windows(&tokenizer, &calib_files, a.calib_samples, a.calib_seq_len, &a.text_field, &limits)?
+        let samples =
+            calibration_windows(&tokenizer, &calib_files, a.calib_samples, a.calib_seq_len, &a.text_field, &limits)?;
+        (samples, hash_data_files(&calib_files)?)
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
 
     let config = source.config().clone();
@@ -251,14 +255,14 @@ pub fn run(a: PruneArgs) -> Result<()> {
     }
     let made_from = provenance(
         hasher.hex(),
-        &calib_files,
+        &calib_hashes,
         &opts,
         a.calib_samples,
         a.calib_seq_len,
         &a.text_field,
         compute,
         out_dtype,
-    )?;
+    );
 
     let mut record = serde_json::to_value(&report).map_err(|e| Error::invalid(e.to_string()))?;
     record["calibration_files"] =

@@ -25,8 +25,9 @@ use super::{default_asset, default_model, device_and_dtype, progress, DataArgs};
 use crate::data::{calibration_windows, sotu_files, window_streams, windows_of_streams};
 use crate::eval::perplexity;
 use crate::finetune::{checkpoint, LoraOptions, Repair, RepairMethod, RepairOptions, TrainConfig, TrainData};
-use crate::io::outputs::{model_hash, role, OutputKind, OutputPlan, Provenance, RunManifest, META_WRITTEN_BY};
-use crate::model::llama::hf_dir::written_metadata;
+use crate::io::outputs::{
+    hash_data_files, model_hash, role, OutputKind, OutputPlan, Provenance, RunManifest, META_WRITTEN_BY,
+};
 use crate::model::llama::{self, Llama, ModelSource, OutputForm, OutputSpec, Proj, DEFAULT_MAX_SHARD_BYTES};
 use crate::prune::{Method, Pattern, PruneOptions};
 use crate::report::plot::{bar_chart_png, line_chart_png, Series};
@@ -140,24 +141,31 @@ fn revived(pruned: &Llama, merged: &Llama) -> Result<usize> {
     Ok(n)
 }
 
-/// The `sparsetune.prune` record of the pruned model at `dir` when it records being made
-/// from `now`; otherwise None, after saying on stderr why it is made again.
-fn reusable_pruned(dir: &Path, now: &Provenance) -> Option<serde_json::Value> {
+/// The pruned model at `dir` (opened) and its `sparsetune.prune` record when it records
+/// being made from `now`; otherwise None, after saying on stderr why it is made again.
+fn reusable_pruned(dir: &Path, now: &Provenance) -> Option<(ModelSource, serde_json::Value)> {
     // The writer puts config.json last: with it, the directory is complete.
     if !dir.join("config.json").is_file() {
         return None;
     }
-    let record: Option<serde_json::Value> = written_metadata(dir)
-        .ok()
-        .and_then(|md| md.get("sparsetune.prune").cloned())
-        .and_then(|s| serde_json::from_str(&s).ok());
+    let source = match ModelSource::open(dir) {
+        Ok(source) => source,
+        Err(e) => {
+            eprintln!("{} cannot be reused ({e}), pruning again", dir.display());
+            return None;
+        }
+    };
+    let record: Option<serde_json::Value> = source
+        .embedding_file_metadata()
+        .and_then(|md| md.get("sparsetune.prune"))
+        .and_then(|s| serde_json::from_str(s).ok());
     let saved: Option<Provenance> = record.as_ref().and_then(|r| serde_json::from_value(r["provenance"].clone()).ok());
     let why = match &saved {
         Some(saved) => saved.differences(now, "--model", "--data"),
         None => vec!["it does not record what it was made from".to_string()],
     };
     if why.is_empty() {
-        return record;
+        return record.map(|r| (source, r));
     }
     eprintln!("{} was made from other inputs, pruning again:\n  {}", dir.display(), why.join("\n  "));
     None
@@ -269,22 +277,24 @@ pub fn run(a: RunArgs) -> Result<()> {
     // 2. Prune (or reuse the pruned model of an interrupted run made from the same inputs).
     let pruned_path = out("pruned");
     let t0 = Instant::now();
+    // The data files are hashed once, for both stages' records.
+    let data_hashes = hash_data_files(&data_files)?;
     let prune_from = prune_provenance(
         dense_hash.clone(),
-        &data_files,
+        &data_hashes,
         &prune_opts,
         a.calib_samples,
         512,
         &a.text_field,
         dtype,
         out_dtype,
-    )?;
+    );
     let reusable = if a.resume { reusable_pruned(&pruned_path, &prune_from) } else { None };
     let reused = reusable.is_some();
     let (pruned, prune_report) = match reusable {
-        Some(record) => {
+        Some((source, record)) => {
             eprintln!("reusing {}", pruned_path.display());
-            (llama::load(&pruned_path, &device, dtype)?, record)
+            (source.load(&device, dtype)?, record)
         }
         None => {
             let mut m = dense.clone();
@@ -340,7 +350,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     // The checkpoint resumes only a training made on this base model from this run's data
     // and options.
     let base_hash = if source.is_some() { dense_hash } else { model_hash(&pruned)? };
-    let train_from = training_provenance(base_hash, &data_files, repair_method, &opts, &a.text_field, dtype)?;
+    let train_from = training_provenance(base_hash, data_hashes, repair_method, &opts, &a.text_field, dtype);
     let resuming = a.resume && ck_path.exists() && reusable_checkpoint(&ck_path, &train_from, repair_method, &cfg);
     opts.init_samples = if resuming { 0 } else { a.init_samples };
     let t0 = Instant::now();

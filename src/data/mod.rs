@@ -171,7 +171,6 @@ fn read_error(path: &Path, at: &str, e: std::io::Error) -> Error {
     Error::format(path, "data", format!("{at}: {what}"))
 }
 
-/// Opens a data file: a regular file (a FIFO or a directory would hang or fail oddly).
 /// Reads a text file as UTF-8 in chunks, handing each on.
 fn read_text_pieces(
     path: &Path,
@@ -344,14 +343,14 @@ fn read_json_array<R: Read>(
         }
     }
 
-    let (read, record_end) = (reader.read.clone(), reader.record_end.clone());
+    let read = reader.read.clone();
     let mut elements = Elements {
         path,
         field,
         docs,
         sink,
         read: read.clone(),
-        record_end: record_end.clone(),
+        record_end: reader.record_end.clone(),
         max_record: max_record as u64,
         outcome: None,
     };
@@ -399,8 +398,7 @@ pub fn read_documents(
     let flow = match layout(path) {
         Layout::Text { gzip } => return read_text_pieces(path, &mut bounded(raw(gzip)), sink),
         Layout::JsonLines { gzip } => {
-            let raw = raw(gzip);
-            let mut reader = BufReader::new(bounded(raw));
+            let mut reader = BufReader::new(bounded(raw(gzip)));
             read_json_lines(path, &mut reader, 1, field, max_record, &mut docs, sink)?
         }
         Layout::Json => {
@@ -452,10 +450,7 @@ pub fn tokenize_files(
     if files.is_empty() {
         return Err(Error::invalid("no data files"));
     }
-    let mut ids = Vec::new();
-    if let (true, Some(b)) = (tokenizer.adds_bos(), tokenizer.bos_token_id()) {
-        ids.push(b);
-    }
+    let mut ids: Vec<u32> = tokenizer.document_bos().into_iter().collect();
     let mut enc: PieceEncoder<'_> = tokenizer.piece_encoder(limits.max_document_bytes);
     let mut documents = 0usize;
     let enough = |ids: &Vec<u32>| want.is_some_and(|w| ids.len() >= w);
@@ -480,9 +475,7 @@ pub fn tokenize_files(
     let complete = !enough(&ids);
     if complete {
         ids.extend(enc.finish()?);
-        if let (true, Some(e)) = (tokenizer.adds_eos(), tokenizer.eos_token_id()) {
-            ids.push(e);
-        }
+        ids.extend(tokenizer.document_eos());
     } else if let Some(w) = want {
         ids.truncate(w);
     }

@@ -36,6 +36,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::io::regular::{open_regular, read_regular_to_string, MAX_CONFIG_BYTES};
 use crate::io::SafetensorsFile;
 use crate::model::llama::hf_dir::is_model_file;
 use crate::model::llama::source::{INDEX_FILE, META_WRITE};
@@ -182,10 +183,11 @@ pub fn hash_bytes(bytes: &[u8]) -> String {
     h.hex()
 }
 
-/// The [`ContentHash`] of a file's bytes, as hex (read in 1 MiB pieces).
+/// The [`ContentHash`] of a file's bytes, as hex (read in 1 MiB pieces; a regular file
+/// only, [`open_regular`]: a FIFO is refused, never waited on).
 pub fn hash_file(path: &Path) -> Result<String> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut f = open_regular(path)?;
     let mut h = ContentHash::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -590,18 +592,13 @@ fn temp_base(name: &str) -> Option<&str> {
     (!pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())).then_some(base)
 }
 
-/// The (write id, role) a safetensors file records, if sparsetune wrote it.
-pub fn written_by(path: &Path) -> Option<(String, String)> {
-    let st = SafetensorsFile::open(path).ok()?;
-    let md = st.metadata();
-    Some((md.get(META_WRITE)?.clone(), md.get(META_WRITTEN_BY)?.clone()))
-}
-
-/// Why file `name` at `path` is not `role`'s, or None when it is.
-fn not_written_by(path: &Path, name: &str, role: &str) -> Option<String> {
-    match written_by(path) {
-        Some((_, r)) if r == role => None,
-        Some((_, r)) => Some(format!("{name} was written by sparsetune as `{r}`")),
+/// Why file `name` (`st`: it opened as a safetensors file) is not `role`'s, or None when
+/// its metadata records a write of `role`.
+fn not_written_by(st: Option<&SafetensorsFile>, name: &str, role: &str) -> Option<String> {
+    let md = st.map(SafetensorsFile::metadata);
+    match md.and_then(|md| md.get(META_WRITE).and(md.get(META_WRITTEN_BY))) {
+        Some(r) if r == role => None,
+        Some(r) => Some(format!("{name} was written by sparsetune as `{r}`")),
         None => Some(format!("{name} was not written by sparsetune")),
     }
 }
@@ -625,7 +622,7 @@ fn found(path: &Path, kind: OutputKind, role: &str) -> Result<Found> {
         if meta.is_dir() {
             return Ok(Found::Unusable("is a directory: this output is one file".into()));
         }
-        return Ok(match not_written_by(path, "the file", role) {
+        return Ok(match not_written_by(SafetensorsFile::open(path).ok().as_ref(), "the file", role) {
             None => Found::Ours,
             Some(why) => Found::Foreign { why, keep: None },
         });
@@ -662,17 +659,18 @@ fn model_dir(dir: &Path, list: &[(String, bool)], role: &str) -> Result<Verdict>
             v.keep(format!("{name}, which is not part of a model"));
         } else if temp_base(name).is_some() {
         } else if name.ends_with(".safetensors") {
-            match not_written_by(&path, name, role) {
+            let st = SafetensorsFile::open(&path).ok();
+            match not_written_by(st.as_ref(), name, role) {
                 Some(why) => v.foreign(why),
                 None => {
-                    let files = SafetensorsFile::open(&path).ok().and_then(|st| st.metadata().get(META_FILES).cloned());
-                    if let Some(map) = files.and_then(|s| serde_json::from_str::<BTreeMap<String, String>>(&s).ok()) {
+                    let files = st.as_ref().and_then(|st| st.metadata().get(META_FILES));
+                    if let Some(map) = files.and_then(|s| serde_json::from_str::<BTreeMap<String, String>>(s).ok()) {
                         listed.extend(map);
                     }
                 }
             }
         } else if name == INDEX_FILE {
-            let by = std::fs::read_to_string(&path)
+            let by = read_regular_to_string(&path, MAX_CONFIG_BYTES)
                 .ok()
                 .and_then(|s| serde_json::from_str::<Value>(&s).ok())
                 .and_then(|j| j["metadata"][META_WRITTEN_BY].as_str().map(str::to_string));
@@ -704,7 +702,8 @@ fn checkpoint_dir(dir: &Path, list: &[(String, bool)]) -> Verdict {
         if *is_dir || temp_base(name).unwrap_or(name) != CHECKPOINT_FILE {
             v.keep(format!("{name}{}, which is not part of a checkpoint", if *is_dir { "/" } else { "" }));
         } else if temp_base(name).is_none() {
-            if let Some(why) = not_written_by(&dir.join(name), name, role::CHECKPOINT) {
+            let st = SafetensorsFile::open(dir.join(name)).ok();
+            if let Some(why) = not_written_by(st.as_ref(), name, role::CHECKPOINT) {
                 v.foreign(why);
             }
         }
@@ -729,7 +728,7 @@ pub struct RunManifest {
 impl RunManifest {
     /// The manifest of run directory `dir`, if it has one of ours.
     fn read(dir: &Path) -> Option<RunManifest> {
-        let text = std::fs::read_to_string(dir.join(RUN_MANIFEST)).ok()?;
+        let text = read_regular_to_string(dir.join(RUN_MANIFEST), MAX_CONFIG_BYTES).ok()?;
         serde_json::from_str::<RunManifest>(&text).ok().filter(|m| m.written_by == role::RUN && !m.write.is_empty())
     }
 
@@ -844,6 +843,40 @@ mod tests {
         // The same data under another path is the same data.
         let moved = Provenance { data: vec![DataFile { path: "b.txt".into(), hash: "d1".into() }], ..a.clone() };
         assert!(moved.differences(&a, "--model", "--data").is_empty());
+    }
+
+    /// Whatever is hashed or read to recognise an output — a data file given as input, a
+    /// side file or index of an existing model directory, a run's manifest — is opened as
+    /// a regular file only: a FIFO there is refused (or not ours), never waited on.
+    #[cfg(unix)]
+    #[test]
+    fn fifos_are_refused_not_waited_on() {
+        let dir = crate::io::test_dir("outputs-fifo");
+        let fifo = |name: &str| {
+            let p = dir.join(name);
+            let made = std::process::Command::new("mkfifo").arg(&p).status().is_ok_and(|s| s.success());
+            made.then_some(p)
+        };
+        let Some(data) = fifo("data.txt") else { return println!("skipped: mkfifo unavailable") };
+        let model = dir.join("model");
+        std::fs::create_dir_all(&model).unwrap();
+        let (run, index) = (dir.join("run"), model.join(INDEX_FILE));
+        std::fs::create_dir_all(&run).unwrap();
+        for p in [model.join("config.json"), index.clone(), run.join(RUN_MANIFEST)] {
+            assert!(std::process::Command::new("mkfifo").arg(&p).status().unwrap().success());
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let hashed = hash_file(&data).unwrap_err().to_string();
+            let as_model = OutputPlan::new(false).output("--out", &model, OutputKind::ModelDir, role::PRUNE).check();
+            let as_run = OutputPlan::new(false).output("--out-dir", &run, OutputKind::RunDir, role::RUN).check();
+            let _ = tx.send((hashed, as_model.map_err(|e| e.to_string()), as_run.map_err(|e| e.to_string())));
+        });
+        let (hashed, as_model, as_run) =
+            rx.recv_timeout(std::time::Duration::from_secs(20)).expect("a FIFO was waited on for 20 s");
+        assert!(hashed.contains("FIFO"), "{hashed}");
+        assert!(as_model.unwrap_err().contains(INDEX_FILE));
+        assert!(as_run.unwrap_err().contains("sparsetune-run.json"));
     }
 
     #[test]

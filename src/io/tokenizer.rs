@@ -613,6 +613,7 @@ impl Tokenizer {
 
     /// Loads `tokenizer.json` and, when given, its `tokenizer_config.json` (see the module
     /// doc for what is read).
+    ///
     /// Both are opened as regular files only and read up to
     /// [`MAX_TOKENIZER_BYTES`](super::regular::MAX_TOKENIZER_BYTES) and
     /// [`MAX_CONFIG_BYTES`](super::regular::MAX_CONFIG_BYTES).
@@ -780,15 +781,20 @@ impl Tokenizer {
     /// Token ids of one document: [`Tokenizer::encode`] with BOS before and EOS after when
     /// the tokenizer's files ask for them.
     pub fn encode_document(&self, text: &str) -> Result<Vec<u32>> {
-        let mut ids = Vec::new();
-        if let (true, Some(b)) = (self.add_bos, self.bos_token_id) {
-            ids.push(b);
-        }
+        let mut ids: Vec<u32> = self.document_bos().into_iter().collect();
         ids.extend(self.encode(text)?);
-        if let (true, Some(e)) = (self.add_eos, self.eos_token_id) {
-            ids.push(e);
-        }
+        ids.extend(self.document_eos());
         Ok(ids)
+    }
+
+    /// The BOS id [`Tokenizer::encode_document`] puts before a document, if any.
+    pub fn document_bos(&self) -> Option<u32> {
+        self.bos_token_id.filter(|_| self.add_bos)
+    }
+
+    /// The EOS id [`Tokenizer::encode_document`] puts after a document, if any.
+    pub fn document_eos(&self) -> Option<u32> {
+        self.eos_token_id.filter(|_| self.add_eos)
     }
 
     /// Whether [`Tokenizer::encode_document`] starts with BOS.

@@ -412,30 +412,6 @@ fn side_files(spec: &OutputSpec<'_>) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(out)
 }
 
-/// The metadata [`ModelWriter`] put in the first weights file of the model at `out` (a
-/// directory: its `model.safetensors`, or the shard its index names for the embedding;
-/// or one file): the reports, the write id and the output that wrote it.
-pub fn written_metadata(out: &Path) -> Result<BTreeMap<String, String>> {
-    let first = if out.is_dir() {
-        let index = out.join(INDEX_FILE);
-        if index.is_file() {
-            let bad = |msg: &str| Error::format(&index, "safetensors index", msg.to_string());
-            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-            let json: Value = serde_json::from_str(&text).map_err(|e| bad(&e.to_string()))?;
-            let name = json["weight_map"][Part::Embed.hf_name()].as_str().ok_or_else(|| bad("no embedding shard"))?;
-            if Path::new(name).file_name().is_none_or(|n| n != name) {
-                return Err(bad("the embedding's shard is not a plain file name"));
-            }
-            out.join(name)
-        } else {
-            out.join("model.safetensors")
-        }
-    } else {
-        out.to_path_buf()
-    };
-    Ok(crate::io::SafetensorsFile::open(&first)?.metadata().clone())
-}
-
 /// Writes an in-memory model at `out` in `form` (see [`ModelWriter`]; adapted or
 /// compressed linears are merged one at a time).
 pub fn save_model(model: &Llama, out: &Path, form: OutputForm, spec: OutputSpec<'_>) -> Result<()> {

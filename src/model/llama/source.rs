@@ -489,6 +489,13 @@ impl ModelSource {
         })
     }
 
+    /// The safetensors metadata of the file holding the embedding: where
+    /// [`super::ModelWriter`] puts its reports (e.g. `sparsetune.prune`), write id and
+    /// writer. None for GGUF.
+    pub fn embedding_file_metadata(&self) -> Option<&BTreeMap<String, String>> {
+        self.shard(&Part::Embed.hf_name()).map(SafetensorsFile::metadata)
+    }
+
     /// The path it was opened from.
     pub fn path(&self) -> &Path {
         &self.path

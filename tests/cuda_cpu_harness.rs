@@ -1,6 +1,7 @@
 //! The CPU execution of CUDA kernels itself (crates/cuda-cpu): CUDA's f32 → bf16/f16
 //! conversions bit for bit (through the cast kernels), launches that CUDA would refuse or
-//! whose arguments do not match, and an out-of-bounds access caught by a guard page.
+//! whose arguments do not match (count, size, kind, element size), an out-of-bounds access
+//! caught by a guard page, and dynamic shared memory bounded by what the launch asks for.
 //! A separate test binary, so that the kernel count of tests/cuda_on_cpu sees only its own
 //! runs.
 
@@ -63,6 +64,14 @@ fn launches_cuda_would_refuse_or_that_mismatch_the_kernel_are_errors() {
     assert!(err(go("scale_f64", 256, 0, &[&x, &2f32, &y, &n])).contains("no kernel"));
     assert!(err(go("scale_f32", 256, 0, &[&x, &2f32, &y])).contains("takes 4 arguments"));
     assert!(err(go("scale_f32", 256, 0, &[&x, &2f32, &y, &4i32])).contains("argument 3 has 4 bytes"));
+    let msg = err(go("scale_f32", 256, 0, &[&x, &2i32, &y, &n]));
+    assert!(msg.contains("argument 1 is a signed integer, the kernel takes a floating-point number"), "{msg}");
+    let msg = err(go("scale_f32", 256, 0, &[&x, &2f32, &y, &4i64]));
+    assert!(msg.contains("argument 3 is a signed integer, the kernel takes an unsigned integer"), "{msg}");
+    let wide = Buffer::filled(4, 0f64, Guard::After);
+    let msg = err(go("scale_f32", 256, 0, &[&wide, &2f32, &y, &n]));
+    assert!(msg.contains("argument 0 points at 8-byte elements, the kernel's at 4-byte ones"), "{msg}");
+    assert!(err(go("scale_f32", 256, 0, &[&2f32, &2f32, &y, &n])).contains("argument 0 has 4 bytes"));
     assert!(err(go("scale_f32", 1025, 0, &[&x, &2f32, &y, &n])).contains("invalid launch"));
     assert!(err(go("scale_f32", 256, 1 << 20, &[&x, &2f32, &y, &n])).contains("shared memory"));
 }
@@ -74,21 +83,76 @@ fn overrun() {
     let _ = launch("elementwise", "add_f32", [1, 1, 1], [256, 1, 1], 0, &[&a, &b, &sum, &n]);
 }
 
-#[test]
-fn an_access_past_the_end_aborts_naming_kernel_and_offset() {
-    const CHILD: &str = "CUDA_CPU_HARNESS_OVERRUN";
-    if std::env::var_os(CHILD).is_some() {
-        overrun();
-        return;
-    }
+/// Runs `test` of this binary again in a child process with `CUDA_CPU_HARNESS_CHILD` set
+/// (where it runs its faulty launch), and returns the child's stderr once it has failed.
+fn child_failure(test: &str) -> String {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "an_access_past_the_end_aborts_naming_kernel_and_offset", "--test-threads=1"])
+        .args(["--exact", test, "--test-threads=1"])
         .env(CHILD, "1")
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the overrun went unnoticed: {stderr}");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{test}: the fault went unnoticed: {stderr}");
+    stderr
+}
+
+const CHILD: &str = "CUDA_CPU_HARNESS_CHILD";
+
+fn in_child() -> bool {
+    std::env::var_os(CHILD).is_some()
+}
+
+#[test]
+fn an_access_past_the_end_aborts_naming_kernel_and_offset() {
+    if in_child() {
+        overrun();
+        return;
+    }
+    let stderr = child_failure("an_access_past_the_end_aborts_naming_kernel_and_offset");
     assert!(stderr.contains("kernel elementwise/add_f32"), "{stderr}");
     // a[100] or b[100], whichever the compiled kernel loads first.
     assert!(stderr.contains("(400 bytes): offset 400 (past its end)"), "{stderr}");
+}
+
+/// rope_f32 on one token of one head of `head_dim`, whose cos/sin table needs
+/// 2·(head_dim/2) floats of dynamic shared memory, launched with `shared_bytes`.
+fn rope_with_shared(head_dim: usize, shared_bytes: u32) {
+    let (x, inv_freq) =
+        (Buffer::filled(head_dim, 1f32, Guard::After), Buffer::filled(head_dim / 2, 0.5f32, Guard::After));
+    let y = Buffer::filled(head_dim, f32::NAN, Guard::After);
+    let d = head_dim as i32;
+    let args: [&dyn cuda_cpu::Arg; 9] = [&x, &inv_freq, &y, &1i32, &1i32, &1i32, &d, &0i32, &1f32];
+    launch("rope", "rope_f32", [1, 1, 1], [128, 1, 1], shared_bytes, &args).unwrap();
+}
+
+#[test]
+fn dynamic_shared_memory_is_exactly_what_the_launch_asks_for() {
+    rope_with_shared(8, 32); // the 8 floats it needs: fine
+    rope_with_shared(2200, 8800);
+}
+
+#[test]
+fn a_write_past_the_dynamic_shared_memory_of_the_launch_fails() {
+    if in_child() {
+        rope_with_shared(8, 16); // 32 bytes written, 16 asked for: within the page
+        return;
+    }
+    let stderr = child_failure("a_write_past_the_dynamic_shared_memory_of_the_launch_fails");
+    assert!(stderr.contains("rope/rope_f32: block (0,0,0) wrote extern __shared__ trig at byte 16"), "{stderr}");
+}
+
+#[test]
+fn an_access_a_page_past_the_dynamic_shared_memory_faults() {
+    if in_child() {
+        // 8800 bytes written, 4096 asked for: thread 0 writes cos[0], then sin[0] at byte
+        // 4400, in the next page.
+        rope_with_shared(2200, 4096);
+        return;
+    }
+    let stderr = child_failure("an_access_a_page_past_the_dynamic_shared_memory_faults");
+    assert!(stderr.contains("kernel rope/rope_f32"), "{stderr}");
+    assert!(
+        stderr.contains("extern __shared__ trig: offset 4400, past the 4096 bytes the launch asked for"),
+        "{stderr}"
+    );
 }

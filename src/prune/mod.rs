@@ -528,7 +528,10 @@ pub fn prune_layers(
     let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
     let (mut zeros, mut total) = (0usize, 0usize);
     let mut nm_storage = matches!(opts.pattern, Pattern::NM { .. }).then(NmStorage::default);
-    for l in 0..cfg.num_hidden_layers {
+    if targets.len() != cfg.num_hidden_layers {
+        return Err(Error::invalid(format!("{} layer targets for {} layers", targets.len(), cfg.num_hidden_layers)));
+    }
+    for (l, &target) in targets.iter().enumerate() {
         let t0 = Instant::now();
         let mut layer = store.layer(l)?;
         let mut stats = match &acts {
@@ -536,7 +539,7 @@ pub fn prune_layers(
             None => None,
         };
         let pattern = match opts.pattern {
-            Pattern::Unstructured(_) => Pattern::Unstructured(targets[l]),
+            Pattern::Unstructured(_) => Pattern::Unstructured(target),
             nm => nm,
         };
         let mut linears = Vec::with_capacity(7);
@@ -579,7 +582,7 @@ pub fn prune_layers(
         let numel: usize = linears.iter().map(|r| r.rows * r.cols).sum();
         let achieved = linears.iter().map(|r| r.sparsity * (r.rows * r.cols) as f64).sum::<f64>() / numel as f64;
         let report =
-            LayerReport { layer: l, target: targets[l], achieved, linears, seconds: t0.elapsed().as_secs_f64() };
+            LayerReport { layer: l, target, achieved, linears, seconds: t0.elapsed().as_secs_f64() };
         progress(&report);
         layers.push(report);
     }

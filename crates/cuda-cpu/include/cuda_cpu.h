@@ -12,8 +12,12 @@
 //     outside the mask, aborts with a message instead of giving an undefined value;
 //   - __shared__ as `thread_local`: fibers of a block share their OS thread, so that is one
 //     copy per running block, and launches from different OS threads (parallel tests) get
-//     their own; `extern __shared__` arrays are defined by the generated kernel table with
-//     CUDA_CPU_DYNAMIC_SHARED bytes, and a launch asking for more is refused;
+//     their own; `extern __shared__` arrays are defined by the generated kernel table, each
+//     of its own area; a launch gets the bytes it asks for (more than CUDA_CPU_DYNAMIC_SHARED
+//     is refused), filled with 0xff bytes (NaN) at the start of every block, so that reading
+//     what the block never wrote shows; from the next page on the area is inaccessible
+//     during the launch, and writes between the end of the request and that page are found
+//     when the block ends (reads there see the 0xff bytes);
 //   - atomics as real atomics; __nv_bfloat16 and __half with CUDA's exact conversions.
 // Not modelled:
 //   - memory ordering and visibility between threads or blocks, and all interleavings:
@@ -22,9 +26,12 @@
 //     that this order exposes (a missing __syncthreads around shared memory reused by
 //     block_sum) fail; others give the sequential answer. A block-to-block handshake
 //     through global memory would hang (blocks run one after another);
+//   - several `extern __shared__` arrays of one file share one address on the GPU; here each
+//     has its own area (our kernels use one array per file);
 //   - timing, occupancy, warp-divergence cost, __launch_bounds__ limits, bank conflicts;
-//   - shared memory is not cleared or poisoned between blocks: a block may see what the
-//     previous block on this OS thread left (the first sees zeros);
+//   - static __shared__ arrays are not poisoned between blocks: a block may see what the
+//     previous block on this OS thread left (the first sees zeros); their bounds are not
+//     checked;
 //   - floating point: g++ on x86-64 neither contracts a*b+c into fma (nvcc does by default)
 //     nor uses approximate intrinsics (rsqrtf, __expf are exact here): expect last-bit
 //     differences against the GPU, not against the tolerances of the tests.
@@ -43,8 +50,13 @@
 #define __global__
 #define __shared__ thread_local
 #endif
-// Bytes of each `extern __shared__` array (the most an H100 block may opt into).
+// The most dynamic shared memory a launch may ask for (what an H100 block may opt into),
+// and the area behind each `extern __shared__` array: that, rounded up to pages, and one
+// page more, so that the bytes past any launch's request can be made inaccessible.
 #define CUDA_CPU_DYNAMIC_SHARED (227u << 10)
+#define CUDA_CPU_PAGE 4096u
+#define CUDA_CPU_SHARED_AREA \
+    ((CUDA_CPU_DYNAMIC_SHARED + CUDA_CPU_PAGE - 1) / CUDA_CPU_PAGE * CUDA_CPU_PAGE + CUDA_CPU_PAGE)
 #define __device__
 #define __forceinline__ inline __attribute__((always_inline))
 #define __restrict__ __restrict

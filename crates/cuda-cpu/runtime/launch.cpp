@@ -12,8 +12,11 @@
 //     aligned to their element type only (cudaMalloc gives 256 bytes), so that the end
 //     touches the guard page. Not caught: an access that lands in another mapped region
 //     (far out of bounds); with the guard before, an overrun within the page's slack after
-//     the end; bytes up to the alignment when the size is not a multiple of it; and
-//     out-of-bounds accesses to shared memory.
+//     the end; bytes up to the alignment when the size is not a multiple of it.
+//   - Dynamic shared memory: the pages of each `extern __shared__` area past the launch's
+//     request are PROT_NONE while it runs; the bytes up to that page are checked after each
+//     block (a write there fails, a read sees the 0xff poison every block starts with).
+//     Static __shared__ arrays are not checked.
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -73,6 +76,8 @@ struct Current {
     const char* module = nullptr;
     const Kernel* kernel = nullptr;
     void* const* args = nullptr;
+    const SharedArray* shared = nullptr;  // the module's extern __shared__ arrays
+    uint32_t shared_bytes = 0;
 };
 thread_local Current current;
 
@@ -241,12 +246,20 @@ void on_fault(int sig, siginfo_t* info, void*) {
     fprintf(stderr, "\ncuda_cpu: %s in kernel %s/%s, block (%u,%u,%u), thread (%u,%u,%u), address %p\n",
             sig == SIGBUS ? "SIGBUS" : "SIGSEGV", c.module, c.kernel->name, blockIdx.x, blockIdx.y,
             blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z, (const void*)addr);
-    // The buffer arguments whose mapping (guard pages included) holds the address; all
-    // buffer arguments when none does.
-    for (int pass = 0; pass < 2; ++pass) {
+    bool in_shared = false;
+    for (const SharedArray* a = c.shared; a && a->name; ++a) {
+        const char* base = (const char*)a->address();
+        if (addr < base || addr >= base + CUDA_CPU_SHARED_AREA) continue;
+        fprintf(stderr, "  extern __shared__ %s: offset %ld, past the %u bytes the launch asked for\n", a->name,
+                (long)(addr - base), c.shared_bytes);
+        in_shared = true;
+    }
+    // Otherwise the buffer arguments whose mapping (guard pages included) holds the
+    // address; all buffer arguments when none does.
+    for (int pass = 0; pass < 2 && !in_shared; ++pass) {
         bool reported = false;
-        for (size_t i = 0; i < c.kernel->params; ++i) {
-            if (c.kernel->param_sizes[i] != sizeof(void*)) continue;
+        for (size_t i = 0; i < c.kernel->param_count; ++i) {
+            if (c.kernel->params[i].kind != 'p') continue;
             const char* p = *(char* const*)c.args[i];
             for (const Guarded& g : guarded) {
                 const bool near = addr >= g.mapping && addr < g.mapping + g.mapping_bytes;
@@ -310,14 +323,73 @@ int refuse(char* err, size_t err_len, const char* fmt, ...) {
     return 1;
 }
 
-Kernel* find_kernel(const char* module, const char* name) {
-    for (size_t m = 0; m < cuda_cpu_module_count; ++m) {
-        const Module& mod = cuda_cpu_modules[m];
-        if (strcmp(mod.name, module) != 0) continue;
-        for (size_t k = 0; k < mod.count; ++k)
-            if (strcmp(mod.kernels[k].name, name) == 0) return &mod.kernels[k];
-    }
+const Module* find_module(const char* module) {
+    for (size_t m = 0; m < cuda_cpu_module_count; ++m)
+        if (strcmp(cuda_cpu_modules[m].name, module) == 0) return &cuda_cpu_modules[m];
     return nullptr;
+}
+
+Kernel* find_kernel(const Module* mod, const char* name) {
+    for (size_t k = 0; mod && k < mod->count; ++k)
+        if (strcmp(mod->kernels[k].name, name) == 0) return &mod->kernels[k];
+    return nullptr;
+}
+
+const char* kind_name(char kind) {
+    switch (kind) {
+        case 'i': return "a signed integer";
+        case 'u': return "an unsigned integer";
+        case 'f': return "a floating-point number";
+        case 'p': return "a pointer";
+        default: return "a value of another type";
+    }
+}
+
+// Why argument `i` (`got`) does not fit parameter `want`, or nullptr when it does; a
+// pointer's element size must match unless either side is untyped (0).
+const char* mismatch(const Param& want, const Param& got, char* why, size_t len) {
+    if (want.bytes != got.bytes)
+        snprintf(why, len, "has %zu bytes, the kernel takes %zu", got.bytes, want.bytes);
+    else if (want.kind != got.kind)
+        snprintf(why, len, "is %s, the kernel takes %s", kind_name(got.kind), kind_name(want.kind));
+    else if (want.kind == 'p' && want.pointee_bytes && got.pointee_bytes && want.pointee_bytes != got.pointee_bytes)
+        snprintf(why, len, "points at %zu-byte elements, the kernel's at %zu-byte ones", got.pointee_bytes,
+                 want.pointee_bytes);
+    else
+        return nullptr;
+    return why;
+}
+
+size_t round_up_to_page(size_t bytes) { return (bytes + CUDA_CPU_PAGE - 1) / CUDA_CPU_PAGE * CUDA_CPU_PAGE; }
+
+// The pages of each extern __shared__ area past the launch's bytes: inaccessible during the
+// launch (`on`), accessible again after it. They are whole pages of the array, which is
+// page-aligned, so nothing else lives there.
+void guard_shared(const SharedArray* arrays, uint32_t shared_bytes, bool on) {
+    if (page_bytes() != CUDA_CPU_PAGE) return;  // the areas are 4 KiB-aligned: the canary only
+    const size_t from = round_up_to_page(shared_bytes);
+    for (const SharedArray* a = arrays; a->name; ++a) {
+        char* base = (char*)a->address();
+        if ((uintptr_t)base % CUDA_CPU_PAGE != 0) fail("extern __shared__ %s is not page-aligned", a->name);
+        if (mprotect(base + from, CUDA_CPU_SHARED_AREA - from, on ? PROT_NONE : PROT_READ | PROT_WRITE) != 0)
+            fail("cannot protect extern __shared__ %s", a->name);
+    }
+}
+
+// Every block starts with its dynamic shared memory, up to the guarded page, all 0xff.
+void poison_shared(const SharedArray* arrays, uint32_t shared_bytes) {
+    for (const SharedArray* a = arrays; a->name; ++a) memset(a->address(), 0xff, round_up_to_page(shared_bytes));
+}
+
+// After a block: the bytes between the launch's request and the guarded page are untouched.
+void check_shared_slack(const SharedArray* arrays, uint32_t shared_bytes) {
+    for (const SharedArray* a = arrays; a->name; ++a) {
+        const unsigned char* p = (const unsigned char*)a->address();
+        for (size_t i = shared_bytes; i < round_up_to_page(shared_bytes); ++i)
+            if (p[i] != 0xff)
+                fail("block (%u,%u,%u) wrote extern __shared__ %s at byte %zu, past the %u bytes the launch asked for",
+                     blockIdx.x, blockIdx.y, blockIdx.z, a->name, i, shared_bytes);
+    }
 }
 
 }  // namespace
@@ -364,19 +436,21 @@ extern "C" uint64_t cuda_cpu_kernel_executions(size_t m, size_t k) {
     return cuda_cpu_modules[m].kernels[k].executions.load();
 }
 
-// Runs kernel `name` of cuda/<module>.cu. args[i] points at parameter i, whose size must be
-// sizes[i]. Returns 0, or 1 with a message in `err` when the launch is refused (as CUDA
+// Runs kernel `name` of cuda/<module>.cu. args[i] points at parameter i, described by
+// params[i] (size, kind, element size), which must match the kernel's. Returns 0, or 1 with a message in `err` when the launch is refused (as CUDA
 // would refuse it, or for arguments that do not match the kernel).
 extern "C" int cuda_cpu_launch(const char* module, const char* name, const uint32_t grid[3], const uint32_t block[3],
-                               uint32_t shared_bytes, void* const* args, const size_t* sizes, size_t nargs, char* err,
+                               uint32_t shared_bytes, void* const* args, const Param* params, size_t nargs, char* err,
                                size_t err_len) {
-    Kernel* k = find_kernel(module, name);
+    const Module* mod = find_module(module);
+    Kernel* k = find_kernel(mod, name);
     if (!k) return refuse(err, err_len, "no kernel %s in cuda/%s.cu", name, module);
-    if (nargs != k->params) return refuse(err, err_len, "%s takes %zu arguments, got %zu", name, k->params, nargs);
+    if (nargs != k->param_count)
+        return refuse(err, err_len, "%s takes %zu arguments, got %zu", name, k->param_count, nargs);
+    char why[128];
     for (size_t i = 0; i < nargs; ++i)
-        if (sizes[i] != k->param_sizes[i])
-            return refuse(err, err_len, "%s: argument %zu has %zu bytes, the kernel takes %zu", name, i, sizes[i],
-                          k->param_sizes[i]);
+        if (mismatch(k->params[i], params[i], why, sizeof why))
+            return refuse(err, err_len, "%s: argument %zu %s", name, i, why);
     const uint64_t threads = (uint64_t)block[0] * block[1] * block[2];
     if (threads == 0 || threads > 1024 || block[2] > 64 || grid[0] == 0 || grid[1] == 0 || grid[2] == 0 ||
         grid[0] > 0x7fffffffu || grid[1] > 65535 || grid[2] > 65535)
@@ -386,19 +460,23 @@ extern "C" int cuda_cpu_launch(const char* module, const char* name, const uint3
         return refuse(err, err_len, "%s: %u bytes of dynamic shared memory, at most %u here", name, shared_bytes,
                       (unsigned)CUDA_CPU_DYNAMIC_SHARED);
     ++k->executions;
-    current = {module, k, args};
+    current = {module, k, args, mod->shared, shared_bytes};
     sched.block.run = k->run;
     sched.block.args = args;
     sched.block.threads = (unsigned)threads;
     gridDim = {grid[0], grid[1], grid[2]};
     blockDim = {block[0], block[1], block[2]};
     install_fault_handler();
+    guard_shared(mod->shared, shared_bytes, true);
     for (unsigned z = 0; z < grid[2]; ++z)
         for (unsigned y = 0; y < grid[1]; ++y)
             for (unsigned x = 0; x < grid[0]; ++x) {
                 blockIdx = {x, y, z};
+                poison_shared(mod->shared, shared_bytes);
                 run_block();
+                check_shared_slack(mod->shared, shared_bytes);
             }
+    guard_shared(mod->shared, shared_bytes, false);
     remove_fault_handler();
     current = {};
     return 0;

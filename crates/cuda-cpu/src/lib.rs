@@ -21,7 +21,7 @@ extern "C" {
         block: *const u32,
         shared_bytes: u32,
         args: *const *const c_void,
-        sizes: *const usize,
+        params: *const Param,
         nargs: usize,
         err: *mut c_char,
         err_len: usize,
@@ -90,16 +90,34 @@ impl<T> Drop for Buffer<T> {
     }
 }
 
-/// A kernel argument: where its value is and how many bytes it has (a buffer passes its
-/// address, a scalar itself), as `cudaLaunchKernel` takes them.
+/// What a kernel parameter or argument is, as runtime/table.h describes it: its size, its
+/// kind (`i` signed or `u` unsigned integer, `f` floating point, `p` pointer) and for a
+/// pointer the size of its elements (0: any).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Param {
+    bytes: usize,
+    kind: c_char,
+    pointee_bytes: usize,
+}
+
+impl Param {
+    fn of<T>(kind: u8, pointee_bytes: usize) -> Self {
+        Param { bytes: std::mem::size_of::<T>(), kind: kind as c_char, pointee_bytes }
+    }
+}
+
+/// A kernel argument: where its value is and what it is (a buffer passes its address, a
+/// scalar itself), as `cudaLaunchKernel` takes them; the launcher refuses one that does not
+/// match the kernel's parameter.
 pub trait Arg {
-    /// Pointer to the value and its size in bytes.
-    fn value(&self) -> (*const c_void, usize);
+    /// Pointer to the value, and its description.
+    fn value(&self) -> (*const c_void, Param);
 }
 
 impl<T> Arg for Buffer<T> {
-    fn value(&self) -> (*const c_void, usize) {
-        ((&self.data as *const *mut T).cast(), std::mem::size_of::<*mut T>())
+    fn value(&self) -> (*const c_void, Param) {
+        ((&self.data as *const *mut T).cast(), Param::of::<*mut T>(b'p', std::mem::size_of::<T>()))
     }
 }
 
@@ -109,25 +127,27 @@ pub struct Null;
 static NULL_POINTER: usize = 0;
 
 impl Arg for Null {
-    fn value(&self) -> (*const c_void, usize) {
-        ((&NULL_POINTER as *const usize).cast(), std::mem::size_of::<usize>())
+    fn value(&self) -> (*const c_void, Param) {
+        ((&NULL_POINTER as *const usize).cast(), Param::of::<usize>(b'p', 0))
     }
 }
 
 macro_rules! scalar_args {
-    ($($t:ty),*) => {$(
+    ($kind:literal: $($t:ty),*) => {$(
         impl Arg for $t {
-            fn value(&self) -> (*const c_void, usize) {
-                ((self as *const $t).cast(), std::mem::size_of::<$t>())
+            fn value(&self) -> (*const c_void, Param) {
+                ((self as *const $t).cast(), Param::of::<$t>($kind, 0))
             }
         }
     )*};
 }
-scalar_args!(i32, u32, i64, u64, usize, f32, f64);
+scalar_args!(b'i': i32, i64);
+scalar_args!(b'u': u32, u64, usize);
+scalar_args!(b'f': f32, f64);
 
 /// Runs kernel `kernel` of `cuda/<module>.cu` over `grid` blocks of `block` threads, with
 /// `shared_bytes` of dynamic shared memory. Err when CUDA would refuse the launch or the
-/// arguments do not match the kernel's parameters (count and sizes).
+/// arguments do not match the kernel's parameters (count, sizes, kinds, element sizes).
 pub fn launch(
     module: &str,
     kernel: &str,
@@ -136,12 +156,12 @@ pub fn launch(
     shared_bytes: u32,
     args: &[&dyn Arg],
 ) -> Result<(), String> {
-    let (pointers, sizes): (Vec<*const c_void>, Vec<usize>) = args.iter().map(|a| a.value()).unzip();
+    let (pointers, params): (Vec<*const c_void>, Vec<Param>) = args.iter().map(|a| a.value()).unzip();
     let c = |s: &str| CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"));
     let (module_c, kernel_c) = (c(module)?, c(kernel)?);
     let mut err = [0 as c_char; 512];
-    // SAFETY: every pointer in `pointers` points at a live value of the size next to it; the
-    // launcher checks count and sizes against the kernel before running it, and buffers stay
+    // SAFETY: every pointer in `pointers` points at a live value described by `params`; the
+    // launcher checks them against the kernel before running it, and buffers stay
     // alive (borrowed in `args`) until it returns.
     let rc = unsafe {
         cuda_cpu_launch(
@@ -151,7 +171,7 @@ pub fn launch(
             block.as_ptr(),
             shared_bytes,
             pointers.as_ptr(),
-            sizes.as_ptr(),
+            params.as_ptr(),
             args.len(),
             err.as_mut_ptr(),
             err.len(),

@@ -47,6 +47,7 @@ macro_rules! f32_and_bf16_tests {
 
 mod adamw;
 mod cast;
+mod cholesky;
 mod cross_entropy;
 mod elementwise;
 mod embedding;
@@ -55,6 +56,7 @@ mod prune_stats;
 mod rms_norm;
 mod rope;
 mod sparse;
+mod sparsegpt;
 mod swiglu;
 
 use cuda_cpu::{Arg, Buffer, Guard};
@@ -80,6 +82,8 @@ const CONVERTED: &[(&str, fn())] = &[
     ("prune_stats", prune_stats::smoke),
     ("nm_pack", nm_pack::smoke),
     ("sparse", sparse::smoke),
+    ("cholesky", cholesky::smoke),
+    ("sparsegpt", sparsegpt::smoke),
 ];
 
 /// Counts kernels: M is the number of `extern "C" __global__` kernels in `cuda/*.cu` after

@@ -2,14 +2,17 @@
 //! wrapper over cuBLAS DGEMM. Every launcher checks the lengths of the buffers it is given
 //! against the sizes it passes, and returns an error instead of launching out of bounds.
 //! All matrices are row-major; `n`, `rows`, `cols` are element counts.
+//!
+//! Each kernel launch's grid and block come from a `…_geometry` function here (plain numbers,
+//! [`Launch`]), which the launcher turns into its `LaunchConfig` and the CPU execution of the
+//! kernels (tests/cuda_on_cpu/{cholesky,sparsegpt}.rs) uses as it is.
 
 use crate::ops::expect_len;
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::{Gemm, GemmConfig};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
-use crate::device::cuda::grid_1d;
-use crate::device::{CudaBuffer, CudaDevice};
+use crate::device::{CudaBuffer, CudaDevice, Launch};
 use crate::ops::to_i32;
 use crate::{Error, Result};
 
@@ -45,16 +48,79 @@ fn grid_u32(what: &str, v: usize) -> Result<u32> {
 }
 
 /// A 32×8-thread 2-D launch covering `x_items × y_items` with `y_per_block` rows per block.
-fn grid_2d(what: &str, x_items: usize, y_items: usize, y_per_block: usize) -> Result<LaunchConfig> {
+fn grid_2d(what: &str, x_items: usize, y_items: usize, y_per_block: usize) -> Result<Launch> {
     let gy = y_items.div_ceil(y_per_block);
     if gy > 65_535 {
         return Err(Error::invalid(format!("{what}: {y_items} rows exceed one CUDA grid")));
     }
-    Ok(LaunchConfig {
-        grid_dim: (grid_u32(what, x_items.div_ceil(32))?, grid_u32(what, gy)?, 1),
-        block_dim: (32, 8, 1),
-        shared_mem_bytes: 0,
+    Ok(Launch {
+        grid: (grid_u32(what, x_items.div_ceil(32))?, grid_u32(what, gy)?, 1),
+        block: (32, 8, 1),
+        shared_bytes: 0,
     })
+}
+
+/// `chol_diag`: one block of 256 threads (64 columns × 4 row groups), whatever the matrix.
+pub fn chol_diag_geometry() -> Result<Launch> {
+    Ok(Launch { grid: (1, 1, 1), block: (DIAG_THREADS, 1, 1), shared_bytes: 0 })
+}
+
+/// `chol_panel` below the diagonal block at `k0` of an [n, n] matrix: ⌈(n − k0 − 64)/32⌉
+/// blocks of 32 threads, one row each. An error when no row lies below the block.
+pub fn chol_panel_geometry(n: usize, k0: usize) -> Result<Launch> {
+    let rest = n.checked_sub(k0).and_then(|r| r.checked_sub(CHOL_BLOCK)).filter(|&r| r > 0);
+    let rest = rest.ok_or_else(|| Error::invalid(format!("chol_panel: no rows below the block at {k0} of {n}x{n}")))?;
+    Ok(Launch {
+        grid: (grid_u32("chol_panel", rest.div_ceil(PANEL_ROWS))?, 1, 1),
+        block: (PANEL_ROWS as u32, 1, 1),
+        shared_bytes: 0,
+    })
+}
+
+/// `trtri_diag` over an [n, n] matrix: one block of 64 threads per 64×64 diagonal block.
+pub fn trtri_diag_geometry(n: usize) -> Result<Launch> {
+    Ok(Launch {
+        grid: (grid_u32("trtri_diag", n.div_ceil(CHOL_BLOCK))?, 1, 1),
+        block: (CHOL_BLOCK as u32, 1, 1),
+        shared_bytes: 0,
+    })
+}
+
+/// `symmetrize` of an [n, n] matrix: 32×8-thread blocks, one thread per element.
+pub fn symmetrize_geometry(n: usize) -> Result<Launch> {
+    grid_2d("symmetrize", n, n, 8)
+}
+
+/// `transpose_lower_to_upper` of an [n, n] matrix: one 32×8-thread block per 32×32 tile.
+pub fn transpose_lower_to_upper_geometry(n: usize) -> Result<Launch> {
+    grid_2d("transpose_lower_to_upper", n, n, 32)
+}
+
+/// `sparsegpt_dead_inputs` and `sparsegpt_damp` over `cols` inputs: one thread per column.
+pub fn per_column_geometry(cols: usize) -> Result<Launch> {
+    Launch::grid_1d(cols, THREADS_1D)
+}
+
+/// `sparsegpt_block_scores` for a block of `count` columns of `rows` rows: one thread per score.
+pub fn block_scores_geometry(rows: usize, count: usize) -> Result<Launch> {
+    Launch::grid_1d(product("sparsegpt_block_scores", rows, count)?, THREADS_1D)
+}
+
+/// `sparsegpt_block_columns` over `rows` rows: blocks of 8 warps, one warp per row.
+pub fn block_columns_geometry(rows: usize) -> Result<Launch> {
+    let rows_per_block = (COLUMN_THREADS / 32) as usize;
+    Ok(Launch {
+        grid: (grid_u32("sparsegpt_block_columns", rows.div_ceil(rows_per_block))?, 1, 1),
+        block: (COLUMN_THREADS, 1, 1),
+        shared_bytes: 0,
+    })
+}
+
+/// `sparsegpt_pack_mask` of keep bytes [rows, cols]: one thread per output byte
+/// (rows·⌈cols/8⌉).
+pub fn pack_mask_geometry(rows: usize, cols: usize) -> Result<Launch> {
+    let len = product("sparsegpt_pack_mask", rows, crate::sparse::BitMask::stride_for(cols))?;
+    Launch::grid_1d(len, THREADS_1D)
 }
 
 /// `L_kk = chol(A_kk)` for the diagonal block at `k0` of `a` [n, n] (lower triangle, in place);
@@ -73,7 +139,7 @@ pub fn chol_diag(
     }
     let (n_i, k0_i) = (to_i32("chol_diag", n)?, to_i32("chol_diag", k0)?);
     let f = dev.function("cholesky", "chol_diag")?;
-    let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (DIAG_THREADS, 1, 1), shared_mem_bytes: 0 };
+    let cfg = LaunchConfig::from(chol_diag_geometry()?);
     let mut b = dev.stream().launch_builder(&f);
     b.arg(a).arg(&n_i).arg(&k0_i).arg(info);
     // SAFETY: a holds n·n and info 2 elements (checked above); the block reads and writes
@@ -101,11 +167,7 @@ pub fn chol_panel(
     expect_len("sparsegpt", "chol_panel panel", panel.len(), product("chol_panel", rest, CHOL_BLOCK)?)?;
     let (n_i, k0_i) = (to_i32("chol_panel", n)?, to_i32("chol_panel", k0)?);
     let f = dev.function("cholesky", "chol_panel")?;
-    let cfg = LaunchConfig {
-        grid_dim: (grid_u32("chol_panel", rest.div_ceil(PANEL_ROWS))?, 1, 1),
-        block_dim: (PANEL_ROWS as u32, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = LaunchConfig::from(chol_panel_geometry(n, k0)?);
     let mut b = dev.stream().launch_builder(&f);
     b.arg(a).arg(panel).arg(&n_i).arg(&k0_i).arg(info);
     // SAFETY: a holds n·n, panel (n − k0 − 64)·64 and info 2 elements (checked above); rows
@@ -122,11 +184,7 @@ pub fn trtri_diag(dev: &CudaDevice, l: &CudaSlice<f64>, x: &mut CudaSlice<f64>, 
     expect_len("sparsegpt", "trtri_diag x", x.len(), nn)?;
     let n_i = to_i32("trtri_diag", n)?;
     let f = dev.function("cholesky", "trtri_diag")?;
-    let cfg = LaunchConfig {
-        grid_dim: (grid_u32("trtri_diag", n.div_ceil(CHOL_BLOCK))?, 1, 1),
-        block_dim: (CHOL_BLOCK as u32, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = LaunchConfig::from(trtri_diag_geometry(n)?);
     let mut b = dev.stream().launch_builder(&f);
     b.arg(l).arg(x).arg(&n_i);
     // SAFETY: l and x hold n·n elements (checked above); block k touches rows and columns
@@ -140,7 +198,7 @@ pub fn symmetrize(dev: &CudaDevice, a: &mut CudaSlice<f64>, n: usize) -> Result<
     expect_len("sparsegpt", "symmetrize", a.len(), product("symmetrize", n, n)?)?;
     let n_i = to_i32("symmetrize", n)?;
     let f = dev.function("cholesky", "symmetrize")?;
-    let cfg = grid_2d("symmetrize", n, n, 8)?;
+    let cfg = LaunchConfig::from(symmetrize_geometry(n)?);
     let mut b = dev.stream().launch_builder(&f);
     b.arg(a).arg(&n_i);
     // SAFETY: a holds n·n elements (checked above); threads outside the strict lower
@@ -161,7 +219,7 @@ pub fn transpose_lower_to_upper(
     expect_len("sparsegpt", "transpose_lower_to_upper u", u.len(), nn)?;
     let n_i = to_i32("transpose_lower_to_upper", n)?;
     let f = dev.function("cholesky", "transpose_lower_to_upper")?;
-    let cfg = grid_2d("transpose_lower_to_upper", n, n, 32)?;
+    let cfg = LaunchConfig::from(transpose_lower_to_upper_geometry(n)?);
     let mut b = dev.stream().launch_builder(&f);
     b.arg(lower).arg(u).arg(&n_i);
     // SAFETY: lower and u hold n·n elements (checked above); tile elements at or beyond n
@@ -249,7 +307,7 @@ pub fn dead_inputs(
     b.arg(h).arg(w).arg(diag).arg(&rows_i).arg(&cols_i);
     // SAFETY: h holds cols·cols, w rows·cols, diag cols elements (checked above); thread j
     // touches column j only.
-    unsafe { b.launch(grid_1d(cols, THREADS_1D)?) }?;
+    unsafe { b.launch(LaunchConfig::from(per_column_geometry(cols)?)) }?;
     Ok(())
 }
 
@@ -262,7 +320,7 @@ pub fn damp(dev: &CudaDevice, h: &mut CudaSlice<f64>, diag: &CudaSlice<f64>, col
     let mut b = dev.stream().launch_builder(&f);
     b.arg(h).arg(diag).arg(&cols_i).arg(&damp);
     // SAFETY: h holds cols·cols and diag cols elements (checked above).
-    unsafe { b.launch(grid_1d(cols, THREADS_1D)?) }?;
+    unsafe { b.launch(LaunchConfig::from(per_column_geometry(cols)?)) }?;
     Ok(())
 }
 
@@ -302,7 +360,7 @@ pub fn block_scores(
     b.arg(w).arg(u).arg(scores.slice_mut()).arg(&rows_i).arg(&cols_i).arg(&i1_i).arg(&count_i);
     // SAFETY: w holds rows·cols, u cols·cols, scores rows·count elements and i1 + count ≤ cols
     // (checked above); one thread per score.
-    unsafe { b.launch(grid_1d(len, THREADS_1D)?) }?;
+    unsafe { b.launch(LaunchConfig::from(block_scores_geometry(rows, count)?)) }?;
     Ok(scores)
 }
 
@@ -357,12 +415,7 @@ pub fn block_columns(
         }
     };
     let [rows_i, cols_i, i1_i, count_i, n_i, m_i] = to_i32s(WHAT, [rows, cols, i1, count, nm_n, nm_m])?;
-    let rows_per_block = (COLUMN_THREADS / 32) as usize;
-    let cfg = LaunchConfig {
-        grid_dim: (grid_u32(WHAT, rows.div_ceil(rows_per_block))?, 1, 1),
-        block_dim: (COLUMN_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = LaunchConfig::from(block_columns_geometry(rows)?);
     let f = dev.function("sparsegpt", WHAT)?;
     let null: u64 = 0;
     let mut b = dev.stream().launch_builder(&f);
@@ -394,6 +447,6 @@ pub fn pack_mask(dev: &CudaDevice, keep: &CudaSlice<u8>, rows: usize, cols: usiz
     b.arg(keep).arg(bits.slice_mut()).arg(&rows_i).arg(&cols_i).arg(&stride_i);
     // SAFETY: keep holds rows·cols and bits rows·stride elements (checked above); one thread
     // per output byte.
-    unsafe { b.launch(grid_1d(len, THREADS_1D)?) }?;
+    unsafe { b.launch(LaunchConfig::from(pack_mask_geometry(rows, cols)?)) }?;
     Ok(bits)
 }

@@ -41,6 +41,7 @@ pub mod dtype;
 pub mod error;
 pub mod eval;
 pub mod finetune;
+pub mod infer;
 pub mod io;
 pub mod linalg;
 pub mod model;

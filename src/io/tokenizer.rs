@@ -833,6 +833,12 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// The vocabulary string of `id` (e.g. `"<|im_end|>"`), if the id has one: what chat
+    /// templates see as `bos_token` and `eos_token`.
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     /// End-of-sequence id, from GGUF `tokenizer.ggml.eos_token_id`, `tokenizer_config.json`,
     /// or set by the caller.
     pub fn eos_token_id(&self) -> Option<u32> {

@@ -51,6 +51,7 @@ mod cross_entropy;
 mod elementwise;
 mod embedding;
 mod nm_pack;
+mod prune_select;
 mod prune_stats;
 mod rms_norm;
 mod rope;
@@ -80,6 +81,7 @@ const CONVERTED: &[(&str, fn())] = &[
     ("prune_stats", prune_stats::smoke),
     ("nm_pack", nm_pack::smoke),
     ("sparse", sparse::smoke),
+    ("prune_select", prune_select::smoke),
 ];
 
 /// Counts kernels: M is the number of `extern "C" __global__` kernels in `cuda/*.cu` after

@@ -49,6 +49,39 @@ pub fn random_mask(rows: usize, cols: usize, sparsity: f64, nm: Option<(usize, u
     mask
 }
 
+/// Seeded pruning scores with deliberate ties (values quantised to eighths, ±0), NaN and ±∞,
+/// from [`random_f32`] in [-1, 1): about 3.5% NaN, 1.5% +∞, 2.5% −∞.
+pub fn tricky_scores(n: usize, seed: u64) -> Vec<f32> {
+    random_f32(n, 1.0, seed)
+        .into_iter()
+        .enumerate()
+        .map(|(i, u)| match u {
+            u if u > 0.93 => f32::NAN,
+            u if u > 0.9 => f32::INFINITY,
+            u if u < -0.95 => f32::NEG_INFINITY,
+            u if i % 3 == 0 => (u * 8.0).round() / 8.0,
+            u if i % 7 == 0 => 0.0 * u.signum(),
+            u => u,
+        })
+        .collect()
+}
+
+/// Panics at the first byte where the bitmask bytes `got` and `want` (rows of `stride`
+/// bytes) differ, naming its row and columns.
+pub fn assert_same_mask(what: &str, got: &[u8], want: &[u8], stride: usize) {
+    assert_eq!(got.len(), want.len(), "{what}: mask lengths");
+    if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+        panic!(
+            "{what}: row {}, columns {}..{}: got {:08b}, want {:08b}",
+            i / stride,
+            i % stride * 8,
+            i % stride * 8 + 8,
+            got[i],
+            want[i]
+        );
+    }
+}
+
 /// Worst violation of `|got − want| ≤ atol + rtol·|want|`: (index, got, want, excess ratio).
 /// NaN or a length mismatch is always a violation.
 pub fn worst_error(got: &[f64], want: &[f64], atol: f64, rtol: f64) -> Option<(usize, f64, f64, f64)> {

@@ -52,6 +52,7 @@ mod cross_entropy;
 mod elementwise;
 mod embedding;
 mod nm_pack;
+mod prune_select;
 mod prune_stats;
 mod rms_norm;
 mod rope;
@@ -84,6 +85,7 @@ const CONVERTED: &[(&str, fn())] = &[
     ("sparse", sparse::smoke),
     ("cholesky", cholesky::smoke),
     ("sparsegpt", sparsegpt::smoke),
+    ("prune_select", prune_select::smoke),
 ];
 
 /// Counts kernels: M is the number of `extern "C" __global__` kernels in `cuda/*.cu` after

@@ -174,39 +174,8 @@ mod tests {
     use super::*;
     use crate::device::cuda_for_tests;
     use crate::sparse::BitMask;
-    use crate::testing::{assert_close, random_f32, random_f64};
+    use crate::testing::{assert_close, assert_same_mask, random_f32, random_f64, tricky_scores};
     use crate::Device;
-
-    /// Scores with deliberate ties (quantised values, ±0), NaN and ±∞.
-    fn tricky_scores(n: usize, seed: u64) -> Vec<f32> {
-        random_f32(n, 1.0, seed)
-            .into_iter()
-            .enumerate()
-            .map(|(i, u)| match u {
-                u if u > 0.93 => f32::NAN,
-                u if u > 0.9 => f32::INFINITY,
-                u if u < -0.95 => f32::NEG_INFINITY,
-                u if i % 3 == 0 => (u * 8.0).round() / 8.0,
-                u if i % 7 == 0 => 0.0 * u.signum(),
-                u => u,
-            })
-            .collect()
-    }
-
-    /// Panics at the first differing byte, naming its row and columns.
-    fn assert_same_mask(what: &str, got: &[u8], want: &[u8], stride: usize) {
-        assert_eq!(got.len(), want.len(), "{what}: mask lengths");
-        if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
-            panic!(
-                "{what}: row {}, columns {}..{}: got {:08b}, want {:08b}",
-                i / stride,
-                i % stride * 8,
-                i % stride * 8 + 8,
-                got[i],
-                want[i]
-            );
-        }
-    }
 
     #[test]
     fn cpu_tensors_and_bad_arguments_are_errors() {

@@ -46,6 +46,7 @@ macro_rules! f32_and_bf16_tests {
 }
 
 mod adamw;
+mod attention;
 mod cast;
 mod cross_entropy;
 mod elementwise;
@@ -80,6 +81,7 @@ const CONVERTED: &[(&str, fn())] = &[
     ("prune_stats", prune_stats::smoke),
     ("nm_pack", nm_pack::smoke),
     ("sparse", sparse::smoke),
+    ("attention", attention::smoke),
 ];
 
 /// Counts kernels: M is the number of `extern "C" __global__` kernels in `cuda/*.cu` after

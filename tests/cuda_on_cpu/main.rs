@@ -46,6 +46,7 @@ macro_rules! f32_and_bf16_tests {
 }
 
 mod adamw;
+mod attention;
 mod cast;
 mod cholesky;
 mod cross_entropy;
@@ -86,6 +87,7 @@ const CONVERTED: &[(&str, fn())] = &[
     ("cholesky", cholesky::smoke),
     ("sparsegpt", sparsegpt::smoke),
     ("prune_select", prune_select::smoke),
+    ("attention", attention::smoke),
 ];
 
 /// Counts kernels: M is the number of `extern "C" __global__` kernels in `cuda/*.cu` after

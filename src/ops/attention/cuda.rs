@@ -3,14 +3,17 @@
 //! D ≤ 64 and D ≤ 128; tiles are 32 rows, 128 threads per block, in dynamic shared memory
 //! (3 tiles for the forward, 4 for the backward: at most 64 KiB). Backward: delta = rowsum(do·o),
 //! then dq (one block per query tile) and dk, dv (one block per key tile of a kv head), both
-//! recomputing p from lse; no atomics, so results are deterministic.
+//! recomputing p from lse; no atomics, so results are deterministic. Each launch's grid, block
+//! and shared bytes come from [`forward_geometry`], [`delta_geometry`], [`dq_geometry`] and
+//! [`dkdv_geometry`], its scalar arguments from [`plan`] (tests/cuda_on_cpu runs the kernels
+//! on the CPU with both).
 
 use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::cpu::Dims;
-use crate::device::cuda::{grid_1d, CudaFloat};
-use crate::device::CudaDevice;
+use crate::device::cuda::CudaFloat;
+use crate::device::{CudaDevice, Launch};
 use crate::ops::to_i32;
 use crate::{Error, Result};
 
@@ -23,21 +26,38 @@ const THREADS: u32 = 128;
 /// Threads per block of the delta kernel (one warp per row).
 const DELTA_THREADS: u32 = 256;
 
-/// Kernel variant and integer arguments shared by every tiled launch.
-struct Plan {
-    /// 64 or 128: the kernels' padded head dimension.
-    width: usize,
-    seq: i32,
-    q_heads: i32,
-    kv_heads: i32,
-    head_dim: i32,
+/// Kernel variant and the scalar arguments every tiled kernel takes after its pointers, as
+/// the launchers pass them: `seq, q_heads, kv_heads, head_dim, scale_log2` (forward), then
+/// `scale` (backward).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Plan {
+    /// 64 or 128: the kernels' padded head dimension (`DMAX`, the `_d{width}_` in their names).
+    pub width: usize,
+    /// T.
+    pub seq: i32,
+    /// Hq.
+    pub q_heads: i32,
+    /// Hkv.
+    pub kv_heads: i32,
+    /// D.
+    pub head_dim: i32,
     /// log2(e) / sqrt(D): scores in base-2 units.
-    scale_log2: f32,
+    pub scale_log2: f32,
     /// 1 / sqrt(D).
-    scale: f32,
+    pub scale: f32,
 }
 
-fn plan(d: Dims) -> Result<Plan> {
+/// The kernel width for head dimension `head_dim` (1..=[`MAX_HEAD_DIM`]): 64 or 128.
+pub fn kernel_width(head_dim: usize) -> usize {
+    if head_dim <= 64 {
+        64
+    } else {
+        128
+    }
+}
+
+/// Checks `d` against the kernels' limits and gives the kernel width and scalar arguments.
+pub fn plan(d: Dims) -> Result<Plan> {
     if d.head_dim == 0 || d.head_dim > MAX_HEAD_DIM {
         return Err(Error::invalid(format!(
             "attention: CUDA kernels take head_dim 1..={MAX_HEAD_DIM}, got {}",
@@ -53,7 +73,7 @@ fn plan(d: Dims) -> Result<Plan> {
     // Row indices are i32 in the kernels and may run one tile past T; element offsets are size_t.
     to_i32("attention", d.seq + TILE)?;
     Ok(Plan {
-        width: if d.head_dim <= 64 { 64 } else { 128 },
+        width: kernel_width(d.head_dim),
         seq: to_i32("attention", d.seq)?,
         q_heads: to_i32("attention", d.q_heads)?,
         kv_heads: to_i32("attention", d.kv_heads)?,
@@ -63,28 +83,60 @@ fn plan(d: Dims) -> Result<Plan> {
     })
 }
 
-/// A tiled kernel with `tiles` shared-memory tiles of 32 × width f32, and its launch geometry:
-/// grid (tiles along T, batch · heads).
+/// Geometry of a tiled kernel of `width` with `tiles` shared-memory tiles of 32 × width f32:
+/// grid (⌈seq / 32⌉ tiles along T, `heads` = batch · heads), 128 threads. The `…_geometry`
+/// functions below take dims that [`plan`] accepts (head_dim 1..=[`MAX_HEAD_DIM`]).
+fn tiled_geometry(width: usize, tiles: usize, seq: usize, heads: usize) -> Result<Launch> {
+    let smem = tiles
+        .checked_mul(TILE * width * std::mem::size_of::<f32>())
+        .and_then(|b| u32::try_from(b).ok())
+        .ok_or_else(|| Error::invalid("attention: shared memory size overflows"))?;
+    let x =
+        u32::try_from(seq.div_ceil(TILE)).map_err(|_| Error::invalid("attention: sequence too long for one grid"))?;
+    let y = u32::try_from(heads)
+        .ok()
+        .filter(|&y| y <= 65_535)
+        .ok_or_else(|| Error::invalid(format!("attention: batch × heads = {heads} exceeds the grid limit 65535")))?;
+    Ok(Launch { grid: (x, y, 1), block: (THREADS, 1, 1), shared_bytes: smem })
+}
+
+/// `attention_fwd_d{width}_*`: one block per (query tile, b · Hq + h), 3 tiles of shared memory.
+pub fn forward_geometry(d: Dims) -> Result<Launch> {
+    tiled_geometry(kernel_width(d.head_dim), 3, d.seq, mul("batch × q heads", d.batch, d.q_heads)?)
+}
+
+/// `attention_bwd_dq_d{width}_*`: one block per (query tile, b · Hq + h), 4 tiles.
+pub fn dq_geometry(d: Dims) -> Result<Launch> {
+    tiled_geometry(kernel_width(d.head_dim), 4, d.seq, mul("batch × q heads", d.batch, d.q_heads)?)
+}
+
+/// `attention_bwd_dkdv_d{width}_*`: one block per (key tile, b · Hkv + g), 4 tiles.
+pub fn dkdv_geometry(d: Dims) -> Result<Launch> {
+    tiled_geometry(kernel_width(d.head_dim), 4, d.seq, mul("batch × kv heads", d.batch, d.kv_heads)?)
+}
+
+/// `attention_bwd_delta_*`: one warp per (b, t, h) row, 256 threads per block.
+pub fn delta_geometry(d: Dims) -> Result<Launch> {
+    let rows = mul("batch × seq", d.batch, d.seq).and_then(|bt| mul("batch × seq × q heads", bt, d.q_heads))?;
+    Launch::grid_1d(mul("threads", rows, 32)?, DELTA_THREADS)
+}
+
+fn mul(what: &str, a: usize, b: usize) -> Result<usize> {
+    a.checked_mul(b).ok_or_else(|| Error::invalid(format!("attention: {what} overflows")))
+}
+
+/// A tiled kernel `{name}_d{width}_{suffix}` with shared memory opted into for `geometry`.
 fn tiled(
     dev: &CudaDevice,
     name: &str,
     suffix: &str,
     p: &Plan,
-    tiles: usize,
-    seq: usize,
-    bh: usize,
+    geometry: Launch,
 ) -> Result<(CudaFunction, LaunchConfig)> {
     let f = dev.function("attention", &format!("{name}_d{}_{suffix}", p.width))?;
-    let smem = tiles * TILE * p.width * std::mem::size_of::<f32>();
-    let smem_i = to_i32("attention", smem)?;
+    let smem_i = to_i32("attention", geometry.shared_bytes as usize)?;
     f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem_i)?;
-    let x =
-        u32::try_from(seq.div_ceil(TILE)).map_err(|_| Error::invalid("attention: sequence too long for one grid"))?;
-    let y = u32::try_from(bh)
-        .ok()
-        .filter(|&y| y <= 65_535)
-        .ok_or_else(|| Error::invalid(format!("attention: batch × heads = {bh} exceeds the grid limit 65535")))?;
-    Ok((f, LaunchConfig { grid_dim: (x, y, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: smem as u32 }))
+    Ok((f, LaunchConfig::from(geometry)))
 }
 
 fn expect_len(what: &str, got: usize, want: usize) -> Result<()> {
@@ -119,7 +171,7 @@ pub fn forward<T: CudaFloat>(
     if d.batch * d.seq == 0 {
         return Ok(());
     }
-    let (f, cfg) = tiled(dev, "attention_fwd", T::SUFFIX, &p, 3, d.seq, d.batch * d.q_heads)?;
+    let (f, cfg) = tiled(dev, "attention_fwd", T::SUFFIX, &p, forward_geometry(d)?)?;
     let mut b = dev.stream().launch_builder(&f);
     b.arg(q).arg(k).arg(v).arg(o).arg(lse);
     b.arg(&p.seq).arg(&p.q_heads).arg(&p.kv_heads).arg(&p.head_dim).arg(&p.scale_log2);
@@ -167,7 +219,6 @@ pub fn backward<T: CudaFloat>(
         return Ok(());
     }
 
-    let rows = d.batch * d.seq * d.q_heads;
     let mut delta = dev.alloc::<f32>(d.lse_len())?;
     let f = dev.function("attention", &format!("attention_bwd_delta_{}", T::SUFFIX))?;
     let batch_i = to_i32("attention", d.batch)?;
@@ -175,10 +226,10 @@ pub fn backward<T: CudaFloat>(
     b.arg(o).arg(d_o).arg(delta.slice_mut()).arg(&batch_i).arg(&p.seq).arg(&p.q_heads).arg(&p.head_dim);
     // SAFETY: o, do hold B·T·Hq·D and delta B·Hq·T elements; one warp per (b, t, h) row, and
     // warps past the B·T·Hq rows return before touching memory.
-    unsafe { b.launch(grid_1d(rows * 32, DELTA_THREADS)?) }?;
+    unsafe { b.launch(LaunchConfig::from(delta_geometry(d)?)) }?;
 
     if let Some(dq) = dq {
-        let (f, cfg) = tiled(dev, "attention_bwd_dq", T::SUFFIX, &p, 4, d.seq, d.batch * d.q_heads)?;
+        let (f, cfg) = tiled(dev, "attention_bwd_dq", T::SUFFIX, &p, dq_geometry(d)?)?;
         let mut b = dev.stream().launch_builder(&f);
         b.arg(q).arg(k).arg(v).arg(d_o).arg(lse).arg(delta.slice()).arg(dq);
         b.arg(&p.seq).arg(&p.q_heads).arg(&p.kv_heads).arg(&p.head_dim).arg(&p.scale_log2).arg(&p.scale);
@@ -188,7 +239,7 @@ pub fn backward<T: CudaFloat>(
         unsafe { b.launch(cfg) }?;
     }
     if dk.is_some() || dv.is_some() {
-        let (f, cfg) = tiled(dev, "attention_bwd_dkdv", T::SUFFIX, &p, 4, d.seq, d.batch * d.kv_heads)?;
+        let (f, cfg) = tiled(dev, "attention_bwd_dkdv", T::SUFFIX, &p, dkdv_geometry(d)?)?;
         // A null pointer tells the kernel not to write that gradient.
         let null: u64 = 0;
         let mut b = dev.stream().launch_builder(&f);

@@ -50,6 +50,7 @@ mod cast;
 mod cross_entropy;
 mod elementwise;
 mod embedding;
+mod kv_cache;
 mod nm_pack;
 mod prune_stats;
 mod rms_norm;
@@ -80,6 +81,7 @@ const CONVERTED: &[(&str, fn())] = &[
     ("prune_stats", prune_stats::smoke),
     ("nm_pack", nm_pack::smoke),
     ("sparse", sparse::smoke),
+    ("kv_cache", kv_cache::smoke),
 ];
 
 /// Counts kernels: M is the number of `extern "C" __global__` kernels in `cuda/*.cu` after

@@ -38,18 +38,20 @@ pub fn attention<T: FloatElement>(
     let scale = d.scale() as f32;
     o.par_chunks_mut(dim).enumerate().for_each(|(row, out)| {
         let (n, h) = (row / d.q_heads, row % d.q_heads);
-        let (seq, keys) = (seqs[n], positions[n] + 1);
-        // Start of kv head g's vector at position u of this sequence.
-        let key = |u: u32| d.cache.row_offset(seq, u) + h / d.group() * dim;
+        let keys = positions[n] as usize + 1;
+        // Kv head g of this sequence, [keys, D] with a stride of one cache row (Hkv·D).
+        let start = d.cache.row_offset(seqs[n], 0) + h / d.group() * dim;
+        let (stride, end) = (d.cache.row_len(), start + (keys - 1) * d.cache.row_len() + dim);
+        let (k_head, v_head) = (&k[start..end], &v[start..end]);
         let q_row: Vec<f32> = q[row * dim..(row + 1) * dim].iter().map(|x| x.to_f32() * scale).collect();
-        let scores: Vec<f32> = (0..keys).map(|u| dot(&q_row, &k[key(u)..key(u) + dim])).collect();
+        let scores: Vec<f32> = k_head.chunks(stride).map(|k_u| dot(&q_row, &k_u[..dim])).collect();
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         out.fill(0.0);
         let mut sum = 0f64;
-        for (u, s) in (0..keys).zip(scores) {
+        for (v_u, s) in v_head.chunks(stride).zip(scores) {
             let p = (s - max).exp();
             sum += p as f64;
-            for (acc, x) in out.iter_mut().zip(&v[key(u)..key(u) + dim]) {
+            for (acc, x) in out.iter_mut().zip(&v_u[..dim]) {
                 *acc += p * x.to_f32();
             }
         }

@@ -242,10 +242,11 @@ mod tests {
                 &dev,
             )
         };
-        for chunks in [vec![0..t], vec![0..5, 5..t]] {
+        // Chunk boundaries: the whole prompt, then 5 tokens and the rest.
+        for bounds in [&[0, t][..], &[0, 5, t][..]] {
             let (k_cache, v_cache) = (cache(), cache());
             let mut got = Vec::new();
-            for tokens in chunks {
+            for tokens in bounds.windows(2).map(|w| w[0]..w[1]) {
                 let positions: Vec<u32> = tokens.clone().map(|p| p as u32).collect();
                 let seqs = vec![1; tokens.len()];
                 write(&k_cache, &rows(&k, tokens.clone(), hkv), &seqs, &positions).unwrap();

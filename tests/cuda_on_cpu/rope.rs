@@ -1,9 +1,10 @@
 //! `cuda/rope.cu` on the CPU: `rope_f32` and `rope_bf16` rotating x [batch, seq, heads,
-//! head_dim] for positions pos_offset + t (sign +1, the forward) and back (sign −1, the
-//! backward), against `ops::rope::{forward, backward}` on the CPU with its cuda_matches_cpu
-//! tolerances (f32 1e-5 + 1e-4·|ref|, bf16 1e-2 + 1e-2·|ref|).
+//! head_dim] for positions pos_offset + t (a null positions pointer; sign +1, the forward, and
+//! −1, the backward), and the same tokens [batch·seq, heads, head_dim] at positions of their own
+//! (sign +1), against `ops::rope::{forward, backward, forward_at}` on the CPU with its
+//! cuda_matches_cpu tolerances (f32 1e-5 + 1e-4·|ref|, bf16 1e-2 + 1e-2·|ref|).
 
-use cuda_cpu::{Buffer, Guard};
+use cuda_cpu::{Buffer, Guard, Null};
 use sparsetune::device::cuda::CudaFloat;
 use sparsetune::ops::rope::{self, cpu::inv_freq, cuda::geometry};
 use sparsetune::testing::{assert_close, random_f32};
@@ -25,8 +26,8 @@ const CASES: [(usize, usize, usize, usize, usize, f32); 8] = [
     (1, 2, 1, rope::cuda::MAX_SHARED_BYTES / 4, 11, 10_000.0),
 ];
 
-/// Runs `rope_*` forward and inverse the way `rope::cuda::rotate` launches it and compares
-/// both with the CPU reference.
+/// Runs `rope_*` forward and inverse, and at explicit positions, the way `rope::cuda::rotate`
+/// launches it and compares each with the CPU.
 fn check<T: CudaFloat>(
     (batch, seq, heads, head_dim, offset, theta): (usize, usize, usize, usize, usize, f32),
     guard: Guard,
@@ -46,7 +47,7 @@ fn check<T: CudaFloat>(
             "rope",
             &format!("rope_{}", T::SUFFIX),
             launch,
-            &[&x_buf, &table_buf, &y, &tokens_i, &seq_i, &heads_i, &dim_i, &offset_i, &sign],
+            &[&x_buf, &table_buf, &y, &tokens_i, &seq_i, &heads_i, &dim_i, &offset_i, &Null, &sign],
         );
         let (want, name) = if sign > 0.0 {
             (rope::forward(&x, &table, offset), "y")
@@ -55,6 +56,31 @@ fn check<T: CudaFloat>(
         };
         assert_close(&format!("{what} {name}"), &widen(&y), &want.unwrap().to_f32_vec().unwrap(), atol, rtol);
     }
+
+    // Every token at its own position, out of order, up to 8000; seq and pos_offset unused.
+    let positions: Vec<u32> = (0..tokens).map(|t| ((offset + 4099 * t) % 8001) as u32).collect();
+    let x = tensor::<T>(random_f32(n, 1.0, 32), &[tokens, heads, head_dim]);
+    let (x_buf, y) = (buffer::<T>(&x, guard), nan_buffer::<T>(n, guard));
+    let [one, zero] = i32s([1, 0]);
+    run(
+        "rope",
+        &format!("rope_{}", T::SUFFIX),
+        launch,
+        &[
+            &x_buf,
+            &table_buf,
+            &y,
+            &tokens_i,
+            &one,
+            &heads_i,
+            &dim_i,
+            &zero,
+            &Buffer::from_slice(&positions, guard),
+            &1f32,
+        ],
+    );
+    let want = rope::forward_at(&x, &table, &positions).unwrap().to_f32_vec().unwrap();
+    assert_close(&format!("{what} at positions"), &widen(&y), &want, atol, rtol);
 }
 
 f32_and_bf16_tests!(CASES[0], CASES);

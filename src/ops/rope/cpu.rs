@@ -1,5 +1,7 @@
 //! Rotary position embedding reference, Hugging Face "rotate-half" layout.
-//! x, y: [batch, seq, heads, head_dim] row-major; half = head_dim / 2; p = pos_offset + t.
+//! x, y: [tokens, heads, head_dim] row-major (x [batch, seq, heads, head_dim] has batch·seq
+//! tokens, token t of each sequence at p = pos_offset + t; or one position p per token);
+//! half = head_dim / 2.
 //!   inv_freq_i = 1 / theta^(2i / head_dim)            (f32, as HF computes it)
 //!   angle = p · inv_freq_i                             (one f32 multiply)
 //!   y_i      = x_i·cos(angle) − x_{i+half}·sin(angle)
@@ -11,6 +13,8 @@
 //! this very inv_freq table); only cos/sin of that f32 angle are taken in f64 here, where
 //! the kernel uses precise `sincosf` (about 1 ulp apart even at p ≈ 8000).
 
+use std::borrow::Cow;
+
 use crate::ops::Real;
 
 /// `inv_freq_i = 1 / theta^((2i as f32) / head_dim)` in f32, i < head_dim / 2: HF's
@@ -19,26 +23,51 @@ pub fn inv_freq(theta: f32, head_dim: usize) -> Vec<f32> {
     (0..head_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect()
 }
 
-/// Sizes of a [`rotate`] call: x is [batch, seq, heads, head_dim], positions start at
-/// `pos_offset`.
+/// Sizes of a [`rotate`] call: x is [tokens, heads, head_dim] (a [batch, seq, heads, head_dim]
+/// tensor has batch·seq tokens).
 #[derive(Clone, Copy, Debug)]
 pub struct RopeDims {
-    /// Tokens per sequence (T).
-    pub seq: usize,
+    /// Tokens (rows of heads).
+    pub tokens: usize,
     /// Heads per token (H).
     pub heads: usize,
     /// Features per head (D, even).
     pub head_dim: usize,
-    /// Position of token t = 0.
-    pub pos_offset: usize,
 }
 
-/// y = R(p)·x, or the inverse rotation R(p)ᵀ·x when `inverse` (the backward).
-pub fn rotate<F: Real>(x: &[F], inv_freq: &[f32], d: RopeDims, inverse: bool, y: &mut [F]) {
+/// Where the tokens of a rotation sit.
+#[derive(Clone, Copy, Debug)]
+pub enum Positions<'a> {
+    /// x is [batch, seq, ..]: token t of every sequence at pos_offset + t (training).
+    Offset {
+        /// Tokens per sequence (T).
+        seq: usize,
+        /// Position of token t = 0.
+        pos_offset: usize,
+    },
+    /// One position per token (generation: each row of x at its own place).
+    Each(&'a [u32]),
+}
+
+impl Positions<'_> {
+    /// The position of each of `tokens` tokens.
+    pub fn per_token(&self, tokens: usize) -> Cow<'_, [u32]> {
+        match *self {
+            Positions::Offset { seq, pos_offset } => {
+                Cow::Owned((0..tokens).map(|token| (pos_offset + token % seq) as u32).collect())
+            }
+            Positions::Each(positions) => Cow::Borrowed(positions),
+        }
+    }
+}
+
+/// y = R(p)·x for every token, p = positions[token], or the inverse rotation R(p)ᵀ·x when
+/// `inverse` (the backward). x, y: [tokens, heads, head_dim]; positions: [tokens].
+pub fn rotate<F: Real>(x: &[F], inv_freq: &[f32], d: RopeDims, positions: &[u32], inverse: bool, y: &mut [F]) {
     let half = d.head_dim / 2;
     let sign = if inverse { -1.0 } else { 1.0 };
     for (row, (xr, yr)) in x.chunks_exact(d.head_dim).zip(y.chunks_exact_mut(d.head_dim)).enumerate() {
-        let pos = (d.pos_offset + (row / d.heads) % d.seq) as f32;
+        let pos = positions[row / d.heads] as f32;
         for i in 0..half {
             let angle = (pos * inv_freq[i]) as f64;
             let (sin, cos) = angle.sin_cos();

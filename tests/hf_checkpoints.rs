@@ -370,8 +370,11 @@ fn real_model_through_a_directory_keeps_its_perplexity() {
         let back_tok = back_src.tokenizer().unwrap();
         assert_eq!(sparsetune::data::tokenize_file(&back_tok, &text, "text").unwrap(), ids, "{dtype}: ids differ");
         let back = back_src.load(&dev, dtype).unwrap();
-        let a = sparsetune::eval::perplexity(&model, &windows, |_, _| {}).unwrap().perplexity;
-        let b = sparsetune::eval::perplexity(&back, &windows, |_, _| {}).unwrap().perplexity;
+        let ppl = |m: &sparsetune::model::llama::Llama| {
+            let engine = sparsetune::infer::InferModel::new(m.clone(), sparsetune::infer::SparseMode::Off).unwrap();
+            sparsetune::eval::perplexity(&engine, &windows, |_, _| {}).unwrap().perplexity
+        };
+        let (a, b) = (ppl(&model), ppl(&back));
         println!("{dtype}: GGUF {a:.4}, directory {b:.4}");
         assert!((a - b).abs() <= 1e-3 * a, "{dtype}: perplexity {a} from GGUF, {b} from the directory");
         common::remove_scratch(&out);

@@ -31,7 +31,8 @@ fn obama_ppl(seq_len: usize, windows: usize) -> Option<f64> {
     let ids = tokenize_file(tok, &text, "text").expect("tokenize");
     let streams = vec![ids];
     let w = windows_of_streams(&streams, seq_len, Some(windows)).expect("windows");
-    Some(perplexity(model, &w, |_, _| {}).expect("perplexity").perplexity)
+    let engine = sparsetune::infer::InferModel::new(model.clone(), sparsetune::infer::SparseMode::Off).unwrap();
+    Some(perplexity(&engine, &w, |_, _| {}).expect("perplexity").perplexity)
 }
 
 #[test]
@@ -76,7 +77,11 @@ fn perplexity_eight_windows_match_reference() {
 fn greedy_generation_is_coherent() {
     let Some((m, tok)) = model() else { return };
     let prompt = tok.encode("The capital of France is").unwrap();
-    let out = m.generate_greedy(&prompt, 6, tok.eos_token_id()).unwrap();
+    let engine = sparsetune::infer::InferModel::new(m.clone(), sparsetune::infer::SparseMode::Off).unwrap();
+    let stop: Vec<u32> = tok.eos_token_id().into_iter().collect();
+    let opts = sparsetune::infer::GenerateOptions { max_new: 6, stop };
+    let greedy = |_: usize, l: &[f32]| sparsetune::infer::sample::argmax(l);
+    let out = engine.generate(&[prompt], &opts, greedy, |_, _| Ok(())).unwrap().tokens.remove(0);
     let text = tok.decode(&out).unwrap();
     println!("generated: {text:?}");
     assert!(text.contains("Paris"), "greedy continuation {text:?} does not name Paris");

@@ -54,6 +54,9 @@ enum BenchKind {
         #[arg(long)]
         overwrite: bool,
     },
+    /// Prefill and decode tokens/s of a model as loaded (pruned linears compressed) against
+    /// the same weights dense, interleaved; one JSON line per variant.
+    Decode(super::bench_decode::DecodeArgs),
     /// Upper Cholesky factor of H⁻¹ (SparseGPT's step 3) for an n×n SPD matrix.
     Cholesky {
         /// Matrix size.
@@ -177,6 +180,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         BenchKind::MakeModel { shape, dtype, max_shard_size, out, overwrite } => {
             make_model(&shape, &dtype, &max_shard_size, &out, overwrite)?
         }
+        BenchKind::Decode(d) => super::bench_decode::run(d, &device, a.reps)?,
         BenchKind::Cholesky { n } => {
             let h = spd(n);
             let secs = match cuda(&device) {
@@ -338,7 +342,7 @@ fn token_stream(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 /// `part`'s weights for `config`: matrices uniform in ±0.035 (about N(0, 0.02)'s spread),
 /// norms 1, filled in parallel from a hash of the name and position (a 7B model in
 /// seconds, where the seeded Gaussian generator takes minutes).
-fn fast_random_tensor(part: &Part, config: &LlamaConfig, dtype: DType, device: &Device) -> Result<Tensor> {
+pub(super) fn fast_random_tensor(part: &Part, config: &LlamaConfig, dtype: DType, device: &Device) -> Result<Tensor> {
     use rayon::prelude::*;
     let shape = part.shape(config);
     let n: usize = shape.iter().product();

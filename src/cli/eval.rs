@@ -1,4 +1,4 @@
-//! `sparsetune eval` and `sparsetune generate`.
+//! `sparsetune eval`: perplexity of a model over text files.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -8,6 +8,7 @@ use clap::Args;
 use super::{default_asset, default_model, device_and_dtype, progress, DataArgs};
 use crate::data::{window_streams, windows_of_streams};
 use crate::eval::perplexity;
+use crate::infer::{InferModel, SparseMode};
 use crate::io::outputs::{new_write_id, role, write_stamp, OutputKind, OutputPlan};
 use crate::model::llama;
 use crate::Result;
@@ -34,6 +35,10 @@ pub struct EvalArgs {
     windows: Option<usize>,
     #[command(flatten)]
     data: DataArgs,
+    /// Decoder linears stored compressed and run by the sparse kernels: auto (those with
+    /// at least 25% zeros), on, off.
+    #[arg(long, default_value = "auto")]
+    sparse: String,
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -53,26 +58,6 @@ pub struct EvalArgs {
     /// write (never an input).
     #[arg(long)]
     overwrite: bool,
-}
-
-/// Arguments of `sparsetune generate`.
-#[derive(Args, Debug)]
-pub struct GenerateArgs {
-    /// Model (default: SmolLM2-135M).
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// Prompt text.
-    #[arg(long)]
-    prompt: String,
-    /// Tokens to generate.
-    #[arg(long, default_value_t = 20)]
-    max_new: usize,
-    /// cpu or cuda.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// f32 or bf16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
 }
 
 /// Runs `eval`.
@@ -111,8 +96,9 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         ];
         crate::io::write_owned(path, &entries, &write_stamp(&new_write_id(), role::LOGITS))?;
     }
+    let engine = InferModel::new(model, SparseMode::parse(&a.sparse)?)?;
     let pb = progress::bar(windows.len() as u64, "eval");
-    let report = perplexity(&model, &windows, |done, _| pb.set_position(done as u64))?;
+    let report = perplexity(&engine, &windows, |done, _| pb.set_position(done as u64))?;
     pb.finish_and_clear();
     if a.json {
         let v = serde_json::json!({
@@ -130,6 +116,8 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
             "seq_len": a.seq_len,
             "device": device.label(),
             "dtype": dtype.as_str(),
+            "sparse": a.sparse,
+            "linears": engine.choices,
         });
         println!("{v}");
     } else {
@@ -145,20 +133,5 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
             report.seconds, report.tokens_per_second, load_seconds
         );
     }
-    Ok(())
-}
-
-/// Runs `generate`.
-pub fn run_generate(a: GenerateArgs) -> Result<()> {
-    let model_path = match a.model {
-        Some(p) => p,
-        None => default_model()?,
-    };
-    let (device, dtype) = device_and_dtype(&a.device, &a.dtype)?;
-    let tokenizer = llama::load_tokenizer(&model_path)?;
-    let model = llama::load(&model_path, &device, dtype)?;
-    let prompt = tokenizer.encode(&a.prompt)?;
-    let out = model.generate_greedy(&prompt, a.max_new, tokenizer.eos_token_id())?;
-    println!("{}{}", a.prompt, tokenizer.decode(&out)?);
     Ok(())
 }

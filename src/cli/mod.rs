@@ -2,8 +2,10 @@
 //! `--json`); progress bars and warnings go to stderr.
 
 mod bench;
+mod bench_decode;
 mod eval;
 mod finetune;
+mod generate;
 mod plan;
 mod progress;
 mod prune;
@@ -29,8 +31,9 @@ pub struct Cli {
 enum Command {
     /// Perplexity of a model over text files, in non-overlapping windows.
     Eval(eval::EvalArgs),
-    /// Greedy continuation of a prompt (a smoke check of a model).
-    Generate(eval::GenerateArgs),
+    /// Continue a prompt (or answer it with --chat) with a KV cache, greedy or sampled,
+    /// on the model as stored (pruned linears run compressed).
+    Generate(generate::GenerateArgs),
     /// Prune a model (magnitude, Wanda, SparseGPT, RIA; unstructured or N:M).
     Prune(prune::PruneArgs),
     /// The main job: dense eval → prune → eval → repair → merge → eval, with a report.
@@ -48,7 +51,7 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Eval(a) => eval::run_eval(a),
-        Command::Generate(a) => eval::run_generate(a),
+        Command::Generate(a) => generate::run(a),
         Command::Prune(a) => prune::run(a),
         Command::Run(a) => run::run(a),
         Command::Finetune(a) => finetune::run(a),

@@ -25,6 +25,7 @@ use super::{default_asset, default_model, device_and_dtype, progress, DataArgs};
 use crate::data::{calibration_windows, sotu_files, window_streams, windows_of_streams};
 use crate::eval::perplexity;
 use crate::finetune::{checkpoint, LoraOptions, Repair, RepairMethod, RepairOptions, TrainConfig, TrainData};
+use crate::infer::{InferModel, SparseMode};
 use crate::io::outputs::{
     hash_data_files, model_hash, role, OutputKind, OutputPlan, Provenance, RunManifest, META_WRITTEN_BY,
 };
@@ -245,7 +246,8 @@ pub fn run(a: RunArgs) -> Result<()> {
     let eval_windows = windows_of_streams(&eval_streams, 512, Some(a.eval_windows))?;
     let evaluate = |m: &Llama, what: &str| -> Result<(f64, f64)> {
         let pb = progress::bar(eval_windows.len() as u64, &format!("eval {what}"));
-        let r = perplexity(m, &eval_windows, |done, _| pb.set_position(done as u64))?;
+        let engine = InferModel::new(m.clone(), SparseMode::Auto)?;
+        let r = perplexity(&engine, &eval_windows, |done, _| pb.set_position(done as u64))?;
         pb.finish_and_clear();
         Ok((r.perplexity, r.seconds))
     };

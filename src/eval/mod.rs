@@ -1,11 +1,12 @@
 //! Perplexity over token windows: `exp(mean next-token loss)` where the mean runs over
-//! every scored position of every window (a window of n tokens scores n − 1 positions).
+//! every scored position of every window (a window of n tokens scores n − 1 positions),
+//! computed by the inference engine (each window one prefill step).
 
 use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::model::llama::Llama;
+use crate::infer::InferModel;
 use crate::Result;
 
 /// Result of [`perplexity`].
@@ -27,7 +28,7 @@ pub struct PerplexityReport {
 
 /// Perplexity of `model` over `windows`; `progress(done, total)` is called after each.
 pub fn perplexity(
-    model: &Llama,
+    model: &InferModel,
     windows: &[&[u32]],
     mut progress: impl FnMut(usize, usize),
 ) -> Result<PerplexityReport> {

@@ -1,5 +1,10 @@
-//! generation engine: KV cache, prefill/decode, sampling, chat template (no tape).
+//! The generation engine: the model as stored for inference, a KV cache, prefill and
+//! batched decode steps, sampling and chat templates (no tape).
 //!
+//! - [`InferModel`] (model.rs): decoder linears dense or compressed (`--sparse
+//!   auto|on|off`), applied as stored by `ops::infer_linear`.
+//! - engine.rs: [`KvCache`], [`InferModel::step`] (prefill or decode), [`InferModel::generate`]
+//!   for a batch of prompts of different lengths, [`InferModel::window_loss_sum`] (eval).
 //! - [`sample`]: the next token from a row of logits (greedy, or a seeded draw after
 //!   temperature, top-k and top-p, as transformers' `generate` applies them).
 //! - [`chat`]: a conversation rendered to a prompt with the model's chat template, as
@@ -8,5 +13,12 @@
 //!   `config.json`, or the tokenizer's EOS).
 
 pub mod chat;
+mod engine;
 pub mod generation_config;
+mod model;
 pub mod sample;
+
+pub use engine::{Finish, GenerateOptions, Generation, KvCache};
+pub use model::{
+    detect_format, format_name, InferLayer, InferLinear, InferModel, LinearChoice, SparseMode, AUTO_MIN_SPARSITY,
+};

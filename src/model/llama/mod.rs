@@ -1,4 +1,4 @@
-//! LLaMA: config, tensor names, weights, forward to logits and loss, greedy generation,
+//! LLaMA: config, tensor names, weights, forward to logits and loss (generation: `crate::infer`),
 //! loading (GGUF, safetensors files, sharded Hugging Face checkpoints) and saving
 //! (safetensors).
 

@@ -261,33 +261,6 @@ impl Llama {
         cross_entropy::forward_sum(&logits, &targets)
     }
 
-    /// Greedy decoding of up to `max_new` tokens after `prompt` (no KV cache: a smoke
-    /// check, O(n²)); stops early at `stop`.
-    pub fn generate_greedy(&self, prompt: &[u32], max_new: usize, stop: Option<u32>) -> Result<Vec<u32>> {
-        if prompt.is_empty() {
-            return Err(Error::invalid("generation needs a non-empty prompt"));
-        }
-        let mut tokens = prompt.to_vec();
-        for _ in 0..max_new {
-            let ids = Tensor::from_vec(tokens.clone(), [1, tokens.len()], self.device())?;
-            let h = self.hidden(None, &ids, ForwardOptions::default())?;
-            let dim = self.config.hidden_size;
-            let last = h.to_f32_vec()?.split_off((tokens.len() - 1) * dim);
-            let last = Tensor::from_f32(last, [1, dim], self.dtype(), self.device())?;
-            let logits = ops::matmul::forward(&last, self.head(), false, true)?.to_f32_vec()?;
-            let next = logits
-                .iter()
-                .enumerate()
-                .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
-                .0 as u32;
-            tokens.push(next);
-            if Some(next) == stop {
-                break;
-            }
-        }
-        Ok(tokens[prompt.len()..].to_vec())
-    }
-
     /// A model with random weights (normal, std 0.02 for matrices; norms 1 + N(0, 0.1²)),
     /// seeded, for tests and benchmarks.
     pub fn random(config: &LlamaConfig, dtype: DType, device: &Device, seed: u64) -> Result<Llama> {

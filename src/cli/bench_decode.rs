@@ -1,0 +1,227 @@
+//! `sparsetune bench decode`: prefill and decode speed of the model as loaded (pruned
+//! linears compressed and run by the sparse kernels) against the same weights dense,
+//! interleaved in one process (`--reps` rounds, medians), with the weight bytes one decode
+//! step reads and the machine's streaming-read bandwidth measured by the bench itself.
+//! One JSON line per variant: `variant` (dense | sparse), `format`,
+//! `decode_tokens_per_second`, `prefill_tokens_per_second`, `weight_bytes`, `read_gbps`
+//! (weight bytes × decode tokens/s), `machine_read_gbps`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+
+use crate::finetune::plan;
+use crate::infer::sample::argmax;
+use crate::infer::{GenerateOptions, InferModel, SparseMode};
+use crate::model::llama::{self, Llama, Part};
+use crate::{DType, Device, Error, Result, Tensor};
+
+/// Arguments of `sparsetune bench decode`.
+#[derive(Args, Debug)]
+pub struct DecodeArgs {
+    /// A model (pruned or not): compressed where its linears have zeros (`--sparse auto`).
+    #[arg(long, conflicts_with = "shape")]
+    model: Option<PathBuf>,
+    /// Instead of --model, random weights of a known shape (llama2-7b, llama2-13b,
+    /// llama3-8b, smollm2-135m), magnitude-pruned by --sparsity or --nm.
+    #[arg(long)]
+    shape: Option<String>,
+    /// With --shape: fraction of each row's weights pruned (smallest magnitudes).
+    #[arg(long, requires = "shape", conflicts_with = "nm")]
+    sparsity: Option<f64>,
+    /// With --shape: N:M pruning (the N largest magnitudes of every M inputs kept).
+    #[arg(long, requires = "shape")]
+    nm: Option<String>,
+    /// With --shape: keep only the first L decoder layers (a smaller model of the same
+    /// widths, where memory does not hold all of them twice).
+    #[arg(long, requires = "shape")]
+    layers: Option<usize>,
+    /// Weight and activation dtype: bf16 or f32.
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
+    /// Tokens generated per measurement.
+    #[arg(long, default_value_t = 128)]
+    tokens: usize,
+    /// Prompt tokens before decoding (the prefill measured).
+    #[arg(long, default_value_t = 512)]
+    context: usize,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+/// One variant's medians.
+struct Measured {
+    prefill: Vec<f64>,
+    decode: Vec<f64>,
+}
+
+/// Runs `bench decode` on `device` with `reps` interleaved rounds.
+pub fn run(a: DecodeArgs, device: &Device, reps: usize) -> Result<()> {
+    let dtype: DType = a.dtype.parse()?;
+    if !dtype.is_compute_float() {
+        return Err(Error::invalid(format!("--dtype must be f32 or bf16, not {dtype}")));
+    }
+    if a.tokens == 0 || a.context == 0 {
+        return Err(Error::invalid("--tokens and --context must be at least 1"));
+    }
+    let mut pool = rayon::ThreadPoolBuilder::new();
+    if let Some(t) = a.threads {
+        if t == 0 {
+            return Err(Error::invalid("--threads must be at least 1"));
+        }
+        pool = pool.num_threads(t);
+    }
+    let pool = pool.build().map_err(|e| Error::invalid(format!("--threads: {e}")))?;
+    let threads = pool.current_num_threads();
+    pool.install(|| {
+        let (model, what, sparse_mode) = build_model(&a, dtype, device)?;
+        let vocab = model.config.vocab_size;
+        let variants = [
+            ("dense", InferModel::new(model.clone(), SparseMode::Off)?),
+            ("sparse", InferModel::new(model, sparse_mode)?),
+        ];
+        let machine = machine_read_gbps();
+        let prompt = prompt_tokens(a.context, vocab);
+        let opts = GenerateOptions { max_new: a.tokens, stop: vec![] };
+        let mut measured: Vec<Measured> =
+            variants.iter().map(|_| Measured { prefill: vec![], decode: vec![] }).collect();
+        for round in 0..=reps.max(1) {
+            for ((_, v), m) in variants.iter().zip(&mut measured) {
+                let gen = v.generate(std::slice::from_ref(&prompt), &opts, |_, l| argmax(l), |_, _| Ok(()))?;
+                if round > 0 {
+                    // Round 0 warms caches and the allocator.
+                    m.prefill.push(gen.prefill_tokens_per_second());
+                    m.decode.push(gen.decode_tokens_per_second());
+                }
+            }
+        }
+        for ((name, v), m) in variants.iter().zip(&mut measured) {
+            let decode = median(&mut m.decode);
+            let weight_bytes = v.weight_bytes_per_token();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "bench": "decode", "variant": name, "format": format_of(v), "model": what,
+                    "layers": v.layers.len(), "dtype": dtype.as_str(), "device": device.label(),
+                    "threads": threads, "context": a.context, "tokens": a.tokens, "reps": reps.max(1),
+                    "decode_tokens_per_second": decode,
+                    "prefill_tokens_per_second": median(&mut m.prefill),
+                    "weight_bytes": weight_bytes,
+                    "read_gbps": weight_bytes as f64 * decode / 1e9,
+                    "machine_read_gbps": machine,
+                })
+            );
+        }
+        Ok(())
+    })
+}
+
+/// The model to measure, a label for the report, and the mode of its sparse variant.
+fn build_model(a: &DecodeArgs, dtype: DType, device: &Device) -> Result<(Llama, String, SparseMode)> {
+    if let Some(path) = &a.model {
+        return Ok((llama::load(path, device, dtype)?, path.display().to_string(), SparseMode::Auto));
+    }
+    let shape = a.shape.as_deref().ok_or_else(|| Error::invalid("bench decode needs --model or --shape"))?;
+    let mut config = plan::shape(shape)?;
+    if let Some(l) = a.layers {
+        if l == 0 || l > config.num_hidden_layers {
+            return Err(Error::invalid(format!("--layers {l}: {shape} has {} layers", config.num_hidden_layers)));
+        }
+        config.num_hidden_layers = l;
+    }
+    let prune = match (a.sparsity, a.nm.as_deref()) {
+        (Some(s), None) if (0.0..1.0).contains(&s) => Prune::Unstructured(s),
+        (Some(s), None) => return Err(Error::invalid(format!("--sparsity {s} is outside [0, 1)"))),
+        (None, Some(nm)) => {
+            let (n, m) = super::prune::parse_nm(nm)?;
+            Prune::NM(n, m)
+        }
+        _ => return Err(Error::invalid("--shape needs --sparsity S or --nm N:M")),
+    };
+    let model = Llama::from_named(config.clone(), |part| {
+        let t = super::bench::fast_random_tensor(part, &config, DType::F32, &Device::cpu())?;
+        let t = match part {
+            Part::Linear(..) => pruned(&t, prune)?,
+            _ => t,
+        };
+        Tensor::from_f32(t.to_f32_vec()?, t.dims().to_vec(), dtype, device)
+    })?;
+    Ok((model, format!("{shape} random, {prune:?}"), SparseMode::On))
+}
+
+/// How `bench decode --shape` prunes each linear.
+#[derive(Clone, Copy, Debug)]
+enum Prune {
+    /// The smallest fraction of each row.
+    Unstructured(f64),
+    /// The N largest of every M consecutive inputs kept.
+    NM(usize, usize),
+}
+
+/// `w` [rows, cols] with the entries `p` prunes set to zero (by magnitude, ties to the
+/// higher column).
+fn pruned(w: &Tensor, p: Prune) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let [_, cols] = w.shape().dims_n::<2>("bench decode")?;
+    let mut v = w.to_f32_vec()?;
+    let group = match p {
+        Prune::Unstructured(_) => cols,
+        Prune::NM(_, m) if cols % m == 0 => m,
+        Prune::NM(n, m) => return Err(Error::invalid(format!("--nm {n}:{m}: {cols} columns are not groups of {m}"))),
+    };
+    let drop = |len: usize| match p {
+        Prune::Unstructured(s) => (len as f64 * s).round() as usize,
+        Prune::NM(n, m) => m - n.min(m),
+    };
+    v.par_chunks_mut(group).for_each(|g| {
+        let mut order: Vec<usize> = (0..g.len()).collect();
+        order.sort_by(|&x, &y| g[x].abs().total_cmp(&g[y].abs()).then(y.cmp(&x)));
+        for &i in &order[..drop(g.len())] {
+            g[i] = 0.0;
+        }
+    });
+    Tensor::from_f32(v, w.dims().to_vec(), DType::F32, w.device())
+}
+
+/// The format of a variant's decoder linears: one name, or `mixed (…)` with counts.
+fn format_of(m: &InferModel) -> String {
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for c in &m.choices {
+        *counts.entry(c.format.as_str()).or_default() += 1;
+    }
+    match counts.len() {
+        1 => counts.keys().next().map_or(String::new(), |k| k.to_string()),
+        _ => format!("mixed ({})", counts.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", ")),
+    }
+}
+
+/// A prompt of `n` ids spread over the vocabulary.
+fn prompt_tokens(n: usize, vocab: usize) -> Vec<u32> {
+    (0..n as u64).map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 33) as u32 % vocab as u32).collect()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// GB/s of summing a 1 GiB buffer with the current pool's threads (best of 5): the read
+/// bandwidth a decode step's weight reads can reach.
+fn machine_read_gbps() -> f64 {
+    use rayon::prelude::*;
+    let words = (1usize << 30) / 8;
+    let buf: Vec<u64> = (0..words as u64).into_par_iter().map(|i| i.wrapping_mul(0x9e37_79b9)).collect();
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let sum = buf
+            .par_chunks(1 << 16)
+            .map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x)))
+            .reduce(|| 0, u64::wrapping_add);
+        std::hint::black_box(sum);
+        best = best.max((words * 8) as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}

@@ -20,6 +20,12 @@ transformers loads the directories sparsetune writes.
         computes). Checks on the way that loading each directory and saving it again writes
         the same file. Needs torch, gguf and accelerate besides transformers.
 
+    python scripts/hf_fixtures.py generate [--out tests/fixtures/hf]
+        For every fixture directory with weights: transformers' greedy continuation
+        (`generate(do_sample=False)`, float32, the directory's generation_config.json) of
+        the first GENERATE_PROMPT ids of `reference.json`, up to GENERATE_NEW tokens, into
+        `generate.json` (`prompt_ids`, `max_new_tokens`, `tokens`: the new ids).
+
     python scripts/hf_fixtures.py check --ours DIR --logits OURS.safetensors [--text FILE]
                                         [--windows 4] [--atol 1e-4] [--rtol 1e-4]
         Loads DIR (written by `sparsetune prune/finetune/run --out DIR`) with
@@ -97,6 +103,32 @@ def reference(model, tokenizer, out):
     save_file({"logits": logits}, os.path.join(out, "logits.safetensors"))
     with open(os.path.join(out, "reference.json"), "w") as f:
         json.dump({"text": FIXTURE_TEXT, "ids": ids, "window": WINDOW}, f, indent=1)
+
+
+GENERATE_PROMPT = 12
+GENERATE_NEW = 20
+
+
+def generate(out):
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    for name in sorted(os.listdir(out)):
+        d = os.path.join(out, name)
+        if not os.path.exists(os.path.join(d, "reference.json")):
+            continue
+        with open(os.path.join(d, "reference.json")) as f:
+            prompt = json.load(f)["ids"][:GENERATE_PROMPT]
+        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+        with torch.no_grad():
+            full = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=GENERATE_NEW)
+        tokens = [int(t) for t in full[0][len(prompt):]]
+        with open(os.path.join(d, "generate.json"), "w") as f:
+            json.dump({"prompt_ids": prompt, "max_new_tokens": GENERATE_NEW, "tokens": tokens,
+                       "transformers_version": transformers.__version__}, f, indent=1)
+            f.write("\n")
+        print("wrote", os.path.join(d, "generate.json"), tokens)
 
 
 def rewrite_config(path, edit):
@@ -443,6 +475,8 @@ def main():
     g.add_argument(
         "--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "hf", "configs-5.24")
     )
+    n = sub.add_parser("generate")
+    n.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "hf"))
     c = sub.add_parser("check")
     c.add_argument("--ours", required=True)
     c.add_argument("--logits", required=True)
@@ -456,6 +490,9 @@ def main():
         return 0
     if a.cmd == "configs":
         configs(os.path.normpath(a.out))
+        return 0
+    if a.cmd == "generate":
+        generate(os.path.normpath(a.out))
         return 0
     return check(a.ours, a.logits, a.text, a.windows, a.atol, a.rtol)
 

@@ -7,7 +7,10 @@
 //!   tolerance, so a scaling key that was ignored would fail the test;
 //! - the refused forms give an error naming the key;
 //! - sharded bf16 loads from the directory and from the index, in its stored dtype;
-//! - a damaged index is refused by name.
+//! - a damaged index is refused by name;
+//! - greedy generation by the inference engine (KV cache, the directory's stop ids) gives
+//!   the tokens of transformers' `generate(do_sample=False)` (`scripts/hf_fixtures.py
+//!   generate`, float32) in every accepted form.
 //!
 //! And config.json files written by transformers 5.24.0 for full-size LLaMA-2-7B,
 //! LLaMA-3.1-8B and Mistral-7B shapes and for a LLaMA-2-7B config rebuilt from GGUF metadata
@@ -60,6 +63,26 @@ fn compare(got: &[f32], want: &[f32], atol: f32, rtol: f32) -> (f32, bool) {
 
 const ACCEPTED: &[&str] =
     &["llama-tf5-tied", "llama-legacy", "llama3-untied", "linear-legacy", "dynamic", "bf16-sharded", "f16", "mistral"];
+
+#[test]
+fn greedy_generation_gives_the_tokens_of_transformers_generate() {
+    use sparsetune::infer::{generation_config::stop_ids, sample::argmax, GenerateOptions, InferModel, SparseMode};
+    for name in ACCEPTED {
+        let dir = fixtures().join(name);
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("generate.json")).unwrap()).unwrap();
+        let ids = |key: &str| -> Vec<u32> {
+            json[key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+        };
+        let src = ModelSource::open(&dir).unwrap();
+        let model = src.load(&Device::cpu(), DType::F32).unwrap();
+        let stop = stop_ids(&dir, &src.tokenizer().unwrap(), model.config.vocab_size).unwrap();
+        let engine = InferModel::new(model, SparseMode::Off).unwrap();
+        let opts = GenerateOptions { max_new: json["max_new_tokens"].as_u64().unwrap() as usize, stop };
+        let gen = engine.generate(&[ids("prompt_ids")], &opts, |_, l| argmax(l), |_, _| Ok(())).unwrap();
+        assert_eq!(gen.tokens[0], ids("tokens"), "{name}: greedy tokens differ from transformers'");
+    }
+}
 
 #[test]
 fn every_accepted_form_matches_transformers() {

@@ -1,6 +1,8 @@
 //! The `sparsetune` binary: `eval --json` on the real model reproduces the reference
 //! perplexity, and bad input (empty text, seq-len larger than the text, a missing or
-//! corrupt model) fails with a clear message and exit code 1, never a panic.
+//! corrupt model) fails with a clear message and exit code 1, never a panic; `generate
+//! --json` reports tokens and speeds, repeats its draw for a seed, and refuses bad flags,
+//! a missing chat template and a prompt beyond the context by name.
 
 mod common;
 
@@ -380,4 +382,54 @@ fn bench_step_reports_throughput_and_peak_next_to_the_plan() {
         let (peak, plan) = (r["peak_bytes"].as_f64().unwrap(), r["planned_peak_bytes"].as_f64().unwrap());
         assert!((peak - plan).abs() <= 0.10 * plan, "{}: measured {peak} vs planned {plan}", r["method"]);
     }
+}
+
+/// A tiny checkpoint written by transformers (tests/fixtures/hf), without a chat template.
+fn fixture_model() -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/llama3-untied").display().to_string()
+}
+
+#[test]
+fn generate_json_reports_tokens_and_speeds_and_a_seed_repeats_its_draw() {
+    let model = fixture_model();
+    let run = |seed: &str| {
+        let args =
+            ["generate", "--model", &model, "--prompt", "Call me Ishmael.", "--max-new", "12", "--temperature", "0.9"];
+        let (code, stdout, stderr) =
+            sparsetune(&[&args[..], &["--top-k", "40", "--top-p", "0.9", "--seed", seed, "--json"]].concat());
+        assert_eq!(code, 0, "stderr: {stderr}");
+        serde_json::from_str::<serde_json::Value>(stdout.trim())
+            .unwrap_or_else(|e| panic!("not one JSON object ({e}): {stdout}"))
+    };
+    let (a, b, c) = (run("7"), run("7"), run("8"));
+    assert_eq!(a["tokens"], b["tokens"], "the same seed drew different tokens");
+    assert_ne!(a["tokens"], c["tokens"], "seeds 7 and 8 drew the same 12 tokens");
+    let n = a["tokens"].as_array().unwrap().len();
+    assert!((1..=12).contains(&n), "{n} tokens");
+    for key in ["prefill_tokens_per_second", "decode_tokens_per_second"] {
+        assert!(a[key].as_f64().unwrap() > 0.0, "{key}: {}", a[key]);
+    }
+    assert!(a["text"].is_string());
+    assert_eq!(a["linears"].as_array().unwrap().len(), 2 * 7, "one format per decoder linear");
+}
+
+#[test]
+fn generate_refuses_what_it_cannot_do_by_name() {
+    let model = fixture_model();
+    let gen = |extra: &[&str]| {
+        let (code, _, err) = sparsetune(&[&["generate", "--model", &model, "--prompt", "Call me"][..], extra].concat());
+        assert_eq!(code, 1, "{extra:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        err
+    };
+    assert!(gen(&["--max-new", "0"]).contains("--max-new"));
+    assert!(gen(&["--temperature", "1", "--top-p", "1.5"]).contains("--top-p"));
+    assert!(gen(&["--temperature", "1", "--top-p", "0"]).contains("--top-p"));
+    assert!(gen(&["--chat"]).contains("no chat template"));
+    assert!(gen(&["--sparse", "maybe"]).contains("--sparse"));
+    // The fixture's context is 128 positions.
+    let long = "Ishmael ".repeat(200);
+    let (code, _, err) = sparsetune(&["generate", "--model", &model, "--prompt", &long]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--prompt") && err.contains("context"), "{err}");
 }

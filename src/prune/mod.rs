@@ -581,8 +581,7 @@ pub fn prune_layers(
         store.put(l, layer)?;
         let numel: usize = linears.iter().map(|r| r.rows * r.cols).sum();
         let achieved = linears.iter().map(|r| r.sparsity * (r.rows * r.cols) as f64).sum::<f64>() / numel as f64;
-        let report =
-            LayerReport { layer: l, target, achieved, linears, seconds: t0.elapsed().as_secs_f64() };
+        let report = LayerReport { layer: l, target, achieved, linears, seconds: t0.elapsed().as_secs_f64() };
         progress(&report);
         layers.push(report);
     }

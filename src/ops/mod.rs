@@ -15,6 +15,7 @@ pub mod cast;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
+pub mod infer_linear;
 pub mod masked_lora;
 pub mod matmul;
 pub mod nm_pack;

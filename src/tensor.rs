@@ -268,7 +268,7 @@ impl Tensor {
     /// A tensor from raw little-endian bytes of `dtype` (the inverse of [`Tensor::to_le_bytes`]).
     pub fn from_le_bytes(bytes: &[u8], dtype: DType, shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
         fn build<T: Element>(bytes: &[u8], shape: Shape, device: &Device) -> Result<Tensor> {
-            if bytes.len() % std::mem::size_of::<T>() != 0 {
+            if !bytes.len().is_multiple_of(std::mem::size_of::<T>()) {
                 return Err(Error::invalid(format!("{} bytes do not hold whole {} values", bytes.len(), T::DTYPE)));
             }
             // Copy into an aligned vector: file data need not be aligned for T.

@@ -175,7 +175,7 @@ pub(super) fn train(
         pb.inc(1);
         let stop = stop_after == Some(this_run);
         if let Some((dir, every, made_from)) = checkpoint {
-            if repair.trainer.step % every == 0 || repair.done() || stop {
+            if repair.trainer.step.is_multiple_of(every) || repair.done() || stop {
                 repair.save_with(&checkpoint::path_in(dir), Some(made_from))?;
             }
         }

@@ -190,7 +190,10 @@ impl Repair {
             }
         }
         let record = self.trainer.train_step(data)?;
-        if self.method == RepairMethod::Seft && self.trainer.step % self.opts.seft.interval == 0 && !self.done() {
+        if self.method == RepairMethod::Seft
+            && self.trainer.step.is_multiple_of(self.opts.seft.interval)
+            && !self.done()
+        {
             self.evolutions.push(seft::evolve(&mut self.trainer, data, &self.opts.seft)?);
         }
         Ok(record)

@@ -117,7 +117,7 @@ pub fn open_regular(path: impl AsRef<Path>) -> Result<File> {
 
 /// `bytes` in words: "64 MiB" when a whole number of MiB, else "N bytes".
 fn size_words(bytes: u64) -> String {
-    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
         format!("{} MiB", bytes >> 20)
     } else {
         format!("{bytes} bytes")

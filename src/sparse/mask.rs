@@ -23,7 +23,7 @@ impl BitMask {
     pub fn all_kept(rows: usize, cols: usize) -> Self {
         let stride = Self::stride_for(cols);
         let mut bytes = vec![0xFFu8; rows * stride];
-        if cols % 8 != 0 {
+        if !cols.is_multiple_of(8) {
             let last = (1u8 << (cols % 8)) - 1;
             for r in 0..rows {
                 bytes[r * stride + stride - 1] = last;
@@ -68,7 +68,7 @@ impl BitMask {
                 bytes.len()
             )));
         }
-        if cols % 8 != 0 {
+        if !cols.is_multiple_of(8) {
             let pad = !((1u8 << (cols % 8)) - 1);
             if (0..rows).any(|r| bytes[r * stride + stride - 1] & pad != 0) {
                 return Err(Error::invalid("bitmask has bits set beyond the last column"));

@@ -27,7 +27,7 @@ pub fn check_nm(n: usize, m: usize, cols: usize) -> Result<()> {
     if n == 0 || n >= m {
         return Err(Error::invalid(format!("N:M needs 0 < N < M, got {n}:{m}")));
     }
-    if cols % m != 0 {
+    if !cols.is_multiple_of(m) {
         return Err(Error::invalid(format!(
             "N:M with M = {m} needs rows whose length is a multiple of {m}, got {cols}"
         )));

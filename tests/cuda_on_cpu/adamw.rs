@@ -99,6 +99,6 @@ fn bf16_matches_cpu() {
 /// sum over 2²⁰ threads takes seconds here, so just this one).
 #[test]
 fn one_more_than_a_full_grid_stride() {
-    const { assert!(MAX_STEP_THREADS % MAX_SUM_THREADS == 0) };
+    const { assert!(MAX_STEP_THREADS.is_multiple_of(MAX_SUM_THREADS)) };
     check::<f32>(MAX_STEP_THREADS + 1, Master::Itself, 1, Guard::After);
 }

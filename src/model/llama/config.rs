@@ -482,21 +482,21 @@ impl LlamaConfig {
             return bad(format!("zero-sized dimension in {self:?}"));
         }
         if self.num_attention_heads == 0
-            || (self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0)
+            || (self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads))
         {
             return bad(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if self.num_key_value_heads == 0 || self.num_attention_heads % self.num_key_value_heads != 0 {
+        if self.num_key_value_heads == 0 || !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return bad(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
         let hd = self.head_dim();
-        if hd == 0 || hd % 2 != 0 {
+        if hd == 0 || !hd.is_multiple_of(2) {
             return bad(format!("head_dim {hd} must be even and non-zero for RoPE"));
         }
         // The RoPE frequencies (hd / 2 of them) are computed and checked below, before any

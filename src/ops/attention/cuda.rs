@@ -64,7 +64,7 @@ pub fn plan(d: Dims) -> Result<Plan> {
             d.head_dim
         )));
     }
-    if d.kv_heads == 0 || d.q_heads % d.kv_heads != 0 {
+    if d.kv_heads == 0 || !d.q_heads.is_multiple_of(d.kv_heads) {
         return Err(Error::invalid(format!(
             "attention: {} query heads do not group over {} kv heads",
             d.q_heads, d.kv_heads

@@ -408,7 +408,7 @@ pub fn block_columns(
             (0, 0)
         }
         BlockKeep::NM { n, m } => {
-            if n == 0 || n >= m || count % m != 0 {
+            if n == 0 || n >= m || !count.is_multiple_of(m) {
                 return Err(Error::invalid(format!("{WHAT}: {n}:{m} groups in a block of {count} columns")));
             }
             (n, m)

@@ -39,7 +39,7 @@ pub fn check_args(cols: usize, sparsity: f64, nm: Option<(usize, usize)>, block_
     match nm {
         Some((n, m)) => {
             check_nm(n, m, cols)?;
-            if block_size % m != 0 {
+            if !block_size.is_multiple_of(m) {
                 return Err(Error::invalid(format!("sparsegpt: block size {block_size} is not a multiple of M = {m}")));
             }
         }

@@ -1,0 +1,800 @@
+//! The fast CPU inference linear: y [tokens, rows] = x [tokens, cols] · Wᵀ with W [rows, cols]
+//! read as stored (dense, bitmask or N:M values in f32 or bf16), never expanded to memory.
+//! Activations are copied once into an f32 buffer padded to whole 32-column chunks; weights
+//! are decoded chunk by chunk into registers ([`super::simd`]); sums are f32.
+//!
+//! - Decode (tokens ≤ [`DECODE_MAX_TOKENS`]): a GEMV; each weight chunk is read once and
+//!   multiplied into every token's accumulators.
+//! - Prefill: output rows in tiles of [`TILE_ROWS`]; [`TILE_COLS`] columns of the tile are
+//!   decoded into an f32 block (128 KiB, in L2) and multiplied by every token, [`MR`] rows ×
+//!   [`MT`] tokens at a time (register-blocked dot products).
+//!
+//! Rows prefetch their values [`PREFETCH_BYTES`] ahead: at 50–70% sparsity a row's values
+//! end within a page or two, where the hardware prefetchers would restart.
+//!
+//! Dense f32 prefill is the gemm crate's ([`crate::ops::matmul::cpu::fast`], measured
+//! faster than the tiles on f32); every other case runs the kernels here.
+//!
+//! Threads (rayon) take contiguous row ranges: tiles in prefill; in decode, ranges of equal
+//! bytes read (kept values + mask), since pruning leaves rows with different kept counts.
+//! N:M rows get their column mask built in a small per-row buffer first (2:4 a byte of
+//! positions at a time, [`Simd::two_four_mask`]; other patterns position by position), then
+//! run the bitmask kernel. A row whose mask disagrees with its value count is an error
+//! (reads stay inside the values buffer).
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::simd::{Portable, Simd, Stored, CHUNK, NATURAL};
+use crate::ops::matmul::cpu::{fast, Dims};
+use crate::sparse::cpu::{meta_stride, visit_row};
+use crate::sparse::{check_nm, SparseFormat};
+use crate::{DType, Error, Result};
+
+/// Up to this many tokens take the GEMV path.
+pub const DECODE_MAX_TOKENS: usize = 4;
+/// Output rows per prefill tile.
+pub const TILE_ROWS: usize = 32;
+/// Columns of a prefill tile decoded at a time (a multiple of [`CHUNK`]).
+pub const TILE_COLS: usize = 1024;
+/// Rows of the prefill micro-kernel.
+pub const MR: usize = 4;
+/// Tokens of the prefill micro-kernel.
+pub const MT: usize = 3;
+/// Bytes of a row's values prefetched ahead of the chunk it reads (hardware prefetchers
+/// stop at page boundaries; the streams of rows run across them).
+const PREFETCH_BYTES: usize = 4096;
+/// Decode work per thread task, in bytes of weights.
+const PART_BYTES: usize = 256 << 10;
+
+/// The instruction set the kernels use, chosen at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512 F/BW/VL with VBMI2 (16-bit expand).
+    Avx512Vbmi2,
+    /// AVX-512 F/BW/VL without VBMI2.
+    Avx512,
+    /// AVX2 with FMA.
+    Avx2,
+    /// Plain code the compiler vectorizes (any target).
+    Portable,
+}
+
+impl Isa {
+    /// Every instruction set, best first.
+    pub const ALL: [Isa; 4] = [Isa::Avx512Vbmi2, Isa::Avx512, Isa::Avx2, Isa::Portable];
+
+    /// Whether this CPU runs it.
+    pub fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            let avx512 = avx2
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl");
+            match self {
+                Isa::Avx512Vbmi2 => avx512 && is_x86_feature_detected!("avx512vbmi2"),
+                Isa::Avx512 => avx512,
+                Isa::Avx2 => avx2,
+                Isa::Portable => true,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Isa::Portable
+        }
+    }
+
+    /// The best one this CPU runs.
+    pub fn best() -> Isa {
+        Isa::ALL.into_iter().find(|isa| isa.available()).unwrap_or(Isa::Portable)
+    }
+
+    /// The column of each lane of a decoded bf16 chunk ([`Simd::BF16_COLUMNS`]).
+    fn bf16_columns(self) -> [u8; CHUNK] {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vbmi2 => <super::simd::Avx512<true> as Simd>::BF16_COLUMNS,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => <super::simd::Avx512<false> as Simd>::BF16_COLUMNS,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => <super::simd::Avx2 as Simd>::BF16_COLUMNS,
+            _ => <Portable as Simd>::BF16_COLUMNS,
+        }
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512Vbmi2 => "avx512+vbmi2",
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2+fma",
+            Isa::Portable => "portable",
+        }
+    }
+}
+
+/// A weight matrix [rows, cols] as stored (see [`crate::sparse::SparseWeight`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Weights<'a, T> {
+    /// Row-major values [rows, cols].
+    Dense(&'a [T]),
+    /// Kept values [nnz] row by row, mask [rows, ceil(cols/8)], row offsets [rows + 1].
+    Bitmask {
+        /// Kept values.
+        values: &'a [T],
+        /// Mask bytes, bit j%8 of byte j/8 for column j.
+        mask: &'a [u8],
+        /// First value of each row, and nnz.
+        offsets: &'a [u32],
+    },
+    /// Values [rows, cols/m·n] and packed in-group positions ([`crate::sparse::NmMatrix`]).
+    NM {
+        /// Kept values.
+        values: &'a [T],
+        /// Positions, ceil(log2 m) bits each, rows padded to whole bytes.
+        positions: &'a [u8],
+        /// Kept per group.
+        n: usize,
+        /// Group size.
+        m: usize,
+    },
+}
+
+/// y [tokens, rows] = x [tokens, cols] · Wᵀ on `isa` (an error where this CPU lacks it).
+pub fn linear<T: Stored>(
+    isa: Isa,
+    x: &[f32],
+    tokens: usize,
+    rows: usize,
+    cols: usize,
+    w: Weights<'_, T>,
+) -> Result<Vec<f32>> {
+    if !isa.available() {
+        return Err(Error::invalid(format!("infer_linear: this CPU has no {}", isa.name())));
+    }
+    if x.len() != tokens * cols {
+        return Err(Error::invalid(format!("infer_linear: {} activations for {tokens} tokens of {cols}", x.len())));
+    }
+    let sized = |what: &str, have: usize, want: usize| {
+        if have == want {
+            Ok(())
+        } else {
+            Err(Error::invalid(format!(
+                "infer_linear: {what} holds {have} elements for a {rows}x{cols} weight, not {want}"
+            )))
+        }
+    };
+    match w {
+        Weights::Dense(w) => {
+            sized("dense weight", w.len(), rows * cols)?;
+            if tokens > DECODE_MAX_TOKENS && T::DTYPE == DType::F32 {
+                // An f32 matrix product: the gemm crate's packed kernels are faster here.
+                let w32 = bytemuck::try_cast_slice::<T, f32>(w).map_err(|e| Error::invalid(e.to_string()))?;
+                let mut y = vec![0f32; tokens * rows];
+                fast(x, w32, &mut y, Dims::single(tokens, rows, cols, false, true), 1.0, false);
+                return Ok(y);
+            }
+            run(isa, x, tokens, rows, cols, &DenseSource { w, cols })
+        }
+        Weights::Bitmask { values, mask, offsets } => {
+            let stride = meta_stride(cols, SparseFormat::Bitmask);
+            sized("mask", mask.len(), rows * stride)?;
+            sized("row offsets", offsets.len(), rows + 1)?;
+            let ordered = offsets.first() == Some(&0) && offsets.windows(2).all(|p| p[0] <= p[1]);
+            if !ordered || offsets[rows] as usize != values.len() {
+                return Err(Error::invalid(format!(
+                    "infer_linear: row offsets are not increasing from 0 to the {} values",
+                    values.len()
+                )));
+            }
+            run(isa, x, tokens, rows, cols, &BitmaskSource { values, mask, offsets, cols, stride })
+        }
+        Weights::NM { values, positions, n, m } => {
+            check_nm(n, m, cols)?;
+            let format = SparseFormat::NM { n, m };
+            let per_row = cols / m * n;
+            sized("N:M values", values.len(), rows * per_row)?;
+            sized("N:M positions", positions.len(), rows * meta_stride(cols, format))?;
+            let source = NmSource {
+                values,
+                positions,
+                cols,
+                format,
+                per_row,
+                pos_stride: meta_stride(cols, format),
+                two_four: (n, m) == (2, 4),
+            };
+            run(isa, x, tokens, rows, cols, &source)
+        }
+    }
+}
+
+/// Copies x into the padded buffer, splits the rows over threads, and returns y.
+fn run<T: Stored, Src: Source<T>>(
+    isa: Isa,
+    x: &[f32],
+    tokens: usize,
+    rows: usize,
+    cols: usize,
+    src: &Src,
+) -> Result<Vec<f32>> {
+    if tokens == 0 || rows == 0 {
+        return Ok(Vec::new());
+    }
+    let in_pad = cols.next_multiple_of(CHUNK);
+    let decode = tokens <= DECODE_MAX_TOKENS;
+    let tok_pad = if decode { tokens } else { tokens.next_multiple_of(MT) };
+    // x in the lane order the weights decode to, zeros past the data.
+    let columns = if T::DTYPE == DType::BF16 { isa.bf16_columns() } else { NATURAL };
+    let mut x_padded = vec![0f32; tok_pad * in_pad];
+    for (dst, src_row) in x_padded.chunks_exact_mut(in_pad.max(1)).zip(x.chunks_exact(cols.max(1))) {
+        for (ch, block) in dst.chunks_exact_mut(CHUNK).enumerate() {
+            for (v, &column) in block.iter_mut().zip(&columns) {
+                *v = src_row.get(ch * CHUNK + column as usize).copied().unwrap_or(0.0);
+            }
+        }
+    }
+    let job = Job { x: x_padded, cols, in_pad, tokens, tok_pad };
+    let ranges = if decode {
+        balanced_ranges(rows, |r| src.bytes_before(r), rayon::current_num_threads())
+    } else {
+        (0..rows).step_by(TILE_ROWS).map(|r| r..(r + TILE_ROWS).min(rows)).collect()
+    };
+    // y transposed, [rows, tokens]: each range owns a contiguous block (NaN until written).
+    let mut y_t = vec![f32::NAN; rows * tokens];
+    let mut blocks = Vec::with_capacity(ranges.len());
+    let mut rest = y_t.as_mut_slice();
+    for range in ranges {
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(range.len() * tokens);
+        blocks.push((range, head));
+        rest = tail;
+    }
+    if blocks.len() == 1 {
+        blocks.into_iter().try_for_each(|(range, out)| run_part(isa, &job, src, range, out))?;
+    } else {
+        blocks.into_par_iter().try_for_each(|(range, out)| run_part(isa, &job, src, range, out))?;
+    }
+    if tokens == 1 {
+        return Ok(y_t);
+    }
+    let mut y = vec![f32::NAN; tokens * rows];
+    for (r, row) in y_t.chunks_exact(tokens).enumerate() {
+        for (t, &v) in row.iter().enumerate() {
+            y[t * rows + r] = v;
+        }
+    }
+    Ok(y)
+}
+
+/// Row ranges of about equal cost (`cost_before(r)`: cost of rows 0..r, increasing), about
+/// one per [`PART_BYTES`] of work, a multiple of the thread count (so that threads finish
+/// together), at most 8 per thread.
+pub(super) fn balanced_ranges(rows: usize, cost_before: impl Fn(usize) -> usize, threads: usize) -> Vec<Range<usize>> {
+    let total = cost_before(rows);
+    let threads = threads.max(1);
+    let parts = match total / PART_BYTES {
+        0 => 1,
+        n => n.next_multiple_of(threads).min(8 * threads),
+    }
+    .min(rows.max(1));
+    let mut bounds = vec![0];
+    for i in 1..parts {
+        let target = total / parts * i;
+        // First row whose preceding cost reaches the target.
+        let (mut lo, mut hi) = (0, rows);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if cost_before(mid) < target {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        bounds.push(lo);
+    }
+    bounds.push(rows);
+    bounds.dedup();
+    bounds.windows(2).map(|b| b[0]..b[1]).filter(|r| !r.is_empty()).collect()
+}
+
+/// The activations and sizes shared by every part.
+struct Job {
+    /// x padded: [tok_pad, in_pad], zeros beyond the data.
+    x: Vec<f32>,
+    cols: usize,
+    in_pad: usize,
+    tokens: usize,
+    tok_pad: usize,
+}
+
+/// Per-row working space: an N:M row's column mask, and a zero-padded copy of a row's
+/// values when the buffer ends less than a chunk after them.
+struct Scratch<T> {
+    mask: Vec<u8>,
+    values: Vec<T>,
+}
+
+/// `values` if at least `need` elements long, else a zero-padded copy of them in `scratch`:
+/// chunk reads may then take 32 elements from any position below the row's end.
+fn padded<'s, T: Copy + Default>(values: &'s [T], need: usize, scratch: &'s mut Vec<T>) -> &'s [T] {
+    if values.len() >= need {
+        return values;
+    }
+    scratch.clear();
+    scratch.extend_from_slice(values);
+    scratch.resize(need, T::default());
+    scratch
+}
+
+/// Elements of T in [`PREFETCH_BYTES`].
+#[inline(always)]
+fn prefetch_ahead<T>() -> usize {
+    PREFETCH_BYTES / std::mem::size_of::<T>()
+}
+
+/// The mask of the first `n` (< 32) lanes.
+fn low_lanes(n: usize) -> u32 {
+    (1u32 << n) - 1
+}
+
+/// Where weight rows come from.
+trait Source<T: Stored>: Sync {
+    /// Reads one row.
+    type Reader<'s>: RowReader
+    where
+        Self: 's,
+        T: 's;
+    /// Working space for one row.
+    fn scratch(&self) -> Scratch<T>;
+    /// Row r, using `scratch`.
+    ///
+    /// # Safety
+    /// The CPU runs `S`.
+    unsafe fn row<'s, S: Simd>(&'s self, r: usize, scratch: &'s mut Scratch<T>) -> Self::Reader<'s>;
+    /// Bytes stored for rows 0..r.
+    fn bytes_before(&self, r: usize) -> usize;
+}
+
+/// One row's weights, chunk by chunk in order, as f32 in the decoder's lane order.
+trait RowReader {
+    /// Chunk `ch`, wholly inside the row (32·ch + 32 ≤ cols): no branch, no call.
+    ///
+    /// # Safety
+    /// The CPU runs `S`.
+    unsafe fn full<S: Simd>(&mut self, ch: usize) -> S::C;
+    /// The last chunk of a row whose length is not a multiple of 32 (ch = cols / 32).
+    ///
+    /// # Safety
+    /// The CPU runs `S`.
+    unsafe fn tail<S: Simd>(&mut self, ch: usize) -> S::C;
+    /// Error unless the row's mask kept exactly its values.
+    fn finish(&self) -> Result<()>;
+}
+
+/// Chunk `ch` of a row of `cols` columns: [`RowReader::full`] or [`RowReader::tail`].
+///
+/// # Safety
+/// The CPU runs `S`; 32·ch < cols.
+#[inline(always)]
+unsafe fn chunk_of<S: Simd, R: RowReader>(reader: &mut R, ch: usize, cols: usize) -> S::C {
+    if (ch + 1) * CHUNK <= cols {
+        reader.full::<S>(ch)
+    } else {
+        reader.tail::<S>(ch)
+    }
+}
+
+struct DenseSource<'a, T> {
+    w: &'a [T],
+    cols: usize,
+}
+
+/// A dense row, readable for 32 elements past each chunk start (from the next rows or
+/// zero padding).
+struct DenseRow<'a, T> {
+    row: &'a [T],
+    cols: usize,
+}
+
+impl<T: Stored> Source<T> for DenseSource<'_, T> {
+    type Reader<'s>
+        = DenseRow<'s, T>
+    where
+        Self: 's,
+        T: 's;
+    fn scratch(&self) -> Scratch<T> {
+        Scratch { mask: Vec::new(), values: Vec::new() }
+    }
+    #[inline(always)]
+    unsafe fn row<'s, S: Simd>(&'s self, r: usize, scratch: &'s mut Scratch<T>) -> DenseRow<'s, T> {
+        let need = self.cols.next_multiple_of(CHUNK);
+        DenseRow { row: padded(&self.w[r * self.cols..], need, &mut scratch.values), cols: self.cols }
+    }
+    fn bytes_before(&self, r: usize) -> usize {
+        r * self.cols * std::mem::size_of::<T>()
+    }
+}
+
+impl<T: Stored> RowReader for DenseRow<'_, T> {
+    #[inline(always)]
+    unsafe fn full<S: Simd>(&mut self, ch: usize) -> S::C {
+        S::prefetch(self.row.as_ptr().wrapping_add(ch * CHUNK + prefetch_ahead::<T>()).cast());
+        // SAFETY: the row is readable up to cols rounded up to 32 (`padded`).
+        T::chunk::<S>(self.row.as_ptr().add(ch * CHUNK))
+    }
+    #[inline(always)]
+    unsafe fn tail<S: Simd>(&mut self, ch: usize) -> S::C {
+        // The row's own columns as a masked chunk: lanes past the row are zero.
+        T::expand::<S>(low_lanes(self.cols - ch * CHUNK), self.row.as_ptr().add(ch * CHUNK))
+    }
+    #[inline(always)]
+    fn finish(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A row of packed values with its column mask (a bitmask row, or an N:M row's mask).
+struct MaskedRow<'a, T> {
+    /// The row's values, readable for 32 elements past `count` (`padded`).
+    values: &'a [T],
+    /// The row's mask bytes.
+    mask: &'a [u8],
+    cols: usize,
+    /// Values the mask has consumed.
+    cursor: usize,
+    /// Values of the row.
+    count: usize,
+}
+
+impl<T: Stored> MaskedRow<'_, T> {
+    /// The values of mask `bits` from the cursor. A mask keeping more than the row's values
+    /// reads from `count` at most (inside the padded slice) and fails in `finish`.
+    #[inline(always)]
+    unsafe fn expand<S: Simd>(&mut self, bits: u32) -> S::C {
+        let at = self.cursor.min(self.count);
+        self.cursor += bits.count_ones() as usize;
+        S::prefetch(self.values.as_ptr().wrapping_add(at + prefetch_ahead::<T>()).cast());
+        // SAFETY: values hold count + 32 elements and at ≤ count.
+        T::expand::<S>(bits, self.values.as_ptr().add(at))
+    }
+}
+
+impl<T: Stored> RowReader for MaskedRow<'_, T> {
+    #[inline(always)]
+    unsafe fn full<S: Simd>(&mut self, ch: usize) -> S::C {
+        // SAFETY: the row's mask holds cols/8 ≥ 4·ch + 4 bytes.
+        let bits = self.mask.as_ptr().add(4 * ch).cast::<u32>().read_unaligned();
+        self.expand::<S>(bits)
+    }
+    #[inline(always)]
+    unsafe fn tail<S: Simd>(&mut self, ch: usize) -> S::C {
+        let mut bits = 0u32;
+        for (i, &b) in self.mask[4 * ch..].iter().take(4).enumerate() {
+            bits |= (b as u32) << (8 * i);
+        }
+        self.expand::<S>(bits & low_lanes(self.cols - ch * CHUNK))
+    }
+    #[inline(always)]
+    fn finish(&self) -> Result<()> {
+        if self.cursor == self.count {
+            Ok(())
+        } else {
+            Err(mask_mismatch(self.cursor, self.count))
+        }
+    }
+}
+
+/// The error of a row whose mask keeps `kept` entries for `count` values.
+#[cold]
+fn mask_mismatch(kept: usize, count: usize) -> Error {
+    Error::invalid(format!("infer_linear: a weight row's mask keeps {kept} entries, it has {count} values"))
+}
+
+struct BitmaskSource<'a, T> {
+    values: &'a [T],
+    mask: &'a [u8],
+    offsets: &'a [u32],
+    cols: usize,
+    stride: usize,
+}
+
+impl<T: Stored> Source<T> for BitmaskSource<'_, T> {
+    type Reader<'s>
+        = MaskedRow<'s, T>
+    where
+        Self: 's,
+        T: 's;
+    fn scratch(&self) -> Scratch<T> {
+        Scratch { mask: Vec::new(), values: Vec::new() }
+    }
+    #[inline(always)]
+    unsafe fn row<'s, S: Simd>(&'s self, r: usize, scratch: &'s mut Scratch<T>) -> MaskedRow<'s, T> {
+        let (start, end) = (self.offsets[r] as usize, self.offsets[r + 1] as usize);
+        MaskedRow {
+            values: padded(&self.values[start..], end - start + CHUNK, &mut scratch.values),
+            mask: &self.mask[r * self.stride..(r + 1) * self.stride],
+            cols: self.cols,
+            cursor: 0,
+            count: end - start,
+        }
+    }
+    fn bytes_before(&self, r: usize) -> usize {
+        self.offsets[r] as usize * std::mem::size_of::<T>() + r * self.stride
+    }
+}
+
+struct NmSource<'a, T> {
+    values: &'a [T],
+    positions: &'a [u8],
+    cols: usize,
+    format: SparseFormat,
+    per_row: usize,
+    pos_stride: usize,
+    two_four: bool,
+}
+
+impl<T: Stored> Source<T> for NmSource<'_, T> {
+    type Reader<'s>
+        = MaskedRow<'s, T>
+    where
+        Self: 's,
+        T: 's;
+    fn scratch(&self) -> Scratch<T> {
+        Scratch { mask: vec![0; self.cols.div_ceil(8)], values: Vec::new() }
+    }
+    #[inline(always)]
+    unsafe fn row<'s, S: Simd>(&'s self, r: usize, scratch: &'s mut Scratch<T>) -> MaskedRow<'s, T> {
+        let positions = &self.positions[r * self.pos_stride..(r + 1) * self.pos_stride];
+        let cols = self.cols;
+        let mask = scratch.mask.as_mut_slice();
+        if self.two_four {
+            // Same stride: a 2:4 row holds one position byte per eight columns.
+            S::two_four_mask(positions, mask);
+        } else {
+            mask.fill(0);
+            visit_row(cols, self.format, positions, |c, _| {
+                if c < cols {
+                    mask[c / 8] |= 1 << (c % 8);
+                }
+            });
+        }
+        if !cols.is_multiple_of(8) {
+            if let Some(last) = mask.last_mut() {
+                *last &= (1u8 << (cols % 8)) - 1;
+            }
+        }
+        MaskedRow {
+            values: padded(&self.values[r * self.per_row..], self.per_row + CHUNK, &mut scratch.values),
+            mask: &scratch.mask,
+            cols,
+            cursor: 0,
+            count: self.per_row,
+        }
+    }
+    fn bytes_before(&self, r: usize) -> usize {
+        r * (self.per_row * std::mem::size_of::<T>() + self.pos_stride)
+    }
+}
+
+/// One row range on `isa` (checked available by [`linear`]).
+fn run_part<T: Stored, Src: Source<T>>(
+    isa: Isa,
+    job: &Job,
+    src: &Src,
+    rows: Range<usize>,
+    out: &mut [f32],
+) -> Result<()> {
+    // SAFETY: `linear` checked that this CPU runs `isa`; `part` checks its slices.
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vbmi2 => x86::avx512_vbmi2(job, src, rows, out),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => x86::avx512(job, src, rows, out),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => x86::avx2(job, src, rows, out),
+            Isa::Portable => part::<Portable, T, Src>(job, src, rows, out),
+            #[cfg(not(target_arch = "x86_64"))]
+            other => Err(Error::invalid(format!("infer_linear: this CPU has no {}", other.name()))),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use crate::ops::infer_linear::simd::{Avx2, Avx512};
+
+    /// An entry point compiled for one instruction set; the kernels inline into it.
+    macro_rules! entry {
+        ($name:ident, $features:literal, $simd:ty) => {
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name<T: Stored, Src: Source<T>>(
+                job: &Job,
+                src: &Src,
+                rows: Range<usize>,
+                out: &mut [f32],
+            ) -> Result<()> {
+                part::<$simd, T, Src>(job, src, rows, out)
+            }
+        };
+    }
+
+    entry!(avx512_vbmi2, "avx512f,avx512bw,avx512vl,avx512vbmi2,avx2,fma,popcnt", Avx512<true>);
+    entry!(avx512, "avx512f,avx512bw,avx512vl,avx2,fma,popcnt", Avx512<false>);
+    entry!(avx2, "avx2,fma,popcnt", Avx2);
+}
+
+/// Rows `rows` of y (transposed, `out` [rows.len(), tokens]): decode or prefill.
+///
+/// # Safety
+/// The CPU runs `S`.
+#[inline(always)]
+unsafe fn part<S: Simd, T: Stored, Src: Source<T>>(
+    job: &Job,
+    src: &Src,
+    rows: Range<usize>,
+    out: &mut [f32],
+) -> Result<()> {
+    assert_eq!(out.len(), rows.len() * job.tokens, "infer_linear: output block size");
+    assert_eq!(job.x.len(), job.tok_pad * job.in_pad, "infer_linear: padded activations");
+    // Two chunks per step (two sets of accumulators) where NT tokens × 32/LANES vectors
+    // give fewer than 8 FMA chains.
+    let wide = S::LANES >= 16;
+    match (job.tokens, wide) {
+        (1, _) => decode::<S, T, Src, 1, true>(job, src, rows, out),
+        (2, true) => decode::<S, T, Src, 2, true>(job, src, rows, out),
+        (2, false) => decode::<S, T, Src, 2, false>(job, src, rows, out),
+        (3, true) => decode::<S, T, Src, 3, true>(job, src, rows, out),
+        (3, false) => decode::<S, T, Src, 3, false>(job, src, rows, out),
+        (4, _) => decode::<S, T, Src, 4, false>(job, src, rows, out),
+        _ => prefill::<S, T, Src>(job, src, rows, out),
+    }
+}
+
+/// GEMV for NT tokens: every chunk of a row is decoded once and multiplied into the NT
+/// accumulators; with PAIR, two chunks per step into two sets of accumulators.
+#[inline(always)]
+unsafe fn decode<S: Simd, T: Stored, Src: Source<T>, const NT: usize, const PAIR: bool>(
+    job: &Job,
+    src: &Src,
+    rows: Range<usize>,
+    out: &mut [f32],
+) -> Result<()> {
+    let mut scratch = src.scratch();
+    let (cols, x) = (job.cols, job.x.as_ptr());
+    let full = cols / CHUNK;
+    for (r, y) in rows.zip(out.chunks_exact_mut(NT)) {
+        let mut reader = src.row::<S>(r, &mut scratch);
+        let (mut acc, mut acc2) = ([S::zero(); NT], [S::zero(); NT]);
+        let mut ch = 0;
+        if PAIR {
+            while ch + 2 <= full {
+                let (w, w2) = (reader.full::<S>(ch), reader.full::<S>(ch + 1));
+                fma_tokens::<S, NT>(&mut acc, w, x, job.in_pad, ch);
+                fma_tokens::<S, NT>(&mut acc2, w2, x, job.in_pad, ch + 1);
+                ch += 2;
+            }
+        }
+        while ch < full {
+            fma_tokens::<S, NT>(&mut acc, reader.full::<S>(ch), x, job.in_pad, ch);
+            ch += 1;
+        }
+        if full * CHUNK < cols {
+            fma_tokens::<S, NT>(&mut acc, reader.tail::<S>(full), x, job.in_pad, full);
+        }
+        reader.finish()?;
+        for (t, o) in y.iter_mut().enumerate() {
+            *o = S::sum(acc[t]) + S::sum(acc2[t]);
+        }
+    }
+    Ok(())
+}
+
+/// acc[t] += w · x[t, chunk ch] for the NT tokens of x [NT, in_pad].
+///
+/// # Safety
+/// The CPU runs `S`; x holds NT rows of `in_pad` ≥ 32·ch + 32.
+#[inline(always)]
+unsafe fn fma_tokens<S: Simd, const NT: usize>(acc: &mut [S::C; NT], w: S::C, x: *const f32, in_pad: usize, ch: usize) {
+    for (t, a) in acc.iter_mut().enumerate() {
+        *a = S::fma(w, S::load(x.add(t * in_pad + ch * CHUNK)), *a);
+    }
+}
+
+/// Tiles of [`TILE_ROWS`] rows: [`TILE_COLS`] columns at a time decoded into an f32 block,
+/// then multiplied by all tokens in [`MR`] × [`MT`] micro-kernels.
+#[inline(always)]
+unsafe fn prefill<S: Simd, T: Stored, Src: Source<T>>(
+    job: &Job,
+    src: &Src,
+    rows: Range<usize>,
+    out: &mut [f32],
+) -> Result<()> {
+    const { assert!(TILE_ROWS.is_multiple_of(MR) && TILE_COLS.is_multiple_of(CHUNK)) };
+    let (in_pad, tok_pad, tokens) = (job.in_pad, job.tok_pad, job.tokens);
+    let chunks = in_pad / CHUNK;
+    let mut scratch: Vec<Scratch<T>> = (0..TILE_ROWS).map(|_| src.scratch()).collect();
+    // tile: [TILE_ROWS, TILE_COLS]; sums: [TILE_ROWS, tok_pad].
+    let mut tile = vec![0f32; TILE_ROWS * TILE_COLS];
+    let mut sums = vec![0f32; TILE_ROWS * tok_pad];
+    let first = rows.start;
+    for start in rows.clone().step_by(TILE_ROWS) {
+        let n_rows = TILE_ROWS.min(rows.end - start);
+        let mut readers: Vec<Src::Reader<'_>> = Vec::with_capacity(n_rows);
+        for (s, r) in scratch.iter_mut().zip(start..start + n_rows) {
+            readers.push(src.row::<S>(r, s));
+        }
+        sums.fill(0.0);
+        for c0 in (0..chunks).step_by(TILE_COLS / CHUNK) {
+            let c1 = (c0 + TILE_COLS / CHUNK).min(chunks);
+            for (i, reader) in readers.iter_mut().enumerate() {
+                for ch in c0..c1 {
+                    // SAFETY: row i < TILE_ROWS, column (ch − c0)·32 + 32 ≤ TILE_COLS.
+                    S::store(
+                        chunk_of::<S, _>(reader, ch, job.cols),
+                        tile.as_mut_ptr().add(i * TILE_COLS + (ch - c0) * CHUNK),
+                    );
+                }
+            }
+            let width = (c1 - c0) * CHUNK;
+            for group in 0..n_rows.div_ceil(MR) {
+                for t0 in (0..tok_pad).step_by(MT) {
+                    // SAFETY: rows group·MR.. + MR ≤ TILE_ROWS of the tile; tokens t0 + MT ≤
+                    // tok_pad and columns 32·c0 + width ≤ in_pad of x.
+                    let part = micro::<S>(
+                        tile.as_ptr().add(group * MR * TILE_COLS),
+                        job.x.as_ptr().add(t0 * in_pad + c0 * CHUNK),
+                        in_pad,
+                        width,
+                    );
+                    for (r, row) in part.iter().enumerate() {
+                        let base = (group * MR + r) * tok_pad + t0;
+                        for (s, &v) in sums[base..base + MT].iter_mut().zip(row) {
+                            *s += v;
+                        }
+                    }
+                }
+            }
+        }
+        for reader in &readers {
+            reader.finish()?;
+        }
+        for i in 0..n_rows {
+            let o = (start - first + i) * tokens;
+            out[o..o + tokens].copy_from_slice(&sums[i * tok_pad..i * tok_pad + tokens]);
+        }
+    }
+    Ok(())
+}
+
+/// Dot products of MR tile rows (stride [`TILE_COLS`]) with MT token rows (stride
+/// `x_stride`) over `width` columns (a multiple of the vector width).
+#[inline(always)]
+unsafe fn micro<S: Simd>(w: *const f32, x: *const f32, x_stride: usize, width: usize) -> [[f32; MT]; MR] {
+    let mut acc = [[S::zero_v(); MT]; MR];
+    let mut xs = [S::zero_v(); MT];
+    let mut c = 0;
+    while c < width {
+        for (t, v) in xs.iter_mut().enumerate() {
+            *v = S::load_v(x.add(t * x_stride + c));
+        }
+        for (r, row) in acc.iter_mut().enumerate() {
+            let wv = S::load_v(w.add(r * TILE_COLS + c));
+            for (a, &xv) in row.iter_mut().zip(&xs) {
+                *a = S::fma_v(wv, xv, *a);
+            }
+        }
+        c += S::LANES;
+    }
+    let mut sums = [[0f32; MT]; MR];
+    for (s_row, a_row) in sums.iter_mut().zip(&acc) {
+        for (s, &a) in s_row.iter_mut().zip(a_row) {
+            *s = S::sum_v(a);
+        }
+    }
+    sums
+}

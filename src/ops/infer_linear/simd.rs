@@ -1,0 +1,538 @@
+//! The instruction sets of the fast inference linear (`cpu_fast.rs`). Each gives f32
+//! vectors `V` and chunks `C` of [`CHUNK`] = 32 columns held in registers, and decodes
+//! stored weights into a chunk of f32:
+//! - dense: 32 consecutive values (f32, or bf16 widened by a 16-bit left shift, exact);
+//! - masked: `mask` bit j set means column j is kept, its value is the next one of the
+//!   packed values (the first popcount(mask) values at `p` are used), others are 0.
+//!
+//! A decoded bf16 chunk may hold its columns in another order ([`Simd::BF16_COLUMNS`]: the
+//! column of each lane): a bf16 pair in a 32-bit lane widens to two f32 with one AND (the
+//! odd column) and one shift (the even one), so even and odd columns land in separate
+//! vectors. The activations are laid out in the same order, which leaves every dot product
+//! unchanged. f32 chunks are in column order.
+//!
+//! [`Avx512`] (16 lanes) expands with `vexpandps` and, for bf16, `vpexpandw` (VBMI2) or,
+//! without VBMI2, 16-bit loads widened then expanded in registers (column order). [`Avx2`]
+//! (8 lanes, with FMA) spreads plain loads by 256-entry tables per mask byte (`vpermps` for
+//! f32, `pshufb` for bf16). [`Portable`] is plain arrays and loops that the compiler
+//! vectorizes for the target (SSE2, NEON); column order.
+//!
+//! 2:4 positions become mask bytes ([`Simd::two_four_mask`]): a positions byte holds two
+//! groups of four columns, each a nibble (two 2-bit positions) looked up in a 16-entry
+//! table (`pshufb` on x86).
+//!
+//! Safety contract of every decoding function: `p` points to at least 32 readable elements
+//! (callers copy the last values of a buffer into a padded block), and every function runs
+//! only where its instruction set was detected.
+
+/// Columns per chunk.
+pub(super) const CHUNK: usize = 32;
+
+/// One instruction set: f32 vectors, 32-column chunks and the weight decoders.
+pub(crate) trait Simd: Copy {
+    /// One f32 vector.
+    type V: Copy;
+    /// 32 f32 values.
+    type C: Copy;
+    /// f32 lanes of `V`.
+    const LANES: usize;
+    /// The column (within the chunk) of each lane of a decoded bf16 chunk.
+    const BF16_COLUMNS: [u8; CHUNK];
+    /// A zero vector.
+    unsafe fn zero_v() -> Self::V;
+    /// `LANES` f32 at p.
+    unsafe fn load_v(p: *const f32) -> Self::V;
+    /// acc + a·b.
+    unsafe fn fma_v(a: Self::V, b: Self::V, acc: Self::V) -> Self::V;
+    /// Sum of the lanes.
+    unsafe fn sum_v(v: Self::V) -> f32;
+    /// A zero chunk.
+    unsafe fn zero() -> Self::C;
+    /// 32 f32 at p.
+    unsafe fn load(p: *const f32) -> Self::C;
+    /// Writes 32 f32 at p.
+    unsafe fn store(c: Self::C, p: *mut f32);
+    /// acc + w·x, lane by lane.
+    unsafe fn fma(w: Self::C, x: Self::C, acc: Self::C) -> Self::C;
+    /// Sum of the 32 values.
+    unsafe fn sum(c: Self::C) -> f32;
+    /// 32 bf16 (as u16) at p, widened.
+    unsafe fn dense_bf16(p: *const u16) -> Self::C;
+    /// f32 values at p expanded to the columns `mask` keeps.
+    unsafe fn expand_f32(mask: u32, p: *const f32) -> Self::C;
+    /// bf16 values at p expanded to the columns `mask` keeps, widened.
+    unsafe fn expand_bf16(mask: u32, p: *const u16) -> Self::C;
+    /// Hints that the cache line at p will be read soon (any address; nothing is read).
+    #[inline(always)]
+    unsafe fn prefetch(_p: *const u8) {}
+    /// The column mask bytes of 2:4 rows from their position bytes (as many as `out`).
+    unsafe fn two_four_mask(positions: &[u8], out: &mut [u8]) {
+        two_four_bytes(positions, out)
+    }
+}
+
+/// Column order.
+pub(super) const NATURAL: [u8; CHUNK] = {
+    let mut order = [0u8; CHUNK];
+    let mut i = 0;
+    while i < CHUNK {
+        order[i] = i as u8;
+        i += 1;
+    }
+    order
+};
+
+/// Even then odd columns of each `span` (16 or 32) columns: the order of bf16 pairs
+/// widened by AND and shift in vectors of span/2 lanes.
+#[cfg(target_arch = "x86_64")]
+const fn paired(span: usize) -> [u8; CHUNK] {
+    let mut order = [0u8; CHUNK];
+    let mut i = 0;
+    while i < CHUNK {
+        let (block, at) = (i / span, i % span);
+        let column = if at < span / 2 { 2 * at } else { 2 * (at - span / 2) + 1 };
+        order[i] = (block * span + column) as u8;
+        i += 1;
+    }
+    order
+}
+
+/// Mask nibble of one 2:4 group from its nibble of positions (two 2-bit positions).
+const TWO_FOUR_NIBBLE: [u8; 16] = {
+    let mut table = [0u8; 16];
+    let mut code = 0;
+    while code < 16 {
+        table[code] = (1 << (code & 3)) | (1 << (code >> 2));
+        code += 1;
+    }
+    table
+};
+
+/// 2:4 mask bytes one at a time (also the tail of the vector versions).
+fn two_four_bytes(positions: &[u8], out: &mut [u8]) {
+    for (o, &p) in out.iter_mut().zip(positions) {
+        *o = TWO_FOUR_NIBBLE[(p & 15) as usize] | (TWO_FOUR_NIBBLE[(p >> 4) as usize] << 4);
+    }
+}
+
+/// A stored weight element (f32 or bf16) decoded by any [`Simd`].
+pub(crate) trait Stored: crate::storage::FloatElement {
+    /// 32 dense values at p as f32 (see the module's safety contract).
+    unsafe fn chunk<S: Simd>(p: *const Self) -> S::C;
+    /// Packed values at p expanded to the columns `mask` keeps.
+    unsafe fn expand<S: Simd>(mask: u32, p: *const Self) -> S::C;
+}
+
+impl Stored for f32 {
+    #[inline(always)]
+    unsafe fn chunk<S: Simd>(p: *const Self) -> S::C {
+        S::load(p)
+    }
+    #[inline(always)]
+    unsafe fn expand<S: Simd>(mask: u32, p: *const Self) -> S::C {
+        S::expand_f32(mask, p)
+    }
+}
+
+impl Stored for half::bf16 {
+    #[inline(always)]
+    unsafe fn chunk<S: Simd>(p: *const Self) -> S::C {
+        S::dense_bf16(p.cast())
+    }
+    #[inline(always)]
+    unsafe fn expand<S: Simd>(mask: u32, p: *const Self) -> S::C {
+        S::expand_bf16(mask, p.cast())
+    }
+}
+
+/// Plain arrays and loops, vectorized by the compiler for the target.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Portable;
+
+#[inline(always)]
+fn bf16_bits_to_f32(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
+impl Simd for Portable {
+    type V = [f32; 8];
+    type C = [f32; CHUNK];
+    const LANES: usize = 8;
+    const BF16_COLUMNS: [u8; CHUNK] = NATURAL;
+
+    #[inline(always)]
+    unsafe fn zero_v() -> Self::V {
+        [0.0; 8]
+    }
+    #[inline(always)]
+    unsafe fn load_v(p: *const f32) -> Self::V {
+        p.cast::<Self::V>().read_unaligned()
+    }
+    #[inline(always)]
+    unsafe fn fma_v(a: Self::V, b: Self::V, acc: Self::V) -> Self::V {
+        std::array::from_fn(|i| acc[i] + a[i] * b[i])
+    }
+    #[inline(always)]
+    unsafe fn sum_v(v: Self::V) -> f32 {
+        ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))
+    }
+    #[inline(always)]
+    unsafe fn zero() -> Self::C {
+        [0.0; CHUNK]
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self::C {
+        p.cast::<Self::C>().read_unaligned()
+    }
+    #[inline(always)]
+    unsafe fn store(c: Self::C, p: *mut f32) {
+        p.cast::<Self::C>().write_unaligned(c)
+    }
+    #[inline(always)]
+    unsafe fn fma(w: Self::C, x: Self::C, acc: Self::C) -> Self::C {
+        std::array::from_fn(|i| acc[i] + w[i] * x[i])
+    }
+    #[inline(always)]
+    unsafe fn sum(c: Self::C) -> f32 {
+        let mut v = [0f32; 8];
+        for (i, &x) in c.iter().enumerate() {
+            v[i % 8] += x;
+        }
+        Self::sum_v(v)
+    }
+    #[inline(always)]
+    unsafe fn dense_bf16(p: *const u16) -> Self::C {
+        let raw = p.cast::<[u16; CHUNK]>().read_unaligned();
+        raw.map(bf16_bits_to_f32)
+    }
+    #[inline(always)]
+    unsafe fn expand_f32(mask: u32, p: *const f32) -> Self::C {
+        let raw = p.cast::<[f32; CHUNK]>().read_unaligned();
+        expand_array(mask, &raw)
+    }
+    #[inline(always)]
+    unsafe fn expand_bf16(mask: u32, p: *const u16) -> Self::C {
+        let raw = p.cast::<[u16; CHUNK]>().read_unaligned();
+        expand_array(mask, &raw.map(bf16_bits_to_f32))
+    }
+}
+
+/// Column j takes the next packed value when bit j is set (branch-free; `k` never passes
+/// 31 while it is read).
+#[inline(always)]
+fn expand_array(mask: u32, packed: &[f32; CHUNK]) -> [f32; CHUNK] {
+    let mut out = [0f32; CHUNK];
+    let mut k = 0usize;
+    for (j, o) in out.iter_mut().enumerate() {
+        let bit = (mask >> j) & 1;
+        *o = if bit == 1 { packed[k & (CHUNK - 1)] } else { 0.0 };
+        k += bit as usize;
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(super) use x86::{Avx2, Avx512};
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{paired, two_four_bytes, Simd, CHUNK, NATURAL, TWO_FOUR_NIBBLE};
+
+    /// AVX-512 (F, BW); with `VBMI2` the bf16 expand is one `vpexpandw` and bf16 chunks
+    /// hold even then odd columns.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Avx512<const VBMI2: bool>;
+
+    /// 16 bf16 (u16) in a 256-bit register widened to f32.
+    #[inline(always)]
+    unsafe fn widen16(v: __m256i) -> __m512 {
+        _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16))
+    }
+
+    /// 32 bf16 in a 512-bit register as f32: (even columns, odd columns).
+    #[inline(always)]
+    unsafe fn split_pairs(v: __m512i) -> [__m512; 2] {
+        [
+            _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)),
+            _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(0xffff_0000u32 as i32))),
+        ]
+    }
+
+    /// 2:4 position bytes → mask bytes, 64 at a time.
+    #[inline(always)]
+    unsafe fn two_four_512(positions: &[u8], out: &mut [u8]) {
+        let table = _mm512_broadcast_i32x4(_mm_loadu_si128(TWO_FOUR_NIBBLE.as_ptr().cast()));
+        let table_high = _mm512_slli_epi16(table, 4);
+        let nibble = _mm512_set1_epi8(15);
+        let n = out.len().min(positions.len());
+        let mut i = 0;
+        while i + 64 <= n {
+            let p = _mm512_loadu_si512(positions.as_ptr().add(i).cast());
+            let low = _mm512_shuffle_epi8(table, _mm512_and_si512(p, nibble));
+            let high = _mm512_shuffle_epi8(table_high, _mm512_and_si512(_mm512_srli_epi16(p, 4), nibble));
+            _mm512_storeu_si512(out.as_mut_ptr().add(i).cast(), _mm512_or_si512(low, high));
+            i += 64;
+        }
+        two_four_bytes(&positions[i..n], &mut out[i..n]);
+    }
+
+    impl<const VBMI2: bool> Simd for Avx512<VBMI2> {
+        type V = __m512;
+        type C = [__m512; 2];
+        const LANES: usize = 16;
+        const BF16_COLUMNS: [u8; CHUNK] = if VBMI2 { paired(32) } else { NATURAL };
+
+        #[inline(always)]
+        unsafe fn zero_v() -> Self::V {
+            _mm512_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn load_v(p: *const f32) -> Self::V {
+            _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn fma_v(a: Self::V, b: Self::V, acc: Self::V) -> Self::V {
+            _mm512_fmadd_ps(a, b, acc)
+        }
+        #[inline(always)]
+        unsafe fn sum_v(v: Self::V) -> f32 {
+            _mm512_reduce_add_ps(v)
+        }
+        #[inline(always)]
+        unsafe fn zero() -> Self::C {
+            [_mm512_setzero_ps(); 2]
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self::C {
+            [_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16))]
+        }
+        #[inline(always)]
+        unsafe fn store(c: Self::C, p: *mut f32) {
+            _mm512_storeu_ps(p, c[0]);
+            _mm512_storeu_ps(p.add(16), c[1]);
+        }
+        #[inline(always)]
+        unsafe fn fma(w: Self::C, x: Self::C, acc: Self::C) -> Self::C {
+            [_mm512_fmadd_ps(w[0], x[0], acc[0]), _mm512_fmadd_ps(w[1], x[1], acc[1])]
+        }
+        #[inline(always)]
+        unsafe fn sum(c: Self::C) -> f32 {
+            _mm512_reduce_add_ps(_mm512_add_ps(c[0], c[1]))
+        }
+        #[inline(always)]
+        unsafe fn dense_bf16(p: *const u16) -> Self::C {
+            if VBMI2 {
+                split_pairs(_mm512_loadu_si512(p.cast()))
+            } else {
+                [widen16(_mm256_loadu_si256(p.cast())), widen16(_mm256_loadu_si256(p.add(16).cast()))]
+            }
+        }
+        #[inline(always)]
+        unsafe fn expand_f32(mask: u32, p: *const f32) -> Self::C {
+            let low = mask as u16;
+            [
+                _mm512_maskz_expandloadu_ps(low, p),
+                _mm512_maskz_expandloadu_ps((mask >> 16) as u16, p.add(low.count_ones() as usize)),
+            ]
+        }
+        #[inline(always)]
+        unsafe fn expand_bf16(mask: u32, p: *const u16) -> Self::C {
+            let low = mask as u16;
+            if VBMI2 {
+                split_pairs(_mm512_maskz_expandloadu_epi16(mask, p.cast()))
+            } else {
+                let first = widen16(_mm256_loadu_si256(p.cast()));
+                let second = widen16(_mm256_loadu_si256(p.add(low.count_ones() as usize).cast()));
+                [_mm512_maskz_expand_ps(low, first), _mm512_maskz_expand_ps((mask >> 16) as u16, second)]
+            }
+        }
+        #[inline(always)]
+        unsafe fn two_four_mask(positions: &[u8], out: &mut [u8]) {
+            two_four_512(positions, out)
+        }
+        #[inline(always)]
+        unsafe fn prefetch(p: *const u8) {
+            _mm_prefetch::<_MM_HINT_T0>(p.cast());
+        }
+    }
+
+    /// AVX2 with FMA; bf16 chunks hold even then odd columns of each 16.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Avx2;
+
+    /// For each mask byte, lane j's source among the packed values: the number of set bits
+    /// below j (lanes whose bit is clear are zeroed separately).
+    static PERMUTE: [u64; 256] = {
+        let mut table = [0u64; 256];
+        let mut m = 0;
+        while m < 256 {
+            let (mut k, mut j, mut entry) = (0u64, 0, 0u64);
+            while j < 8 {
+                entry |= k << (8 * j);
+                if (m >> j) & 1 == 1 {
+                    k += 1;
+                }
+                j += 1;
+            }
+            table[m] = entry;
+            m += 1;
+        }
+        table
+    };
+
+    /// For each mask byte, the `pshufb` control spreading 8 packed u16 to the kept lanes
+    /// (bytes 2k, 2k+1 of the k-th kept value; 0x80 zeroes a lane).
+    static SPREAD16: [[u8; 16]; 256] = {
+        let mut table = [[0x80u8; 16]; 256];
+        let mut m = 0;
+        while m < 256 {
+            let (mut k, mut j) = (0u8, 0);
+            while j < 8 {
+                if (m >> j) & 1 == 1 {
+                    table[m][2 * j] = 2 * k;
+                    table[m][2 * j + 1] = 2 * k + 1;
+                    k += 1;
+                }
+                j += 1;
+            }
+            m += 1;
+        }
+        table
+    };
+
+    /// Eight packed f32 spread over the lanes `bits` (low byte) keeps, zeros elsewhere.
+    #[inline(always)]
+    unsafe fn expand8(bits: u32, packed: __m256) -> __m256 {
+        let index = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(PERMUTE[(bits & 0xff) as usize] as i64));
+        let spread = _mm256_permutevar8x32_ps(packed, index);
+        // Bit j moved to the sign bit of lane j selects the lane.
+        let select =
+            _mm256_sllv_epi32(_mm256_set1_epi32(bits as i32), _mm256_setr_epi32(31, 30, 29, 28, 27, 26, 25, 24));
+        _mm256_blendv_ps(_mm256_setzero_ps(), spread, _mm256_castsi256_ps(select))
+    }
+
+    /// Packed u16 at p spread over the 8 lanes `bits` (low byte) keeps.
+    #[inline(always)]
+    unsafe fn spread8(bits: u32, p: *const u16) -> __m128i {
+        let control = _mm_loadu_si128(SPREAD16[(bits & 0xff) as usize].as_ptr().cast());
+        _mm_shuffle_epi8(_mm_loadu_si128(p.cast()), control)
+    }
+
+    /// 16 bf16 in a 256-bit register as f32: (even columns, odd columns).
+    #[inline(always)]
+    unsafe fn split_pairs8(v: __m256i) -> (__m256, __m256) {
+        (
+            _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)),
+            _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(0xffff_0000u32 as i32))),
+        )
+    }
+
+    impl Simd for Avx2 {
+        type V = __m256;
+        type C = [__m256; 4];
+        const LANES: usize = 8;
+        const BF16_COLUMNS: [u8; CHUNK] = paired(16);
+
+        #[inline(always)]
+        unsafe fn zero_v() -> Self::V {
+            _mm256_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn load_v(p: *const f32) -> Self::V {
+            _mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn fma_v(a: Self::V, b: Self::V, acc: Self::V) -> Self::V {
+            _mm256_fmadd_ps(a, b, acc)
+        }
+        #[inline(always)]
+        unsafe fn sum_v(v: Self::V) -> f32 {
+            let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
+            _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps::<1>(pairs, pairs)))
+        }
+        #[inline(always)]
+        unsafe fn zero() -> Self::C {
+            [_mm256_setzero_ps(); 4]
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self::C {
+            [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))]
+        }
+        #[inline(always)]
+        unsafe fn store(c: Self::C, p: *mut f32) {
+            _mm256_storeu_ps(p, c[0]);
+            _mm256_storeu_ps(p.add(8), c[1]);
+            _mm256_storeu_ps(p.add(16), c[2]);
+            _mm256_storeu_ps(p.add(24), c[3]);
+        }
+        #[inline(always)]
+        unsafe fn fma(w: Self::C, x: Self::C, acc: Self::C) -> Self::C {
+            [
+                _mm256_fmadd_ps(w[0], x[0], acc[0]),
+                _mm256_fmadd_ps(w[1], x[1], acc[1]),
+                _mm256_fmadd_ps(w[2], x[2], acc[2]),
+                _mm256_fmadd_ps(w[3], x[3], acc[3]),
+            ]
+        }
+        #[inline(always)]
+        unsafe fn sum(c: Self::C) -> f32 {
+            Self::sum_v(_mm256_add_ps(_mm256_add_ps(c[0], c[1]), _mm256_add_ps(c[2], c[3])))
+        }
+        #[inline(always)]
+        unsafe fn dense_bf16(p: *const u16) -> Self::C {
+            let (e0, o0) = split_pairs8(_mm256_loadu_si256(p.cast()));
+            let (e1, o1) = split_pairs8(_mm256_loadu_si256(p.add(16).cast()));
+            [e0, o0, e1, o1]
+        }
+        #[inline(always)]
+        unsafe fn expand_f32(mask: u32, p: *const f32) -> Self::C {
+            let k1 = (mask & 0xff).count_ones() as usize;
+            let k2 = k1 + ((mask >> 8) & 0xff).count_ones() as usize;
+            let k3 = k2 + ((mask >> 16) & 0xff).count_ones() as usize;
+            [
+                expand8(mask, _mm256_loadu_ps(p)),
+                expand8(mask >> 8, _mm256_loadu_ps(p.add(k1))),
+                expand8(mask >> 16, _mm256_loadu_ps(p.add(k2))),
+                expand8(mask >> 24, _mm256_loadu_ps(p.add(k3))),
+            ]
+        }
+        #[inline(always)]
+        unsafe fn expand_bf16(mask: u32, p: *const u16) -> Self::C {
+            let k1 = (mask & 0xff).count_ones() as usize;
+            let k2 = k1 + ((mask >> 8) & 0xff).count_ones() as usize;
+            let k3 = k2 + ((mask >> 16) & 0xff).count_ones() as usize;
+            let low = _mm256_set_m128i(spread8(mask >> 8, p.add(k1)), spread8(mask, p));
+            let high = _mm256_set_m128i(spread8(mask >> 24, p.add(k3)), spread8(mask >> 16, p.add(k2)));
+            let (e0, o0) = split_pairs8(low);
+            let (e1, o1) = split_pairs8(high);
+            [e0, o0, e1, o1]
+        }
+        #[inline(always)]
+        unsafe fn two_four_mask(positions: &[u8], out: &mut [u8]) {
+            let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(TWO_FOUR_NIBBLE.as_ptr().cast()));
+            let table_high = _mm256_slli_epi16(table, 4);
+            let nibble = _mm256_set1_epi8(15);
+            let n = out.len().min(positions.len());
+            let mut i = 0;
+            while i + 32 <= n {
+                let p = _mm256_loadu_si256(positions.as_ptr().add(i).cast());
+                let low = _mm256_shuffle_epi8(table, _mm256_and_si256(p, nibble));
+                let high = _mm256_shuffle_epi8(table_high, _mm256_and_si256(_mm256_srli_epi16(p, 4), nibble));
+                _mm256_storeu_si256(out.as_mut_ptr().add(i).cast(), _mm256_or_si256(low, high));
+                i += 32;
+            }
+            two_four_bytes(&positions[i..n], &mut out[i..n]);
+        }
+        #[inline(always)]
+        unsafe fn prefetch(p: *const u8) {
+            _mm_prefetch::<_MM_HINT_T0>(p.cast());
+        }
+    }
+
+    // The chunk types hold exactly CHUNK lanes.
+    const _: () = assert!(std::mem::size_of::<[__m512; 2]>() == CHUNK * 4);
+    const _: () = assert!(std::mem::size_of::<[__m256; 4]>() == CHUNK * 4);
+}

@@ -210,7 +210,7 @@ fn choose(linear: &Linear, mode: SparseMode) -> Result<(InferLinear, f64)> {
 /// consecutive entries of a row has at most N non-zeros), else bitmask.
 pub fn detect_format(values: &[f32], rows: usize, cols: usize) -> SparseFormat {
     for (n, m) in [(2, 4), (4, 8)] {
-        if cols % m != 0 || rows * cols != values.len() {
+        if !cols.is_multiple_of(m) || rows * cols != values.len() {
             continue;
         }
         let fits = values.chunks_exact(m).all(|group| group.iter().filter(|&&v| v != 0.0).count() <= n);

@@ -88,7 +88,7 @@ pub fn attention<T: CudaFloat>(
             c.head_dim
         )));
     }
-    if c.kv_heads == 0 || d.q_heads % c.kv_heads != 0 {
+    if c.kv_heads == 0 || !d.q_heads.is_multiple_of(c.kv_heads) {
         return Err(Error::invalid(format!(
             "{OP}: {} query heads do not group over {} kv heads",
             d.q_heads, c.kv_heads

@@ -25,7 +25,7 @@ const MAX_POSITIONS: usize = 1 << 24;
 /// Error unless x is a float tensor of heads of `head_dim` (even, nonzero) features and
 /// inv_freq holds head_dim / 2 finite frequencies.
 fn check_heads(x: &Tensor, inv_freq: &[f32], head_dim: usize) -> Result<()> {
-    if head_dim == 0 || head_dim % 2 != 0 {
+    if head_dim == 0 || !head_dim.is_multiple_of(2) {
         return Err(Error::BadShape {
             op: "rope",
             shape: x.shape().clone(),

@@ -347,8 +347,10 @@ trait Source<T: Stored>: Sync {
     where
         Self: 's,
         T: 's;
-    /// Working space for one row.
-    fn scratch(&self) -> Scratch<T>;
+    /// Working space for one row (empty unless the source needs some).
+    fn scratch(&self) -> Scratch<T> {
+        Scratch { mask: Vec::new(), values: Vec::new() }
+    }
     /// Row r, using `scratch`.
     ///
     /// # Safety
@@ -405,9 +407,6 @@ impl<T: Stored> Source<T> for DenseSource<'_, T> {
     where
         Self: 's,
         T: 's;
-    fn scratch(&self) -> Scratch<T> {
-        Scratch { mask: Vec::new(), values: Vec::new() }
-    }
     #[inline(always)]
     unsafe fn row<'s, S: Simd>(&'s self, r: usize, scratch: &'s mut Scratch<T>) -> DenseRow<'s, T> {
         let need = self.cols.next_multiple_of(CHUNK);
@@ -507,9 +506,6 @@ impl<T: Stored> Source<T> for BitmaskSource<'_, T> {
     where
         Self: 's,
         T: 's;
-    fn scratch(&self) -> Scratch<T> {
-        Scratch { mask: Vec::new(), values: Vec::new() }
-    }
     #[inline(always)]
     unsafe fn row<'s, S: Simd>(&'s self, r: usize, scratch: &'s mut Scratch<T>) -> MaskedRow<'s, T> {
         let (start, end) = (self.offsets[r] as usize, self.offsets[r + 1] as usize);

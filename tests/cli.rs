@@ -274,6 +274,7 @@ fn run_main_job_end_to_end_and_resume() {
     let stages = report["stages"].as_array().unwrap();
     assert_eq!(stages.len(), 3);
     assert!(stages.iter().all(|s| s["perplexity"].as_f64().unwrap().is_finite()));
+    assert!(stages.iter().all(|s| s["decode_tokens_per_second"].as_f64().unwrap() > 0.0), "{stages:?}");
     // SEFT moves the mask but keeps every layer's sparsity; the pruned model is ~50% sparse.
     assert_eq!(report["layer_sparsity"]["pruned"], report["layer_sparsity"]["repaired"]);
     assert!((stages[1]["sparsity"].as_f64().unwrap() - 0.5).abs() < 0.01, "{}", stages[1]);

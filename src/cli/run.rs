@@ -25,7 +25,8 @@ use super::{default_asset, default_model, device_and_dtype, progress, DataArgs};
 use crate::data::{calibration_windows, sotu_files, window_streams, windows_of_streams};
 use crate::eval::perplexity;
 use crate::finetune::{checkpoint, LoraOptions, Repair, RepairMethod, RepairOptions, TrainConfig, TrainData};
-use crate::infer::{InferModel, SparseMode};
+use crate::infer::sample::argmax;
+use crate::infer::{GenerateOptions, InferModel, SparseMode};
 use crate::io::outputs::{
     hash_data_files, model_hash, role, OutputKind, OutputPlan, Provenance, RunManifest, META_WRITTEN_BY,
 };
@@ -120,6 +121,10 @@ pub struct RunArgs {
     seed: u64,
 }
 
+/// Prompt tokens and generated tokens of each stage's decode-speed measurement.
+const DECODE_PROMPT: usize = 32;
+const DECODE_TOKENS: usize = 64;
+
 /// One row of the table.
 #[derive(serde::Serialize)]
 struct Stage {
@@ -127,6 +132,9 @@ struct Stage {
     perplexity: f64,
     sparsity: f64,
     seconds: f64,
+    /// Greedy decode speed of the stage's model as `generate` runs it (pruned linears
+    /// compressed), in this run's dtype and threads.
+    decode_tokens_per_second: f64,
 }
 
 /// Decoder-linear weights zero in `pruned` and non-zero in `merged` (must be none for the
@@ -244,12 +252,21 @@ pub fn run(a: RunArgs) -> Result<()> {
     let limits = a.data_limits.limits()?;
     let eval_streams = window_streams(&tokenizer, &texts, &a.text_field, &limits, 512, Some(a.eval_windows))?.tokens;
     let eval_windows = windows_of_streams(&eval_streams, 512, Some(a.eval_windows))?;
-    let evaluate = |m: &Llama, what: &str| -> Result<(f64, f64)> {
+    // Perplexity on the engine with dense linears (prefill is compute-bound: the dense GEMM
+    // is the faster route, and the weights are the same); then the decode speed of the
+    // model as `generate` runs it (pruned linears compressed), DECODE_TOKENS greedy tokens
+    // after the first DECODE_PROMPT of the eval text.
+    let evaluate = |m: &Llama, what: &str| -> Result<(f64, f64, f64)> {
         let pb = progress::bar(eval_windows.len() as u64, &format!("eval {what}"));
-        let engine = InferModel::new(m.clone(), SparseMode::Auto)?;
+        let engine = InferModel::new(m.clone(), SparseMode::Off)?;
         let r = perplexity(&engine, &eval_windows, |done, _| pb.set_position(done as u64))?;
         pb.finish_and_clear();
-        Ok((r.perplexity, r.seconds))
+        drop(engine);
+        let engine = InferModel::new(m.clone(), SparseMode::Auto)?;
+        let prompt = eval_windows[0][..DECODE_PROMPT.min(eval_windows[0].len())].to_vec();
+        let opts = GenerateOptions { max_new: DECODE_TOKENS, stop: vec![] };
+        let gen = engine.generate(&[prompt], &opts, |_, l| argmax(l), |_, _| Ok(()))?;
+        Ok((r.perplexity, r.seconds, gen.decode_tokens_per_second()))
     };
     let mut stages = Vec::new();
 
@@ -273,8 +290,14 @@ pub fn run(a: RunArgs) -> Result<()> {
     };
     let dense = model_source.load(&device, dtype)?;
     let dense_hash = model_hash(&dense)?;
-    let (ppl, secs) = evaluate(&dense, "dense")?;
-    stages.push(Stage { stage: "dense".into(), perplexity: ppl, sparsity: 0.0, seconds: secs });
+    let (ppl, secs, decode) = evaluate(&dense, "dense")?;
+    stages.push(Stage {
+        stage: "dense".into(),
+        perplexity: ppl,
+        sparsity: 0.0,
+        seconds: secs,
+        decode_tokens_per_second: decode,
+    });
 
     // 2. Prune (or reuse the pruned model of an interrupted run made from the same inputs).
     let pruned_path = out("pruned");
@@ -323,7 +346,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     };
     let prune_seconds = t0.elapsed().as_secs_f64();
     let pruned_layers = pruned.layer_sparsity()?;
-    let (ppl, _) = evaluate(&pruned, "pruned")?;
+    let (ppl, _, decode) = evaluate(&pruned, "pruned")?;
     let label = match pattern {
         Pattern::Unstructured(s) => format!("{} {:.0}%", prune_method.name(), s * 100.0),
         nm => format!("{} {nm}", prune_method.name()),
@@ -333,6 +356,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         perplexity: ppl,
         sparsity: mean(&pruned_layers),
         seconds: prune_seconds,
+        decode_tokens_per_second: decode,
     });
 
     // 3. Repair.
@@ -380,12 +404,13 @@ pub fn run(a: RunArgs) -> Result<()> {
     let revived = revived(&llama::load(&pruned_path, &device, dtype)?, &merged)?;
     let run_meta = serde_json::json!({ "repair": repair_method.name() }).to_string();
     write(&merged, &out("repaired"), ("sparsetune.run", run_meta))?;
-    let (ppl, _) = evaluate(&merged, "repaired")?;
+    let (ppl, _, decode) = evaluate(&merged, "repaired")?;
     stages.push(Stage {
         stage: format!("repaired ({})", repair_method.name()),
         perplexity: ppl,
         sparsity: mean(&repaired_layers),
         seconds: repair_seconds,
+        decode_tokens_per_second: decode,
     });
 
     // 4. Report and charts.
@@ -468,9 +493,12 @@ pub fn run(a: RunArgs) -> Result<()> {
     let stale: &[&str] = if ranks.is_none() { &["rank.png"] } else { &[] };
     manifest.write_files(&a.out_dir, &files, stale)?;
 
-    println!("{:<28} {:>11} {:>9} {:>9}", "stage", "perplexity", "sparsity", "seconds");
+    println!("{:<28} {:>11} {:>9} {:>9} {:>14}", "stage", "perplexity", "sparsity", "seconds", "decode tok/s");
     for s in &stages {
-        println!("{:<28} {:>11.2} {:>9.4} {:>9.1}", s.stage, s.perplexity, s.sparsity, s.seconds);
+        println!(
+            "{:<28} {:>11.2} {:>9.4} {:>9.1} {:>14.1}",
+            s.stage, s.perplexity, s.sparsity, s.seconds, s.decode_tokens_per_second
+        );
     }
     let moved = match repair_method {
         RepairMethod::Seft => " (SEFT moves the mask)",

@@ -26,10 +26,10 @@
 use cuda_cpu::{Arg, Buffer, Guard, Null};
 use sparsetune::linalg::{self, gemm_f64};
 use sparsetune::ops::prune_select::cpu::{prune_lowest_per_row, pruned_count};
-use sparsetune::ops::sparsegpt::cpu;
 use sparsetune::ops::sparsegpt::cuda::{
     block_columns_geometry, block_scores_geometry, pack_mask_geometry, per_column_geometry, MAX_BLOCK_COLUMNS,
 };
+use sparsetune::ops::sparsegpt::{cpu, TEST_CASES};
 use sparsetune::sparse::BitMask;
 use sparsetune::testing::{random_f64, random_mask};
 
@@ -310,32 +310,20 @@ fn prune(
 type PruneCase = (usize, usize, Rule, usize);
 
 /// The op test's cases (seed 100 + 10·index, as there), then the edges of the header.
-const PRUNE_CASES: [PruneCase; 20] = [
-    (9, 40, un(0.5), 16),
-    (23, 77, un(0.5), 32),
-    (70, 300, un(0.5), 128),
-    (7, 250, un(0.5), 200),
-    (41, 129, un(0.7), 16),
-    (13, 150, un(0.7), 32),
-    (37, 259, un(0.7), 128),
-    (11, 300, un(0.7), 256),
-    (17, 96, nm(2, 4), 16),
-    (33, 200, nm(2, 4), 32),
-    (70, 300, nm(2, 4), 128),
-    (11, 300, nm(2, 4), 256),
-    (21, 48, nm(4, 8), 16),
-    (9, 136, nm(4, 8), 32),
-    (50, 264, nm(4, 8), 128),
-    (2, 1, un(0.5), 128),
-    (8, 256, un(0.5), 256),
-    (9, 257, un(0.6), 256),
-    (5, 250, nm(3, 5), 250),
-    (3, 64, nm(1, 2), 16),
-];
+fn prune_cases() -> Vec<PruneCase> {
+    let edges = [
+        (2, 1, un(0.5), 128),
+        (8, 256, un(0.5), 256),
+        (9, 257, un(0.6), 256),
+        (5, 250, nm(3, 5), 250),
+        (3, 64, nm(1, 2), 16),
+    ];
+    TEST_CASES.into_iter().chain(edges).collect()
+}
 
-/// The whole op on `PRUNE_CASES[index]` against `cpu::prune`, as the op test compares them.
+/// The whole op on `prune_cases()[index]` against `cpu::prune`, as the op test compares them.
 fn check_prune(index: usize, guard: Guard) {
-    let (rows, cols, rule @ (s, nm), block_size) = PRUNE_CASES[index];
+    let (rows, cols, rule @ (s, nm), block_size) = prune_cases()[index];
     let what = format!("sparsegpt {s} {nm:?} {rows}x{cols} block {block_size} {guard:?}");
     let seed = 100 + 10 * index as u64;
     let h = hessian(cols, seed, &[3]);
@@ -384,5 +372,5 @@ fn pack_mask_matches_bitmask() {
 
 #[test]
 fn prune_matches_cpu() {
-    each_case(&(0..PRUNE_CASES.len()).collect::<Vec<_>>(), check_prune);
+    each_case(&(0..prune_cases().len()).collect::<Vec<_>>(), check_prune);
 }

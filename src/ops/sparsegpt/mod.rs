@@ -287,6 +287,31 @@ pub fn prune(
     BitMask::from_bytes(rows, cols, dev.dtoh(bits.slice())?)
 }
 
+/// One case of [`TEST_CASES`]: (rows, cols, (sparsity, N:M), block size).
+#[doc(hidden)]
+pub type TestCase = (usize, usize, (f64, Option<(usize, usize)>), usize);
+
+/// The cases of the CUDA test `prune_matches_cpu`, shared with its CPU execution
+/// (tests/cuda_on_cpu/sparsegpt.rs); case i uses seed 100 + 10·i.
+#[doc(hidden)]
+pub const TEST_CASES: [TestCase; 15] = [
+    (9, 40, (0.5, None), 16),
+    (23, 77, (0.5, None), 32),
+    (70, 300, (0.5, None), 128),
+    (7, 250, (0.5, None), 200),
+    (41, 129, (0.7, None), 16),
+    (13, 150, (0.7, None), 32),
+    (37, 259, (0.7, None), 128),
+    (11, 300, (0.7, None), 256),
+    (17, 96, (0.0, Some((2, 4))), 16),
+    (33, 200, (0.0, Some((2, 4))), 32),
+    (70, 300, (0.0, Some((2, 4))), 128),
+    (11, 300, (0.0, Some((2, 4))), 256),
+    (21, 48, (0.0, Some((4, 8))), 16),
+    (9, 136, (0.0, Some((4, 8))), 32),
+    (50, 264, (0.0, Some((4, 8))), 128),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,26 +450,7 @@ mod tests {
     #[test]
     fn prune_matches_cpu() {
         let Some(dev) = gpu("sparsegpt::prune_matches_cpu") else { return };
-        let un = |s| (s, None);
-        let nm = |n, m| (0.0, Some((n, m)));
-        let cases = [
-            (9, 40, un(0.5), 16),
-            (23, 77, un(0.5), 32),
-            (70, 300, un(0.5), 128),
-            (7, 250, un(0.5), 200),
-            (41, 129, un(0.7), 16),
-            (13, 150, un(0.7), 32),
-            (37, 259, un(0.7), 128),
-            (11, 300, un(0.7), 256),
-            (17, 96, nm(2, 4), 16),
-            (33, 200, nm(2, 4), 32),
-            (70, 300, nm(2, 4), 128),
-            (11, 300, nm(2, 4), 256),
-            (21, 48, nm(4, 8), 16),
-            (9, 136, nm(4, 8), 32),
-            (50, 264, nm(4, 8), 128),
-        ];
-        for (seed, (rows, cols, (s, nm), block_size)) in cases.into_iter().enumerate() {
+        for (seed, (rows, cols, (s, nm), block_size)) in TEST_CASES.into_iter().enumerate() {
             let seed = 100 + 10 * seed as u64;
             let what = format!("{s} {nm:?} {rows}x{cols} block {block_size}");
             let h = hessian(cols, seed, &[3]);

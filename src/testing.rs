@@ -134,3 +134,39 @@ pub fn finite_diff(f: impl Fn(&[f64]) -> Vec<f64>, x: &[f64], weights: &[f64], h
         })
         .collect()
 }
+
+/// A SparseGPT-like Hessian [cols, cols]: (2/t)·XᵀX for X = Z·(I + R/√cols) over
+/// t = 2·cols + 16 tokens (correlated inputs, condition number of the mixing about 10), with
+/// the inputs in `dead` that lie below `cols` always zero.
+pub fn correlated_hessian(cols: usize, seed: u64, dead: &[usize]) -> Vec<f64> {
+    let tokens = 2 * cols + 16;
+    let z = random_f64(tokens * cols, 1.0, seed);
+    let mut mix = random_f64(cols * cols, 1.0 / (cols as f64).sqrt(), seed + 1);
+    for j in 0..cols {
+        mix[j * cols + j] += 1.0;
+    }
+    let mut x = vec![0f64; tokens * cols];
+    crate::linalg::gemm_f64(tokens, cols, cols, &mut x, cols, false, 1.0, &z, cols, false, &mix, cols, false);
+    for t in 0..tokens {
+        for &d in dead.iter().filter(|&&d| d < cols) {
+            x[t * cols + d] = 0.0;
+        }
+    }
+    let mut h = vec![0f64; cols * cols];
+    crate::linalg::gemm_f64(
+        cols,
+        cols,
+        tokens,
+        &mut h,
+        cols,
+        false,
+        2.0 / tokens as f64,
+        &x,
+        cols,
+        true,
+        &x,
+        cols,
+        false,
+    );
+    h
+}

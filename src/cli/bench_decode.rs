@@ -160,29 +160,19 @@ enum Prune {
     NM(usize, usize),
 }
 
-/// `w` [rows, cols] with the entries `p` prunes set to zero (by magnitude, ties to the
-/// higher column).
+/// `w` [rows, cols] with the entries `p` prunes by magnitude set to zero (the selection
+/// of `sparsetune prune --method magnitude`).
 fn pruned(w: &Tensor, p: Prune) -> Result<Tensor> {
-    use rayon::prelude::*;
-    let [_, cols] = w.shape().dims_n::<2>("bench decode")?;
+    use crate::ops::prune_select::cpu::{magnitude, prune_lowest_nm, prune_lowest_per_row, pruned_count};
+    let [rows, cols] = w.shape().dims_n::<2>("bench decode")?;
     let mut v = w.to_f32_vec()?;
-    let group = match p {
-        Prune::Unstructured(_) => cols,
-        Prune::NM(_, m) if cols % m == 0 => m,
-        Prune::NM(n, m) => return Err(Error::invalid(format!("--nm {n}:{m}: {cols} columns are not groups of {m}"))),
+    let scores = magnitude(&v);
+    let mask = match p {
+        Prune::Unstructured(s) => prune_lowest_per_row(&scores, rows, cols, pruned_count(cols, s)),
+        Prune::NM(n, m) => prune_lowest_nm(&scores, rows, cols, n, m)?,
     };
-    let drop = |len: usize| match p {
-        Prune::Unstructured(s) => (len as f64 * s).round() as usize,
-        Prune::NM(n, m) => m - n.min(m),
-    };
-    v.par_chunks_mut(group).for_each(|g| {
-        let mut order: Vec<usize> = (0..g.len()).collect();
-        order.sort_by(|&x, &y| g[x].abs().total_cmp(&g[y].abs()).then(y.cmp(&x)));
-        for &i in &order[..drop(g.len())] {
-            g[i] = 0.0;
-        }
-    });
-    Tensor::from_f32(v, w.dims().to_vec(), DType::F32, w.device())
+    mask.apply(&mut v)?;
+    Tensor::from_f32(v, [rows, cols], DType::F32, w.device())
 }
 
 /// The format of a variant's decoder linears: one name, or `mixed (…)` with counts.

@@ -31,7 +31,7 @@ use sparsetune::ops::sparsegpt::cuda::{
 };
 use sparsetune::ops::sparsegpt::{cpu, TEST_CASES};
 use sparsetune::sparse::BitMask;
-use sparsetune::testing::{random_f64, random_mask};
+use sparsetune::testing::{correlated_hessian as hessian, random_f64, random_mask};
 
 use crate::cholesky::{assert_matches, bits, inverse_cholesky_upper, on_host, spd};
 use crate::{each_case, i32s, run};
@@ -51,27 +51,6 @@ const fn nm(n: usize, m: usize) -> Rule {
 const POISON: u8 = 0xAA;
 /// The op test's damping.
 const PERCDAMP: f64 = 0.01;
-
-/// The op test's H: (2/t)·XᵀX for X = Z·(I + R/√cols) over t = 2·cols + 16 tokens, with the
-/// inputs in `dead` (those inside the row) always zero.
-fn hessian(cols: usize, seed: u64, dead: &[usize]) -> Vec<f64> {
-    let tokens = 2 * cols + 16;
-    let z = random_f64(tokens * cols, 1.0, seed);
-    let mut mix = random_f64(cols * cols, 1.0 / (cols as f64).sqrt(), seed + 1);
-    for j in 0..cols {
-        mix[j * cols + j] += 1.0;
-    }
-    let mut x = vec![0f64; tokens * cols];
-    gemm_f64(tokens, cols, cols, &mut x, cols, false, 1.0, &z, cols, false, &mix, cols, false);
-    for t in 0..tokens {
-        for &d in dead.iter().filter(|&&d| d < cols) {
-            x[t * cols + d] = 0.0;
-        }
-    }
-    let mut h = vec![0f64; cols * cols];
-    gemm_f64(cols, cols, tokens, &mut h, cols, false, 2.0 / tokens as f64, &x, cols, true, &x, cols, false);
-    h
-}
 
 fn dead_inputs(h: &Buffer<f64>, w: &Buffer<f64>, diag: &Buffer<f64>, rows: usize, cols: usize) {
     let [rows_i, cols_i] = i32s([rows, cols]);

@@ -90,48 +90,33 @@ fn a_batch_of_prompts_of_different_lengths_gives_what_each_gives_alone() {
     }
 }
 
-/// `model` with the linears of `layers` pruned by `keep(row, col, value_row)`: entries it
-/// rejects are set to zero.
-fn pruned(model: &Llama, layers: &[usize], keep: impl Fn(&[f32], usize) -> bool) -> Llama {
+/// How a test prunes: the fraction of each row with the smallest magnitudes, or N:M.
+#[derive(Clone, Copy)]
+enum Prune {
+    Rows(f64),
+    NM(usize, usize),
+}
+
+/// `model` with the linears of `layers` magnitude-pruned by `p` (prune_select's selection):
+/// the pruned entries set to zero.
+fn pruned(model: &Llama, layers: &[usize], p: Prune) -> Llama {
+    use sparsetune::ops::prune_select::cpu::{magnitude, prune_lowest_nm, prune_lowest_per_row, pruned_count};
     model
         .map_tensors(|part, t| match part {
             Part::Linear(l, _) if layers.contains(l) => {
                 let [rows, cols] = [t.dims()[0], t.dims()[1]];
                 let mut v = t.to_f32_vec()?;
-                for r in 0..rows {
-                    let row = v[r * cols..(r + 1) * cols].to_vec();
-                    for (c, x) in v[r * cols..(r + 1) * cols].iter_mut().enumerate() {
-                        if !keep(&row, c) {
-                            *x = 0.0;
-                        }
-                    }
-                }
+                let scores = magnitude(&v);
+                let mask = match p {
+                    Prune::Rows(s) => prune_lowest_per_row(&scores, rows, cols, pruned_count(cols, s)),
+                    Prune::NM(n, m) => prune_lowest_nm(&scores, rows, cols, n, m)?,
+                };
+                mask.apply(&mut v)?;
                 Tensor::from_f32(v, t.dims().to_vec(), t.dtype(), t.device())
             }
             _ => Ok(t.clone()),
         })
         .unwrap()
-}
-
-/// Keeps the `n` largest magnitudes of each group of `m` (ties to the lower column).
-fn nm_keep(n: usize, m: usize) -> impl Fn(&[f32], usize) -> bool {
-    move |row, c| {
-        let g = c / m * m;
-        let rank =
-            (g..g + m).filter(|&o| row[o].abs() > row[c].abs() || (row[o].abs() == row[c].abs() && o < c)).count();
-        rank < n
-    }
-}
-
-/// Keeps entries above the row's median magnitude (about `1 - frac` of them), unevenly
-/// per row when `frac` varies.
-fn unstructured_keep(frac: f64) -> impl Fn(&[f32], usize) -> bool {
-    move |row, c| {
-        let mut mags: Vec<f32> = row.iter().map(|v| v.abs()).collect();
-        mags.sort_by(f32::total_cmp);
-        let cut = mags[((row.len() as f64 * frac) as usize).min(row.len() - 1)];
-        row[c].abs() > cut
-    }
 }
 
 /// Prefill of a 7-token prompt and 8 greedy steps, sparse kernels vs dense, same weights.
@@ -158,19 +143,19 @@ fn sparse_kernels_give_the_dense_logits_on_the_same_pruned_weights() {
         // Bitmask at uneven sparsity (layer 0 ~50%, layer 1 ~70%, layer 2 dense but stored
         // as a bitmask keeping everything), awkward widths.
         let base = tiny(&awkward(), dtype, 3);
-        let m = pruned(&pruned(&base, &[0], unstructured_keep(0.5)), &[1], unstructured_keep(0.7));
+        let m = pruned(&pruned(&base, &[0], Prune::Rows(0.5)), &[1], Prune::Rows(0.7));
         sparse_matches_dense(&m, &["bitmask"], atol, rtol);
         // 2:4 and 4:8 on widths that allow them.
         let base = tiny(&LlamaConfig::tiny(), dtype, 5);
-        sparse_matches_dense(&pruned(&base, &[0, 1], nm_keep(2, 4)), &["2:4"], atol, rtol);
-        sparse_matches_dense(&pruned(&base, &[0, 1], nm_keep(4, 8)), &["4:8"], atol, rtol);
+        sparse_matches_dense(&pruned(&base, &[0, 1], Prune::NM(2, 4)), &["2:4"], atol, rtol);
+        sparse_matches_dense(&pruned(&base, &[0, 1], Prune::NM(4, 8)), &["4:8"], atol, rtol);
     }
 }
 
 #[test]
 fn auto_compresses_the_pruned_linears_and_only_those() {
     let base = tiny(&awkward(), DType::F32, 9);
-    let model = pruned(&pruned(&base, &[0], unstructured_keep(0.5)), &[2], unstructured_keep(0.1));
+    let model = pruned(&pruned(&base, &[0], Prune::Rows(0.5)), &[2], Prune::Rows(0.1));
     let engine = InferModel::new(model, SparseMode::Auto).unwrap();
     for c in &engine.choices {
         let want = if c.layer == 0 { "bitmask" } else { "dense" };

@@ -5,8 +5,8 @@
 //! `--sparse auto` compresses exactly the pruned linears; bad requests are errors.
 
 use sparsetune::infer::{Finish, GenerateOptions, InferModel, SparseMode};
-use sparsetune::model::llama::{ForwardOptions, Llama, LlamaConfig, Part};
-use sparsetune::testing::assert_close;
+use sparsetune::model::llama::{ForwardOptions, Llama, LlamaConfig};
+use sparsetune::testing::{assert_close, magnitude_pruned, Prune};
 use sparsetune::{DType, Device, Result, Tensor};
 
 fn tiny(config: &LlamaConfig, dtype: DType, seed: u64) -> Llama {
@@ -90,33 +90,9 @@ fn a_batch_of_prompts_of_different_lengths_gives_what_each_gives_alone() {
     }
 }
 
-/// How a test prunes: the fraction of each row with the smallest magnitudes, or N:M.
-#[derive(Clone, Copy)]
-enum Prune {
-    Rows(f64),
-    NM(usize, usize),
-}
-
-/// `model` with the linears of `layers` magnitude-pruned by `p` (prune_select's selection):
-/// the pruned entries set to zero.
+/// `model` with the linears of `layers` magnitude-pruned by `p`.
 fn pruned(model: &Llama, layers: &[usize], p: Prune) -> Llama {
-    use sparsetune::ops::prune_select::cpu::{magnitude, prune_lowest_nm, prune_lowest_per_row, pruned_count};
-    model
-        .map_tensors(|part, t| match part {
-            Part::Linear(l, _) if layers.contains(l) => {
-                let [rows, cols] = [t.dims()[0], t.dims()[1]];
-                let mut v = t.to_f32_vec()?;
-                let scores = magnitude(&v);
-                let mask = match p {
-                    Prune::Rows(s) => prune_lowest_per_row(&scores, rows, cols, pruned_count(cols, s)),
-                    Prune::NM(n, m) => prune_lowest_nm(&scores, rows, cols, n, m)?,
-                };
-                mask.apply(&mut v)?;
-                Tensor::from_f32(v, t.dims().to_vec(), t.dtype(), t.device())
-            }
-            _ => Ok(t.clone()),
-        })
-        .unwrap()
+    magnitude_pruned(model, layers, p).unwrap()
 }
 
 /// Prefill of a 7-token prompt and 8 greedy steps, sparse kernels vs dense, same weights.

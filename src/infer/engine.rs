@@ -15,8 +15,9 @@
 
 use std::time::Instant;
 
+use super::cpu_step;
 use super::model::InferModel;
-use crate::{ops, DType, Device, Error, Result, Tensor};
+use crate::{ops, with_compute_type, DType, Device, Error, Result, Tensor};
 
 /// Keys and values of every layer for `batch` sequences of up to `capacity` positions.
 #[derive(Debug)]
@@ -41,6 +42,19 @@ impl KvCache {
     /// Positions each sequence may hold.
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Counts one more position of each of `seqs` (as a step does).
+    #[cfg(test)]
+    pub(super) fn advance(&mut self, seqs: &[u32]) {
+        for &s in seqs {
+            self.lens[s as usize] += 1;
+        }
+    }
+
+    /// The key and value tensors of every layer.
+    pub(super) fn tensors(&self) -> (&[Tensor], &[Tensor]) {
+        (&self.keys, &self.values)
     }
 
     /// Bytes of keys and values.
@@ -168,10 +182,14 @@ impl InferModel {
         if let Some(&r) = rows.iter().find(|&&r| r >= tokens.len()) {
             return Err(Error::invalid(format!("row {r} of a step of {} tokens", tokens.len())));
         }
-        let logits = self.forward_rows(cache, seqs, &positions, tokens, rows)?;
+        let logits = if matches!(self.device(), Device::Cpu(_)) && cpu_step::applies(tokens.len()) {
+            with_compute_type!(self.dtype(), "step", T => cpu_step::step::<T>(self, cache, seqs, &positions, tokens, rows))?
+        } else {
+            self.forward_rows(cache, seqs, &positions, tokens, rows)?.to_f32_vec()?
+        };
         cache.lens = next;
         let vocab = self.config.vocab_size;
-        Ok(logits.to_f32_vec()?.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+        Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
     }
 
     /// Sum of next-token losses over one window of tokens (predicting tokens[1..] from
@@ -190,7 +208,9 @@ impl InferModel {
         ops::cross_entropy::forward_sum(&logits, &targets)
     }
 
-    fn forward_rows(
+    /// The logits [rows.len(), vocab] of one step through the operations (any device, any
+    /// number of tokens), keys and values written into `cache`.
+    pub(super) fn forward_rows(
         &self,
         cache: &KvCache,
         seqs: &[u32],

@@ -13,10 +13,12 @@
 //!   `config.json`, or the tokenizer's EOS).
 
 pub mod chat;
+mod cpu_step;
 mod engine;
 pub mod generation_config;
 mod model;
 pub mod sample;
+mod team;
 
 pub use engine::{Finish, GenerateOptions, Generation, KvCache};
 pub use model::{

@@ -144,102 +144,27 @@ pub enum Weights<'a, T> {
 }
 
 /// y [tokens, rows] = x [tokens, cols] · Wᵀ on `isa` (an error where this CPU lacks it).
-pub fn linear<T: Stored>(
-    isa: Isa,
-    x: &[f32],
-    tokens: usize,
-    rows: usize,
-    cols: usize,
-    w: Weights<'_, T>,
-) -> Result<Vec<f32>> {
+pub(crate) fn apply<T: Stored>(isa: Isa, x: &[f32], tokens: usize, linear: &Linear<'_, T>) -> Result<Vec<f32>> {
     if !isa.available() {
         return Err(Error::invalid(format!("infer_linear: this CPU has no {}", isa.name())));
     }
+    let (rows, cols) = (linear.rows, linear.cols());
     if x.len() != tokens * cols {
         return Err(Error::invalid(format!("infer_linear: {} activations for {tokens} tokens of {cols}", x.len())));
     }
-    let sized = |what: &str, have: usize, want: usize| {
-        if have == want {
-            Ok(())
-        } else {
-            Err(Error::invalid(format!(
-                "infer_linear: {what} holds {have} elements for a {rows}x{cols} weight, not {want}"
-            )))
-        }
-    };
-    match w {
-        Weights::Dense(w) => {
-            sized("dense weight", w.len(), rows * cols)?;
-            if tokens > DECODE_MAX_TOKENS && T::DTYPE == DType::F32 {
-                // An f32 matrix product: the gemm crate's packed kernels are faster here.
-                let w32 = bytemuck::try_cast_slice::<T, f32>(w).map_err(|e| Error::invalid(e.to_string()))?;
-                let mut y = vec![0f32; tokens * rows];
-                fast(x, w32, &mut y, Dims::single(tokens, rows, cols, false, true), 1.0, false);
-                return Ok(y);
-            }
-            run(isa, x, tokens, rows, cols, &DenseSource { w, cols })
-        }
-        Weights::Bitmask { values, mask, offsets } => {
-            let stride = meta_stride(cols, SparseFormat::Bitmask);
-            sized("mask", mask.len(), rows * stride)?;
-            sized("row offsets", offsets.len(), rows + 1)?;
-            let ordered = offsets.first() == Some(&0) && offsets.windows(2).all(|p| p[0] <= p[1]);
-            if !ordered || offsets[rows] as usize != values.len() {
-                return Err(Error::invalid(format!(
-                    "infer_linear: row offsets are not increasing from 0 to the {} values",
-                    values.len()
-                )));
-            }
-            run(isa, x, tokens, rows, cols, &BitmaskSource { values, mask, offsets, cols, stride })
-        }
-        Weights::NM { values, positions, n, m } => {
-            check_nm(n, m, cols)?;
-            let format = SparseFormat::NM { n, m };
-            let per_row = cols / m * n;
-            sized("N:M values", values.len(), rows * per_row)?;
-            sized("N:M positions", positions.len(), rows * meta_stride(cols, format))?;
-            let source = NmSource {
-                values,
-                positions,
-                cols,
-                format,
-                per_row,
-                pos_stride: meta_stride(cols, format),
-                two_four: (n, m) == (2, 4),
-            };
-            run(isa, x, tokens, rows, cols, &source)
-        }
+    if let (Kind::Dense(d), true) = (&linear.kind, tokens > DECODE_MAX_TOKENS && T::DTYPE == DType::F32) {
+        // An f32 matrix product: the gemm crate's packed kernels are faster here.
+        let w32 = bytemuck::try_cast_slice::<T, f32>(d.w).map_err(|e| Error::invalid(e.to_string()))?;
+        let mut y = vec![0f32; tokens * rows];
+        fast(x, w32, &mut y, Dims::single(tokens, rows, cols, false, true), 1.0, false);
+        return Ok(y);
     }
-}
-
-/// Copies x into the padded buffer, splits the rows over threads, and returns y.
-fn run<T: Stored, Src: Source<T>>(
-    isa: Isa,
-    x: &[f32],
-    tokens: usize,
-    rows: usize,
-    cols: usize,
-    src: &Src,
-) -> Result<Vec<f32>> {
     if tokens == 0 || rows == 0 {
         return Ok(Vec::new());
     }
-    let in_pad = cols.next_multiple_of(CHUNK);
-    let decode = tokens <= DECODE_MAX_TOKENS;
-    let tok_pad = if decode { tokens } else { tokens.next_multiple_of(MT) };
-    // x in the lane order the weights decode to, zeros past the data.
-    let columns = if T::DTYPE == DType::BF16 { isa.bf16_columns() } else { NATURAL };
-    let mut x_padded = vec![0f32; tok_pad * in_pad];
-    for (dst, src_row) in x_padded.chunks_exact_mut(in_pad.max(1)).zip(x.chunks_exact(cols.max(1))) {
-        for (ch, block) in dst.chunks_exact_mut(CHUNK).enumerate() {
-            for (v, &column) in block.iter_mut().zip(&columns) {
-                *v = src_row.get(ch * CHUNK + column as usize).copied().unwrap_or(0.0);
-            }
-        }
-    }
-    let job = Job { x: x_padded, cols, in_pad, tokens, tok_pad };
-    let ranges = if decode {
-        balanced_ranges(rows, |r| src.bytes_before(r), rayon::current_num_threads())
+    let job = Activations::new(isa, T::DTYPE, x, tokens, cols);
+    let ranges = if job.is_decode() {
+        balanced_ranges(rows, |r| linear.bytes_before(r), rayon::current_num_threads())
     } else {
         (0..rows).step_by(TILE_ROWS).map(|r| r..(r + TILE_ROWS).min(rows)).collect()
     };
@@ -253,9 +178,9 @@ fn run<T: Stored, Src: Source<T>>(
         rest = tail;
     }
     if blocks.len() == 1 {
-        blocks.into_iter().try_for_each(|(range, out)| run_part(isa, &job, src, range, out))?;
+        blocks.into_iter().try_for_each(|(range, out)| linear.compute(isa, &job, range, out))?;
     } else {
-        blocks.into_par_iter().try_for_each(|(range, out)| run_part(isa, &job, src, range, out))?;
+        blocks.into_par_iter().try_for_each(|(range, out)| linear.compute(isa, &job, range, out))?;
     }
     if tokens == 1 {
         return Ok(y_t);
@@ -269,17 +194,136 @@ fn run<T: Stored, Src: Source<T>>(
     Ok(y)
 }
 
+/// A weight [rows, cols] whose buffers were checked once, ready for [`Linear::compute`] on
+/// any row range from any thread.
+#[derive(Clone, Copy)]
+pub(crate) struct Linear<'a, T> {
+    rows: usize,
+    kind: Kind<'a, T>,
+}
+
+#[derive(Clone, Copy)]
+enum Kind<'a, T> {
+    Dense(DenseSource<'a, T>),
+    Bitmask(BitmaskSource<'a, T>),
+    NM(NmSource<'a, T>),
+}
+
+impl<'a, T: Stored> Linear<'a, T> {
+    /// Error unless the buffers of `w` fit a [rows, cols] weight (bitmask row offsets
+    /// increasing from 0 to the number of values).
+    pub(crate) fn new(rows: usize, cols: usize, w: Weights<'a, T>) -> Result<Self> {
+        let sized = |what: &str, have: usize, want: usize| {
+            if have == want {
+                Ok(())
+            } else {
+                Err(Error::invalid(format!(
+                    "infer_linear: {what} holds {have} elements for a {rows}x{cols} weight, not {want}"
+                )))
+            }
+        };
+        let kind = match w {
+            Weights::Dense(w) => {
+                sized("dense weight", w.len(), rows * cols)?;
+                Kind::Dense(DenseSource { w, cols })
+            }
+            Weights::Bitmask { values, mask, offsets } => {
+                let stride = meta_stride(cols, SparseFormat::Bitmask);
+                sized("mask", mask.len(), rows * stride)?;
+                sized("row offsets", offsets.len(), rows + 1)?;
+                let ordered = offsets.first() == Some(&0) && offsets.windows(2).all(|p| p[0] <= p[1]);
+                if !ordered || offsets[rows] as usize != values.len() {
+                    return Err(Error::invalid(format!(
+                        "infer_linear: row offsets are not increasing from 0 to the {} values",
+                        values.len()
+                    )));
+                }
+                Kind::Bitmask(BitmaskSource { values, mask, offsets, cols, stride })
+            }
+            Weights::NM { values, positions, n, m } => {
+                check_nm(n, m, cols)?;
+                let format = SparseFormat::NM { n, m };
+                let per_row = cols / m * n;
+                sized("N:M values", values.len(), rows * per_row)?;
+                sized("N:M positions", positions.len(), rows * meta_stride(cols, format))?;
+                Kind::NM(NmSource {
+                    values,
+                    positions,
+                    cols,
+                    format,
+                    per_row,
+                    pos_stride: meta_stride(cols, format),
+                    two_four: (n, m) == (2, 4),
+                })
+            }
+        };
+        Ok(Linear { rows, kind })
+    }
+
+    /// Output rows.
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input columns.
+    pub(crate) fn cols(&self) -> usize {
+        match &self.kind {
+            Kind::Dense(s) => s.cols,
+            Kind::Bitmask(s) => s.cols,
+            Kind::NM(s) => s.cols,
+        }
+    }
+
+    /// Bytes stored for rows 0..r (values, and mask or positions).
+    pub(crate) fn bytes_before(&self, r: usize) -> usize {
+        match &self.kind {
+            Kind::Dense(s) => s.bytes_before(r),
+            Kind::Bitmask(s) => s.bytes_before(r),
+            Kind::NM(s) => s.bytes_before(r),
+        }
+    }
+
+    /// Rows `rows` of y for the activations `x` (prepared for this weight's columns), into
+    /// `out` [rows.len(), tokens] (transposed), on `isa`.
+    pub(crate) fn compute(&self, isa: Isa, x: &Activations, rows: Range<usize>, out: &mut [f32]) -> Result<()> {
+        if !isa.available() {
+            return Err(Error::invalid(format!("infer_linear: this CPU has no {}", isa.name())));
+        }
+        let cols = self.cols();
+        if x.cols != cols || rows.end > self.rows || out.len() != rows.len() * x.tokens {
+            return Err(Error::invalid(format!(
+                "infer_linear: rows {rows:?} of a {}x{cols} weight for {} tokens of {} into {} outputs",
+                self.rows,
+                x.tokens,
+                x.cols,
+                out.len()
+            )));
+        }
+        match &self.kind {
+            Kind::Dense(s) => run_part(isa, x, s, rows, out),
+            Kind::Bitmask(s) => run_part(isa, x, s, rows, out),
+            Kind::NM(s) => run_part(isa, x, s, rows, out),
+        }
+    }
+}
+
 /// Row ranges of about equal cost (`cost_before(r)`: cost of rows 0..r, increasing), about
 /// one per [`PART_BYTES`] of work, a multiple of the thread count (so that threads finish
 /// together), at most 8 per thread.
 pub(super) fn balanced_ranges(rows: usize, cost_before: impl Fn(usize) -> usize, threads: usize) -> Vec<Range<usize>> {
-    let total = cost_before(rows);
     let threads = threads.max(1);
-    let parts = match total / PART_BYTES {
+    let parts = match cost_before(rows) / PART_BYTES {
         0 => 1,
         n => n.next_multiple_of(threads).min(8 * threads),
-    }
-    .min(rows.max(1));
+    };
+    split_ranges(rows, cost_before, parts)
+}
+
+/// At most `parts` non-empty row ranges covering 0..rows, each of about 1/parts of the
+/// total cost (`cost_before(r)`: cost of rows 0..r, increasing).
+pub(crate) fn split_ranges(rows: usize, cost_before: impl Fn(usize) -> usize, parts: usize) -> Vec<Range<usize>> {
+    let total = cost_before(rows);
+    let parts = parts.clamp(1, rows.max(1));
     let mut bounds = vec![0];
     for i in 1..parts {
         let target = total / parts * i;
@@ -300,14 +344,53 @@ pub(super) fn balanced_ranges(rows: usize, cost_before: impl Fn(usize) -> usize,
     bounds.windows(2).map(|b| b[0]..b[1]).filter(|r| !r.is_empty()).collect()
 }
 
-/// The activations and sizes shared by every part.
-struct Job {
+/// Activations in the kernels' layout: x [tokens, cols] as f32, each row padded with zeros to
+/// whole 32-column chunks and, for bf16 weights, in the lane order the weights decode to;
+/// prefill pads the tokens to a multiple of [`MT`] (zero rows).
+pub(crate) struct Activations {
     /// x padded: [tok_pad, in_pad], zeros beyond the data.
     x: Vec<f32>,
     cols: usize,
     in_pad: usize,
     tokens: usize,
     tok_pad: usize,
+}
+
+impl Activations {
+    /// x [tokens, cols] for weights of `dtype` on `isa`.
+    pub(crate) fn new(isa: Isa, dtype: DType, x: &[f32], tokens: usize, cols: usize) -> Self {
+        let mut a = Activations { x: Vec::new(), cols, in_pad: 0, tokens: 0, tok_pad: 0 };
+        a.fill(isa, dtype, x, tokens, cols);
+        a
+    }
+
+    /// Refills with x [tokens, cols], reusing the buffer.
+    pub(crate) fn fill(&mut self, isa: Isa, dtype: DType, x: &[f32], tokens: usize, cols: usize) {
+        debug_assert_eq!(x.len(), tokens * cols, "infer_linear: activations");
+        let in_pad = cols.next_multiple_of(CHUNK);
+        let tok_pad = if tokens <= DECODE_MAX_TOKENS { tokens } else { tokens.next_multiple_of(MT) };
+        let columns = if dtype == DType::BF16 { isa.bf16_columns() } else { NATURAL };
+        self.x.clear();
+        self.x.resize(tok_pad * in_pad, 0.0);
+        for (dst, src_row) in self.x.chunks_exact_mut(in_pad.max(1)).zip(x.chunks_exact(cols.max(1))) {
+            for (ch, block) in dst.chunks_exact_mut(CHUNK).enumerate() {
+                for (v, &column) in block.iter_mut().zip(&columns) {
+                    *v = src_row.get(ch * CHUNK + column as usize).copied().unwrap_or(0.0);
+                }
+            }
+        }
+        (self.cols, self.in_pad, self.tokens, self.tok_pad) = (cols, in_pad, tokens, tok_pad);
+    }
+
+    /// Tokens.
+    pub(crate) fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    /// Whether the tokens take the GEMV path.
+    fn is_decode(&self) -> bool {
+        self.tokens <= DECODE_MAX_TOKENS
+    }
 }
 
 /// Per-row working space: an N:M row's column mask, and a zero-padded copy of a row's
@@ -389,6 +472,7 @@ unsafe fn chunk_of<S: Simd, R: RowReader>(reader: &mut R, ch: usize, cols: usize
     }
 }
 
+#[derive(Clone, Copy)]
 struct DenseSource<'a, T> {
     w: &'a [T],
     cols: usize,
@@ -492,6 +576,7 @@ fn mask_mismatch(kept: usize, count: usize) -> Error {
     Error::invalid(format!("infer_linear: a weight row's mask keeps {kept} entries, it has {count} values"))
 }
 
+#[derive(Clone, Copy)]
 struct BitmaskSource<'a, T> {
     values: &'a [T],
     mask: &'a [u8],
@@ -522,6 +607,7 @@ impl<T: Stored> Source<T> for BitmaskSource<'_, T> {
     }
 }
 
+#[derive(Clone, Copy)]
 struct NmSource<'a, T> {
     values: &'a [T],
     positions: &'a [u8],
@@ -578,7 +664,7 @@ impl<T: Stored> Source<T> for NmSource<'_, T> {
 /// One row range on `isa` (checked available by [`linear`]).
 fn run_part<T: Stored, Src: Source<T>>(
     isa: Isa,
-    job: &Job,
+    job: &Activations,
     src: &Src,
     rows: Range<usize>,
     out: &mut [f32],
@@ -609,7 +695,7 @@ mod x86 {
         ($name:ident, $features:literal, $simd:ty) => {
             #[target_feature(enable = $features)]
             pub(super) unsafe fn $name<T: Stored, Src: Source<T>>(
-                job: &Job,
+                job: &Activations,
                 src: &Src,
                 rows: Range<usize>,
                 out: &mut [f32],
@@ -630,7 +716,7 @@ mod x86 {
 /// The CPU runs `S`.
 #[inline(always)]
 unsafe fn part<S: Simd, T: Stored, Src: Source<T>>(
-    job: &Job,
+    job: &Activations,
     src: &Src,
     rows: Range<usize>,
     out: &mut [f32],
@@ -655,7 +741,7 @@ unsafe fn part<S: Simd, T: Stored, Src: Source<T>>(
 /// accumulators; with PAIR, two chunks per step into two sets of accumulators.
 #[inline(always)]
 unsafe fn decode<S: Simd, T: Stored, Src: Source<T>, const NT: usize, const PAIR: bool>(
-    job: &Job,
+    job: &Activations,
     src: &Src,
     rows: Range<usize>,
     out: &mut [f32],
@@ -705,7 +791,7 @@ unsafe fn fma_tokens<S: Simd, const NT: usize>(acc: &mut [S::C; NT], w: S::C, x:
 /// then multiplied by all tokens in [`MR`] × [`MT`] micro-kernels.
 #[inline(always)]
 unsafe fn prefill<S: Simd, T: Stored, Src: Source<T>>(
-    job: &Job,
+    job: &Activations,
     src: &Src,
     rows: Range<usize>,
     out: &mut [f32],

@@ -15,11 +15,14 @@ pub mod cpu;
 pub(crate) mod cpu_fast;
 mod simd;
 
-use cpu_fast::{Isa, Weights};
-use simd::Stored;
+use std::sync::RwLockReadGuard;
+
+use cpu_fast::{Isa, Linear, Weights};
+pub(crate) use simd::Stored;
 
 use crate::ops::{expect_float, expect_same, host_f32, linear_out_shape};
 use crate::sparse::{SparseFormat, SparseWeight};
+use crate::storage::Storage;
 use crate::{with_compute_type, Device, Error, Result, Shape, Tensor};
 
 /// Error unless x is a float tensor [..., in] (rank ≥ 1) sharing the weight's device and
@@ -39,10 +42,7 @@ pub fn dense(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let [out, input] = w.shape().dims_n::<2>(OP)?;
     check(OP, x, w, [out, input])?;
     match x.device() {
-        Device::Cpu(_) => with_compute_type!(w.dtype(), OP, T => {
-            let guard = w.read()?;
-            on_cpu::<T>(x, out, input, Weights::Dense(guard.cpu::<T>()?))
-        }),
+        Device::Cpu(_) => with_compute_type!(w.dtype(), OP, T => on_cpu::<T>(x, &Held::dense(w)?)),
         Device::Cuda(_) => on_cuda(x, |x2| crate::ops::matmul::forward(x2, w, false, true)),
     }
 }
@@ -53,19 +53,7 @@ pub fn sparse(x: &Tensor, w: &SparseWeight) -> Result<Tensor> {
     let (out, input) = (w.rows(), w.cols());
     check(OP, x, w.values(), [out, input])?;
     match x.device() {
-        Device::Cpu(_) => with_compute_type!(w.dtype(), OP, T => {
-            let values = w.values().read()?;
-            let meta = w.meta().read()?;
-            let (values, meta) = (values.cpu::<T>()?, meta.cpu::<u8>()?);
-            match w.format() {
-                SparseFormat::Bitmask => {
-                    let offsets = w.row_offsets().ok_or_else(|| Error::invalid("bitmask weight without row offsets"))?;
-                    let offsets = offsets.read()?;
-                    on_cpu::<T>(x, out, input, Weights::Bitmask { values, mask: meta, offsets: offsets.cpu::<u32>()? })
-                }
-                SparseFormat::NM { n, m } => on_cpu::<T>(x, out, input, Weights::NM { values, positions: meta, n, m }),
-            }
-        }),
+        Device::Cpu(_) => with_compute_type!(w.dtype(), OP, T => on_cpu::<T>(x, &Held::sparse(w)?)),
         Device::Cuda(_) => on_cuda(x, |x2| crate::ops::sparse_linear::forward(x2, w)),
     }
 }
@@ -75,10 +63,64 @@ pub fn cpu_simd() -> &'static str {
     Isa::best().name()
 }
 
+/// A CPU weight's buffers held for reading (dense values, or a [`SparseWeight`]'s values,
+/// mask or positions, and row offsets), from which the kernels' [`Linear`] is built.
+pub(crate) struct Held<'w> {
+    shape: [usize; 2],
+    format: Option<SparseFormat>,
+    values: RwLockReadGuard<'w, Storage>,
+    meta: Option<RwLockReadGuard<'w, Storage>>,
+    offsets: Option<RwLockReadGuard<'w, Storage>>,
+}
+
+impl<'w> Held<'w> {
+    /// A dense weight [out, in].
+    pub(crate) fn dense(w: &'w Tensor) -> Result<Self> {
+        let shape = w.shape().dims_n::<2>("infer_linear::dense")?;
+        Ok(Held { shape, format: None, values: w.read()?, meta: None, offsets: None })
+    }
+
+    /// A compressed weight.
+    pub(crate) fn sparse(w: &'w SparseWeight) -> Result<Self> {
+        let offsets = match w.format() {
+            SparseFormat::Bitmask => {
+                Some(w.row_offsets().ok_or_else(|| Error::invalid("bitmask weight without row offsets"))?.read()?)
+            }
+            SparseFormat::NM { .. } => None,
+        };
+        Ok(Held {
+            shape: [w.rows(), w.cols()],
+            format: Some(w.format()),
+            values: w.values().read()?,
+            meta: Some(w.meta().read()?),
+            offsets,
+        })
+    }
+
+    /// The weight for the kernels, its values of type T (an error for another dtype or a
+    /// device other than the CPU).
+    pub(crate) fn linear<T: Stored>(&self) -> Result<Linear<'_, T>> {
+        let [rows, cols] = self.shape;
+        let values = self.values.cpu::<T>()?;
+        let meta = || self.meta.as_ref().ok_or_else(|| Error::invalid("sparse weight without a mask"))?.cpu::<u8>();
+        let w = match self.format {
+            None => Weights::Dense(values),
+            Some(SparseFormat::Bitmask) => {
+                let offsets =
+                    self.offsets.as_ref().ok_or_else(|| Error::invalid("bitmask weight without row offsets"))?;
+                Weights::Bitmask { values, mask: meta()?, offsets: offsets.cpu::<u32>()? }
+            }
+            Some(SparseFormat::NM { n, m }) => Weights::NM { values, positions: meta()?, n, m },
+        };
+        Linear::new(rows, cols, w)
+    }
+}
+
 /// The fast CPU path on the best instruction set, y in x's dtype.
-fn on_cpu<T: Stored>(x: &Tensor, out: usize, input: usize, w: Weights<'_, T>) -> Result<Tensor> {
+fn on_cpu<T: Stored>(x: &Tensor, w: &Held<'_>) -> Result<Tensor> {
     let tokens = x.shape().rows();
-    let y = cpu_fast::linear(Isa::best(), &host_f32(x)?, tokens, out, input, w)?;
+    let out = w.shape[0];
+    let y = cpu_fast::apply(Isa::best(), &host_f32(x)?, tokens, &w.linear::<T>()?)?;
     Tensor::from_f32(y, linear_out_shape(x, out), x.dtype(), x.device())
 }
 
@@ -198,26 +240,22 @@ mod tests {
                         let Some(c) = case(pattern, rows, cols, tokens, dtype, (i * 10 + j) as u64) else { continue };
                         let x = c.x.to_f32_vec().unwrap();
                         with_compute_type!(dtype, "test", T => {
-                            let (want, w_vals, meta, offsets);
-                            let weights = match &c.compressed {
+                            let (want, held) = match &c.compressed {
                                 None => {
-                                    w_vals = c.w.to_vec::<T>().unwrap();
-                                    want = cpu::dense(&x, tokens, &w_vals, rows, cols);
-                                    Weights::Dense(&w_vals)
+                                    let w_vals = c.w.to_vec::<T>().unwrap();
+                                    (cpu::dense(&x, tokens, &w_vals, rows, cols), Held::dense(&c.w).unwrap())
                                 }
                                 Some(s) => {
-                                    w_vals = s.values().to_vec::<T>().unwrap();
-                                    meta = s.meta().to_vec::<u8>().unwrap();
-                                    offsets = s.row_offsets().map(|o| o.to_vec::<u32>().unwrap());
-                                    want = cpu::compressed(&x, tokens, rows, cols, s.format(), &w_vals, &meta, offsets.as_deref());
-                                    match s.format() {
-                                        SparseFormat::Bitmask => Weights::Bitmask { values: &w_vals, mask: &meta, offsets: offsets.as_deref().unwrap() },
-                                        SparseFormat::NM { n, m } => Weights::NM { values: &w_vals, positions: &meta, n, m },
-                                    }
+                                    let w_vals = s.values().to_vec::<T>().unwrap();
+                                    let meta = s.meta().to_vec::<u8>().unwrap();
+                                    let offsets = s.row_offsets().map(|o| o.to_vec::<u32>().unwrap());
+                                    let want = cpu::compressed(&x, tokens, rows, cols, s.format(), &w_vals, &meta, offsets.as_deref());
+                                    (want, Held::sparse(s).unwrap())
                                 }
                             };
+                            let linear = held.linear::<T>().unwrap();
                             for &isa in &isas {
-                                let got = cpu_fast::linear(isa, &x, tokens, rows, cols, weights).unwrap();
+                                let got = cpu_fast::apply(isa, &x, tokens, &linear).unwrap();
                                 assert_close(&format!("{} on {}", c.what, isa.name()), &got, &want, 1e-4, 1e-4);
                             }
                             Ok::<(), Error>(())
@@ -325,6 +363,18 @@ mod tests {
         assert!(dense(&x16, &w16).is_err(), "f16 is not computed");
     }
 
+    /// y for weights given as slices (checked, then applied on `isa`).
+    fn linear<T: Stored>(
+        isa: Isa,
+        x: &[f32],
+        tokens: usize,
+        rows: usize,
+        cols: usize,
+        w: Weights<'_, T>,
+    ) -> Result<Vec<f32>> {
+        cpu_fast::apply(isa, x, tokens, &Linear::new(rows, cols, w)?)
+    }
+
     /// Stored data that contradicts itself is refused before any read past its values.
     #[test]
     fn inconsistent_weights_are_errors_on_every_instruction_set() {
@@ -334,7 +384,7 @@ mod tests {
         let mask = [0b0000_0111, 0, 0b0001_1111, 0];
         for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
             let run = |values: &[f32], offsets: &[u32], mask: &[u8]| {
-                cpu_fast::linear(isa, &x, 2, 2, 16, Weights::Bitmask { values, mask, offsets })
+                linear(isa, &x, 2, 2, 16, Weights::Bitmask { values, mask, offsets })
             };
             assert!(run(&values[..8], &[0, 3, 8], &mask).is_ok());
             assert!(run(&values[..8], &[0, 2, 8], &mask).is_err(), "row 0 keeps more than its offsets give");
@@ -345,12 +395,12 @@ mod tests {
             // 2:4 over 8 columns: both positions of a group equal (0, 0) keeps one column
             // for two values.
             let nm = |positions: &[u8]| {
-                cpu_fast::linear(isa, &x[..8], 1, 1, 8, Weights::NM { values: &values[..4], positions, n: 2, m: 4 })
+                linear(isa, &x[..8], 1, 1, 8, Weights::NM { values: &values[..4], positions, n: 2, m: 4 })
             };
             assert!(nm(&[0b1101_0100]).is_ok());
             assert!(nm(&[0b1101_0000]).is_err(), "a repeated position");
             assert!(nm(&[0b1101_0100, 0]).is_err(), "positions too long");
-            assert!(cpu_fast::linear(isa, &x[..7], 1, 1, 8, Weights::Dense(&values[..8])).is_err(), "short x");
+            assert!(linear(isa, &x[..7], 1, 1, 8, Weights::Dense(&values[..8])).is_err(), "short x");
         }
     }
 

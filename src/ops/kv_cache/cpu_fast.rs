@@ -35,27 +35,42 @@ pub fn attention<T: FloatElement>(
     o: &mut [f32],
 ) {
     let dim = d.cache.head_dim;
-    let scale = d.scale() as f32;
     o.par_chunks_mut(dim).enumerate().for_each(|(row, out)| {
         let (n, h) = (row / d.q_heads, row % d.q_heads);
-        let keys = positions[n] as usize + 1;
-        // Kv head g of this sequence, [keys, D] with a stride of one cache row (Hkv·D).
-        let start = d.cache.row_offset(seqs[n], 0) + h / d.group() * dim;
-        let (stride, end) = (d.cache.row_len(), start + (keys - 1) * d.cache.row_len() + dim);
-        let (k_head, v_head) = (&k[start..end], &v[start..end]);
-        let q_row: Vec<f32> = q[row * dim..(row + 1) * dim].iter().map(|x| x.to_f32() * scale).collect();
-        let scores: Vec<f32> = k_head.chunks(stride).map(|k_u| dot(&q_row, &k_u[..dim])).collect();
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        out.fill(0.0);
-        let mut sum = 0f64;
-        for (v_u, s) in v_head.chunks(stride).zip(scores) {
-            let p = (s - max).exp();
-            sum += p as f64;
-            for (acc, x) in out.iter_mut().zip(&v_u[..dim]) {
-                *acc += p * x.to_f32();
-            }
-        }
-        let inv = (1.0 / sum) as f32;
-        out.iter_mut().for_each(|x| *x *= inv);
+        attend(&q[row * dim..(row + 1) * dim], k, v, d, (seqs[n], positions[n]), h, out);
     });
+}
+
+/// One query row: `out` [D] = attention of `q_row` [D] (query head `head`) over keys
+/// 0 ..= pos of sequence `seq` (`slot` = (seq, pos)) in the caches [B, S, Hkv, D].
+pub fn attend<Q: FloatElement, T: FloatElement>(
+    q_row: &[Q],
+    k: &[T],
+    v: &[T],
+    d: AttentionDims,
+    slot: (u32, u32),
+    head: usize,
+    out: &mut [f32],
+) {
+    let dim = d.cache.head_dim;
+    let scale = d.scale() as f32;
+    let keys = slot.1 as usize + 1;
+    // Kv head g of this sequence, [keys, D] with a stride of one cache row (Hkv·D).
+    let start = d.cache.row_offset(slot.0, 0) + head / d.group() * dim;
+    let (stride, end) = (d.cache.row_len(), start + (keys - 1) * d.cache.row_len() + dim);
+    let (k_head, v_head) = (&k[start..end], &v[start..end]);
+    let q_row: Vec<f32> = q_row.iter().map(|x| x.to_f32() * scale).collect();
+    let scores: Vec<f32> = k_head.chunks(stride).map(|k_u| dot(&q_row, &k_u[..dim])).collect();
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    out.fill(0.0);
+    let mut sum = 0f64;
+    for (v_u, s) in v_head.chunks(stride).zip(scores) {
+        let p = (s - max).exp();
+        sum += p as f64;
+        for (acc, x) in out.iter_mut().zip(&v_u[..dim]) {
+            *acc += p * x.to_f32();
+        }
+    }
+    let inv = (1.0 / sum) as f32;
+    out.iter_mut().for_each(|x| *x *= inv);
 }

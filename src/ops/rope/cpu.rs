@@ -64,17 +64,34 @@ impl Positions<'_> {
 /// y = R(p)·x for every token, p = positions[token], or the inverse rotation R(p)ᵀ·x when
 /// `inverse` (the backward). x, y: [tokens, heads, head_dim]; positions: [tokens].
 pub fn rotate<F: Real>(x: &[F], inv_freq: &[f32], d: RopeDims, positions: &[u32], inverse: bool, y: &mut [F]) {
-    let half = d.head_dim / 2;
-    let sign = if inverse { -1.0 } else { 1.0 };
+    let mut table = Vec::with_capacity(d.head_dim / 2);
+    let mut at = None;
     for (row, (xr, yr)) in x.chunks_exact(d.head_dim).zip(y.chunks_exact_mut(d.head_dim)).enumerate() {
-        let pos = positions[row / d.heads] as f32;
-        for i in 0..half {
-            let angle = (pos * inv_freq[i]) as f64;
-            let (sin, cos) = angle.sin_cos();
-            let sin = sign * sin;
-            let (a, b) = (xr[i].to_f64(), xr[i + half].to_f64());
-            yr[i] = F::from_f64(a * cos - b * sin);
-            yr[i + half] = F::from_f64(b * cos + a * sin);
+        let pos = positions[row / d.heads];
+        if at != Some(pos) {
+            angles(pos, inv_freq, &mut table);
+            at = Some(pos);
         }
+        rotate_head(xr, &table, inverse, yr);
+    }
+}
+
+/// (sin, cos) of the angles of position `pos`: angle_i = pos·inv_freq_i in f32, its sine and
+/// cosine in f64; one per frequency, into `table`.
+pub fn angles(pos: u32, inv_freq: &[f32], table: &mut Vec<(f64, f64)>) {
+    table.clear();
+    table.extend(inv_freq.iter().map(|&f| ((pos as f32 * f) as f64).sin_cos()));
+}
+
+/// One head y [head_dim] = R·x (R ᵀ·x when `inverse`) with the angles of its position
+/// (`table` from [`angles`], head_dim / 2 entries).
+pub fn rotate_head<F: Real>(x: &[F], table: &[(f64, f64)], inverse: bool, y: &mut [F]) {
+    let half = x.len() / 2;
+    let sign = if inverse { -1.0 } else { 1.0 };
+    for (i, &(sin, cos)) in table.iter().enumerate().take(half) {
+        let sin = sign * sin;
+        let (a, b) = (x[i].to_f64(), x[i + half].to_f64());
+        y[i] = F::from_f64(a * cos - b * sin);
+        y[i + half] = F::from_f64(b * cos + a * sin);
     }
 }

@@ -171,36 +171,16 @@ pub fn correlated_hessian(cols: usize, seed: u64, dead: &[usize]) -> Vec<f64> {
     h
 }
 
-/// How a test prunes a model: the fraction of each row with the smallest magnitudes, or N:M.
-#[derive(Clone, Copy, Debug)]
-pub enum Prune {
-    /// This fraction of every row.
-    Rows(f64),
-    /// N kept in every M consecutive inputs.
-    NM(usize, usize),
-}
-
-/// `model` with the linears of `layers` magnitude-pruned by `p` (prune_select's own
-/// selection): the pruned entries set to zero, everything else as it was.
+/// `model` with the linears of `layers` magnitude-pruned by `pattern`
+/// ([`crate::prune::select::magnitude_pruned`]), everything else as it was.
 pub fn magnitude_pruned(
     model: &crate::model::llama::Llama,
     layers: &[usize],
-    p: Prune,
+    pattern: crate::prune::select::Pattern,
 ) -> crate::Result<crate::model::llama::Llama> {
     use crate::model::llama::Part;
-    use crate::ops::prune_select::cpu::{magnitude, prune_lowest_nm, prune_lowest_per_row, pruned_count};
     model.map_tensors(|part, t| match part {
-        Part::Linear(l, _) if layers.contains(l) => {
-            let [rows, cols] = t.shape().dims_n::<2>("magnitude_pruned")?;
-            let mut v = t.to_f32_vec()?;
-            let scores = magnitude(&v);
-            let mask = match p {
-                Prune::Rows(s) => prune_lowest_per_row(&scores, rows, cols, pruned_count(cols, s)),
-                Prune::NM(n, m) => prune_lowest_nm(&scores, rows, cols, n, m)?,
-            };
-            mask.apply(&mut v)?;
-            crate::Tensor::from_f32(v, t.dims().to_vec(), t.dtype(), t.device())
-        }
+        Part::Linear(l, _) if layers.contains(l) => crate::prune::select::magnitude_pruned(t, pattern),
         _ => Ok(t.clone()),
     })
 }

@@ -434,3 +434,41 @@ fn generate_refuses_what_it_cannot_do_by_name() {
     assert_eq!(code, 1);
     assert!(err.contains("--prompt") && err.contains("context"), "{err}");
 }
+
+/// `bench decode` on one layer of the default model's shape, 50% pruned: one JSON line per
+/// variant with the keys; the sparse variant is a bitmask that reads and holds fewer
+/// bytes. Bad flags are refused by name.
+#[test]
+fn bench_decode_reports_both_variants() {
+    let args = ["bench", "--reps", "1", "decode", "--shape", "smollm2-135m"];
+    let (code, stdout, stderr) = sparsetune(
+        &[&args[..], &["--layers", "1", "--sparsity", "0.5", "--tokens", "3", "--context", "5", "--threads", "1"]]
+            .concat(),
+    );
+    assert_eq!(code, 0, "stderr: {stderr}");
+    let lines: Vec<serde_json::Value> =
+        stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    let (dense, sparse) = (&lines[0], &lines[1]);
+    assert_eq!((dense["variant"].as_str(), dense["format"].as_str()), (Some("dense"), Some("dense")));
+    assert_eq!((sparse["variant"].as_str(), sparse["format"].as_str()), (Some("sparse"), Some("bitmask")));
+    for line in &lines {
+        for key in ["decode_tokens_per_second", "prefill_tokens_per_second", "read_gbps", "machine_read_gbps"] {
+            assert!(line[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {line}");
+        }
+    }
+    for key in ["weight_bytes", "resident_bytes"] {
+        let (d, s) = (dense[key].as_u64().unwrap(), sparse[key].as_u64().unwrap());
+        assert!(s < d, "{key}: sparse {s} is not below dense {d}");
+    }
+    for (extra, flag) in [
+        (&["--layers", "1", "--sparsity", "1.5"][..], "--sparsity"),
+        (&["--layers", "1", "--sparsity", "0.5", "--tokens", "0"], "--tokens"),
+        (&["--sparsity", "0.5", "--layers", "31"], "--layers"),
+        (&["--layers", "1", "--nm", "4:2"], "4:2"),
+    ] {
+        let (code, _, err) = sparsetune(&[&args[..], extra].concat());
+        assert_eq!(code, 1, "{extra:?}: {err}");
+        assert!(err.contains(flag) && !err.contains("panicked"), "{extra:?}: {err}");
+    }
+}

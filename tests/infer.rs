@@ -6,7 +6,8 @@
 
 use sparsetune::infer::{Finish, GenerateOptions, InferModel, SparseMode};
 use sparsetune::model::llama::{ForwardOptions, Llama, LlamaConfig};
-use sparsetune::testing::{assert_close, magnitude_pruned, Prune};
+use sparsetune::prune::select::Pattern;
+use sparsetune::testing::{assert_close, magnitude_pruned};
 use sparsetune::{DType, Device, Result, Tensor};
 
 fn tiny(config: &LlamaConfig, dtype: DType, seed: u64) -> Llama {
@@ -91,7 +92,7 @@ fn a_batch_of_prompts_of_different_lengths_gives_what_each_gives_alone() {
 }
 
 /// `model` with the linears of `layers` magnitude-pruned by `p`.
-fn pruned(model: &Llama, layers: &[usize], p: Prune) -> Llama {
+fn pruned(model: &Llama, layers: &[usize], p: Pattern) -> Llama {
     magnitude_pruned(model, layers, p).unwrap()
 }
 
@@ -119,19 +120,19 @@ fn sparse_kernels_give_the_dense_logits_on_the_same_pruned_weights() {
         // Bitmask at uneven sparsity (layer 0 ~50%, layer 1 ~70%, layer 2 dense but stored
         // as a bitmask keeping everything), awkward widths.
         let base = tiny(&awkward(), dtype, 3);
-        let m = pruned(&pruned(&base, &[0], Prune::Rows(0.5)), &[1], Prune::Rows(0.7));
+        let m = pruned(&pruned(&base, &[0], Pattern::Unstructured(0.5)), &[1], Pattern::Unstructured(0.7));
         sparse_matches_dense(&m, &["bitmask"], atol, rtol);
         // 2:4 and 4:8 on widths that allow them.
         let base = tiny(&LlamaConfig::tiny(), dtype, 5);
-        sparse_matches_dense(&pruned(&base, &[0, 1], Prune::NM(2, 4)), &["2:4"], atol, rtol);
-        sparse_matches_dense(&pruned(&base, &[0, 1], Prune::NM(4, 8)), &["4:8"], atol, rtol);
+        sparse_matches_dense(&pruned(&base, &[0, 1], Pattern::NM { n: 2, m: 4 }), &["2:4"], atol, rtol);
+        sparse_matches_dense(&pruned(&base, &[0, 1], Pattern::NM { n: 4, m: 8 }), &["4:8"], atol, rtol);
     }
 }
 
 #[test]
 fn auto_compresses_the_pruned_linears_and_only_those() {
     let base = tiny(&awkward(), DType::F32, 9);
-    let model = pruned(&pruned(&base, &[0], Prune::Rows(0.5)), &[2], Prune::Rows(0.1));
+    let model = pruned(&pruned(&base, &[0], Pattern::Unstructured(0.5)), &[2], Pattern::Unstructured(0.1));
     let engine = InferModel::new(model, SparseMode::Auto).unwrap();
     for c in &engine.choices {
         let want = if c.layer == 0 { "bitmask" } else { "dense" };

@@ -4,7 +4,8 @@
 //! step reads and the machine's streaming-read bandwidth measured by the bench itself.
 //! One JSON line per variant: `variant` (dense | sparse), `format`,
 //! `decode_tokens_per_second`, `prefill_tokens_per_second`, `weight_bytes`, `read_gbps`
-//! (weight bytes × decode tokens/s), `machine_read_gbps`.
+//! (weight bytes × decode tokens/s), `machine_read_gbps`, `resident_bytes` (every weight the
+//! variant holds, the embedding included).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -15,6 +16,7 @@ use crate::finetune::plan;
 use crate::infer::sample::argmax;
 use crate::infer::{GenerateOptions, InferModel, SparseMode};
 use crate::model::llama::{self, Llama, Part};
+use crate::prune::select::{magnitude_pruned, Pattern};
 use crate::{DType, Device, Error, Result, Tensor};
 
 /// Arguments of `sparsetune bench decode`.
@@ -109,6 +111,7 @@ pub fn run(a: DecodeArgs, device: &Device, reps: usize) -> Result<()> {
                     "decode_tokens_per_second": decode,
                     "prefill_tokens_per_second": median(&mut m.prefill),
                     "weight_bytes": weight_bytes,
+                    "resident_bytes": v.resident_bytes(),
                     "read_gbps": weight_bytes as f64 * decode / 1e9,
                     "machine_read_gbps": machine,
                 })
@@ -132,47 +135,23 @@ fn build_model(a: &DecodeArgs, dtype: DType, device: &Device) -> Result<(Llama, 
         config.num_hidden_layers = l;
     }
     let prune = match (a.sparsity, a.nm.as_deref()) {
-        (Some(s), None) if (0.0..1.0).contains(&s) => Prune::Unstructured(s),
+        (Some(s), None) if (0.0..1.0).contains(&s) => Pattern::Unstructured(s),
         (Some(s), None) => return Err(Error::invalid(format!("--sparsity {s} is outside [0, 1)"))),
         (None, Some(nm)) => {
             let (n, m) = super::prune::parse_nm(nm)?;
-            Prune::NM(n, m)
+            Pattern::NM { n, m }
         }
         _ => return Err(Error::invalid("--shape needs --sparsity S or --nm N:M")),
     };
     let model = Llama::from_named(config.clone(), |part| {
         let t = super::bench::fast_random_tensor(part, &config, DType::F32, &Device::cpu())?;
         let t = match part {
-            Part::Linear(..) => pruned(&t, prune)?,
+            Part::Linear(..) => magnitude_pruned(&t, prune)?,
             _ => t,
         };
         Tensor::from_f32(t.to_f32_vec()?, t.dims().to_vec(), dtype, device)
     })?;
-    Ok((model, format!("{shape} random, {prune:?}"), SparseMode::On))
-}
-
-/// How `bench decode --shape` prunes each linear.
-#[derive(Clone, Copy, Debug)]
-enum Prune {
-    /// The smallest fraction of each row.
-    Unstructured(f64),
-    /// The N largest of every M consecutive inputs kept.
-    NM(usize, usize),
-}
-
-/// `w` [rows, cols] with the entries `p` prunes by magnitude set to zero (the selection
-/// of `sparsetune prune --method magnitude`).
-fn pruned(w: &Tensor, p: Prune) -> Result<Tensor> {
-    use crate::ops::prune_select::cpu::{magnitude, prune_lowest_nm, prune_lowest_per_row, pruned_count};
-    let [rows, cols] = w.shape().dims_n::<2>("bench decode")?;
-    let mut v = w.to_f32_vec()?;
-    let scores = magnitude(&v);
-    let mask = match p {
-        Prune::Unstructured(s) => prune_lowest_per_row(&scores, rows, cols, pruned_count(cols, s)),
-        Prune::NM(n, m) => prune_lowest_nm(&scores, rows, cols, n, m)?,
-    };
-    mask.apply(&mut v)?;
-    Tensor::from_f32(v, [rows, cols], DType::F32, w.device())
+    Ok((model, format!("{shape} random, {prune}"), SparseMode::On))
 }
 
 /// The format of a variant's decoder linears: one name, or `mixed (…)` with counts.

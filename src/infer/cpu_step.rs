@@ -392,7 +392,8 @@ mod tests {
     use super::*;
     use crate::infer::SparseMode;
     use crate::model::llama::{Llama, LlamaConfig};
-    use crate::testing::{magnitude_pruned, Prune};
+    use crate::prune::select::Pattern;
+    use crate::testing::magnitude_pruned;
     use crate::{DType, Device};
 
     /// 3 query heads of 12 over 1 kv head, 43 hidden units, 67-token vocabulary, 3 layers.
@@ -461,11 +462,11 @@ mod tests {
         for (name, config) in [("tiny", LlamaConfig::tiny()), ("awkward", awkward())] {
             for dtype in [DType::F32, DType::BF16] {
                 let base = Llama::random(&config, dtype, &Device::cpu(), 5).unwrap();
-                let uneven = magnitude_pruned(&base, &[0], Prune::Rows(0.5)).unwrap();
-                let uneven = magnitude_pruned(&uneven, &[1], Prune::Rows(0.7)).unwrap();
+                let uneven = magnitude_pruned(&base, &[0], Pattern::Unstructured(0.5)).unwrap();
+                let uneven = magnitude_pruned(&uneven, &[1], Pattern::Unstructured(0.7)).unwrap();
                 let mut models = vec![("dense", base.clone(), SparseMode::Off), ("bitmask", uneven, SparseMode::Auto)];
                 if config.intermediate_size % 4 == 0 {
-                    let nm = magnitude_pruned(&base, &[0, 1], Prune::NM(2, 4)).unwrap();
+                    let nm = magnitude_pruned(&base, &[0, 1], Pattern::NM { n: 2, m: 4 }).unwrap();
                     models.push(("2:4", nm, SparseMode::Auto));
                 }
                 for (form, model, mode) in models {

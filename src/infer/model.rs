@@ -182,6 +182,13 @@ impl InferModel {
             .sum();
         layers + self.norm.size_in_bytes() + self.head().size_in_bytes()
     }
+
+    /// Bytes of every weight the model holds (the embedding, and the LM head when it is not
+    /// tied to it, counted once each; compressed linears as stored).
+    pub fn resident_bytes(&self) -> usize {
+        let untied_head = self.lm_head.as_ref().map_or(0, Tensor::size_in_bytes);
+        self.weight_bytes_per_token() - self.head().size_in_bytes() + self.embed.size_in_bytes() + untied_head
+    }
 }
 
 /// The form `mode` gives `linear`, and the linear's fraction of zero entries.

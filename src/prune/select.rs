@@ -63,6 +63,15 @@ pub fn select(scores: &[f32], rows: usize, cols: usize, pattern: Pattern) -> Res
     }
 }
 
+/// `w` [rows, cols] with the entries that magnitude pruning by `pattern` removes set to zero
+/// (the selection of `sparsetune prune --method magnitude`), in w's dtype and device.
+pub fn magnitude_pruned(w: &crate::Tensor, pattern: Pattern) -> Result<crate::Tensor> {
+    let [rows, cols] = w.shape().dims_n::<2>("magnitude_pruned")?;
+    let mut v = w.to_f32_vec()?;
+    select(&crate::ops::prune_select::cpu::magnitude(&v), rows, cols, pattern)?.apply(&mut v)?;
+    crate::Tensor::from_f32(v, [rows, cols], w.dtype(), w.device())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

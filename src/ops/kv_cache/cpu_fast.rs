@@ -1,13 +1,22 @@
-//! The fast CPU path of [`super::cpu::attention`] (same layout and formulas): one rayon task
-//! per (query row n, query head h), f32 math on the cache's own element type (a BF16 cache is
-//! widened per element as it is read, never copied whole). Two passes over the keys
-//! 0 ..= positions[n]: scores s_u = (c·q)·k_u and their max, then p_u = e^{s_u − max},
-//! o = Σ_u p_u·v_u / Σ_u p_u (the sum of p in f64). The inner loops over D auto-vectorize:
-//! the dot product keeps 8 partial sums. Tested against the reference in `super::tests`.
+//! The fast CPU path of [`super::cpu::attention`] (same layout and formulas), f32 math on
+//! the cache's own element type (BF16 widened as it is read). Rayon tasks:
+//! - a run of at least [`BLOCK_MIN_ROWS`] consecutive rows of one sequence (a prefill) is
+//!   done in blocks of up to [`BLOCK_ROWS`] rows per kv head g, as matrices over the g's
+//!   keys gathered to f32 (P = the block's last position + 1): S = c·Q·Kᵀ [rows·group, P] by
+//!   the gemm crate, e = exp(S − row max) on each row's own keys u ≤ position (0 beyond),
+//!   O = e·V / Σ e ([`block`]);
+//! - any other row, one task per (row n, query head h) ([`attend`]): two passes over the
+//!   keys 0 ..= positions[n], scores s_u = (c·q)·k_u and their max, then p_u = e^{s_u − max},
+//!   o = Σ_u p_u·v_u / Σ_u p_u; the loops over D auto-vectorize (the dot product keeps 8
+//!   partial sums).
+//! Sums of p in f64. Tested against the reference in `super::tests`.
+
+use std::ops::Range;
 
 use rayon::prelude::*;
 
 use super::cpu::AttentionDims;
+use crate::ops::matmul::cpu::strided;
 use crate::storage::FloatElement;
 
 /// a·b with `b` widened to f32, in 8 independent partial sums so that it vectorizes.
@@ -24,6 +33,18 @@ fn dot<T: FloatElement>(a: &[f32], b: &[T]) -> f32 {
     partial.iter().sum::<f32>() + tail
 }
 
+/// Rows of one sequence from which the attention is done in blocks.
+const BLOCK_MIN_ROWS: usize = 8;
+/// Most rows (tokens) of one block.
+const BLOCK_ROWS: usize = 64;
+
+/// Work of one task: a block of rows of one sequence for the query heads of kv head `g`, or
+/// one (row, head).
+enum Task {
+    Block { rows: Range<usize>, g: usize },
+    Row { n: usize, head: usize },
+}
+
 /// o [N, Hq, D] (f32) from q [N, Hq, D] and the caches [B, S, Hkv, D].
 pub fn attention<T: FloatElement>(
     q: &[T],
@@ -35,10 +56,102 @@ pub fn attention<T: FloatElement>(
     o: &mut [f32],
 ) {
     let dim = d.cache.head_dim;
-    o.par_chunks_mut(dim).enumerate().for_each(|(row, out)| {
-        let (n, h) = (row / d.q_heads, row % d.q_heads);
-        attend(&q[row * dim..(row + 1) * dim], k, v, d, (seqs[n], positions[n]), h, out);
-    });
+    let mut tasks = Vec::new();
+    let mut start = 0;
+    while start < seqs.len() {
+        let end = start + seqs[start..].iter().take_while(|&&s| s == seqs[start]).count();
+        if end - start >= BLOCK_MIN_ROWS {
+            for r in (start..end).step_by(BLOCK_ROWS) {
+                tasks.extend((0..d.cache.kv_heads).map(|g| Task::Block { rows: r..(r + BLOCK_ROWS).min(end), g }));
+            }
+        } else {
+            tasks.extend((start..end).flat_map(|n| (0..d.q_heads).map(move |head| Task::Row { n, head })));
+        }
+        start = end;
+    }
+    let results: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|task| match task {
+            Task::Block { rows, g } => block(q, k, v, d, seqs[rows.start], &positions[rows.clone()], rows.start, *g),
+            Task::Row { n, head } => {
+                let mut out = vec![0f32; dim];
+                let at = (n * d.q_heads + head) * dim;
+                attend(&q[at..at + dim], k, v, d, (seqs[*n], positions[*n]), *head, &mut out);
+                out
+            }
+        })
+        .collect();
+    let group = d.group();
+    for (task, out) in tasks.iter().zip(results) {
+        match task {
+            Task::Block { rows, g } => {
+                // out: [rows, group, D], the heads g·group .. (g + 1)·group of each row.
+                for (j, n) in rows.clone().enumerate() {
+                    let at = (n * d.q_heads + g * group) * dim;
+                    o[at..at + group * dim].copy_from_slice(&out[j * group * dim..(j + 1) * group * dim]);
+                }
+            }
+            Task::Row { n, head } => {
+                let at = (n * d.q_heads + head) * dim;
+                o[at..at + dim].copy_from_slice(&out);
+            }
+        }
+    }
+}
+
+/// Attention of rows `first ..` (positions `positions`, all of sequence `seq`) for the query
+/// heads of kv head g, as matrices: with R = rows·group queries and P = max position + 1
+/// keys, S [R, P] = c·Q·Kᵀ, e = exp(S − row max) on each row's keys u ≤ its position (0
+/// beyond), O [R, D] = e·V / Σ e. Returns O as [rows, group, D].
+#[allow(clippy::too_many_arguments)]
+fn block<T: FloatElement>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    d: AttentionDims,
+    seq: u32,
+    positions: &[u32],
+    first: usize,
+    g: usize,
+) -> Vec<f32> {
+    let (dim, group) = (d.cache.head_dim, d.group());
+    let keys = positions.iter().map(|&p| p as usize + 1).max().unwrap_or(0);
+    let r = positions.len() * group;
+    let q_block: Vec<f32> = (0..r)
+        .flat_map(|i| {
+            let at = ((first + i / group) * d.q_heads + g * group + i % group) * dim;
+            q[at..at + dim].iter().map(|x| x.to_f32())
+        })
+        .collect();
+    let gather = |cache: &[T]| -> Vec<f32> {
+        (0..keys)
+            .flat_map(|u| {
+                let at = d.cache.row_offset(seq, u as u32) + g * dim;
+                cache[at..at + dim].iter().map(|x| x.to_f32())
+            })
+            .collect()
+    };
+    let (k_block, v_block) = (gather(k), gather(v));
+    let mut s = vec![0f32; r * keys];
+    let c = d.scale() as f32;
+    strided(r, keys, dim, (&mut s, keys, 1), false, c, (&q_block, dim, 1), (&k_block, 1, dim), false);
+    let mut sums = vec![0f64; r];
+    for (i, (row, sum)) in s.chunks_exact_mut(keys).zip(&mut sums).enumerate() {
+        let seen = positions[i / group] as usize + 1;
+        let max = row[..seen].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for x in &mut row[..seen] {
+            *x = (*x - max).exp();
+            *sum += *x as f64;
+        }
+        row[seen..].fill(0.0);
+    }
+    let mut out = vec![0f32; r * dim];
+    strided(r, dim, keys, (&mut out, dim, 1), false, 1.0, (&s, keys, 1), (&v_block, dim, 1), false);
+    for (row, sum) in out.chunks_exact_mut(dim).zip(sums) {
+        let inv = (1.0 / sum) as f32;
+        row.iter_mut().for_each(|x| *x *= inv);
+    }
+    out
 }
 
 /// One query row: `out` [D] = attention of `q_row` [D] (query head `head`) over keys

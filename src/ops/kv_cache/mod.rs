@@ -182,7 +182,20 @@ mod tests {
             case((2, 70, 8, 2, 128), &[0, 1], &[69, 40]),
             case((2, 12, 3, 3, 7), &[1, 1, 1, 1, 1], &[4, 5, 6, 7, 8]),
             case((3, 9, 4, 4, 1), &[2, 0, 1], &[8, 8, 0]),
+            // Runs of one sequence long enough for blocks: 70 rows (two blocks) from position
+            // 3, then 9 rows out of order with gaps, between single rows of other sequences.
+            case(
+                (3, 80, 6, 2, 7),
+                &run(&[(2, 1), (1, 70), (0, 1)]),
+                &[&[5][..], &(3..73).collect::<Vec<u32>>(), &[0]].concat(),
+            ),
+            case((2, 30, 4, 4, 64), &run(&[(1, 9)]), &[20, 3, 4, 29, 0, 7, 8, 15, 1]),
         ]
+    }
+
+    /// Sequence ids: `count` rows of sequence `seq` for each (seq, count).
+    fn run(parts: &[(u32, usize)]) -> Vec<u32> {
+        parts.iter().flat_map(|&(seq, count)| std::iter::repeat_n(seq, count)).collect()
     }
 
     /// Random q [N, Hq, D] and caches [B, S, Hkv, D] for a case, as f32 values.

@@ -52,6 +52,7 @@ mod cholesky;
 mod cross_entropy;
 mod elementwise;
 mod embedding;
+mod infer_linear;
 mod kv_cache;
 mod nm_pack;
 mod prune_select;
@@ -89,6 +90,7 @@ const CONVERTED: &[(&str, fn())] = &[
     ("prune_select", prune_select::smoke),
     ("attention", attention::smoke),
     ("kv_cache", kv_cache::smoke),
+    ("infer_linear", infer_linear::smoke),
 ];
 
 /// Counts kernels: M is the number of `extern "C" __global__` kernels in `cuda/*.cu` after

@@ -7,12 +7,17 @@
 //! CPU: `cpu.rs` is the reference (plain loops, f64 sums); `cpu_fast.rs` the fast path
 //! (decode GEMV for up to four tokens, tiled prefill beyond; threads over row ranges of
 //! equal bytes; AVX-512, AVX2+FMA or portable SIMD chosen at run time, `simd.rs`).
-//! CUDA (interim, until its own kernels): [`dense`] is cuBLAS
-//! ([`crate::ops::matmul::forward`]); [`sparse`] expands W into the device workspace
-//! ([`SparseWeight::expand_into_cuda`]) and multiplies ([`crate::ops::sparse_linear::forward`]).
+//! CUDA: [`dense`] is cuBLAS ([`crate::ops::matmul::forward`]). [`sparse`] decodes (1..=4
+//! tokens, where time is bytes read) with its own kernels, `cuda.rs` / `cuda/infer_linear.cu`:
+//! one warp per row reads the row's values in 16-byte chunks and finds their columns in the
+//! mask (or N:M positions), x staged in shared memory as f32; beyond 4 tokens (prefill), for
+//! N:M groups over 128, or x too large for a block's shared memory ([`cuda::decodes`]), it
+//! expands W into the device workspace ([`SparseWeight::expand_into_cuda`]) and multiplies
+//! ([`crate::ops::sparse_linear::forward`]).
 
 pub mod cpu;
 pub(crate) mod cpu_fast;
+pub mod cuda;
 mod simd;
 
 use std::sync::RwLockReadGuard;
@@ -54,7 +59,14 @@ pub fn sparse(x: &Tensor, w: &SparseWeight) -> Result<Tensor> {
     check(OP, x, w.values(), [out, input])?;
     match x.device() {
         Device::Cpu(_) => with_compute_type!(w.dtype(), OP, T => on_cpu::<T>(x, &Held::sparse(w)?)),
-        Device::Cuda(_) => on_cuda(x, |x2| crate::ops::sparse_linear::forward(x2, w)),
+        Device::Cuda(dev) => {
+            let limits = cuda::GpuLimits::of(dev)?;
+            if cuda::decodes(w.format(), x.shape().rows(), input, limits) {
+                on_cuda(x, |x2| cuda::decode(x2, w, limits))
+            } else {
+                on_cuda(x, |x2| crate::ops::sparse_linear::forward(x2, w))
+            }
+        }
     }
 }
 
@@ -401,6 +413,35 @@ mod tests {
             assert!(nm(&[0b1101_0000]).is_err(), "a repeated position");
             assert!(nm(&[0b1101_0100, 0]).is_err(), "positions too long");
             assert!(linear(isa, &x[..7], 1, 1, 8, Weights::Dense(&values[..8])).is_err(), "short x");
+        }
+    }
+
+    /// The CUDA decode kernels (1..=4 tokens) on every pattern at the op's sizes and a 7B row
+    /// (11008 columns, 4 tokens: 182 KB of shared memory where the GPU allows it), against the
+    /// reference on the pruned dense matrix; outputs NaN-poisoned (`cuda_for_tests`).
+    #[test]
+    fn cuda_decode_matches_cpu() {
+        let Some(gpu) = crate::device::cuda_for_tests("infer_linear::cuda_decode_matches_cpu") else { return };
+        let Device::Cuda(dev) = &gpu else { unreachable!("a CUDA test device") };
+        let limits = cuda::GpuLimits::of(dev).unwrap();
+        println!("{limits:?}");
+        for (dtype, tol) in [(DType::F32, 1e-4), (DType::BF16, 1e-2)] {
+            for (i, &(rows, cols)) in SIZES.iter().chain(&[(64, 11008)]).enumerate() {
+                for (p, pattern) in PATTERNS.into_iter().enumerate() {
+                    let tokens = if cols == 11008 { 4 } else { 1 + (i + p) % cuda::DECODE_MAX_TOKENS };
+                    let Some(c) = case(pattern, rows, cols, tokens, dtype, 200 + i as u64) else { continue };
+                    let Some(s) = &c.compressed else { continue };
+                    if !cuda::decodes(s.format(), tokens, cols, limits) {
+                        assert_eq!(cols, 11008, "{}: only x [4, 11008] may exceed a block's shared memory", c.what);
+                        println!("{}: x does not fit this GPU's shared memory, not decoded", c.what);
+                        continue;
+                    }
+                    let want = cpu::dense(&c.x.to_f32_vec().unwrap(), tokens, &c.w.to_f32_vec().unwrap(), rows, cols);
+                    let y = sparse(&c.x.to_device(&gpu).unwrap(), &s.to_device(&gpu).unwrap()).unwrap();
+                    assert_eq!((y.dims(), y.dtype()), (&[tokens, rows][..], dtype));
+                    assert_close(&format!("{} cuda decode", c.what), &y.to_f32_vec().unwrap(), &want, tol, tol);
+                }
+            }
         }
     }
 

@@ -9,6 +9,7 @@
 //!   keys 0 ..= positions[n], scores s_u = (c·q)·k_u and their max, then p_u = e^{s_u − max},
 //!   o = Σ_u p_u·v_u / Σ_u p_u; the loops over D auto-vectorize (the dot product keeps 8
 //!   partial sums).
+//!
 //! Sums of p in f64. Tested against the reference in `super::tests`.
 
 use std::ops::Range;

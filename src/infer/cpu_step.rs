@@ -24,7 +24,7 @@ use std::ops::Range;
 use super::engine::KvCache;
 use super::model::{InferLinear, InferModel};
 use super::team::{self, Member};
-use crate::ops::infer_linear::cpu_fast::{split_ranges, Activations, Isa, Linear, DECODE_MAX_TOKENS};
+use crate::ops::infer_linear::cpu_fast::{split_ranges, Activations, Dest, Isa, Linear, DECODE_MAX_TOKENS};
 use crate::ops::infer_linear::{Held, Stored};
 use crate::ops::kv_cache::{cpu_fast::attend, AttentionDims, CacheDims};
 use crate::ops::{rms_norm, rope, swiglu};
@@ -160,7 +160,8 @@ fn product<T: Stored>(
     out: &mut Vec<f32>,
 ) -> Result<()> {
     out.resize(rows.len() * x.tokens(), 0.0);
-    w.compute(isa, x, rows, out)
+    let n = rows.len();
+    w.compute(isa, x, rows, Dest::block(out, n, x.tokens()))
 }
 
 /// dst[t, offset + j] = round(block[j, t]) for block [cols, N] (transposed) and dst [N, width].

@@ -168,30 +168,80 @@ pub(crate) fn apply<T: Stored>(isa: Isa, x: &[f32], tokens: usize, linear: &Line
     } else {
         (0..rows).step_by(TILE_ROWS).map(|r| r..(r + TILE_ROWS).min(rows)).collect()
     };
-    // y transposed, [rows, tokens]: each range owns a contiguous block (NaN until written).
-    let mut y_t = vec![f32::NAN; rows * tokens];
-    let mut blocks = Vec::with_capacity(ranges.len());
-    let mut rest = y_t.as_mut_slice();
-    for range in ranges {
-        let (head, tail) = std::mem::take(&mut rest).split_at_mut(range.len() * tokens);
-        blocks.push((range, head));
-        rest = tail;
-    }
-    if blocks.len() == 1 {
-        blocks.into_iter().try_for_each(|(range, out)| linear.compute(isa, &job, range, out))?;
-    } else {
-        blocks.into_par_iter().try_for_each(|(range, out)| linear.compute(isa, &job, range, out))?;
-    }
-    if tokens == 1 {
-        return Ok(y_t);
-    }
     let mut y = vec![f32::NAN; tokens * rows];
-    for (r, row) in y_t.chunks_exact(tokens).enumerate() {
-        for (t, &v) in row.iter().enumerate() {
-            y[t * rows + r] = v;
-        }
+    let parts: Vec<(Range<usize>, Dest<'_>)> = Dest::columns(&mut y, rows, tokens, &ranges).collect();
+    if parts.len() == 1 {
+        parts.into_iter().try_for_each(|(range, out)| linear.compute(isa, &job, range, out))?;
+    } else {
+        parts.into_par_iter().try_for_each(|(range, out)| linear.compute(isa, &job, range, out))?;
     }
     Ok(y)
+}
+
+/// Where the results of one row range go: (row i of the range, token t) at element
+/// i·row_stride + t·token_stride of a buffer no other range writes at those places.
+pub(crate) struct Dest<'a> {
+    ptr: *mut f32,
+    len: usize,
+    rows: usize,
+    tokens: usize,
+    row_stride: usize,
+    token_stride: usize,
+    _buffer: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: a Dest writes only its own elements (its rows of y); `columns` hands out Dests of
+// disjoint row ranges.
+unsafe impl Send for Dest<'_> {}
+
+impl<'a> Dest<'a> {
+    /// A block of its own, `out` [rows, tokens] (transposed).
+    pub(crate) fn block(out: &'a mut [f32], rows: usize, tokens: usize) -> Self {
+        assert_eq!(out.len(), rows * tokens, "infer_linear: output block");
+        Dest { ptr: out.as_mut_ptr(), len: out.len(), rows, tokens, row_stride: tokens, token_stride: 1, _buffer: Default::default() }
+    }
+
+    /// The rows `ranges` (increasing, disjoint, within 0..rows) of y [tokens, rows], each
+    /// with its Dest.
+    fn columns<'r>(
+        y: &'a mut [f32],
+        rows: usize,
+        tokens: usize,
+        ranges: &'r [Range<usize>],
+    ) -> impl Iterator<Item = (Range<usize>, Dest<'a>)> + 'r
+    where
+        'a: 'r,
+    {
+        assert_eq!(y.len(), rows * tokens, "infer_linear: output");
+        assert!(
+            ranges.windows(2).all(|w| w[0].end <= w[1].start) && ranges.last().is_none_or(|r| r.end <= rows),
+            "infer_linear: row ranges overlap"
+        );
+        let (ptr, len) = (y.as_mut_ptr(), y.len());
+        ranges.iter().map(move |r| {
+            // SAFETY: r.start ≤ rows ≤ len (or the range is empty at the end).
+            let at = r.start.min(len);
+            let dest = Dest {
+                ptr: unsafe { ptr.add(at) },
+                len: len - at,
+                rows: r.len(),
+                tokens,
+                row_stride: 1,
+                token_stride: rows,
+                _buffer: Default::default(),
+            };
+            (r.clone(), dest)
+        })
+    }
+
+    /// Stores v at (row i, token t).
+    #[inline(always)]
+    fn put(&mut self, i: usize, t: usize, v: f32) {
+        let at = i * self.row_stride + t * self.token_stride;
+        assert!(i < self.rows && t < self.tokens && at < self.len, "infer_linear: output ({i}, {t}) outside its part");
+        // SAFETY: in bounds (checked), and (i, t) of this part is written by this Dest only.
+        unsafe { *self.ptr.add(at) = v };
+    }
 }
 
 /// A weight [rows, cols] whose buffers were checked once, ready for [`Linear::compute`] on
@@ -284,19 +334,16 @@ impl<'a, T: Stored> Linear<'a, T> {
     }
 
     /// Rows `rows` of y for the activations `x` (prepared for this weight's columns), into
-    /// `out` [rows.len(), tokens] (transposed), on `isa`.
-    pub(crate) fn compute(&self, isa: Isa, x: &Activations, rows: Range<usize>, out: &mut [f32]) -> Result<()> {
+    /// `out` (rows.len() rows of x's tokens), on `isa`.
+    pub(crate) fn compute(&self, isa: Isa, x: &Activations, rows: Range<usize>, out: Dest<'_>) -> Result<()> {
         if !isa.available() {
             return Err(Error::invalid(format!("infer_linear: this CPU has no {}", isa.name())));
         }
         let cols = self.cols();
-        if x.cols != cols || rows.end > self.rows || out.len() != rows.len() * x.tokens {
+        if x.cols != cols || rows.end > self.rows || (out.rows, out.tokens) != (rows.len(), x.tokens) {
             return Err(Error::invalid(format!(
-                "infer_linear: rows {rows:?} of a {}x{cols} weight for {} tokens of {} into {} outputs",
-                self.rows,
-                x.tokens,
-                x.cols,
-                out.len()
+                "infer_linear: rows {rows:?} of a {}x{cols} weight for {} tokens of {} into {}x{} outputs",
+                self.rows, x.tokens, x.cols, out.rows, out.tokens
             )));
         }
         match &self.kind {
@@ -667,7 +714,7 @@ fn run_part<T: Stored, Src: Source<T>>(
     job: &Activations,
     src: &Src,
     rows: Range<usize>,
-    out: &mut [f32],
+    out: Dest<'_>,
 ) -> Result<()> {
     // SAFETY: `linear` checked that this CPU runs `isa`; `part` checks its slices.
     unsafe {
@@ -698,7 +745,7 @@ mod x86 {
                 job: &Activations,
                 src: &Src,
                 rows: Range<usize>,
-                out: &mut [f32],
+                out: Dest<'_>,
             ) -> Result<()> {
                 part::<$simd, T, Src>(job, src, rows, out)
             }
@@ -719,9 +766,9 @@ unsafe fn part<S: Simd, T: Stored, Src: Source<T>>(
     job: &Activations,
     src: &Src,
     rows: Range<usize>,
-    out: &mut [f32],
+    out: Dest<'_>,
 ) -> Result<()> {
-    assert_eq!(out.len(), rows.len() * job.tokens, "infer_linear: output block size");
+    assert_eq!((out.rows, out.tokens), (rows.len(), job.tokens), "infer_linear: output block size");
     assert_eq!(job.x.len(), job.tok_pad * job.in_pad, "infer_linear: padded activations");
     // Two chunks per step (two sets of accumulators) where NT tokens × 32/LANES vectors
     // give fewer than 8 FMA chains.
@@ -744,12 +791,13 @@ unsafe fn decode<S: Simd, T: Stored, Src: Source<T>, const NT: usize, const PAIR
     job: &Activations,
     src: &Src,
     rows: Range<usize>,
-    out: &mut [f32],
+    out: Dest<'_>,
 ) -> Result<()> {
     let mut scratch = src.scratch();
     let (cols, x) = (job.cols, job.x.as_ptr());
     let full = cols / CHUNK;
-    for (r, y) in rows.zip(out.chunks_exact_mut(NT)) {
+    let mut out = out;
+    for (i, r) in rows.enumerate() {
         let mut reader = src.row::<S>(r, &mut scratch);
         let (mut acc, mut acc2) = ([S::zero(); NT], [S::zero(); NT]);
         let mut ch = 0;
@@ -769,8 +817,8 @@ unsafe fn decode<S: Simd, T: Stored, Src: Source<T>, const NT: usize, const PAIR
             fma_tokens::<S, NT>(&mut acc, reader.tail::<S>(full), x, job.in_pad, full);
         }
         reader.finish()?;
-        for (t, o) in y.iter_mut().enumerate() {
-            *o = S::sum(acc[t]) + S::sum(acc2[t]);
+        for t in 0..NT {
+            out.put(i, t, S::sum(acc[t]) + S::sum(acc2[t]));
         }
     }
     Ok(())
@@ -794,7 +842,7 @@ unsafe fn prefill<S: Simd, T: Stored, Src: Source<T>>(
     job: &Activations,
     src: &Src,
     rows: Range<usize>,
-    out: &mut [f32],
+    mut out: Dest<'_>,
 ) -> Result<()> {
     const { assert!(TILE_ROWS.is_multiple_of(MR) && TILE_COLS.is_multiple_of(CHUNK)) };
     let (in_pad, tok_pad, tokens) = (job.in_pad, job.tok_pad, job.tokens);
@@ -846,8 +894,9 @@ unsafe fn prefill<S: Simd, T: Stored, Src: Source<T>>(
             reader.finish()?;
         }
         for i in 0..n_rows {
-            let o = (start - first + i) * tokens;
-            out[o..o + tokens].copy_from_slice(&sums[i * tok_pad..i * tok_pad + tokens]);
+            for (t, &v) in sums[i * tok_pad..i * tok_pad + tokens].iter().enumerate() {
+                out.put(start - first + i, t, v);
+            }
         }
     }
     Ok(())

@@ -6,14 +6,12 @@
 //! - Decode (tokens ≤ [`DECODE_MAX_TOKENS`]): a GEMV; each weight chunk is read once and
 //!   multiplied into every token's accumulators.
 //! - Prefill: output rows in tiles of [`TILE_ROWS`]; [`TILE_COLS`] columns of the tile are
-//!   decoded into an f32 block (128 KiB, in L2) and multiplied by every token, [`MR`] rows ×
-//!   [`MT`] tokens at a time (register-blocked dot products).
+//!   decoded into an f32 block (128 KiB, in L2) stored column by column and multiplied by
+//!   every token as outer products: all the tile's rows × up to 12 tokens per column step
+//!   in registers (tokens padded to a multiple of [`MT`]).
 //!
 //! Rows prefetch their values [`PREFETCH_BYTES`] ahead: at 50–70% sparsity a row's values
 //! end within a page or two, where the hardware prefetchers would restart.
-//!
-//! Dense f32 prefill is the gemm crate's ([`crate::ops::matmul::cpu::fast`], measured
-//! faster than the tiles on f32); every other case runs the kernels here.
 //!
 //! Threads (rayon) take contiguous row ranges: tiles in prefill; in decode, ranges of equal
 //! bytes read (kept values + mask), since pruning leaves rows with different kept counts.
@@ -27,7 +25,6 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::simd::{Portable, Simd, Stored, CHUNK, NATURAL};
-use crate::ops::matmul::cpu::{fast, Dims};
 use crate::sparse::cpu::{meta_stride, visit_row};
 use crate::sparse::{check_nm, SparseFormat};
 use crate::{DType, Error, Result};
@@ -38,10 +35,8 @@ pub const DECODE_MAX_TOKENS: usize = 4;
 pub const TILE_ROWS: usize = 32;
 /// Columns of a prefill tile decoded at a time (a multiple of [`CHUNK`]).
 pub const TILE_COLS: usize = 1024;
-/// Rows of the prefill micro-kernel.
-pub const MR: usize = 4;
-/// Tokens of the prefill micro-kernel.
-pub const MT: usize = 3;
+/// Prefill pads the tokens to a multiple of this (every micro-kernel's token count divides it).
+pub const MT: usize = 12;
 /// Bytes of a row's values prefetched ahead of the chunk it reads (hardware prefetchers
 /// stop at page boundaries; the streams of rows run across them).
 const PREFETCH_BYTES: usize = 4096;
@@ -152,13 +147,6 @@ pub(crate) fn apply<T: Stored>(isa: Isa, x: &[f32], tokens: usize, linear: &Line
     if x.len() != tokens * cols {
         return Err(Error::invalid(format!("infer_linear: {} activations for {tokens} tokens of {cols}", x.len())));
     }
-    if let (Kind::Dense(d), true) = (&linear.kind, tokens > DECODE_MAX_TOKENS && T::DTYPE == DType::F32) {
-        // An f32 matrix product: the gemm crate's packed kernels are faster here.
-        let w32 = bytemuck::try_cast_slice::<T, f32>(d.w).map_err(|e| Error::invalid(e.to_string()))?;
-        let mut y = vec![0f32; tokens * rows];
-        fast(x, w32, &mut y, Dims::single(tokens, rows, cols, false, true), 1.0, false);
-        return Ok(y);
-    }
     if tokens == 0 || rows == 0 {
         return Ok(Vec::new());
     }
@@ -198,7 +186,15 @@ impl<'a> Dest<'a> {
     /// A block of its own, `out` [rows, tokens] (transposed).
     pub(crate) fn block(out: &'a mut [f32], rows: usize, tokens: usize) -> Self {
         assert_eq!(out.len(), rows * tokens, "infer_linear: output block");
-        Dest { ptr: out.as_mut_ptr(), len: out.len(), rows, tokens, row_stride: tokens, token_stride: 1, _buffer: Default::default() }
+        Dest {
+            ptr: out.as_mut_ptr(),
+            len: out.len(),
+            rows,
+            tokens,
+            row_stride: tokens,
+            token_stride: 1,
+            _buffer: Default::default(),
+        }
     }
 
     /// The rows `ranges` (increasing, disjoint, within 0..rows) of y [tokens, rows], each
@@ -835,22 +831,44 @@ unsafe fn fma_tokens<S: Simd, const NT: usize>(acc: &mut [S::C; NT], w: S::C, x:
     }
 }
 
-/// Tiles of [`TILE_ROWS`] rows: [`TILE_COLS`] columns at a time decoded into an f32 block,
-/// then multiplied by all tokens in [`MR`] × [`MT`] micro-kernels.
+/// Tiles of [`TILE_ROWS`] rows: [`TILE_COLS`] columns at a time decoded into an f32 block
+/// stored column by column ([column][row], the columns in x's lane order), then multiplied
+/// by the tokens in outer products: for each column, the tile's rows (a few vectors) times
+/// each token's value of that column (broadcast), summed into [rows × tokens] accumulators
+/// ([`micro`]; no horizontal sums).
 #[inline(always)]
 unsafe fn prefill<S: Simd, T: Stored, Src: Source<T>>(
     job: &Activations,
     src: &Src,
     rows: Range<usize>,
+    out: Dest<'_>,
+) -> Result<()> {
+    // AVX-512: 2 row vectors × 12 tokens = 24 accumulators; 8 lanes: 4 × 2 = 8.
+    if S::LANES == 16 {
+        prefill_tiles::<S, T, Src, 2, 12>(job, src, rows, out)
+    } else {
+        prefill_tiles::<S, T, Src, 4, 2>(job, src, rows, out)
+    }
+}
+
+/// [`prefill`] with RV row vectors (RV · LANES = [`TILE_ROWS`]) and NT tokens per micro-kernel
+/// (NT divides [`MT`]).
+#[inline(always)]
+unsafe fn prefill_tiles<S: Simd, T: Stored, Src: Source<T>, const RV: usize, const NT: usize>(
+    job: &Activations,
+    src: &Src,
+    rows: Range<usize>,
     mut out: Dest<'_>,
 ) -> Result<()> {
-    const { assert!(TILE_ROWS.is_multiple_of(MR) && TILE_COLS.is_multiple_of(CHUNK)) };
+    assert!(RV * S::LANES == TILE_ROWS && MT.is_multiple_of(NT), "infer_linear: prefill micro-kernel shape");
+    const { assert!(TILE_COLS.is_multiple_of(CHUNK)) };
     let (in_pad, tok_pad, tokens) = (job.in_pad, job.tok_pad, job.tokens);
     let chunks = in_pad / CHUNK;
     let mut scratch: Vec<Scratch<T>> = (0..TILE_ROWS).map(|_| src.scratch()).collect();
-    // tile: [TILE_ROWS, TILE_COLS]; sums: [TILE_ROWS, tok_pad].
-    let mut tile = vec![0f32; TILE_ROWS * TILE_COLS];
-    let mut sums = vec![0f32; TILE_ROWS * tok_pad];
+    // tile: [TILE_COLS][TILE_ROWS]; sums: [tok_pad][TILE_ROWS]; one decoded chunk.
+    let mut tile = vec![0f32; TILE_COLS * TILE_ROWS];
+    let mut sums = vec![0f32; tok_pad * TILE_ROWS];
+    let mut chunk = [0f32; CHUNK];
     let first = rows.start;
     for start in rows.clone().step_by(TILE_ROWS) {
         let n_rows = TILE_ROWS.min(rows.end - start);
@@ -858,43 +876,39 @@ unsafe fn prefill<S: Simd, T: Stored, Src: Source<T>>(
         for (s, r) in scratch.iter_mut().zip(start..start + n_rows) {
             readers.push(src.row::<S>(r, s));
         }
+        if n_rows < TILE_ROWS {
+            tile.fill(0.0);
+        }
         sums.fill(0.0);
         for c0 in (0..chunks).step_by(TILE_COLS / CHUNK) {
             let c1 = (c0 + TILE_COLS / CHUNK).min(chunks);
             for (i, reader) in readers.iter_mut().enumerate() {
                 for ch in c0..c1 {
-                    // SAFETY: row i < TILE_ROWS, column (ch − c0)·32 + 32 ≤ TILE_COLS.
-                    S::store(
-                        chunk_of::<S, _>(reader, ch, job.cols),
-                        tile.as_mut_ptr().add(i * TILE_COLS + (ch - c0) * CHUNK),
-                    );
+                    S::store(chunk_of::<S, _>(reader, ch, job.cols), chunk.as_mut_ptr());
+                    let base = (ch - c0) * CHUNK * TILE_ROWS + i;
+                    for (lane, &v) in chunk.iter().enumerate() {
+                        tile[base + lane * TILE_ROWS] = v;
+                    }
                 }
             }
             let width = (c1 - c0) * CHUNK;
-            for group in 0..n_rows.div_ceil(MR) {
-                for t0 in (0..tok_pad).step_by(MT) {
-                    // SAFETY: rows group·MR.. + MR ≤ TILE_ROWS of the tile; tokens t0 + MT ≤
-                    // tok_pad and columns 32·c0 + width ≤ in_pad of x.
-                    let part = micro::<S>(
-                        tile.as_ptr().add(group * MR * TILE_COLS),
-                        job.x.as_ptr().add(t0 * in_pad + c0 * CHUNK),
-                        in_pad,
-                        width,
-                    );
-                    for (r, row) in part.iter().enumerate() {
-                        let base = (group * MR + r) * tok_pad + t0;
-                        for (s, &v) in sums[base..base + MT].iter_mut().zip(row) {
-                            *s += v;
-                        }
-                    }
-                }
+            for t0 in (0..tok_pad).step_by(NT) {
+                // SAFETY: tokens t0 + NT ≤ tok_pad and columns 32·c0 + width ≤ in_pad of x;
+                // the tile holds width columns of TILE_ROWS; sums rows t0 .. t0 + NT.
+                micro::<S, RV, NT>(
+                    tile.as_ptr(),
+                    job.x.as_ptr().add(t0 * in_pad + c0 * CHUNK),
+                    in_pad,
+                    width,
+                    sums.as_mut_ptr().add(t0 * TILE_ROWS),
+                );
             }
         }
         for reader in &readers {
             reader.finish()?;
         }
-        for i in 0..n_rows {
-            for (t, &v) in sums[i * tok_pad..i * tok_pad + tokens].iter().enumerate() {
+        for (t, row) in sums.chunks_exact(TILE_ROWS).take(tokens).enumerate() {
+            for (i, &v) in row[..n_rows].iter().enumerate() {
                 out.put(start - first + i, t, v);
             }
         }
@@ -902,30 +916,39 @@ unsafe fn prefill<S: Simd, T: Stored, Src: Source<T>>(
     Ok(())
 }
 
-/// Dot products of MR tile rows (stride [`TILE_COLS`]) with MT token rows (stride
-/// `x_stride`) over `width` columns (a multiple of the vector width).
+/// sums[t][r] += Σ_k tile[k][r] · x[t][k] for the tile's [`TILE_ROWS`] rows (RV vectors),
+/// NT tokens (stride `x_stride`) and `width` columns: per column, RV vector loads, NT
+/// broadcasts and RV·NT fused multiply-adds.
 #[inline(always)]
-unsafe fn micro<S: Simd>(w: *const f32, x: *const f32, x_stride: usize, width: usize) -> [[f32; MT]; MR] {
-    let mut acc = [[S::zero_v(); MT]; MR];
-    let mut xs = [S::zero_v(); MT];
-    let mut c = 0;
-    while c < width {
-        for (t, v) in xs.iter_mut().enumerate() {
-            *v = S::load_v(x.add(t * x_stride + c));
+unsafe fn micro<S: Simd, const RV: usize, const NT: usize>(
+    tile: *const f32,
+    x: *const f32,
+    x_stride: usize,
+    width: usize,
+    sums: *mut f32,
+) {
+    // acc[t][v]: token t, rows v·LANES ..
+    let mut acc = [[S::zero_v(); RV]; NT];
+    for k in 0..width {
+        let mut w = [S::zero_v(); RV];
+        for (v, wv) in w.iter_mut().enumerate() {
+            *wv = S::load_v(tile.add(k * TILE_ROWS + v * S::LANES));
         }
-        for (r, row) in acc.iter_mut().enumerate() {
-            let wv = S::load_v(w.add(r * TILE_COLS + c));
-            for (a, &xv) in row.iter_mut().zip(&xs) {
-                *a = S::fma_v(wv, xv, *a);
+        for (t, acc_t) in acc.iter_mut().enumerate() {
+            let xb = S::splat_v(*x.add(t * x_stride + k));
+            for (a, &wv) in acc_t.iter_mut().zip(&w) {
+                *a = S::fma_v(wv, xb, *a);
             }
         }
-        c += S::LANES;
     }
-    let mut sums = [[0f32; MT]; MR];
-    for (s_row, a_row) in sums.iter_mut().zip(&acc) {
-        for (s, &a) in s_row.iter_mut().zip(a_row) {
-            *s = S::sum_v(a);
+    let mut lanes = [0f32; TILE_ROWS];
+    for (t, acc_t) in acc.iter().enumerate() {
+        for (v, &a) in acc_t.iter().enumerate() {
+            S::store_v(a, lanes.as_mut_ptr().add(v * S::LANES));
+        }
+        let s = sums.add(t * TILE_ROWS);
+        for (r, &l) in lanes.iter().enumerate().take(RV * S::LANES) {
+            *s.add(r) += l;
         }
     }
-    sums
 }

@@ -42,6 +42,10 @@ pub(crate) trait Simd: Copy {
     unsafe fn zero_v() -> Self::V;
     /// `LANES` f32 at p.
     unsafe fn load_v(p: *const f32) -> Self::V;
+    /// Every lane x.
+    unsafe fn splat_v(x: f32) -> Self::V;
+    /// Writes `LANES` f32 at p.
+    unsafe fn store_v(v: Self::V, p: *mut f32);
     /// acc + a·b.
     unsafe fn fma_v(a: Self::V, b: Self::V, acc: Self::V) -> Self::V;
     /// Sum of the lanes.
@@ -169,6 +173,14 @@ impl Simd for Portable {
         p.cast::<Self::V>().read_unaligned()
     }
     #[inline(always)]
+    unsafe fn splat_v(x: f32) -> Self::V {
+        [x; 8]
+    }
+    #[inline(always)]
+    unsafe fn store_v(v: Self::V, p: *mut f32) {
+        p.cast::<Self::V>().write_unaligned(v)
+    }
+    #[inline(always)]
     unsafe fn fma_v(a: Self::V, b: Self::V, acc: Self::V) -> Self::V {
         std::array::from_fn(|i| acc[i] + a[i] * b[i])
     }
@@ -291,6 +303,14 @@ mod x86 {
         #[inline(always)]
         unsafe fn load_v(p: *const f32) -> Self::V {
             _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn splat_v(x: f32) -> Self::V {
+            _mm512_set1_ps(x)
+        }
+        #[inline(always)]
+        unsafe fn store_v(v: Self::V, p: *mut f32) {
+            _mm512_storeu_ps(p, v)
         }
         #[inline(always)]
         unsafe fn fma_v(a: Self::V, b: Self::V, acc: Self::V) -> Self::V {
@@ -442,6 +462,14 @@ mod x86 {
         #[inline(always)]
         unsafe fn load_v(p: *const f32) -> Self::V {
             _mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn splat_v(x: f32) -> Self::V {
+            _mm256_set1_ps(x)
+        }
+        #[inline(always)]
+        unsafe fn store_v(v: Self::V, p: *mut f32) {
+            _mm256_storeu_ps(p, v)
         }
         #[inline(always)]
         unsafe fn fma_v(a: Self::V, b: Self::V, acc: Self::V) -> Self::V {

@@ -1,7 +1,8 @@
-//! A step of at most [`DECODE_MAX_TOKENS`] tokens on the CPU (a batched decode step, or a
-//! short prompt) as one team of threads ([`super::team`]) instead of one thread-pool call per
-//! operation: at batch 1 a token's matrices are small (576×576 in the default model) and
-//! waking a pool ~240 times per token cost a fifth of the step.
+//! A step on the CPU (a prefill, a batched decode step, any mix) as one team of threads
+//! ([`super::team`]) instead of one thread-pool call per operation: at batch 1 a token's
+//! matrices are small (576×576 in the default model) and waking a pool ~240 times per token
+//! cost a fifth of the step; in a prefill, the per-operation tensors (allocation, page
+//! faults, dtype conversions) cost about as much again.
 //!
 //! It computes what the engine's operations compute (`InferModel::forward_rows`), with the
 //! same CPU functions in the same order and the same rounding to the model's dtype after each
@@ -10,7 +11,9 @@
 //!   1. h = rms_norm(x) [N, D] (each thread its own copy); the threads split the rows of
 //!      q|k|v (by bytes read) and write qkv [N, (Hq + 2·Hkv)·hd]
 //!   2. units (token, head): RoPE of q in place; RoPE of k, then k and v into the cache
-//!   3. units (token, q head): attention over the cache → a [N, Hq·hd]
+//!   3. attention over the cache → a [N, Hq·hd], in the tasks of the operation's fast path
+//!      (`kv_cache::cpu_fast::tasks`: blocks of a sequence's rows per kv head, or single
+//!      (token, q head)), dealt round-robin
 //!   4. rows of Wo split: x[:, rows] += a·Wo[rows]ᵀ
 //!   5. h = rms_norm(x); indices of F split: m[:, i] = silu(h·Wg[i]) · (h·Wu[i]) [N, F]
 //!   6. rows of Wd split: x[:, rows] += m·Wd[rows]ᵀ
@@ -24,16 +27,11 @@ use std::ops::Range;
 use super::engine::KvCache;
 use super::model::{InferLinear, InferModel};
 use super::team::{self, Member};
-use crate::ops::infer_linear::cpu_fast::{split_ranges, Activations, Dest, Isa, Linear, DECODE_MAX_TOKENS};
+use crate::ops::infer_linear::cpu_fast::{split_ranges, Activations, Dest, Isa, Linear};
 use crate::ops::infer_linear::{Held, Stored};
-use crate::ops::kv_cache::{cpu_fast::attend, AttentionDims, CacheDims};
+use crate::ops::kv_cache::{self, AttentionDims, CacheDims};
 use crate::ops::{rms_norm, rope, swiglu};
 use crate::{Error, Result, Tensor};
-
-/// Whether a step of `tokens` tokens takes this path (on a CPU model).
-pub(super) fn applies(tokens: usize) -> bool {
-    tokens <= DECODE_MAX_TOKENS
-}
 
 /// A buffer the members of a team share: written in disjoint parts within a phase, read
 /// after the sync that ends it.
@@ -269,6 +267,7 @@ pub(super) fn step<T: Stored>(
     // The caches [B, S, Hkv, hd] of every layer, written in place.
     let cache_dims = CacheDims { sequences: cache.batch(), capacity: cache.capacity(), kv_heads: hkv, head_dim: hd };
     let att = AttentionDims { cache: cache_dims, q_heads: hq };
+    let attention_tasks = kv_cache::cpu_fast::tasks(att, seqs);
     let (keys, values) = cache.tensors();
     let mut key_guards = keys.iter().map(Tensor::write).collect::<Result<Vec<_>>>()?;
     let mut value_guards = values.iter().map(Tensor::write).collect::<Result<Vec<_>>>()?;
@@ -305,7 +304,7 @@ pub(super) fn step<T: Stored>(
     team::run(members, |me: &Member<'_>| {
         let i = me.index();
         let (mut h, mut out, mut table) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut gate, mut up, mut rotated, mut head_out) = (Vec::new(), Vec::new(), vec![0f32; hd], vec![0f32; hd]);
+        let (mut gate, mut up, mut rotated) = (Vec::new(), Vec::new(), vec![0f32; hd]);
         let mut act = Activations::new(isa, dtype, &[], 0, 0);
         // SAFETY (every block below): each phase writes only this member's part of a shared
         // buffer — its rows of a linear, or its units (token, head) — and reads buffers that
@@ -342,14 +341,18 @@ pub(super) fn step<T: Stored>(
                 }
             }
             me.sync()?;
-            // 3. Attention of each (token, q head) over its sequence's keys.
+            // 3. Attention: this member's tasks (blocks of a sequence's rows per kv head,
+            //    or single (token, q head)), dealt round-robin (later blocks see more keys).
             let (kc, vc) = unsafe { (k_caches[l].all(), v_caches[l].all()) };
-            for unit in me.share(n * hq) {
-                let (t, head) = (unit / hq, unit % hq);
-                let q_row = unsafe { qkv_s.read(t * qkv_dim + head * hd..t * qkv_dim + (head + 1) * hd) };
-                attend(q_row, kc, vc, att, (seqs[t], positions[t]), head, &mut head_out);
-                for (d, &v) in unsafe { a_s.write(unit * hd..(unit + 1) * hd) }.iter_mut().zip(&head_out) {
-                    *d = round::<T>(v);
+            let q = unsafe { qkv_s.all() };
+            for task in attention_tasks.iter().skip(i).step_by(me.count()) {
+                let o = kv_cache::cpu_fast::run(task, q, qkv_dim, kc, vc, att, seqs, positions);
+                let mut from = 0;
+                for (at, len) in task.places(att) {
+                    for (d, &v) in unsafe { a_s.write(at..at + len) }.iter_mut().zip(&o[from..from + len]) {
+                        *d = round::<T>(v);
+                    }
+                    from += len;
                 }
             }
             me.sync()?;
@@ -407,25 +410,33 @@ mod tests {
             num_attention_heads: 3,
             num_key_value_heads: 1,
             tie_word_embeddings: false,
-            ..LlamaConfig::tiny()
+            ..long_tiny()
         }
     }
 
+    /// The tiny config with room for the 70-token prompt.
+    fn long_tiny() -> LlamaConfig {
+        LlamaConfig { max_position_embeddings: 128, ..LlamaConfig::tiny() }
+    }
+
     /// The same steps through this path and through the operations, each in its own cache:
-    /// prompts of 3, 1 and 4 tokens of three sequences (one step each), then batched decode
-    /// steps over the three at different positions, and a step of two tokens of one sequence.
-    /// Logits equal bit for bit, and so do the caches.
+    /// prompts of 3, 1 and 70 tokens of three sequences (the last one in two attention
+    /// blocks), batched decode steps over the three at different positions, a 9-token chunk
+    /// of one sequence (a block) and a step of two tokens of one sequence. Logits equal bit
+    /// for bit, and so do the caches.
     fn same_as_operations(model: &InferModel, threads: usize, what: &str) {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| {
             let vocab = model.config.vocab_size as u32;
-            let (mut ours, mut ops) = (model.new_cache(3, 16).unwrap(), model.new_cache(3, 16).unwrap());
+            let (mut ours, mut ops) = (model.new_cache(3, 96).unwrap(), model.new_cache(3, 96).unwrap());
+            let ids = |n: u32| (0..n).map(|i| i * 7 + 3).collect::<Vec<u32>>();
             let steps: Vec<(Vec<u32>, Vec<u32>, Vec<usize>)> = vec![
                 (vec![0, 0, 0], vec![5, 1, 60], vec![2]),
                 (vec![1], vec![9], vec![0]),
-                (vec![2, 2, 2, 2], vec![3, 3, 7, 66], vec![0, 3, 1]),
+                (vec![2; 70], ids(70), vec![0, 69, 33]),
                 (vec![0, 1, 2], vec![11, 12, 13], vec![0, 1, 2]),
                 (vec![2, 0], vec![4, 8], vec![1, 0]),
+                (vec![1; 9], ids(9), (0..9).collect()),
                 (vec![1, 1], vec![30, 31], vec![0, 1]),
                 (vec![0], vec![vocab - 1], vec![0]),
             ];
@@ -460,7 +471,7 @@ mod tests {
 
     #[test]
     fn equals_the_operations_bit_for_bit() {
-        for (name, config) in [("tiny", LlamaConfig::tiny()), ("awkward", awkward())] {
+        for (name, config) in [("tiny", long_tiny()), ("awkward", awkward())] {
             for dtype in [DType::F32, DType::BF16] {
                 let base = Llama::random(&config, dtype, &Device::cpu(), 5).unwrap();
                 let uneven = magnitude_pruned(&base, &[0], Pattern::Unstructured(0.5)).unwrap();

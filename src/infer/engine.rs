@@ -182,11 +182,7 @@ impl InferModel {
         if let Some(&r) = rows.iter().find(|&&r| r >= tokens.len()) {
             return Err(Error::invalid(format!("row {r} of a step of {} tokens", tokens.len())));
         }
-        let logits = if matches!(self.device(), Device::Cpu(_)) && cpu_step::applies(tokens.len()) {
-            with_compute_type!(self.dtype(), "step", T => cpu_step::step::<T>(self, cache, seqs, &positions, tokens, rows))?
-        } else {
-            self.forward_rows(cache, seqs, &positions, tokens, rows)?.to_f32_vec()?
-        };
+        let logits = self.logits(cache, seqs, &positions, tokens, rows)?.to_f32_vec()?;
         cache.lens = next;
         let vocab = self.config.vocab_size;
         Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
@@ -203,9 +199,30 @@ impl InferModel {
         let cache = self.new_cache(1, t)?;
         let positions: Vec<u32> = (0..t as u32).collect();
         let all: Vec<usize> = (0..t).collect();
-        let logits = self.forward_rows(&cache, &vec![0; t], &positions, &tokens[..t], &all)?;
+        let logits = self.logits(&cache, &vec![0; t], &positions, &tokens[..t], &all)?;
         let targets = Tensor::from_vec(tokens[1..].to_vec(), [t], self.device())?;
         ops::cross_entropy::forward_sum(&logits, &targets)
+    }
+
+    /// The logits [rows.len(), vocab] (the model's dtype) of one step: the CPU runs it as one
+    /// team of threads ([`cpu_step`]), CUDA through the operations.
+    fn logits(
+        &self,
+        cache: &KvCache,
+        seqs: &[u32],
+        positions: &[u32],
+        tokens: &[u32],
+        rows: &[usize],
+    ) -> Result<Tensor> {
+        match self.device() {
+            Device::Cpu(_) => {
+                let logits = with_compute_type!(self.dtype(), "step", T => {
+                    cpu_step::step::<T>(self, cache, seqs, positions, tokens, rows)
+                })?;
+                Tensor::from_f32(logits, [rows.len(), self.config.vocab_size], self.dtype(), self.device())
+            }
+            Device::Cuda(_) => self.forward_rows(cache, seqs, positions, tokens, rows),
+        }
     }
 
     /// The logits [rows.len(), vocab] of one step through the operations (any device, any

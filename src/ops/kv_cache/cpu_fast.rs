@@ -41,22 +41,42 @@ const BLOCK_ROWS: usize = 64;
 
 /// Work of one task: a block of rows of one sequence for the query heads of kv head `g`, or
 /// one (row, head).
-enum Task {
-    Block { rows: Range<usize>, g: usize },
-    Row { n: usize, head: usize },
+#[derive(Clone, Debug)]
+pub enum Task {
+    /// Rows `rows` (one sequence), query heads g·group .. (g + 1)·group.
+    Block {
+        /// Query rows.
+        rows: Range<usize>,
+        /// Kv head.
+        g: usize,
+    },
+    /// Query row n, query head `head`.
+    Row {
+        /// Query row.
+        n: usize,
+        /// Query head.
+        head: usize,
+    },
 }
 
-/// o [N, Hq, D] (f32) from q [N, Hq, D] and the caches [B, S, Hkv, D].
-pub fn attention<T: FloatElement>(
-    q: &[T],
-    k: &[T],
-    v: &[T],
-    d: AttentionDims,
-    seqs: &[u32],
-    positions: &[u32],
-    o: &mut [f32],
-) {
-    let dim = d.cache.head_dim;
+impl Task {
+    /// The parts of o [N, Hq, D] this task's output fills, in its order: (offset in o,
+    /// length), consecutive in the output.
+    pub fn places(&self, d: AttentionDims) -> Vec<(usize, usize)> {
+        let dim = d.cache.head_dim;
+        match *self {
+            Task::Block { ref rows, g } => {
+                let group = d.group();
+                rows.clone().map(|n| ((n * d.q_heads + g * group) * dim, group * dim)).collect()
+            }
+            Task::Row { n, head } => vec![((n * d.q_heads + head) * dim, dim)],
+        }
+    }
+}
+
+/// The tasks of a step's rows: runs of at least [`BLOCK_MIN_ROWS`] rows of one sequence in
+/// blocks of up to [`BLOCK_ROWS`] per kv head, every other row per query head.
+pub fn tasks(d: AttentionDims, seqs: &[u32]) -> Vec<Task> {
     let mut tasks = Vec::new();
     let mut start = 0;
     while start < seqs.len() {
@@ -70,43 +90,66 @@ pub fn attention<T: FloatElement>(
         }
         start = end;
     }
-    let results: Vec<Vec<f32>> = tasks
-        .par_iter()
-        .map(|task| match task {
-            Task::Block { rows, g } => block(q, k, v, d, seqs[rows.start], &positions[rows.clone()], rows.start, *g),
-            Task::Row { n, head } => {
-                let mut out = vec![0f32; dim];
-                let at = (n * d.q_heads + head) * dim;
-                attend(&q[at..at + dim], k, v, d, (seqs[*n], positions[*n]), *head, &mut out);
-                out
-            }
-        })
-        .collect();
-    let group = d.group();
-    for (task, out) in tasks.iter().zip(results) {
-        match task {
-            Task::Block { rows, g } => {
-                // out: [rows, group, D], the heads g·group .. (g + 1)·group of each row.
-                for (j, n) in rows.clone().enumerate() {
-                    let at = (n * d.q_heads + g * group) * dim;
-                    o[at..at + group * dim].copy_from_slice(&out[j * group * dim..(j + 1) * group * dim]);
-                }
-            }
-            Task::Row { n, head } => {
-                let at = (n * d.q_heads + head) * dim;
-                o[at..at + dim].copy_from_slice(&out);
-            }
+    tasks
+}
+
+/// The output of `task` ([`Task::places`] says where it goes) for queries q whose row n,
+/// head h starts at n·q_stride + h·D.
+#[allow(clippy::too_many_arguments)]
+pub fn run<Q: FloatElement, T: FloatElement>(
+    task: &Task,
+    q: &[Q],
+    q_stride: usize,
+    k: &[T],
+    v: &[T],
+    d: AttentionDims,
+    seqs: &[u32],
+    positions: &[u32],
+) -> Vec<f32> {
+    let dim = d.cache.head_dim;
+    match *task {
+        Task::Block { ref rows, g } => {
+            block(q, q_stride, k, v, d, seqs[rows.start], &positions[rows.clone()], rows.start, g)
+        }
+        Task::Row { n, head } => {
+            let mut out = vec![0f32; dim];
+            let at = n * q_stride + head * dim;
+            attend(&q[at..at + dim], k, v, d, (seqs[n], positions[n]), head, &mut out);
+            out
         }
     }
 }
 
-/// Attention of rows `first ..` (positions `positions`, all of sequence `seq`) for the query
-/// heads of kv head g, as matrices: with R = rows·group queries and P = max position + 1
+/// o [N, Hq, D] (f32) from q [N, Hq, D] and the caches [B, S, Hkv, D].
+pub fn attention<T: FloatElement>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    d: AttentionDims,
+    seqs: &[u32],
+    positions: &[u32],
+    o: &mut [f32],
+) {
+    let tasks = tasks(d, seqs);
+    let q_stride = d.q_heads * d.cache.head_dim;
+    let results: Vec<Vec<f32>> = tasks.par_iter().map(|t| run(t, q, q_stride, k, v, d, seqs, positions)).collect();
+    for (task, out) in tasks.iter().zip(results) {
+        let mut from = 0;
+        for (at, len) in task.places(d) {
+            o[at..at + len].copy_from_slice(&out[from..from + len]);
+            from += len;
+        }
+    }
+}
+
+/// Attention of rows `first ..` (positions `positions`, all of sequence `seq`; query row n
+/// at n·q_stride) for the query heads of kv head g, as matrices: with R = rows·group queries and P = max position + 1
 /// keys, S [R, P] = c·Q·Kᵀ, e = exp(S − row max) on each row's keys u ≤ its position (0
 /// beyond), O [R, D] = e·V / Σ e. Returns O as [rows, group, D].
 #[allow(clippy::too_many_arguments)]
-fn block<T: FloatElement>(
-    q: &[T],
+fn block<Q: FloatElement, T: FloatElement>(
+    q: &[Q],
+    q_stride: usize,
     k: &[T],
     v: &[T],
     d: AttentionDims,
@@ -120,7 +163,7 @@ fn block<T: FloatElement>(
     let r = positions.len() * group;
     let q_block: Vec<f32> = (0..r)
         .flat_map(|i| {
-            let at = ((first + i / group) * d.q_heads + g * group + i % group) * dim;
+            let at = (first + i / group) * q_stride + (g * group + i % group) * dim;
             q[at..at + dim].iter().map(|x| x.to_f32())
         })
         .collect();

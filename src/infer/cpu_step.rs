@@ -149,7 +149,7 @@ fn norm<T: Stored>(x: &[f32], w: &[f32], eps: f32, dim: usize, h: &mut Vec<f32>)
     h.iter_mut().for_each(|v| *v = round::<T>(*v));
 }
 
-/// Rows `rows` of y = x·Wᵀ into `out` [rows.len(), N] (transposed, unrounded).
+/// Rows `rows` of y = x·Wᵀ into `out` [N, rows.len()] (unrounded).
 fn product<T: Stored>(
     w: &Linear<'_, T>,
     isa: Isa,
@@ -159,19 +159,19 @@ fn product<T: Stored>(
 ) -> Result<()> {
     out.resize(rows.len() * x.tokens(), 0.0);
     let n = rows.len();
-    w.compute(isa, x, rows, Dest::block(out, n, x.tokens()))
+    w.compute(isa, x, rows, Dest::token_major(out, n, x.tokens()))
 }
 
-/// dst[t, offset + j] = round(block[j, t]) for block [cols, N] (transposed) and dst [N, width].
+/// dst[t, offset + j] = round(block[t, j]) for block [N, cols] and dst [N, width].
 ///
 /// # Safety
 /// Columns offset .. offset + cols of every row of `dst` are this member's in this phase.
 unsafe fn write_columns<T: Stored>(block: &[f32], tokens: usize, dst: &Shared<'_, f32>, width: usize, offset: usize) {
     let cols = block.len() / tokens.max(1);
-    for t in 0..tokens {
+    for (t, src) in block.chunks_exact(cols.max(1)).enumerate().take(tokens) {
         let row = dst.write(t * width + offset..t * width + offset + cols);
-        for (j, d) in row.iter_mut().enumerate() {
-            *d = round::<T>(block[j * tokens + t]);
+        for (d, &v) in row.iter_mut().zip(src) {
+            *d = round::<T>(v);
         }
     }
 }
@@ -190,11 +190,10 @@ unsafe fn add_rows<T: Stored>(
     dim: usize,
 ) -> Result<()> {
     product(w, isa, a, rows.clone(), out)?;
-    let tokens = a.tokens();
-    for t in 0..tokens {
+    for (t, y) in out.chunks_exact(rows.len().max(1)).enumerate().take(a.tokens()) {
         let row = x.write(t * dim + rows.start..t * dim + rows.end);
-        for (j, d) in row.iter_mut().enumerate() {
-            *d = round::<T>(*d + round::<T>(out[j * tokens + t]));
+        for (d, &v) in row.iter_mut().zip(y) {
+            *d = round::<T>(*d + round::<T>(v));
         }
     }
     Ok(())
@@ -268,6 +267,14 @@ pub(super) fn step<T: Stored>(
     let cache_dims = CacheDims { sequences: cache.batch(), capacity: cache.capacity(), kv_heads: hkv, head_dim: hd };
     let att = AttentionDims { cache: cache_dims, q_heads: hq };
     let attention_tasks = kv_cache::cpu_fast::tasks(att, seqs);
+    // RoPE's (sin, cos) for each token's position, [N, hd/2].
+    let half = hd / 2;
+    let mut tables = Vec::with_capacity(n * half);
+    let mut table = Vec::with_capacity(half);
+    for &p in positions {
+        rope::cpu::angles(p, &inv_freq, &mut table);
+        tables.extend_from_slice(&table);
+    }
     let (keys, values) = cache.tensors();
     let mut key_guards = keys.iter().map(Tensor::write).collect::<Result<Vec<_>>>()?;
     let mut value_guards = values.iter().map(Tensor::write).collect::<Result<Vec<_>>>()?;
@@ -303,7 +310,7 @@ pub(super) fn step<T: Stored>(
 
     team::run(members, |me: &Member<'_>| {
         let i = me.index();
-        let (mut h, mut out, mut table) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut h, mut out) = (Vec::new(), Vec::new());
         let (mut gate, mut up, mut rotated) = (Vec::new(), Vec::new(), vec![0f32; hd]);
         let mut act = Activations::new(isa, dtype, &[], 0, 0);
         // SAFETY (every block below): each phase writes only this member's part of a shared
@@ -323,10 +330,9 @@ pub(super) fn step<T: Stored>(
             // 2. RoPE of q in place; RoPE of k, and k and v into the cache.
             for unit in me.share(n * (hq + hkv)) {
                 let (t, head) = (unit / (hq + hkv), unit % (hq + hkv));
-                rope::cpu::angles(positions[t], &inv_freq, &mut table);
                 let at = t * qkv_dim + head * hd;
                 let src = unsafe { qkv_s.write(at..at + hd) };
-                rope::cpu::rotate_head(src, &table, false, &mut rotated);
+                rope::cpu::rotate_head(src, &tables[t * half..(t + 1) * half], false, &mut rotated);
                 for (s, &r) in src.iter_mut().zip(&rotated) {
                     *s = round::<T>(r);
                 }

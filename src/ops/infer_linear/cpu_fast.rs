@@ -183,16 +183,16 @@ pub(crate) struct Dest<'a> {
 unsafe impl Send for Dest<'_> {}
 
 impl<'a> Dest<'a> {
-    /// A block of its own, `out` [rows, tokens] (transposed).
-    pub(crate) fn block(out: &'a mut [f32], rows: usize, tokens: usize) -> Self {
+    /// A block of its own, `out` [tokens, rows].
+    pub(crate) fn token_major(out: &'a mut [f32], rows: usize, tokens: usize) -> Self {
         assert_eq!(out.len(), rows * tokens, "infer_linear: output block");
         Dest {
             ptr: out.as_mut_ptr(),
             len: out.len(),
             rows,
             tokens,
-            row_stride: tokens,
-            token_stride: 1,
+            row_stride: 1,
+            token_stride: rows,
             _buffer: Default::default(),
         }
     }

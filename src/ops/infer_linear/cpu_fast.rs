@@ -413,12 +413,24 @@ impl Activations {
         let in_pad = cols.next_multiple_of(CHUNK);
         let tok_pad = if tokens <= DECODE_MAX_TOKENS { tokens } else { tokens.next_multiple_of(MT) };
         let columns = if dtype == DType::BF16 { isa.bf16_columns() } else { NATURAL };
-        self.x.clear();
+        // Every element is written below: no clearing.
         self.x.resize(tok_pad * in_pad, 0.0);
-        for (dst, src_row) in self.x.chunks_exact_mut(in_pad.max(1)).zip(x.chunks_exact(cols.max(1))) {
-            for (ch, block) in dst.chunks_exact_mut(CHUNK).enumerate() {
+        let (data, pad_rows) = self.x.split_at_mut(tokens * in_pad);
+        pad_rows.fill(0.0);
+        for (dst, src_row) in data.chunks_exact_mut(in_pad.max(1)).zip(x.chunks_exact(cols.max(1))) {
+            let (full, tail) = src_row.split_at(cols / CHUNK * CHUNK);
+            for (block, src) in dst.chunks_exact_mut(CHUNK).zip(full.chunks_exact(CHUNK)) {
+                if columns == NATURAL {
+                    block.copy_from_slice(src);
+                } else {
+                    for (v, &column) in block.iter_mut().zip(&columns) {
+                        *v = src[column as usize];
+                    }
+                }
+            }
+            if let Some(block) = dst.chunks_exact_mut(CHUNK).nth(full.len() / CHUNK) {
                 for (v, &column) in block.iter_mut().zip(&columns) {
-                    *v = src_row.get(ch * CHUNK + column as usize).copied().unwrap_or(0.0);
+                    *v = tail.get(column as usize).copied().unwrap_or(0.0);
                 }
             }
         }

@@ -108,25 +108,31 @@ element!(u32, U32);
 element!(u8, U8);
 
 impl FloatElement for f32 {
+    #[inline]
     fn to_f32(self) -> f32 {
         self
     }
+    #[inline]
     fn from_f32(v: f32) -> Self {
         v
     }
 }
 impl FloatElement for bf16 {
+    #[inline]
     fn to_f32(self) -> f32 {
         bf16::to_f32(self)
     }
+    #[inline]
     fn from_f32(v: f32) -> Self {
         bf16::from_f32(v)
     }
 }
 impl FloatElement for f16 {
+    #[inline]
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
     }
+    #[inline]
     fn from_f32(v: f32) -> Self {
         f16::from_f32(v)
     }

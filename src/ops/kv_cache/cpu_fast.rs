@@ -21,6 +21,7 @@ use crate::ops::matmul::cpu::strided;
 use crate::storage::FloatElement;
 
 /// a·b with `b` widened to f32, in 8 independent partial sums so that it vectorizes.
+#[inline(always)]
 fn dot<T: FloatElement>(a: &[f32], b: &[T]) -> f32 {
     const LANES: usize = 8;
     let (a8, b8) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
@@ -94,9 +95,72 @@ pub fn tasks(d: AttentionDims, seqs: &[u32]) -> Vec<Task> {
 }
 
 /// The output of `task` ([`Task::places`] says where it goes) for queries q whose row n,
-/// head h starts at n·q_stride + h·D.
+/// head h starts at n·q_stride + h·D. The loops are compiled for AVX-512 or AVX2 as well
+/// and the best this CPU runs is taken (the same arithmetic in every lane, so the same
+/// results).
 #[allow(clippy::too_many_arguments)]
 pub fn run<Q: FloatElement, T: FloatElement>(
+    task: &Task,
+    q: &[Q],
+    q_stride: usize,
+    k: &[T],
+    v: &[T],
+    d: AttentionDims,
+    seqs: &[u32],
+    positions: &[u32],
+) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::ops::infer_linear::cpu_fast::Isa;
+        match Isa::best() {
+            // SAFETY: this CPU runs the instruction set.
+            Isa::Avx512Vbmi2 | Isa::Avx512 => {
+                return unsafe { run_avx512(task, q, q_stride, k, v, d, seqs, positions) }
+            }
+            Isa::Avx2 => return unsafe { run_avx2(task, q, q_stride, k, v, d, seqs, positions) },
+            Isa::Portable => {}
+        }
+    }
+    run_plain(task, q, q_stride, k, v, d, seqs, positions)
+}
+
+/// [`run`] compiled for AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_avx512<Q: FloatElement, T: FloatElement>(
+    task: &Task,
+    q: &[Q],
+    q_stride: usize,
+    k: &[T],
+    v: &[T],
+    d: AttentionDims,
+    seqs: &[u32],
+    positions: &[u32],
+) -> Vec<f32> {
+    run_plain(task, q, q_stride, k, v, d, seqs, positions)
+}
+
+/// [`run`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_avx2<Q: FloatElement, T: FloatElement>(
+    task: &Task,
+    q: &[Q],
+    q_stride: usize,
+    k: &[T],
+    v: &[T],
+    d: AttentionDims,
+    seqs: &[u32],
+    positions: &[u32],
+) -> Vec<f32> {
+    run_plain(task, q, q_stride, k, v, d, seqs, positions)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn run_plain<Q: FloatElement, T: FloatElement>(
     task: &Task,
     q: &[Q],
     q_stride: usize,
@@ -147,6 +211,7 @@ pub fn attention<T: FloatElement>(
 /// keys, S [R, P] = c·Q·Kᵀ, e = exp(S − row max) on each row's keys u ≤ its position (0
 /// beyond), O [R, D] = e·V / Σ e. Returns O as [rows, group, D].
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn block<Q: FloatElement, T: FloatElement>(
     q: &[Q],
     q_stride: usize,
@@ -200,7 +265,8 @@ fn block<Q: FloatElement, T: FloatElement>(
 
 /// One query row: `out` [D] = attention of `q_row` [D] (query head `head`) over keys
 /// 0 ..= pos of sequence `seq` (`slot` = (seq, pos)) in the caches [B, S, Hkv, D].
-pub fn attend<Q: FloatElement, T: FloatElement>(
+#[inline(always)]
+fn attend<Q: FloatElement, T: FloatElement>(
     q_row: &[Q],
     k: &[T],
     v: &[T],

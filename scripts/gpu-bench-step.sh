@@ -8,6 +8,9 @@
 #   scripts/gpu-bench-step.sh prune   # Wanda and SparseGPT, 50%, 128 × 2048 calibration
 #                                     # tokens, all layers: sparsetune bench prune, then
 #                                     # scripts/bench_prune_torch.py (PyTorch reference)
+#   scripts/gpu-bench-step.sh decode  # generation (issue 24): sparsetune bench decode, dense
+#                                     # against 50% / 70% bitmask and 2:4 (CUDA decode
+#                                     # kernels), bf16, LAYERS (default 8) decoder layers
 # Each part fits one 10-minute call at 7B; SHAPE=smollm2-135m for a quick smoke run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -45,5 +48,12 @@ prune)
             --seq-len 2048 2>&1 | tail -n 1 | tee -a "$OUT/prune-torch.jsonl"
     done
     ;;
-*) echo "usage: $0 ours|torch|prune" >&2; exit 2 ;;
+decode)
+    mkdir -p /tmp/carry && tar -C /tmp/carry -xJf .carry/bin.tar.xz
+    for pattern in "--sparsity 0.5" "--sparsity 0.7" "--nm 2:4"; do
+        /tmp/carry/bin/sparsetune bench --device cuda --reps 3 decode --shape "$SHAPE" --layers "${LAYERS:-8}" \
+            $pattern --tokens 128 --context 512 2>&1 | tee -a "$OUT/decode-ours.jsonl"
+    done
+    ;;
+*) echo "usage: $0 ours|torch|prune|decode" >&2; exit 2 ;;
 esac

@@ -184,3 +184,20 @@ pub fn magnitude_pruned(
         _ => Ok(t.clone()),
     })
 }
+
+/// A small LLaMA config with awkward widths: 3 query heads of 12 over 1 kv head, 43 hidden
+/// units (no N:M possible in down_proj), a 67-token vocabulary, 3 layers, an untied head and
+/// 128 positions.
+pub fn awkward_llama() -> crate::model::llama::LlamaConfig {
+    crate::model::llama::LlamaConfig {
+        vocab_size: 67,
+        hidden_size: 36,
+        intermediate_size: 43,
+        num_hidden_layers: 3,
+        num_attention_heads: 3,
+        num_key_value_heads: 1,
+        tie_word_embeddings: false,
+        max_position_embeddings: 128,
+        ..crate::model::llama::LlamaConfig::tiny()
+    }
+}

@@ -7,26 +7,11 @@
 use sparsetune::infer::{Finish, GenerateOptions, InferModel, SparseMode};
 use sparsetune::model::llama::{ForwardOptions, Llama, LlamaConfig};
 use sparsetune::prune::select::Pattern;
-use sparsetune::testing::{assert_close, magnitude_pruned};
+use sparsetune::testing::{assert_close, awkward_llama, magnitude_pruned};
 use sparsetune::{DType, Device, Result, Tensor};
 
 fn tiny(config: &LlamaConfig, dtype: DType, seed: u64) -> Llama {
     Llama::random(config, dtype, &Device::cpu(), seed).unwrap()
-}
-
-/// Awkward widths: 3 query heads of 12 over 1 kv head, 43 hidden units (no N:M possible in
-/// down_proj), a 67-token vocabulary, 3 layers, untied head.
-fn awkward() -> LlamaConfig {
-    LlamaConfig {
-        vocab_size: 67,
-        hidden_size: 36,
-        intermediate_size: 43,
-        num_hidden_layers: 3,
-        num_attention_heads: 3,
-        num_key_value_heads: 1,
-        tie_word_embeddings: false,
-        ..LlamaConfig::tiny()
-    }
 }
 
 fn argmax(logits: &[f32]) -> u32 {
@@ -60,7 +45,7 @@ fn full_forward_last(model: &Llama, tokens: &[u32]) -> Vec<f32> {
 
 #[test]
 fn greedy_with_the_kv_cache_equals_a_full_forward_per_step() {
-    for config in [LlamaConfig::tiny(), awkward()] {
+    for config in [LlamaConfig::tiny(), awkward_llama()] {
         let model = tiny(&config, DType::F32, 7);
         let engine = InferModel::new(model.clone(), SparseMode::Off).unwrap();
         let prompt = vec![3u32, 17, 5, 9, 22];
@@ -78,7 +63,7 @@ fn greedy_with_the_kv_cache_equals_a_full_forward_per_step() {
 
 #[test]
 fn a_batch_of_prompts_of_different_lengths_gives_what_each_gives_alone() {
-    let model = tiny(&awkward(), DType::F32, 11);
+    let model = tiny(&awkward_llama(), DType::F32, 11);
     let engine = InferModel::new(model, SparseMode::Off).unwrap();
     let prompts = vec![vec![1u32, 2, 3], vec![40u32, 8, 8, 15, 16, 23, 42, 4, 9], vec![5u32]];
     let (batch_tokens, batch_logits) = greedy(&engine, &prompts, 9);
@@ -119,7 +104,7 @@ fn sparse_kernels_give_the_dense_logits_on_the_same_pruned_weights() {
     for (dtype, atol, rtol) in [(DType::F32, 1e-5, 1e-4), (DType::BF16, 1e-2, 1e-2)] {
         // Bitmask at uneven sparsity (layer 0 ~50%, layer 1 ~70%, layer 2 dense but stored
         // as a bitmask keeping everything), awkward widths.
-        let base = tiny(&awkward(), dtype, 3);
+        let base = tiny(&awkward_llama(), dtype, 3);
         let m = pruned(&pruned(&base, &[0], Pattern::Unstructured(0.5)), &[1], Pattern::Unstructured(0.7));
         sparse_matches_dense(&m, &["bitmask"], atol, rtol);
         // 2:4 and 4:8 on widths that allow them.
@@ -131,7 +116,7 @@ fn sparse_kernels_give_the_dense_logits_on_the_same_pruned_weights() {
 
 #[test]
 fn auto_compresses_the_pruned_linears_and_only_those() {
-    let base = tiny(&awkward(), DType::F32, 9);
+    let base = tiny(&awkward_llama(), DType::F32, 9);
     let model = pruned(&pruned(&base, &[0], Pattern::Unstructured(0.5)), &[2], Pattern::Unstructured(0.1));
     let engine = InferModel::new(model, SparseMode::Auto).unwrap();
     for c in &engine.choices {
@@ -146,7 +131,7 @@ fn auto_compresses_the_pruned_linears_and_only_those() {
 
 #[test]
 fn a_stop_id_ends_its_sequence_only() {
-    let engine = InferModel::new(tiny(&awkward(), DType::F32, 13), SparseMode::Off).unwrap();
+    let engine = InferModel::new(tiny(&awkward_llama(), DType::F32, 13), SparseMode::Off).unwrap();
     let prompts = vec![vec![4u32, 5, 6], vec![30u32, 31]];
     let (free, _) = greedy(&engine, &prompts, 6);
     // Stop at the third token of sequence 0 (unless it appears earlier in either).
@@ -186,7 +171,7 @@ fn generation_stops_at_the_context_and_refuses_what_cannot_run() {
 
 #[test]
 fn the_kv_cache_holds_every_layer_once() {
-    let config = awkward();
+    let config = awkward_llama();
     let engine = InferModel::new(tiny(&config, DType::BF16, 1), SparseMode::Off).unwrap();
     let cache = engine.new_cache(3, 20).unwrap();
     let per_position = config.num_key_value_heads * config.head_dim() * 2; // bf16

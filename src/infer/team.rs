@@ -4,19 +4,22 @@
 //! model this way — about six phases per layer — instead of one thread-pool call per
 //! operation, whose sleep and wake-up cost more than the small matrices of a decode step.
 //!
-//! Waiting spins for a short while (a phase lasts microseconds), then yields its time slice
-//! so that an oversubscribed machine still makes progress. When a member fails (an error or
-//! a panic) the others are released from their syncs with an error instead of waiting for
-//! it forever.
+//! Waiting spins for a short while (a phase lasts microseconds), then sleeps on a condition
+//! variable until the last member arrives, so that a machine with more busy threads than
+//! cores still runs the member being waited for. When a member fails (an error or a panic)
+//! the others are released from their syncs with an error instead of waiting for it
+//! forever.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::{Error, Result};
 
-/// How long a waiting member spins before it starts yielding.
+/// How long a waiting member spins before it sleeps.
 const SPIN: Duration = Duration::from_micros(50);
+/// A sleeping member looks again after this long even if not woken (a safety net).
+const NAP: Duration = Duration::from_millis(5);
 
 /// State shared by the members of one team.
 struct Shared {
@@ -25,6 +28,40 @@ struct Shared {
     generation: AtomicUsize,
     failed: AtomicBool,
     error: Mutex<Option<Error>>,
+    /// Members sleeping in a sync, and what they sleep on.
+    sleepers: AtomicUsize,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+impl Shared {
+    fn new(members: usize) -> Self {
+        Shared {
+            members: members.max(1),
+            arrived: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+            failed: AtomicBool::new(false),
+            error: Mutex::new(None),
+            sleepers: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        }
+    }
+
+    /// Wakes the sleeping members (after a new generation or a failure).
+    fn wake_sleepers(&self) {
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            let _held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.wake.notify_all();
+        }
+    }
+
+    /// Marks the team failed and wakes its sleepers; whether it was already failed.
+    fn fail(&self) -> bool {
+        let was = self.failed.swap(true, Ordering::SeqCst);
+        self.wake_sleepers();
+        was
+    }
 }
 
 /// One member's view of its team.
@@ -58,23 +95,32 @@ impl Member<'_> {
         let generation = s.generation.load(Ordering::Acquire);
         if s.arrived.fetch_add(1, Ordering::AcqRel) + 1 == s.members {
             s.arrived.store(0, Ordering::Relaxed);
-            s.generation.store(generation.wrapping_add(1), Ordering::Release);
+            s.generation.store(generation.wrapping_add(1), Ordering::SeqCst);
+            s.wake_sleepers();
             return Ok(());
         }
+        let released = || s.generation.load(Ordering::Acquire) != generation;
+        let failed = || Err(Error::invalid("another thread of the team failed"));
         let start = Instant::now();
         let mut spins = 0u32;
-        let mut spinning = true;
-        while s.generation.load(Ordering::Acquire) == generation {
+        while !released() {
             if s.failed.load(Ordering::Acquire) {
-                return Err(Error::invalid("another thread of the team failed"));
+                return failed();
             }
-            if spinning {
-                std::hint::spin_loop();
-                spins += 1;
-                // The clock is read every 64 spins (a read costs about as much as a spin).
-                spinning = !spins.is_multiple_of(64) || start.elapsed() < SPIN;
-            } else {
-                std::thread::yield_now();
+            std::hint::spin_loop();
+            spins += 1;
+            // The clock is read every 64 spins (a read costs about as much as a spin).
+            if spins.is_multiple_of(64) && start.elapsed() >= SPIN {
+                // Sleep: registered before the last check under the lock, so the releaser
+                // (which reads `sleepers` after its new generation) either is seen here or
+                // sees us and notifies under the lock.
+                s.sleepers.fetch_add(1, Ordering::SeqCst);
+                let mut held = s.lock.lock().unwrap_or_else(|p| p.into_inner());
+                while s.generation.load(Ordering::SeqCst) == generation && !s.failed.load(Ordering::SeqCst) {
+                    held = s.wake.wait_timeout(held, NAP).unwrap_or_else(|p| p.into_inner()).0;
+                }
+                drop(held);
+                s.sleepers.fetch_sub(1, Ordering::SeqCst);
             }
         }
         Ok(())
@@ -90,7 +136,7 @@ struct FailOnDrop<'a> {
 impl Drop for FailOnDrop<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.shared.failed.store(true, Ordering::Release);
+            self.shared.fail();
         }
     }
 }
@@ -99,20 +145,14 @@ impl Drop for FailOnDrop<'_> {
 /// error a member met (not the errors of those released because of it). A panic in a member
 /// is resumed on the caller once every member has stopped.
 pub(crate) fn run(threads: usize, work: impl Fn(&Member<'_>) -> Result<()> + Sync) -> Result<()> {
-    let shared = Shared {
-        members: threads.max(1),
-        arrived: AtomicUsize::new(0),
-        generation: AtomicUsize::new(0),
-        failed: AtomicBool::new(false),
-        error: Mutex::new(None),
-    };
+    let shared = Shared::new(threads);
     let member = |index: usize| {
         let mut guard = FailOnDrop { shared: &shared, done: false };
         let result = work(&Member { index, shared: &shared });
         if let Err(e) = result {
             // The first failure is the cause; members released by it only report that.
             let mut first = shared.error.lock().unwrap_or_else(|p| p.into_inner());
-            if !shared.failed.swap(true, Ordering::AcqRel) {
+            if !shared.fail() {
                 *first = Some(e);
             }
         }
@@ -125,7 +165,7 @@ pub(crate) fn run(threads: usize, work: impl Fn(&Member<'_>) -> Result<()> + Syn
                 .name(format!("decode-{index}"))
                 .spawn_scoped(scope, move || member(index))
                 .map_err(|e| {
-                    shared.failed.store(true, Ordering::Release);
+                    shared.fail();
                     Error::invalid(format!("cannot start a decode thread: {e}"))
                 })?;
         }
@@ -146,7 +186,7 @@ mod tests {
     /// Each phase reads what every member wrote in the phase before.
     #[test]
     fn phases_see_every_write_of_the_one_before() {
-        for threads in [1, 2, 3, 5] {
+        for threads in [1, 2, 3, 5, 8] {
             let cells: Vec<AtomicU64> = (0..threads).map(|_| AtomicU64::new(0)).collect();
             let sums: Vec<AtomicU64> = (0..threads).map(|_| AtomicU64::new(0)).collect();
             run(threads, |m| {
@@ -202,13 +242,7 @@ mod tests {
 
     #[test]
     fn shares_cover_the_range() {
-        let shared = Shared {
-            members: 3,
-            arrived: AtomicUsize::new(0),
-            generation: AtomicUsize::new(0),
-            failed: AtomicBool::new(false),
-            error: Mutex::new(None),
-        };
+        let shared = Shared::new(3);
         let parts: Vec<_> = (0..3).map(|index| Member { index, shared: &shared }.share(10)).collect();
         assert_eq!(parts, [0..3, 3..6, 6..10]);
     }

@@ -10,6 +10,9 @@
 //!   every token as outer products: all the tile's rows × up to 12 tokens per column step
 //!   in registers (tokens padded to a multiple of [`MT`]).
 //!
+//! Dense f32 prefill is the gemm crate's ([`crate::ops::matmul::cpu::strided`] on each row
+//! range), as fast as the tiles in release builds and fast in debug builds too.
+//!
 //! Rows prefetch their values [`PREFETCH_BYTES`] ahead: at 50–70% sparsity a row's values
 //! end within a page or two, where the hardware prefetchers would restart.
 //!
@@ -25,6 +28,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::simd::{Portable, Simd, Stored, CHUNK, NATURAL};
+use crate::ops::matmul::cpu::strided;
 use crate::sparse::cpu::{meta_stride, visit_row};
 use crate::sparse::{check_nm, SparseFormat};
 use crate::{DType, Error, Result};
@@ -151,7 +155,7 @@ pub(crate) fn apply<T: Stored>(isa: Isa, x: &[f32], tokens: usize, linear: &Line
         return Ok(Vec::new());
     }
     let job = Activations::new(isa, T::DTYPE, x, tokens, cols);
-    let ranges = if job.is_decode() {
+    let ranges = if job.is_decode() || linear.gemm(&job) {
         balanced_ranges(rows, |r| linear.bytes_before(r), rayon::current_num_threads())
     } else {
         (0..rows).step_by(TILE_ROWS).map(|r| r..(r + TILE_ROWS).min(rows)).collect()
@@ -343,10 +347,35 @@ impl<'a, T: Stored> Linear<'a, T> {
             )));
         }
         match &self.kind {
+            Kind::Dense(s) if self.gemm(x) => {
+                // An f32 matrix product: the gemm crate's packed kernels (as fast as the
+                // tiles here, and optimised even in debug builds, where tests run them).
+                let w32 = bytemuck::try_cast_slice::<T, f32>(s.w).map_err(|e| Error::invalid(e.to_string()))?;
+                // SAFETY: this Dest's elements, (i, t) at i·row_stride + t·token_stride < len,
+                // are written by this part only.
+                let y = unsafe { std::slice::from_raw_parts_mut(out.ptr, out.len) };
+                strided(
+                    x.tokens,
+                    rows.len(),
+                    cols,
+                    (y, out.token_stride, out.row_stride),
+                    false,
+                    1.0,
+                    (&x.x, x.in_pad, 1),
+                    (&w32[rows.start * cols..rows.end * cols], 1, cols),
+                    false,
+                );
+                Ok(())
+            }
             Kind::Dense(s) => run_part(isa, x, s, rows, out),
             Kind::Bitmask(s) => run_part(isa, x, s, rows, out),
             Kind::NM(s) => run_part(isa, x, s, rows, out),
         }
+    }
+
+    /// Whether `x` times this weight is an f32 dense prefill, run by the gemm crate.
+    fn gemm(&self, x: &Activations) -> bool {
+        matches!(self.kind, Kind::Dense(_)) && T::DTYPE == DType::F32 && !x.is_decode()
     }
 }
 

@@ -124,39 +124,31 @@ pub fn run<Q: FloatElement, T: FloatElement>(
     run_plain(task, q, q_stride, k, v, d, seqs, positions)
 }
 
-/// [`run`] compiled for AVX-512.
+/// [`run_plain`] compiled for one instruction set (the loops inline into it).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn run_avx512<Q: FloatElement, T: FloatElement>(
-    task: &Task,
-    q: &[Q],
-    q_stride: usize,
-    k: &[T],
-    v: &[T],
-    d: AttentionDims,
-    seqs: &[u32],
-    positions: &[u32],
-) -> Vec<f32> {
-    run_plain(task, q, q_stride, k, v, d, seqs, positions)
+macro_rules! entry {
+    ($name:ident, $features:literal) => {
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name<Q: FloatElement, T: FloatElement>(
+            task: &Task,
+            q: &[Q],
+            q_stride: usize,
+            k: &[T],
+            v: &[T],
+            d: AttentionDims,
+            seqs: &[u32],
+            positions: &[u32],
+        ) -> Vec<f32> {
+            run_plain(task, q, q_stride, k, v, d, seqs, positions)
+        }
+    };
 }
 
-/// [`run`] compiled for AVX2.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn run_avx2<Q: FloatElement, T: FloatElement>(
-    task: &Task,
-    q: &[Q],
-    q_stride: usize,
-    k: &[T],
-    v: &[T],
-    d: AttentionDims,
-    seqs: &[u32],
-    positions: &[u32],
-) -> Vec<f32> {
-    run_plain(task, q, q_stride, k, v, d, seqs, positions)
-}
+entry!(run_avx512, "avx512f,avx512bw,avx512vl,avx2,fma");
+#[cfg(target_arch = "x86_64")]
+entry!(run_avx2, "avx2,fma");
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]

@@ -176,5 +176,6 @@ fn the_kv_cache_holds_every_layer_once() {
     let cache = engine.new_cache(3, 20).unwrap();
     let per_position = config.num_key_value_heads * config.head_dim() * 2; // bf16
     assert_eq!(cache.bytes(), 2 * config.num_hidden_layers * 3 * 20 * per_position);
-    assert!(engine.new_cache(1, 65).unwrap_err().to_string().contains("context"));
+    let beyond = config.max_position_embeddings + 1;
+    assert!(engine.new_cache(1, beyond).unwrap_err().to_string().contains("context"));
 }

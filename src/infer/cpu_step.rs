@@ -353,7 +353,8 @@ pub(super) fn step<T: Stored>(
             let (kc, vc) = unsafe { (k_caches[l].all(), v_caches[l].all()) };
             let q = unsafe { qkv_s.all() };
             for task in attention_tasks.iter().skip(i).step_by(me.count()) {
-                let o = kv_cache::cpu_fast::run(task, q, qkv_dim, kc, vc, att, seqs, positions);
+                let inputs = kv_cache::cpu_fast::Inputs { q, q_stride: qkv_dim, k: kc, v: vc, d: att, seqs, positions };
+                let o = kv_cache::cpu_fast::run(task, &inputs);
                 let mut from = 0;
                 for (at, len) in task.places(att) {
                     for (d, &v) in unsafe { a_s.write(at..at + len) }.iter_mut().zip(&o[from..from + len]) {

@@ -94,34 +94,41 @@ pub fn tasks(d: AttentionDims, seqs: &[u32]) -> Vec<Task> {
     tasks
 }
 
-/// The output of `task` ([`Task::places`] says where it goes) for queries q whose row n,
-/// head h starts at n·q_stride + h·D. The loops are compiled for AVX-512 or AVX2 as well
-/// and the best this CPU runs is taken (the same arithmetic in every lane, so the same
-/// results).
-#[allow(clippy::too_many_arguments)]
-pub fn run<Q: FloatElement, T: FloatElement>(
-    task: &Task,
-    q: &[Q],
-    q_stride: usize,
-    k: &[T],
-    v: &[T],
-    d: AttentionDims,
-    seqs: &[u32],
-    positions: &[u32],
-) -> Vec<f32> {
+/// What the tasks of one step read: queries whose row n, head h starts at n·q_stride + h·D,
+/// the caches [B, S, Hkv, D], their sizes, and each row's sequence and position.
+#[derive(Clone, Copy)]
+pub struct Inputs<'a, Q, T> {
+    /// Queries.
+    pub q: &'a [Q],
+    /// Elements from one query row to the next.
+    pub q_stride: usize,
+    /// Key cache.
+    pub k: &'a [T],
+    /// Value cache.
+    pub v: &'a [T],
+    /// Sizes.
+    pub d: AttentionDims,
+    /// Sequence of each row.
+    pub seqs: &'a [u32],
+    /// Position of each row.
+    pub positions: &'a [u32],
+}
+
+/// The output of `task` ([`Task::places`] says where it goes). The loops are compiled for
+/// AVX-512 or AVX2 as well and the best this CPU runs is taken (the same arithmetic in
+/// every lane, so the same results).
+pub fn run<Q: FloatElement, T: FloatElement>(task: &Task, inputs: &Inputs<'_, Q, T>) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     {
         use crate::ops::infer_linear::cpu_fast::Isa;
         match Isa::best() {
             // SAFETY: this CPU runs the instruction set.
-            Isa::Avx512Vbmi2 | Isa::Avx512 => {
-                return unsafe { run_avx512(task, q, q_stride, k, v, d, seqs, positions) }
-            }
-            Isa::Avx2 => return unsafe { run_avx2(task, q, q_stride, k, v, d, seqs, positions) },
+            Isa::Avx512Vbmi2 | Isa::Avx512 => return unsafe { run_avx512(task, inputs) },
+            Isa::Avx2 => return unsafe { run_avx2(task, inputs) },
             Isa::Portable => {}
         }
     }
-    run_plain(task, q, q_stride, k, v, d, seqs, positions)
+    run_plain(task, inputs)
 }
 
 /// [`run_plain`] compiled for one instruction set (the loops inline into it).
@@ -129,18 +136,8 @@ pub fn run<Q: FloatElement, T: FloatElement>(
 macro_rules! entry {
     ($name:ident, $features:literal) => {
         #[target_feature(enable = $features)]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn $name<Q: FloatElement, T: FloatElement>(
-            task: &Task,
-            q: &[Q],
-            q_stride: usize,
-            k: &[T],
-            v: &[T],
-            d: AttentionDims,
-            seqs: &[u32],
-            positions: &[u32],
-        ) -> Vec<f32> {
-            run_plain(task, q, q_stride, k, v, d, seqs, positions)
+        unsafe fn $name<Q: FloatElement, T: FloatElement>(task: &Task, inputs: &Inputs<'_, Q, T>) -> Vec<f32> {
+            run_plain(task, inputs)
         }
     };
 }
@@ -151,26 +148,14 @@ entry!(run_avx512, "avx512f,avx512bw,avx512vl,avx2,fma");
 entry!(run_avx2, "avx2,fma");
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn run_plain<Q: FloatElement, T: FloatElement>(
-    task: &Task,
-    q: &[Q],
-    q_stride: usize,
-    k: &[T],
-    v: &[T],
-    d: AttentionDims,
-    seqs: &[u32],
-    positions: &[u32],
-) -> Vec<f32> {
-    let dim = d.cache.head_dim;
+fn run_plain<Q: FloatElement, T: FloatElement>(task: &Task, x: &Inputs<'_, Q, T>) -> Vec<f32> {
+    let dim = x.d.cache.head_dim;
     match *task {
-        Task::Block { ref rows, g } => {
-            block(q, q_stride, k, v, d, seqs[rows.start], &positions[rows.clone()], rows.start, g)
-        }
+        Task::Block { ref rows, g } => block(x, x.seqs[rows.start], &x.positions[rows.clone()], rows.start, g),
         Task::Row { n, head } => {
             let mut out = vec![0f32; dim];
-            let at = n * q_stride + head * dim;
-            attend(&q[at..at + dim], k, v, d, (seqs[n], positions[n]), head, &mut out);
+            let at = n * x.q_stride + head * dim;
+            attend(&x.q[at..at + dim], x.k, x.v, x.d, (x.seqs[n], x.positions[n]), head, &mut out);
             out
         }
     }
@@ -187,8 +172,8 @@ pub fn attention<T: FloatElement>(
     o: &mut [f32],
 ) {
     let tasks = tasks(d, seqs);
-    let q_stride = d.q_heads * d.cache.head_dim;
-    let results: Vec<Vec<f32>> = tasks.par_iter().map(|t| run(t, q, q_stride, k, v, d, seqs, positions)).collect();
+    let inputs = Inputs { q, q_stride: d.q_heads * d.cache.head_dim, k, v, d, seqs, positions };
+    let results: Vec<Vec<f32>> = tasks.par_iter().map(|t| run(t, &inputs)).collect();
     for (task, out) in tasks.iter().zip(results) {
         let mut from = 0;
         for (at, len) in task.places(d) {
@@ -198,23 +183,19 @@ pub fn attention<T: FloatElement>(
     }
 }
 
-/// Attention of rows `first ..` (positions `positions`, all of sequence `seq`; query row n
-/// at n·q_stride) for the query heads of kv head g, as matrices: with R = rows·group queries and P = max position + 1
-/// keys, S [R, P] = c·Q·Kᵀ, e = exp(S − row max) on each row's keys u ≤ its position (0
-/// beyond), O [R, D] = e·V / Σ e. Returns O as [rows, group, D].
-#[allow(clippy::too_many_arguments)]
+/// Attention of rows `first ..` (positions `positions`, all of sequence `seq`) for the
+/// query heads of kv head g, as matrices: with R = rows·group queries and P keys (the
+/// largest position plus one), S [R, P] = c·Q·Kᵀ, e = exp(S − row max) on each row's keys
+/// u ≤ its position (0 beyond), O [R, D] = e·V / Σ e. Returns O as [rows, group, D].
 #[inline(always)]
 fn block<Q: FloatElement, T: FloatElement>(
-    q: &[Q],
-    q_stride: usize,
-    k: &[T],
-    v: &[T],
-    d: AttentionDims,
+    inputs: &Inputs<'_, Q, T>,
     seq: u32,
     positions: &[u32],
     first: usize,
     g: usize,
 ) -> Vec<f32> {
+    let Inputs { q, q_stride, k, v, d, .. } = *inputs;
     let (dim, group) = (d.cache.head_dim, d.group());
     let keys = positions.iter().map(|&p| p as usize + 1).max().unwrap_or(0);
     let r = positions.len() * group;

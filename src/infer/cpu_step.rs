@@ -7,8 +7,10 @@
 //! It computes what the engine's operations compute (`InferModel::forward_rows`), with the
 //! same CPU functions in the same order and the same rounding to the model's dtype after each
 //! operation, so its logits equal theirs bit for bit (f32 dense products of more than four
-//! tokens, by the gemm crate, to rounding: its sums depend on the rows it is given). N tokens, dim D, heads Hq and Hkv of
-//! size hd, hidden F; per layer, with a sync of all threads after each phase:
+//! tokens, by the gemm crate, to rounding: its sums depend on the rows it is given).
+//!
+//! N tokens, dim D, heads Hq and Hkv of size hd, hidden F; per layer, with a sync of all
+//! threads after each phase:
 //!   1. h = rms_norm(x) [N, D] (each thread its own copy); the threads split the rows of
 //!      q|k|v (by bytes read) and write qkv [N, (Hq + 2·Hkv)·hd]
 //!   2. units (token, head): RoPE of q in place; RoPE of k, then k and v into the cache

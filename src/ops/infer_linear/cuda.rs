@@ -22,6 +22,7 @@ use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 use crate::device::cuda::CudaFloat;
 use crate::device::{CudaDevice, Launch};
 use crate::ops::{cuda_device, cuda_tensor, expect_len, to_i32};
+use crate::sparse::cpu::meta_stride;
 use crate::sparse::nm::index_bits;
 use crate::sparse::{check_nm, SparseFormat, SparseWeight};
 use crate::{with_compute_type, Error, Result, Tensor};
@@ -169,7 +170,7 @@ pub fn bitmask<T: CudaFloat>(
     limits: GpuLimits,
 ) -> Result<()> {
     const OP: &str = BITMASK_OP;
-    let stride = d.cols.div_ceil(8);
+    let stride = meta_stride(d.cols, SparseFormat::Bitmask);
     expect_len(OP, "x", x.len(), d.tokens * d.cols)?;
     expect_len(OP, "y", y.len(), d.tokens * d.rows)?;
     expect_len(OP, "mask", mask.len(), d.rows * stride)?;
@@ -210,7 +211,7 @@ pub fn nm<T: CudaFloat>(
     const OP: &str = NM_OP;
     check_nm(n, m, d.cols)?;
     let (bits, per_row) = (index_bits(m), d.cols / m * n);
-    let index_stride = (per_row * bits).div_ceil(8);
+    let index_stride = meta_stride(d.cols, SparseFormat::NM { n, m });
     expect_len(OP, "x", x.len(), d.tokens * d.cols)?;
     expect_len(OP, "y", y.len(), d.tokens * d.rows)?;
     expect_len(OP, "values", values.len(), d.rows * per_row)?;

@@ -6,8 +6,7 @@
 //!
 //! It computes what the engine's operations compute (`InferModel::forward_rows`), with the
 //! same CPU functions in the same order and the same rounding to the model's dtype after each
-//! operation, so its logits equal theirs bit for bit (f32 dense products of more than four
-//! tokens, by the gemm crate, to rounding: its sums depend on the rows it is given).
+//! operation, so its logits equal theirs bit for bit.
 //!
 //! N tokens, dim D, heads Hq and Hkv of size hd, hidden F; per layer, with a sync of all
 //! threads after each phase:
@@ -407,7 +406,7 @@ mod tests {
     use crate::infer::SparseMode;
     use crate::model::llama::{Llama, LlamaConfig};
     use crate::prune::select::Pattern;
-    use crate::testing::{assert_close, awkward_llama, magnitude_pruned};
+    use crate::testing::{awkward_llama, magnitude_pruned};
     use crate::{DType, Device};
 
     /// The tiny config with room for the 70-token prompt.
@@ -415,18 +414,11 @@ mod tests {
         LlamaConfig { max_position_embeddings: 128, ..LlamaConfig::tiny() }
     }
 
-    /// Whether a step of `tokens` tokens has f32 dense products by the gemm crate, whose sums
-    /// depend on the block of rows it is given (each path splits the rows its own way).
-    fn gemm(model: &InferModel, tokens: usize) -> bool {
-        model.dtype() == DType::F32 && tokens > crate::ops::infer_linear::cpu_fast::DECODE_MAX_TOKENS
-    }
-
     /// The same steps through this path and through the operations, each in its own cache:
     /// prompts of 3, 1 and 70 tokens of three sequences (the last one in two attention
     /// blocks), batched decode steps over the three at different positions, a 9-token chunk
     /// of one sequence (a block) and a step of two tokens of one sequence. Logits equal bit
-    /// for bit (within 1e-6 + 1e-5·|ref| from the first step where the gemm crate multiplies,
-    /// [`gemm`]), and so do the caches.
+    /// for bit, and so do the caches.
     fn same_as_operations(model: &InferModel, threads: usize, what: &str) {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| {
@@ -443,7 +435,6 @@ mod tests {
                 (vec![1, 1], vec![30, 31], vec![0, 1]),
                 (vec![0], vec![vocab - 1], vec![0]),
             ];
-            let mut rounded = false;
             for (i, (seqs, tokens, rows)) in steps.iter().enumerate() {
                 let tokens: &[u32] = &tokens.iter().map(|t| t % vocab).collect::<Vec<_>>();
                 let positions: Vec<u32> = {
@@ -462,26 +453,13 @@ mod tests {
                 })
                 .unwrap();
                 ours.advance(seqs);
-                let label = format!("{what}, {threads} threads, step {i}: logits");
-                // The cache a gemm step wrote carries its rounding into later steps.
-                rounded |= gemm(model, tokens.len());
-                if rounded {
-                    assert_close(&label, &got, &want, 1e-6, 1e-5);
-                } else {
-                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                    assert_eq!(bits(&got), bits(&want), "{label} differ");
-                }
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{what}, {threads} threads, step {i}: logits differ");
             }
             let (ko, vo) = ops.tensors();
             let (kt, vt) = ours.tensors();
             for (a, b) in ko.iter().chain(vo).zip(kt.iter().chain(vt)) {
-                assert_close(
-                    &format!("{what}: caches"),
-                    &b.to_f32_vec().unwrap(),
-                    &a.to_f32_vec().unwrap(),
-                    1e-6,
-                    1e-5,
-                );
+                assert_eq!(a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap(), "{what}: caches differ");
             }
         });
     }

@@ -8,10 +8,9 @@
 //! - Prefill: output rows in tiles of [`TILE_ROWS`]; [`TILE_COLS`] columns of the tile are
 //!   decoded into an f32 block (128 KiB, in L2) stored column by column and multiplied by
 //!   every token as outer products: all the tile's rows × up to 12 tokens per column step
-//!   in registers (tokens padded to a multiple of [`MT`]).
-//!
-//! Dense f32 prefill is the gemm crate's ([`crate::ops::matmul::cpu::strided`] on each row
-//! range), as fast as the tiles in release builds and fast in debug builds too.
+//!   in registers. The tokens are padded to a multiple of [`MT`] and stored in blocks of MT
+//!   tokens column by column ([block][column][token]), so that a column step reads the
+//!   block's values at fixed offsets.
 //!
 //! Rows prefetch their values [`PREFETCH_BYTES`] ahead: at 50–70% sparsity a row's values
 //! end within a page or two, where the hardware prefetchers would restart.
@@ -28,7 +27,6 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::simd::{Portable, Simd, Stored, CHUNK, NATURAL};
-use crate::ops::matmul::cpu::strided;
 use crate::sparse::cpu::{meta_stride, visit_row};
 use crate::sparse::{check_nm, SparseFormat};
 use crate::{DType, Error, Result};
@@ -155,7 +153,7 @@ pub(crate) fn apply<T: Stored>(isa: Isa, x: &[f32], tokens: usize, linear: &Line
         return Ok(Vec::new());
     }
     let job = Activations::new(isa, T::DTYPE, x, tokens, cols);
-    let ranges = if job.is_decode() || linear.gemm(&job) {
+    let ranges = if job.is_decode() {
         balanced_ranges(rows, |r| linear.bytes_before(r), rayon::current_num_threads())
     } else {
         (0..rows).step_by(TILE_ROWS).map(|r| r..(r + TILE_ROWS).min(rows)).collect()
@@ -347,35 +345,10 @@ impl<'a, T: Stored> Linear<'a, T> {
             )));
         }
         match &self.kind {
-            Kind::Dense(s) if self.gemm(x) => {
-                // An f32 matrix product: the gemm crate's packed kernels (as fast as the
-                // tiles here, and optimised even in debug builds, where tests run them).
-                let w32 = bytemuck::try_cast_slice::<T, f32>(s.w).map_err(|e| Error::invalid(e.to_string()))?;
-                // SAFETY: this Dest's elements, (i, t) at i·row_stride + t·token_stride < len,
-                // are written by this part only.
-                let y = unsafe { std::slice::from_raw_parts_mut(out.ptr, out.len) };
-                strided(
-                    x.tokens,
-                    rows.len(),
-                    cols,
-                    (y, out.token_stride, out.row_stride),
-                    false,
-                    1.0,
-                    (&x.x, x.in_pad, 1),
-                    (&w32[rows.start * cols..rows.end * cols], 1, cols),
-                    false,
-                );
-                Ok(())
-            }
             Kind::Dense(s) => run_part(isa, x, s, rows, out),
             Kind::Bitmask(s) => run_part(isa, x, s, rows, out),
             Kind::NM(s) => run_part(isa, x, s, rows, out),
         }
-    }
-
-    /// Whether `x` times this weight is an f32 dense prefill, run by the gemm crate.
-    fn gemm(&self, x: &Activations) -> bool {
-        matches!(self.kind, Kind::Dense(_)) && T::DTYPE == DType::F32 && !x.is_decode()
     }
 }
 
@@ -417,11 +390,16 @@ pub(crate) fn split_ranges(rows: usize, cost_before: impl Fn(usize) -> usize, pa
 }
 
 /// Activations in the kernels' layout: x [tokens, cols] as f32, each row padded with zeros to
-/// whole 32-column chunks and, for bf16 weights, in the lane order the weights decode to;
-/// prefill pads the tokens to a multiple of [`MT`] (zero rows).
+/// whole 32-column chunks and, for bf16 weights, in the lane order the weights decode to.
+/// Decode keeps the rows as they are, [tokens, in_pad]; prefill pads the tokens to a
+/// multiple of [`MT`] (zero rows) and stores each block of MT tokens column by column,
+/// [tok_pad / MT, in_pad, MT].
 pub(crate) struct Activations {
-    /// x padded: [tok_pad, in_pad], zeros beyond the data.
+    /// x padded, zeros beyond the data: [tokens, in_pad] in decode, [tok_pad / MT, in_pad,
+    /// MT] in prefill.
     x: Vec<f32>,
+    /// One row in the lane order (prefill's staging).
+    row: Vec<f32>,
     cols: usize,
     in_pad: usize,
     tokens: usize,
@@ -431,7 +409,7 @@ pub(crate) struct Activations {
 impl Activations {
     /// x [tokens, cols] for weights of `dtype` on `isa`.
     pub(crate) fn new(isa: Isa, dtype: DType, x: &[f32], tokens: usize, cols: usize) -> Self {
-        let mut a = Activations { x: Vec::new(), cols, in_pad: 0, tokens: 0, tok_pad: 0 };
+        let mut a = Activations { x: Vec::new(), row: Vec::new(), cols, in_pad: 0, tokens: 0, tok_pad: 0 };
         a.fill(isa, dtype, x, tokens, cols);
         a
     }
@@ -442,24 +420,21 @@ impl Activations {
         let in_pad = cols.next_multiple_of(CHUNK);
         let tok_pad = if tokens <= DECODE_MAX_TOKENS { tokens } else { tokens.next_multiple_of(MT) };
         let columns = if dtype == DType::BF16 { isa.bf16_columns() } else { NATURAL };
-        // Every element is written below: no clearing.
         self.x.resize(tok_pad * in_pad, 0.0);
-        let (data, pad_rows) = self.x.split_at_mut(tokens * in_pad);
-        pad_rows.fill(0.0);
-        for (dst, src_row) in data.chunks_exact_mut(in_pad.max(1)).zip(x.chunks_exact(cols.max(1))) {
-            let (full, tail) = src_row.split_at(cols / CHUNK * CHUNK);
-            for (block, src) in dst.chunks_exact_mut(CHUNK).zip(full.chunks_exact(CHUNK)) {
-                if columns == NATURAL {
-                    block.copy_from_slice(src);
-                } else {
-                    for (v, &column) in block.iter_mut().zip(&columns) {
-                        *v = src[column as usize];
-                    }
-                }
+        let rows = x.chunks_exact(cols.max(1)).take(tokens);
+        if tokens <= DECODE_MAX_TOKENS {
+            // Every element is written: no clearing.
+            for (dst, src_row) in self.x.chunks_exact_mut(in_pad.max(1)).zip(rows) {
+                lanes(src_row, &columns, dst);
             }
-            if let Some(block) = dst.chunks_exact_mut(CHUNK).nth(full.len() / CHUNK) {
-                for (v, &column) in block.iter_mut().zip(&columns) {
-                    *v = tail.get(column as usize).copied().unwrap_or(0.0);
+        } else {
+            self.row.resize(in_pad, 0.0);
+            self.x[tokens / MT * MT * in_pad..].fill(0.0);
+            for (t, src_row) in rows.enumerate() {
+                lanes(src_row, &columns, &mut self.row);
+                let block = &mut self.x[t / MT * MT * in_pad..][..MT * in_pad];
+                for (dst, &v) in block[t % MT..].iter_mut().step_by(MT).zip(&self.row) {
+                    *dst = v;
                 }
             }
         }
@@ -474,6 +449,25 @@ impl Activations {
     /// Whether the tokens take the GEMV path.
     fn is_decode(&self) -> bool {
         self.tokens <= DECODE_MAX_TOKENS
+    }
+}
+
+/// dst [in_pad] = src [cols] in whole chunks of the lane order `columns`, zeros beyond.
+fn lanes(src: &[f32], columns: &[u8; CHUNK], dst: &mut [f32]) {
+    let (full, tail) = src.split_at(src.len() / CHUNK * CHUNK);
+    for (block, src) in dst.chunks_exact_mut(CHUNK).zip(full.chunks_exact(CHUNK)) {
+        if *columns == NATURAL {
+            block.copy_from_slice(src);
+        } else {
+            for (v, &column) in block.iter_mut().zip(columns) {
+                *v = src[column as usize];
+            }
+        }
+    }
+    if let Some(block) = dst.chunks_exact_mut(CHUNK).nth(full.len() / CHUNK) {
+        for (v, &column) in block.iter_mut().zip(columns) {
+            *v = tail.get(column as usize).copied().unwrap_or(0.0);
+        }
     }
 }
 
@@ -926,20 +920,21 @@ unsafe fn prefill_tiles<S: Simd, T: Stored, Src: Source<T>, const RV: usize, con
             for (i, reader) in readers.iter_mut().enumerate() {
                 for ch in c0..c1 {
                     S::store(chunk_of::<S, _>(reader, ch, job.cols), chunk.as_mut_ptr());
-                    let base = (ch - c0) * CHUNK * TILE_ROWS + i;
+                    // SAFETY: (ch − c0)·CHUNK + lane < TILE_COLS columns, row i < TILE_ROWS.
+                    let column = tile.as_mut_ptr().add((ch - c0) * CHUNK * TILE_ROWS + i);
                     for (lane, &v) in chunk.iter().enumerate() {
-                        tile[base + lane * TILE_ROWS] = v;
+                        *column.add(lane * TILE_ROWS) = v;
                     }
                 }
             }
             let width = (c1 - c0) * CHUNK;
             for t0 in (0..tok_pad).step_by(NT) {
-                // SAFETY: tokens t0 + NT ≤ tok_pad and columns 32·c0 + width ≤ in_pad of x;
-                // the tile holds width columns of TILE_ROWS; sums rows t0 .. t0 + NT.
+                // SAFETY: tokens t0 .. t0 + NT of one block of MT (NT divides MT) and columns
+                // 32·c0 + width ≤ in_pad of x; the tile holds width columns of TILE_ROWS;
+                // sums rows t0 .. t0 + NT.
                 micro::<S, RV, NT>(
                     tile.as_ptr(),
-                    job.x.as_ptr().add(t0 * in_pad + c0 * CHUNK),
-                    in_pad,
+                    job.x.as_ptr().add(t0 / MT * MT * in_pad + c0 * CHUNK * MT + t0 % MT),
                     width,
                     sums.as_mut_ptr().add(t0 * TILE_ROWS),
                 );
@@ -957,39 +952,38 @@ unsafe fn prefill_tiles<S: Simd, T: Stored, Src: Source<T>, const RV: usize, con
     Ok(())
 }
 
-/// sums[t][r] += Σ_k tile[k][r] · x[t][k] for the tile's [`TILE_ROWS`] rows (RV vectors),
-/// NT tokens (stride `x_stride`) and `width` columns: per column, RV vector loads, NT
+/// sums[t][r] += Σ_k tile[k][r] · x[k][t] for the tile's [`TILE_ROWS`] rows (RV vectors),
+/// NT tokens (x's columns [MT] apart) and `width` columns: per column, RV vector loads, NT
 /// broadcasts and RV·NT fused multiply-adds.
 #[inline(always)]
 unsafe fn micro<S: Simd, const RV: usize, const NT: usize>(
     tile: *const f32,
     x: *const f32,
-    x_stride: usize,
     width: usize,
     sums: *mut f32,
 ) {
-    // acc[t][v]: token t, rows v·LANES ..
+    // acc[t][v]: token t, rows v·LANES .., starting from the sums so far.
     let mut acc = [[S::zero_v(); RV]; NT];
+    for (t, acc_t) in acc.iter_mut().enumerate() {
+        for (v, a) in acc_t.iter_mut().enumerate() {
+            *a = S::load_v(sums.add(t * TILE_ROWS + v * S::LANES));
+        }
+    }
     for k in 0..width {
         let mut w = [S::zero_v(); RV];
         for (v, wv) in w.iter_mut().enumerate() {
             *wv = S::load_v(tile.add(k * TILE_ROWS + v * S::LANES));
         }
         for (t, acc_t) in acc.iter_mut().enumerate() {
-            let xb = S::splat_v(*x.add(t * x_stride + k));
+            let xb = S::splat_v(*x.add(k * MT + t));
             for (a, &wv) in acc_t.iter_mut().zip(&w) {
                 *a = S::fma_v(wv, xb, *a);
             }
         }
     }
-    let mut lanes = [0f32; TILE_ROWS];
     for (t, acc_t) in acc.iter().enumerate() {
         for (v, &a) in acc_t.iter().enumerate() {
-            S::store_v(a, lanes.as_mut_ptr().add(v * S::LANES));
-        }
-        let s = sums.add(t * TILE_ROWS);
-        for (r, &l) in lanes.iter().enumerate().take(RV * S::LANES) {
-            *s.add(r) += l;
+            S::store_v(a, sums.add(t * TILE_ROWS + v * S::LANES));
         }
     }
 }

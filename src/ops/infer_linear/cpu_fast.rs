@@ -5,12 +5,18 @@
 //!
 //! - Decode (tokens ≤ [`DECODE_MAX_TOKENS`]): a GEMV; each weight chunk is read once and
 //!   multiplied into every token's accumulators.
-//! - Prefill: output rows in tiles of [`TILE_ROWS`]; [`TILE_COLS`] columns of the tile are
-//!   decoded into an f32 block (128 KiB, in L2) stored column by column and multiplied by
-//!   every token as outer products: all the tile's rows × up to 12 tokens per column step
-//!   in registers. The tokens are padded to a multiple of [`MT`] and stored in blocks of MT
-//!   tokens column by column ([block][column][token]), so that a column step reads the
-//!   block's values at fixed offsets.
+//! - Prefill: the tokens are padded to a multiple of [`MT`] and stored in blocks of MT
+//!   tokens column by column ([block][column][token]). Output rows go in tiles of
+//!   [`TILE_ROWS`].
+//!   - Dense weights: [`TILE_COLS`] columns of the tile are decoded into an f32 block
+//!     (32 KiB; the tokens' values for them, 48 KiB per block, stay near it in L1/L2) stored column by column and multiplied by the tokens as outer
+//!     products: all the tile's rows × 12 tokens per column step in registers, the tokens'
+//!     values read at fixed offsets of their block.
+//!   - Masked weights (bitmask, N:M): the zeros are skipped. Each row of the tile becomes a
+//!     list of its kept weights (value, column); then, [`KC`] columns at a time (a block's
+//!     activations for them stay in L1), every kept weight of a row is multiplied into
+//!     a block's MT tokens, held in MT/LANES vectors: the work is the kept count, not the
+//!     row length.
 //!
 //! Rows prefetch their values [`PREFETCH_BYTES`] ahead: at 50–70% sparsity a row's values
 //! end within a page or two, where the hardware prefetchers would restart.
@@ -36,9 +42,13 @@ pub const DECODE_MAX_TOKENS: usize = 4;
 /// Output rows per prefill tile.
 pub const TILE_ROWS: usize = 32;
 /// Columns of a prefill tile decoded at a time (a multiple of [`CHUNK`]).
-pub const TILE_COLS: usize = 1024;
-/// Prefill pads the tokens to a multiple of this (every micro-kernel's token count divides it).
-pub const MT: usize = 12;
+pub const TILE_COLS: usize = 256;
+/// Prefill pads the tokens to a multiple of this and stores them in blocks of this many
+/// (every micro-kernel's token count divides it; 3 AVX-512 vectors, 6 AVX2 ones).
+pub const MT: usize = 48;
+/// Columns per step of the masked prefill (a multiple of [`CHUNK`]): a block's activations
+/// for them, MT × KC f32 (24 KiB), stay in L1.
+pub const KC: usize = 128;
 /// Bytes of a row's values prefetched ahead of the chunk it reads (hardware prefetchers
 /// stop at page boundaries; the streams of rows run across them).
 const PREFETCH_BYTES: usize = 4096;
@@ -169,13 +179,12 @@ pub(crate) fn apply<T: Stored>(isa: Isa, x: &[f32], tokens: usize, linear: &Line
 }
 
 /// Where the results of one row range go: (row i of the range, token t) at element
-/// i·row_stride + t·token_stride of a buffer no other range writes at those places.
+/// i + t·token_stride of a buffer no other range writes at those places.
 pub(crate) struct Dest<'a> {
     ptr: *mut f32,
     len: usize,
     rows: usize,
     tokens: usize,
-    row_stride: usize,
     token_stride: usize,
     _buffer: std::marker::PhantomData<&'a mut [f32]>,
 }
@@ -193,7 +202,6 @@ impl<'a> Dest<'a> {
             len: out.len(),
             rows,
             tokens,
-            row_stride: 1,
             token_stride: rows,
             _buffer: Default::default(),
         }
@@ -224,8 +232,7 @@ impl<'a> Dest<'a> {
                 len: len - at,
                 rows: r.len(),
                 tokens,
-                row_stride: 1,
-                token_stride: rows,
+                    token_stride: rows,
                 _buffer: Default::default(),
             };
             (r.clone(), dest)
@@ -235,10 +242,23 @@ impl<'a> Dest<'a> {
     /// Stores v at (row i, token t).
     #[inline(always)]
     fn put(&mut self, i: usize, t: usize, v: f32) {
-        let at = i * self.row_stride + t * self.token_stride;
+        let at = i + t * self.token_stride;
         assert!(i < self.rows && t < self.tokens && at < self.len, "infer_linear: output ({i}, {t}) outside its part");
         // SAFETY: in bounds (checked), and (i, t) of this part is written by this Dest only.
         unsafe { *self.ptr.add(at) = v };
+    }
+
+    /// Rows `rows` of token t, adjacent in y.
+    #[inline(always)]
+    fn token_rows(&mut self, t: usize, rows: Range<usize>) -> &mut [f32] {
+        let at = rows.start + t * self.token_stride;
+        assert!(
+            rows.start <= rows.end && rows.end <= self.rows && t < self.tokens && at + rows.len() <= self.len,
+            "infer_linear: output rows {rows:?} of token {t} outside its part"
+        );
+        // SAFETY: in bounds (checked), and these elements of this part are written by this
+        // Dest only, which this borrow holds.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), rows.len()) }
     }
 }
 
@@ -397,7 +417,7 @@ pub(crate) fn split_ranges(rows: usize, cost_before: impl Fn(usize) -> usize, pa
 pub(crate) struct Activations {
     /// x padded, zeros beyond the data: [tokens, in_pad] in decode, [tok_pad / MT, in_pad,
     /// MT] in prefill.
-    x: Vec<f32>,
+    x: Aligned,
     /// One row in the lane order (prefill's staging).
     row: Vec<f32>,
     cols: usize,
@@ -409,7 +429,7 @@ pub(crate) struct Activations {
 impl Activations {
     /// x [tokens, cols] for weights of `dtype` on `isa`.
     pub(crate) fn new(isa: Isa, dtype: DType, x: &[f32], tokens: usize, cols: usize) -> Self {
-        let mut a = Activations { x: Vec::new(), row: Vec::new(), cols, in_pad: 0, tokens: 0, tok_pad: 0 };
+        let mut a = Activations { x: Aligned::default(), row: Vec::new(), cols, in_pad: 0, tokens: 0, tok_pad: 0 };
         a.fill(isa, dtype, x, tokens, cols);
         a
     }
@@ -420,7 +440,7 @@ impl Activations {
         let in_pad = cols.next_multiple_of(CHUNK);
         let tok_pad = if tokens <= DECODE_MAX_TOKENS { tokens } else { tokens.next_multiple_of(MT) };
         let columns = if dtype == DType::BF16 { isa.bf16_columns() } else { NATURAL };
-        self.x.resize(tok_pad * in_pad, 0.0);
+        self.x.resize(tok_pad * in_pad);
         let rows = x.chunks_exact(cols.max(1)).take(tokens);
         if tokens <= DECODE_MAX_TOKENS {
             // Every element is written: no clearing.
@@ -449,6 +469,45 @@ impl Activations {
     /// Whether the tokens take the GEMV path.
     fn is_decode(&self) -> bool {
         self.tokens <= DECODE_MAX_TOKENS
+    }
+}
+
+/// An f32 buffer whose first element is on a 64-byte boundary: vector loads at multiples
+/// of 16 elements never straddle two cache lines (a straddling load costs two).
+#[derive(Default)]
+struct Aligned {
+    buffer: Vec<f32>,
+    start: usize,
+    len: usize,
+}
+
+impl Aligned {
+    /// `len` zeros.
+    fn zeros(len: usize) -> Self {
+        let mut a = Aligned::default();
+        a.resize(len);
+        a.fill(0.0);
+        a
+    }
+
+    /// Makes it `len` elements long; the values are left unspecified.
+    fn resize(&mut self, len: usize) {
+        self.buffer.resize(len + 16, 0.0);
+        self.start = self.buffer.as_ptr().align_offset(64).min(16);
+        self.len = len;
+    }
+}
+
+impl std::ops::Deref for Aligned {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.buffer[self.start..self.start + self.len]
+    }
+}
+
+impl std::ops::DerefMut for Aligned {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.buffer[self.start..self.start + self.len]
     }
 }
 
@@ -503,6 +562,8 @@ fn low_lanes(n: usize) -> u32 {
 
 /// Where weight rows come from.
 trait Source<T: Stored>: Sync {
+    /// Whether rows keep some columns only (prefill then skips the others).
+    const MASKED: bool;
     /// Reads one row.
     type Reader<'s>: RowReader
     where
@@ -564,6 +625,7 @@ struct DenseRow<'a, T> {
 }
 
 impl<T: Stored> Source<T> for DenseSource<'_, T> {
+    const MASKED: bool = false;
     type Reader<'s>
         = DenseRow<'s, T>
     where
@@ -664,6 +726,7 @@ struct BitmaskSource<'a, T> {
 }
 
 impl<T: Stored> Source<T> for BitmaskSource<'_, T> {
+    const MASKED: bool = true;
     type Reader<'s>
         = MaskedRow<'s, T>
     where
@@ -697,6 +760,7 @@ struct NmSource<'a, T> {
 }
 
 impl<T: Stored> Source<T> for NmSource<'_, T> {
+    const MASKED: bool = true;
     type Reader<'s>
         = MaskedRow<'s, T>
     where
@@ -878,11 +942,12 @@ unsafe fn prefill<S: Simd, T: Stored, Src: Source<T>>(
     rows: Range<usize>,
     out: Dest<'_>,
 ) -> Result<()> {
-    // AVX-512: 2 row vectors × 12 tokens = 24 accumulators; 8 lanes: 4 × 2 = 8.
-    if S::LANES == 16 {
-        prefill_tiles::<S, T, Src, 2, 12>(job, src, rows, out)
-    } else {
-        prefill_tiles::<S, T, Src, 4, 2>(job, src, rows, out)
+    // Dense, AVX-512: 2 row vectors × 12 tokens = 24 accumulators; 8 lanes: 4 × 2 = 8.
+    match (Src::MASKED, S::LANES) {
+        (true, 16) => prefill_kept::<S, T, Src, 3>(job, src, rows, out),
+        (true, _) => prefill_kept::<S, T, Src, 6>(job, src, rows, out),
+        (false, 16) => prefill_tiles::<S, T, Src, 2, 12>(job, src, rows, out),
+        (false, _) => prefill_tiles::<S, T, Src, 4, 2>(job, src, rows, out),
     }
 }
 
@@ -901,8 +966,7 @@ unsafe fn prefill_tiles<S: Simd, T: Stored, Src: Source<T>, const RV: usize, con
     let chunks = in_pad / CHUNK;
     let mut scratch: Vec<Scratch<T>> = (0..TILE_ROWS).map(|_| src.scratch()).collect();
     // tile: [TILE_COLS][TILE_ROWS]; sums: [tok_pad][TILE_ROWS]; one decoded chunk.
-    let mut tile = vec![0f32; TILE_COLS * TILE_ROWS];
-    let mut sums = vec![0f32; tok_pad * TILE_ROWS];
+    let (mut tile, mut sums) = (Aligned::zeros(TILE_COLS * TILE_ROWS), Aligned::zeros(tok_pad * TILE_ROWS));
     let mut chunk = [0f32; CHUNK];
     let first = rows.start;
     for start in rows.clone().step_by(TILE_ROWS) {
@@ -928,7 +992,7 @@ unsafe fn prefill_tiles<S: Simd, T: Stored, Src: Source<T>, const RV: usize, con
                 }
             }
             let width = (c1 - c0) * CHUNK;
-            for t0 in (0..tok_pad).step_by(NT) {
+            for t0 in (0..tokens.next_multiple_of(NT)).step_by(NT) {
                 // SAFETY: tokens t0 .. t0 + NT of one block of MT (NT divides MT) and columns
                 // 32·c0 + width ≤ in_pad of x; the tile holds width columns of TILE_ROWS;
                 // sums rows t0 .. t0 + NT.
@@ -944,9 +1008,7 @@ unsafe fn prefill_tiles<S: Simd, T: Stored, Src: Source<T>, const RV: usize, con
             reader.finish()?;
         }
         for (t, row) in sums.chunks_exact(TILE_ROWS).take(tokens).enumerate() {
-            for (i, &v) in row[..n_rows].iter().enumerate() {
-                out.put(start - first + i, t, v);
-            }
+            out.token_rows(t, start - first..start - first + n_rows).copy_from_slice(&row[..n_rows]);
         }
     }
     Ok(())
@@ -985,5 +1047,118 @@ unsafe fn micro<S: Simd, const RV: usize, const NT: usize>(
         for (v, &a) in acc_t.iter().enumerate() {
             S::store_v(a, sums.add(t * TILE_ROWS + v * S::LANES));
         }
+    }
+}
+
+/// [`prefill`] for masked rows, NV vectors of LANES tokens (NV · LANES = [`MT`]): each row of a
+/// tile is listed as its kept weights (decoded chunk by chunk, the zero lanes dropped:
+/// values, and their columns' offsets in a token block, column · MT), then
+/// for each [`KC`]-column step, token block and row, the row's kept weights of the step are
+/// multiplied into the block's tokens ([`kept_micro`]).
+#[inline(always)]
+unsafe fn prefill_kept<S: Simd, T: Stored, Src: Source<T>, const NV: usize>(
+    job: &Activations,
+    src: &Src,
+    rows: Range<usize>,
+    mut out: Dest<'_>,
+) -> Result<()> {
+    assert!(NV * S::LANES == MT && NV <= 6, "infer_linear: masked prefill kernel shape");
+    const { assert!(KC.is_multiple_of(CHUNK)) };
+    let (in_pad, tok_pad, tokens) = (job.in_pad, job.tok_pad, job.tokens);
+    if u32::try_from(in_pad * MT).is_err() {
+        return Err(Error::invalid(format!("infer_linear: {} columns are too many for the prefill kernel", job.cols)));
+    }
+    let chunks = in_pad / CHUNK;
+    let steps = chunks.div_ceil(KC / CHUNK);
+    let mut scratch = src.scratch();
+    // ws, ats: the tile's rows one after the other; row i's entries of step s are
+    // starts[i·(steps+1) + s] .. starts[i·(steps+1) + s + 1]; sums [TILE_ROWS][tok_pad].
+    let (mut ws, mut ats): (Vec<f32>, Vec<u32>) = (Vec::new(), Vec::new());
+    let mut starts = vec![0usize; TILE_ROWS * (steps + 1)];
+    let mut sums = Aligned::zeros(TILE_ROWS * tok_pad);
+    let first = rows.start;
+    for start in rows.clone().step_by(TILE_ROWS) {
+        let n_rows = TILE_ROWS.min(rows.end - start);
+        ws.clear();
+        ats.clear();
+        for i in 0..n_rows {
+            let mut reader = src.row::<S>(start + i, &mut scratch);
+            let bounds = &mut starts[i * (steps + 1)..(i + 1) * (steps + 1)];
+            for ch in 0..chunks {
+                let len = ws.len();
+                if ch % (KC / CHUNK) == 0 {
+                    bounds[ch / (KC / CHUNK)] = len;
+                }
+                let chunk = chunk_of::<S, _>(&mut reader, ch, job.cols);
+                ws.reserve(CHUNK);
+                ats.reserve(CHUNK);
+                // SAFETY: `reserve` made room for CHUNK elements past `len`; the first n are
+                // written before set_len (in_pad · MT fits u32, checked above).
+                let at = (ch * CHUNK * MT) as u32;
+                let n = S::compress_nonzero(chunk, at, MT as u32, ws.as_mut_ptr().add(len), ats.as_mut_ptr().add(len));
+                ws.set_len(len + n);
+                ats.set_len(len + n);
+            }
+            bounds[steps] = ws.len();
+            reader.finish()?;
+        }
+        sums[..n_rows * tok_pad].fill(0.0);
+        for s in 0..steps {
+            for b in 0..tokens.div_ceil(MT) {
+                // SAFETY: block b holds in_pad · MT values; every `at` < in_pad · MT.
+                let x = job.x.as_ptr().add(b * MT * in_pad);
+                let vectors = (tokens - b * MT).min(MT).div_ceil(S::LANES);
+                for i in 0..n_rows {
+                    let list = starts[i * (steps + 1) + s]..starts[i * (steps + 1) + s + 1];
+                    let (w, at) = (&ws[list.clone()], &ats[list]);
+                    // SAFETY: sums row i holds tok_pad ≥ (b + 1) · MT values.
+                    let acc = sums.as_mut_ptr().add(i * tok_pad + b * MT);
+                    match vectors {
+                        1 => kept_micro::<S, 1>(w, at, x, acc),
+                        2 => kept_micro::<S, 2>(w, at, x, acc),
+                        3 => kept_micro::<S, 3>(w, at, x, acc),
+                        4 => kept_micro::<S, 4>(w, at, x, acc),
+                        5 => kept_micro::<S, 5>(w, at, x, acc),
+                        _ => kept_micro::<S, 6>(w, at, x, acc),
+                    }
+                }
+            }
+        }
+        // Token by token: each token's rows of y are contiguous.
+        for t in 0..tokens {
+            let y = out.token_rows(t, start - first..start - first + n_rows);
+            for (i, v) in y.iter_mut().enumerate() {
+                *v = sums[i * tok_pad + t];
+            }
+        }
+    }
+    Ok(())
+}
+
+/// sums[t] += Σ_e ws[e] · x[ats[e] + t] for the NV · LANES tokens of a block (x: the block's
+/// activations, [column][MT]): four kept weights per step in four sets of accumulators (the
+/// chains of fused multiply-adds overlap), added together at the end.
+#[inline(always)]
+unsafe fn kept_micro<S: Simd, const NV: usize>(ws: &[f32], ats: &[u32], x: *const f32, sums: *mut f32) {
+    let mut acc = [[S::zero_v(); NV]; 4];
+    let one = |set: &mut [S::V; NV], w: f32, at: u32| {
+        let (w, xk) = (S::splat_v(w), x.add(at as usize));
+        for (v, a) in set.iter_mut().enumerate() {
+            *a = S::fma_v(w, S::load_v(xk.add(v * S::LANES)), *a);
+        }
+    };
+    let quads = ws.len() / 4 * 4;
+    for (w4, at4) in ws[..quads].chunks_exact(4).zip(ats[..quads].chunks_exact(4)) {
+        for ((set, &w), &at) in acc.iter_mut().zip(w4).zip(at4) {
+            one(set, w, at);
+        }
+    }
+    for (&w, &at) in ws[quads..].iter().zip(&ats[quads..]) {
+        one(&mut acc[0], w, at);
+    }
+    let [s0, s1, s2, s3] = acc;
+    for (v, (((&a0, &a1), &a2), &a3)) in s0.iter().zip(&s1).zip(&s2).zip(&s3).enumerate() {
+        let p = sums.add(v * S::LANES);
+        S::store_v(S::add_v(S::load_v(p), S::add_v(S::add_v(a0, a1), S::add_v(a2, a3))), p);
     }
 }

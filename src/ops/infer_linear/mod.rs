@@ -234,7 +234,7 @@ mod tests {
         (257, 1001),
         (7, 36),
     ];
-    const TOKENS: [usize; 6] = [1, 2, 3, 4, 17, 64];
+    const TOKENS: [usize; 8] = [1, 2, 3, 4, 5, 17, 64, 101];
 
     /// Every instruction set this CPU has, forced, against the reference (f64 sums).
     #[test]

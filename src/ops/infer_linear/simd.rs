@@ -48,6 +48,8 @@ pub(crate) trait Simd: Copy {
     unsafe fn store_v(v: Self::V, p: *mut f32);
     /// acc + a·b.
     unsafe fn fma_v(a: Self::V, b: Self::V, acc: Self::V) -> Self::V;
+    /// a + b.
+    unsafe fn add_v(a: Self::V, b: Self::V) -> Self::V;
     /// Sum of the lanes.
     unsafe fn sum_v(v: Self::V) -> f32;
     /// A zero chunk.
@@ -56,6 +58,20 @@ pub(crate) trait Simd: Copy {
     unsafe fn load(p: *const f32) -> Self::C;
     /// Writes 32 f32 at p.
     unsafe fn store(c: Self::C, p: *mut f32);
+    /// The nonzero lanes of `c` packed from the start: their values to `ws` and
+    /// `at + lane·step` to `ats`; returns how many. Both have room for 32 elements (lanes
+    /// past the count may be written too).
+    unsafe fn compress_nonzero(c: Self::C, at: u32, step: u32, ws: *mut f32, ats: *mut u32) -> usize {
+        let mut lanes = [0f32; CHUNK];
+        Self::store(c, lanes.as_mut_ptr());
+        let mut n = 0;
+        for (j, &v) in lanes.iter().enumerate() {
+            *ws.add(n) = v;
+            *ats.add(n) = at + j as u32 * step;
+            n += usize::from(v != 0.0);
+        }
+        n
+    }
     /// acc + w·x, lane by lane.
     unsafe fn fma(w: Self::C, x: Self::C, acc: Self::C) -> Self::C;
     /// Sum of the 32 values.
@@ -183,6 +199,10 @@ impl Simd for Portable {
     #[inline(always)]
     unsafe fn fma_v(a: Self::V, b: Self::V, acc: Self::V) -> Self::V {
         std::array::from_fn(|i| acc[i] + a[i] * b[i])
+    }
+    #[inline(always)]
+    unsafe fn add_v(a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i] + b[i])
     }
     #[inline(always)]
     unsafe fn sum_v(v: Self::V) -> f32 {
@@ -317,6 +337,10 @@ mod x86 {
             _mm512_fmadd_ps(a, b, acc)
         }
         #[inline(always)]
+        unsafe fn add_v(a: Self::V, b: Self::V) -> Self::V {
+            _mm512_add_ps(a, b)
+        }
+        #[inline(always)]
         unsafe fn sum_v(v: Self::V) -> f32 {
             _mm512_reduce_add_ps(v)
         }
@@ -332,6 +356,22 @@ mod x86 {
         unsafe fn store(c: Self::C, p: *mut f32) {
             _mm512_storeu_ps(p, c[0]);
             _mm512_storeu_ps(p.add(16), c[1]);
+        }
+        #[inline(always)]
+        unsafe fn compress_nonzero(c: Self::C, at: u32, step: u32, ws: *mut f32, ats: *mut u32) -> usize {
+            let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            let offsets = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(step as i32));
+            let mut n = 0;
+            for (half, &v) in c.iter().enumerate() {
+                // Unordered-or-unequal: NaN is kept, as `v != 0.0` keeps it.
+                let keep = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(v, _mm512_setzero_ps());
+                let first = _mm512_set1_epi32((at + 16 * half as u32 * step) as i32);
+                _mm512_storeu_ps(ws.add(n), _mm512_maskz_compress_ps(keep, v));
+                let columns = _mm512_maskz_compress_epi32(keep, _mm512_add_epi32(first, offsets));
+                _mm512_storeu_si512(ats.add(n).cast(), columns);
+                n += keep.count_ones() as usize;
+            }
+            n
         }
         #[inline(always)]
         unsafe fn fma(w: Self::C, x: Self::C, acc: Self::C) -> Self::C {
@@ -474,6 +514,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn fma_v(a: Self::V, b: Self::V, acc: Self::V) -> Self::V {
             _mm256_fmadd_ps(a, b, acc)
+        }
+        #[inline(always)]
+        unsafe fn add_v(a: Self::V, b: Self::V) -> Self::V {
+            _mm256_add_ps(a, b)
         }
         #[inline(always)]
         unsafe fn sum_v(v: Self::V) -> f32 {

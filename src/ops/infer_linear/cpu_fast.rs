@@ -9,9 +9,9 @@
 //!   tokens column by column ([block][column][token]). Output rows go in tiles of
 //!   [`TILE_ROWS`].
 //!   - Dense weights: [`TILE_COLS`] columns of the tile are decoded into an f32 block
-//!     (32 KiB; the tokens' values for them, 48 KiB per block, stay near it in L1/L2) stored column by column and multiplied by the tokens as outer
-//!     products: all the tile's rows × 12 tokens per column step in registers, the tokens'
-//!     values read at fixed offsets of their block.
+//!     (32 KiB) stored column by column and multiplied by the tokens as outer products: all
+//!     the tile's rows × 12 tokens per column step in registers, the tokens' values read at
+//!     fixed offsets of their block (48 KiB of a block per tile block, near it in L1/L2).
 //!   - Masked weights (bitmask, N:M): the zeros are skipped. Each row of the tile becomes a
 //!     list of its kept weights (value, column); then, [`KC`] columns at a time (a block's
 //!     activations for them stay in L1), every kept weight of a row is multiplied into

@@ -418,8 +418,6 @@ pub(crate) struct Activations {
     /// x padded, zeros beyond the data: [tokens, in_pad] in decode, [tok_pad / MT, in_pad,
     /// MT] in prefill.
     x: Aligned,
-    /// One row in the lane order (prefill's staging).
-    row: Vec<f32>,
     cols: usize,
     in_pad: usize,
     tokens: usize,
@@ -429,7 +427,7 @@ pub(crate) struct Activations {
 impl Activations {
     /// x [tokens, cols] for weights of `dtype` on `isa`.
     pub(crate) fn new(isa: Isa, dtype: DType, x: &[f32], tokens: usize, cols: usize) -> Self {
-        let mut a = Activations { x: Aligned::default(), row: Vec::new(), cols, in_pad: 0, tokens: 0, tok_pad: 0 };
+        let mut a = Activations { x: Aligned::default(), cols, in_pad: 0, tokens: 0, tok_pad: 0 };
         a.fill(isa, dtype, x, tokens, cols);
         a
     }
@@ -448,13 +446,22 @@ impl Activations {
                 lanes(src_row, &columns, dst);
             }
         } else {
-            self.row.resize(in_pad, 0.0);
-            self.x[tokens / MT * MT * in_pad..].fill(0.0);
-            for (t, src_row) in rows.enumerate() {
-                lanes(src_row, &columns, &mut self.row);
-                let block = &mut self.x[t / MT * MT * in_pad..][..MT * in_pad];
-                for (dst, &v) in block[t % MT..].iter_mut().step_by(MT).zip(&self.row) {
-                    *dst = v;
+            // Block by block, column by column (in the lane order): each column's MT values
+            // written together, read from the block's rows.
+            for (b, block) in self.x.chunks_exact_mut(MT * in_pad).enumerate() {
+                let n = (tokens - b * MT).min(MT);
+                let src = &x[b * MT * cols..(b * MT + n) * cols];
+                for (p, dst) in block.chunks_exact_mut(MT).enumerate() {
+                    let c = p / CHUNK * CHUNK + columns[p % CHUNK] as usize;
+                    let (data, pad) = dst.split_at_mut(n);
+                    if c < cols {
+                        for (d, &v) in data.iter_mut().zip(src[c..].iter().step_by(cols)) {
+                            *d = v;
+                        }
+                    } else {
+                        data.fill(0.0);
+                    }
+                    pad.fill(0.0);
                 }
             }
         }

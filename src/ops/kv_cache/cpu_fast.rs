@@ -35,6 +35,46 @@ fn dot<T: FloatElement>(a: &[f32], b: &[T]) -> f32 {
     partial.iter().sum::<f32>() + tail
 }
 
+/// e^x for x ≤ 0 (a score minus its row's maximum), within 2·10⁻⁷ relative: x = n·ln 2 + r
+/// with n an integer (rounded by adding 1.5·2²³) and |r| ≤ ln 2 / 2, e^r by its Taylor
+/// polynomial of degree 7, times 2ⁿ built in the exponent bits. Below −87 (e^x < 2⁻¹²⁵)
+/// it gives 0; NaN stays NaN. No calls and no branches, so that loops over it vectorize.
+#[inline(always)]
+pub(crate) fn exp_nonpositive(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0;
+    let below = x < -87.0;
+    let xc = if below { -87.0 } else { x };
+    let n = (xc * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let mut p = 1.0 / 5040.0;
+    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = p * r + c;
+    }
+    let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
+    if below {
+        0.0
+    } else {
+        p * scale
+    }
+}
+
+/// Σ values in f64, in 8 partial sums (so that it vectorizes).
+#[inline(always)]
+fn sum_f64(values: &[f32]) -> f64 {
+    const LANES: usize = 8;
+    let chunks = values.chunks_exact(LANES);
+    let tail: f64 = chunks.remainder().iter().map(|&v| v as f64).sum();
+    let mut partial = [0f64; LANES];
+    for c in chunks {
+        for i in 0..LANES {
+            partial[i] += c[i] as f64;
+        }
+    }
+    partial.iter().sum::<f64>() + tail
+}
+
 /// Rows of one sequence from which the attention is done in blocks.
 const BLOCK_MIN_ROWS: usize = 8;
 /// Most rows (tokens) of one block.
@@ -222,9 +262,9 @@ fn block<Q: FloatElement, T: FloatElement>(
         let seen = positions[i / group] as usize + 1;
         let max = row[..seen].iter().copied().fold(f32::NEG_INFINITY, f32::max);
         for x in &mut row[..seen] {
-            *x = (*x - max).exp();
-            *sum += *x as f64;
+            *x = exp_nonpositive(*x - max);
         }
+        *sum = sum_f64(&row[..seen]);
         row[seen..].fill(0.0);
     }
     let mut out = vec![0f32; r * dim];
@@ -261,7 +301,7 @@ fn attend<Q: FloatElement, T: FloatElement>(
     out.fill(0.0);
     let mut sum = 0f64;
     for (v_u, s) in v_head.chunks(stride).zip(scores) {
-        let p = (s - max).exp();
+        let p = exp_nonpositive(s - max);
         sum += p as f64;
         for (acc, x) in out.iter_mut().zip(&v_u[..dim]) {
             *acc += p * x.to_f32();

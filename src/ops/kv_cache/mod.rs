@@ -157,6 +157,31 @@ mod tests {
         Tensor::from_f32(data, shape.to_vec(), dtype, dev).unwrap()
     }
 
+    /// The fast path's e^x on x ≤ 0 against f64 exp: every 1/1024 from −90 to 0, plus the
+    /// ends (0 → 1, −∞ → 0, NaN → NaN).
+    #[test]
+    fn exp_nonpositive_matches_f64_exp() {
+        let exp = cpu_fast::exp_nonpositive;
+        let mut worst = (0.0f64, 0.0f32);
+        for i in 0..=90 * 1024 {
+            let x = -(i as f32) / 1024.0;
+            let want = (x as f64).exp();
+            let got = exp(x) as f64;
+            if x >= -87.0 {
+                let rel = (got - want).abs() / want;
+                if rel > worst.0 {
+                    worst = (rel, x);
+                }
+            } else {
+                assert!(got == 0.0 || (got - want).abs() <= 2.0f64.powi(-125), "e^{x}: {got}");
+            }
+        }
+        assert!(worst.0 <= 2e-7, "largest relative error {:.3e} at x = {}", worst.0, worst.1);
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert!(exp(f32::NAN).is_nan());
+    }
+
     /// A lookup case: sizes, and the (sequence, position) of every query row.
     struct Case {
         d: AttentionDims,

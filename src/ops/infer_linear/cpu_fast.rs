@@ -9,9 +9,9 @@
 //!   tokens column by column ([block][column][token]). Output rows go in tiles of
 //!   [`TILE_ROWS`].
 //!   - Dense weights: [`TILE_COLS`] columns of the tile are decoded into an f32 block
-//!     (32 KiB) stored column by column and multiplied by the tokens as outer products: all
+//!     (16 KiB) stored column by column and multiplied by the tokens as outer products: all
 //!     the tile's rows × 12 tokens per column step in registers, the tokens' values read at
-//!     fixed offsets of their block (48 KiB of a block per tile block, near it in L1/L2).
+//!     fixed offsets of their block (8 KiB of cache lines per 12 tokens: both stay in L1).
 //!   - Masked weights (bitmask, N:M): the zeros are skipped. Each row of the tile becomes a
 //!     list of its kept weights (value, column); then, [`KC`] columns at a time (a block's
 //!     activations for them stay in L1), every kept weight of a row is multiplied into
@@ -42,7 +42,7 @@ pub const DECODE_MAX_TOKENS: usize = 4;
 /// Output rows per prefill tile.
 pub const TILE_ROWS: usize = 32;
 /// Columns of a prefill tile decoded at a time (a multiple of [`CHUNK`]).
-pub const TILE_COLS: usize = 256;
+pub const TILE_COLS: usize = 128;
 /// Prefill pads the tokens to a multiple of this and stores them in blocks of this many
 /// (every micro-kernel's token count divides it; 3 AVX-512 vectors, 6 AVX2 ones).
 pub const MT: usize = 48;

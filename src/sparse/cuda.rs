@@ -3,6 +3,7 @@
 
 use cudarc::driver::{CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg};
 
+use super::cpu::meta_stride;
 use super::nm::index_bits;
 use super::weight::{Expand, SparseFormat};
 use crate::device::cuda::{to_i32, CudaFloat};
@@ -85,7 +86,7 @@ fn launch<T: CudaFloat>(
     let (rows_i, cols_i) = (to_i32(op, rows)?, to_i32(op, cols)?);
     match format {
         SparseFormat::Bitmask => {
-            let stride = cols.div_ceil(8);
+            let stride = meta_stride(cols, format);
             let offsets = offsets.ok_or_else(|| Error::invalid("bitmask weight without row offsets"))?;
             if stride > MAX_STRIDE || meta.len() < rows * stride || offsets.len() < rows + 1 {
                 return Err(Error::invalid(format!(
@@ -106,9 +107,8 @@ fn launch<T: CudaFloat>(
             unsafe { b.launch(cfg) }?;
         }
         SparseFormat::NM { n, m } => {
-            let bits = index_bits(m);
-            let per_row = cols / m * n;
-            let index_stride = (per_row * bits).div_ceil(8);
+            let (bits, per_row) = (index_bits(m), cols / m * n);
+            let index_stride = meta_stride(cols, format);
             if values.len() < rows * per_row || meta.len() < rows * index_stride {
                 return Err(Error::invalid(format!(
                     "{op}: {} values, {} index bytes for {rows}x{cols} {n}:{m}",

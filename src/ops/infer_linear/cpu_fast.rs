@@ -197,14 +197,7 @@ impl<'a> Dest<'a> {
     /// A block of its own, `out` [tokens, rows].
     pub(crate) fn token_major(out: &'a mut [f32], rows: usize, tokens: usize) -> Self {
         assert_eq!(out.len(), rows * tokens, "infer_linear: output block");
-        Dest {
-            ptr: out.as_mut_ptr(),
-            len: out.len(),
-            rows,
-            tokens,
-            token_stride: rows,
-            _buffer: Default::default(),
-        }
+        Dest { ptr: out.as_mut_ptr(), len: out.len(), rows, tokens, token_stride: rows, _buffer: Default::default() }
     }
 
     /// The rows `ranges` (increasing, disjoint, within 0..rows) of y [tokens, rows], each
@@ -232,7 +225,7 @@ impl<'a> Dest<'a> {
                 len: len - at,
                 rows: r.len(),
                 tokens,
-                    token_stride: rows,
+                token_stride: rows,
                 _buffer: Default::default(),
             };
             (r.clone(), dest)

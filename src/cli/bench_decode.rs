@@ -171,16 +171,39 @@ fn prompt_tokens(n: usize, vocab: usize) -> Vec<u32> {
     (0..n as u64).map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 33) as u32 % vocab as u32).collect()
 }
 
+/// Bytes of the largest CPU cache Linux reports for cpu0 (`/sys/.../cache/index*/size`, such
+/// as `491520K`); None when none can be read.
+fn last_level_cache_bytes() -> Option<usize> {
+    let dir = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache").ok()?;
+    dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("size")).ok())
+        .filter_map(|s| parse_cache_size(s.trim()))
+        .max()
+}
+
+/// `491520K` → 503316480; `32M`, `1024` (bytes). None for anything else.
+fn parse_cache_size(s: &str) -> Option<usize> {
+    let (digits, unit) = match s.strip_suffix('K') {
+        Some(d) => (d, 1usize << 10),
+        None => match s.strip_suffix('M') {
+            Some(d) => (d, 1 << 20),
+            None => (s, 1),
+        },
+    };
+    digits.parse::<usize>().ok()?.checked_mul(unit)
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// GB/s of summing a 1 GiB buffer with the current pool's threads (best of 5): the read
-/// bandwidth a decode step's weight reads can reach.
+/// GB/s of summing a buffer four times the last-level cache (at least 1 GiB, at most 8 GiB)
+/// with the current pool's threads (best of 5): the memory read bandwidth a decode step's
+/// weight reads can reach. A buffer that fits the cache in good part would measure the cache.
 fn machine_read_gbps() -> f64 {
     use rayon::prelude::*;
-    let words = (1usize << 30) / 8;
+    let bytes = last_level_cache_bytes().map_or(1 << 30, |c| c.saturating_mul(4).clamp(1 << 30, 8 << 30));
+    let words = bytes / 8;
     let buf: Vec<u64> = (0..words as u64).into_par_iter().map(|i| i.wrapping_mul(0x9e37_79b9)).collect();
     let mut best = 0f64;
     for _ in 0..5 {
@@ -193,4 +216,19 @@ fn machine_read_gbps() -> f64 {
         best = best.max((words * 8) as f64 / t.elapsed().as_secs_f64() / 1e9);
     }
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_cache_size;
+
+    #[test]
+    fn cache_sizes_parse_as_linux_writes_them() {
+        assert_eq!(parse_cache_size("491520K"), Some(491_520 * 1024));
+        assert_eq!(parse_cache_size("32M"), Some(32 << 20));
+        assert_eq!(parse_cache_size("4096"), Some(4096));
+        for bad in ["", "K", "12G", "-1K", "1.5M", "99999999999999999999K"] {
+            assert_eq!(parse_cache_size(bad), None, "{bad:?}");
+        }
+    }
 }

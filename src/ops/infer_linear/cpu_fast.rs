@@ -533,6 +533,7 @@ fn lanes(src: &[f32], columns: &[u8; CHUNK], dst: &mut [f32]) {
 
 /// Per-row working space: an N:M row's column mask, and a zero-padded copy of a row's
 /// values when the buffer ends less than a chunk after them.
+#[derive(Default)]
 struct Scratch<T> {
     mask: Vec<u8>,
     values: Vec<T>,
@@ -582,7 +583,7 @@ trait Source<T: Stored>: Sync {
         T: 's;
     /// Working space for one row (empty unless the source needs some).
     fn scratch(&self) -> Scratch<T> {
-        Scratch { mask: Vec::new(), values: Vec::new() }
+        Scratch::default()
     }
     /// Row r, using `scratch`.
     ///
@@ -905,7 +906,9 @@ unsafe fn decode<S: Simd, T: Stored, Src: Source<T>, const NT: usize, const K: u
     rows: Range<usize>,
     out: Dest<'_>,
 ) -> Result<()> {
-    let mut scratch: [Scratch<T>; 4] = std::array::from_fn(|_| src.scratch());
+    const { assert!(K == 1 || K == 2 || K == 4, "infer_linear: decode reads 1, 2 or 4 rows in lockstep") };
+    // A source's working space for each of the K rows (empty for the others).
+    let mut scratch: [Scratch<T>; 4] = std::array::from_fn(|k| if k < K { src.scratch() } else { Scratch::default() });
     let [s0, s1, s2, s3] = &mut scratch;
     let mut out = out;
     let n = rows.len();
@@ -915,7 +918,7 @@ unsafe fn decode<S: Simd, T: Stored, Src: Source<T>, const NT: usize, const K: u
         match K {
             4 => lockstep!(S, NT, job, src, out, i, first, part, [0 r0 s0 a0, 1 r1 s1 a1, 2 r2 s2 a2, 3 r3 s3 a3]),
             2 => lockstep!(S, NT, job, src, out, i, first, part, [0 r0 s0 a0, 1 r1 s1 a1]),
-            _ => lockstep!(S, NT, job, src, out, i, first, part, [0 r0 s0 a0]),
+            _ /* K = 1 */ => lockstep!(S, NT, job, src, out, i, first, part, [0 r0 s0 a0]),
         }
     }
     for i in K * part..n {

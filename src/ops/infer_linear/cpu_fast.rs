@@ -26,9 +26,12 @@
 //! bytes read (kept values + mask), since pruning leaves rows with different kept counts.
 //! N:M rows get their column mask built in a small per-row buffer first (2:4 a byte of
 //! positions at a time, [`Simd::two_four_mask`]; other patterns position by position), then
-//! run the bitmask kernel. A row whose mask disagrees with its value count is an error
-//! (reads stay inside the values buffer).
+//! run the bitmask kernel. A masked row's values are read through a pointer that moves by
+//! each chunk's popcount, with no bound per chunk: a row keeps at most `cols` columns and
+//! is readable for `cols` + 32 values (the last rows of a matrix are copied, padded). A
+//! row whose mask disagrees with its value count is an error after the row.
 
+use std::marker::PhantomData;
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -672,28 +675,49 @@ impl<T: Stored> RowReader for DenseRow<'_, T> {
 }
 
 /// A row of packed values with its column mask (a bitmask row, or an N:M row's mask).
+///
+/// The values are read through a moving pointer with no bound per chunk: a row's mask keeps
+/// at most `cols` columns (a full chunk's 32 bits lie inside the row, a tail chunk's bits
+/// are cut to the row), so the pointer never passes `cols` values from the row's start, and
+/// the row is readable for `cols` + 32 values ([`MaskedRow::new`]). A mask that keeps
+/// another number of values than the row has is found by [`RowReader::finish`].
 struct MaskedRow<'a, T> {
-    /// The row's values, readable for 32 elements past `count` (`padded`).
-    values: &'a [T],
+    /// The next value.
+    next: *const T,
+    /// The row's first value.
+    first: *const T,
     /// The row's mask bytes.
     mask: &'a [u8],
     cols: usize,
-    /// Values the mask has consumed.
-    cursor: usize,
     /// Values of the row.
     count: usize,
+    /// The values are borrowed.
+    _values: PhantomData<&'a [T]>,
 }
 
-impl<T: Stored> MaskedRow<'_, T> {
-    /// The values of mask `bits` from the cursor. A mask keeping more than the row's values
-    /// reads from `count` at most (inside the padded slice) and fails in `finish`.
+impl<'a, T: Stored> MaskedRow<'a, T> {
+    /// The row of `count` values starting `values` (the rest of the matrix's values from
+    /// this row on) under `mask`: the values are copied into `scratch`, zero-padded, when
+    /// fewer than `cols` + 32 follow the row's start (the last rows of a matrix).
+    #[inline(always)]
+    fn new(values: &'a [T], count: usize, mask: &'a [u8], cols: usize, scratch: &'a mut Vec<T>) -> Self {
+        let values = padded(values, cols + CHUNK, scratch);
+        MaskedRow { next: values.as_ptr(), first: values.as_ptr(), mask, cols, count, _values: PhantomData }
+    }
+
+    /// The values of mask `bits` from the pointer, which moves past them.
+    ///
+    /// # Safety
+    /// The CPU runs `S`; `bits` is the mask of a chunk of this row, in order.
     #[inline(always)]
     unsafe fn expand<S: Simd>(&mut self, bits: u32) -> S::C {
-        let at = self.cursor.min(self.count);
-        self.cursor += bits.count_ones() as usize;
-        S::prefetch(self.values.as_ptr().wrapping_add(at + prefetch_ahead::<T>()).cast());
-        // SAFETY: values hold count + 32 elements and at ≤ count.
-        T::expand::<S>(bits, self.values.as_ptr().add(at))
+        let at = self.next;
+        // SAFETY (this and the read): the masks of the chunks read so far keep at most
+        // `cols` columns, so `at` is at most `cols` values past `first` and 32 values from
+        // it are readable (`new`).
+        self.next = at.add(bits.count_ones() as usize);
+        S::prefetch(at.wrapping_add(prefetch_ahead::<T>()).cast());
+        T::expand::<S>(bits, at)
     }
 }
 
@@ -714,10 +738,12 @@ impl<T: Stored> RowReader for MaskedRow<'_, T> {
     }
     #[inline(always)]
     fn finish(&self) -> Result<()> {
-        if self.cursor == self.count {
+        // SAFETY: `next` moved forward from `first` within one padded slice.
+        let kept = unsafe { self.next.offset_from(self.first) } as usize;
+        if kept == self.count {
             Ok(())
         } else {
-            Err(mask_mismatch(self.cursor, self.count))
+            Err(mask_mismatch(kept, self.count))
         }
     }
 }
@@ -747,13 +773,8 @@ impl<T: Stored> Source<T> for BitmaskSource<'_, T> {
     #[inline(always)]
     unsafe fn row<'s, S: Simd>(&'s self, r: usize, scratch: &'s mut Scratch<T>) -> MaskedRow<'s, T> {
         let (start, end) = (self.offsets[r] as usize, self.offsets[r + 1] as usize);
-        MaskedRow {
-            values: padded(&self.values[start..], end - start + CHUNK, &mut scratch.values),
-            mask: &self.mask[r * self.stride..(r + 1) * self.stride],
-            cols: self.cols,
-            cursor: 0,
-            count: end - start,
-        }
+        let mask = &self.mask[r * self.stride..(r + 1) * self.stride];
+        MaskedRow::new(&self.values[start..], end - start, mask, self.cols, &mut scratch.values)
     }
     fn bytes_before(&self, r: usize) -> usize {
         self.offsets[r] as usize * std::mem::size_of::<T>() + r * self.stride
@@ -802,13 +823,7 @@ impl<T: Stored> Source<T> for NmSource<'_, T> {
                 *last &= (1u8 << (cols % 8)) - 1;
             }
         }
-        MaskedRow {
-            values: padded(&self.values[r * self.per_row..], self.per_row + CHUNK, &mut scratch.values),
-            mask: &scratch.mask,
-            cols,
-            cursor: 0,
-            count: self.per_row,
-        }
+        MaskedRow::new(&self.values[r * self.per_row..], self.per_row, &scratch.mask, cols, &mut scratch.values)
     }
     fn bytes_before(&self, r: usize) -> usize {
         r * (self.per_row * std::mem::size_of::<T>() + self.pos_stride)

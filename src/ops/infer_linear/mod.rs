@@ -404,6 +404,11 @@ mod tests {
             assert!(run(&values[..8], &[0, 9, 8], &mask).is_err(), "offsets decrease");
             assert!(run(&values, &[0, 3, 8], &mask).is_err(), "values beyond the last offset");
             assert!(run(&values[..8], &[0, 3, 8], &mask[..3]).is_err(), "short mask");
+            // A mask keeping all 64 columns of a row of one value: an error, its reads kept
+            // inside the row's padding (the value pointer is not clamped per chunk).
+            let x64 = random_f32(64, 1.0, 5);
+            let all = Weights::Bitmask { values: &values[..1], mask: &[0xff; 8], offsets: &[0, 1] };
+            assert!(linear(isa, &x64, 1, 1, 64, all).is_err(), "a mask keeping every column");
             // 2:4 over 8 columns: both positions of a group equal (0, 0) keeps one column
             // for two values.
             let nm = |positions: &[u8]| {

@@ -3,7 +3,7 @@
 //! it is rounded into the parameter. The state can be listed and restored by name for
 //! checkpoints.
 
-use crate::ops::adamw::{self, zeros_like_f32, Hyper};
+use crate::ops::adamw::{self, zeros_like_f32, Hyper, Update};
 use crate::{DType, Error, Result, Tensor};
 
 /// AdamW constants (the per-step learning rate comes from the schedule).
@@ -59,9 +59,20 @@ impl AdamW {
         Ok(AdamW { config, step: 0, names: params.iter().map(|(n, _)| n.clone()).collect(), state })
     }
 
-    /// Applies one update to every parameter: `grads[i]` (any float dtype, read as f32) belongs to
-    /// `params[i]`; `grad_scale` multiplies every gradient first.
-    pub fn update(&mut self, params: &[(String, Tensor)], grads: &[Tensor], lr: f32, grad_scale: f32) -> Result<()> {
+    /// One step of every parameter, clipped by the global norm of the gradients
+    /// ([`adamw::clipped_step`]): `grads[i]` (any float dtype, read as f32) is the sum over
+    /// `micro` micro-batches of the gradient of `params[i]`; `max_norm` clips the norm of
+    /// their mean. Returns that norm; when it is not finite nothing changes and the step is
+    /// not counted. On CUDA the norm stays on the device until this returns (a few launches
+    /// for the whole list, one copy to the host).
+    pub fn update(
+        &mut self,
+        params: &[(String, Tensor)],
+        grads: &[Tensor],
+        lr: f32,
+        micro: u32,
+        max_norm: Option<f32>,
+    ) -> Result<f64> {
         if params.len() != self.state.len() || grads.len() != params.len() {
             return Err(Error::invalid(format!(
                 "adamw: {} parameters, {} gradients, state for {}",
@@ -70,7 +81,6 @@ impl AdamW {
                 self.state.len()
             )));
         }
-        self.step += 1;
         let c = self.config;
         let h = Hyper {
             lr,
@@ -78,15 +88,25 @@ impl AdamW {
             beta2: c.beta2,
             eps: c.eps,
             weight_decay: c.weight_decay,
-            step: self.step,
-            grad_scale,
+            step: self.step + 1,
+            grad_scale: 1.0,
         };
-        for (((_, p), g), s) in params.iter().zip(grads).zip(&self.state) {
-            // The update reads f32 gradients (the trainer's accumulators): no rounding to bf16.
-            let g = if g.dtype() == DType::F32 { g.clone() } else { g.to_dtype(DType::F32)? };
-            adamw::step(p, s.master.as_ref(), &s.m, &s.v, &g, &h)?;
+        // The update reads f32 gradients (the trainer's accumulators): no rounding to bf16.
+        let grads: Vec<Tensor> = grads
+            .iter()
+            .map(|g| if g.dtype() == DType::F32 { Ok(g.clone()) } else { g.to_dtype(DType::F32) })
+            .collect::<Result<_>>()?;
+        let updates: Vec<Update<'_>> = params
+            .iter()
+            .zip(&grads)
+            .zip(&self.state)
+            .map(|(((_, p), g), s)| Update { param: p, master: s.master.as_ref(), m: &s.m, v: &s.v, grad: g })
+            .collect();
+        let norm = adamw::clipped_step(&updates, &h, micro, max_norm)?;
+        if norm.is_finite() {
+            self.step += 1;
         }
-        Ok(())
+        Ok(norm)
     }
 
     /// The state of parameter `i`, mutably (methods that re-lay out a parameter, such as

@@ -18,7 +18,6 @@ use super::optim::{AdamW, AdamWConfig};
 use super::schedule::{Decay, Schedule};
 use crate::autograd::{Grads, Tape};
 use crate::model::llama::{ForwardOptions, Llama};
-use crate::ops::adamw::sum_squares;
 use crate::{DType, Device, Error, Result, Tensor};
 
 /// Training hyper-parameters.
@@ -301,17 +300,10 @@ impl Trainer {
         if finite {
             let grads: Vec<Tensor> =
                 acc.into_iter().map(|g| g.expect("every micro-batch fills every gradient")).collect();
-            let mut sq = 0f64;
-            for g in &grads {
-                sq += sum_squares(g)?;
-            }
-            let norm = sq.sqrt() / micro;
+            let micro = u32::try_from(c.grad_accum).map_err(|_| Error::invalid("grad-accum does not fit 32 bits"))?;
+            let norm = self.optimizer.update(&self.params, &grads, lr, micro, c.max_grad_norm)?;
             record.grad_norm = norm as f32;
-            if norm.is_finite() {
-                let clip = c.max_grad_norm.map_or(1.0, |m| (f64::from(m) / (norm + 1e-6)).min(1.0));
-                self.optimizer.update(&self.params, &grads, lr, (clip / micro) as f32)?;
-                record.skipped = false;
-            }
+            record.skipped = !norm.is_finite();
         }
         if record.skipped {
             eprintln!(

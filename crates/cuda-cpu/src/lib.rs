@@ -75,6 +75,12 @@ impl<T: bytemuck::Pod> Buffer<T> {
         Buffer { data: data.cast(), len, _owns: PhantomData }
     }
 
+    /// The buffer's address, as a kernel finds it in a table of device addresses (the
+    /// multi-tensor kernels).
+    pub fn address(&self) -> u64 {
+        self.data as u64
+    }
+
     /// The current contents.
     pub fn to_vec(&self) -> Vec<T> {
         // SAFETY: `data` holds `len` initialised elements (Pod: any bits are valid), and no

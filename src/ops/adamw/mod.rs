@@ -5,12 +5,18 @@
 //! hyper)`: with a master, the update happens in f32 on the master and `param`
 //! receives it rounded to its dtype (bf16 compute, f32 master weights); without one,
 //! `param` must be F32 and is updated in place. See [`cpu::adamw`] for the formula.
+//!
+//! `clipped_step(updates, hyper, micro, max_norm)`: one step of a whole list of tensors, the
+//! gradients (sums over `micro` micro-batches) scaled by the factor of clipping by global
+//! norm ([`cpu::clip_scale`]); returns the norm. On CUDA it is three launches (the norm into
+//! a device scalar, the update of the tensors with a master, of those without) and one copy
+//! of the norm to the host at the end, instead of a launch and a host round trip per tensor.
 
 pub mod cpu;
 pub mod cuda;
 
 use crate::ops::{cuda_device, expect_float, host_f32};
-use crate::storage::FloatElement;
+use crate::storage::{FloatElement, Storage};
 use crate::{with_compute_type, DType, Device, Error, Result, Tensor};
 
 /// AdamW hyper-parameters for one update.
@@ -42,8 +48,9 @@ impl Hyper {
     }
 }
 
-/// One AdamW update of `param` (see the module docs).
-pub fn step(param: &Tensor, master: Option<&Tensor>, m: &Tensor, v: &Tensor, grad: &Tensor, h: &Hyper) -> Result<()> {
+/// Error unless `param`, `master`, `m`, `v` and `grad` can take an update (see the module
+/// docs).
+fn check(param: &Tensor, master: Option<&Tensor>, m: &Tensor, v: &Tensor, grad: &Tensor, h: &Hyper) -> Result<()> {
     const OP: &str = "adamw";
     expect_float(OP, param)?;
     if h.step == 0 {
@@ -69,6 +76,14 @@ pub fn step(param: &Tensor, master: Option<&Tensor>, m: &Tensor, v: &Tensor, gra
     if master.is_none() && param.dtype() != DType::F32 {
         return Err(Error::invalid("adamw: a bf16 parameter needs an f32 master copy"));
     }
+    Ok(())
+}
+
+/// One AdamW update of `param` (see the module docs).
+pub fn step(param: &Tensor, master: Option<&Tensor>, m: &Tensor, v: &Tensor, grad: &Tensor, h: &Hyper) -> Result<()> {
+    const OP: &str = "adamw";
+    check(param, master, m, v, grad, h)?;
+    let n = param.elem_count();
     match param.device() {
         Device::Cpu(_) => {
             let g = host_f32(grad)?;
@@ -103,6 +118,140 @@ pub fn step(param: &Tensor, master: Option<&Tensor>, m: &Tensor, v: &Tensor, gra
             cuda::adamw::<T>(dev, pg.cuda_mut::<T>()?, mst, mg.cuda_mut()?, vg.cuda_mut()?, gg.cuda::<f32>()?, n, h)
         }),
     }
+}
+
+/// One tensor of a [`clipped_step`]: the buffers [`step`] takes.
+#[derive(Clone, Copy, Debug)]
+pub struct Update<'a> {
+    /// The trained tensor (F32, or BF16 with a master).
+    pub param: &'a Tensor,
+    /// Its F32 master copy (None when `param` is F32 and is its own).
+    pub master: Option<&'a Tensor>,
+    /// First moment (F32).
+    pub m: &'a Tensor,
+    /// Second moment (F32).
+    pub v: &'a Tensor,
+    /// Gradient summed over the step's micro-batches (F32).
+    pub grad: &'a Tensor,
+}
+
+/// One AdamW step of every tensor of `updates`: each gradient is scaled by the factor of
+/// [`cpu::clip_scale`] (global norm over all gradients, `micro` micro-batches, clipping to
+/// `max_norm` when given) and nothing changes when that norm is not finite (the step is
+/// skipped). Returns the global norm. `h.grad_scale` must be 1: the factor comes from the
+/// norm. On CUDA the norm stays on the device until the end (see the module docs).
+pub fn clipped_step(updates: &[Update<'_>], h: &Hyper, micro: u32, max_norm: Option<f32>) -> Result<f64> {
+    if h.grad_scale != 1.0 {
+        return Err(Error::invalid("adamw: a clipped step takes its gradient factor from the norm (grad_scale 1)"));
+    }
+    if micro == 0 {
+        return Err(Error::invalid("adamw: a step sums at least one micro-batch"));
+    }
+    if max_norm.is_some_and(|m| !(m.is_finite() && m > 0.0)) {
+        return Err(Error::invalid(format!("adamw: max_norm must be positive, got {max_norm:?}")));
+    }
+    let Some(first) = updates.first() else { return Err(Error::invalid("adamw: a step of no tensor")) };
+    for (i, u) in updates.iter().enumerate() {
+        check(u.param, u.master, u.m, u.v, u.grad, h)?;
+        if !u.param.device().same(first.param.device()) {
+            return Err(Error::invalid(format!("adamw: tensor {i} is not on the device of tensor 0")));
+        }
+    }
+    let all: Vec<&Tensor> =
+        updates.iter().flat_map(|u| [u.param, u.m, u.v, u.grad].into_iter().chain(u.master)).collect();
+    for (i, a) in all.iter().enumerate() {
+        if all[i + 1..].iter().any(|b| a.same_storage(b)) {
+            return Err(Error::invalid("adamw: the tensors of a step must not share storage"));
+        }
+    }
+    match first.param.device() {
+        Device::Cpu(_) => {
+            let mut sq = 0f64;
+            for u in updates {
+                sq += sum_squares(u.grad)?;
+            }
+            let (norm, scale) = cpu::clip_scale(sq, micro, max_norm);
+            if let Some(grad_scale) = scale {
+                let h = Hyper { grad_scale, ..*h };
+                for u in updates {
+                    step(u.param, u.master, u.m, u.v, u.grad, &h)?;
+                }
+            }
+            Ok(norm)
+        }
+        Device::Cuda(_) => clipped_step_cuda(updates, h, micro, max_norm),
+    }
+}
+
+/// [`clipped_step`] on CUDA (the checks done): tables of device addresses per kind of
+/// parameter (bf16 with master, f32 with master, f32 in place), the norm, the updates, then
+/// the one read of the norm.
+fn clipped_step_cuda(updates: &[Update<'_>], h: &Hyper, micro: u32, max_norm: Option<f32>) -> Result<f64> {
+    use cudarc::driver::{DevicePtr, DevicePtrMut};
+    let dev = cuda_device(updates[0].param)?;
+    let stream = dev.stream();
+    // Every buffer locked until the launches are queued.
+    let mut params = updates.iter().map(|u| u.param.write()).collect::<Result<Vec<_>>>()?;
+    let mut masters = updates.iter().map(|u| u.master.map(Tensor::write).transpose()).collect::<Result<Vec<_>>>()?;
+    let mut ms = updates.iter().map(|u| u.m.write()).collect::<Result<Vec<_>>>()?;
+    let mut vs = updates.iter().map(|u| u.v.write()).collect::<Result<Vec<_>>>()?;
+    let grads = updates.iter().map(|u| u.grad.read()).collect::<Result<Vec<_>>>()?;
+    let mut syncs = Vec::with_capacity(5 * updates.len());
+    // Rows of bf16 with master, f32 with master, f32 in place.
+    let mut kinds: [Vec<cuda::Row>; 3] = Default::default();
+    let guards = params.iter_mut().zip(&mut masters).zip(&mut ms).zip(&mut vs).zip(&grads);
+    for (u, ((((p, mst), m), v), g)) in updates.iter().zip(guards) {
+        let dtype = u.param.dtype();
+        let (param, sync) = match dtype {
+            DType::BF16 => p.cuda_mut::<half::bf16>()?.device_ptr_mut(stream),
+            _ => p.cuda_mut::<f32>()?.device_ptr_mut(stream),
+        };
+        syncs.push(sync);
+        let master = match mst {
+            Some(t) => f32_address(t, stream, &mut syncs)?,
+            None => 0,
+        };
+        let (m, v) = (f32_address(m, stream, &mut syncs)?, f32_address(v, stream, &mut syncs)?);
+        let (grad, sync) = g.cuda::<f32>()?.device_ptr(stream);
+        syncs.push(sync);
+        let kind = match (dtype, master) {
+            (DType::BF16, _) => 0,
+            (_, 0) => 2,
+            _ => 1,
+        };
+        kinds[kind].push(cuda::Row { param, master, m, v, grad, len: u.param.elem_count() });
+    }
+    let all: Vec<cuda::Row> = kinds.iter().flatten().copied().collect();
+    let mut sumsq = dev.alloc_zeros::<f64>(1)?;
+    // SAFETY: each row's buffers are locked above, of its length (checked) and type (F32
+    // moments, master and gradient; the parameter's dtype picks its kernel), and distinct
+    // (checked); the launches queue on the one stream in order.
+    unsafe {
+        cuda::multi_sum_squares(dev, &cuda::MultiTables::new(dev, &all)?, sumsq.slice_mut())?;
+        for (kind, rows) in kinds.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
+            let tables = cuda::MultiTables::new(dev, rows)?;
+            match kind {
+                0 => cuda::multi_adamw::<half::bf16>(dev, &tables, false, sumsq.slice(), micro, max_norm, h)?,
+                1 => cuda::multi_adamw::<f32>(dev, &tables, false, sumsq.slice(), micro, max_norm, h)?,
+                _ => cuda::multi_adamw::<f32>(dev, &tables, true, sumsq.slice(), micro, max_norm, h)?,
+            }
+        }
+    }
+    drop(syncs);
+    let sq = dev.dtoh(sumsq.slice())?[0];
+    Ok(cpu::clip_scale(sq, micro, max_norm).0)
+}
+
+/// The device address of an F32 CUDA buffer to be written, its stream guard kept in `syncs`.
+fn f32_address<'a>(
+    t: &'a mut Storage,
+    stream: &'a std::sync::Arc<cudarc::driver::CudaStream>,
+    syncs: &mut Vec<cudarc::driver::SyncOnDrop<'a>>,
+) -> Result<u64> {
+    use cudarc::driver::DevicePtrMut;
+    let (ptr, sync) = t.cuda_mut::<f32>()?.device_ptr_mut(stream);
+    syncs.push(sync);
+    Ok(ptr)
 }
 
 fn round_into<T: FloatElement>(src: &[f32], dst: &mut [T]) {
@@ -176,6 +325,126 @@ mod tests {
         assert!(step(&master, None, &m, &m, &g, &h).is_err(), "shared storage");
         assert!(step(&master, None, &m, &v, &g, &hyper(0)).is_err(), "step 0");
         assert!(step(&p, Some(&master), &m, &v, &g.to_dtype(DType::BF16).unwrap(), &h).is_err(), "bf16 gradient");
+    }
+
+    /// Fresh F32 state (moments, and a master for a BF16 parameter) for `init` on `dev`.
+    fn state(init: &[f32], dtype: DType, dev: &Device) -> (Tensor, Option<Tensor>, Tensor, Tensor) {
+        let p = Tensor::from_f32(init.to_vec(), [init.len()], dtype, dev).unwrap();
+        let master = (dtype != DType::F32).then(|| p.to_dtype(DType::F32).unwrap());
+        (p.clone(), master, zeros_like_f32(&p).unwrap(), zeros_like_f32(&p).unwrap())
+    }
+
+    fn f32s(values: &[f32], dev: &Device) -> Tensor {
+        Tensor::from_f32(values.to_vec(), [values.len()], DType::F32, dev).unwrap()
+    }
+
+    /// Gradients [3, 0] and [4] summed over 2 micro-batches: global norm √25 / 2 = 2.5,
+    /// clipped to 1: factor (1 / (2.5 + 1e-6)) / 2 ≈ 0.2, so m = 0.1 · 0.2 · g after step 1.
+    #[test]
+    fn clipped_step_matches_a_hand_worked_case() {
+        let cpu = Device::cpu();
+        let (a, b) = (state(&[1.0, 2.0], DType::F32, &cpu), state(&[3.0], DType::BF16, &cpu));
+        let (ga, gb) = (f32s(&[3.0, 0.0], &cpu), f32s(&[4.0], &cpu));
+        let updates = [
+            Update { param: &a.0, master: None, m: &a.2, v: &a.3, grad: &ga },
+            Update { param: &b.0, master: b.1.as_ref(), m: &b.2, v: &b.3, grad: &gb },
+        ];
+        let norm = clipped_step(&updates, &hyper(1), 2, Some(1.0)).unwrap();
+        assert!((norm - 2.5).abs() < 1e-12, "norm {norm}");
+        let factor = (1.0 / (2.5 + 1e-6)) / 2.0;
+        let m = |g: f64| (0.1 * factor * g) as f32;
+        assert_close("m of a", &a.2.to_f32_vec().unwrap(), &[m(3.0), 0.0], 1e-9, 1e-6);
+        assert_close("m of b", &b.2.to_f32_vec().unwrap(), &[m(4.0)], 1e-9, 1e-6);
+        // 1 − β2 as the update computes it in f32 (0.000999987…).
+        let v = |g: f64| (f64::from(1.0f32 - 0.999) * (factor * g).powi(2)) as f32;
+        assert_close("v of a", &a.3.to_f32_vec().unwrap(), &[v(3.0), 0.0], 1e-12, 1e-5);
+        // Unclipped (a limit above the norm): the factor is 1 / micro.
+        let (c, gc) = (state(&[1.0], DType::F32, &cpu), f32s(&[3.0], &cpu));
+        let one = [Update { param: &c.0, master: None, m: &c.2, v: &c.3, grad: &gc }];
+        assert_eq!(clipped_step(&one, &hyper(1), 2, Some(10.0)).unwrap(), 1.5);
+        assert_close("unclipped m", &c.2.to_f32_vec().unwrap(), &[0.1 * 1.5], 1e-9, 1e-6);
+    }
+
+    /// A gradient with a NaN: the norm is NaN and no buffer changes.
+    #[test]
+    fn clipped_step_skips_a_non_finite_norm() {
+        let cpu = Device::cpu();
+        let (a, b) = (state(&[1.0, 2.0], DType::F32, &cpu), state(&[3.0], DType::BF16, &cpu));
+        let (ga, gb) = (f32s(&[3.0, 1.0], &cpu), f32s(&[f32::NAN], &cpu));
+        let updates = [
+            Update { param: &a.0, master: None, m: &a.2, v: &a.3, grad: &ga },
+            Update { param: &b.0, master: b.1.as_ref(), m: &b.2, v: &b.3, grad: &gb },
+        ];
+        assert!(clipped_step(&updates, &hyper(1), 1, Some(1.0)).unwrap().is_nan());
+        assert_eq!(a.0.to_f32_vec().unwrap(), [1.0, 2.0]);
+        assert_eq!(b.1.as_ref().unwrap().to_f32_vec().unwrap(), [3.0]);
+        assert_eq!([a.2.to_f32_vec().unwrap(), a.3.to_f32_vec().unwrap()], [[0.0; 2], [0.0; 2]]);
+    }
+
+    #[test]
+    fn clipped_step_refuses_bad_input_by_name() {
+        let cpu = Device::cpu();
+        let (a, b) = (state(&[1.0], DType::F32, &cpu), state(&[2.0], DType::F32, &cpu));
+        let g = f32s(&[1.0], &cpu);
+        let one = [Update { param: &a.0, master: None, m: &a.2, v: &a.3, grad: &g }];
+        let err = |updates: &[Update<'_>], h: &Hyper, micro: u32, max: Option<f32>| {
+            clipped_step(updates, h, micro, max).unwrap_err().to_string()
+        };
+        assert!(err(&one, &Hyper { grad_scale: 0.5, ..hyper(1) }, 1, None).contains("grad_scale"));
+        assert!(err(&one, &hyper(1), 0, None).contains("micro-batch"));
+        assert!(err(&one, &hyper(1), 1, Some(0.0)).contains("max_norm"));
+        assert!(err(&one, &hyper(1), 1, Some(f32::NAN)).contains("max_norm"));
+        assert!(err(&[], &hyper(1), 1, None).contains("no tensor"));
+        assert!(err(&one, &hyper(0), 1, None).contains("steps count from 1"));
+        // The second tensor's moment is the first's.
+        let shared = [one[0], Update { param: &b.0, master: None, m: &a.2, v: &b.3, grad: &b.2 }];
+        assert!(err(&shared, &hyper(1), 1, None).contains("share storage"));
+        assert_eq!(a.0.to_f32_vec().unwrap(), [1.0], "a refused step changes nothing");
+    }
+
+    /// One clipped step list of every kind of parameter (BF16 with master, F32 with master,
+    /// F32 in place), three steps, on the GPU and the CPU.
+    #[test]
+    fn clipped_step_cuda_matches_cpu() {
+        let Some(gpu) = cuda_for_tests("adamw::clipped_step_cuda_matches_cpu") else { return };
+        let sizes = [5003, 1, 4097];
+        let mut results = Vec::new();
+        for dev in [Device::cpu(), gpu.clone()] {
+            let mut tensors: Vec<(Tensor, Option<Tensor>, Tensor, Tensor)> = sizes
+                .iter()
+                .zip([DType::BF16, DType::F32, DType::F32])
+                .enumerate()
+                .map(|(i, (&n, dtype))| state(&random_f32(n, 1.0, 1 + i as u64), dtype, &dev))
+                .collect();
+            tensors[1].1 = Some(tensors[1].0.to_dtype(DType::F32).unwrap());
+            let mut norms = Vec::new();
+            for s in 1..=3u64 {
+                let grads: Vec<Tensor> = sizes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &n)| f32s(&random_f32(n, 0.1, 10 * s + i as u64), &dev))
+                    .collect();
+                let updates: Vec<Update<'_>> = tensors
+                    .iter()
+                    .zip(&grads)
+                    .map(|(t, g)| Update { param: &t.0, master: t.1.as_ref(), m: &t.2, v: &t.3, grad: g })
+                    .collect();
+                norms.push(clipped_step(&updates, &hyper(s), 2, (s < 3).then_some(0.5)).unwrap());
+            }
+            let values: Vec<Vec<f32>> = tensors
+                .iter()
+                .flat_map(|t| [t.1.clone().unwrap_or(t.0.clone()), t.2.clone()])
+                .map(|t| t.to_f32_vec().unwrap())
+                .collect();
+            results.push((norms, values));
+        }
+        let (c, g) = (&results[0], &results[1]);
+        for (s, (a, b)) in c.0.iter().zip(&g.0).enumerate() {
+            assert!((a - b).abs() <= 1e-5 * a, "step {} norm: gpu {b} cpu {a}", s + 1);
+        }
+        for (i, (a, b)) in c.1.iter().zip(&g.1).enumerate() {
+            assert_close(&format!("tensor {} {}", i / 2, ["master", "m"][i % 2]), b, a, 1e-6, 1e-5);
+        }
     }
 
     #[test]

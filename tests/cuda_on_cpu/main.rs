@@ -54,6 +54,7 @@ mod elementwise;
 mod embedding;
 mod infer_linear;
 mod kv_cache;
+mod masked_lora;
 mod nm_pack;
 mod prune_select;
 mod prune_stats;
@@ -91,6 +92,7 @@ const CONVERTED: &[(&str, fn())] = &[
     ("attention", attention::smoke),
     ("kv_cache", kv_cache::smoke),
     ("infer_linear", infer_linear::smoke),
+    ("masked_lora", masked_lora::smoke),
 ];
 
 /// Counts kernels: M is the number of `extern "C" __global__` kernels in `cuda/*.cu` after

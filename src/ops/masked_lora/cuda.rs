@@ -1,15 +1,37 @@
-//! Masked LoRA on CUDA: cuBLAS GEMMs around the workspace, and `cuda/sparse.cu`'s expansion.
-//! Shapes as in [`super::cpu`]; all slices are checked by `ops::masked_lora`.
+//! Masked LoRA on CUDA: cuBLAS GEMMs around the workspace. The workspace's W_eff comes from
+//! `cuda/masked_lora.cu` in one pass for a bitmask base, or from a GEMM s·B·A and
+//! `cuda/sparse.cu`'s expansion for an N:M one. Shapes as in [`super::cpu`]; all slices are
+//! checked by `ops::masked_lora`.
 
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::cpu::Dims;
-use crate::device::cuda::CudaFloat;
-use crate::device::CudaDevice;
+use crate::device::cuda::{to_i32, CudaFloat};
+use crate::device::{CudaDevice, Launch};
 use crate::ops::matmul::cuda::matmul;
 use crate::ops::matmul::Dims as Mm;
-use crate::sparse::{Expand, SparseWeight};
-use crate::Result;
+use crate::sparse::cpu::meta_stride;
+use crate::sparse::{Expand, SparseFormat, SparseWeight};
+use crate::{Error, Result};
+
+/// Threads of a `masked_lora_weff_bitmask_*` block (`WEFF_THREADS` in the kernel).
+pub const WEFF_THREADS: u32 = 256;
+/// Rows of W_eff per block (`WEFF_ROWS` in the kernel).
+pub const WEFF_ROWS: usize = 4;
+/// The most dynamic shared memory a launch asks for without opting in.
+const DEFAULT_SHARED: usize = 48 << 10;
+
+/// `masked_lora_weff_bitmask_*` for `rows` rows of W_eff at LoRA rank `rank`: a block per
+/// [`WEFF_ROWS`] rows, s·B of its rows in dynamic shared memory.
+pub fn weff_geometry(rows: usize, rank: usize) -> Result<Launch> {
+    const OP: &str = "masked_lora W_eff";
+    let shared = WEFF_ROWS * rank * std::mem::size_of::<f32>();
+    if shared > DEFAULT_SHARED {
+        return Err(Error::invalid(format!("{OP}: rank {rank} needs {shared} bytes of shared memory")));
+    }
+    let blocks = to_i32(OP, rows.div_ceil(WEFF_ROWS).max(1))? as u32;
+    Ok(Launch { grid: (blocks, 1, 1), block: (WEFF_THREADS, 1, 1), shared_bytes: shared as u32 })
+}
 
 /// ws ← W⊙M + s·M⊙(B·A) (ws holds ≥ out·in elements).
 pub fn build_effective<T: CudaFloat>(
@@ -21,8 +43,49 @@ pub fn build_effective<T: CudaFloat>(
     ws: &mut CudaSlice<T>,
     d: Dims,
 ) -> Result<()> {
-    matmul(dev, b, a, ws, Mm::single(d.output, d.input, d.rank, false, false), s, 0.0)?;
-    w.expand_into_cuda(&mut ws.slice_mut(..), Expand::AddKept)
+    if w.format() != SparseFormat::Bitmask {
+        matmul(dev, b, a, ws, Mm::single(d.output, d.input, d.rank, false, false), s, 0.0)?;
+        return w.expand_into_cuda(&mut ws.slice_mut(..), Expand::AddKept);
+    }
+    const OP: &str = "masked_lora W_eff";
+    let (rows, cols, rank) = (d.output, d.input, d.rank);
+    let stride = meta_stride(cols, SparseFormat::Bitmask);
+    let (values, mask) = (w.values().read()?, w.meta().read()?);
+    let offsets = w.row_offsets().ok_or_else(|| Error::invalid("bitmask weight without row offsets"))?.read()?;
+    let (values, mask, offsets) = (values.cuda::<T>()?, mask.cuda::<u8>()?, offsets.cuda::<u32>()?);
+    if (w.rows(), w.cols()) != (rows, cols)
+        || mask.len() < rows * stride
+        || offsets.len() < rows + 1
+        || a.len() < rank * cols
+        || b.len() < rows * rank
+        || ws.len() < rows * cols
+    {
+        return Err(Error::invalid(format!(
+            "{OP}: a {}x{} weight (mask {} bytes, {} offsets), A {}, B {}, workspace {} for {rows}x{cols} rank {rank}",
+            w.rows(),
+            w.cols(),
+            mask.len(),
+            offsets.len(),
+            a.len(),
+            b.len(),
+            ws.len()
+        )));
+    }
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let [rows_i, cols_i, stride_i, rank_i] = [rows, cols, stride, rank].map(|v| to_i32(OP, v));
+    let (rows_i, cols_i, stride_i, rank_i) = (rows_i?, cols_i?, stride_i?, rank_i?);
+    let f = dev.function("masked_lora", &format!("masked_lora_weff_bitmask_{}", T::SUFFIX))?;
+    let mut l = dev.stream().launch_builder(&f);
+    l.arg(values).arg(mask).arg(offsets).arg(a).arg(b).arg(&s).arg(ws);
+    l.arg(&rows_i).arg(&cols_i).arg(&stride_i).arg(&rank_i);
+    // SAFETY: mask holds rows·stride bytes, offsets rows + 1 entries, A rank·cols, B rows·rank,
+    // ws ≥ rows·cols (checked above); block b writes rows 4b..4b+3 < rows of ws and reads the
+    // values of a row only below its next offset (the kernel checks each slot against it);
+    // the values are SparseWeight's own, offsets[rows] = values.len().
+    unsafe { l.launch(LaunchConfig::from(weff_geometry(rows, rank)?)) }?;
+    Ok(())
 }
 
 /// y = x·W_effᵀ.

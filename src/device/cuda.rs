@@ -1,4 +1,4 @@
-//! The CUDA device: one context, one stream, a cuBLAS handle, a lazy cache of our PTX
+//! The CUDA device: one context, one stream, a cuBLAS handle, a lazy cache of our CUDA
 //! modules, and the one allocator every GPU buffer goes through ([`CudaDevice::alloc`]),
 //! which counts current and peak bytes.
 //!
@@ -186,20 +186,21 @@ impl CudaDevice {
         Ok(self.0.stream.clone_dtoh(buf)?)
     }
 
-    /// A kernel from one of our embedded PTX modules (`cuda/<module>.cu`), loading the
-    /// module on first use.
+    /// A kernel from one of our embedded modules (`cuda/<module>.cu`), loading the module on
+    /// first use: its fatbin, from which the driver takes the SASS built for this GPU
+    /// (sm_80, sm_90) or else JIT-compiles the PTX it holds.
     pub fn function(&self, module: &'static str, name: &str) -> Result<CudaFunction> {
         let module_handle = {
             let mut cache = self.0.modules.lock().map_err(|_| Error::NoCuda("module cache lock poisoned".into()))?;
             match cache.get(module) {
                 Some(m) => m.clone(),
                 None => {
-                    let src = PTX_MODULES
+                    let image = CUDA_MODULES
                         .iter()
                         .find(|(n, _)| *n == module)
-                        .map(|(_, src)| *src)
-                        .ok_or_else(|| Error::invalid(format!("no embedded PTX module named '{module}'")))?;
-                    let m = self.0.ctx.load_module(Ptx::from_src(src))?;
+                        .map(|(_, image)| *image)
+                        .ok_or_else(|| Error::invalid(format!("no embedded CUDA module named '{module}'")))?;
+                    let m = self.0.ctx.load_module(Ptx::from_binary(image.to_vec()))?;
                     cache.insert(module, m.clone());
                     m
                 }
@@ -304,4 +305,44 @@ macro_rules! with_compute_type {
             other => Err($crate::Error::DType { op: $op, dtype: other, msg: "expected f32 or bf16" }),
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CUDA_MODULES;
+
+    /// The images of a fatbin as (kind, arch): kind 1 is PTX, 2 is machine code (ELF). The
+    /// layout: a 16-byte header (magic 0xBA55ED50, version, header size, size of what follows),
+    /// then entries of a header (kind u16, u16, header size u32, payload size u64, …, arch u32
+    /// at byte 28) and a payload.
+    fn images(name: &str, data: &[u8]) -> Vec<(u16, u32)> {
+        let u16_at = |o: usize| u16::from_le_bytes(data[o..o + 2].try_into().unwrap());
+        let u32_at = |o: usize| u32::from_le_bytes(data[o..o + 4].try_into().unwrap());
+        let u64_at = |o: usize| u64::from_le_bytes(data[o..o + 8].try_into().unwrap()) as usize;
+        assert_eq!(u32_at(0), 0xBA55_ED50, "{name}: not a fatbin");
+        let (start, size) = (u16_at(6) as usize, u64_at(8));
+        assert!(start + size <= data.len(), "{name}: fatbin of {} bytes says {}", data.len(), start + size);
+        let (mut at, mut found) = (start, Vec::new());
+        while at < start + size {
+            let (kind, header, payload) = (u16_at(at), u32_at(at + 4) as usize, u64_at(at + 8));
+            found.push((kind, u32_at(at + 28)));
+            at += header + payload;
+        }
+        found
+    }
+
+    /// Every embedded module carries machine code for sm_80 and sm_90 (no JIT compile on the
+    /// A100/H100/H200) and its compute_80 PTX (any other GPU), or, for a Hopper-only module
+    /// (`*_sm90a`), sm_90a code and its PTX.
+    #[test]
+    fn every_module_holds_sass_for_our_gpus_and_its_ptx() {
+        assert!(!CUDA_MODULES.is_empty());
+        for (name, data) in CUDA_MODULES {
+            let mut got = images(name, data);
+            got.sort();
+            let want: &[(u16, u32)] =
+                if name.ends_with("_sm90a") { &[(1, 90), (2, 90)] } else { &[(1, 80), (2, 80), (2, 90)] };
+            assert_eq!(got, want, "{name}: images (kind 1 PTX, 2 SASS; arch)");
+        }
+    }
 }

@@ -12,6 +12,10 @@
 //
 // nm_expand: values [rows, cols/m·n], positions [rows, index_stride], ceil(log2 m) bits per
 // kept value. One thread per output element reads its group's n positions.
+//
+// nonzero_mask: the bitmask [rows, stride] of the non-zero entries of dense [rows, cols]
+// (bit c%8 of byte c/8 set where dense[row, c] != 0, so -0 is a zero and NaN is kept; bits
+// past cols 0), one thread per mask byte: a pruned weight's mask built where the weight is.
 #include "common.cuh"
 
 #define MAX_STRIDE 8192
@@ -95,6 +99,18 @@ __device__ void nm_expand(T* values, const uint8_t* positions, T* out, int rows,
     else if (mode != 3) *o = from_f32<T>(0.f);
 }
 
+template <typename T>
+__device__ void nonzero_mask(const T* dense, uint8_t* mask, int rows, int cols, int stride) {
+    const size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= (size_t)rows * stride) return;
+    const size_t row = i / stride;
+    const int first = (int)(i % stride) * 8;
+    unsigned bits = 0;
+    for (int e = 0; e < 8 && first + e < cols; ++e)
+        if (to_f32(dense[row * cols + first + e]) != 0.f) bits |= 1u << e;
+    mask[i] = (uint8_t)bits;
+}
+
 #define SPARSE_KERNELS(T, S)                                                                              \
     extern "C" __global__ void bitmask_expand_##S(T* values, const uint8_t* mask,                  \
                                                   const unsigned* row_offsets, T* out, int rows, int cols, \
@@ -105,6 +121,10 @@ __device__ void nm_expand(T* values, const uint8_t* positions, T* out, int rows,
                                              int cols, int index_stride, int n, int m, int bits,          \
                                              int mode) {                                                   \
         nm_expand<T>(values, positions, out, rows, cols, index_stride, n, m, bits, mode);                  \
+    }                                                                                                     \
+    extern "C" __global__ void nonzero_mask_##S(const T* dense, uint8_t* mask, int rows, int cols,          \
+                                                int stride) {                                              \
+        nonzero_mask<T>(dense, mask, rows, cols, stride);                                                  \
     }
 
 SPARSE_KERNELS(float, f32)

@@ -26,6 +26,32 @@ pub fn nm_geometry(op: &'static str, rows: usize, cols: usize) -> Result<Launch>
     Ok(Launch { grid: (to_i32(op, rows)? as u32, tiles, 1), block: (THREADS, 1, 1), shared_bytes: 0 })
 }
 
+/// `nonzero_mask_*`: one thread per mask byte.
+pub fn nonzero_mask_geometry(rows: usize, cols: usize) -> Result<Launch> {
+    Launch::grid_1d(rows * cols.div_ceil(8), THREADS)
+}
+
+/// The bitmask [rows, ⌈cols/8⌉] of the non-zero entries of `dense` (≥ rows·cols elements).
+pub fn nonzero_mask<T: CudaFloat>(dev: &CudaDevice, dense: &CudaSlice<T>, rows: usize, cols: usize) -> Result<Vec<u8>> {
+    let op = "sparse nonzero mask";
+    let stride = cols.div_ceil(8);
+    if dense.len() < rows * cols {
+        return Err(Error::invalid(format!("{op}: buffer of {} for {rows}x{cols}", dense.len())));
+    }
+    if rows == 0 || cols == 0 {
+        return Ok(Vec::new());
+    }
+    let mut mask = dev.alloc::<u8>(rows * stride)?;
+    let (rows_i, cols_i, stride_i) = (to_i32(op, rows)?, to_i32(op, cols)?, to_i32(op, stride)?);
+    let f = dev.function("sparse", &format!("nonzero_mask_{}", T::SUFFIX))?;
+    let mut b = dev.stream().launch_builder(&f);
+    b.arg(dense).arg(mask.slice_mut()).arg(&rows_i).arg(&cols_i).arg(&stride_i);
+    // SAFETY: dense holds ≥ rows·cols elements, mask rows·stride bytes; thread i < rows·stride
+    // writes mask[i] and reads row i / stride's columns below cols.
+    unsafe { b.launch(LaunchConfig::from(nonzero_mask_geometry(rows, cols)?)) }?;
+    dev.dtoh(mask.slice())
+}
+
 /// Expands into `out` (≥ rows·cols elements). Sizes are checked here.
 #[allow(clippy::too_many_arguments)]
 pub fn expand<T: CudaFloat>(

@@ -65,7 +65,72 @@ impl SparseWeight {
         if (mask.rows(), mask.cols()) != (rows, cols) {
             return Err(Error::invalid(format!("mask {}x{} for weight {}", mask.rows(), mask.cols(), w.shape())));
         }
-        with_compute_type!(w.dtype(), "sparse weight", T => Self::compress_typed::<T>(w, mask, format))
+        match w.device() {
+            Device::Cpu(_) => {
+                with_compute_type!(w.dtype(), "sparse weight", T => Self::compress_typed::<T>(w, mask, format))
+            }
+            Device::Cuda(dev) => {
+                with_compute_type!(w.dtype(), "sparse weight", T => Self::compress_cuda::<T>(dev, w, mask, format))
+            }
+        }
+    }
+
+    /// [`Self::compress`] of a CUDA weight on the device: only the mask goes up (and, for a
+    /// bitmask, its row offsets, counted from the mask); the kept values are gathered by
+    /// `cuda/sparse.cu` (bitmask) or packed by `cuda/nm_pack.cu` (N:M), so no weight value
+    /// crosses to the host.
+    fn compress_cuda<T: CudaFloat>(
+        dev: &crate::device::CudaDevice,
+        w: &Tensor,
+        mask: &BitMask,
+        format: SparseFormat,
+    ) -> Result<Self> {
+        let (rows, cols) = (mask.rows(), mask.cols());
+        let device = w.device();
+        let meta = Tensor::from_vec(mask.bytes().to_vec(), [rows, BitMask::stride_for(cols)], device)?;
+        match format {
+            SparseFormat::Bitmask => {
+                let mut offsets = Vec::with_capacity(rows + 1);
+                let mut total = 0usize;
+                for r in 0..rows {
+                    offsets.push(total as u32);
+                    total += mask.kept_in_row(r);
+                    if total > u32::MAX as usize {
+                        return Err(Error::invalid("sparse weight has more than 2³² kept values"));
+                    }
+                }
+                offsets.push(total as u32);
+                let offsets = Tensor::from_vec(offsets, [rows + 1], device)?;
+                let mut values = dev.alloc::<T>(total)?;
+                {
+                    // The gather reads the weight through a mutable view (it writes the values).
+                    let mut dense = w.write()?;
+                    let (meta_g, offsets_g) = (meta.read()?, offsets.read()?);
+                    super::cuda::gather(
+                        dev,
+                        rows,
+                        cols,
+                        format,
+                        values.slice_mut(),
+                        meta_g.cuda::<u8>()?,
+                        Some(offsets_g.cuda::<u32>()?),
+                        &mut dense.cuda_mut::<T>()?.slice_mut(..),
+                    )?;
+                }
+                Ok(SparseWeight {
+                    rows,
+                    cols,
+                    format,
+                    values: crate::tensor::cuda_tensor(values, [total], device)?,
+                    meta,
+                    row_offsets: Some(offsets),
+                })
+            }
+            SparseFormat::NM { n, m } => {
+                let (values, indices) = crate::ops::nm_pack::compress(w, &meta, n, m)?;
+                Ok(SparseWeight { rows, cols, format, values, meta: indices, row_offsets: None })
+            }
+        }
     }
 
     fn compress_typed<T: FloatElement>(w: &Tensor, mask: &BitMask, format: SparseFormat) -> Result<Self> {
@@ -112,10 +177,16 @@ impl SparseWeight {
     /// Compresses a dense weight whose pruned entries are zero: Bitmask keeps the
     /// non-zeros; N:M keeps the non-zeros of each group, filled up to N with its first zero
     /// positions (a kept weight can be exactly 0), and errors where a group has more than N.
+    /// On CUDA the mask is found on the device (`cuda/sparse.cu`) and only its bits come to
+    /// the host (an N:M fill is decided there), then [`Self::compress`] packs on the device.
     pub fn from_dense(w: &Tensor, format: SparseFormat) -> Result<Self> {
         let [rows, cols] = w.shape().dims_n::<2>("sparse weight")?;
-        let v = w.to_f32_vec()?;
-        let mut mask = BitMask::from_nonzero(&v, rows, cols)?;
+        let mut mask = match w.device() {
+            Device::Cpu(_) => BitMask::from_nonzero(&w.to_f32_vec()?, rows, cols)?,
+            Device::Cuda(dev) => with_compute_type!(w.dtype(), "sparse weight", T => {
+                BitMask::from_bytes(rows, cols, super::cuda::nonzero_mask::<T>(dev, w.read()?.cuda::<T>()?, rows, cols)?)
+            })?,
+        };
         if let SparseFormat::NM { n, m } = format {
             check_nm(n, m, cols)?;
             for r in 0..rows {
@@ -522,6 +593,42 @@ mod tests {
         assert!(s.expand_into_host(&mut short, Expand::Overwrite).is_err());
         let mut wrong = vec![half::bf16::ZERO; 8];
         assert!(s.expand_into_host(&mut wrong, Expand::Overwrite).is_err());
+    }
+
+    #[test]
+    fn compress_and_from_dense_on_cuda_match_cpu() {
+        let Some(gpu) = crate::device::cuda_for_tests("sparse::weight::compress_and_from_dense_on_cuda_match_cpu")
+        else {
+            return;
+        };
+        let cpu = Device::cpu();
+        let host = |t: &Tensor| t.to_device(&cpu).unwrap().to_le_bytes().unwrap();
+        for dtype in [DType::F32, DType::BF16] {
+            let mut all = cases();
+            all.push((33, 4099, (1.0, None), SparseFormat::Bitmask));
+            all.push((70, 1028, (0.0, Some((2, 4))), SparseFormat::NM { n: 2, m: 4 }));
+            for (rows, cols, pattern, format) in all {
+                let what = format!("{dtype} {rows}x{cols} {pattern:?} {format:?}");
+                let (w, mask) = pruned(rows, cols, pattern, dtype, &cpu, 21);
+                let on_cpu = SparseWeight::compress(&w, &mask, format).unwrap();
+                let w_gpu = w.to_device(&gpu).unwrap();
+                for (how, on_gpu) in [
+                    ("compress", SparseWeight::compress(&w_gpu, &mask, format).unwrap()),
+                    ("from_dense", SparseWeight::from_dense(&w_gpu, format).unwrap()),
+                ] {
+                    let want = if how == "from_dense" {
+                        SparseWeight::from_dense(&w, format).unwrap()
+                    } else {
+                        on_cpu.clone()
+                    };
+                    assert_eq!(host(on_gpu.values()), host(want.values()), "{what} {how}: values");
+                    assert_eq!(host(on_gpu.meta()), host(want.meta()), "{what} {how}: mask or positions");
+                    let offsets = |s: &SparseWeight| s.row_offsets().map(host);
+                    assert_eq!(offsets(&on_gpu), offsets(&want), "{what} {how}: row offsets");
+                }
+                assert_eq!(bits(&w_gpu), bits(&w), "{what}: the weight was changed");
+            }
+        }
     }
 
     #[test]

@@ -2,13 +2,14 @@
 //! [rows, ⌈cols/8⌉] with row offsets [rows + 1], or values + packed N:M positions → dense
 //! [rows, cols]) in all four modes (overwrite, add kept, mask only, and the gather of the kept
 //! positions into the values), against `SparseWeight::{expand_into_host, gather_host}` bit
-//! for bit, as sparse::weight's cuda_expand_matches_cpu and gather tests compare them.
+//! for bit, as sparse::weight's cuda_expand_matches_cpu and gather tests compare them; and
+//! `nonzero_mask_*` (the mask of a dense weight's non-zeros) against `BitMask::from_nonzero`.
 
 use cuda_cpu::{Arg, Buffer, Guard};
 use sparsetune::device::cuda::CudaFloat;
-use sparsetune::sparse::cuda::{bitmask_geometry, nm_geometry};
+use sparsetune::sparse::cuda::{bitmask_geometry, nm_geometry, nonzero_mask_geometry};
 use sparsetune::sparse::nm::index_bits;
-use sparsetune::sparse::{Expand, SparseFormat, SparseWeight};
+use sparsetune::sparse::{BitMask, Expand, SparseFormat, SparseWeight};
 use sparsetune::testing::{random_f32, random_mask};
 
 use crate::{i32s, nan_buffer, run, tensor};
@@ -95,6 +96,19 @@ fn check<T: CudaFloat>((rows, cols, sparsity, nm, format): Case, guard: Guard) {
     let (gathered, dense_after) = launch(&s, &nan_buffer::<T>(values.len(), guard).to_vec(), &dense, 3, guard);
     assert_eq!(bits(&gathered), bits(&s.gather_host(&dense).unwrap()), "{what} gather");
     assert_eq!(bits(&dense_after), bits(&dense), "{what} gather: dense written");
+
+    // nonzero_mask_*: the pruned weight's mask found from its values, with a -0 (a zero) in
+    // its first entry and a NaN (kept) in its last; the mask buffer starts as 0xA5 bytes.
+    let mut probe = dense;
+    probe[0] = T::from_f32(-0.0);
+    probe[rows * cols - 1] = T::from_f32(f32::NAN);
+    let widened: Vec<f32> = probe.iter().map(|v| v.to_f32()).collect();
+    let want = BitMask::from_nonzero(&widened, rows, cols).unwrap();
+    let (probe, found) = (Buffer::from_slice(&probe, guard), Buffer::filled(want.bytes().len(), 0xA5u8, guard));
+    let [rows_i, cols_i, stride_i] = i32s([rows, cols, cols.div_ceil(8)]);
+    let args: [&dyn Arg; 5] = [&probe, &found, &rows_i, &cols_i, &stride_i];
+    run("sparse", &format!("nonzero_mask_{}", T::SUFFIX), nonzero_mask_geometry(rows, cols).unwrap(), &args);
+    assert_eq!(found.to_vec(), want.bytes(), "{what} nonzero mask");
 }
 
 // A bitmask and an N:M case run both kernels.

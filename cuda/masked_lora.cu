@@ -20,11 +20,6 @@
 #define WEFF_ROWS 4
 
 template <typename T>
-struct alignas(16) Pack8 {
-    T v[8];
-};
-
-template <typename T>
 __device__ void weff_bitmask(const T* values, const uint8_t* mask, const unsigned* row_offsets, const T* a,
                              const T* b, float s, T* out, int rows, int cols, int stride, int rank) {
     extern __shared__ float sb[];  // [WEFF_ROWS, rank]

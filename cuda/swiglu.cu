@@ -1,11 +1,9 @@
 // SwiGLU on n elements (gate, up, h, dh, dgate, dup: [n]), f32 arithmetic for every dtype:
 //   s = 1 / (1 + exp(-g));  h = g * s * up
 //   dgate = dh * up * s * (1 + g * (1 - s));  dup = dh * g * s
-// Grid-stride loops; backward skips an output whose pointer is null.
+// Groups of 8 consecutive elements per thread (grid-stride), moved as 16-byte vectors when
+// every pointer of the call is 16-byte aligned; backward skips an output whose pointer is null.
 #include "common.cuh"
-
-#define GRID_STRIDE(i, n) \
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
 
 // Precise expf (not __expf): a fast exponential would cost accuracy for no measurable gain
 // in a memory-bound kernel.
@@ -13,20 +11,34 @@ __device__ __forceinline__ float sigmoidf(float g) { return 1.f / (1.f + expf(-g
 
 template <typename T>
 __device__ void swiglu_fwd(const T* gate, const T* up, T* h, size_t n) {
-    GRID_STRIDE(i, n) {
-        const float g = to_f32(gate[i]);
-        h[i] = from_f32<T>(g * sigmoidf(g) * to_f32(up[i]));
-    }
+    const bool vec = aligned16(gate) && aligned16(up) && aligned16(h);
+    grid_stride8(n, [&](size_t first, int count) {
+        float g[8], u[8];
+        load8(gate + first, vec, count, g);
+        load8(up + first, vec, count, u);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) g[e] = g[e] * sigmoidf(g[e]) * u[e];
+        store8(h + first, vec, count, g);
+    });
 }
 
 template <typename T>
 __device__ void swiglu_bwd(const T* gate, const T* up, const T* dh, T* dgate, T* dup, size_t n) {
-    GRID_STRIDE(i, n) {
-        const float g = to_f32(gate[i]), d = to_f32(dh[i]);
-        const float s = sigmoidf(g);
-        if (dgate != nullptr) dgate[i] = from_f32<T>(d * to_f32(up[i]) * s * (1.f + g * (1.f - s)));
-        if (dup != nullptr) dup[i] = from_f32<T>(d * g * s);
-    }
+    const bool vec = aligned16(gate) && aligned16(up) && aligned16(dh) && aligned16(dgate) && aligned16(dup);
+    grid_stride8(n, [&](size_t first, int count) {
+        float g[8], u[8], d[8], dg[8], du[8];
+        load8(gate + first, vec, count, g);
+        load8(up + first, vec, count, u);
+        load8(dh + first, vec, count, d);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            const float s = sigmoidf(g[e]);
+            dg[e] = d[e] * u[e] * s * (1.f + g[e] * (1.f - s));
+            du[e] = d[e] * g[e] * s;
+        }
+        if (dgate != nullptr) store8(dgate + first, vec, count, dg);
+        if (dup != nullptr) store8(dup + first, vec, count, du);
+    });
 }
 
 #define SWIGLU_KERNELS(T, S)                                                                    \

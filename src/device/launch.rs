@@ -27,6 +27,17 @@ impl Launch {
     }
 }
 
+/// Consecutive elements a thread of a `grid_stride8` kernel (cuda/common.cuh) takes per step.
+pub const GROUP: usize = 8;
+
+impl Launch {
+    /// 1-D for a `grid_stride8` kernel over n elements: a thread per [`GROUP`] of them, at most
+    /// `max_threads` threads (longer inputs take more grid-stride steps).
+    pub fn grid_groups(n: usize, max_threads: usize, threads: u32) -> Result<Launch> {
+        Launch::grid_1d(n.div_ceil(GROUP).min(max_threads), threads)
+    }
+}
+
 impl From<Launch> for LaunchConfig {
     fn from(l: Launch) -> LaunchConfig {
         LaunchConfig { grid_dim: l.grid, block_dim: l.block, shared_mem_bytes: l.shared_bytes }

@@ -3,6 +3,7 @@
 
 use cuda_cpu::Guard;
 use sparsetune::device::cuda::CudaFloat;
+use sparsetune::device::launch::GROUP;
 use sparsetune::ops::elementwise::{self, add_assign, add_forward, mul_forward, scale_forward};
 use sparsetune::testing::{assert_close, random_f32};
 
@@ -37,11 +38,11 @@ fn check<T: CudaFloat>(n: usize, guard: Guard) {
 
 f32_and_bf16_tests!(1, SIZES);
 
-/// One element more than the largest grid covers: the last one is reached by the
-/// grid-stride step.
+/// One element more than the largest grid covers (a group of 8 per thread): the last one is
+/// reached by the grid-stride step.
 #[test]
 fn one_more_than_a_full_grid_stride() {
-    let n = elementwise::cuda::MAX_GRID_THREADS + 1;
+    let n = GROUP * elementwise::cuda::MAX_GRID_THREADS + 1;
     for guard in GUARDS {
         check::<f32>(n, guard);
     }

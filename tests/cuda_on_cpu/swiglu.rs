@@ -5,6 +5,7 @@
 
 use cuda_cpu::{Arg, Guard, Null};
 use sparsetune::device::cuda::CudaFloat;
+use sparsetune::device::launch::GROUP;
 use sparsetune::ops::swiglu::{self, cuda::geometry};
 use sparsetune::testing::{assert_close, random_f32};
 
@@ -53,11 +54,11 @@ fn check<T: CudaFloat>(n: usize, guard: Guard) {
 
 f32_and_bf16_tests!(1, SIZES);
 
-/// One element more than the largest grid covers: the last one is reached by the
-/// grid-stride step (each guard once: 2²⁴ fibers per launch take a while).
+/// One element more than the largest grid covers (a group of 8 per thread): the last one is
+/// reached by the grid-stride step (each guard once: 2²¹ fibers per launch take a while).
 #[test]
 fn one_more_than_a_full_grid_stride() {
-    let n = swiglu::cuda::MAX_ITEMS_PER_GRID + 1;
+    let n = GROUP * swiglu::cuda::MAX_GRID_THREADS + 1;
     check::<f32>(n, Guard::After);
     check::<half::bf16>(n, Guard::Before);
 }

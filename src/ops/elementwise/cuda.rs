@@ -1,5 +1,5 @@
-//! Launches `cuda/elementwise.cu` (grid-stride loops, 256 threads per block, at most 2²⁴
-//! threads in the grid).
+//! Launches `cuda/elementwise.cu` (grid-stride loops over groups of 8 elements, 256 threads
+//! per block, at most 2²¹ threads in the grid).
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
@@ -8,12 +8,13 @@ use crate::device::{CudaDevice, Launch};
 use crate::Result;
 
 const THREADS: u32 = 256;
-/// Threads of the largest grid; longer inputs take more than one grid-stride step.
-pub const MAX_GRID_THREADS: usize = 1 << 24;
+/// Threads of the largest grid; inputs longer than [`GROUP`](crate::device::launch::GROUP) times this take more than one
+/// grid-stride step.
+pub const MAX_GRID_THREADS: usize = 1 << 21;
 
 /// Launch geometry of every kernel of `elementwise.cu` over n elements.
 pub fn geometry(n: usize) -> Result<Launch> {
-    Launch::grid_1d(n.min(MAX_GRID_THREADS), THREADS)
+    Launch::grid_groups(n, MAX_GRID_THREADS, THREADS)
 }
 
 /// `kind` is "add" or "mul": out = a ∘ b over n elements.

@@ -1,4 +1,5 @@
-//! Launches `cuda/swiglu.cu`: grid-stride elementwise kernels, 256 threads per block.
+//! Launches `cuda/swiglu.cu`: grid-stride elementwise kernels over groups of 8 elements, 256
+//! threads per block.
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
@@ -7,12 +8,13 @@ use crate::device::{CudaDevice, Launch};
 use crate::Result;
 
 const THREADS: u32 = 256;
-/// Grid-stride loops cover any n; more blocks than this only add scheduling overhead.
-pub const MAX_ITEMS_PER_GRID: usize = 1 << 24;
+/// Threads of the largest grid: grid-stride loops cover any n (a step is [`GROUP`](crate::device::launch::GROUP) times
+/// this many elements); more blocks only add scheduling overhead.
+pub const MAX_GRID_THREADS: usize = 1 << 21;
 
 /// Geometry of both kernels of `swiglu.cu` over n elements.
 pub fn geometry(n: usize) -> Result<Launch> {
-    Launch::grid_1d(n.min(MAX_ITEMS_PER_GRID), THREADS)
+    Launch::grid_groups(n, MAX_GRID_THREADS, THREADS)
 }
 
 /// h = silu(gate) · up. Slices: gate, up, h `[n]` (checked by the caller).

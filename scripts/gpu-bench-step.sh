@@ -8,6 +8,9 @@
 #   scripts/gpu-bench-step.sh prune   # Wanda and SparseGPT, 50%, 128 × 2048 calibration
 #                                     # tokens, all layers: sparsetune bench prune, then
 #                                     # scripts/bench_prune_torch.py (PyTorch reference)
+#   scripts/gpu-bench-step.sh ops     # the masked-LoRA linear (issue 25) against the cuBLAS
+#                                     # GEMMs it contains: 4096→4096, 4096→11008, 11008→4096,
+#                                     # 2048 and 8192 tokens, 50% bitmask and 2:4, rank 16
 #   scripts/gpu-bench-step.sh decode  # generation (issue 24): sparsetune bench decode, dense
 #                                     # against 50% / 70% bitmask and 2:4 (CUDA decode
 #                                     # kernels), bf16, LAYERS (default 8) decoder layers
@@ -48,6 +51,18 @@ prune)
             --seq-len 2048 2>&1 | tail -n 1 | tee -a "$OUT/prune-torch.jsonl"
     done
     ;;
+ops)
+    mkdir -p /tmp/carry && tar -C /tmp/carry -xJf .carry/bin.tar.xz
+    for tokens in 2048 8192; do
+        for shape in "4096 4096" "4096 11008" "11008 4096"; do
+            set -- $shape
+            for pattern in 0.5 2:4; do
+                /tmp/carry/bin/sparsetune bench masked-lora --device cuda --reps 5 --tokens "$tokens" \
+                    --input "$1" --output "$2" --pattern "$pattern" 2>&1 | tee -a "$OUT/masked-lora.jsonl"
+            done
+        done
+    done
+    ;;
 decode)
     mkdir -p /tmp/carry && tar -C /tmp/carry -xJf .carry/bin.tar.xz
     for pattern in "--sparsity 0.5" "--sparsity 0.7" "--nm 2:4"; do
@@ -55,5 +70,5 @@ decode)
             $pattern --tokens 128 --context 512 2>&1 | tee -a "$OUT/decode-ours.jsonl"
     done
     ;;
-*) echo "usage: $0 ours|torch|prune|decode" >&2; exit 2 ;;
+*) echo "usage: $0 ours|torch|prune|ops|decode" >&2; exit 2 ;;
 esac

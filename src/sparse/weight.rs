@@ -65,72 +65,57 @@ impl SparseWeight {
         if (mask.rows(), mask.cols()) != (rows, cols) {
             return Err(Error::invalid(format!("mask {}x{} for weight {}", mask.rows(), mask.cols(), w.shape())));
         }
-        match w.device() {
-            Device::Cpu(_) => {
-                with_compute_type!(w.dtype(), "sparse weight", T => Self::compress_typed::<T>(w, mask, format))
+        match (w.device(), format) {
+            (Device::Cuda(dev), SparseFormat::Bitmask) => {
+                with_compute_type!(w.dtype(), "sparse weight", T => Self::compress_cuda::<T>(dev, w, mask))
             }
-            Device::Cuda(dev) => {
-                with_compute_type!(w.dtype(), "sparse weight", T => Self::compress_cuda::<T>(dev, w, mask, format))
-            }
+            _ => with_compute_type!(w.dtype(), "sparse weight", T => Self::compress_typed::<T>(w, mask, format)),
         }
     }
 
-    /// [`Self::compress`] of a CUDA weight on the device: only the mask goes up (and, for a
-    /// bitmask, its row offsets, counted from the mask); the kept values are gathered by
-    /// `cuda/sparse.cu` (bitmask) or packed by `cuda/nm_pack.cu` (N:M), so no weight value
-    /// crosses to the host.
-    fn compress_cuda<T: CudaFloat>(
-        dev: &crate::device::CudaDevice,
-        w: &Tensor,
-        mask: &BitMask,
-        format: SparseFormat,
-    ) -> Result<Self> {
+    /// [`Self::compress`] of a CUDA weight to a bitmask on the device: only the mask and its
+    /// row offsets (counted from the mask) go up; the kept values are gathered by
+    /// `cuda/sparse.cu`, so no weight value crosses to the host. (N:M packing on the device is
+    /// `ops::nm_pack`, a layer above this one: N:M weights are packed on the host.)
+    fn compress_cuda<T: CudaFloat>(dev: &crate::device::CudaDevice, w: &Tensor, mask: &BitMask) -> Result<Self> {
         let (rows, cols) = (mask.rows(), mask.cols());
         let device = w.device();
         let meta = Tensor::from_vec(mask.bytes().to_vec(), [rows, BitMask::stride_for(cols)], device)?;
-        match format {
-            SparseFormat::Bitmask => {
-                let mut offsets = Vec::with_capacity(rows + 1);
-                let mut total = 0usize;
-                for r in 0..rows {
-                    offsets.push(total as u32);
-                    total += mask.kept_in_row(r);
-                    if total > u32::MAX as usize {
-                        return Err(Error::invalid("sparse weight has more than 2³² kept values"));
-                    }
-                }
-                offsets.push(total as u32);
-                let offsets = Tensor::from_vec(offsets, [rows + 1], device)?;
-                let mut values = dev.alloc::<T>(total)?;
-                {
-                    // The gather reads the weight through a mutable view (it writes the values).
-                    let mut dense = w.write()?;
-                    let (meta_g, offsets_g) = (meta.read()?, offsets.read()?);
-                    super::cuda::gather(
-                        dev,
-                        rows,
-                        cols,
-                        format,
-                        values.slice_mut(),
-                        meta_g.cuda::<u8>()?,
-                        Some(offsets_g.cuda::<u32>()?),
-                        &mut dense.cuda_mut::<T>()?.slice_mut(..),
-                    )?;
-                }
-                Ok(SparseWeight {
-                    rows,
-                    cols,
-                    format,
-                    values: crate::tensor::cuda_tensor(values, [total], device)?,
-                    meta,
-                    row_offsets: Some(offsets),
-                })
-            }
-            SparseFormat::NM { n, m } => {
-                let (values, indices) = crate::ops::nm_pack::compress(w, &meta, n, m)?;
-                Ok(SparseWeight { rows, cols, format, values, meta: indices, row_offsets: None })
+        let mut offsets = Vec::with_capacity(rows + 1);
+        let mut total = 0usize;
+        for r in 0..rows {
+            offsets.push(total as u32);
+            total += mask.kept_in_row(r);
+            if total > u32::MAX as usize {
+                return Err(Error::invalid("sparse weight has more than 2³² kept values"));
             }
         }
+        offsets.push(total as u32);
+        let offsets = Tensor::from_vec(offsets, [rows + 1], device)?;
+        let mut values = dev.alloc::<T>(total)?;
+        {
+            // The gather reads the weight through a mutable view (it writes the values).
+            let mut dense = w.write()?;
+            let (meta_g, offsets_g) = (meta.read()?, offsets.read()?);
+            super::cuda::gather(
+                dev,
+                rows,
+                cols,
+                SparseFormat::Bitmask,
+                values.slice_mut(),
+                meta_g.cuda::<u8>()?,
+                Some(offsets_g.cuda::<u32>()?),
+                &mut dense.cuda_mut::<T>()?.slice_mut(..),
+            )?;
+        }
+        Ok(SparseWeight {
+            rows,
+            cols,
+            format: SparseFormat::Bitmask,
+            values: crate::tensor::cuda_tensor(values, [total], device)?,
+            meta,
+            row_offsets: Some(offsets),
+        })
     }
 
     fn compress_typed<T: FloatElement>(w: &Tensor, mask: &BitMask, format: SparseFormat) -> Result<Self> {
@@ -178,7 +163,8 @@ impl SparseWeight {
     /// non-zeros; N:M keeps the non-zeros of each group, filled up to N with its first zero
     /// positions (a kept weight can be exactly 0), and errors where a group has more than N.
     /// On CUDA the mask is found on the device (`cuda/sparse.cu`) and only its bits come to
-    /// the host (an N:M fill is decided there), then [`Self::compress`] packs on the device.
+    /// the host (an N:M fill is decided there), then [`Self::compress`] packs (a bitmask on
+    /// the device).
     pub fn from_dense(w: &Tensor, format: SparseFormat) -> Result<Self> {
         let [rows, cols] = w.shape().dims_n::<2>("sparse weight")?;
         let mut mask = match w.device() {

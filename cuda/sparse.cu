@@ -7,8 +7,10 @@
 // bitmask_expand: values [nnz] row by row, mask [rows, stride = ceil(cols/8)] (bit c%8 of
 // byte c/8), row_offsets [rows + 1]. One block per row: the rank of a kept column is
 // row_offsets[row] + (kept bits in the row's earlier bytes) + (kept bits below it in its
-// byte); the per-byte prefix counts are built in shared memory (stride ≤ MAX_STRIDE), then
-// threads walk the columns with a stride of blockDim.x (coalesced writes).
+// byte); the per-byte prefix counts are built in shared memory (stride ≤ MAX_STRIDE; the
+// threads' runs of bytes ranked by a warp-shuffle block scan), then threads walk the columns
+// with a stride of blockDim.x (coalesced writes). Mode 2 needs no ranks: a thread per mask
+// byte zeroes its pruned columns, 8 elements moved as one vector where aligned.
 //
 // nm_expand: values [rows, cols/m·n], positions [rows, index_stride], ceil(log2 m) bits per
 // kept value. One thread per output element reads its group's n positions.
@@ -32,31 +34,64 @@ __device__ __forceinline__ void kept(T* values, size_t slot, T* o, int mode) {
     else *o = put(*o, values[slot], mode);
 }
 
+// Mode 2 needs no ranks: each thread takes a mask byte (8 columns) and zeroes the pruned
+// ones, the 8 elements moved as one 16-byte vector (bf16) where cols % 8 == 0 and out is
+// 16-byte aligned.
+template <typename T>
+__device__ void bitmask_mask_only(const uint8_t* mrow, T* orow, int cols, int stride, bool vec) {
+    for (int j = threadIdx.x; j < stride; j += blockDim.x) {
+        const unsigned byte = mrow[j];
+        const int c0 = 8 * j, count = min(8, cols - c0);
+        T* o = orow + c0;
+        if (vec && count == 8) {
+            Pack8<T> p = *reinterpret_cast<const Pack8<T>*>(o);
+#pragma unroll
+            for (int e = 0; e < 8; ++e)
+                if (!((byte >> e) & 1u)) p.v[e] = from_f32<T>(0.f);
+            *reinterpret_cast<Pack8<T>*>(o) = p;
+        } else {
+            for (int e = 0; e < count; ++e)
+                if (!((byte >> e) & 1u)) o[e] = from_f32<T>(0.f);
+        }
+    }
+}
+
+// The exclusive prefix sum over the block of each thread's v (blockDim.x a multiple of 32, at
+// most 1024): warp shuffles, then the warps' totals through `totals` (32 entries).
+__device__ __forceinline__ unsigned block_exclusive_scan(unsigned v, unsigned* totals) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    unsigned incl = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const unsigned up = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += up;
+    }
+    __syncthreads();  // totals may still be read by a previous call
+    if (lane == 31) totals[warp] = incl;
+    __syncthreads();
+    unsigned before = 0;
+    for (int w = 0; w < warp && w < nwarps; ++w) before += totals[w];
+    return before + incl - v;
+}
+
 template <typename T>
 __device__ void bitmask_expand(T* values, const uint8_t* mask, const unsigned* row_offsets, T* out,
                                int rows, int cols, int stride, int mode) {
     __shared__ unsigned prefix[MAX_STRIDE];
-    __shared__ unsigned partial[1024];
+    __shared__ unsigned totals[32];
     const int row = blockIdx.x;
     if (row >= rows) return;
     const uint8_t* mrow = mask + (size_t)row * stride;
-    // Each thread counts a contiguous run of bytes.
+    if (mode == 2) {
+        bitmask_mask_only(mrow, out + (size_t)row * cols, cols, stride, cols % 8 == 0 && aligned16(out));
+        return;
+    }
+    // Each thread counts a contiguous run of bytes; a block-wide scan gives its first rank.
     const int per = (stride + blockDim.x - 1) / blockDim.x;
     const int b0 = threadIdx.x * per, b1 = min(stride, b0 + per);
     unsigned local = 0;
     for (int b = b0; b < b1; ++b) local += __popc((unsigned)mrow[b]);
-    partial[threadIdx.x] = local;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        unsigned run = 0;
-        for (int t = 0; t < (int)blockDim.x; ++t) {
-            const unsigned v = partial[t];
-            partial[t] = run;
-            run += v;
-        }
-    }
-    __syncthreads();
-    unsigned run = partial[threadIdx.x];
+    unsigned run = block_exclusive_scan(local, totals);
     for (int b = b0; b < b1; ++b) {
         prefix[b] = run;
         run += __popc((unsigned)mrow[b]);

@@ -1,9 +1,11 @@
-//! `cuda/masked_lora.cu` on the CPU: `masked_lora_weff_bitmask_*` builds W_eff = W⊙M +
-//! s·M⊙(B·A) [rows, cols] from a bitmask SparseWeight's values, mask and row offsets and the
+//! `cuda/masked_lora.cu` on the CPU: `masked_lora_weff_bitmask_*` and
+//! `masked_lora_weff_two_four_*` build W_eff = W⊙M + s·M⊙(B·A) [rows, cols] from a bitmask
+//! SparseWeight's values, mask and row offsets, or a 2:4 one's values and positions, and the
 //! adapters A [rank, cols], B [rows, rank], into a NaN-filled buffer, against
 //! `ops::masked_lora::cpu::effective_weight` (f64) with the ops' tolerances (f32 1e-5 +
-//! 1e-4·|ref|, bf16 1e-2 + 1e-2·|ref|); and a row whose mask keeps more columns than its
-//! offsets give comes out NaN there, with no read of another row's values.
+//! 1e-4·|ref|, bf16 1e-2 + 1e-2·|ref|); a row whose mask keeps more columns than its offsets
+//! give comes out NaN there, with no read of another row's values; two 2:4 values at one
+//! position keep the later one.
 
 use cuda_cpu::{Arg, Buffer, Guard};
 use sparsetune::device::cuda::CudaFloat;
@@ -14,26 +16,37 @@ use sparsetune::testing::{assert_close, random_f32, random_mask};
 
 use crate::{buffer, i32s, nan_buffer, run, tensor, tolerance, widen};
 
-/// (rows, cols, rank, sparsity).
-type Case = (usize, usize, usize, f64);
+/// (rows, cols, rank, sparsity, format): a bitmask base at that sparsity, or a 2:4 one.
+type Case = (usize, usize, usize, f64, SparseFormat);
+
+const BITMASK: SparseFormat = SparseFormat::Bitmask;
+const NM24: SparseFormat = SparseFormat::NM { n: 2, m: 4 };
 
 /// Awkward sizes: rows not a multiple of the block's 4, columns not a multiple of 8 (the
-/// element-by-element path) and a multiple of 8 (16-byte loads and stores where aligned);
-/// one element; a row of 2056 columns (257 mask bytes: two steps of 256 threads); every
-/// column kept, and none.
-const CASES: [Case; 7] = [
-    (7, 37, 3, 0.5),
-    (9, 64, 16, 0.7),
-    (1, 1, 1, 0.0),
-    (5, 2056, 5, 0.5),
-    (4, 40, 2, 0.0),
-    (3, 24, 4, 1.0),
-    (13, 96, 8, 0.3),
+/// element-by-element path; for 2:4 a last lone group of 4) and a multiple of 8 (16-byte
+/// loads and stores where aligned); one element (one group); a row of 2056 columns (257
+/// mask bytes: two steps of 256 threads); every column kept, and none.
+const CASES: [Case; 12] = [
+    (7, 37, 3, 0.5, BITMASK),
+    (9, 64, 16, 0.7, BITMASK),
+    (1, 1, 1, 0.0, BITMASK),
+    (5, 2056, 5, 0.5, BITMASK),
+    (4, 40, 2, 0.0, BITMASK),
+    (3, 24, 4, 1.0, BITMASK),
+    (13, 96, 8, 0.3, BITMASK),
+    (5, 40, 3, 0.0, NM24),
+    (7, 36, 2, 0.0, NM24),
+    (1, 4, 1, 0.0, NM24),
+    (3, 2056, 4, 0.0, NM24),
+    (9, 64, 16, 0.0, NM24),
 ];
 
-/// The kernel the way `masked_lora::cuda::build_effective` launches it; returns W_eff.
+/// The kernel of `w`'s format the way `masked_lora::cuda::build_effective` launches it, with
+/// `meta` as its mask or positions and `offsets` as a bitmask's row offsets; returns W_eff.
+#[allow(clippy::too_many_arguments)]
 fn launch<T: CudaFloat>(
     w: &SparseWeight,
+    meta: &[u8],
     offsets: &[u32],
     a: &[f32],
     b: &[f32],
@@ -43,37 +56,67 @@ fn launch<T: CudaFloat>(
 ) -> Vec<f32> {
     let (rows, cols) = (d.output, d.input);
     let values = buffer::<T>(w.values(), guard);
-    let mask = Buffer::from_slice(&w.meta().to_vec::<u8>().unwrap(), guard);
-    let offsets = Buffer::from_slice(offsets, guard);
+    let meta = Buffer::from_slice(meta, guard);
     let a = buffer::<T>(&tensor::<T>(a.to_vec(), &[d.rank, cols]), guard);
     let b = buffer::<T>(&tensor::<T>(b.to_vec(), &[rows, d.rank]), guard);
     let out = nan_buffer::<T>(rows * cols, guard);
     let [rows_i, cols_i, stride_i, rank_i] = i32s([rows, cols, cols.div_ceil(8), d.rank]);
-    let args: [&dyn Arg; 11] = [&values, &mask, &offsets, &a, &b, &s, &out, &rows_i, &cols_i, &stride_i, &rank_i];
-    run("masked_lora", &format!("masked_lora_weff_bitmask_{}", T::SUFFIX), weff_geometry(rows, d.rank).unwrap(), &args);
+    let geometry = weff_geometry(rows, d.rank).unwrap();
+    if w.format() == NM24 {
+        let args: [&dyn Arg; 10] = [&values, &meta, &a, &b, &s, &out, &rows_i, &cols_i, &stride_i, &rank_i];
+        run("masked_lora", &format!("masked_lora_weff_two_four_{}", T::SUFFIX), geometry, &args);
+    } else {
+        let offsets = Buffer::from_slice(offsets, guard);
+        let args: [&dyn Arg; 11] = [&values, &meta, &offsets, &a, &b, &s, &out, &rows_i, &cols_i, &stride_i, &rank_i];
+        run("masked_lora", &format!("masked_lora_weff_bitmask_{}", T::SUFFIX), geometry, &args);
+    }
     widen(&out)
 }
 
-fn check<T: CudaFloat>((rows, cols, rank, sparsity): Case, guard: Guard) {
-    let what = format!("masked_lora W_eff {} {rows}x{cols} rank {rank} {sparsity} {guard:?}", T::DTYPE);
-    let mask = random_mask(rows, cols, sparsity, None, 7);
+/// A's and B's values as the kernel sees them (rounded to T).
+fn rounded<T: CudaFloat>(v: &[f32], dims: &[usize]) -> Vec<f32> {
+    tensor::<T>(v.to_vec(), dims).to_f32_vec().unwrap()
+}
+
+fn check<T: CudaFloat>((rows, cols, rank, sparsity, format): Case, guard: Guard) {
+    let what = format!("masked_lora W_eff {} {format:?} {rows}x{cols} rank {rank} {sparsity} {guard:?}", T::DTYPE);
+    let nm = (format == NM24).then_some((2, 4));
+    let mask = random_mask(rows, cols, sparsity, nm, 7);
     let mut dense = random_f32(rows * cols, 1.0, 8);
     mask.apply(&mut dense).unwrap();
-    let w = SparseWeight::compress(&tensor::<T>(dense, &[rows, cols]), &mask, SparseFormat::Bitmask).unwrap();
+    let w = SparseWeight::compress(&tensor::<T>(dense, &[rows, cols]), &mask, format).unwrap();
     let (a, b) = (random_f32(rank * cols, 0.5, 9), random_f32(rows * rank, 0.5, 10));
     let s = 0.75;
     let d = Dims { tokens: 1, input: cols, output: rows, rank };
-    let offsets = w.row_offsets().unwrap().to_vec::<u32>().unwrap();
-    let got = launch::<T>(&w, &offsets, &a, &b, s, d, guard);
-    // The reference on the values as stored (rounded to T) and the adapters rounded to T.
+    let offsets = w.row_offsets().map_or_else(Vec::new, |o| o.to_vec::<u32>().unwrap());
+    let got = launch::<T>(&w, &w.meta().to_vec::<u8>().unwrap(), &offsets, &a, &b, s, d, guard);
+    // The reference on the values as stored and the adapters rounded to T.
     let w_dense = w.to_dense().unwrap().to_f32_vec().unwrap();
     let keep: Vec<bool> = (0..rows * cols).map(|i| mask.get(i / cols, i % cols)).collect();
-    let (a_t, b_t) =
-        (tensor::<T>(a, &[rank, cols]).to_f32_vec().unwrap(), tensor::<T>(b, &[rows, rank]).to_f32_vec().unwrap());
+    let (a_t, b_t) = (rounded::<T>(&a, &[rank, cols]), rounded::<T>(&b, &[rows, rank]));
     let want: Vec<f32> =
         effective_weight(&w_dense, &keep, &a_t, &b_t, f64::from(s), d).iter().map(|&v| v as f32).collect();
     let (atol, rtol) = tolerance::<T>();
     assert_close(&what, &got, &want, atol, rtol);
+}
+
+/// A 2:4 group whose two values name the same position (1): only that column is kept, with
+/// the later value, as the expansion resolves it.
+fn repeated_position<T: CudaFloat>(guard: Guard) {
+    let (rows, cols, rank) = (1, 4, 1);
+    let values = [0.5f32, -0.25];
+    let w = SparseWeight::compress(
+        &tensor::<T>(vec![0.0, 0.5, -0.25, 0.0], &[rows, cols]),
+        &sparsetune::sparse::BitMask::from_fn(rows, cols, |_, c| c == 1 || c == 2),
+        NM24,
+    )
+    .unwrap();
+    let d = Dims { tokens: 1, input: cols, output: rows, rank };
+    let (a, b) = ([1.0f32, 2.0, 3.0, 4.0], [0.5f32]);
+    // Positions 1 and 1 (binary 01 01) instead of the compressed 1 and 2.
+    let got = launch::<T>(&w, &[0b0101], &[], &a, &b, 1.0, d, guard);
+    let want = [0.0, values[1] + 0.5 * 2.0, 0.0, 0.0];
+    assert_close(&format!("repeated 2:4 position {} {guard:?}", T::DTYPE), &got, &want, 0.0, 0.0);
 }
 
 /// A row whose offsets give it one value fewer than its mask keeps: its last kept column is
@@ -87,17 +130,19 @@ fn short_row<T: CudaFloat>(guard: Guard) {
     let mut offsets = w.row_offsets().unwrap().to_vec::<u32>().unwrap();
     offsets[1] -= 1; // row 0 ends one value early, row 1 starts there
     let d = Dims { tokens: 1, input: cols, output: rows, rank };
-    let got =
-        launch::<T>(&w, &offsets, &random_f32(rank * cols, 0.5, 5), &random_f32(rows * rank, 0.5, 6), 1.0, d, guard);
+    let (a, b) = (random_f32(rank * cols, 0.5, 5), random_f32(rows * rank, 0.5, 6));
+    let got = launch::<T>(&w, &w.meta().to_vec::<u8>().unwrap(), &offsets, &a, &b, 1.0, d, guard);
     let last_kept = (0..cols).rev().find(|&c| mask.get(0, c)).unwrap();
     assert!(got[last_kept].is_nan(), "row 0 column {last_kept}: {} past the row's values", got[last_kept]);
     assert!(got[..last_kept].iter().all(|v| v.is_finite()), "row 0 before its last kept column");
 }
 
-/// The smallest case, for the kernel count.
+/// The smallest cases (a bitmask and a 2:4 base), for the kernel count.
 pub fn smoke() {
-    check::<f32>(CASES[2], Guard::After);
-    check::<half::bf16>(CASES[2], Guard::After);
+    for case in [CASES[2], CASES[9]] {
+        check::<f32>(case, Guard::After);
+        check::<half::bf16>(case, Guard::After);
+    }
 }
 
 #[test]
@@ -108,6 +153,14 @@ fn f32_matches_cpu() {
 #[test]
 fn bf16_matches_cpu() {
     crate::each_case(&CASES, check::<half::bf16>);
+}
+
+#[test]
+fn a_repeated_two_four_position_keeps_the_later_value() {
+    for guard in crate::GUARDS {
+        repeated_position::<f32>(guard);
+        repeated_position::<half::bf16>(guard);
+    }
 }
 
 #[test]

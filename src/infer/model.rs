@@ -13,7 +13,7 @@ use crate::model::llama::{LlamaConfig, Proj};
 use crate::nn::Linear;
 use crate::ops;
 use crate::sparse::{SparseFormat, SparseWeight};
-use crate::{Error, Result, Tensor};
+use crate::{DType, Device, Error, Result, Tensor};
 
 /// Fraction of exact zeros from which `Auto` stores a linear compressed. A bf16 bitmask
 /// weight at sparsity s reads 2(1 − s) + 1/8 bytes per weight instead of 2, so below about
@@ -160,7 +160,36 @@ impl InferModel {
             let linears: [InferLinear; 7] = linears.try_into().expect("seven projections");
             out.push(InferLayer { input_norm: layer.input_norm, post_norm: layer.post_norm, linears });
         }
-        Ok(InferModel { config, embed, layers: out, norm, lm_head, choices })
+        let model = InferModel { config, embed, layers: out, norm, lm_head, choices };
+        model.advise_huge_pages()?;
+        Ok(model)
+    }
+
+    /// The weights on the CPU (embedding, head, every linear's values and mask or positions)
+    /// moved onto huge pages where the kernel allows ([`crate::device::cpu::advise_huge_pages`]).
+    fn advise_huge_pages(&self) -> Result<()> {
+        let mut tensors: Vec<&Tensor> = vec![&self.embed];
+        tensors.extend(self.lm_head.as_ref());
+        for layer in &self.layers {
+            for linear in &layer.linears {
+                match linear {
+                    InferLinear::Dense(t) => tensors.push(t),
+                    InferLinear::Sparse(w) => tensors.extend([w.values(), w.meta()]),
+                }
+            }
+        }
+        for t in tensors.into_iter().filter(|t| matches!(t.device(), Device::Cpu(_))) {
+            let storage = t.read()?;
+            let bytes: &[u8] = match t.dtype() {
+                DType::F32 => bytemuck::cast_slice(storage.cpu::<f32>()?),
+                DType::BF16 => bytemuck::cast_slice(storage.cpu::<half::bf16>()?),
+                DType::F16 => bytemuck::cast_slice(storage.cpu::<half::f16>()?),
+                DType::U32 => bytemuck::cast_slice(storage.cpu::<u32>()?),
+                DType::U8 => storage.cpu::<u8>()?,
+            };
+            crate::device::cpu::advise_huge_pages(bytes);
+        }
+        Ok(())
     }
 
     /// The LM head [vocab, dim] (the embedding when tied).

@@ -45,13 +45,17 @@ __device__ void rms_norm_bwd_dx(const T* x, const T* w, const T* dy, T* dx, floa
     const T* xr = x + (size_t)row * dim;
     const T* dyr = dy + (size_t)row * dim;
     const bool vec = dim % 8 == 0 && aligned16(x) && aligned16(w) && aligned16(dy) && aligned16(dx);
+    // x, dy and w at columns j .. j + count of this row (both passes read the three).
+    auto load = [&](int j, int count, float xv[8], float dv[8], float g[8]) {
+        load8(xr + j, vec, count, xv);
+        load8(dyr + j, vec, count, dv);
+        load8(w + j, vec, count, g);
+    };
     float ss = 0.f, dot = 0.f;
     for (int j = 8 * threadIdx.x; j < dim; j += 8 * blockDim.x) {
         const int count = min(8, dim - j);
         float xv[8], dv[8], g[8];
-        load8(xr + j, vec, count, xv);
-        load8(dyr + j, vec, count, dv);
-        load8(w + j, vec, count, g);
+        load(j, count, xv, dv, g);
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
             ss += xv[e] * xv[e];
@@ -68,9 +72,7 @@ __device__ void rms_norm_bwd_dx(const T* x, const T* w, const T* dy, T* dx, floa
     for (int j = 8 * threadIdx.x; j < dim; j += 8 * blockDim.x) {
         const int count = min(8, dim - j);
         float xv[8], dv[8], g[8];
-        load8(xr + j, vec, count, xv);
-        load8(dyr + j, vec, count, dv);
-        load8(w + j, vec, count, g);
+        load(j, count, xv, dv, g);
 #pragma unroll
         for (int e = 0; e < 8; ++e) dv[e] = r * dv[e] * g[e] - c * xv[e];
         store8(dxr + j, vec, count, dv);

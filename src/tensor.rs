@@ -222,6 +222,12 @@ impl Tensor {
         Arc::ptr_eq(&self.0.storage, &other.0.storage)
     }
 
+    /// A key equal for two handles exactly when they share one storage ([`Self::same_storage`]
+    /// as a value, for sets of many tensors).
+    pub(crate) fn storage_key(&self) -> usize {
+        Arc::as_ptr(&self.0.storage) as usize
+    }
+
     /// A new handle with another shape of the same element count, sharing the data.
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();

@@ -8,8 +8,8 @@ use crate::device::{CudaDevice, Launch};
 use crate::Result;
 
 const THREADS: u32 = 256;
-/// Threads of the largest grid; inputs longer than [`GROUP`](crate::device::launch::GROUP) times this take more than one
-/// grid-stride step.
+/// Threads of the largest grid; inputs longer than [`GROUP`](crate::device::launch::GROUP)
+/// times this take more than one grid-stride step.
 pub const MAX_GRID_THREADS: usize = 1 << 21;
 
 /// Launch geometry of every kernel of `elementwise.cu` over n elements.

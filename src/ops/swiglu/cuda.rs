@@ -8,8 +8,9 @@ use crate::device::{CudaDevice, Launch};
 use crate::Result;
 
 const THREADS: u32 = 256;
-/// Threads of the largest grid: grid-stride loops cover any n (a step is [`GROUP`](crate::device::launch::GROUP) times
-/// this many elements); more blocks only add scheduling overhead.
+/// Threads of the largest grid: grid-stride loops cover any n (a step is
+/// [`GROUP`](crate::device::launch::GROUP) times this many elements); more blocks only add
+/// scheduling overhead.
 pub const MAX_GRID_THREADS: usize = 1 << 21;
 
 /// Geometry of both kernels of `swiglu.cu` over n elements.

@@ -35,7 +35,7 @@ torch)
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
             && export PYTHONPATH=/tmp/site
     fi
-    for mode in dense-lora sp-lora liger; do
+    for mode in liger dense-lora sp-lora; do
         for ck in "" --checkpointing; do
             python3 scripts/bench_peft.py --mode "$mode" --shape "$SHAPE" --steps "$STEPS" $ck 2>&1 \
                 | tail -n 1 | tee -a "$OUT/step-torch.jsonl"

@@ -15,9 +15,11 @@ what="${*:-tests bench}"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv | tee "$OUT/gpu.txt"
 if [[ " $what " == *" tests "* ]]; then
     : > "$OUT/tests.log"
-    for t in "$BIN"/test-*; do
+    # The binaries with CUDA tests first, so a run cut short has tested the GPU.
+    for t in "$BIN"/test-sparsetune-lib "$BIN"/test-cpu_vs_cuda \
+        $(ls "$BIN"/test-* | grep -v -e '/test-sparsetune-lib$' -e '/test-cpu_vs_cuda$'); do
         echo "=== $(basename "$t")" | tee -a "$OUT/tests.log"
-        "$t" --test-threads=4 2>&1 | tee -a "$OUT/tests.log" | grep -E "^test result|FAILED|panicked" 
+        "$t" --test-threads=8 2>&1 | tee -a "$OUT/tests.log" | grep -E "^test result|FAILED|panicked" 
     done
     echo "--- summary"
     grep -c "skipped: no CUDA" "$OUT/tests.log" | sed 's/^/CUDA skips (must be 0): /'

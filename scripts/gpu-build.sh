@@ -21,6 +21,8 @@ for line in sys.stdin:
     exe = m.get("executable")
     if m.get("reason") != "compiler-artifact" or not exe or exe in seen:
         continue
+    if not m["profile"]["test"]:  # the sparsetune binary built for the CLI tests
+        continue
     seen.add(exe)
     kind = m["target"]["kind"][0]
     name = m["target"]["name"] + ("-lib" if kind == "lib" else "")

@@ -20,6 +20,15 @@
 //   attention_bwd_dq_*:    query tile fixed, key tiles 0 .. diagonal, p recomputed from lse.
 //   attention_bwd_dkdv_*:  key tile of kv head g fixed; query tiles from the diagonal on, for
 //                          every query head of g's group. Deterministic, no atomics.
+//
+// The tensor-core path (ops/attention/cuda_gemm.rs) instead forms the scores of a chunk of
+// heads with cuBLAS GEMMs and runs two row kernels between them, one warp per row (head i of
+// the chunk, query t) of s, p [heads, T, T] (row-major, row (i, t) at (i T + t) T):
+//   attention_probs_*:   p_tu = e^{s_tu - lse_t} for u <= t, 0 for u > t, from the scaled
+//                        scores s (f32); lse_t = log sum_{u<=t} e^{s_tu} is computed and
+//                        written, or (recompute != 0) read, at lse[lse_at + i lse_stride + t];
+//   attention_dscores_*: ds_tu = p_tu (dp_tu - delta_t) for u <= t, written over p (entries
+//                        u > t stay 0); dp [heads, T, T] f32, delta indexed like lse.
 #include "common.cuh"
 
 constexpr int TILE = 32;                              // rows of every tile
@@ -342,6 +351,78 @@ __device__ void attention_bwd_dkdv(const T* __restrict__ q, const T* __restrict_
     }
 }
 
+// Warp w of the grid takes rows w, w + (warps in the grid), ... of `rows`.
+template <typename F>
+__device__ __forceinline__ void warp_per_row(size_t rows, F f) {
+    const size_t warps = (size_t)gridDim.x * (blockDim.x >> 5);
+    for (size_t row = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); row < rows; row += warps) f(row);
+}
+
+template <typename T>
+__device__ void attention_probs(const float* __restrict__ s, T* __restrict__ p, float* __restrict__ lse,
+                                int seq, int heads, int lse_at, int lse_stride, int recompute) {
+    const int lane = threadIdx.x & 31;
+    warp_per_row((size_t)heads * seq, [&](size_t row) {
+        const int t = (int)(row % seq), keys = t + 1;
+        const float* srow = s + row * seq;
+        T* prow = p + row * seq;
+        float* at = lse + lse_at + (size_t)(row / seq) * lse_stride + t;
+        float row_lse;
+        if (recompute) {
+            row_lse = *at;
+        } else {
+            // Online max and sum over the lane's keys, then across the warp.
+            float m = -INFINITY, sum = 0.f;
+            for (int c0 = 8 * lane; c0 < keys; c0 += 256) {
+                const int count = min(8, keys - c0);
+                float x[8];
+                load8(srow + c0, aligned16(srow + c0), count, x);
+                for (int e = 0; e < count; ++e) {
+                    if (x[e] > m) {
+                        sum = sum * expf(m - x[e]) + 1.f;
+                        m = x[e];
+                    } else {
+                        sum += expf(x[e] - m);
+                    }
+                }
+            }
+            const float row_max = warp_max(m);
+            sum = warp_sum(m == -INFINITY ? 0.f : sum * expf(m - row_max));
+            row_lse = row_max + logf(sum);
+            if (lane == 0) *at = row_lse;
+        }
+        for (int c0 = 8 * lane; c0 < seq; c0 += 256) {
+            const int count = min(8, seq - c0), live = max(0, min(count, keys - c0));
+            float x[8];
+            load8(srow + c0, aligned16(srow + c0), live, x);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) x[e] = e < live ? expf(x[e] - row_lse) : 0.f;
+            store8(prow + c0, aligned16(prow + c0), count, x);
+        }
+    });
+}
+
+template <typename T>
+__device__ void attention_dscores(T* p_ds, const float* __restrict__ dp, const float* __restrict__ delta, int seq,
+                                  int heads, int delta_at, int delta_stride) {
+    const int lane = threadIdx.x & 31;
+    warp_per_row((size_t)heads * seq, [&](size_t row) {
+        const int t = (int)(row % seq), keys = t + 1;
+        const float d = delta[delta_at + (size_t)(row / seq) * delta_stride + t];
+        T* prow = p_ds + row * seq;
+        const float* dprow = dp + row * seq;
+        for (int c0 = 8 * lane; c0 < keys; c0 += 256) {
+            const int count = min(8, keys - c0);
+            float pv[8], dv[8];
+            load8(prow + c0, aligned16(prow + c0), count, pv);
+            load8(dprow + c0, aligned16(dprow + c0), count, dv);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) pv[e] *= dv[e] - d;
+            store8(prow + c0, aligned16(prow + c0), count, pv);
+        }
+    });
+}
+
 #define ATTENTION_TILED_KERNELS(T, S, DMAX)                                                      \
     extern "C" __global__ void __launch_bounds__(THREADS) attention_fwd_d##DMAX##_##S(           \
         const T* q, const T* k, const T* v, T* o, float* lse, int seq, int Hq, int Hkv, int D,   \
@@ -367,6 +448,16 @@ __device__ void attention_bwd_dkdv(const T* __restrict__ q, const T* __restrict_
     extern "C" __global__ void attention_bwd_delta_##S(const T* o, const T* d_o, float* delta,   \
                                                        int batch, int seq, int Hq, int D) {      \
         attention_bwd_delta<T>(o, d_o, delta, batch, seq, Hq, D);                                \
+    }                                                                                            \
+    extern "C" __global__ void attention_probs_##S(const float* s, T* p, float* lse, int seq,    \
+                                                   int heads, int lse_at, int lse_stride,        \
+                                                   int recompute) {                              \
+        attention_probs<T>(s, p, lse, seq, heads, lse_at, lse_stride, recompute);                \
+    }                                                                                            \
+    extern "C" __global__ void attention_dscores_##S(T* p_ds, const float* dp, const float* delta, \
+                                                     int seq, int heads, int delta_at,           \
+                                                     int delta_stride) {                         \
+        attention_dscores<T>(p_ds, dp, delta, seq, heads, delta_at, delta_stride);               \
     }
 
 ATTENTION_KERNELS(float, f32)

@@ -24,6 +24,7 @@
 
 use super::repair::RepairMethod;
 use crate::model::llama::{LlamaConfig, Proj};
+use crate::ops::attention::{cuda_gemm, Dims as AttentionDims};
 use crate::{DType, Error, Result};
 
 /// What a run looks like.
@@ -165,7 +166,23 @@ pub fn plan(input: &PlanInput) -> Result<MemoryPlan> {
     // layer: inside a decoder layer's backward, its rebuilt set (checkpointing), the
     // activation gradients (dy, then d(gate), d(up) while the product's gradient is alive:
     // n·(dim + 2·hidden)) and the trained tensors' gradients produced so far (at most all);
-    let layer = if input.checkpointing { per_layer } else { 0 } + n * (dim + 2 * hidden) * b + trained * b;
+    // attention's backward on CUDA holds instead dy, do, dq, dk, dv, dk and dv in f32 and
+    // one chunk's T × T scores and probabilities (the tensor-core path's workspace), so
+    // the larger of the two counts.
+    let mlp_grads = n * (dim + 2 * hidden) * b;
+    let attention_grads = if input.cuda {
+        let d = AttentionDims {
+            batch: input.batch,
+            seq: input.seq_len,
+            q_heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim(),
+        };
+        n * (dim + (2 * hq + 2 * hkv) * hd) * b + 2 * n * hkv * hd * 4 + cuda_gemm::score_bytes(d, b as usize) as u64
+    } else {
+        0
+    };
+    let layer = if input.checkpointing { per_layer } else { 0 } + mlp_grads.max(attention_grads) + trained * b;
     // update: activations are gone; the f32 accumulators and the last dtype gradients.
     let mut phases = vec![
         ("logits and their gradient (head backward)", kept_through_forward, head),

@@ -7,11 +7,19 @@
 //! dkdv also with a null dk and with a null dv (the launcher's "not wanted"). Tolerances of
 //! attention's cuda_matches_cpu: f32 1e-5 + 1e-4·|ref|, bf16 2e-2 + 2e-2·|ref|, lse and delta
 //! 1e-5 + 1e-4·|ref|.
+//!
+//! The tensor-core path (`ops::attention::cuda_gemm`) on the same cases: its GEMMs, as
+//! `Strided` products from its `Chunk`s, run on the host (`Strided::reference` on the values
+//! the GPU would read, rounding outputs of type T as cuBLAS would), and its row kernels
+//! `attention_probs_*` (computing lse, then recomputing p from it) and `attention_dscores_*`
+//! run from source; o, lse, dq, dk, dv against the same reference and tolerances, with all kv
+//! heads in one chunk and with one head per chunk.
 
 use cuda_cpu::{Arg, Buffer, Guard, Null};
 use sparsetune::device::cuda::CudaFloat;
 use sparsetune::ops::attention::cpu::{self, Dims};
 use sparsetune::ops::attention::cuda::{delta_geometry, dkdv_geometry, dq_geometry, forward_geometry, plan};
+use sparsetune::ops::attention::cuda_gemm::{chunks, heads_per_chunk, row_geometry};
 use sparsetune::testing::{assert_close, random_f32};
 use sparsetune::{DType, Tensor};
 
@@ -86,9 +94,88 @@ fn delta_reference(o: &[f32], d_o: &[f32], d: Dims) -> Vec<f32> {
     delta
 }
 
-/// Every kernel of the case's width the way `attention::cuda::{forward, backward}` launch
-/// them, against the CPU reference.
-fn check<T: CudaFloat>((batch, seq, q_heads, kv_heads, head_dim): Case, guard: Guard) {
+/// Both CUDA paths on one case.
+fn check<T: CudaFloat>(case: Case, guard: Guard) {
+    check_flash::<T>(case, guard);
+    check_tensor_cores::<T>(case, guard);
+}
+
+/// Values as a tensor of `T` would hold them (rounded), as f32.
+fn round_to<T: CudaFloat>(values: &[f32]) -> Vec<f32> {
+    values.iter().map(|&x| T::to_f32(T::from_f32(x))).collect()
+}
+
+/// The tensor-core path as `attention::cuda_gemm::{forward, backward}` run it (GEMMs on the
+/// host), with `per` kv heads per chunk, against the CPU reference.
+fn check_tensor_cores<T: CudaFloat>((batch, seq, q_heads, kv_heads, head_dim): Case, guard: Guard) {
+    let d = Dims { batch, seq, q_heads, kv_heads, head_dim };
+    let (atol, rtol) = tolerance::<T>();
+    let (q_dims, kv_dims) = ([batch, seq, q_heads, head_dim], [batch, seq, kv_heads, head_dim]);
+    let (_, q_f) = input::<T>(d.q_len(), 2.0, 100, &q_dims);
+    let (_, k_f) = input::<T>(d.kv_len(), 2.0, 101, &kv_dims);
+    let (_, v_f) = input::<T>(d.kv_len(), 1.0, 102, &kv_dims);
+    let (_, do_f) = input::<T>(d.q_len(), 1.0, 103, &q_dims);
+    let (mut o_ref, mut lse_ref) = (vec![0f32; d.q_len()], vec![0f32; d.lse_len()]);
+    cpu::forward(&q_f, &k_f, &v_f, d, &mut o_ref, &mut lse_ref);
+    let o_f = round_to::<T>(&o_ref);
+    let (mut dq_ref, mut dk_ref, mut dv_ref) = (vec![0f32; d.q_len()], vec![0f32; d.kv_len()], vec![0f32; d.kv_len()]);
+    let grads = (Some(&mut dq_ref[..]), Some(&mut dk_ref[..]), Some(&mut dv_ref[..]));
+    cpu::backward(&q_f, &k_f, &v_f, &o_f, &lse_ref, &do_f, d, grads.0, grads.1, grads.2);
+    let delta = Buffer::from_slice(&delta_reference(&o_f, &do_f, d), guard);
+    let lse_in = Buffer::from_slice(&lse_ref, guard);
+
+    let all = heads_per_chunk(d, std::mem::size_of::<T>());
+    assert_eq!(all, kv_heads, "the test's cases fit one chunk");
+    for per in [all, 1] {
+        let what = format!(
+            "attention (tensor cores, {per} kv heads a chunk) {} B={batch} T={seq} Hq={q_heads} Hkv={kv_heads} D={head_dim} {guard:?}",
+            T::DTYPE
+        );
+        let tt = per * seq * seq;
+        let row_kernel = |name: &str, chunk_heads: usize, args: &[&dyn Arg]| {
+            run("attention", &format!("attention_{name}_{}", T::SUFFIX), row_geometry(d, chunk_heads).unwrap(), args)
+        };
+        // Forward.
+        let mut o = vec![f32::NAN; d.q_len()];
+        let lse = Buffer::filled(d.lse_len(), f32::NAN, guard);
+        for chunk in chunks(d, per) {
+            let mut s = vec![f32::NAN; tt];
+            chunk.scores(d).reference(&q_f, &k_f, &mut s);
+            let (s, p) = (Buffer::from_slice(&s, guard), nan_buffer::<T>(tt, guard));
+            let [a0, a1, a2, a3] = chunk.row_args(d).unwrap();
+            row_kernel("probs", chunk.heads, &[&s, &p, &lse, &a0, &a1, &a2, &a3, &0i32]);
+            chunk.output(d).reference(&widen(&p), &v_f, &mut o);
+        }
+        assert_close(&format!("{what} o"), &round_to::<T>(&o), &o_ref, atol, rtol);
+        assert_close(&format!("{what} lse"), &lse.to_vec(), &lse_ref, F32_STATS.0, F32_STATS.1);
+
+        // Backward from the reference's o (for delta) and lse.
+        let (mut dq, mut dk, mut dv) =
+            (vec![f32::NAN; d.q_len()], vec![f32::NAN; d.kv_len()], vec![f32::NAN; d.kv_len()]);
+        for chunk in chunks(d, per) {
+            let mut s = vec![f32::NAN; tt];
+            chunk.scores(d).reference(&q_f, &k_f, &mut s);
+            let (s, p) = (Buffer::from_slice(&s, guard), nan_buffer::<T>(tt, guard));
+            let [a0, a1, a2, a3] = chunk.row_args(d).unwrap();
+            row_kernel("probs", chunk.heads, &[&s, &p, &lse_in, &a0, &a1, &a2, &a3, &1i32]);
+            chunk.d_values(d).reference(&widen(&p), &do_f, &mut dv);
+            let mut dp = vec![f32::NAN; tt];
+            chunk.d_probs(d).reference(&do_f, &v_f, &mut dp);
+            let dp = Buffer::from_slice(&dp, guard);
+            row_kernel("dscores", chunk.heads, &[&p, &dp, &delta, &a0, &a1, &a2, &a3]);
+            let ds = widen(&p);
+            chunk.d_queries(d).reference(&ds, &k_f, &mut dq);
+            chunk.d_keys(d).reference(&ds, &q_f, &mut dk);
+        }
+        assert_close(&format!("{what} dq"), &round_to::<T>(&dq), &dq_ref, atol, rtol);
+        assert_close(&format!("{what} dk"), &round_to::<T>(&dk), &dk_ref, atol, rtol);
+        assert_close(&format!("{what} dv"), &round_to::<T>(&dv), &dv_ref, atol, rtol);
+    }
+}
+
+/// Every flash kernel of the case's width the way `attention::cuda::{forward, backward}`
+/// launch them, against the CPU reference.
+fn check_flash<T: CudaFloat>((batch, seq, q_heads, kv_heads, head_dim): Case, guard: Guard) {
     let d = Dims { batch, seq, q_heads, kv_heads, head_dim };
     let what = format!("attention {} B={batch} T={seq} Hq={q_heads} Hkv={kv_heads} D={head_dim} {guard:?}", T::DTYPE);
     let (atol, rtol) = tolerance::<T>();

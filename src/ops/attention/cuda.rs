@@ -182,6 +182,34 @@ pub fn forward<T: CudaFloat>(
     Ok(())
 }
 
+/// delta = rowsum(do ⊙ o) [B, Hq, T] f32 (`attention_bwd_delta_*`); slice lengths are
+/// checked against `d`.
+pub fn delta<T: CudaFloat>(
+    dev: &CudaDevice,
+    o: &CudaSlice<T>,
+    d_o: &CudaSlice<T>,
+    delta: &mut CudaSlice<f32>,
+    d: Dims,
+) -> Result<()> {
+    for (what, got, want) in
+        [("o", o.len(), d.q_len()), ("do", d_o.len(), d.q_len()), ("delta", delta.len(), d.lse_len())]
+    {
+        expect_len(what, got, want)?;
+    }
+    if d.lse_len() == 0 {
+        return Ok(());
+    }
+    let f = dev.function("attention", &format!("attention_bwd_delta_{}", T::SUFFIX))?;
+    let (batch, seq) = (to_i32("attention", d.batch)?, to_i32("attention", d.seq)?);
+    let (q_heads, head_dim) = (to_i32("attention", d.q_heads)?, to_i32("attention", d.head_dim)?);
+    let mut b = dev.stream().launch_builder(&f);
+    b.arg(o).arg(d_o).arg(delta).arg(&batch).arg(&seq).arg(&q_heads).arg(&head_dim);
+    // SAFETY: o, do hold B·T·Hq·D and delta B·Hq·T elements (checked); one warp per (b, t, h)
+    // row, and warps past the B·T·Hq rows return before touching memory.
+    unsafe { b.launch(LaunchConfig::from(delta_geometry(d)?)) }?;
+    Ok(())
+}
+
 /// dq, dk, dv (each written only when given) from q, k, v, o, lse and do; slice lengths are
 /// checked against `d`.
 #[allow(clippy::too_many_arguments)]
@@ -220,13 +248,7 @@ pub fn backward<T: CudaFloat>(
     }
 
     let mut delta = dev.alloc::<f32>(d.lse_len())?;
-    let f = dev.function("attention", &format!("attention_bwd_delta_{}", T::SUFFIX))?;
-    let batch_i = to_i32("attention", d.batch)?;
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(o).arg(d_o).arg(delta.slice_mut()).arg(&batch_i).arg(&p.seq).arg(&p.q_heads).arg(&p.head_dim);
-    // SAFETY: o, do hold B·T·Hq·D and delta B·Hq·T elements; one warp per (b, t, h) row, and
-    // warps past the B·T·Hq rows return before touching memory.
-    unsafe { b.launch(LaunchConfig::from(delta_geometry(d)?)) }?;
+    self::delta(dev, o, d_o, delta.slice_mut(), d)?;
 
     if let Some(dq) = dq {
         let (f, cfg) = tiled(dev, "attention_bwd_dq", T::SUFFIX, &p, dq_geometry(d)?)?;

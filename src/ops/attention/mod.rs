@@ -7,12 +7,39 @@
 //! Backward, with D_t = do_t·o_t and ds_tt' = p_tt' · (do_t·v_t' − D_t):
 //!   dq_t = c · Σ_t' ds_tt' · k_t',  dk_t' = c · Σ_{t, group heads} ds_tt' · q_t,
 //!   dv_t' = Σ_{t, group heads} p_tt' · do_t
-//! Nothing of size T × T is stored: backward recomputes p from lse. The CUDA kernels take
-//! D ≤ 128 ([`cuda::MAX_HEAD_DIM`]); the CPU takes any D.
+//! Nothing of size T × T is kept between forward and backward: backward recomputes p from
+//! lse. On CUDA two implementations ([`CudaKernels`]): by default the products run on tensor
+//! cores as cuBLAS GEMMs with one chunk of heads' T × T matrices in a transient workspace
+//! ([`cuda_gemm`], any D); where one head's T × T does not fit
+//! [`cuda_gemm::MAX_SCORE_BYTES`], the tiled flash kernels ([`cuda`], D ≤
+//! [`cuda::MAX_HEAD_DIM`]). The CPU takes any D.
 
 pub mod cpu;
 pub mod cpu_fast;
 pub mod cuda;
+pub mod cuda_gemm;
+
+/// Which CUDA implementation computes attention (the CPU has one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CudaKernels {
+    /// Tensor cores where a head's T × T buffers fit [`cuda_gemm::MAX_SCORE_BYTES`], else flash.
+    Auto,
+    /// cuBLAS GEMMs with the row kernels between them ([`cuda_gemm`]).
+    TensorCores,
+    /// The tiled flash kernels ([`cuda`]; head_dim ≤ [`cuda::MAX_HEAD_DIM`]).
+    Flash,
+}
+
+impl CudaKernels {
+    /// Whether `d` in a compute type of `elem` bytes runs on tensor cores.
+    fn tensor_cores(self, d: Dims, elem: usize) -> bool {
+        match self {
+            CudaKernels::Auto => cuda_gemm::heads_per_chunk(d, elem) > 0,
+            CudaKernels::TensorCores => true,
+            CudaKernels::Flash => false,
+        }
+    }
+}
 
 pub use cpu::Dims;
 
@@ -48,6 +75,11 @@ fn lse_shape(d: Dims) -> Shape {
 
 /// Forward without recording: `(o, lse)`, o like q in q's dtype, lse [B, Hq, T] in F32.
 pub fn forward(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+    forward_with(q, k, v, CudaKernels::Auto)
+}
+
+/// [`forward`] with the CUDA implementation chosen by the caller.
+pub fn forward_with(q: &Tensor, k: &Tensor, v: &Tensor, kernels: CudaKernels) -> Result<(Tensor, Tensor)> {
     let d = check(q, k, v)?;
     match q.device() {
         Device::Cpu(_) => {
@@ -63,7 +95,13 @@ pub fn forward(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
             let dev = cuda_device(q)?;
             let mut o = dev.alloc::<T>(d.q_len())?;
             let mut lse = dev.alloc::<f32>(d.lse_len())?;
-            cuda::forward::<T>(dev, q.read()?.cuda()?, k.read()?.cuda()?, v.read()?.cuda()?, o.slice_mut(), lse.slice_mut(), d)?;
+            let (qs, ks, vs) = (q.read()?, k.read()?, v.read()?);
+            let (qs, ks, vs) = (qs.cuda()?, ks.cuda()?, vs.cuda()?);
+            if kernels.tensor_cores(d, std::mem::size_of::<T>()) {
+                cuda_gemm::forward::<T>(dev, qs, ks, vs, o.slice_mut(), lse.slice_mut(), d)?;
+            } else {
+                cuda::forward::<T>(dev, qs, ks, vs, o.slice_mut(), lse.slice_mut(), d)?;
+            }
             Ok((cuda_tensor(o, q.shape().clone(), q.device())?, cuda_tensor(lse, lse_shape(d), q.device())?))
         }),
     }
@@ -82,6 +120,22 @@ pub fn backward(
     want_dq: bool,
     want_dk: bool,
     want_dv: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    backward_with(q, k, v, o, lse, d_o, [want_dq, want_dk, want_dv], CudaKernels::Auto)
+}
+
+/// [`backward`] with the gradients asked for as `[dq, dk, dv]` and the CUDA implementation
+/// chosen by the caller.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    o: &Tensor,
+    lse: &Tensor,
+    d_o: &Tensor,
+    [want_dq, want_dk, want_dv]: [bool; 3],
+    kernels: CudaKernels,
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     let d = check(q, k, v)?;
     expect_same("attention backward", &[q, o, d_o])?;
@@ -119,6 +173,28 @@ pub fn backward(
                 g.map(|g| Tensor::from_f32(g, like.shape().clone(), like.dtype(), like.device())).transpose()
             };
             Ok((wrap(dq, q)?, wrap(dk, k)?, wrap(dv, v)?))
+        }
+        Device::Cuda(_) if kernels.tensor_cores(d, q.dtype().size_in_bytes()) => {
+            with_compute_type!(q.dtype(), "attention", T => {
+                let dev = cuda_device(q)?;
+                let (qs, ks, vs, os, ls, dos) = (q.read()?, k.read()?, v.read()?, o.read()?, lse.read()?, d_o.read()?);
+                let (qs, ks, vs, ls, dos) = (qs.cuda::<T>()?, ks.cuda::<T>()?, vs.cuda::<T>()?, ls.cuda()?, dos.cuda::<T>()?);
+                let mut delta = dev.alloc::<f32>(d.lse_len())?;
+                cuda::delta::<T>(dev, os.cuda()?, dos, delta.slice_mut(), d)?;
+                let mut dq = if want_dq { Some(dev.alloc::<T>(d.q_len())?) } else { None };
+                // dk and dv are sums over a GQA group: accumulated in f32, rounded once.
+                let mut dk = if want_dk { Some(dev.alloc::<f32>(d.kv_len())?) } else { None };
+                let mut dv = if want_dv { Some(dev.alloc::<f32>(d.kv_len())?) } else { None };
+                cuda_gemm::backward::<T>(
+                    dev, qs, ks, vs, ls, dos, delta.slice(),
+                    dq.as_mut().map(|b| b.slice_mut()), dk.as_mut().map(|b| b.slice_mut()), dv.as_mut().map(|b| b.slice_mut()),
+                    d,
+                )?;
+                let kv = |b: Option<_>| -> Result<Option<Tensor>> {
+                    b.map(|b| cuda_tensor(b, k.shape().clone(), k.device())?.to_dtype(k.dtype())).transpose()
+                };
+                Ok((dq.map(|b| cuda_tensor(b, q.shape().clone(), q.device())).transpose()?, kv(dk)?, kv(dv)?))
+            })
         }
         Device::Cuda(_) => with_compute_type!(q.dtype(), "attention", T => {
             let dev = cuda_device(q)?;
@@ -370,7 +446,14 @@ mod tests {
             (1, 7, 9, 3, 100),
             (1, 600, 4, 2, 64),
         ];
-        for (dtype, atol, rtol) in [(DType::F32, 1e-5, 1e-4), (DType::BF16, 2e-2, 2e-2)] {
+        let combos = [CudaKernels::TensorCores, CudaKernels::Flash]
+            .into_iter()
+            .flat_map(|kernels| [(DType::F32, 1e-5, 1e-4), (DType::BF16, 2e-2, 2e-2)].map(|t| (kernels, t)));
+        for (kernels, (dtype, atol, rtol)) in combos {
+            let forward = |q: &Tensor, k: &Tensor, v: &Tensor| forward_with(q, k, v, kernels);
+            let backward = |q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &Tensor, d_o: &Tensor, dq, dk, dv| {
+                backward_with(q, k, v, o, lse, d_o, [dq, dk, dv], kernels)
+            };
             for (i, &(b, t, hq, hkv, hd)) in cases.iter().enumerate() {
                 let d = dims(b, t, hq, hkv, hd);
                 let seed = 100 + 10 * i as u64;
@@ -379,10 +462,10 @@ mod tests {
                 let v = tensor(random_f32(d.kv_len(), 1.0, seed + 2), [b, t, hkv, hd], dtype, &cpu);
                 let d_o = tensor(random_f32(d.q_len(), 1.0, seed + 3), [b, t, hq, hd], dtype, &cpu);
                 let up = |x: &Tensor| x.to_device(&gpu).unwrap();
-                let what = format!("attention {dtype} B={b} T={t} Hq={hq} Hkv={hkv} D={hd}");
+                let what = format!("attention {kernels:?} {dtype} B={b} T={t} Hq={hq} Hkv={hkv} D={hd}");
                 let host = |x: &Tensor| x.to_f32_vec().unwrap();
 
-                let (o, lse) = forward(&q, &k, &v).unwrap();
+                let (o, lse) = super::forward(&q, &k, &v).unwrap();
                 let (og, lseg) = forward(&up(&q), &up(&k), &up(&v)).unwrap();
                 assert_eq!(
                     (og.dims(), og.dtype(), lseg.dims(), lseg.dtype()),
@@ -392,7 +475,7 @@ mod tests {
                 // lse is f32 whatever the dtype, computed from the same (rounded) inputs.
                 assert_close(&format!("{what} lse"), &host(&lseg), &host(&lse), 1e-5, 1e-4);
 
-                let (dq, dk, dv) = backward(&q, &k, &v, &o, &lse, &d_o, true, true, true).unwrap();
+                let (dq, dk, dv) = super::backward(&q, &k, &v, &o, &lse, &d_o, true, true, true).unwrap();
                 let (dqg, dkg, dvg) =
                     backward(&up(&q), &up(&k), &up(&v), &up(&o), &up(&lse), &up(&d_o), true, true, true).unwrap();
                 assert_close(&format!("{what} dq"), &host(&dqg.unwrap()), &host(&dq.unwrap()), atol, rtol);
@@ -411,13 +494,21 @@ mod tests {
         }
     }
 
+    /// The flash kernels refuse D > 128; the tensor-core path (the default) takes it.
     #[test]
     fn cuda_rejects_bad_inputs() {
         let Some(gpu) = cuda_for_tests("attention::cuda_rejects_bad_inputs") else { return };
-        let q = Tensor::zeros([1, 3, 2, 130], DType::F32, &gpu).unwrap();
-        let kv = Tensor::zeros([1, 3, 1, 130], DType::F32, &gpu).unwrap();
-        let e = forward(&q, &kv, &kv).unwrap_err().to_string();
+        let cpu = Device::cpu();
+        let (q, kv) = (random_f32(3 * 2 * 130, 1.0, 1), random_f32(3 * 130, 1.0, 2));
+        let q = tensor(q, [1, 3, 2, 130], DType::F32, &cpu).to_device(&gpu).unwrap();
+        let kv = tensor(kv, [1, 3, 1, 130], DType::F32, &cpu).to_device(&gpu).unwrap();
+        let e = forward_with(&q, &kv, &kv, CudaKernels::Flash).unwrap_err().to_string();
         assert!(e.contains("head_dim 1..=128") && e.contains("130"), "{e}");
+        let (o, lse) = forward(&q, &kv, &kv).unwrap();
+        let host = |x: &Tensor| x.to_device(&cpu).unwrap();
+        let (o_ref, lse_ref) = forward(&host(&q), &host(&kv), &host(&kv)).unwrap();
+        assert_close("o, D = 130", &o.to_f32_vec().unwrap(), &o_ref.to_f32_vec().unwrap(), 1e-5, 1e-4);
+        assert_close("lse, D = 130", &lse.to_f32_vec().unwrap(), &lse_ref.to_f32_vec().unwrap(), 1e-5, 1e-4);
         let q = Tensor::zeros([1, 3, 2, 8], DType::F32, &gpu).unwrap();
         let kv_cpu = Tensor::zeros([1, 3, 1, 8], DType::F32, &Device::cpu()).unwrap();
         assert!(matches!(forward(&q, &kv_cpu, &kv_cpu), Err(Error::DeviceMismatch { .. })));

@@ -1,7 +1,9 @@
 //! Matmul on the CPU: `c[b] = op(a[b]) · op(b[b or 0])`, op(a) is [m, k], op(b) is [k, n],
 //! c is [m, n]; `trans_a` means a is stored [k, m], `trans_b` means b is stored [n, k].
 //! `reference` is the plain triple loop with f64 accumulation (the spec); `fast` calls the
-//! `gemm` crate (packed, SIMD, rayon) and is tested against it.
+//! `gemm` crate (packed, SIMD, rayon) and is tested against it. [`Strided`] describes one
+//! batched product on views at offsets with leading dimensions and batch strides (the form
+//! the tensor-core attention issues to cuBLAS), with its own plain reference.
 
 use gemm::Parallelism;
 
@@ -155,5 +157,84 @@ pub fn fast(a: &[f32], b: &[f32], c: &mut [f32], d: Dims, alpha: f32, accumulate
         let b_b = &b[d.b_offset(bi)..d.b_offset(bi) + d.k * d.n];
         let c_b = &mut c[bi * d.m * d.n..(bi + 1) * d.m * d.n];
         strided(d.m, d.n, d.k, (c_b, d.n, 1), accumulate, alpha, (a_b, ars, acs), (b_b, brs, bcs), true);
+    }
+}
+
+/// One strided, batched product on row-major buffers at offsets, as cuBLAS's
+/// `GemmStridedBatchedEx` takes it (issued by [`super::cuda::strided_batched`]): for every
+/// batch entry i < `batch`,
+///   C_i = alpha·op(A_i)·op(B_i) + beta·C_i,
+/// op(A_i) [m, k], op(B_i) [k, n], C_i [m, n]; A_i starts at `a.0 + i·a.2` with row stride
+/// (leading dimension) `a.1` and holds [m, k] ([k, m] when `trans_a`), likewise B_i ([k, n],
+/// or [n, k] when `trans_b`) and C_i. Views of heads inside [B, T, H, D] tensors need no copy.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Strided {
+    /// Rows of op(A) and C.
+    pub m: usize,
+    /// Columns of op(B) and C.
+    pub n: usize,
+    /// Inner dimension.
+    pub k: usize,
+    /// A is stored [k, m].
+    pub trans_a: bool,
+    /// B is stored [n, k].
+    pub trans_b: bool,
+    /// A: (offset, row stride, batch stride) in elements.
+    pub a: (usize, usize, usize),
+    /// B: (offset, row stride, batch stride).
+    pub b: (usize, usize, usize),
+    /// C: (offset, row stride, batch stride).
+    pub c: (usize, usize, usize),
+    /// Batch entries.
+    pub batch: usize,
+    /// Scale of the product.
+    pub alpha: f32,
+    /// Scale of C's previous contents (0: C is only written, never read).
+    pub beta: f32,
+}
+
+impl Strided {
+    /// Elements a buffer must hold for operand `(offset, row stride, batch stride)` of
+    /// `rows` × `cols` stored, with the row stride at least `cols`; None on overflow or when
+    /// the row stride is shorter than a row.
+    fn extent(&self, (offset, ld, stride): (usize, usize, usize), rows: usize, cols: usize) -> Option<usize> {
+        if self.batch == 0 || rows == 0 || cols == 0 {
+            return Some(0);
+        }
+        if ld < cols {
+            return None;
+        }
+        let last = (self.batch - 1).checked_mul(stride)?.checked_add((rows - 1).checked_mul(ld)?)?;
+        offset.checked_add(last)?.checked_add(cols)
+    }
+
+    /// Elements A, B and C must hold (see [`Strided`]); None for a row stride shorter than
+    /// its stored row or a size that overflows.
+    pub fn extents(&self) -> Option<[usize; 3]> {
+        let (ar, ac) = if self.trans_a { (self.k, self.m) } else { (self.m, self.k) };
+        let (br, bc) = if self.trans_b { (self.n, self.k) } else { (self.k, self.n) };
+        Some([self.extent(self.a, ar, ac)?, self.extent(self.b, br, bc)?, self.extent(self.c, self.m, self.n)?])
+    }
+
+    /// The readable reference (f64 sums) on host buffers; the extents are asserted.
+    pub fn reference(&self, a: &[f32], b: &[f32], c: &mut [f32]) {
+        let [ea, eb, ec] = self.extents().expect("strided product: bad strides");
+        assert!(a.len() >= ea && b.len() >= eb && c.len() >= ec, "strided product: buffers too short");
+        for i in 0..self.batch {
+            let (a0, b0, c0) = (self.a.0 + i * self.a.2, self.b.0 + i * self.b.2, self.c.0 + i * self.c.2);
+            for r in 0..self.m {
+                for col in 0..self.n {
+                    let mut sum = 0f64;
+                    for j in 0..self.k {
+                        let x = if self.trans_a { a[a0 + j * self.a.1 + r] } else { a[a0 + r * self.a.1 + j] };
+                        let y = if self.trans_b { b[b0 + col * self.b.1 + j] } else { b[b0 + j * self.b.1 + col] };
+                        sum += f64::from(x) * f64::from(y);
+                    }
+                    let at = c0 + r * self.c.1 + col;
+                    let old = if self.beta == 0.0 { 0.0 } else { f64::from(self.beta) * f64::from(c[at]) };
+                    c[at] = (f64::from(self.alpha) * sum + old) as f32;
+                }
+            }
+        }
     }
 }

@@ -104,3 +104,73 @@ pub fn matmul<T: CudaFloat>(
     }
     Ok(())
 }
+
+/// `d`'s product through `cublasGemmStridedBatchedEx`: A and B of type `TA`, C of type `TC`
+/// (bf16 operands may write an f32 C), f32 accumulation and f32 alpha and beta. The slices
+/// must hold [`super::Strided::extents`] elements (checked here).
+pub fn strided_batched<TA: CudaFloat, TC: CudaFloat>(
+    dev: &CudaDevice,
+    d: &super::Strided,
+    a: &CudaSlice<TA>,
+    b: &CudaSlice<TA>,
+    c: &mut CudaSlice<TC>,
+) -> Result<()> {
+    const OP: &str = "matmul (strided)";
+    let [ea, eb, ec] =
+        d.extents().ok_or_else(|| crate::Error::invalid(format!("{OP}: a row stride shorter than its row")))?;
+    for (what, len, need) in [("a", a.len(), ea), ("b", b.len(), eb), ("c", c.len(), ec)] {
+        if len < need {
+            return Err(crate::Error::invalid(format!("{OP}: {what} holds {len} elements, the product reads {need}")));
+        }
+    }
+    if d.batch == 0 || d.m == 0 || d.n == 0 {
+        return Ok(());
+    }
+    let (m, n, k) = (to_i32(OP, d.m)?, to_i32(OP, d.n)?, to_i32(OP, d.k)?);
+    let (lda, ldb, ldc) = (to_i32(OP, d.a.1)?, to_i32(OP, d.b.1)?, to_i32(OP, d.c.1)?);
+    let stride =
+        |s: usize| i64::try_from(s).map_err(|_| crate::Error::invalid(format!("{OP}: batch stride overflows")));
+    let (stride_a, stride_b, stride_c) = (stride(d.a.2)?, stride(d.b.2)?, stride(d.c.2)?);
+    // As in `matmul`: the row-major product is the column-major Cᵀ = op(B)ᵀ·op(A)ᵀ.
+    let transa = if d.trans_b { CUBLAS_OP_T } else { CUBLAS_OP_N };
+    let transb = if d.trans_a { CUBLAS_OP_T } else { CUBLAS_OP_N };
+    let stream = dev.stream();
+    let handle = *dev.blas().handle();
+    let (a_ptr, _a_read) = a.device_ptr(stream);
+    let (b_ptr, _b_read) = b.device_ptr(stream);
+    let (c_ptr, _c_write) = c.device_ptr_mut(stream);
+    let at = |ptr: u64, offset: usize, size: usize| (ptr + (offset * size) as u64) as *const c_void;
+    let (ta, tc) = (std::mem::size_of::<TA>(), std::mem::size_of::<TC>());
+    let (alpha_ptr, beta_ptr) = ((&d.alpha) as *const f32 as *const c_void, (&d.beta) as *const f32 as *const c_void);
+    // SAFETY: every operand's last element read or written lies within its slice (extents
+    // checked above; offsets are within them); alpha and beta are f32 as COMPUTE_32F
+    // requires; the handle is bound to this device's stream.
+    unsafe {
+        result::gemm_strided_batched_ex(
+            handle,
+            transa,
+            transb,
+            n,
+            m,
+            k,
+            alpha_ptr,
+            at(b_ptr, d.b.0, ta),
+            TA::CUDA_TYPE,
+            ldb,
+            stride_b,
+            at(a_ptr, d.a.0, ta),
+            TA::CUDA_TYPE,
+            lda,
+            stride_a,
+            beta_ptr,
+            at(c_ptr, d.c.0, tc) as *mut c_void,
+            TC::CUDA_TYPE,
+            ldc,
+            stride_c,
+            to_i32(OP, d.batch)?,
+            CUBLAS_COMPUTE_32F,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }?;
+    Ok(())
+}

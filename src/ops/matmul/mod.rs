@@ -9,7 +9,7 @@
 pub mod cpu;
 pub mod cuda;
 
-pub use cpu::Dims;
+pub use cpu::{Dims, Strided};
 
 use crate::autograd::{Saved, Tape};
 use crate::ops::{cuda_device, cuda_tensor, expect_float, expect_same, host_f32};
@@ -322,5 +322,125 @@ mod tests {
         }
         let mean = ratio_sum / counted as f64;
         assert!((mean - 1.0).abs() < 5e-4, "mean got/want {mean} over {counted} elements: the scalars were rounded");
+    }
+
+    /// Views like the tensor-core attention's: heads at offsets inside [T, H, D] rows, every
+    /// transpose, a batch stride between heads.
+    fn head_views(ta: bool, tb: bool, beta: f32) -> Strided {
+        // C_i [5, 4] = op(A_i) [5, 3] · op(B_i) [3, 4] for 2 heads of 3 columns in rows of 7.
+        let (m, n, k) = (5, 4, 3);
+        Strided {
+            m,
+            n,
+            k,
+            trans_a: ta,
+            trans_b: tb,
+            a: (1, 7, 3),
+            b: (2, 8, 4),
+            c: (3, 11, 5),
+            batch: 2,
+            alpha: 0.75,
+            beta,
+        }
+    }
+
+    /// The strided reference against the plain one on the same matrices copied out.
+    #[test]
+    fn strided_reference_matches_plain_reference() {
+        for (ta, tb) in ALL_TRANS {
+            for beta in [0.0, 0.5] {
+                let s = head_views(ta, tb, beta);
+                let [ea, eb, ec] = s.extents().unwrap();
+                let (a, b) = (random_f32(ea, 1.0, 31), random_f32(eb, 1.0, 32));
+                let c0 = random_f32(ec, 1.0, 33);
+                let mut c = c0.clone();
+                s.reference(&a, &b, &mut c);
+                let (ar, ac) = if ta { (s.k, s.m) } else { (s.m, s.k) };
+                let (br, bc) = if tb { (s.n, s.k) } else { (s.k, s.n) };
+                let copy = |x: &[f32], (off, ld, st): (usize, usize, usize), i: usize, rows: usize, cols: usize| {
+                    (0..rows)
+                        .flat_map(|r| (0..cols).map(move |c| (r, c)))
+                        .map(|(r, c)| x[off + i * st + r * ld + c])
+                        .collect::<Vec<_>>()
+                };
+                for i in 0..s.batch {
+                    let mut want = vec![0f32; s.m * s.n];
+                    cpu::reference(
+                        &copy(&a, s.a, i, ar, ac),
+                        &copy(&b, s.b, i, br, bc),
+                        &mut want,
+                        Dims::single(s.m, s.n, s.k, ta, tb),
+                    );
+                    let old = copy(&c0, s.c, i, s.m, s.n);
+                    let want: Vec<f32> = want.iter().zip(&old).map(|(w, o)| 0.75 * w + beta * o).collect();
+                    assert_close(
+                        &format!("strided {ta} {tb} {beta} head {i}"),
+                        &copy(&c, s.c, i, s.m, s.n),
+                        &want,
+                        1e-6,
+                        1e-6,
+                    );
+                }
+                // Elements outside the views are untouched.
+                let inside: std::collections::HashSet<usize> = (0..s.batch)
+                    .flat_map(|i| {
+                        (0..s.m).flat_map(move |r| (0..s.n).map(move |col| s.c.0 + i * s.c.2 + r * s.c.1 + col))
+                    })
+                    .collect();
+                assert!((0..ec).filter(|e| !inside.contains(e)).all(|e| c[e] == c0[e]));
+            }
+        }
+        let short = Strided { a: (0, 2, 3), ..head_views(false, false, 0.0) };
+        assert!(short.extents().is_none(), "a row stride shorter than a row of A is refused");
+    }
+
+    /// cuBLAS's strided batched product against the strided reference: f32, and bf16
+    /// operands into an f32 result (as the attention's scores) and into bf16.
+    #[test]
+    fn cuda_strided_batched_matches_reference() {
+        use half::bf16;
+        let Some(gpu) = cuda_for_tests("matmul::cuda_strided_batched_matches_reference") else { return };
+        let Device::Cuda(dev) = &gpu else { panic!("cuda_for_tests gave a non-CUDA device") };
+        for (ta, tb) in ALL_TRANS {
+            for beta in [0.0, 0.5] {
+                let s = head_views(ta, tb, beta);
+                let [ea, eb, ec] = s.extents().unwrap();
+                let to_bf16 = |v: &[f32]| v.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>();
+                let (a, b, c0) = (random_f32(ea, 1.0, 41), random_f32(eb, 1.0, 42), random_f32(ec, 1.0, 43));
+                let (a16, b16, c16) = (to_bf16(&a), to_bf16(&b), to_bf16(&c0));
+                let widen = |v: &[bf16]| v.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
+                let what = format!("strided batched {ta} {tb} beta {beta}");
+                // f32.
+                let mut want = c0.clone();
+                s.reference(&a, &b, &mut want);
+                let mut cg = dev.htod(&c0).unwrap();
+                let (ag, bg) = (dev.htod(&a).unwrap(), dev.htod(&b).unwrap());
+                cuda::strided_batched::<f32, f32>(dev, &s, ag.slice(), bg.slice(), cg.slice_mut()).unwrap();
+                assert_close(&format!("{what} f32"), &dev.dtoh(cg.slice()).unwrap(), &want, 1e-5, 1e-5);
+                // bf16 operands, f32 and bf16 results.
+                let (a_w, b_w) = (widen(&a16), widen(&b16));
+                let mut want = c0.clone();
+                s.reference(&a_w, &b_w, &mut want);
+                let (ag, bg) = (dev.htod(&a16).unwrap(), dev.htod(&b16).unwrap());
+                let mut cg = dev.htod(&c0).unwrap();
+                cuda::strided_batched::<bf16, f32>(dev, &s, ag.slice(), bg.slice(), cg.slice_mut()).unwrap();
+                assert_close(&format!("{what} bf16 -> f32"), &dev.dtoh(cg.slice()).unwrap(), &want, 1e-5, 1e-5);
+                let mut want = widen(&c16);
+                s.reference(&a_w, &b_w, &mut want);
+                let mut cg = dev.htod(&c16).unwrap();
+                cuda::strided_batched::<bf16, bf16>(dev, &s, ag.slice(), bg.slice(), cg.slice_mut()).unwrap();
+                assert_close(&format!("{what} bf16"), &widen(&dev.dtoh(cg.slice()).unwrap()), &want, 1e-2, 1e-2);
+                // A result buffer one element short of the views is refused.
+                let mut short = dev.htod(&c0[..ec - 1]).unwrap();
+                let e = cuda::strided_batched::<f32, f32>(
+                    dev,
+                    &s,
+                    dev.htod(&a).unwrap().slice(),
+                    dev.htod(&b).unwrap().slice(),
+                    short.slice_mut(),
+                );
+                assert!(e.unwrap_err().to_string().contains("c holds"), "{what}");
+            }
+        }
     }
 }

@@ -11,6 +11,10 @@
 #   scripts/gpu-bench-step.sh ops     # the masked-LoRA linear (issue 25) against the cuBLAS
 #                                     # GEMMs it contains: 4096→4096, 4096→11008, 11008→4096,
 #                                     # 2048 and 8192 tokens, 50% bitmask and 2:4, rank 16
+#   scripts/gpu-bench-step.sh profile # issue 25's per-op table: attention forward + backward
+#                                     # (tensor cores and flash, T 2048 and 4096, D 128), then
+#                                     # one masked-lora step (50%, no checkpointing) with the
+#                                     # device synchronised at every op (train_step_ops)
 #   scripts/gpu-bench-step.sh decode  # generation (issue 24): sparsetune bench decode, dense
 #                                     # against 50% / 70% bitmask and 2:4 (CUDA decode
 #                                     # kernels), bf16, LAYERS (default 8) decoder layers
@@ -63,6 +67,15 @@ ops)
         done
     done
     ;;
+profile)
+    mkdir -p /tmp/carry && tar -C /tmp/carry -xJf .carry/bin.tar.xz
+    for seq in 2048 4096; do
+        /tmp/carry/bin/sparsetune bench --device cuda --reps 5 attention --seq "$seq" --heads 32 --kv-heads 32 \
+            --head-dim 128 2>&1 | tee -a "$OUT/attention.jsonl"
+    done
+    /tmp/carry/bin/sparsetune bench --device cuda --reps 2 step --shape "$SHAPE" --pattern 0.5 \
+        --methods masked-lora --checkpointing off --profile 2>&1 | tee -a "$OUT/step-profile.jsonl"
+    ;;
 decode)
     mkdir -p /tmp/carry && tar -C /tmp/carry -xJf .carry/bin.tar.xz
     for pattern in "--sparsity 0.5" "--sparsity 0.7" "--nm 2:4"; do
@@ -70,5 +83,5 @@ decode)
             $pattern --tokens 128 --context 512 2>&1 | tee -a "$OUT/decode-ours.jsonl"
     done
     ;;
-*) echo "usage: $0 ours|torch|prune|ops|decode" >&2; exit 2 ;;
+*) echo "usage: $0 ours|torch|prune|ops|profile|decode" >&2; exit 2 ;;
 esac

@@ -16,8 +16,10 @@
 //! decoder layer) that keeps only its input and re-runs forward during backward.
 
 mod checkpoint;
+mod profile;
 
 pub use checkpoint::checkpoint;
+pub use profile::{OpTime, Phase, Profile};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -180,6 +182,7 @@ pub struct Tape {
     watched: HashSet<TensorId>,
     tracked: HashSet<TensorId>,
     scope: Option<Arc<str>>,
+    profile: Option<Profile>,
 }
 
 impl Tape {
@@ -197,6 +200,15 @@ impl Tape {
     /// True when `t` is watched or the output of a recorded op.
     pub fn is_tracked(&self, t: &Tensor) -> bool {
         self.tracked.contains(&t.id())
+    }
+
+    /// Times every recorded op from now on, and every node in backward (see [`Profile`]).
+    pub fn set_profile(&mut self, profile: Option<Profile>) -> Result<()> {
+        if let Some(p) = &profile {
+            p.mark()?;
+        }
+        self.profile = profile;
+        Ok(())
     }
 
     /// Labels the ops recorded from now on (e.g. `Some("layer 3")`), for reports.
@@ -228,6 +240,10 @@ impl Tape {
             inputs.iter().map(|t| self.tracked.contains(&t.id()).then(|| t.id())).collect();
         if ids.iter().all(Option::is_none) {
             return false;
+        }
+        if let Some(p) = &self.profile {
+            // Timing is best effort: a failed synchronisation surfaces at the next op.
+            let _ = p.lap(op, Phase::Forward);
         }
         self.record_node(op, ids, output, saved, Box::new(backward));
         true
@@ -292,12 +308,18 @@ impl Tape {
         // Intermediate gradients live in their own map; only watched leaves reach `grads`.
         let mut local = Grads::new();
         local.accumulate(output.id(), grad_out)?;
+        if let Some(p) = &self.profile {
+            p.mark()?;
+        }
         while let Some(node) = self.nodes.pop() {
             let Some(g) = local.take(node.output) else {
                 continue; // the output did not influence the loss
             };
             let mut ctx = BackwardCtx { grad_out: g, saved: node.saved, inputs: &node.inputs, grads: &mut local };
             (node.backward)(&mut ctx)?;
+            if let Some(p) = &self.profile {
+                p.lap(node.op, Phase::Backward)?;
+            }
         }
         for (id, g) in local.map {
             if self.watched.contains(&id) {

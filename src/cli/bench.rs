@@ -94,6 +94,26 @@ enum BenchKind {
         #[arg(long, default_value = "0.5")]
         pattern: String,
     },
+    /// Causal GQA attention forward and backward (dq, dk, dv) on random bf16 (CUDA) or f32
+    /// (CPU) q, k, v: seconds and TFLOP/s (causal: forward 2·B·Hq·T²·D multiply-adds, backward
+    /// 2.5× that), on CUDA for the tensor-core and the flash kernels; one JSON line each.
+    Attention {
+        /// Batch entries.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Sequence length T.
+        #[arg(long, default_value_t = 2048)]
+        seq: usize,
+        /// Query heads.
+        #[arg(long, default_value_t = 32)]
+        heads: usize,
+        /// Key/value heads (dividing --heads).
+        #[arg(long, default_value_t = 32)]
+        kv_heads: usize,
+        /// Head dimension D.
+        #[arg(long, default_value_t = 128)]
+        head_dim: usize,
+    },
     /// Pruning a random model of a known shape with calibration (all decoder layers,
     /// sequential, calibration forward included): seconds and peak memory.
     Prune {
@@ -139,6 +159,11 @@ enum BenchKind {
         /// Comma-separated activation checkpointing settings: on, off.
         #[arg(long, default_value = "on,off")]
         checkpointing: String,
+        /// After the timed steps, one more with the device synchronised at every op: one
+        /// more JSON line (`train_step_ops`) with seconds per (op, phase), largest first.
+        /// Checkpointed layers count as one op (`checkpoint`).
+        #[arg(long)]
+        profile: bool,
     },
 }
 
@@ -207,6 +232,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         BenchKind::MaskedLora { tokens, input, output, rank, pattern } => {
             masked_lora_bench(&device, a.reps, tokens, input, output, rank, &pattern)?;
         }
+        BenchKind::Attention { batch, seq, heads, kv_heads, head_dim } => {
+            let d = crate::ops::attention::Dims { batch, seq, q_heads: heads, kv_heads, head_dim };
+            attention_bench(&device, a.reps, d)?;
+        }
         BenchKind::Prune { shape, method, pattern, samples, seq_len } => {
             let pattern = parse_pattern(&pattern)?;
             let dtype = if device.is_cuda() { DType::BF16 } else { DType::F32 };
@@ -227,7 +256,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     "sparsity": report.overall_sparsity, "peak_bytes": device.memory().peak_bytes})
             );
         }
-        BenchKind::Step { shape, methods, pattern, rank, seq_len, batch, checkpointing } => {
+        BenchKind::Step { shape, methods, pattern, rank, seq_len, batch, checkpointing, profile } => {
             let methods = methods.split(',').map(str::parse).collect::<Result<Vec<RepairMethod>>>()?;
             let ckpt = checkpointing
                 .split(',')
@@ -237,7 +266,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     other => Err(Error::invalid(format!("--checkpointing takes on/off, not '{other}'"))),
                 })
                 .collect::<Result<Vec<bool>>>()?;
-            step_bench(&device, a.reps, &shape, &methods, &pattern, rank, (seq_len, batch), &ckpt)?;
+            step_bench(&device, a.reps, &shape, &methods, &pattern, rank, (seq_len, batch), &ckpt, profile)?;
         }
         BenchKind::Sparsegpt { rows, cols, pattern } => {
             let pattern = parse_pattern(&pattern)?;
@@ -320,6 +349,56 @@ fn masked_lora_bench(
             "backward_exact_seconds": exact, "backward_exact_vs_gemms": (gemm_dx + gemm_g) / exact,
             "backward_rearranged_seconds": rearr, "backward_rearranged_vs_dx_gemm": gemm_dx / rearr})
     );
+    Ok(())
+}
+
+fn attention_bench(device: &Device, reps: usize, d: crate::ops::attention::Dims) -> Result<()> {
+    use crate::ops::attention::{backward_with, forward_with, CudaKernels};
+    let dtype = if device.is_cuda() { DType::BF16 } else { DType::F32 };
+    let q_shape = [d.batch, d.seq, d.q_heads, d.head_dim];
+    let kv_shape = [d.batch, d.seq, d.kv_heads, d.head_dim];
+    let q = Tensor::randn(q_shape, 1.0, dtype, device, 1)?;
+    let k = Tensor::randn(kv_shape, 1.0, dtype, device, 2)?;
+    let v = Tensor::randn(kv_shape, 1.0, dtype, device, 3)?;
+    let d_o = Tensor::randn(q_shape, 1.0, dtype, device, 4)?;
+    let kernels: &[CudaKernels] = if device.is_cuda() {
+        if d.head_dim <= crate::ops::attention::cuda::MAX_HEAD_DIM {
+            &[CudaKernels::TensorCores, CudaKernels::Flash]
+        } else {
+            &[CudaKernels::TensorCores]
+        }
+    } else {
+        &[CudaKernels::Auto]
+    };
+    // Multiply-adds of the causal products, as FlashAttention counts them: forward 2 products
+    // of T²·D over half the square, times 2 flops each; backward 2.5× the forward.
+    let fwd_flop = 2.0 * (d.batch * d.q_heads * d.head_dim) as f64 * (d.seq as f64).powi(2);
+    let bwd_flop = 2.5 * fwd_flop;
+    for &kind in kernels {
+        let sync = || device.synchronize();
+        device.synchronize()?;
+        device.reset_peak_memory();
+        let base = device.memory().current_bytes;
+        let fwd = median_seconds(reps, || forward_with(&q, &k, &v, kind).map(drop).and_then(|_| sync()))?;
+        let (o, lse) = forward_with(&q, &k, &v, kind)?;
+        let bwd = median_seconds(reps, || {
+            backward_with(&q, &k, &v, &o, &lse, &d_o, [true; 3], kind).map(drop).and_then(|_| sync())
+        })?;
+        let path = match kind {
+            CudaKernels::TensorCores => "tensor-cores",
+            CudaKernels::Flash => "flash",
+            CudaKernels::Auto => "cpu",
+        };
+        println!(
+            "{}",
+            serde_json::json!({"bench": "attention", "device": device.label(), "dtype": dtype.as_str(), "kernels": path,
+                "batch": d.batch, "seq": d.seq, "heads": d.q_heads, "kv_heads": d.kv_heads, "head_dim": d.head_dim,
+                "forward_seconds": fwd, "forward_tflops": fwd_flop / fwd / 1e12,
+                "backward_seconds": bwd, "backward_tflops": bwd_flop / bwd / 1e12,
+                "forward_backward_tflops": (fwd_flop + bwd_flop) / (fwd + bwd) / 1e12,
+                "peak_transient_bytes": device.memory().peak_bytes.saturating_sub(base)})
+        );
+    }
     Ok(())
 }
 
@@ -414,6 +493,7 @@ fn step_bench(
     rank: usize,
     (seq_len, batch): (usize, usize),
     checkpointing: &[bool],
+    profile: bool,
 ) -> Result<()> {
     if let Some(m) = methods.iter().find(|m| !matches!(m, RepairMethod::MaskedLora | RepairMethod::Lors)) {
         return Err(Error::invalid(format!("bench step times masked-lora and lors, not {m}")));
@@ -434,7 +514,8 @@ fn step_bench(
     let adapted = attach_masked_lora(&dense, lora)?;
     drop(dense);
     let setup = t0.elapsed().as_secs_f64();
-    let data = TrainData::new(&[token_stream((reps + 1) * batch * (seq_len + 1), config.vocab_size, 0)], seq_len)?;
+    let steps = reps + 1 + usize::from(profile);
+    let data = TrainData::new(&[token_stream(steps * batch * (seq_len + 1), config.vocab_size, 0)], seq_len)?;
     for &method in methods {
         for &ckpt in checkpointing {
             let mut model = adapted.clone(); // shares the base; the adapters train in place
@@ -446,7 +527,7 @@ fn step_bench(
                     }
                 }
             }
-            let mut cfg = TrainConfig::new(reps + 1);
+            let mut cfg = TrainConfig::new(steps);
             (cfg.seq_len, cfg.batch, cfg.checkpoint_layers, cfg.warmup) = (seq_len, batch, ckpt, 0.0);
             let planned = plan::plan(&PlanInput {
                 config: config.clone(),
@@ -472,7 +553,7 @@ fn step_bench(
             trainer.train_step(&data)?; // warm-up
             device.synchronize()?;
             let start = Instant::now();
-            while !trainer.done() {
+            for _ in 0..reps {
                 trainer.train_step(&data)?;
             }
             device.synchronize()?;
@@ -486,6 +567,22 @@ fn step_bench(
                     "planned_peak_bytes": planned, "setup_seconds": setup,
                     "last_loss": trainer.history.last().map(|r| r.loss)})
             );
+            if profile {
+                let prof = crate::autograd::Profile::new(device);
+                trainer.profile = Some(prof.clone());
+                let record = trainer.train_step(&data)?;
+                let ops: Vec<serde_json::Value> = prof
+                    .table()
+                    .into_iter()
+                    .map(|(op, phase, t)| serde_json::json!({"op": op, "phase": phase.name(), "calls": t.calls, "seconds": t.seconds}))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"bench": "train_step_ops", "device": device.label(), "dtype": dtype.as_str(),
+                        "shape": shape, "method": method.name(), "pattern": pattern, "checkpointing": ckpt,
+                        "profiled_step_seconds": record.seconds, "ops": ops})
+                );
+            }
         }
     }
     Ok(())

@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::optim::{AdamW, AdamWConfig};
 use super::schedule::{Decay, Schedule};
-use crate::autograd::{Grads, Tape};
+use crate::autograd::{Grads, Profile, Tape};
 use crate::model::llama::{ForwardOptions, Llama};
 use crate::{DType, Device, Error, Result, Tensor};
 
@@ -211,6 +211,8 @@ pub struct Trainer {
     pub samples_seen: u64,
     /// Every step's record.
     pub history: Vec<StepRecord>,
+    /// Per-op timing of the steps (benchmarks), when set.
+    pub profile: Option<Profile>,
 }
 
 impl Trainer {
@@ -222,7 +224,17 @@ impl Trainer {
         }
         let optimizer = AdamW::new(config.adamw, &params)?;
         let segment = 0..config.steps;
-        Ok(Trainer { model, params, optimizer, config, step: 0, segment, samples_seen: 0, history: Vec::new() })
+        Ok(Trainer {
+            model,
+            params,
+            optimizer,
+            config,
+            step: 0,
+            segment,
+            samples_seen: 0,
+            history: Vec::new(),
+            profile: None,
+        })
     }
 
     /// Trains `params` from now on (tensors the model holds; the old ones are dropped) with
@@ -270,6 +282,7 @@ impl Trainer {
                 continue; // keep the data position as if the step had run
             }
             let mut tape = Tape::new();
+            tape.set_profile(self.profile.clone())?;
             for (_, p) in &self.params {
                 tape.watch(p);
             }
@@ -282,7 +295,13 @@ impl Trainer {
             }
             let mut grads = Grads::new();
             tape.backward(&loss, &mut grads)?;
-            accumulate_f32(&mut acc, &mut grads, self.params.iter().map(|(_, p)| p))?;
+            let params = self.params.iter().map(|(_, p)| p);
+            match &self.profile {
+                Some(prof) => {
+                    prof.time("gradients to f32 accumulators", || accumulate_f32(&mut acc, &mut grads, params))?
+                }
+                None => accumulate_f32(&mut acc, &mut grads, params)?,
+            }
         }
         let micro = c.grad_accum as f64;
         let loss = (loss_sum / micro) as f32;
@@ -301,7 +320,11 @@ impl Trainer {
             let grads: Vec<Tensor> =
                 acc.into_iter().map(|g| g.expect("every micro-batch fills every gradient")).collect();
             let micro = u32::try_from(c.grad_accum).map_err(|_| Error::invalid("grad-accum does not fit 32 bits"))?;
-            let norm = self.optimizer.update(&self.params, &grads, lr, micro, c.max_grad_norm)?;
+            let mut update = || self.optimizer.update(&self.params, &grads, lr, micro, c.max_grad_norm);
+            let norm = match &self.profile {
+                Some(prof) => prof.time("adamw::clipped_step (norm, clip, update)", update)?,
+                None => update()?,
+            };
             record.grad_norm = norm as f32;
             record.skipped = !norm.is_finite();
         }

@@ -8,6 +8,8 @@
 //! For 2:4 with bf16 values a group of 4 costs 2·16 + 2·2 = 36 bits: 1.125 bytes per
 //! weight instead of 2 (the same as a 50% bitmask layout).
 
+use rayon::prelude::*;
+
 use super::BitMask;
 use crate::{Error, Result};
 
@@ -40,6 +42,49 @@ pub fn index_bits(m: usize) -> usize {
     (usize::BITS - (m - 1).leading_zeros()) as usize
 }
 
+/// The `indices` of an N:M matrix from its mask alone ([rows, ceil(cols/M·N·bits / 8)]
+/// bytes, see the module docs): `mask` must keep exactly N entries in every group of M.
+pub fn positions(mask: &BitMask, n: usize, m: usize) -> Result<Vec<u8>> {
+    let (rows, cols) = (mask.rows(), mask.cols());
+    check_nm(n, m, cols)?;
+    let bits = index_bits(m);
+    let stride = NmMatrix::<u8>::index_stride(cols, n, m);
+    let mut indices = vec![0u8; rows * stride];
+    if stride == 0 {
+        return Ok(indices);
+    }
+    // Rows are independent: packed in parallel (7B shapes: 6.5e9 mask bits).
+    indices.par_chunks_mut(stride).enumerate().try_for_each(|(r, row)| -> Result<()> {
+        let mut slot = 0usize;
+        for g in 0..cols / m {
+            let mut kept = 0;
+            for p in 0..m {
+                if !mask.get(r, g * m + p) {
+                    continue;
+                }
+                kept += 1;
+                if kept > n {
+                    break;
+                }
+                for b in 0..bits {
+                    if (p >> b) & 1 == 1 {
+                        let at = slot * bits + b;
+                        row[at / 8] |= 1 << (at % 8);
+                    }
+                }
+                slot += 1;
+            }
+            if kept != n {
+                return Err(Error::invalid(format!(
+                    "row {r}, group {g}: {kept} kept entries where {n}:{m} needs exactly {n}"
+                )));
+            }
+        }
+        Ok(())
+    })?;
+    Ok(indices)
+}
+
 impl<T: Copy + Default> NmMatrix<T> {
     /// Bytes of packed indices per row.
     pub fn index_stride(cols: usize, n: usize, m: usize) -> usize {
@@ -54,39 +99,11 @@ impl<T: Copy + Default> NmMatrix<T> {
         if dense.len() != rows * cols {
             return Err(Error::invalid(format!("{} values for a {rows}x{cols} mask", dense.len())));
         }
-        let bits = index_bits(m);
-        let stride = Self::index_stride(cols, n, m);
-        let per_row = cols / m * n;
-        let mut values = Vec::with_capacity(rows * per_row);
-        let mut indices = vec![0u8; rows * stride];
+        let indices = positions(mask, n, m)?;
+        // Exactly N per group (checked above), so the kept columns in order are the slots.
+        let mut values = Vec::with_capacity(rows * (cols / m * n));
         for r in 0..rows {
-            let mut slot = 0usize;
-            for g in 0..cols / m {
-                let mut kept = 0;
-                for p in 0..m {
-                    let c = g * m + p;
-                    if mask.get(r, c) {
-                        kept += 1;
-                        if kept > n {
-                            break;
-                        }
-                        values.push(dense[r * cols + c]);
-                        let bit = slot * bits;
-                        for b in 0..bits {
-                            if (p >> b) & 1 == 1 {
-                                let at = bit + b;
-                                indices[r * stride + at / 8] |= 1 << (at % 8);
-                            }
-                        }
-                        slot += 1;
-                    }
-                }
-                if kept != n {
-                    return Err(Error::invalid(format!(
-                        "row {r}, group {g}: {kept} kept entries where {n}:{m} needs exactly {n}"
-                    )));
-                }
-            }
+            values.extend((0..cols).filter(|&c| mask.get(r, c)).map(|c| dense[r * cols + c]));
         }
         Ok(NmMatrix { rows, cols, n, m, values, indices })
     }

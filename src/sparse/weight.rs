@@ -16,6 +16,7 @@
 
 use cudarc::driver::{CudaSlice, CudaViewMut};
 
+use super::nm::positions;
 use super::{check_nm, BitMask, NmMatrix};
 use crate::device::cuda::CudaFloat;
 use crate::storage::{Element, FloatElement};
@@ -65,56 +66,75 @@ impl SparseWeight {
         if (mask.rows(), mask.cols()) != (rows, cols) {
             return Err(Error::invalid(format!("mask {}x{} for weight {}", mask.rows(), mask.cols(), w.shape())));
         }
-        match (w.device(), format) {
-            (Device::Cuda(dev), SparseFormat::Bitmask) => {
-                with_compute_type!(w.dtype(), "sparse weight", T => Self::compress_cuda::<T>(dev, w, mask))
+        match w.device() {
+            Device::Cuda(dev) => {
+                with_compute_type!(w.dtype(), "sparse weight", T => Self::compress_cuda::<T>(dev, w, mask, format))
             }
-            _ => with_compute_type!(w.dtype(), "sparse weight", T => Self::compress_typed::<T>(w, mask, format)),
+            Device::Cpu(_) => {
+                with_compute_type!(w.dtype(), "sparse weight", T => Self::compress_typed::<T>(w, mask, format))
+            }
         }
     }
 
-    /// [`Self::compress`] of a CUDA weight to a bitmask on the device: only the mask and its
-    /// row offsets (counted from the mask) go up; the kept values are gathered by
-    /// `cuda/sparse.cu`, so no weight value crosses to the host. (N:M packing on the device is
-    /// `ops::nm_pack`, a layer above this one: N:M weights are packed on the host.)
-    fn compress_cuda<T: CudaFloat>(dev: &crate::device::CudaDevice, w: &Tensor, mask: &BitMask) -> Result<Self> {
+    /// [`Self::compress`] of a CUDA weight on the device: only the metadata made from the
+    /// mask goes up (the bitmask and its row offsets, or the N:M positions, [`positions`]);
+    /// the kept values are gathered by `cuda/sparse.cu`, so no weight value crosses to the
+    /// host.
+    fn compress_cuda<T: CudaFloat>(
+        dev: &crate::device::CudaDevice,
+        w: &Tensor,
+        mask: &BitMask,
+        format: SparseFormat,
+    ) -> Result<Self> {
         let (rows, cols) = (mask.rows(), mask.cols());
         let device = w.device();
-        let meta = Tensor::from_vec(mask.bytes().to_vec(), [rows, BitMask::stride_for(cols)], device)?;
-        let mut offsets = Vec::with_capacity(rows + 1);
-        let mut total = 0usize;
-        for r in 0..rows {
-            offsets.push(total as u32);
-            total += mask.kept_in_row(r);
-            if total > u32::MAX as usize {
-                return Err(Error::invalid("sparse weight has more than 2³² kept values"));
+        let (meta, offsets, total, values_shape) = match format {
+            SparseFormat::Bitmask => {
+                let meta = Tensor::from_vec(mask.bytes().to_vec(), [rows, BitMask::stride_for(cols)], device)?;
+                let mut offsets = Vec::with_capacity(rows + 1);
+                let mut total = 0usize;
+                for r in 0..rows {
+                    offsets.push(total as u32);
+                    total += mask.kept_in_row(r);
+                    if total > u32::MAX as usize {
+                        return Err(Error::invalid("sparse weight has more than 2³² kept values"));
+                    }
+                }
+                offsets.push(total as u32);
+                (meta, Some(Tensor::from_vec(offsets, [rows + 1], device)?), total, vec![total])
             }
-        }
-        offsets.push(total as u32);
-        let offsets = Tensor::from_vec(offsets, [rows + 1], device)?;
+            SparseFormat::NM { n, m } => {
+                let stride = NmMatrix::<u8>::index_stride(cols, n, m);
+                let meta = Tensor::from_vec(positions(mask, n, m)?, [rows, stride], device)?;
+                let per_row = cols / m * n;
+                (meta, None, rows * per_row, vec![rows, per_row])
+            }
+        };
         let mut values = dev.alloc::<T>(total)?;
         {
             // The gather reads the weight through a mutable view (it writes the values).
             let mut dense = w.write()?;
-            let (meta_g, offsets_g) = (meta.read()?, offsets.read()?);
+            let meta_g = meta.read()?;
+            let offsets_g = offsets.as_ref().map(Tensor::read).transpose()?;
+            let offsets_s = offsets_g.as_ref().map(|g| g.cuda::<u32>()).transpose()?;
             super::cuda::gather(
                 dev,
                 rows,
                 cols,
-                SparseFormat::Bitmask,
+                format,
                 values.slice_mut(),
                 meta_g.cuda::<u8>()?,
-                Some(offsets_g.cuda::<u32>()?),
+                offsets_s,
                 &mut dense.cuda_mut::<T>()?.slice_mut(..),
             )?;
         }
         Ok(SparseWeight {
             rows,
             cols,
-            format: SparseFormat::Bitmask,
-            values: crate::tensor::cuda_tensor(values, [total], device)?,
+            format,
+            values: crate::tensor::cuda_tensor(values, values_shape, device)?,
             meta,
-            row_offsets: Some(offsets),
+            row_offsets: offsets,
         })
     }
 

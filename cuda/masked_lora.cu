@@ -45,6 +45,8 @@ __device__ __forceinline__ void lora_dot8(const T* a, const float* sb, int rank,
 #pragma unroll
         for (int e = 0; e < 8; ++e) acc[rr][e] = 0.f;
     if (inside == 0) return;
+    // Four of A's rows in flight at a time: the loads, not the FMAs, bound this loop.
+#pragma unroll 4
     for (int k = 0; k < rank; ++k) {
         float av[8];
         load8(a + (size_t)k * cols + c0, vectors, inside == 0xffu ? 8 : __popc(inside), av);

@@ -15,6 +15,10 @@
 #                                     # (tensor cores and flash, T 2048 and 4096, D 128), then
 #                                     # one masked-lora step (50%, no checkpointing) with the
 #                                     # device synchronised at every op (train_step_ops)
+#   scripts/gpu-bench-step.sh ncu     # Nsight Compute on our kernels (duration, DRAM and SM
+#                                     # throughput, occupancy, warp stalls): masked-LoRA W_eff
+#                                     # and expansion, attention's row and flash kernels, and
+#                                     # the decode kernels next to cuBLAS's GEMV; CSV under $OUT
 #   scripts/gpu-bench-step.sh decode  # generation (issue 24): sparsetune bench decode, dense
 #                                     # against 50% / 70% bitmask and 2:4 (CUDA decode
 #                                     # kernels), bf16, LAYERS (default 8) decoder layers
@@ -76,6 +80,22 @@ profile)
     /tmp/carry/bin/sparsetune bench --device cuda --reps 2 step --shape "$SHAPE" --pattern 0.5 \
         --methods masked-lora --checkpointing off --profile 2>&1 | tee -a "$OUT/step-profile.jsonl"
     ;;
+ncu)
+    mkdir -p /tmp/carry && tar -C /tmp/carry -xJf .carry/bin.tar.xz
+    st=/tmp/carry/bin/sparsetune
+    prof() {  # prof NAME KERNEL-REGEX COUNT COMMAND...
+        local name="$1" kernels="$2" count="$3"
+        shift 3
+        timeout 150 ncu --kernel-name "regex:$kernels" --launch-count "$count" --section SpeedOfLight \
+            --section Occupancy --section WarpStateStats --csv --page details "$@" > "$OUT/ncu-$name.csv" 2>&1
+        echo "ncu $name: exit $?, $(grep -c '"' "$OUT/ncu-$name.csv") rows"
+    }
+    prof masked-lora "masked_lora|bitmask_expand|nm_expand" 12 \
+        $st bench masked-lora --device cuda --reps 1 --tokens 2048 --input 4096 --output 4096 --pattern 0.5
+    prof attention "attention_" 12 $st bench --device cuda --reps 1 attention --seq 2048
+    prof decode "bitmask_decode|nm_decode|gemv" 40 \
+        $st bench --device cuda --reps 1 decode --shape "$SHAPE" --layers 2 --sparsity 0.5 --tokens 4 --context 32
+    ;;
 decode)
     mkdir -p /tmp/carry && tar -C /tmp/carry -xJf .carry/bin.tar.xz
     for pattern in "--sparsity 0.5" "--sparsity 0.7" "--nm 2:4"; do
@@ -83,5 +103,5 @@ decode)
             $pattern --tokens 128 --context 512 2>&1 | tee -a "$OUT/decode-ours.jsonl"
     done
     ;;
-*) echo "usage: $0 ours|torch|prune|ops|profile|decode" >&2; exit 2 ;;
+*) echo "usage: $0 ours|torch|prune|ops|profile|ncu|decode" >&2; exit 2 ;;
 esac

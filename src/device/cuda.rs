@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::CudaBlas;
+use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtrMut, DeviceRepr, LaunchConfig,
 };
@@ -31,6 +32,7 @@ struct CudaInner {
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    attributes: Mutex<HashMap<CUdevice_attribute, i32>>,
     memory: Arc<MemoryCounter>,
     poison: AtomicBool,
     workspace: super::workspace::Workspace<crate::storage::CudaData>,
@@ -79,6 +81,7 @@ impl CudaDevice {
             stream,
             blas,
             modules: Mutex::new(HashMap::new()),
+            attributes: Mutex::new(HashMap::new()),
             memory: Arc::new(MemoryCounter::default()),
             poison: AtomicBool::new(false),
             workspace: Default::default(),
@@ -103,6 +106,18 @@ impl CudaDevice {
     /// The cuBLAS handle bound to [`Self::stream`].
     pub fn blas(&self) -> &CudaBlas {
         &self.0.blas
+    }
+
+    /// A device attribute as the driver reports it, asked once per attribute and device
+    /// (the decode path reads three per linear per token).
+    pub fn attribute(&self, attribute: CUdevice_attribute) -> Result<i32> {
+        let mut cache = self.0.attributes.lock().map_err(|_| Error::NoCuda("attribute cache lock poisoned".into()))?;
+        if let Some(&v) = cache.get(&attribute) {
+            return Ok(v);
+        }
+        let v = self.0.ctx.attribute(attribute)?;
+        cache.insert(attribute, v);
+        Ok(v)
     }
 
     /// Compute capability (major, minor).

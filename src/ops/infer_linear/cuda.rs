@@ -59,9 +59,8 @@ pub struct GpuLimits {
 impl GpuLimits {
     /// The limits of `dev`, as its driver reports them.
     pub fn of(dev: &CudaDevice) -> Result<Self> {
-        let ctx = dev.stream().context();
         let get = |a| -> Result<usize> {
-            usize::try_from(ctx.attribute(a)?).map_err(|_| Error::invalid("infer_linear: negative device attribute"))
+            usize::try_from(dev.attribute(a)?).map_err(|_| Error::invalid("infer_linear: negative device attribute"))
         };
         Ok(GpuLimits {
             sms: get(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,

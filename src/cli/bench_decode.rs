@@ -4,8 +4,9 @@
 //! step reads and the machine's streaming-read bandwidth measured by the bench itself.
 //! One JSON line per variant: `variant` (dense | sparse), `format`,
 //! `decode_tokens_per_second`, `prefill_tokens_per_second`, `weight_bytes`, `read_gbps`
-//! (weight bytes × decode tokens/s), `machine_read_gbps`, `resident_bytes` (every weight the
-//! variant holds, the embedding included).
+//! (weight bytes × decode tokens/s), `machine_read_gbps` (the host's streaming read, or on
+//! CUDA the GPU's read of a 2 GiB buffer), `resident_bytes` (every weight the variant holds,
+//! the embedding included).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -84,7 +85,10 @@ pub fn run(a: DecodeArgs, device: &Device, reps: usize) -> Result<()> {
             ("dense", InferModel::new(model.clone(), SparseMode::Off)?),
             ("sparse", InferModel::new(model, sparse_mode)?),
         ];
-        let machine = machine_read_gbps();
+        let machine = match device {
+            Device::Cuda(_) => device_read_gbps(device)?,
+            Device::Cpu(_) => machine_read_gbps(),
+        };
         let prompt = prompt_tokens(a.context, vocab);
         let opts = GenerateOptions { max_new: a.tokens, stop: vec![] };
         let mut measured: Vec<Measured> =
@@ -216,6 +220,21 @@ fn machine_read_gbps() -> f64 {
         best = best.max((words * 8) as f64 / t.elapsed().as_secs_f64() / 1e9);
     }
     best
+}
+
+/// GB/s of reading a 2 GiB bf16 buffer on a GPU once (the sum of its squares, best of 5; the
+/// result's copy to the host is included): the read bandwidth the decode kernels can reach.
+fn device_read_gbps(device: &Device) -> Result<f64> {
+    let n = 1usize << 30;
+    let buf = Tensor::zeros([n], DType::BF16, device)?;
+    crate::ops::adamw::sum_squares(&buf)?; // warm-up
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        std::hint::black_box(crate::ops::adamw::sum_squares(&buf)?);
+        best = best.max((2 * n) as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    Ok(best)
 }
 
 #[cfg(test)]

@@ -27,7 +27,9 @@
 //     value window that outruns the 32 words moves the warp on to the next 32, so windows
 //     and mask chunks advance independently (sparse stretches and empty rows included);
 //   - N:M: a lane reads the <= 8 position bytes of its VEC slots at once (VEC * bits <= 56
-//     bits, so m <= 128) and counts groups as it goes.
+//     bits, so m <= 128) and counts groups as it goes;
+//   - both: each lane asks for its chunk of the window after next into L2 (prefetch_l2) as
+//     it starts a window, so a warp has more than its current 512 bytes on the way.
 // Robust to inconsistent input: a row reads only values below min(row_offsets[r + 1], nnz),
 // mask bits past cols are dropped, N:M positions >= m are skipped.
 #include "common.cuh"
@@ -175,6 +177,8 @@ __device__ void bitmask_decode(const T* __restrict__ x, const T* __restrict__ va
         for (long long w0 = window_start(values, start); w0 < end; w0 += 32 * VEC) {
             const long long g0 = w0 + VEC * lane;  // the lane's chunk: values g0 .. g0 + VEC - 1
             const int ea = clamp_to(start - g0, 0, VEC), eb = clamp_to(end - g0, 0, VEC);
+            // The row's window after next on its way while this one is worked through.
+            if (g0 + 64 * VEC < end) prefetch_l2(values + g0 + 64 * VEC);
             float v[VEC];
             load_chunk<T, VEC>(values, g0, ea, eb, v);
             const long long window_end = min(w0 + 32 * VEC, end);
@@ -232,6 +236,7 @@ __device__ void nm_decode(const T* __restrict__ x, const T* __restrict__ values,
         for (long long w0 = window_start(values, start); w0 < end; w0 += 32 * VEC) {
             const long long g0 = w0 + VEC * lane;
             const int ea = clamp_to(start - g0, 0, VEC), eb = clamp_to(end - g0, 0, VEC);
+            if (g0 + 64 * VEC < end) prefetch_l2(values + g0 + 64 * VEC);
             if (ea >= eb) continue;
             float v[VEC];
             load_chunk<T, VEC>(values, g0, ea, eb, v);

@@ -526,3 +526,28 @@ fn bench_make_model_out_is_checked() {
     assert!(e.to_string().contains("written by sparsetune as `bench make-model --out`"), "{e}");
     common::remove_scratch(&dir);
 }
+
+/// Magnitude pruning reads no calibration text, so it runs where the default text is not
+/// installed (an empty cache); Wanda, which needs one, names the missing asset.
+#[test]
+fn magnitude_pruning_needs_no_calibration_asset() {
+    let dir = common::scratch("outputs-no-assets");
+    let (model, _) = inputs(&dir, 9);
+    let empty = dir.join("empty-cache");
+    std::fs::create_dir_all(&empty).unwrap();
+    let run = |method: &str, out: &Path| {
+        std::process::Command::new(common::binary())
+            .args(["prune", "--model", s(&model), "--method", method, "--sparsity", "0.5", "--out", s(out)])
+            .env("SPARSETUNE_CACHE", &empty)
+            .output()
+            .unwrap()
+    };
+    let out = run("magnitude", &dir.join("magnitude.safetensors"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dir.join("magnitude.safetensors").exists());
+    let out = run("wanda", &dir.join("wanda.safetensors"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("default asset") && err.contains("sotu"), "{err}");
+    assert!(!dir.join("wanda.safetensors").exists());
+}

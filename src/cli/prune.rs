@@ -190,7 +190,13 @@ pub fn run(a: PruneArgs) -> Result<()> {
     }
     let form = OutputForm::of(&a.out, parse_size(&a.max_shard_size)?);
     let limits = a.data.limits()?;
-    let calib_files = if a.calib.is_empty() { sotu_files(&default_asset("sotu")?, 2000)? } else { a.calib.clone() };
+    // The default calibration text is looked for only when the method reads one (magnitude
+    // pruning needs no data, so it runs where the assets are not installed).
+    let calib_files = if a.calib.is_empty() && crate::prune::needs_calibration(&opts) {
+        sotu_files(&default_asset("sotu")?, 2000)?
+    } else {
+        a.calib.clone()
+    };
     let kind = if form == OutputForm::File { OutputKind::File } else { OutputKind::ModelDir };
     OutputPlan::new(a.overwrite)
         .model("--model", &model_path)

@@ -224,6 +224,26 @@ fn row_kernel<T: CudaFloat>(
     ))
 }
 
+/// s = c·Q·Kᵀ for `$chunk` (f32, into `$s`), then `attention_probs_*` over it into `$p`:
+/// P and lse (`$recompute` = 0) or P from lse (1). A macro, as the lse argument is mutable in
+/// the forward and shared in the backward.
+macro_rules! scores_and_probs {
+    ($t:ty, $dev:expr, $d:expr, $chunk:expr, $q:expr, $k:expr, $s:expr, $p:expr, $lse:expr, $recompute:expr) => {{
+        strided_batched::<$t, f32>($dev, &$chunk.scores($d), $q, $k, $s.slice_mut())?;
+        let [seq, heads, at, stride] = $chunk.row_args($d)?;
+        let recompute: i32 = $recompute;
+        let (f, cfg) = row_kernel::<$t>($dev, "attention_probs", $d, &$chunk)?;
+        let mut b = $dev.stream().launch_builder(&f);
+        b.arg($s.slice()).arg($p.slice_mut()).arg($lse);
+        b.arg(&seq).arg(&heads).arg(&at).arg(&stride).arg(&recompute);
+        // SAFETY: s and p hold per·T·T ≥ heads·T·T elements, lse B·Hq·T (checked by the
+        // caller); the chunk's rows read (and unless recomputing write) lse at
+        // at + i·stride + t < B·Hq·T (its heads are query heads of one batch entry); one warp
+        // per row below heads·T.
+        unsafe { b.launch(cfg) }?;
+    }};
+}
+
 /// o and lse from q, k, v on tensor cores (see the module docs); slice lengths are checked.
 pub fn forward<T: CudaFloat>(
     dev: &CudaDevice,
@@ -248,17 +268,7 @@ pub fn forward<T: CudaFloat>(
     let tt = d.seq * d.seq * per;
     let (mut s, mut p) = (dev.alloc::<f32>(tt)?, dev.alloc::<T>(tt)?);
     for chunk in chunks(d, per) {
-        strided_batched::<T, f32>(dev, &chunk.scores(d), q, k, s.slice_mut())?;
-        let [seq, heads, at, stride] = chunk.row_args(d)?;
-        let compute = 0i32;
-        let (f, cfg) = row_kernel::<T>(dev, "attention_probs", d, &chunk)?;
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(s.slice()).arg(p.slice_mut()).arg(&mut *lse);
-        b.arg(&seq).arg(&heads).arg(&at).arg(&stride).arg(&compute);
-        // SAFETY: s and p hold per·T·T ≥ heads·T·T elements, lse B·Hq·T (checked); the
-        // chunk's rows read and write lse at at + i·stride + t < B·Hq·T (its heads are query
-        // heads of one batch entry); one warp per row below heads·T.
-        unsafe { b.launch(cfg) }?;
+        scores_and_probs!(T, dev, d, chunk, q, k, s, p, &mut *lse, 0i32);
         strided_batched::<T, T>(dev, &chunk.output(d), p.slice(), v, o)?;
     }
     Ok(())
@@ -304,16 +314,9 @@ pub fn backward<T: CudaFloat>(
     let tt = d.seq * d.seq * per;
     let (mut s, mut p) = (dev.alloc::<f32>(tt)?, dev.alloc::<T>(tt)?);
     for chunk in chunks(d, per) {
-        strided_batched::<T, f32>(dev, &chunk.scores(d), q, k, s.slice_mut())?;
-        let [seq, heads, at, stride] = chunk.row_args(d)?;
-        let recompute = 1i32;
-        let (f, cfg) = row_kernel::<T>(dev, "attention_probs", d, &chunk)?;
-        let mut b = dev.stream().launch_builder(&f);
         // lse is only read when recomputing (the kernel's pointer is not const).
-        b.arg(s.slice()).arg(p.slice_mut()).arg(lse);
-        b.arg(&seq).arg(&heads).arg(&at).arg(&stride).arg(&recompute);
-        // SAFETY: as in the forward; with recompute set the kernel writes only p.
-        unsafe { b.launch(cfg) }?;
+        scores_and_probs!(T, dev, d, chunk, q, k, s, p, lse, 1i32);
+        let [seq, heads, at, stride] = chunk.row_args(d)?;
         if let Some(dv) = dv.as_deref_mut() {
             strided_batched::<T, f32>(dev, &chunk.d_values(d), p.slice(), d_o, dv)?;
         }

@@ -139,7 +139,8 @@ fn tiled(
     Ok((f, LaunchConfig::from(geometry)))
 }
 
-fn expect_len(what: &str, got: usize, want: usize) -> Result<()> {
+/// Error unless a slice holds exactly the elements its tensor has (also the tensor-core path's).
+pub(super) fn expect_len(what: &str, got: usize, want: usize) -> Result<()> {
     if got == want {
         Ok(())
     } else {

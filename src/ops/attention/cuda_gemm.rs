@@ -195,9 +195,7 @@ pub fn row_geometry(d: Dims, heads: usize) -> Result<Launch> {
 /// counts of the tensors, and gives the chunk size.
 fn prepare<T>(d: Dims, lens: &[(&str, usize, usize)]) -> Result<usize> {
     for &(what, got, want) in lens {
-        if got != want {
-            return Err(Error::invalid(format!("attention: {what} holds {got} elements, expected {want}")));
-        }
+        super::cuda::expect_len(what, got, want)?;
     }
     let per = heads_per_chunk(d, std::mem::size_of::<T>());
     if per == 0 {

@@ -16,10 +16,11 @@ use crate::device::CudaDevice;
 use crate::ops::to_i32;
 use crate::Result;
 
-/// c = alpha·op(a)·op(b) + beta·c for every batch entry, through `cublasGemmEx` with f32
-/// accumulation (`CUBLAS_COMPUTE_32F`) and alpha and beta passed as f32 whatever the
-/// element type (rounding them to bf16 would scale by 2.672 where 32/12 = 2.667 is meant).
-/// Slices may be longer than the matrices; sizes are checked by the caller.
+/// c = alpha·op(a)·op(b) + beta·c for every batch entry (contiguous row-major matrices, b
+/// shared by the batch unless `b_batched`), through [`strided_batched`]: f32 accumulation
+/// (`CUBLAS_COMPUTE_32F`) and alpha and beta passed as f32 whatever the element type
+/// (rounding them to bf16 would scale by 2.672 where 32/12 = 2.667 is meant). Slices may be
+/// longer than the matrices.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul<T: CudaFloat>(
     dev: &CudaDevice,
@@ -30,84 +31,29 @@ pub fn matmul<T: CudaFloat>(
     alpha: f32,
     beta: f32,
 ) -> Result<()> {
-    let (m, n, k) = (to_i32("matmul", d.m)?, to_i32("matmul", d.n)?, to_i32("matmul", d.k)?);
-    // Column-major A' = op(b)ᵀ: b row-major [k,n] is already [n,k] col-major (N); b stored
-    // [n,k] row-major is [k,n] col-major, so transpose it (T). B' = op(a)ᵀ likewise.
-    let transa = if d.trans_b { CUBLAS_OP_T } else { CUBLAS_OP_N };
-    let transb = if d.trans_a { CUBLAS_OP_T } else { CUBLAS_OP_N };
-    let (lda, ldb, ldc) = (if d.trans_b { k } else { n }, if d.trans_a { m } else { k }, n);
-    let stream = dev.stream();
-    let handle = *dev.blas().handle();
-    let (a_ptr, _a_read) = a.device_ptr(stream);
-    let (b_ptr, _b_read) = b.device_ptr(stream);
-    let (c_ptr, _c_write) = c.device_ptr_mut(stream);
-    let (alpha_ptr, beta_ptr) = ((&alpha) as *const f32 as *const c_void, (&beta) as *const f32 as *const c_void);
-    let (ty, compute, algo) = (T::CUDA_TYPE, CUBLAS_COMPUTE_32F, cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT);
-    if d.batch == 1 {
-        // SAFETY: a holds m·k, b k·n and c m·n elements of type T (checked in ops::matmul),
-        // matching the leading dimensions above; alpha and beta are f32, as COMPUTE_32F
-        // requires; the handle is bound to this device's stream.
-        unsafe {
-            result::gemm_ex(
-                handle,
-                transa,
-                transb,
-                n,
-                m,
-                k,
-                alpha_ptr,
-                b_ptr as *const c_void,
-                ty,
-                lda,
-                a_ptr as *const c_void,
-                ty,
-                ldb,
-                beta_ptr,
-                c_ptr as *mut c_void,
-                ty,
-                ldc,
-                compute,
-                algo,
-            )
-        }?;
-    } else {
-        let stride_a = if d.b_batched { (d.k * d.n) as i64 } else { 0 };
-        let (stride_b, stride_c) = ((d.m * d.k) as i64, (d.m * d.n) as i64);
-        // SAFETY: as above, per batch entry; b is shared (stride 0) when not batched.
-        unsafe {
-            result::gemm_strided_batched_ex(
-                handle,
-                transa,
-                transb,
-                n,
-                m,
-                k,
-                alpha_ptr,
-                b_ptr as *const c_void,
-                ty,
-                lda,
-                stride_a,
-                a_ptr as *const c_void,
-                ty,
-                ldb,
-                stride_b,
-                beta_ptr,
-                c_ptr as *mut c_void,
-                ty,
-                ldc,
-                stride_c,
-                to_i32("matmul", d.batch)?,
-                compute,
-                algo,
-            )
-        }?;
-    }
-    Ok(())
+    // Row strides of the stored matrices: a is [m, k] or, transposed, [k, m]; b [k, n] or [n, k].
+    let lda = if d.trans_a { d.m } else { d.k };
+    let ldb = if d.trans_b { d.k } else { d.n };
+    let strided = super::Strided {
+        m: d.m,
+        n: d.n,
+        k: d.k,
+        trans_a: d.trans_a,
+        trans_b: d.trans_b,
+        a: (0, lda, d.m * d.k),
+        b: (0, ldb, if d.b_batched { d.k * d.n } else { 0 }),
+        c: (0, d.n, d.m * d.n),
+        batch: d.batch,
+        alpha,
+        beta,
+    };
+    strided_batched::<T, T>(dev, &strided, a, b, c)
 }
 
-/// `d`'s product through `cublasGemmStridedBatchedEx`: A and B of type `TA`, C of type `TC`
-/// (bf16 operands may write an f32 C), f32 accumulation and f32 alpha and beta. The slices
-/// must hold [`super::Strided::extents`] elements (checked here).
+/// `d`'s product through `cublasGemmStridedBatchedEx` (`cublasGemmEx` for one batch entry):
+/// A and B of type `TA`, C of type `TC` (bf16 operands may write an f32 C), f32 accumulation
+/// and f32 alpha and beta. The slices must hold [`super::Strided::extents`] elements
+/// (checked here).
 pub fn strided_batched<TA: CudaFloat, TC: CudaFloat>(
     dev: &CudaDevice,
     d: &super::Strided,
@@ -131,7 +77,7 @@ pub fn strided_batched<TA: CudaFloat, TC: CudaFloat>(
     let stride =
         |s: usize| i64::try_from(s).map_err(|_| crate::Error::invalid(format!("{OP}: batch stride overflows")));
     let (stride_a, stride_b, stride_c) = (stride(d.a.2)?, stride(d.b.2)?, stride(d.c.2)?);
-    // As in `matmul`: the row-major product is the column-major Cᵀ = op(B)ᵀ·op(A)ᵀ.
+    // The row-major product is the column-major Cᵀ = op(B)ᵀ·op(A)ᵀ (module docs).
     let transa = if d.trans_b { CUBLAS_OP_T } else { CUBLAS_OP_N };
     let transb = if d.trans_a { CUBLAS_OP_T } else { CUBLAS_OP_N };
     let stream = dev.stream();
@@ -142,6 +88,36 @@ pub fn strided_batched<TA: CudaFloat, TC: CudaFloat>(
     let at = |ptr: u64, offset: usize, size: usize| (ptr + (offset * size) as u64) as *const c_void;
     let (ta, tc) = (std::mem::size_of::<TA>(), std::mem::size_of::<TC>());
     let (alpha_ptr, beta_ptr) = ((&d.alpha) as *const f32 as *const c_void, (&d.beta) as *const f32 as *const c_void);
+    // cuBLAS's first operand is our B, its second our A (the column-major view).
+    let (b_at, a_at, c_at) = (at(b_ptr, d.b.0, ta), at(a_ptr, d.a.0, ta), at(c_ptr, d.c.0, tc) as *mut c_void);
+    let (compute, algo) = (CUBLAS_COMPUTE_32F, cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT);
+    if d.batch == 1 {
+        // SAFETY: as below, for the one product.
+        unsafe {
+            result::gemm_ex(
+                handle,
+                transa,
+                transb,
+                n,
+                m,
+                k,
+                alpha_ptr,
+                b_at,
+                TA::CUDA_TYPE,
+                ldb,
+                a_at,
+                TA::CUDA_TYPE,
+                lda,
+                beta_ptr,
+                c_at,
+                TC::CUDA_TYPE,
+                ldc,
+                compute,
+                algo,
+            )
+        }?;
+        return Ok(());
+    }
     // SAFETY: every operand's last element read or written lies within its slice (extents
     // checked above; offsets are within them); alpha and beta are f32 as COMPUTE_32F
     // requires; the handle is bound to this device's stream.
@@ -154,22 +130,22 @@ pub fn strided_batched<TA: CudaFloat, TC: CudaFloat>(
             m,
             k,
             alpha_ptr,
-            at(b_ptr, d.b.0, ta),
+            b_at,
             TA::CUDA_TYPE,
             ldb,
             stride_b,
-            at(a_ptr, d.a.0, ta),
+            a_at,
             TA::CUDA_TYPE,
             lda,
             stride_a,
             beta_ptr,
-            at(c_ptr, d.c.0, tc) as *mut c_void,
+            c_at,
             TC::CUDA_TYPE,
             ldc,
             stride_c,
             to_i32(OP, d.batch)?,
-            CUBLAS_COMPUTE_32F,
-            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            compute,
+            algo,
         )
     }?;
     Ok(())

@@ -41,8 +41,6 @@ fn main() {
         b.cpp(true).std("c++17").include(&include).include(&runtime).include(&cuda_dir);
         // Fast kernels in every profile; `#pragma unroll` is nvcc's business.
         b.opt_level(2).flag("-Wno-unknown-pragmas");
-        // Kernels and the launcher are linked into the test executable: its TLS is static.
-        b.flag("-ftls-model=initial-exec");
         // No thread_local here has a dynamic initialiser. Without this, g++ calls the weak,
         // undefined TLS init function of an `extern __shared__` array declared inside a
         // function (rope.cu's `trig`) without checking it for null: a jump to address 0.
@@ -65,7 +63,47 @@ fn main() {
     let index = out.join("modules.cpp");
     fs::write(&index, index_source(&modules)).expect("writing modules.cpp");
 
-    build().files(&wrappers).file(&index).file(runtime.join("launch.cpp")).compile("cuda_cpu");
+    // The static library the test executables link: its TLS is theirs, hence static.
+    build()
+        .flag("-ftls-model=initial-exec")
+        .files(&wrappers)
+        .file(&index)
+        .file(runtime.join("launch.cpp"))
+        .compile("cuda_cpu");
+    let mut driver = build();
+    driver.files(&wrappers).file(&index).file(runtime.join("launch.cpp"));
+    driver_library(&out, driver);
+}
+
+/// `driver/libcuda_cpu.so`: the kernels, the launcher and `runtime/driver.cpp` (the CUDA
+/// driver and cuBLAS entry points), with links named `libcuda.so` and `libcublas.so` to it,
+/// for a process started with `driver/` in LD_LIBRARY_PATH (`cuda_cpu::DRIVER_DIR`). Only
+/// the entry points are exported, so it cannot be confused with the static copy in the same
+/// process; TLS is dynamic, as for any library opened with dlopen.
+fn driver_library(out: &Path, mut build: cc::Build) {
+    let runtime = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap()).join("runtime");
+    let dir = out.join("driver");
+    build.file(runtime.join("driver.cpp")).pic(true).flag("-fvisibility=hidden").out_dir(out.join("driver-objects"));
+    let objects = build.compile_intermediates();
+    fs::create_dir_all(&dir).expect("creating the driver folder");
+    let library = dir.join("libcuda_cpu.so");
+    let status = build
+        .get_compiler()
+        .to_command()
+        .arg("-shared")
+        .arg("-o")
+        .arg(&library)
+        .args(&objects)
+        .arg("-lpthread")
+        .status()
+        .expect("running the C++ compiler to link libcuda_cpu.so");
+    assert!(status.success(), "linking {} failed", library.display());
+    for name in ["libcuda.so", "libcublas.so"] {
+        let link = dir.join(name);
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink("libcuda_cpu.so", &link).expect("linking the driver library's names");
+    }
+    println!("cargo:rustc-env=CUDA_CPU_DRIVER_DIR={}", dir.display());
 }
 
 /// Kernel names and `extern __shared__` arrays of one preprocessed `.cu` file.

@@ -96,8 +96,18 @@ impl Device {
 
 /// For tests: CUDA device 0 with NaN-poisoned allocations, or `None` after printing
 /// `skipped: no CUDA device (...)` so a run without a GPU says what it did not test.
+///
+/// A library test that calls this has `cuda` in its name: `cuda_tests_on_the_cpu_driver`
+/// runs the tests so named on the CPU driver of crates/cuda-cpu. Under libtest's parallel
+/// runner (threads named after their tests) a name without it panics here.
 #[doc(hidden)]
 pub fn cuda_for_tests(test: &str) -> Option<Device> {
+    if let Some(thread) = std::thread::current().name() {
+        assert!(
+            !thread.contains("::") || thread.contains("cuda"),
+            "library test {thread} asks for CUDA: its name must contain `cuda` (cuda_tests_on_the_cpu_driver runs those)"
+        );
+    }
     match CudaDevice::new(0) {
         Ok(d) => {
             d.set_poison_allocations(true);
@@ -113,6 +123,16 @@ pub fn cuda_for_tests(test: &str) -> Option<Device> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every library test with `cuda` in its name, again on the CPU driver of crates/cuda-cpu
+    /// (a child process whose GPU it is): their launchers, kernels and cuBLAS calls against
+    /// the CPU references, on a machine without a GPU too.
+    #[test]
+    fn cuda_tests_on_the_cpu_driver() {
+        let passed =
+            cuda_cpu::run_on_cpu_driver(Some("cuda"), "cuda_tests_on_the_cpu_driver").unwrap_or_else(|e| panic!("{e}"));
+        assert!(passed >= 30, "only {passed} CUDA tests ran on the CPU driver");
+    }
 
     #[test]
     fn workspace_grows_is_reused_and_counted() {

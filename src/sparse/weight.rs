@@ -519,9 +519,11 @@ mod tests {
     /// Gather is the inverse of expand (bit-exact on the CPU and CUDA); repack moves the
     /// pattern and writes the same values tensor.
     #[test]
-    fn gather_inverts_expand_and_repack_keeps_the_values_tensor() {
+    fn gather_inverts_expand_and_repack_keeps_the_values_tensor_on_cpu_and_cuda() {
         let cpu = Device::cpu();
-        let gpu = crate::device::cuda_for_tests("sparse::weight::gather (CUDA part)");
+        let gpu = crate::device::cuda_for_tests(
+            "sparse::weight::gather_inverts_expand_and_repack_keeps_the_values_tensor_on_cpu_and_cuda",
+        );
         for dtype in [DType::F32, DType::BF16] {
             for (rows, cols, pattern, format) in cases() {
                 let what = format!("{dtype} {rows}x{cols} {pattern:?} {format:?}");

@@ -221,3 +221,46 @@ pub fn kernels() -> Vec<Kernel> {
     }
     all
 }
+
+/// The folder of `libcuda_cpu.so` and its links `libcuda.so` and `libcublas.so`: the CUDA
+/// driver and cuBLAS calls of a GPU program, answered on the CPU (`runtime/driver.cpp`),
+/// every kernel of `cuda/*.cu` run by this crate's launcher. A process started with this
+/// folder first in `LD_LIBRARY_PATH` sees one GPU, "cuda-cpu"; see [`run_on_cpu_driver`].
+pub const DRIVER_DIR: &str = env!("CUDA_CPU_DRIVER_DIR");
+
+/// Runs the tests of the current test executable whose names contain `filter` (all without
+/// one), except `skip` (the caller), again in a child process whose GPU is [`DRIVER_DIR`]'s,
+/// so that tests written for a GPU run their launchers, kernels and cuBLAS calls on the CPU.
+/// Returns how many passed; Err with the child's output when one fails, when one skipped for
+/// want of a GPU, or when none ran.
+pub fn run_on_cpu_driver(filter: Option<&str>, skip: &str) -> Result<usize, String> {
+    let library = std::path::Path::new(DRIVER_DIR).join("libcuda_cpu.so");
+    if !library.is_file() {
+        return Err(format!("the CPU driver {} is not on this machine (built elsewhere?)", library.display()));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the test executable: {e}"))?;
+    let mut path = std::ffi::OsString::from(DRIVER_DIR);
+    if let Some(old) = std::env::var_os("LD_LIBRARY_PATH") {
+        path.push(":");
+        path.push(old);
+    }
+    let out = std::process::Command::new(&exe)
+        .args(filter)
+        .args(["--skip", skip, "--nocapture"])
+        .env("LD_LIBRARY_PATH", path)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        return Err(format!("tests on the CPU driver failed ({}):\n{text}", out.status));
+    }
+    let passed = text
+        .lines()
+        .find_map(|l| l.strip_prefix("test result: ok. ")?.split(' ').next()?.parse::<usize>().ok())
+        .unwrap_or(0);
+    if passed == 0 || text.contains("skipped: no CUDA") {
+        return Err(format!("tests did not run on the CPU driver:\n{text}"));
+    }
+    print!("{text}");
+    Ok(passed)
+}

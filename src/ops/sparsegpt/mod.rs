@@ -349,8 +349,8 @@ mod tests {
     const SIZES: [usize; 6] = [1, 5, 64, 65, 200, 513];
 
     #[test]
-    fn cholesky_matches_cpu() {
-        let Some(dev) = gpu("sparsegpt::cholesky_matches_cpu") else { return };
+    fn cuda_cholesky_matches_cpu() {
+        let Some(dev) = gpu("sparsegpt::cuda_cholesky_matches_cpu") else { return };
         for n in SIZES {
             let a = spd(n, n as u64);
             let mut want = a.clone();
@@ -363,8 +363,8 @@ mod tests {
     }
 
     #[test]
-    fn triangular_inverse_matches_cpu() {
-        let Some(dev) = gpu("sparsegpt::triangular_inverse_matches_cpu") else { return };
+    fn cuda_triangular_inverse_matches_cpu() {
+        let Some(dev) = gpu("sparsegpt::cuda_triangular_inverse_matches_cpu") else { return };
         for n in SIZES {
             let mut l = spd(n, 10 + n as u64);
             linalg::cholesky_lower(&mut l, n).unwrap();
@@ -376,8 +376,8 @@ mod tests {
     }
 
     #[test]
-    fn inverse_cholesky_factor_matches_cpu() {
-        let Some(dev) = gpu("sparsegpt::inverse_cholesky_factor_matches_cpu") else { return };
+    fn cuda_inverse_cholesky_factor_matches_cpu() {
+        let Some(dev) = gpu("sparsegpt::cuda_inverse_cholesky_factor_matches_cpu") else { return };
         for n in SIZES {
             let a = spd(n, 20 + n as u64);
             let want = linalg::inverse_cholesky_upper(a.clone(), n).unwrap();
@@ -389,8 +389,8 @@ mod tests {
     }
 
     #[test]
-    fn indefinite_or_malformed_matrices_are_errors() {
-        let Some(dev) = gpu("sparsegpt::indefinite_or_malformed_matrices_are_errors") else { return };
+    fn cuda_indefinite_or_malformed_matrices_are_errors() {
+        let Some(dev) = gpu("sparsegpt::cuda_indefinite_or_malformed_matrices_are_errors") else { return };
         let small = dev.htod(&[1.0, 2.0, 2.0, 1.0]).unwrap();
         let e = inverse_cholesky_upper(&dev, small.slice(), 2).unwrap_err().to_string();
         assert!(e.contains("positive definite") && e.contains("pivot 1"), "{e}");
@@ -414,8 +414,8 @@ mod tests {
     use crate::testing::correlated_hessian as hessian;
 
     #[test]
-    fn prepare_matches_cpu() {
-        let Some(dev) = gpu("sparsegpt::prepare_matches_cpu") else { return };
+    fn cuda_prepare_matches_cpu() {
+        let Some(dev) = gpu("sparsegpt::cuda_prepare_matches_cpu") else { return };
         let (rows, cols) = (13, 101);
         let h = hessian(cols, 3, &[0, 64]);
         let w0 = random_f64(rows * cols, 1.0, 4);
@@ -429,8 +429,8 @@ mod tests {
     }
 
     #[test]
-    fn prune_matches_cpu() {
-        let Some(dev) = gpu("sparsegpt::prune_matches_cpu") else { return };
+    fn cuda_prune_matches_cpu() {
+        let Some(dev) = gpu("sparsegpt::cuda_prune_matches_cpu") else { return };
         for (seed, (rows, cols, (s, nm), block_size)) in TEST_CASES.into_iter().enumerate() {
             let seed = 100 + 10 * seed as u64;
             let what = format!("{s} {nm:?} {rows}x{cols} block {block_size}");
@@ -470,8 +470,8 @@ mod tests {
     }
 
     #[test]
-    fn prune_rejects_bad_arguments() {
-        let Some(dev) = gpu("sparsegpt::prune_rejects_bad_arguments") else { return };
+    fn cuda_prune_rejects_bad_arguments() {
+        let Some(dev) = gpu("sparsegpt::cuda_prune_rejects_bad_arguments") else { return };
         let (rows, cols) = (4, 512);
         let h = dev.htod(&hessian(cols, 1, &[])).unwrap();
         let mut w = dev.htod(&random_f64(rows * cols, 1.0, 2)).unwrap();

@@ -15,6 +15,7 @@
 //! expands W into the device workspace ([`SparseWeight::expand_into_cuda`]) and multiplies
 //! ([`crate::ops::sparse_linear::forward`]).
 
+mod bf16_pairs;
 pub mod cpu;
 pub(crate) mod cpu_fast;
 pub mod cuda;

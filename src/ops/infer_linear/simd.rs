@@ -84,6 +84,20 @@ pub(crate) trait Simd: Copy {
     /// bf16 values at p expanded to the columns `mask` keeps, widened; p must be readable for
     /// 32 values whatever the mask.
     unsafe fn expand_bf16(mask: u32, p: *const u16) -> Self::C;
+    /// A chunk decoded from bf16 values (lane order [`Self::BF16_COLUMNS`]) as its 16 column
+    /// pairs in column order, for [`super::bf16_pairs`]: out[p] holds the bf16 bits of
+    /// column 2p (low half) and 2p + 1.
+    unsafe fn bf16_pairs(c: Self::C, out: *mut u32) {
+        let mut lanes = [0f32; CHUNK];
+        Self::store(c, lanes.as_mut_ptr());
+        let mut columns = [0u32; CHUNK];
+        for (lane, &v) in lanes.iter().enumerate() {
+            columns[Self::BF16_COLUMNS[lane] as usize] = v.to_bits() >> 16;
+        }
+        for (p, two) in columns.chunks_exact(2).enumerate() {
+            *out.add(p) = two[0] | two[1] << 16;
+        }
+    }
     /// Hints that the cache line at p will be read soon, into L2 (any address; nothing is
     /// read).
     #[inline(always)]
@@ -346,6 +360,20 @@ mod x86 {
         two_four_bytes(&positions[i..n], &mut out[i..n]);
     }
 
+    /// For [`Simd::bf16_pairs`]: u16 j of the result (column j) is the high half of the f32
+    /// lane holding column j in `order`, u16 2·lane + 1 of the chunk's two vectors.
+    const fn pair_index(order: [u8; CHUNK]) -> [u16; CHUNK] {
+        let mut index = [0u16; CHUNK];
+        let mut lane = 0;
+        while lane < CHUNK {
+            index[order[lane] as usize] = 2 * lane as u16 + 1;
+            lane += 1;
+        }
+        index
+    }
+    static PAIRED_INDEX: [u16; CHUNK] = pair_index(paired(32));
+    static NATURAL_INDEX: [u16; CHUNK] = pair_index(NATURAL);
+
     impl<const VBMI2: bool> Simd for Avx512<VBMI2> {
         type V = __m512;
         type C = [__m512; 2];
@@ -412,6 +440,13 @@ mod x86 {
         #[inline(always)]
         unsafe fn fma(w: Self::C, x: Self::C, acc: Self::C) -> Self::C {
             [_mm512_fmadd_ps(w[0], x[0], acc[0]), _mm512_fmadd_ps(w[1], x[1], acc[1])]
+        }
+        #[inline(always)]
+        unsafe fn bf16_pairs(c: Self::C, out: *mut u32) {
+            let index = if VBMI2 { &PAIRED_INDEX } else { &NATURAL_INDEX };
+            let index = _mm512_loadu_si512(index.as_ptr().cast());
+            let pairs = _mm512_permutex2var_epi16(_mm512_castps_si512(c[0]), index, _mm512_castps_si512(c[1]));
+            _mm512_storeu_si512(out.cast(), pairs);
         }
         #[inline(always)]
         unsafe fn sum(c: Self::C) -> f32 {

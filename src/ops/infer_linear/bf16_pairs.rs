@@ -1,0 +1,285 @@
+//! The dense bf16 prefill on CPUs with AVX512-BF16: y [tokens, rows] = x [tokens, cols] · Wᵀ
+//! for W [rows, cols] bf16 as stored and x whose values are all bf16 (the engine rounds its
+//! activations to the model's dtype), by `vdpbf16ps`: one instruction multiplies 16 pairs
+//! of bf16 (two adjacent columns) exactly and adds both products to 16 f32 sums, twice the
+//! work of an f32 fused multiply-add.
+//!
+//! - x as [`Pairs`]: in blocks of [`MT`] tokens, for each column pair p every token's
+//!   (x[t, 2p], x[t, 2p + 1]) as one u32, the even column in the low half; an odd last
+//!   column pairs with 0, padding tokens are 0.
+//! - Rows in tiles of [`TILE_ROWS`]; per tile, token block and [`KP`] pairs (that part of
+//!   the block, 12 KiB, and of the tile's rows, 8 KiB, stay in L1), groups of [`RB`] rows:
+//!   each row's pair of weights is broadcast from W and multiplied into the block's 48
+//!   tokens (3 vectors), 24 sums in registers, kept per (row, token) between steps.
+//! - The sums are f32 as in the other paths; their order differs, and the instruction
+//!   flushes denormal inputs and results to zero (terms below 1e-38).
+//!
+//! Used by [`super::cpu_fast`] where [`Pairs::ready`] (the CPU has AVX512-BF16, the tokens
+//! take the prefill path, the weight is bf16 and x is exactly bf16); elsewhere the f32 path
+//! runs.
+
+use std::ops::Range;
+
+use super::cpu_fast::{Aligned, Dest, Isa, DECODE_MAX_TOKENS, MT, TILE_ROWS};
+use super::simd::CHUNK;
+use crate::{DType, Error, Result};
+
+/// Rows multiplied into a block's tokens together (each pair of weights broadcast once).
+const RB: usize = 8;
+/// Column pairs per step.
+const KP: usize = 64;
+/// Vectors of 16 tokens per block.
+const NV: usize = MT / 16;
+
+/// x for the kernel: [block][pair][MT] u32 (see the module notes), or not ready.
+pub(super) struct Pairs {
+    data: Aligned<u32>,
+    pairs: usize,
+    tokens: usize,
+    ready: bool,
+}
+
+impl Pairs {
+    /// Whether this CPU runs the kernel, and `isa` is one it belongs to (AVX-512).
+    pub(super) fn supported(isa: Isa) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            matches!(isa, Isa::Avx512Vbmi2 | Isa::Avx512) && isa.available() && is_x86_feature_detected!("avx512bf16")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = isa;
+            false
+        }
+    }
+
+    /// x in pairs, in `buffer` (its contents do not matter), from x [tokens, cols] in the
+    /// f32 prefill layout (`blocked`: blocks of MT tokens, column by column, the columns of
+    /// each chunk of 32 in the lane order `columns`), where the kernel applies to weights of
+    /// `dtype` on `isa` (every value of x a bf16); otherwise not ready.
+    pub(super) fn new(
+        isa: Isa,
+        dtype: DType,
+        blocked: &[f32],
+        columns: &[u8; CHUNK],
+        tokens: usize,
+        cols: usize,
+        buffer: Aligned<u32>,
+    ) -> Pairs {
+        let mut new = Pairs { data: buffer, pairs: 0, tokens: 0, ready: false };
+        if dtype != DType::BF16 || tokens <= DECODE_MAX_TOKENS || cols == 0 || !Self::supported(isa) {
+            return new;
+        }
+        let (pairs, blocks, in_pad) = (cols.div_ceil(2), tokens.div_ceil(MT), cols.next_multiple_of(CHUNK));
+        assert_eq!(blocked.len(), blocks * MT * in_pad, "infer_linear: blocked activations");
+        // Where column c's tokens are in a block: its lane in the chunk's order.
+        let mut lane = [0usize; CHUNK];
+        for (l, &c) in columns.iter().enumerate() {
+            lane[c as usize] = l;
+        }
+        let at = |c: usize| (c / CHUNK * CHUNK + lane[c % CHUNK]) * MT;
+        new.data.resize(blocks * pairs * MT);
+        let mut inexact = 0;
+        for (block, x) in new.data.chunks_exact_mut(pairs * MT).zip(blocked.chunks_exact(MT * in_pad)) {
+            // Padding columns (c ≥ cols, up to in_pad) and tokens hold zeros.
+            for (p, out) in block.chunks_exact_mut(MT).enumerate() {
+                let (even, odd) = (&x[at(2 * p)..at(2 * p) + MT], &x[at(2 * p + 1)..at(2 * p + 1) + MT]);
+                for ((o, e), d) in out.iter_mut().zip(even).zip(odd) {
+                    let (e, d) = (e.to_bits(), d.to_bits());
+                    inexact |= (e | d) & 0xffff;
+                    *o = e >> 16 | (d & 0xffff_0000);
+                }
+            }
+        }
+        (new.pairs, new.tokens, new.ready) = (pairs, tokens, inexact == 0);
+        new
+    }
+
+    /// Its buffer, for the next activations.
+    pub(super) fn into_buffer(self) -> Aligned<u32> {
+        self.data
+    }
+
+    /// Whether [`prefill`] may run on these activations.
+    pub(super) fn ready(&self) -> bool {
+        self.ready
+    }
+}
+
+/// Rows `rows` of y = x·Wᵀ for a dense W [.., cols] (bf16 bits, row-major) into `out`
+/// (rows.len() rows of x's tokens). Error unless `x` is ready for `cols` columns and W holds
+/// the rows.
+pub(super) fn prefill(x: &Pairs, w: &[u16], cols: usize, rows: Range<usize>, out: Dest<'_>) -> Result<()> {
+    if !x.ready || x.pairs != cols.div_ceil(2) || rows.end.checked_mul(cols).is_none_or(|n| n > w.len()) {
+        return Err(Error::invalid(format!(
+            "infer_linear: bf16 pairs of {} columns for rows {rows:?} of a weight of {} values with {cols} columns",
+            2 * x.pairs,
+            w.len()
+        )));
+    }
+    // SAFETY: each tile's rows lie in W (checked above), `cols` apart; pairs below cols/2
+    // are whole, an odd last column is read alone.
+    unsafe {
+        prefill_rows(x, rows, out, |tile| {
+            Ok(TileRows { first: w.as_ptr().add(tile.start * cols), stride: cols, whole_pairs: cols / 2 })
+        })
+    }
+}
+
+/// The rows of one tile for the kernel, as bf16 bits: row i starts at `first` + i·`stride`
+/// (in u16), and its pair p is read as one u32 for p < `whole_pairs`, as the u16 of its even
+/// column (the odd one 0) from there to x's last pair.
+pub(super) struct TileRows {
+    pub(super) first: *const u16,
+    pub(super) stride: usize,
+    pub(super) whole_pairs: usize,
+}
+
+/// Rows `rows` of y = x·Wᵀ into `out`, where `tile_rows(range)` gives the rows `range` (at
+/// most [`TILE_ROWS`], in order) of W.
+///
+/// # Safety
+/// Each [`TileRows`] describes rows readable as it says for every pair of x, valid until
+/// the next call of `tile_rows`.
+pub(super) unsafe fn prefill_rows(
+    x: &Pairs,
+    rows: Range<usize>,
+    mut out: Dest<'_>,
+    mut tile_rows: impl FnMut(Range<usize>) -> Result<TileRows>,
+) -> Result<()> {
+    if !x.ready {
+        return Err(Error::invalid("infer_linear: activations not in bf16 pairs"));
+    }
+    let tok_pad = x.tokens.next_multiple_of(MT);
+    let mut sums: Aligned<f32> = Aligned::zeros(TILE_ROWS * tok_pad);
+    for start in rows.clone().step_by(TILE_ROWS) {
+        let tile = start..(start + TILE_ROWS).min(rows.end);
+        let w = tile_rows(tile.clone())?;
+        sums.fill(0.0);
+        // SAFETY: `ready` means the CPU has AVX-512 F and BF16; the caller vouches for w;
+        // sums holds TILE_ROWS rows of tok_pad.
+        #[cfg(target_arch = "x86_64")]
+        x86::tile(x, &w, tile.len(), &mut sums, tok_pad);
+        for t in 0..x.tokens {
+            let y = out.token_rows(t, tile.start - rows.start..tile.end - rows.start);
+            for (i, v) in y.iter_mut().enumerate() {
+                *v = sums[i * tok_pad + t];
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::*;
+
+    /// sums [row i][token] (row stride tok_pad) += the `n_rows` rows of `w` times every
+    /// token of x.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BF16; `w` describes `n_rows` ≥ 1 rows readable for every
+    /// pair of x; sums holds n_rows ≤ TILE_ROWS rows of tok_pad ≥ x's blocks · MT.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn tile(x: &Pairs, w: &TileRows, n_rows: usize, sums: &mut [f32], tok_pad: usize) {
+        for b in 0..x.tokens.div_ceil(MT) {
+            let block = x.data.as_ptr().add(b * x.pairs * MT);
+            for k0 in (0..x.pairs).step_by(KP) {
+                let k1 = (k0 + KP).min(x.pairs);
+                for g in (0..n_rows).step_by(RB) {
+                    let live = (n_rows - g).min(RB);
+                    // Rows past the tile's end repeat its last row (computed, not stored).
+                    let row: [*const u16; RB] = std::array::from_fn(|i| w.first.add((g + i.min(live - 1)) * w.stride));
+                    let acc_at = |i: usize, v: usize| sums.as_ptr().add((g + i) * tok_pad + b * MT + v * 16);
+                    let mut acc = [[_mm512_setzero_ps(); NV]; RB];
+                    for (i, a) in acc.iter_mut().enumerate().take(live) {
+                        for (v, a) in a.iter_mut().enumerate() {
+                            *a = _mm512_loadu_ps(acc_at(i, v));
+                        }
+                    }
+                    for p in k0..k1 {
+                        let xp = block.add(p * MT);
+                        let xv: [__m512bh; NV] =
+                            std::array::from_fn(|v| std::mem::transmute(_mm512_load_si512(xp.add(v * 16).cast())));
+                        for (i, a) in acc.iter_mut().enumerate() {
+                            // The pair (W[r, 2p], W[r, 2p + 1]); for an odd last column, W[r, 2p] and 0.
+                            let pair = if p < w.whole_pairs {
+                                row[i].add(2 * p).cast::<u32>().read_unaligned()
+                            } else {
+                                u32::from(*row[i].add(2 * p))
+                            };
+                            let wb: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair as i32));
+                            for (a, &xv) in a.iter_mut().zip(&xv) {
+                                *a = _mm512_dpbf16_ps(*a, wb, xv);
+                            }
+                        }
+                    }
+                    for (i, a) in acc.iter().enumerate().take(live) {
+                        for (v, &a) in a.iter().enumerate() {
+                            _mm512_storeu_ps(acc_at(i, v).cast_mut(), a);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::infer_linear::cpu;
+    use crate::ops::infer_linear::cpu_fast::Activations;
+    use crate::testing::{assert_close, random_f32};
+
+    fn bf16(v: f32) -> f32 {
+        half::bf16::from_f32(v).to_f32()
+    }
+
+    /// Against the reference (f64 sums) at awkward sizes: odd columns, rows not a multiple of
+    /// 8 or 32, tokens not a multiple of 48, several tiles, blocks and pair steps.
+    #[test]
+    fn matches_the_reference() {
+        let Some(isa) = [Isa::Avx512Vbmi2, Isa::Avx512].into_iter().find(|&i| Pairs::supported(i)) else {
+            println!("skipped: this CPU has no AVX512-BF16");
+            return;
+        };
+        for (rows, cols, tokens) in [(1, 1, 5), (7, 13, 17), (33, 129, 49), (70, 300, 101), (257, 1001, 48)] {
+            let x: Vec<f32> = random_f32(tokens * cols, 1.0, 3).into_iter().map(bf16).collect();
+            let wf: Vec<f32> = random_f32(rows * cols, 1.0, 4).into_iter().map(bf16).collect();
+            let w: Vec<u16> = wf.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+            let act = Activations::new(isa, DType::BF16, &x, tokens, cols);
+            let pairs = act.pairs();
+            assert!(pairs.ready(), "{rows}x{cols}, {tokens} tokens: bf16 activations should pair");
+            let mut y = vec![f32::NAN; tokens * rows];
+            // Rows 0..rows in two ranges, as threads take them.
+            let split = rows / 2;
+            let ranges = [0..split, split..rows];
+            for (range, out) in Dest::columns(&mut y, rows, tokens, &ranges) {
+                prefill(pairs, &w, cols, range, out).unwrap();
+            }
+            let want = cpu::dense(&x, tokens, &wf, rows, cols);
+            assert_close(&format!("{rows}x{cols}, {tokens} tokens"), &y, &want, 1e-5, 1e-5);
+        }
+    }
+
+    /// Activations that are not all bf16, decode token counts and f32 weights keep the f32
+    /// path.
+    #[test]
+    fn pairs_only_for_exact_bf16_prefill() {
+        let Some(isa) = [Isa::Avx512Vbmi2, Isa::Avx512].into_iter().find(|&i| Pairs::supported(i)) else {
+            println!("skipped: this CPU has no AVX512-BF16");
+            return;
+        };
+        let mut x: Vec<f32> = random_f32(10 * 8, 1.0, 5).into_iter().map(bf16).collect();
+        let ready = |dtype, x: &[f32], tokens| Activations::new(isa, dtype, x, tokens, 8).pairs().ready();
+        assert!(ready(DType::BF16, &x, 10));
+        assert!(!ready(DType::F32, &x, 10), "f32 weights");
+        assert!(!ready(DType::BF16, &x[..32], 4), "decode");
+        x[17] += 1e-6;
+        assert!(!ready(DType::BF16, &x, 10), "an activation that is not a bf16");
+        assert!(!Pairs::supported(Isa::Avx2) && !Pairs::supported(Isa::Portable));
+    }
+}

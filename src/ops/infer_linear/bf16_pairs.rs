@@ -170,11 +170,55 @@ pub(super) unsafe fn prefill_rows(
     Ok(())
 }
 
+/// sums[t] += Σ_e pairs[e] · x[block b][ats[e] / MT][t] for the MT tokens of block b, where
+/// each pairs[e] holds two weights' bf16 bits (as f32 bits) and ats[e] is its pair's offset
+/// in a block (pair · MT): the masked rows' kernel of [`super::cpu_fast`].
+///
+/// # Safety
+/// `x` is ready; every ats[e] + MT ≤ x's pairs · MT; sums holds MT values.
+pub(super) unsafe fn kept(x: &Pairs, b: usize, pairs: &[f32], ats: &[u32], sums: *mut f32) {
+    #[cfg(target_arch = "x86_64")]
+    x86::kept(x.data.as_ptr().add(b * x.pairs * MT), pairs, ats, sums);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (x, b, pairs, ats, sums);
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
     use super::*;
+
+    /// sums[t] += Σ_e pairs[e] · x[ats[e] + t] for the MT tokens of a block (x: the block's
+    /// pairs); two pairs per step in two sets of accumulators, added at the end.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BF16; every ats[e] + MT ≤ the block's length; sums holds MT
+    /// values.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn kept(x: *const u32, pairs: &[f32], ats: &[u32], sums: *mut f32) {
+        let mut acc = [[_mm512_setzero_ps(); NV]; 2];
+        let one = |set: &mut [__m512; NV], w: f32, at: u32| {
+            let w: __m512bh = std::mem::transmute(_mm512_set1_epi32(w.to_bits() as i32));
+            let xk = x.add(at as usize);
+            for (v, a) in set.iter_mut().enumerate() {
+                let xv = std::mem::transmute::<__m512i, __m512bh>(_mm512_load_si512(xk.add(v * 16).cast()));
+                *a = _mm512_dpbf16_ps(*a, w, xv);
+            }
+        };
+        let twos = pairs.len() / 2 * 2;
+        for (w2, at2) in pairs[..twos].chunks_exact(2).zip(ats[..twos].chunks_exact(2)) {
+            one(&mut acc[0], w2[0], at2[0]);
+            one(&mut acc[1], w2[1], at2[1]);
+        }
+        if twos < pairs.len() {
+            one(&mut acc[0], pairs[twos], ats[twos]);
+        }
+        for (v, (&a0, &a1)) in acc[0].iter().zip(&acc[1]).enumerate() {
+            let p = sums.add(v * 16);
+            _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), _mm512_add_ps(a0, a1)));
+        }
+    }
 
     /// sums [row i][token] (row stride tok_pad) += the `n_rows` rows of `w` times every
     /// token of x.

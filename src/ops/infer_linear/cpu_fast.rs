@@ -15,7 +15,8 @@
 //!     fixed offsets of their block (8 KiB of cache lines per 12 tokens: both stay in L1).
 //!   - bf16 weights and activations on a CPU with AVX512-BF16 ([`super::bf16_pairs`]):
 //!     dense rows, and masked rows that keep about 40% or more (decoded a tile at a time),
-//!     are multiplied by pairs of columns with `vdpbf16ps`, twice the work of an FMA.
+//!     are multiplied by pairs of columns with `vdpbf16ps`, twice the work of an FMA;
+//!     sparser masked rows list their column pairs that keep a weight (below).
 //!   - Masked weights (bitmask, N:M): the zeros are skipped. Each row of the tile becomes a
 //!     list of its kept weights (value, column); then, [`KC`] columns at a time (a block's
 //!     activations for them stay in L1), every kept weight of a row is multiplied into
@@ -1042,17 +1043,22 @@ unsafe fn prefill<S: Simd, T: Stored, Src: Source<T>>(
     out: Dest<'_>,
 ) -> Result<()> {
     // Masked bf16 rows as dense pairs where they store at least 45% of a dense row's bytes
-    // (about 40% kept): below that, multiplying only the kept weights in f32 costs less
-    // than decoding the rows and multiplying every pair (on an AMD EPYC, 2 threads, at
-    // 50% and 2:4 the pairs run the default model's prefill 6-7% faster, at 70% 8% slower).
-    let stored = src.bytes_before(rows.end) - src.bytes_before(rows.start);
-    if Src::MASKED && T::DTYPE == DType::BF16 && 20 * stored >= 9 * 2 * rows.len() * job.cols && job.pairs().ready() {
-        return prefill_pairs::<S, T, Src>(job, src, rows, out);
+    // (about 40% kept); below that, only their pairs that keep a weight. On an AMD EPYC
+    // (2 threads, the default model's prefill): at 50% and 2:4 the dense pairs are 2-6%
+    // faster than the kept pairs; at 70% the kept pairs are 4% faster than the f32 kept
+    // weights, which beat the dense pairs by 8%.
+    if Src::MASKED && T::DTYPE == DType::BF16 && S::LANES == 16 && job.pairs().ready() {
+        let stored = src.bytes_before(rows.end) - src.bytes_before(rows.start);
+        return if 20 * stored >= 9 * 2 * rows.len() * job.cols {
+            prefill_pairs::<S, T, Src>(job, src, rows, out)
+        } else {
+            prefill_kept::<S, T, Src, 3, true>(job, src, rows, out)
+        };
     }
     // Dense, AVX-512: 2 row vectors × 12 tokens = 24 accumulators; 8 lanes: 4 × 2 = 8.
     match (Src::MASKED, S::LANES) {
-        (true, 16) => prefill_kept::<S, T, Src, 3>(job, src, rows, out),
-        (true, _) => prefill_kept::<S, T, Src, 6>(job, src, rows, out),
+        (true, 16) => prefill_kept::<S, T, Src, 3, false>(job, src, rows, out),
+        (true, _) => prefill_kept::<S, T, Src, 6, false>(job, src, rows, out),
         (false, 16) => prefill_tiles::<S, T, Src, 2, 12>(job, src, rows, out),
         (false, _) => prefill_tiles::<S, T, Src, 4, 2>(job, src, rows, out),
     }
@@ -1190,14 +1196,19 @@ unsafe fn micro<S: Simd, const RV: usize, const NT: usize>(
 /// values, and their columns' offsets in a token block, column · MT), then
 /// for each [`KC`]-column step, token block and row, the row's kept weights of the step are
 /// multiplied into the block's tokens ([`kept_micro`]).
+///
+/// With PAIRS (bf16 weights, x in [`Pairs`], AVX-512): the list holds the row's column pairs
+/// that keep a weight (both weights' bf16 bits in one u32, stored as f32 bits, zero where
+/// pruned; offset pair · MT), multiplied by `vdpbf16ps` ([`super::bf16_pairs`]).
 #[inline(always)]
-unsafe fn prefill_kept<S: Simd, T: Stored, Src: Source<T>, const NV: usize>(
+unsafe fn prefill_kept<S: Simd, T: Stored, Src: Source<T>, const NV: usize, const PAIRS: bool>(
     job: &Activations,
     src: &Src,
     rows: Range<usize>,
     mut out: Dest<'_>,
 ) -> Result<()> {
     assert!(NV * S::LANES == MT && NV <= 6, "infer_linear: masked prefill kernel shape");
+    assert!(!PAIRS || (NV == 3 && job.pairs().ready()), "infer_linear: masked pairs kernel");
     const { assert!(KC.is_multiple_of(CHUNK)) };
     let (in_pad, tok_pad, tokens) = (job.in_pad, job.tok_pad, job.tokens);
     if u32::try_from(in_pad * MT).is_err() {
@@ -1219,17 +1230,26 @@ unsafe fn prefill_kept<S: Simd, T: Stored, Src: Source<T>, const NV: usize>(
         for i in 0..n_rows {
             let mut reader = src.row::<S>(start + i, &mut scratch);
             let bounds = &mut starts[i * (steps + 1)..(i + 1) * (steps + 1)];
-            for ch in 0..chunks {
+            // Pairs: two chunks (32 pairs) at a time; KC / CHUNK is even.
+            for ch in (0..chunks).step_by(if PAIRS { 2 } else { 1 }) {
                 let len = ws.len();
                 if ch % (KC / CHUNK) == 0 {
                     bounds[ch / (KC / CHUNK)] = len;
                 }
-                let chunk = chunk_of::<S, _>(&mut reader, ch, job.cols);
+                let (chunk, at) = if PAIRS {
+                    let mut pairs = [0u32; CHUNK];
+                    for (k, half) in pairs.chunks_exact_mut(CHUNK / 2).enumerate().take(chunks - ch) {
+                        S::bf16_pairs(chunk_of::<S, _>(&mut reader, ch + k, job.cols), half.as_mut_ptr());
+                    }
+                    (S::load(pairs.as_ptr().cast()), (ch * CHUNK / 2 * MT) as u32)
+                } else {
+                    (chunk_of::<S, _>(&mut reader, ch, job.cols), (ch * CHUNK * MT) as u32)
+                };
                 ws.reserve(CHUNK);
                 ats.reserve(CHUNK);
                 // SAFETY: `reserve` made room for CHUNK elements past `len`; the first n are
-                // written before set_len (in_pad · MT fits u32, checked above).
-                let at = (ch * CHUNK * MT) as u32;
+                // written before set_len (in_pad · MT fits u32, checked above). A pair whose
+                // bits read as ±0.0 is dropped: its products are zeros.
                 let n = S::compress_nonzero(chunk, at, MT as u32, ws.as_mut_ptr().add(len), ats.as_mut_ptr().add(len));
                 ws.set_len(len + n);
                 ats.set_len(len + n);
@@ -1248,6 +1268,13 @@ unsafe fn prefill_kept<S: Simd, T: Stored, Src: Source<T>, const NV: usize>(
                     let (w, at) = (&ws[list.clone()], &ats[list]);
                     // SAFETY: sums row i holds tok_pad ≥ (b + 1) · MT values.
                     let acc = sums.as_mut_ptr().add(i * tok_pad + b * MT);
+                    if PAIRS {
+                        // SAFETY: pairs are ready (asserted), hence AVX512-BF16; a kept
+                        // pair's offset is below the block's pairs · MT (past ⌈cols / 2⌉
+                        // every pair is zero).
+                        super::bf16_pairs::kept(job.pairs(), b, w, at, acc);
+                        continue;
+                    }
                     match vectors {
                         1 => kept_micro::<S, 1>(w, at, x, acc),
                         2 => kept_micro::<S, 2>(w, at, x, acc),

@@ -14,6 +14,9 @@
 //! - The sums are f32 as in the other paths; their order differs, and the instruction
 //!   flushes denormal inputs and results to zero (terms below 1e-38).
 //!
+//! - [`kept`]: the sparser masked rows' kernel, one listed pair of weights (a column pair
+//!   that keeps one) broadcast into a block's 48 tokens at a time.
+//!
 //! Used by [`super::cpu_fast`] where [`Pairs::ready`] (the CPU has AVX512-BF16, the tokens
 //! take the prefill path, the weight is bf16 and x is exactly bf16); elsewhere the f32 path
 //! runs.

@@ -72,7 +72,7 @@ fn main() {
         .compile("cuda_cpu");
     let mut driver = build();
     driver.files(&wrappers).file(&index).file(runtime.join("launch.cpp"));
-    driver_library(&out, driver);
+    driver_library(&out, &runtime, driver);
 }
 
 /// `driver/libcuda_cpu.so`: the kernels, the launcher and `runtime/driver.cpp` (the CUDA
@@ -80,8 +80,7 @@ fn main() {
 /// for a process started with `driver/` in LD_LIBRARY_PATH (`cuda_cpu::DRIVER_DIR`). Only
 /// the entry points are exported, so it cannot be confused with the static copy in the same
 /// process; TLS is dynamic, as for any library opened with dlopen.
-fn driver_library(out: &Path, mut build: cc::Build) {
-    let runtime = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap()).join("runtime");
+fn driver_library(out: &Path, runtime: &Path, mut build: cc::Build) {
     let dir = out.join("driver");
     build.file(runtime.join("driver.cpp")).pic(true).flag("-fvisibility=hidden").out_dir(out.join("driver-objects"));
     let objects = build.compile_intermediates();

@@ -109,8 +109,12 @@ impl Isa {
         Isa::ALL.into_iter().find(|isa| isa.available()).unwrap_or(Isa::Portable)
     }
 
-    /// The column of each lane of a decoded bf16 chunk ([`Simd::BF16_COLUMNS`]).
-    fn bf16_columns(self) -> [u8; CHUNK] {
+    /// The column of each lane of a decoded chunk of weights of `dtype`: bf16 ones in
+    /// [`Simd::BF16_COLUMNS`], f32 ones in column order.
+    fn columns(self, dtype: DType) -> [u8; CHUNK] {
+        if dtype != DType::BF16 {
+            return NATURAL;
+        }
         match self {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vbmi2 => <super::simd::Avx512<true> as Simd>::BF16_COLUMNS,
@@ -465,7 +469,7 @@ impl Activations {
         debug_assert_eq!(x.len(), tokens * cols, "infer_linear: activations");
         let in_pad = cols.next_multiple_of(CHUNK);
         let tok_pad = if tokens <= DECODE_MAX_TOKENS { tokens } else { tokens.next_multiple_of(MT) };
-        let columns = if dtype == DType::BF16 { isa.bf16_columns() } else { NATURAL };
+        let columns = isa.columns(dtype);
         self.x.resize(tok_pad * in_pad);
         let rows = x.chunks_exact(cols.max(1)).take(tokens);
         if tokens <= DECODE_MAX_TOKENS {
@@ -505,7 +509,7 @@ impl Activations {
     pub(super) fn pairs(&self) -> &Pairs {
         self.pairs.get_or_init(|| {
             let buffer = std::mem::take(&mut *self.spare.lock().unwrap_or_else(|p| p.into_inner()));
-            let columns = if self.dtype == DType::BF16 { self.isa.bf16_columns() } else { NATURAL };
+            let columns = self.isa.columns(self.dtype);
             Pairs::new(self.isa, self.dtype, &self.x, &columns, self.tokens, self.cols, buffer)
         })
     }

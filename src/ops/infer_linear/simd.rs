@@ -686,3 +686,38 @@ mod x86 {
     const _: () = assert!(std::mem::size_of::<[__m512; 2]>() == CHUNK * 4);
     const _: () = assert!(std::mem::size_of::<[__m256; 4]>() == CHUNK * 4);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`Simd::bf16_pairs`] of a decoded dense bf16 chunk gives back its column pairs, on
+    /// every instruction set this CPU has: the default (portable, AVX2) and the AVX-512
+    /// permutation for both of its lane orders.
+    #[test]
+    fn bf16_pairs_undo_the_lane_order() {
+        // Distinct bf16 values, one per column (the bits of 1.0 + column / 128).
+        let bits: [u16; CHUNK] = std::array::from_fn(|c| 0x3f80 + c as u16);
+        let want: Vec<u32> = bits.chunks_exact(2).map(|two| u32::from(two[0]) | u32::from(two[1]) << 16).collect();
+        fn pairs<S: Simd>(bits: &[u16; CHUNK]) -> Vec<u32> {
+            let mut out = [0u32; CHUNK / 2];
+            // SAFETY: callers run S only where the CPU has it; `bits` holds 32 values.
+            unsafe { S::bf16_pairs(S::dense_bf16(bits.as_ptr()), out.as_mut_ptr()) };
+            out.to_vec()
+        }
+        assert_eq!(pairs::<Portable>(&bits), want, "portable");
+        #[cfg(target_arch = "x86_64")]
+        {
+            use super::super::cpu_fast::Isa;
+            if Isa::Avx2.available() {
+                assert_eq!(pairs::<Avx2>(&bits), want, "avx2");
+            }
+            if Isa::Avx512.available() {
+                assert_eq!(pairs::<Avx512<false>>(&bits), want, "avx512");
+            }
+            if Isa::Avx512Vbmi2.available() {
+                assert_eq!(pairs::<Avx512<true>>(&bits), want, "avx512+vbmi2");
+            }
+        }
+    }
+}

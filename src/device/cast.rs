@@ -4,9 +4,10 @@
 //! f64 kernels are launched by `crate::ops::cast::cuda` for the pruning ops, with
 //! [`geometry`], which sizes every launch of the file.)
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use half::{bf16, f16};
 
+use crate::device::cuda::CudaFloat;
 use crate::device::{CudaDevice, Launch};
 use crate::storage::Element;
 use crate::tensor::cuda_tensor;
@@ -25,13 +26,38 @@ pub fn geometry(n: usize) -> Result<Launch> {
 fn launch<S: Element, D: Element>(dev: &CudaDevice, name: &str, x: &Tensor) -> Result<Tensor> {
     let n = x.elem_count();
     let mut out = dev.alloc::<D>(n)?;
-    let f = dev.function("cast", name)?;
-    let src = x.read()?;
-    let mut l = dev.stream().launch_builder(&f);
-    l.arg(src.cuda::<S>()?).arg(out.slice_mut()).arg(&n);
-    // SAFETY: source and destination hold n elements each.
-    unsafe { l.launch(LaunchConfig::from(geometry(n)?)) }?;
+    convert(dev, name, x.read()?.cuda::<S>()?, out.slice_mut(), n)?;
     cuda_tensor(out, x.shape().clone(), x.device())
+}
+
+/// y[..n] = x[..n] converted by `cast.cu`'s kernel `name` (S → D).
+fn convert<S: Element, D: Element>(
+    dev: &CudaDevice,
+    name: &str,
+    x: &CudaSlice<S>,
+    y: &mut CudaSlice<D>,
+    n: usize,
+) -> Result<()> {
+    if x.len() < n || y.len() < n {
+        return Err(Error::invalid(format!("cast: {n} elements from {} into {}", x.len(), y.len())));
+    }
+    let f = dev.function("cast", name)?;
+    let mut l = dev.stream().launch_builder(&f);
+    l.arg(x).arg(y).arg(&n);
+    // SAFETY: source and destination hold ≥ n elements each (checked above).
+    unsafe { l.launch(LaunchConfig::from(geometry(n)?)) }?;
+    Ok(())
+}
+
+/// y[..n] = x[..n] rounded from f32 to `T` (bf16; for f32 a copy would be asked for, which
+/// has no kernel and is refused).
+pub(crate) fn from_f32_into<T: CudaFloat>(
+    dev: &CudaDevice,
+    x: &CudaSlice<f32>,
+    y: &mut CudaSlice<T>,
+    n: usize,
+) -> Result<()> {
+    convert(dev, &format!("cast_f32_{}", T::SUFFIX), x, y, n)
 }
 
 /// Converts a CUDA float tensor to `dtype` (which differs from its own).

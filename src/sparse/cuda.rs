@@ -1,5 +1,6 @@
-//! Launches `cuda/sparse.cu`: expanding a compressed weight into a device buffer, and the
-//! inverse gather of the kept positions of a dense buffer into the values.
+//! Launches `cuda/sparse.cu`: expanding a compressed weight into a device buffer, the
+//! inverse gather of the kept positions of a dense buffer into the values, and masking a
+//! window of columns of a dense buffer.
 
 use cudarc::driver::{CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg};
 
@@ -24,6 +25,12 @@ pub fn bitmask_geometry(op: &'static str, rows: usize) -> Result<Launch> {
 pub fn nm_geometry(op: &'static str, rows: usize, cols: usize) -> Result<Launch> {
     let tiles = to_i32(op, cols.div_ceil(THREADS as usize))? as u32;
     Ok(Launch { grid: (to_i32(op, rows)? as u32, tiles, 1), block: (THREADS, 1, 1), shared_bytes: 0 })
+}
+
+/// `mask_window_*`: one thread per 8 columns of the window.
+pub fn mask_window_geometry(op: &'static str, rows: usize, width: usize) -> Result<Launch> {
+    let threads = rows.checked_mul(width.div_ceil(8)).ok_or_else(|| Error::invalid(format!("{op}: size overflows")))?;
+    Launch::grid_1d(threads, THREADS)
 }
 
 /// `nonzero_mask_*`: one thread per mask byte.
@@ -68,9 +75,59 @@ pub fn expand<T: CudaFloat>(
     let mode_i: i32 = match mode {
         Expand::Overwrite => 0,
         Expand::AddKept => 1,
-        Expand::MaskOnly => 2,
+        Expand::MaskOnly => return mask_window(dev, rows, cols, format, meta, out, 0, cols),
     };
     launch(dev, rows, cols, format, values, meta, offsets, out, mode_i)
+}
+
+/// Zeroes the pruned entries of `out` [rows, width] (row stride `width`), which holds columns
+/// `col0 .. col0 + width` of a [rows, cols] matrix of this pattern (`meta`: the bitmask or
+/// the N:M positions); the kept entries stay. `col0` must be a multiple of 8.
+#[allow(clippy::too_many_arguments)]
+pub fn mask_window<T: CudaFloat>(
+    dev: &CudaDevice,
+    rows: usize,
+    cols: usize,
+    format: SparseFormat,
+    meta: &CudaSlice<u8>,
+    out: &mut CudaViewMut<'_, T>,
+    col0: usize,
+    width: usize,
+) -> Result<()> {
+    const OP: &str = "sparse mask window";
+    let stride = meta_stride(cols, format);
+    let end = col0.checked_add(width);
+    if !col0.is_multiple_of(8) || end.is_none_or(|e| e > cols) || meta.len() < rows * stride || out.len() < rows * width
+    {
+        return Err(Error::invalid(format!(
+            "{OP}: columns {col0}..+{width} of {rows}x{cols} ({} meta bytes, buffer of {}); the window must start at \
+             a multiple of 8 and lie inside the matrix",
+            meta.len(),
+            out.len()
+        )));
+    }
+    if rows == 0 || width == 0 {
+        return Ok(());
+    }
+    let (n, m, bits) = match format {
+        SparseFormat::Bitmask => (0, 0, 0),
+        SparseFormat::NM { n, m } => (n, m, index_bits(m)),
+    };
+    let mut ints = [0i32; 7];
+    for (slot, v) in ints.iter_mut().zip([rows, stride, col0, width, n, m, bits]) {
+        *slot = to_i32(OP, v)?;
+    }
+    let f = dev.function("sparse", &format!("mask_window_{}", T::SUFFIX))?;
+    let mut b = dev.stream().launch_builder(&f);
+    b.arg(meta).arg(out);
+    for v in &ints {
+        b.arg(v);
+    }
+    // SAFETY: meta holds rows·stride bytes, out ≥ rows·width elements (checked above); the
+    // thread of (row, 8 columns from col0 + 8j) reads the row's meta bytes of those columns
+    // (inside the row: col0 + width ≤ cols) and writes out[row·width + 8j ..] below width.
+    unsafe { b.launch(LaunchConfig::from(mask_window_geometry(OP, rows, width)?)) }?;
+    Ok(())
 }
 
 /// values ← the kept positions of `dense` (≥ rows·cols elements, not modified).

@@ -348,6 +348,22 @@ impl SparseWeight {
         )
     }
 
+    /// Zeroes the pruned entries of the device buffer `out` [rows, width] (row stride
+    /// `width`), which holds this weight's columns `col0 .. col0 + width` (`col0` a multiple
+    /// of 8); the kept entries stay. `Expand::MaskOnly` is the window of every column.
+    pub fn mask_columns_cuda<T: CudaFloat>(
+        &self,
+        out: &mut CudaViewMut<'_, T>,
+        col0: usize,
+        width: usize,
+    ) -> Result<()> {
+        let Device::Cuda(dev) = self.device() else {
+            return Err(Error::invalid("mask_columns_cuda: the weight is on the CPU"));
+        };
+        let meta = self.meta.read()?;
+        super::cuda::mask_window(dev, self.rows, self.cols, self.format, meta.cuda::<u8>()?, out, col0, width)
+    }
+
     /// The kept entries of the host matrix `dense` [rows·cols], in value order (the
     /// gradient of the kept values from a dense gradient; the inverse of expand).
     pub fn gather_host<T: FloatElement>(&self, dense: &[T]) -> Result<Vec<T>> {
@@ -672,6 +688,46 @@ mod tests {
                     assert_eq!(got[k].to_bits(), want.to_bits(), "{what} add-kept at {k}");
                 }
                 assert!(got[rows * cols..].iter().all(|&v| v == 0.25), "{what}: tail touched");
+                // Masking: the whole matrix (MaskOnly), and windows of columns that start at a
+                // multiple of 8 (the middle, the end with an uneven width).
+                let mut windows = vec![(0, cols, true), ((cols / 16) * 8, cols - (cols / 16) * 8, false)];
+                if cols > 8 {
+                    windows.push((8, (cols - 8).min(16), false));
+                }
+                for (col0, width, whole) in windows {
+                    let n = rows * width;
+                    let start: Vec<f32> = (0..n + 3).map(|k| 1.0 + k as f32 * 0.125).collect();
+                    let buf = Tensor::from_f32(start.clone(), [n + 3], dtype, &gpu).unwrap();
+                    let start = buf.to_f32_vec().unwrap();
+                    {
+                        let mut guard = buf.write().unwrap();
+                        with_compute_type!(dtype, "test", T => {
+                            let slice = guard.cuda_mut::<T>().unwrap();
+                            if whole {
+                                g.expand_into_cuda(&mut slice.slice_mut(..), Expand::MaskOnly)
+                            } else {
+                                g.mask_columns_cuda(&mut slice.slice_mut(..), col0, width)
+                            }
+                        })
+                        .unwrap();
+                    }
+                    let got = buf.to_f32_vec().unwrap();
+                    for k in 0..n {
+                        let want = if mask.get(k / width, col0 + k % width) { start[k] } else { 0.0 };
+                        assert_eq!(got[k], want, "{what} mask of columns {col0}..+{width} at {k}");
+                    }
+                    assert_eq!(got[n..], start[n..], "{what}: tail touched by the mask");
+                }
+                // A window that starts off a mask byte or runs past the matrix is refused.
+                let buf = Tensor::zeros([rows * cols], dtype, &gpu).unwrap();
+                let mut guard = buf.write().unwrap();
+                with_compute_type!(dtype, "test", T => {
+                    let slice = guard.cuda_mut::<T>().unwrap();
+                    assert!(g.mask_columns_cuda(&mut slice.slice_mut(..), 4, 1).is_err(), "{what}: col0 4");
+                    assert!(g.mask_columns_cuda(&mut slice.slice_mut(..), 0, cols + 1).is_err(), "{what}: past");
+                    Ok::<_, Error>(())
+                })
+                .unwrap();
             }
         }
     }

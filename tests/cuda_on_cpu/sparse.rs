@@ -1,13 +1,15 @@
 //! `cuda/sparse.cu` on the CPU: `bitmask_expand_*` and `nm_expand_*` (values + bitmask
 //! [rows, ⌈cols/8⌉] with row offsets [rows + 1], or values + packed N:M positions → dense
-//! [rows, cols]) in all four modes (overwrite, add kept, mask only, and the gather of the kept
+//! [rows, cols]) in their three modes (overwrite, add kept, and the gather of the kept
 //! positions into the values), against `SparseWeight::{expand_into_host, gather_host}` bit
-//! for bit, as sparse::weight's cuda_expand_matches_cpu and gather tests compare them; and
-//! `nonzero_mask_*` (the mask of a dense weight's non-zeros) against `BitMask::from_nonzero`.
+//! for bit, as sparse::weight's cuda_expand_matches_cpu and gather tests compare them;
+//! `mask_window_*` (mask only, over every column and over windows of columns [rows, width])
+//! against `expand_into_host(MaskOnly)`'s columns; and `nonzero_mask_*` (the mask of a dense
+//! weight's non-zeros) against `BitMask::from_nonzero`.
 
 use cuda_cpu::{Arg, Buffer, Guard};
 use sparsetune::device::cuda::CudaFloat;
-use sparsetune::sparse::cuda::{bitmask_geometry, nm_geometry, nonzero_mask_geometry};
+use sparsetune::sparse::cuda::{bitmask_geometry, mask_window_geometry, nm_geometry, nonzero_mask_geometry};
 use sparsetune::sparse::nm::index_bits;
 use sparsetune::sparse::{BitMask, Expand, SparseFormat, SparseWeight};
 use sparsetune::testing::{random_f32, random_mask};
@@ -66,6 +68,23 @@ fn launch<T: CudaFloat>(w: &SparseWeight, values: &[T], out: &[T], mode: i32, gu
     (values.to_vec(), out.to_vec())
 }
 
+/// `mask_window_*` the way `sparse::cuda::mask_window` calls it, on a guarded copy of `out`
+/// [rows, width] (columns col0.. of `w`); returns it after the launch.
+fn launch_mask<T: CudaFloat>(w: &SparseWeight, out: &[T], col0: usize, width: usize, guard: Guard) -> Vec<T> {
+    let out = Buffer::from_slice(out, guard);
+    let meta = Buffer::from_slice(&w.meta().to_vec::<u8>().unwrap(), guard);
+    let (n, m, bits) = match w.format() {
+        SparseFormat::Bitmask => (0, 0, 0),
+        SparseFormat::NM { n, m } => (n, m, index_bits(m)),
+    };
+    let stride = w.meta().elem_count() / w.rows();
+    let ints = i32s([w.rows(), stride, col0, width, n, m, bits]);
+    let args: [&dyn Arg; 9] = [&meta, &out, &ints[0], &ints[1], &ints[2], &ints[3], &ints[4], &ints[5], &ints[6]];
+    let geometry = mask_window_geometry("sparse mask window", w.rows(), width).unwrap();
+    run("sparse", &format!("mask_window_{}", T::SUFFIX), geometry, &args);
+    out.to_vec()
+}
+
 fn bits<T: CudaFloat>(v: &[T]) -> Vec<u32> {
     v.iter().map(|x| x.to_f32().to_bits()).collect()
 }
@@ -83,14 +102,25 @@ fn check<T: CudaFloat>((rows, cols, sparsity, nm, format): Case, guard: Guard) {
     let values = s.values().to_vec::<T>().unwrap();
     let nan = nan_buffer::<T>(rows * cols, guard).to_vec();
     let quarter = vec![T::from_f32(0.25); rows * cols];
-    for (mode, name, start) in
-        [(Expand::Overwrite, 0, &nan), (Expand::AddKept, 1, &quarter), (Expand::MaskOnly, 2, &quarter)]
-    {
+    for (mode, name, start) in [(Expand::Overwrite, 0, &nan), (Expand::AddKept, 1, &quarter)] {
         let mut want = start.clone();
         s.expand_into_host(&mut want, mode).unwrap();
         let (values_after, got) = launch(&s, &values, start, name, guard);
         assert_eq!(bits(&got), bits(&want), "{what} {mode:?}");
         assert_eq!(bits(&values_after), bits(&values), "{what} {mode:?}: values written");
+    }
+    // Mask only, over a buffer of distinct values: every column, then a window from a middle
+    // mask byte to the end (uneven width where cols is).
+    let start: Vec<T> = (0..rows * cols).map(|k| T::from_f32(1.0 + (k % 97) as f32)).collect();
+    let mut masked = start.clone();
+    s.expand_into_host(&mut masked, Expand::MaskOnly).unwrap();
+    let col0 = cols / 16 * 8;
+    for (col0, width) in [(0, cols), (col0, cols - col0)] {
+        let window = |m: &[T]| -> Vec<T> {
+            (0..rows).flat_map(|r| m[r * cols + col0..r * cols + col0 + width].to_vec()).collect()
+        };
+        let got = launch_mask(&s, &window(&start), col0, width, guard);
+        assert_eq!(bits(&got), bits(&window(&masked)), "{what} mask of columns {col0}..+{width}");
     }
     let dense = w.to_vec::<T>().unwrap();
     let (gathered, dense_after) = launch(&s, &nan_buffer::<T>(values.len(), guard).to_vec(), &dense, 3, guard);

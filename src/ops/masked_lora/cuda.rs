@@ -1,6 +1,8 @@
 //! Masked LoRA on CUDA: cuBLAS GEMMs around the workspace. The workspace's W_eff comes from
 //! `cuda/masked_lora.cu` in one pass for a bitmask or 2:4 base, or from a GEMM s·B·A and
-//! `cuda/sparse.cu`'s expansion for other N:M patterns. Shapes as in [`super::cpu`]; all
+//! `cuda/sparse.cu`'s expansion for other N:M patterns. The exact adapter gradients take G =
+//! dyᵀ·x a tile of columns at a time (GEMM, `cuda/sparse.cu`'s column-window mask, two
+//! contractions), each tile small enough to stay in L2. Shapes as in [`super::cpu`]; all
 //! slices are checked by `ops::masked_lora`.
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
@@ -8,8 +10,8 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use super::cpu::Dims;
 use crate::device::cuda::{to_i32, CudaFloat};
 use crate::device::{CudaDevice, Launch};
-use crate::ops::matmul::cuda::matmul;
-use crate::ops::matmul::Dims as Mm;
+use crate::ops::matmul::cuda::{matmul, strided_batched};
+use crate::ops::matmul::{Dims as Mm, Strided};
 use crate::sparse::{Expand, SparseFormat, SparseWeight};
 use crate::{Error, Result};
 
@@ -125,8 +127,24 @@ pub fn forward<T: CudaFloat>(
     })
 }
 
-/// dx = dy·W_eff (when `dx` is given) and the exact adapter gradients (when given):
-/// G = dyᵀ·x in the workspace, masked in place, dB = s·(M⊙G)·Aᵀ, dA = s·Bᵀ·(M⊙G).
+/// Bytes of G = dyᵀ·x one tile of the exact adapter gradients holds: small enough that the
+/// tile stays in L2 (50 MiB on an H100, 60 on an H200) between the GEMM that writes it, the
+/// mask and the two contractions that read it.
+pub const ADAPTER_TILE_BYTES: usize = 8 << 20;
+
+/// Columns of G per tile for an `out` × `inp` weight with `elem`-byte elements: a multiple
+/// of 8 (a mask byte) holding about [`ADAPTER_TILE_BYTES`], all of `inp` when that fits.
+pub fn adapter_tile_cols(out: usize, inp: usize, elem: usize) -> usize {
+    let cols = (ADAPTER_TILE_BYTES / out.saturating_mul(elem).max(1)) / 8 * 8;
+    if cols >= inp {
+        inp
+    } else {
+        cols.max(8)
+    }
+}
+
+/// dx = dy·W_eff (when `dx` is given) and the exact adapter gradients (when given), the
+/// latter tile by tile over [`adapter_tile_cols`] columns (see [`backward_exact_in_tiles`]).
 #[allow(clippy::too_many_arguments)]
 pub fn backward_exact<T: CudaFloat>(
     dev: &CudaDevice,
@@ -140,16 +158,101 @@ pub fn backward_exact<T: CudaFloat>(
     adapters: Option<(&mut CudaSlice<T>, &mut CudaSlice<T>)>,
     d: Dims,
 ) -> Result<()> {
-    dev.with_workspace::<T, _>(d.output * d.input, |ws| {
+    let tile = adapter_tile_cols(d.output, d.input, std::mem::size_of::<T>());
+    backward_exact_in_tiles(dev, x, w, a, b, dy, s, dx, adapters, d, tile)
+}
+
+/// [`backward_exact`] with `tile` columns (a multiple of 8, or all of them) per tile of the
+/// adapter gradients. dx is one GEMM on W_eff built in the workspace. For each tile of
+/// columns [c, c + w) of the weight: G_c = dyᵀ·x[:, c..c+w] into the workspace, masked
+/// there (`SparseWeight::mask_columns_cuda`), then dB += s·G_c·A[:, c..c+w]ᵀ and
+/// dA[:, c..c+w] = s·Bᵀ·G_c. With more than one tile a bf16 dB is summed in f32 and rounded
+/// once, as the single GEMM rounds it.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward_exact_in_tiles<T: CudaFloat>(
+    dev: &CudaDevice,
+    x: &CudaSlice<T>,
+    w: &SparseWeight,
+    a: &CudaSlice<T>,
+    b: &CudaSlice<T>,
+    dy: &CudaSlice<T>,
+    s: f32,
+    dx: Option<&mut CudaSlice<T>>,
+    adapters: Option<(&mut CudaSlice<T>, &mut CudaSlice<T>)>,
+    d: Dims,
+    tile: usize,
+) -> Result<()> {
+    let (out, inp, rank, t) = (d.output, d.input, d.rank, d.tokens);
+    if tile == 0 || (tile < inp && !tile.is_multiple_of(8)) {
+        return Err(Error::invalid(format!("masked_lora backward: a tile of {tile} columns (a multiple of 8)")));
+    }
+    let tile = tile.min(inp);
+    let ws_len = if dx.is_some() { out * inp } else { out * tile };
+    dev.with_workspace::<T, _>(ws_len, |ws| {
         if let Some(dx) = dx {
             build_effective(dev, w, a, b, s, ws, d)?;
-            matmul(dev, dy, ws, dx, Mm::single(d.tokens, d.input, d.output, false, false), 1.0, 0.0)?;
+            matmul(dev, dy, ws, dx, Mm::single(t, inp, out, false, false), 1.0, 0.0)?;
         }
-        if let Some((da, db)) = adapters {
-            matmul(dev, dy, x, ws, Mm::single(d.output, d.input, d.tokens, true, false), 1.0, 0.0)?;
-            w.expand_into_cuda(&mut ws.slice_mut(..), Expand::MaskOnly)?;
-            matmul(dev, ws, a, db, Mm::single(d.output, d.rank, d.input, false, true), s, 0.0)?;
-            matmul(dev, b, ws, da, Mm::single(d.rank, d.input, d.output, true, false), s, 0.0)?;
+        let Some((da, db)) = adapters else { return Ok(()) };
+        let tiles = inp.div_ceil(tile).max(1);
+        // dB summed over the tiles: in place when T is f32 or there is one tile, else in f32.
+        let mut db32 =
+            if tiles > 1 && T::DTYPE != crate::DType::F32 { Some(dev.alloc::<f32>(out * rank)?) } else { None };
+        for j in 0..tiles {
+            let (c0, width) = (j * tile, tile.min(inp - j * tile));
+            // G_c [out, width] = dyᵀ [out, t] · x[:, c0..c0+width] ([t, width] of row stride inp).
+            let g = Strided {
+                m: out,
+                n: width,
+                k: t,
+                trans_a: true,
+                trans_b: false,
+                a: (0, out, 0),
+                b: (c0, inp, 0),
+                c: (0, width, 0),
+                batch: 1,
+                alpha: 1.0,
+                beta: 0.0,
+            };
+            strided_batched::<T, T>(dev, &g, dy, x, ws)?;
+            w.mask_columns_cuda(&mut ws.slice_mut(..out * width), c0, width)?;
+            // dB [out, rank] (+)= s·G_c · A[:, c0..c0+width]ᵀ (A [rank, inp] read transposed).
+            let beta = if j == 0 { 0.0 } else { 1.0 };
+            let contract_b = Strided {
+                m: out,
+                n: rank,
+                k: width,
+                trans_a: false,
+                trans_b: true,
+                a: (0, width, 0),
+                b: (c0, inp, 0),
+                c: (0, rank, 0),
+                batch: 1,
+                alpha: s,
+                beta,
+            };
+            match db32.as_mut() {
+                Some(acc) => strided_batched::<T, f32>(dev, &contract_b, ws, a, acc.slice_mut())?,
+                None => strided_batched::<T, T>(dev, &contract_b, ws, a, db)?,
+            }
+            // dA[:, c0..c0+width] = s·Bᵀ [rank, out] · G_c (B [out, rank] read transposed).
+            let contract_a = Strided {
+                m: rank,
+                n: width,
+                k: out,
+                trans_a: true,
+                trans_b: false,
+                a: (0, rank, 0),
+                b: (0, width, 0),
+                c: (c0, inp, 0),
+                batch: 1,
+                alpha: s,
+                beta: 0.0,
+            };
+            strided_batched::<T, T>(dev, &contract_a, b, ws, da)?;
+        }
+        if let Some(acc) = db32 {
+            crate::device::cast::from_f32_into(dev, acc.slice(), db, out * rank)?;
         }
         Ok(())
     })

@@ -7,8 +7,9 @@
 //! one dense GEMM. Backward ("sparse recompute backward", [`Saved::Recompute`]): W_eff is
 //! rebuilt in the workspace for dx = dy·W_eff; the exact adapter gradients reuse the same
 //! workspace for G = dyᵀ·x, masked in place and contracted at once into dB = s·(M⊙G)·Aᵀ and
-//! dA = s·Bᵀ·(M⊙G); the rearranged (LoRS) ones need no out × in product. The op saves x, A
-//! and B; nothing of size out × in survives it. `cpu.rs` is the dense reference; on the
+//! dA = s·Bᵀ·(M⊙G) (on CUDA a tile of columns of G at a time, sized to stay in L2); the
+//! rearranged (LoRS) ones need no out × in product. The op saves x, A and B; nothing of size
+//! out × in survives it. `cpu.rs` is the dense reference; on the
 //! CPU the real path uses the gemm crate (f32), on CUDA cuBLAS (f32 or bf16).
 
 pub mod cpu;

@@ -188,3 +188,94 @@ fn cuda_matches_cpu() {
         }
     }
 }
+
+/// dA and dB (as f32) from [`cuda::backward_exact_in_tiles`] on CUDA tensors.
+#[allow(clippy::too_many_arguments)]
+fn adapter_grads_in_tiles<T: crate::device::cuda::CudaFloat>(
+    c: &Case,
+    gpu: &Device,
+    w: &SparseWeight,
+    tile: usize,
+    with_dx: bool,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let Device::Cuda(dev) = gpu else { unreachable!() };
+    let g = |t: &Tensor| t.to_device(gpu);
+    let (x, a, b, dy) = (g(&c.x)?, g(&c.a)?, g(&c.b)?, g(&c.dy)?);
+    let d = c.d;
+    let mut dx = dev.alloc::<T>(d.tokens * d.input)?;
+    let (mut ga, mut gb) = (dev.alloc::<T>(d.rank * d.input)?, dev.alloc::<T>(d.output * d.rank)?);
+    let (xr, ar, br, dyr) = (x.read()?, a.read()?, b.read()?, dy.read()?);
+    cuda::backward_exact_in_tiles::<T>(
+        dev,
+        xr.cuda()?,
+        w,
+        ar.cuda()?,
+        br.cuda()?,
+        dyr.cuda()?,
+        2.0,
+        with_dx.then_some(dx.slice_mut()),
+        Some((ga.slice_mut(), gb.slice_mut())),
+        d,
+        tile,
+    )?;
+    Ok((
+        crate::tensor::cuda_tensor(ga, c.a.shape().clone(), gpu)?.to_f32_vec()?,
+        crate::tensor::cuda_tensor(gb, c.b.shape().clone(), gpu)?.to_f32_vec()?,
+    ))
+}
+
+/// The exact adapter gradients taken in tiles of 8 and 16 columns (the last one narrower)
+/// match the CPU reference, with dx and without it (the workspace then holds one tile).
+#[test]
+fn cuda_adapter_gradients_in_tiles_match_cpu() {
+    let Some(gpu) = cuda_for_tests("masked_lora::cuda_adapter_gradients_in_tiles_match_cpu") else { return };
+    let cpu = Device::cpu();
+    for (dtype, atol, rtol) in [(DType::F32, 1e-4, 1e-4), (DType::BF16, 5e-2, 3e-2)] {
+        for (input, output, rank, format) in [
+            (37, 29, 3, SparseFormat::Bitmask),
+            (44, 24, 4, SparseFormat::NM { n: 2, m: 4 }),
+            (48, 17, 2, SparseFormat::NM { n: 4, m: 8 }),
+        ] {
+            let c = case(&cpu, dtype, &[2, 5], input, output, rank, format, 23);
+            let to32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let w32 = c.w.to_dtype(DType::F32).unwrap();
+            let (_, da, db) = backward(
+                &to32(&c.x),
+                &w32,
+                &to32(&c.a),
+                &to32(&c.b),
+                &to32(&c.dy),
+                2.0,
+                AdapterGrad::Exact,
+                false,
+                true,
+            )
+            .unwrap();
+            let (da, db) = (da.unwrap().to_f32_vec().unwrap(), db.unwrap().to_f32_vec().unwrap());
+            let w = c.w.to_device(&gpu).unwrap();
+            let tol = atol * ((c.d.tokens * input) as f64).sqrt();
+            for (tile, with_dx) in [(8, true), (16, false), (input, false)] {
+                let what = format!("{dtype} {input}->{output} r{rank} {format:?} tiles of {tile}, dx {with_dx}");
+                let (ga, gb) =
+                    with_compute_type!(dtype, "test", T => adapter_grads_in_tiles::<T>(&c, &gpu, &w, tile, with_dx))
+                        .unwrap();
+                assert_close(&format!("{what} dA"), &ga, &da, tol, rtol);
+                assert_close(&format!("{what} dB"), &gb, &db, tol, rtol);
+            }
+            // A tile that is not a multiple of 8 (and not every column) is refused.
+            let err = with_compute_type!(dtype, "test", T => adapter_grads_in_tiles::<T>(&c, &gpu, &w, 12, false));
+            assert!(err.unwrap_err().to_string().contains("tile of 12"));
+        }
+    }
+}
+
+#[test]
+fn adapter_tiles_hold_about_the_budget() {
+    // 4096 × 4096 bf16: 1024 columns of 8 KiB rows make 8 MiB.
+    assert_eq!(cuda::adapter_tile_cols(4096, 4096, 2), 1024);
+    assert_eq!(cuda::adapter_tile_cols(11008, 4096, 2) % 8, 0);
+    assert!(cuda::adapter_tile_cols(11008, 4096, 2) * 11008 * 2 <= cuda::ADAPTER_TILE_BYTES);
+    // Small weights take every column in one tile, huge rows at least a mask byte.
+    assert_eq!(cuda::adapter_tile_cols(29, 37, 4), 37);
+    assert_eq!(cuda::adapter_tile_cols(1 << 30, 64, 4), 8);
+}

@@ -156,6 +156,16 @@ impl BackwardCtx<'_> {
         Ok(())
     }
 
+    /// Removes and returns the gradient input `i` has received so far (from the ops recorded
+    /// after this one), for a backward that folds it into its own kernel and hands the sum
+    /// back through [`Self::add_grad`]. None when there is none yet or the input wants none.
+    pub fn take_grad(&mut self, i: usize) -> Option<Tensor> {
+        match self.inputs.get(i) {
+            Some(Some(id)) => self.grads.take(*id),
+            _ => None,
+        }
+    }
+
     /// The gradient store itself, for ops that own a sub-tape (checkpoints).
     pub fn grads_mut(&mut self) -> &mut Grads {
         self.grads

@@ -243,9 +243,18 @@ impl InferModel {
         let device = self.device();
         let ids = Tensor::from_vec(tokens.to_vec(), [n], device)?;
         let mut x = ops::embedding::forward(&self.embed, &ids)?;
+        // The MLP output of the previous layer, added to x by the next norm's fused pass.
+        let mut residual: Option<Tensor> = None;
         for (l, layer) in self.layers.iter().enumerate() {
             let [wq, wk, wv, wo, wg, wu, wd] = &layer.linears;
-            let h = ops::rms_norm::forward(&x, &layer.input_norm, eps)?;
+            let h = match residual.take() {
+                Some(r) => {
+                    let (sum, h) = ops::rms_norm::forward_residual(&x, &r, &layer.input_norm, eps)?;
+                    x = sum;
+                    h
+                }
+                None => ops::rms_norm::forward(&x, &layer.input_norm, eps)?,
+            };
             let q = wq.forward(&h)?.reshape([n, hq, hd])?;
             let k = wk.forward(&h)?.reshape([n, hkv, hd])?;
             let v = wv.forward(&h)?.reshape([n, hkv, hd])?;
@@ -255,10 +264,13 @@ impl InferModel {
             ops::kv_cache::write(&cache.values[l], &v, seqs, positions)?;
             let a = ops::kv_cache::attention(&q, &cache.keys[l], &cache.values[l], seqs, positions)?;
             let a = wo.forward(&a.reshape([n, hq * hd])?)?;
-            x = ops::elementwise::add_forward(&x, &a)?;
-            let h = ops::rms_norm::forward(&x, &layer.post_norm, eps)?;
+            let (sum, h) = ops::rms_norm::forward_residual(&x, &a, &layer.post_norm, eps)?;
+            x = sum;
             let m = ops::swiglu::forward(&wg.forward(&h)?, &wu.forward(&h)?)?;
-            x = ops::elementwise::add_forward(&x, &wd.forward(&m)?)?;
+            residual = Some(wd.forward(&m)?);
+        }
+        if let Some(r) = residual {
+            x = ops::elementwise::add_forward(&x, &r)?;
         }
         debug_assert_eq!(x.dims(), [n, dim]);
         let picked = if rows.len() == n && rows.iter().enumerate().all(|(i, &r)| i == r) {

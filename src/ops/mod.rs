@@ -34,7 +34,7 @@ pub use cross_entropy::cross_entropy;
 pub use elementwise::{add, mul, scale};
 pub use embedding::embedding;
 pub use matmul::{matmul, matmul_nt};
-pub use rms_norm::rms_norm;
+pub use rms_norm::{add_rms_norm, rms_norm};
 pub use rope::rope;
 pub use swiglu::swiglu;
 

@@ -1,6 +1,8 @@
-//! `cuda/rms_norm.cu` on the CPU: forward, dx (with and without a dx buffer) and the two dw
-//! kernels, f32 and bf16, against `ops::rms_norm` on the CPU with its cuda_matches_cpu
-//! tolerances (f32 1e-5 + 1e-4·|ref|, bf16 1e-2 + 1e-2·|ref|; dw's atol times rows).
+//! `cuda/rms_norm.cu` on the CPU: forward (plain, and fused with the residual add), dx (with
+//! and without a dx buffer, and with a pending gradient folded in) and the two dw kernels,
+//! f32 and bf16, against `ops::rms_norm` on the CPU with its cuda_matches_cpu tolerances
+//! (f32 1e-5 + 1e-4·|ref|, bf16 1e-2 + 1e-2·|ref|; dw's atol times rows). The residual sum
+//! must match the CPU's rounded sum bit for bit.
 
 use cuda_cpu::{Buffer, Guard, Null};
 use sparsetune::device::cuda::CudaFloat;
@@ -29,25 +31,40 @@ fn check<T: CudaFloat>(rows: usize, dim: usize, guard: Guard) {
     let kernel = |name: &str| format!("rms_norm_{name}_{}", T::SUFFIX);
 
     let y = nan_buffer::<T>(rows * dim, guard);
-    run("rms_norm", &kernel("fwd"), row_geometry(rows).unwrap(), &[&x_buf, &w_buf, &y, &rows_i, &dim_i, &EPS]);
+    let fwd = row_geometry(rows).unwrap();
+    run("rms_norm", &kernel("fwd"), fwd, &[&x_buf, &Null, &w_buf, &Null, &y, &rows_i, &dim_i, &EPS]);
     let y_ref = rms_norm::forward(&x, &w, EPS).unwrap().to_f32_vec().unwrap();
     assert_close(&format!("{what} y"), &widen(&y), &y_ref, atol, rtol);
+    // Fused with the residual: sum = x + res, y = rms_norm(sum).
+    let res = tensor::<T>(random_f32(rows * dim, 1.0, 13), &[rows, dim]);
+    let (sum, y) = (nan_buffer::<T>(rows * dim, guard), nan_buffer::<T>(rows * dim, guard));
+    run("rms_norm", &kernel("fwd"), fwd, &[&x_buf, &buffer::<T>(&res, guard), &w_buf, &sum, &y, &rows_i, &dim_i, &EPS]);
+    let (sum_ref, y_ref) = rms_norm::forward_residual(&x, &res, &w, EPS).unwrap();
+    let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&widen(&sum)), bits(&sum_ref.to_f32_vec().unwrap()), "{what}: residual sum");
+    assert_close(&format!("{what} y of x + res"), &widen(&y), &y_ref.to_f32_vec().unwrap(), atol, rtol);
 
-    let (dx_ref, dw_ref) = rms_norm::backward(&x, &w, &dy, EPS, true, true).unwrap();
+    let (dx_ref, dw_ref) = rms_norm::backward(&x, &w, &dy, EPS, None, true, true).unwrap();
     let (dx, rstd) = (nan_buffer::<T>(rows * dim, guard), Buffer::filled(rows, f32::NAN, guard));
-    let dx_args = |dx: &dyn cuda_cpu::Arg, rstd: &Buffer<f32>| {
+    let dx_args = |pending: &dyn cuda_cpu::Arg, dx: &dyn cuda_cpu::Arg, rstd: &Buffer<f32>| {
         run(
             "rms_norm",
             &kernel("bwd_dx"),
             row_geometry(rows).unwrap(),
-            &[&x_buf, &w_buf, &dy_buf, dx, rstd, &rows_i, &dim_i, &EPS],
+            &[&x_buf, &w_buf, &dy_buf, pending, dx, rstd, &rows_i, &dim_i, &EPS],
         )
     };
-    dx_args(&dx, &rstd);
+    dx_args(&Null, &dx, &rstd);
     assert_close(&format!("{what} dx"), &widen(&dx), &dx_ref.unwrap().to_f32_vec().unwrap(), atol, rtol);
+    // A pending gradient folded into dx.
+    let (dx_pending_ref, _) = rms_norm::backward(&x, &w, &dy, EPS, Some(&res), true, false).unwrap();
+    let dx_pending = nan_buffer::<T>(rows * dim, guard);
+    dx_args(&buffer::<T>(&res, guard), &dx_pending, &Buffer::filled(rows, f32::NAN, guard));
+    let dx_pending_ref = dx_pending_ref.unwrap().to_f32_vec().unwrap();
+    assert_close(&format!("{what} dx + pending"), &widen(&dx_pending), &dx_pending_ref, atol, rtol);
     // Without dx (only dw wanted) the kernel writes the same rstd and nothing else.
     let rstd_alone = Buffer::filled(rows, f32::NAN, guard);
-    dx_args(&Null, &rstd_alone);
+    dx_args(&Null, &Null, &rstd_alone);
     assert_eq!(
         rstd_alone.to_vec().iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
         rstd.to_vec().iter().map(|v| v.to_bits()).collect::<Vec<_>>(),

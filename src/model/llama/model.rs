@@ -100,9 +100,7 @@ impl DecoderLayer {
         let a = ops::reshape(tape.as_deref_mut(), &a, [b, t, hq * hd])?;
         seen(LinearInput::AttnOut, &a)?;
         let a = self.o.forward(tape.as_deref_mut(), &a)?;
-        let x = ops::add(tape.as_deref_mut(), x, &a)?;
-
-        let h = ops::rms_norm(tape.as_deref_mut(), &x, &self.post_norm, eps)?;
+        let (x, h) = ops::add_rms_norm(tape.as_deref_mut(), x, &a, &self.post_norm, eps)?;
         seen(LinearInput::MlpIn, &h)?;
         let g = self.gate.forward(tape.as_deref_mut(), &h)?;
         let u = self.up.forward(tape.as_deref_mut(), &h)?;

@@ -108,13 +108,19 @@ pub fn add_assign(a: &Tensor, b: &Tensor) -> Result<()> {
 pub fn add(tape: Option<&mut Tape>, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let y = add_forward(a, b)?;
     if let Some(tape) = tape {
-        tape.record("add", &[a, b], &y, vec![], |ctx| {
-            let g = ctx.grad_out().clone();
-            ctx.add_grad(0, g.clone())?;
-            ctx.add_grad(1, g)
-        });
+        record_add(tape, a, b, &y);
     }
     Ok(y)
+}
+
+/// Records `y = a + b`, computed elsewhere (by a fused kernel), on `tape`: its backward
+/// hands the output's gradient to both inputs.
+pub(crate) fn record_add(tape: &mut Tape, a: &Tensor, b: &Tensor, y: &Tensor) {
+    tape.record("add", &[a, b], y, vec![], |ctx| {
+        let g = ctx.grad_out().clone();
+        ctx.add_grad(0, g.clone())?;
+        ctx.add_grad(1, g)
+    });
 }
 
 /// a · b (same shape), recorded on `tape` (saves a and b).

@@ -1,5 +1,6 @@
-//! Launches `cuda/rms_norm.cu`: one 256-thread block per row for y and dx; dw as
-//! per-chunk column partials (deterministic) summed by a second kernel.
+//! Launches `cuda/rms_norm.cu`: one 256-thread block per row for y (and the residual sum
+//! when fused) and dx (plus the gradient x already holds when fused); dw as per-chunk column
+//! partials (deterministic) summed by a second kernel.
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
@@ -41,10 +42,14 @@ pub fn dw_geometry(rows: usize, dim: usize) -> Result<DwGeometry> {
     Ok(DwGeometry { rows_per_chunk: DW_ROWS_PER_CHUNK, chunks, partial, reduce })
 }
 
-/// y = rms_norm(x) · w. Slices: x, y [rows·dim], w [dim] (checked by the caller).
+/// y = rms_norm(x) · w, or with `residual` = (res, sum): sum = x + res (rounded to T) and
+/// y = rms_norm(sum) · w in the same pass. Slices: x, res, sum, y [rows·dim], w [dim]
+/// (checked by the caller).
+#[allow(clippy::too_many_arguments)]
 pub fn forward<T: CudaFloat>(
     dev: &CudaDevice,
     x: &CudaSlice<T>,
+    residual: Option<(&CudaSlice<T>, &mut CudaSlice<T>)>,
     w: &CudaSlice<T>,
     y: &mut CudaSlice<T>,
     rows: usize,
@@ -53,21 +58,30 @@ pub fn forward<T: CudaFloat>(
 ) -> Result<()> {
     let f = dev.function("rms_norm", &format!("rms_norm_fwd_{}", T::SUFFIX))?;
     let (rows_i, dim_i) = (to_i32("rms_norm", rows)?, to_i32("rms_norm", dim)?);
+    let null: u64 = 0;
     let mut b = dev.stream().launch_builder(&f);
-    b.arg(x).arg(w).arg(y).arg(&rows_i).arg(&dim_i).arg(&eps);
-    // SAFETY: x, y hold rows·dim and w holds dim elements (checked in ops::rms_norm);
-    // each block touches only its row.
+    b.arg(x);
+    match residual {
+        Some((res, sum)) => b.arg(res).arg(w).arg(sum),
+        // Null res and sum: the plain norm of x.
+        None => b.arg(&null).arg(w).arg(&null),
+    };
+    b.arg(y).arg(&rows_i).arg(&dim_i).arg(&eps);
+    // SAFETY: x, res, sum and y hold rows·dim and w holds dim elements (checked in
+    // ops::rms_norm); each block touches only its row.
     unsafe { b.launch(LaunchConfig::from(row_geometry(rows)?)) }?;
     Ok(())
 }
 
-/// dx (if `dx` is given) and dw (if `dw` is given). Slices as in [`forward`].
+/// dx (if `dx` is given; plus `pending`, the gradient x already has, when given) and dw (if
+/// `dw` is given). Slices as in [`forward`].
 #[allow(clippy::too_many_arguments)]
 pub fn backward<T: CudaFloat>(
     dev: &CudaDevice,
     x: &CudaSlice<T>,
     w: &CudaSlice<T>,
     dy: &CudaSlice<T>,
+    pending: Option<&CudaSlice<T>>,
     dx: Option<&mut CudaSlice<T>>,
     dw: Option<&mut CudaSlice<T>>,
     rows: usize,
@@ -80,13 +94,17 @@ pub fn backward<T: CudaFloat>(
     let null: u64 = 0;
     let mut b = dev.stream().launch_builder(&f);
     b.arg(x).arg(w).arg(dy);
+    match pending {
+        Some(p) => b.arg(p),
+        None => b.arg(&null),
+    };
     match dx {
         Some(dx) => b.arg(dx),
         // A null pointer: the kernel then only writes rstd.
         None => b.arg(&null),
     };
     b.arg(rstd.slice_mut()).arg(&rows_i).arg(&dim_i).arg(&eps);
-    // SAFETY: x, dy, dx hold rows·dim, w dim, rstd rows elements; one block per row.
+    // SAFETY: x, dy, pending, dx hold rows·dim, w dim, rstd rows elements; one block per row.
     unsafe { b.launch(LaunchConfig::from(row_geometry(rows)?)) }?;
 
     if let Some(dw) = dw {

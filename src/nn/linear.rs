@@ -5,24 +5,11 @@
 //! weight whose kept values are trained themselves (SEFT, [`crate::ops::sparse_linear`]).
 
 use crate::autograd::Tape;
-use crate::ops::masked_lora::{self, AdapterGrad};
+pub use crate::ops::masked_lora::MaskedLora;
+
+use crate::ops::masked_lora;
 use crate::sparse::{Expand, SparseWeight};
 use crate::{ops, with_compute_type, Device, Error, Result, Tensor};
-
-/// The adapter side of a masked-LoRA linear.
-#[derive(Clone, Debug)]
-pub struct MaskedLora {
-    /// Frozen compressed base W⊙M, [out, in].
-    pub base: SparseWeight,
-    /// Down projection A, [r, in].
-    pub a: Tensor,
-    /// Up projection B, [out, r].
-    pub b: Tensor,
-    /// s = alpha / r (or the method's own scale).
-    pub scale: f32,
-    /// How the adapter gradients are computed.
-    pub grad: AdapterGrad,
-}
 
 /// A linear layer.
 #[derive(Clone, Debug)]
@@ -48,6 +35,19 @@ impl Linear {
             Linear::MaskedLora(l) => masked_lora::masked_lora(tape, x, &l.base, &l.a, &l.b, l.scale, l.grad),
             Linear::Sparse(w) => ops::sparse_linear::sparse_linear(tape, x, w),
         }
+    }
+
+    /// `silu(x·gateᵀ) · (x·upᵀ)`, an MLP's gated input, recorded on `tape`: one op when both
+    /// are masked-LoRA linears ([`masked_lora::masked_lora_swiglu`]), else the two linears and
+    /// the SwiGLU one by one.
+    pub fn swiglu_pair(tape: Option<&mut Tape>, gate: &Linear, up: &Linear, x: &Tensor) -> Result<Tensor> {
+        if let (Linear::MaskedLora(g), Linear::MaskedLora(u)) = (gate, up) {
+            return masked_lora::masked_lora_swiglu(tape, x, g, u);
+        }
+        let mut tape = tape;
+        let g = gate.forward(tape.as_deref_mut(), x)?;
+        let u = up.forward(tape.as_deref_mut(), x)?;
+        ops::swiglu::swiglu(tape, &g, &u)
     }
 
     /// (out, in).
@@ -111,7 +111,7 @@ impl Linear {
             }
             Device::Cuda(dev) => with_compute_type!(l.base.dtype(), "merge", T => {
                 let mut out = dev.alloc::<T>(rows * cols)?;
-                masked_lora::cuda::build_effective::<T>(dev, &l.base, l.a.read()?.cuda()?, l.b.read()?.cuda()?, l.scale, out.slice_mut(), d)?;
+                masked_lora::cuda::build_effective::<T>(dev, &l.base, l.a.read()?.cuda()?, l.b.read()?.cuda()?, l.scale, &mut out.slice_mut().slice_mut(..), d)?;
                 ops::cuda_tensor(out, [rows, cols], l.base.device())
             }),
         }

@@ -102,9 +102,7 @@ impl DecoderLayer {
         let a = self.o.forward(tape.as_deref_mut(), &a)?;
         let (x, h) = ops::add_rms_norm(tape.as_deref_mut(), x, &a, &self.post_norm, eps)?;
         seen(LinearInput::MlpIn, &h)?;
-        let g = self.gate.forward(tape.as_deref_mut(), &h)?;
-        let u = self.up.forward(tape.as_deref_mut(), &h)?;
-        let m = ops::swiglu::swiglu(tape.as_deref_mut(), &g, &u)?;
+        let m = Linear::swiglu_pair(tape.as_deref_mut(), &self.gate, &self.up, &h)?;
         seen(LinearInput::MlpHidden, &m)?;
         let m = self.down.forward(tape.as_deref_mut(), &m)?;
         debug_assert_eq!(m.dims(), [b, t, dim]);

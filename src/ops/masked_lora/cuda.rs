@@ -5,7 +5,7 @@
 //! contractions), each tile small enough to stay in L2. Shapes as in [`super::cpu`]; all
 //! slices are checked by `ops::masked_lora`.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg};
 
 use super::cpu::Dims;
 use crate::device::cuda::{to_i32, CudaFloat};
@@ -34,14 +34,14 @@ pub fn weff_geometry(rows: usize, rank: usize) -> Result<Launch> {
     Ok(Launch { grid: (blocks, 1, 1), block: (WEFF_THREADS, 1, 1), shared_bytes: shared as u32 })
 }
 
-/// ws ← W⊙M + s·M⊙(B·A) (ws holds ≥ out·in elements).
+/// ws ← W⊙M + s·M⊙(B·A) (ws, a slice or a view of one, holds ≥ out·in elements).
 pub fn build_effective<T: CudaFloat>(
     dev: &CudaDevice,
     w: &SparseWeight,
     a: &CudaSlice<T>,
     b: &CudaSlice<T>,
     s: f32,
-    ws: &mut CudaSlice<T>,
+    ws: &mut CudaViewMut<'_, T>,
     d: Dims,
 ) -> Result<()> {
     const OP: &str = "masked_lora W_eff";
@@ -49,7 +49,7 @@ pub fn build_effective<T: CudaFloat>(
     let two_four = w.format() == SparseFormat::NM { n: 2, m: 4 };
     if w.format() != SparseFormat::Bitmask && !two_four {
         matmul(dev, b, a, ws, Mm::single(rows, cols, rank, false, false), s, 0.0)?;
-        return w.expand_into_cuda(&mut ws.slice_mut(..), Expand::AddKept);
+        return w.expand_into_cuda(ws, Expand::AddKept);
     }
     let stride = cols.div_ceil(8);
     let (values, meta) = (w.values().read()?, w.meta().read()?);
@@ -122,7 +122,7 @@ pub fn forward<T: CudaFloat>(
     d: Dims,
 ) -> Result<()> {
     dev.with_workspace::<T, _>(d.output * d.input, |ws| {
-        build_effective(dev, w, a, b, s, ws, d)?;
+        build_effective(dev, w, a, b, s, &mut ws.slice_mut(..), d)?;
         matmul(dev, x, ws, y, Mm::single(d.tokens, d.output, d.input, false, true), 1.0, 0.0)
     })
 }
@@ -190,7 +190,7 @@ pub(super) fn backward_exact_in_tiles<T: CudaFloat>(
     let ws_len = if dx.is_some() { out * inp } else { out * tile };
     dev.with_workspace::<T, _>(ws_len, |ws| {
         if let Some(dx) = dx {
-            build_effective(dev, w, a, b, s, ws, d)?;
+            build_effective(dev, w, a, b, s, &mut ws.slice_mut(..), d)?;
             matmul(dev, dy, ws, dx, Mm::single(t, inp, out, false, false), 1.0, 0.0)?;
         }
         let Some((da, db)) = adapters else { return Ok(()) };
@@ -253,6 +253,59 @@ pub(super) fn backward_exact_in_tiles<T: CudaFloat>(
         }
         if let Some(acc) = db32 {
             crate::device::cast::from_f32_into(dev, acc.slice(), db, out * rank)?;
+        }
+        Ok(())
+    })
+}
+
+/// One masked-LoRA linear of a pair, as device slices: its base, A, B and scale.
+pub type PartSlices<'a, T> = (&'a SparseWeight, &'a CudaSlice<T>, &'a CudaSlice<T>, f32);
+
+/// y [2, t, out] = x·W_eff,pᵀ for the two parts p (the same out × in): both W_eff are built
+/// into one workspace [2, out, in], then one strided-batched GEMM writes both products.
+pub fn forward_pair<T: CudaFloat>(
+    dev: &CudaDevice,
+    x: &CudaSlice<T>,
+    parts: [PartSlices<'_, T>; 2],
+    y: &mut CudaSlice<T>,
+    d: Dims,
+) -> Result<()> {
+    let (t, out, inp) = (d.tokens, d.output, d.input);
+    dev.with_workspace::<T, _>(2 * out * inp, |ws| {
+        for (p, (w, a, b, s)) in parts.into_iter().enumerate() {
+            build_effective(dev, w, a, b, s, &mut ws.slice_mut(p * out * inp..(p + 1) * out * inp), d)?;
+        }
+        let both = Strided {
+            m: t,
+            n: out,
+            k: inp,
+            trans_a: false,
+            trans_b: true,
+            a: (0, inp, 0),
+            b: (0, inp, out * inp),
+            c: (0, out, t * out),
+            batch: 2,
+            alpha: 1.0,
+            beta: 0.0,
+        };
+        strided_batched::<T, T>(dev, &both, x, ws, y)
+    })
+}
+
+/// dx = Σ_p dy_p·W_eff,p for the two parts: each W_eff built in turn in the workspace, the
+/// second GEMM adding to the first's product (no separate sum of two dx).
+pub fn dx_pair<T: CudaFloat>(
+    dev: &CudaDevice,
+    parts: [PartSlices<'_, T>; 2],
+    dys: [&CudaSlice<T>; 2],
+    dx: &mut CudaSlice<T>,
+    d: Dims,
+) -> Result<()> {
+    dev.with_workspace::<T, _>(d.output * d.input, |ws| {
+        for (p, ((w, a, b, s), dy)) in parts.into_iter().zip(dys).enumerate() {
+            build_effective(dev, w, a, b, s, &mut ws.slice_mut(..), d)?;
+            let beta = if p == 0 { 0.0 } else { 1.0 };
+            matmul(dev, dy, ws, dx, Mm::single(d.tokens, d.input, d.output, false, false), 1.0, beta)?;
         }
         Ok(())
     })

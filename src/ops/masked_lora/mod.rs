@@ -14,8 +14,10 @@
 
 pub mod cpu;
 pub mod cuda;
+mod pair;
 
 pub use cpu::{AdapterGrad, Dims};
+pub use pair::masked_lora_swiglu;
 
 use crate::autograd::{Saved, Tape};
 use crate::ops::matmul::{self, cpu::fast, Dims as Mm};
@@ -23,10 +25,25 @@ use crate::ops::{check_sparse_input, cuda_device, cuda_tensor, expect_same, host
 use crate::sparse::{Expand, SparseWeight};
 use crate::{with_compute_type, DType, Device, Error, Result, Tensor};
 
+/// The adapter side of a masked-LoRA linear.
+#[derive(Clone, Debug)]
+pub struct MaskedLora {
+    /// Frozen compressed base W⊙M, [out, in].
+    pub base: SparseWeight,
+    /// Down projection A, [r, in].
+    pub a: Tensor,
+    /// Up projection B, [out, r].
+    pub b: Tensor,
+    /// s = alpha / r (or the method's own scale).
+    pub scale: f32,
+    /// How the adapter gradients are computed.
+    pub grad: AdapterGrad,
+}
+
 /// What the op saves instead of the masked weight.
 pub const RECOMPUTED: &str = "masked weight W⊙M + s·M⊙(BA)";
 
-fn check(x: &Tensor, w: &SparseWeight, a: &Tensor, b: &Tensor) -> Result<Dims> {
+pub(super) fn check(x: &Tensor, w: &SparseWeight, a: &Tensor, b: &Tensor) -> Result<Dims> {
     expect_same("masked_lora", &[x, a, b])?;
     if w.dtype() != x.dtype() || !w.device().same(x.device()) {
         return Err(Error::invalid(format!(

@@ -1,3 +1,4 @@
+use super::MaskedLora;
 use super::*;
 use crate::ops::sparse_cases::{f64s, random_tensor, sparse_case};
 use crate::sparse::{BitMask, SparseFormat};
@@ -278,4 +279,78 @@ fn adapter_tiles_hold_about_the_budget() {
     // Small weights take every column in one tile, huge rows at least a mask byte.
     assert_eq!(cuda::adapter_tile_cols(29, 37, 4), 37);
     assert_eq!(cuda::adapter_tile_cols(1 << 30, 64, 4), 8);
+}
+
+/// The gate|up pair as one op on CUDA (one node on the tape) against the separate ops on
+/// the CPU (three nodes): m and every gradient, for both adapter-gradient modes, bitmask and
+/// 2:4 bases, f32 and bf16; nothing of size out × in is kept.
+#[test]
+fn cuda_swiglu_pair_matches_the_separate_ops() {
+    let Some(gpu) = cuda_for_tests("masked_lora::cuda_swiglu_pair_matches_the_separate_ops") else { return };
+    let cpu = Device::cpu();
+    for (dtype, atol, rtol) in [(DType::F32, 1e-4, 1e-4), (DType::BF16, 5e-2, 3e-2)] {
+        for (input, output, rank, formats, mode) in [
+            (37, 29, 3, [SparseFormat::Bitmask, SparseFormat::Bitmask], AdapterGrad::Exact),
+            (64, 40, 4, [SparseFormat::NM { n: 2, m: 4 }, SparseFormat::Bitmask], AdapterGrad::Rearranged),
+        ] {
+            let what = format!("{dtype} {input}->{output} r{rank} {formats:?} {mode:?}");
+            let g = case(&cpu, dtype, &[2, 5], input, output, rank, formats[0], 31);
+            let u = case(&cpu, dtype, &[2, 5], input, output, rank, formats[1], 37);
+            let part =
+                |c: &Case, scale| MaskedLora { base: c.w.clone(), a: c.a.clone(), b: c.b.clone(), scale, grad: mode };
+            let (gate, up) = (part(&g, 2.0), part(&u, 0.5));
+            // The CPU path computes in f32: its inputs are the same (dtype-rounded) values.
+            let run = |dev: &Device| {
+                let on = |t: &Tensor| {
+                    let t = t.to_device(dev).unwrap();
+                    if dev.is_cuda() {
+                        t
+                    } else {
+                        t.to_dtype(DType::F32).unwrap()
+                    }
+                };
+                let lin = |p: &MaskedLora| MaskedLora {
+                    base: if dev.is_cuda() {
+                        p.base.to_device(dev).unwrap()
+                    } else {
+                        p.base.to_dtype(DType::F32).unwrap()
+                    },
+                    a: on(&p.a),
+                    b: on(&p.b),
+                    scale: p.scale,
+                    grad: p.grad,
+                };
+                let (x, gate, up) = (on(&g.x), lin(&gate), lin(&up));
+                let mut tape = Tape::new();
+                for t in [&x, &gate.a, &gate.b, &up.a, &up.b] {
+                    tape.watch(t);
+                }
+                let m = masked_lora_swiglu(Some(&mut tape), &x, &gate, &up).unwrap();
+                let nodes = tape.len();
+                for entry in tape.saved_report() {
+                    for (shape, _) in &entry.kept {
+                        assert_ne!(shape.elem_count(), output * input, "{what}: an out × in tensor is kept");
+                    }
+                }
+                let mut grads = Grads::new();
+                tape.backward_from(&m, on(&g.dy), &mut grads).unwrap();
+                let got: Vec<Vec<f32>> = [&x, &gate.a, &gate.b, &up.a, &up.b]
+                    .iter()
+                    .map(|t| grads.get(t).unwrap().to_f32_vec().unwrap())
+                    .collect();
+                (m.to_f32_vec().unwrap(), got, nodes)
+            };
+            let (m_cpu, grads_cpu, nodes_cpu) = run(&cpu);
+            let (m_gpu, grads_gpu, nodes_gpu) = run(&gpu);
+            assert_eq!((nodes_cpu, nodes_gpu), (3, 1), "{what}: separate ops on the CPU, one op on CUDA");
+            let tol = atol * (input as f64).sqrt();
+            assert_close(&format!("{what} m"), &m_gpu, &m_cpu, tol, rtol);
+            let tol = tol * ((g.d.tokens * output) as f64).sqrt();
+            for (name, (got, want)) in
+                ["dx", "dA gate", "dB gate", "dA up", "dB up"].iter().zip(grads_gpu.iter().zip(&grads_cpu))
+            {
+                assert_close(&format!("{what} {name}"), got, want, tol, rtol);
+            }
+        }
+    }
 }

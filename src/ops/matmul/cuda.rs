@@ -8,7 +8,7 @@ use cudarc::cublas::result;
 use cudarc::cublas::sys::cublasComputeType_t::CUBLAS_COMPUTE_32F;
 use cudarc::cublas::sys::cublasGemmAlgo_t;
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 use super::cpu::Dims;
 use crate::device::cuda::CudaFloat;
@@ -24,9 +24,9 @@ use crate::Result;
 #[allow(clippy::too_many_arguments)]
 pub fn matmul<T: CudaFloat>(
     dev: &CudaDevice,
-    a: &CudaSlice<T>,
-    b: &CudaSlice<T>,
-    c: &mut CudaSlice<T>,
+    a: &impl DevicePtr<T>,
+    b: &impl DevicePtr<T>,
+    c: &mut impl DevicePtrMut<T>,
     d: Dims,
     alpha: f32,
     beta: f32,
@@ -57,9 +57,9 @@ pub fn matmul<T: CudaFloat>(
 pub fn strided_batched<TA: CudaFloat, TC: CudaFloat>(
     dev: &CudaDevice,
     d: &super::Strided,
-    a: &CudaSlice<TA>,
-    b: &CudaSlice<TA>,
-    c: &mut CudaSlice<TC>,
+    a: &impl DevicePtr<TA>,
+    b: &impl DevicePtr<TA>,
+    c: &mut impl DevicePtrMut<TC>,
 ) -> Result<()> {
     const OP: &str = "matmul (strided)";
     let [ea, eb, ec] =

@@ -1,7 +1,7 @@
 //! Launches `cuda/swiglu.cu`: grid-stride elementwise kernels over groups of 8 elements, 256
 //! threads per block.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 
 use crate::device::cuda::CudaFloat;
 use crate::device::{CudaDevice, Launch};
@@ -18,11 +18,12 @@ pub fn geometry(n: usize) -> Result<Launch> {
     Launch::grid_groups(n, MAX_GRID_THREADS, THREADS)
 }
 
-/// h = silu(gate) · up. Slices: gate, up, h `[n]` (checked by the caller).
+/// h = silu(gate) · up. Slices: gate, up (views: they may be two halves of one buffer), h
+/// `[n]` (checked by the caller).
 pub fn forward<T: CudaFloat>(
     dev: &CudaDevice,
-    gate: &CudaSlice<T>,
-    up: &CudaSlice<T>,
+    gate: &CudaView<'_, T>,
+    up: &CudaView<'_, T>,
     h: &mut CudaSlice<T>,
     n: usize,
 ) -> Result<()> {
@@ -38,8 +39,8 @@ pub fn forward<T: CudaFloat>(
 /// dgate and/or dup (whichever is given). Slices: all `[n]` (checked by the caller).
 pub fn backward<T: CudaFloat>(
     dev: &CudaDevice,
-    gate: &CudaSlice<T>,
-    up: &CudaSlice<T>,
+    gate: &CudaView<'_, T>,
+    up: &CudaView<'_, T>,
     dh: &CudaSlice<T>,
     dgate: Option<&mut CudaSlice<T>>,
     dup: Option<&mut CudaSlice<T>>,

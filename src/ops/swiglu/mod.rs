@@ -28,7 +28,7 @@ pub fn forward(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         Device::Cuda(_) => with_compute_type!(gate.dtype(), "swiglu", T => {
             let dev = cuda_device(gate)?;
             let mut h = dev.alloc::<T>(n)?;
-            cuda::forward::<T>(dev, gate.read()?.cuda()?, up.read()?.cuda()?, h.slice_mut(), n)?;
+            cuda::forward::<T>(dev, &gate.read()?.cuda()?.slice(..), &up.read()?.cuda()?.slice(..), h.slice_mut(), n)?;
             cuda_tensor(h, gate.shape().clone(), gate.device())
         }),
     }
@@ -62,7 +62,7 @@ pub fn backward(
             let mut dup = if want_up { Some(dev.alloc::<T>(n)?) } else { None };
             if dgate.is_some() || dup.is_some() {
                 cuda::backward::<T>(
-                    dev, gate.read()?.cuda()?, up.read()?.cuda()?, dh.read()?.cuda()?,
+                    dev, &gate.read()?.cuda()?.slice(..), &up.read()?.cuda()?.slice(..), dh.read()?.cuda()?,
                     dgate.as_mut().map(|b| b.slice_mut()), dup.as_mut().map(|b| b.slice_mut()), n,
                 )?;
             }

@@ -1,0 +1,126 @@
+//! The gate and up projections of a LLaMA MLP as masked-LoRA linears, with the SwiGLU between
+//! them: `m = silu(x·W_eff,gateᵀ) · (x·W_eff,upᵀ)`, x: [..., in] → m: [..., out], both
+//! linears out × in with the same rank.
+//!
+//! On CUDA this is one op. Forward: both W_eff are built into one workspace and multiplied by
+//! one strided-batched GEMM into y [2, t, out] (gate | up), and SwiGLU reads its two halves;
+//! y is saved in place of the two outputs the separate ops would save. Backward: SwiGLU's
+//! backward into dgate and dup, then dx = dgate·W_eff,gate + dup·W_eff,up as two GEMMs into
+//! one buffer (no separate sum of two gradients), and each linear's adapter gradients as
+//! [`super::backward`] takes them. Elsewhere (the CPU, or linears of different shapes, ranks
+//! or dtypes) it is the separate ops, recorded one by one: the reference the fused op is
+//! tested against.
+
+use super::{backward, check, cuda, masked_lora, MaskedLora, RECOMPUTED};
+use crate::autograd::{Saved, Tape};
+use crate::ops::{cuda_device, cuda_tensor, linear_out_shape, swiglu};
+use crate::{with_compute_type, Error, Result, Shape, Tensor};
+
+/// Whether the pair runs as one op: on CUDA, with the same shapes, rank and dtype.
+fn fusable(x: &Tensor, gate: &MaskedLora, up: &MaskedLora) -> bool {
+    x.device().is_cuda()
+        && (gate.base.rows(), gate.base.cols()) == (up.base.rows(), up.base.cols())
+        && gate.a.dims() == up.a.dims()
+        && gate.base.dtype() == up.base.dtype()
+}
+
+/// `silu(x·W_eff,gateᵀ) · (x·W_eff,upᵀ)`, recorded on `tape` when x or an adapter is tracked
+/// (see the module docs).
+pub fn masked_lora_swiglu(
+    mut tape: Option<&mut Tape>,
+    x: &Tensor,
+    gate: &MaskedLora,
+    up: &MaskedLora,
+) -> Result<Tensor> {
+    if !fusable(x, gate, up) {
+        let g = masked_lora(tape.as_deref_mut(), x, &gate.base, &gate.a, &gate.b, gate.scale, gate.grad)?;
+        let u = masked_lora(tape.as_deref_mut(), x, &up.base, &up.a, &up.b, up.scale, up.grad)?;
+        return swiglu::swiglu(tape, &g, &u);
+    }
+    let d = check(x, &gate.base, &gate.a, &gate.b)?;
+    check(x, &up.base, &up.a, &up.b)?;
+    let out_shape = linear_out_shape(x, d.output);
+    let n = d.tokens * d.output;
+    let (y, m) = with_compute_type!(x.dtype(), "masked_lora_swiglu", T => {
+        let dev = cuda_device(x)?;
+        let (ga, gb, ua, ub) = (gate.a.read()?, gate.b.read()?, up.a.read()?, up.b.read()?);
+        let parts = [
+            (&gate.base, ga.cuda::<T>()?, gb.cuda::<T>()?, gate.scale),
+            (&up.base, ua.cuda::<T>()?, ub.cuda::<T>()?, up.scale),
+        ];
+        let mut y = dev.alloc::<T>(2 * n)?;
+        cuda::forward_pair::<T>(dev, x.read()?.cuda()?, parts, y.slice_mut(), d)?;
+        let mut m = dev.alloc::<T>(n)?;
+        swiglu::cuda::forward::<T>(dev, &y.slice().slice(..n), &y.slice().slice(n..), m.slice_mut(), n)?;
+        Ok::<_, Error>((
+            cuda_tensor(y, [2, d.tokens, d.output], x.device())?,
+            cuda_tensor(m, out_shape.clone(), x.device())?,
+        ))
+    })?;
+    if let Some(tape) = tape {
+        let inputs = [x, &gate.a, &gate.b, &up.a, &up.b];
+        let saved = vec![
+            Saved::Keep(x.clone()),
+            Saved::Keep(y),
+            Saved::Keep(gate.a.clone()),
+            Saved::Keep(gate.b.clone()),
+            Saved::Keep(up.a.clone()),
+            Saved::Keep(up.b.clone()),
+            Saved::Recompute(RECOMPUTED),
+        ];
+        let (gate, up) = (gate.clone(), up.clone());
+        tape.record("masked_lora_swiglu", &inputs, &m, saved, move |ctx| {
+            let (x, y) = (ctx.saved(0)?, ctx.saved(1)?);
+            let (dgate, dup) = swiglu_halves_backward(y, ctx.grad_out(), &out_shape)?;
+            let dx = if ctx.needs(0) { Some(dx_of_pair(x, [&gate, &up], [&dgate, &dup], d)?) } else { None };
+            let mut grads = vec![dx];
+            for (i, (part, dy)) in [(&gate, &dgate), (&up, &dup)].into_iter().enumerate() {
+                let (a, b) = (ctx.saved(2 + 2 * i)?, ctx.saved(3 + 2 * i)?);
+                let want = ctx.needs(1 + 2 * i) || ctx.needs(2 + 2 * i);
+                let (_, da, db) = backward(x, &part.base, a, b, dy, part.scale, part.grad, false, want)?;
+                grads.extend([da, db]);
+            }
+            ctx.add_grads(grads)
+        });
+    }
+    Ok(m)
+}
+
+/// (dgate, dup), each of `shape`, from y = gate | up [2, t, out] and dm.
+fn swiglu_halves_backward(y: &Tensor, dm: &Tensor, shape: &Shape) -> Result<(Tensor, Tensor)> {
+    let n = y.elem_count() / 2;
+    if dm.elem_count() != n || dm.dtype() != y.dtype() {
+        return Err(Error::ShapeMismatch {
+            op: "masked_lora_swiglu backward",
+            lhs: y.shape().clone(),
+            rhs: dm.shape().clone(),
+        });
+    }
+    with_compute_type!(y.dtype(), "masked_lora_swiglu", T => {
+        let dev = cuda_device(y)?;
+        let (mut dgate, mut dup) = (dev.alloc::<T>(n)?, dev.alloc::<T>(n)?);
+        let yr = y.read()?;
+        let yc = yr.cuda::<T>()?;
+        swiglu::cuda::backward::<T>(
+            dev, &yc.slice(..n), &yc.slice(n..), dm.read()?.cuda()?,
+            Some(dgate.slice_mut()), Some(dup.slice_mut()), n,
+        )?;
+        Ok((cuda_tensor(dgate, shape.clone(), y.device())?, cuda_tensor(dup, shape.clone(), y.device())?))
+    })
+}
+
+/// dx = dgate·W_eff,gate + dup·W_eff,up (like x).
+fn dx_of_pair(x: &Tensor, parts: [&MaskedLora; 2], dys: [&Tensor; 2], d: super::Dims) -> Result<Tensor> {
+    with_compute_type!(x.dtype(), "masked_lora_swiglu", T => {
+        let dev = cuda_device(x)?;
+        let (ga, gb, ua, ub) = (parts[0].a.read()?, parts[0].b.read()?, parts[1].a.read()?, parts[1].b.read()?);
+        let slices = [
+            (&parts[0].base, ga.cuda::<T>()?, gb.cuda::<T>()?, parts[0].scale),
+            (&parts[1].base, ua.cuda::<T>()?, ub.cuda::<T>()?, parts[1].scale),
+        ];
+        let (dg, du) = (dys[0].read()?, dys[1].read()?);
+        let mut dx = dev.alloc::<T>(d.tokens * d.input)?;
+        cuda::dx_pair::<T>(dev, slices, [dg.cuda::<T>()?, du.cuda::<T>()?], dx.slice_mut(), d)?;
+        cuda_tensor(dx, x.shape().clone(), x.device())
+    })
+}

@@ -1,7 +1,13 @@
 // Rotary position embedding, Hugging Face "rotate-half" layout.
-// x, y: [tokens, heads, head_dim]; inv_freq: [half] (f32, made on the host, half = head_dim/2).
+// x: [tokens, ld] rows; y0 [tokens, heads0, head_dim], y1 [tokens, heads1, head_dim], y2
+// [tokens, heads2, head_dim]; inv_freq: [half] (f32, made on the host, half = head_dim/2).
+// A token's row holds heads0 heads rotated into y0, then heads1 heads rotated into y1, then
+// heads2 heads copied into y2 (a segment with 0 heads, its pointer null, is skipped). Plain
+// RoPE is one segment (ld = heads0 * head_dim); the fused q|k|v projection's output
+// [tokens, (hq + 2 hkv) head_dim] is three: q and k rotated, v copied, each into its own
+// tensor, so RoPE is applied where Q and K are written out of the one GEMM's product.
 // Token k sits at p = positions[k] when `positions` is given (generation), else at
-// p = pos_offset + k % seq (x is [batch, seq, heads, head_dim]: training).
+// p = pos_offset + k % seq (x is [batch, seq, ...]: training).
 //   angle = p * inv_freq[i] (one f32 multiply)
 //   y[i] = x[i] c - x[i+half] s;  y[i+half] = x[i+half] c + x[i] s,  c = cos(angle), s = sign*sin(angle)
 // sign = -1 gives the inverse rotation (the backward). One block per token: its
@@ -9,9 +15,24 @@
 // rotate every head. Precise sincosf (not __sincosf): angles reach thousands of radians.
 #include "common.cuh"
 
+// The token's `heads` heads at x rotated into y with the cos/sin table `trig` [2, half].
 template <typename T>
-__device__ void rope_rotate(const T* x, const float* inv_freq, T* y, int tokens, int seq, int heads,
-                            int head_dim, int pos_offset, const unsigned* positions, float sign) {
+__device__ __forceinline__ void rotate_heads(const T* x, T* y, int heads, int half, const float* trig) {
+    const int head_dim = 2 * half;
+    for (int k = threadIdx.x; k < heads * half; k += blockDim.x) {
+        const int h = k / half, i = k % half;
+        const size_t o = (size_t)h * head_dim + i;
+        const float a = to_f32(x[o]), b = to_f32(x[o + half]);
+        const float c = trig[i], s = trig[half + i];
+        y[o] = from_f32<T>(a * c - b * s);
+        y[o + half] = from_f32<T>(b * c + a * s);
+    }
+}
+
+template <typename T>
+__device__ void rope_rows(const T* x, int ld, const float* inv_freq, T* y0, int heads0, T* y1, int heads1, T* y2,
+                          int heads2, int tokens, int seq, int head_dim, int pos_offset, const unsigned* positions,
+                          float sign) {
     extern __shared__ float trig[];  // [2, half]: cos, then sign * sin
     const int token = blockIdx.x;
     if (token >= tokens) return;
@@ -26,23 +47,24 @@ __device__ void rope_rotate(const T* x, const float* inv_freq, T* y, int tokens,
         trig[half + i] = sign * s;
     }
     __syncthreads();
-    const size_t base = (size_t)token * heads * head_dim;
-    for (int k = threadIdx.x; k < heads * half; k += blockDim.x) {
-        const int h = k / half, i = k % half;
-        const size_t o = base + (size_t)h * head_dim + i;
-        const float a = to_f32(x[o]), b = to_f32(x[o + half]);
-        const float c = trig[i], s = trig[half + i];
-        y[o] = from_f32<T>(a * c - b * s);
-        y[o + half] = from_f32<T>(b * c + a * s);
+    const T* row = x + (size_t)token * ld;
+    if (heads0 > 0) rotate_heads(row, y0 + (size_t)token * heads0 * head_dim, heads0, half, trig);
+    row += (size_t)heads0 * head_dim;
+    if (heads1 > 0) rotate_heads(row, y1 + (size_t)token * heads1 * head_dim, heads1, half, trig);
+    row += (size_t)heads1 * head_dim;
+    if (heads2 > 0) {
+        T* out = y2 + (size_t)token * heads2 * head_dim;
+        for (int k = threadIdx.x; k < heads2 * head_dim; k += blockDim.x) out[k] = row[k];
     }
 }
 
-#define ROPE_KERNELS(T, S)                                                                        \
-    extern "C" __global__ void rope_##S(const T* x, const float* inv_freq, T* y, int tokens,      \
-                                        int seq, int heads, int head_dim, int pos_offset,         \
-                                        const unsigned* positions, float sign) {                  \
-        rope_rotate<T>(x, inv_freq, y, tokens, seq, heads, head_dim, pos_offset, positions,       \
-                       sign);                                                                     \
+#define ROPE_KERNELS(T, S)                                                                          \
+    extern "C" __global__ void rope_##S(const T* x, int ld, const float* inv_freq, T* y0, int heads0, \
+                                        T* y1, int heads1, T* y2, int heads2, int tokens, int seq,    \
+                                        int head_dim, int pos_offset, const unsigned* positions,      \
+                                        float sign) {                                                 \
+        rope_rows<T>(x, ld, inv_freq, y0, heads0, y1, heads1, y2, heads2, tokens, seq, head_dim,      \
+                     pos_offset, positions, sign);                                                    \
     }
 
 ROPE_KERNELS(float, f32)

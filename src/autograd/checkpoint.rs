@@ -32,7 +32,7 @@ where
     tape.record_node(
         "checkpoint",
         inputs,
-        &output,
+        &[&output],
         saved,
         Box::new(move |ctx| {
             let x = ctx.saved(0)?.clone();

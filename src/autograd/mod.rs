@@ -42,7 +42,8 @@ type BackwardFn = Box<dyn FnOnce(&mut BackwardCtx<'_>) -> Result<()>>;
 struct Node {
     op: &'static str,
     scope: Option<Arc<str>>,
-    output: TensorId,
+    /// One output, or several for [`Tape::record_multi`].
+    outputs: Vec<TensorId>,
     inputs: Vec<Option<TensorId>>,
     saved: Vec<Saved>,
     backward: BackwardFn,
@@ -112,16 +113,28 @@ impl Grads {
 /// What a backward closure sees: the output gradient, the saved tensors, which inputs
 /// want a gradient, and where to put them.
 pub struct BackwardCtx<'a> {
-    grad_out: Tensor,
+    /// The gradient of each output (`None`: that output did not influence the loss); a
+    /// node recorded by [`Tape::record`] runs only with its one gradient present.
+    grad_outs: Vec<Option<Tensor>>,
     saved: Vec<Saved>,
     inputs: &'a [Option<TensorId>],
     grads: &'a mut Grads,
 }
 
 impl BackwardCtx<'_> {
-    /// Gradient of the op's output.
+    /// Gradient of the op's output (of a single-output op: [`Tape::record`]).
     pub fn grad_out(&self) -> &Tensor {
-        &self.grad_out
+        match self.grad_outs.first() {
+            Some(Some(g)) => g,
+            // Single-output nodes run only when their gradient exists (Tape::backward_from).
+            _ => unreachable!("grad_out of a node without an output gradient"),
+        }
+    }
+
+    /// Gradient of output `i` of a [`Tape::record_multi`] op, None when that output did not
+    /// influence the loss.
+    pub fn grad_out_at(&self, i: usize) -> Option<&Tensor> {
+        self.grad_outs.get(i).and_then(Option::as_ref)
     }
 
     /// Whether input `i` wants a gradient.
@@ -246,6 +259,19 @@ impl Tape {
         saved: Vec<Saved>,
         backward: impl FnOnce(&mut BackwardCtx<'_>) -> Result<()> + 'static,
     ) -> bool {
+        self.record_multi(op, inputs, &[output], saved, backward)
+    }
+
+    /// [`Tape::record`] for an op with several outputs: `backward` runs when at least one of
+    /// them has a gradient, and reads each through [`BackwardCtx::grad_out_at`].
+    pub fn record_multi(
+        &mut self,
+        op: &'static str,
+        inputs: &[&Tensor],
+        outputs: &[&Tensor],
+        saved: Vec<Saved>,
+        backward: impl FnOnce(&mut BackwardCtx<'_>) -> Result<()> + 'static,
+    ) -> bool {
         let ids: Vec<Option<TensorId>> =
             inputs.iter().map(|t| self.tracked.contains(&t.id()).then(|| t.id())).collect();
         if ids.iter().all(Option::is_none) {
@@ -255,7 +281,7 @@ impl Tape {
             // Timing is best effort: a failed synchronisation surfaces at the next op.
             let _ = p.lap(op, Phase::Forward);
         }
-        self.record_node(op, ids, output, saved, Box::new(backward));
+        self.record_node(op, ids, outputs, saved, Box::new(backward));
         true
     }
 
@@ -263,12 +289,13 @@ impl Tape {
         &mut self,
         op: &'static str,
         inputs: Vec<Option<TensorId>>,
-        output: &Tensor,
+        outputs: &[&Tensor],
         saved: Vec<Saved>,
         backward: BackwardFn,
     ) {
-        self.tracked.insert(output.id());
-        self.nodes.push(Node { op, scope: self.scope.clone(), output: output.id(), inputs, saved, backward });
+        let outputs: Vec<TensorId> = outputs.iter().map(|t| t.id()).collect();
+        self.tracked.extend(outputs.iter().copied());
+        self.nodes.push(Node { op, scope: self.scope.clone(), outputs, inputs, saved, backward });
     }
 
     /// What every recorded op holds, in recording order.
@@ -322,10 +349,11 @@ impl Tape {
             p.mark()?;
         }
         while let Some(node) = self.nodes.pop() {
-            let Some(g) = local.take(node.output) else {
-                continue; // the output did not influence the loss
-            };
-            let mut ctx = BackwardCtx { grad_out: g, saved: node.saved, inputs: &node.inputs, grads: &mut local };
+            let grad_outs: Vec<Option<Tensor>> = node.outputs.iter().map(|&id| local.take(id)).collect();
+            if grad_outs.iter().all(Option::is_none) {
+                continue; // no output influenced the loss
+            }
+            let mut ctx = BackwardCtx { grad_outs, saved: node.saved, inputs: &node.inputs, grads: &mut local };
             (node.backward)(&mut ctx)?;
             if let Some(p) = &self.profile {
                 p.lap(node.op, Phase::Backward)?;
@@ -345,5 +373,63 @@ impl Tape {
 
     fn with_watched(watched: HashSet<TensorId>) -> Tape {
         Tape { tracked: watched.clone(), watched, ..Tape::default() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::elementwise::{add, scale_forward};
+    use crate::{DType, Device};
+
+    fn t(v: &[f32]) -> Tensor {
+        Tensor::from_f32(v.to_vec(), [v.len()], DType::F32, &Device::cpu()).unwrap()
+    }
+
+    /// (a, b) = (2x, 3x) recorded as one node: its backward sees each output's gradient,
+    /// None for an output the loss does not read, and is skipped when neither is read.
+    fn two_outputs(tape: &mut Tape, x: &Tensor) -> (Tensor, Tensor) {
+        let (a, b) = (scale_forward(x, 2.0).unwrap(), scale_forward(x, 3.0).unwrap());
+        tape.record_multi("two", &[x], &[&a, &b], vec![], |ctx| {
+            let mut dx = vec![0f32; ctx.grad_out_at(0).or(ctx.grad_out_at(1)).unwrap().elem_count()];
+            for (i, s) in [(0, 2.0), (1, 3.0)] {
+                if let Some(g) = ctx.grad_out_at(i) {
+                    for (d, g) in dx.iter_mut().zip(g.to_f32_vec()?) {
+                        *d += s * g;
+                    }
+                }
+            }
+            ctx.add_grad(0, Tensor::from_f32(dx, [2], DType::F32, &Device::cpu())?)
+        });
+        (a, b)
+    }
+
+    #[test]
+    fn multi_output_nodes_get_each_gradient() {
+        let x = t(&[1.0, -2.0]);
+        // Both outputs read: dx = 2·da + 3·db.
+        let mut tape = Tape::new();
+        tape.watch(&x);
+        let (a, b) = two_outputs(&mut tape, &x);
+        let y = add(Some(&mut tape), &a, &b).unwrap();
+        let mut grads = Grads::new();
+        tape.backward_from(&y, t(&[1.0, 10.0]), &mut grads).unwrap();
+        assert_eq!(grads.get(&x).unwrap().to_f32_vec().unwrap(), [5.0, 50.0]);
+        // Only the second output read.
+        let mut tape = Tape::new();
+        tape.watch(&x);
+        let (_, b) = two_outputs(&mut tape, &x);
+        let y = add(Some(&mut tape), &b, &b).unwrap();
+        let mut grads = Grads::new();
+        tape.backward_from(&y, t(&[1.0, 10.0]), &mut grads).unwrap();
+        assert_eq!(grads.get(&x).unwrap().to_f32_vec().unwrap(), [6.0, 60.0]);
+        // Neither output read: the node is skipped.
+        let mut tape = Tape::new();
+        tape.watch(&x);
+        let _ = two_outputs(&mut tape, &x);
+        let y = add(Some(&mut tape), &x, &x).unwrap();
+        let mut grads = Grads::new();
+        tape.backward_from(&y, t(&[1.0, 10.0]), &mut grads).unwrap();
+        assert_eq!(grads.get(&x).unwrap().to_f32_vec().unwrap(), [2.0, 20.0]);
     }
 }

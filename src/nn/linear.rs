@@ -50,6 +50,32 @@ impl Linear {
         ops::swiglu::swiglu(tape, &g, &u)
     }
 
+    /// The query, key and value of an attention block from x [B, T, in]: q [B, T, Hq, hd] and
+    /// k [B, T, Hkv, hd] with RoPE at positions pos_offset + t, v [B, T, Hkv, hd], recorded on
+    /// `tape`: one op when all three are masked-LoRA linears
+    /// ([`masked_lora::masked_lora_qkv_rope`]), else the linears, reshapes and RoPEs one by one.
+    pub fn qkv_rope(
+        tape: Option<&mut Tape>,
+        qkv: [&Linear; 3],
+        x: &Tensor,
+        heads: masked_lora::Heads,
+        inv_freq: &[f32],
+        pos_offset: usize,
+    ) -> Result<[Tensor; 3]> {
+        if let [Linear::MaskedLora(q), Linear::MaskedLora(k), Linear::MaskedLora(v)] = qkv {
+            return masked_lora::masked_lora_qkv_rope(tape, x, [q, k, v], heads, inv_freq, pos_offset);
+        }
+        let [b, t, _] = x.shape().dims_n::<3>("attention projections")?;
+        let mut tape = tape;
+        let mut out = Vec::with_capacity(3);
+        for (i, (l, h)) in qkv.iter().zip([heads.q, heads.kv, heads.kv]).enumerate() {
+            let y = l.forward(tape.as_deref_mut(), x)?;
+            let y = ops::reshape(tape.as_deref_mut(), &y, [b, t, h, heads.dim])?;
+            out.push(if i < 2 { ops::rope::rope(tape.as_deref_mut(), &y, inv_freq, pos_offset)? } else { y });
+        }
+        out.try_into().map_err(|_| Error::invalid("three projections"))
+    }
+
     /// (out, in).
     pub fn dims(&self) -> (usize, usize) {
         match self {

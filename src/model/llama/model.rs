@@ -8,6 +8,7 @@
 use super::{LlamaConfig, Proj};
 use crate::autograd::{checkpoint, Tape};
 use crate::nn::Linear;
+use crate::ops::masked_lora::Heads;
 use crate::ops::{self, cross_entropy};
 use crate::{DType, Device, Error, Result, Tensor};
 
@@ -88,14 +89,9 @@ impl DecoderLayer {
 
         let h = ops::rms_norm(tape.as_deref_mut(), x, &self.input_norm, eps)?;
         seen(LinearInput::AttnIn, &h)?;
-        let q = self.q.forward(tape.as_deref_mut(), &h)?;
-        let k = self.k.forward(tape.as_deref_mut(), &h)?;
-        let v = self.v.forward(tape.as_deref_mut(), &h)?;
-        let q = ops::reshape(tape.as_deref_mut(), &q, [b, t, hq, hd])?;
-        let k = ops::reshape(tape.as_deref_mut(), &k, [b, t, hkv, hd])?;
-        let v = ops::reshape(tape.as_deref_mut(), &v, [b, t, hkv, hd])?;
-        let q = ops::rope::rope(tape.as_deref_mut(), &q, &inv_freq, pos_offset)?;
-        let k = ops::rope::rope(tape.as_deref_mut(), &k, &inv_freq, pos_offset)?;
+        let heads = Heads { q: hq, kv: hkv, dim: hd };
+        let [q, k, v] =
+            Linear::qkv_rope(tape.as_deref_mut(), [&self.q, &self.k, &self.v], &h, heads, &inv_freq, pos_offset)?;
         let a = ops::attention::attention(tape.as_deref_mut(), &q, &k, &v)?;
         let a = ops::reshape(tape.as_deref_mut(), &a, [b, t, hq * hd])?;
         seen(LinearInput::AttnOut, &a)?;

@@ -258,32 +258,63 @@ pub(super) fn backward_exact_in_tiles<T: CudaFloat>(
     })
 }
 
-/// One masked-LoRA linear of a pair, as device slices: its base, A, B and scale.
-pub type PartSlices<'a, T> = (&'a SparseWeight, &'a CudaSlice<T>, &'a CudaSlice<T>, f32);
+/// One masked-LoRA linear of a fused group, as device slices: its base (out × in), A [rank,
+/// in], B [out, rank] and scale.
+#[derive(Clone, Copy)]
+pub struct Part<'a, T> {
+    /// The frozen compressed base.
+    pub w: &'a SparseWeight,
+    /// A [rank, in].
+    pub a: &'a CudaSlice<T>,
+    /// B [out, rank].
+    pub b: &'a CudaSlice<T>,
+    /// s = alpha / r.
+    pub scale: f32,
+    /// r.
+    pub rank: usize,
+}
+
+impl<T> Part<'_, T> {
+    /// The linear's dims for `tokens` tokens.
+    pub fn dims(&self, tokens: usize) -> Dims {
+        Dims { tokens, input: self.w.cols(), output: self.w.rows(), rank: self.rank }
+    }
+}
+
+/// W_eff of every part stacked into `ws` [Σ out, in] (part p's rows after the earlier parts').
+fn build_stacked<T: CudaFloat>(dev: &CudaDevice, parts: &[Part<'_, T>], ws: &mut CudaSlice<T>) -> Result<()> {
+    let mut row = 0;
+    for p in parts {
+        let d = p.dims(0);
+        let (from, to) = (row * d.input, (row + d.output) * d.input);
+        build_effective(dev, p.w, p.a, p.b, p.scale, &mut ws.slice_mut(from..to), d)?;
+        row += d.output;
+    }
+    Ok(())
+}
 
 /// y [2, t, out] = x·W_eff,pᵀ for the two parts p (the same out × in): both W_eff are built
 /// into one workspace [2, out, in], then one strided-batched GEMM writes both products.
 pub fn forward_pair<T: CudaFloat>(
     dev: &CudaDevice,
     x: &CudaSlice<T>,
-    parts: [PartSlices<'_, T>; 2],
+    parts: [Part<'_, T>; 2],
     y: &mut CudaSlice<T>,
-    d: Dims,
+    tokens: usize,
 ) -> Result<()> {
-    let (t, out, inp) = (d.tokens, d.output, d.input);
+    let d = parts[0].dims(tokens);
+    let (out, inp) = (d.output, d.input);
     dev.with_workspace::<T, _>(2 * out * inp, |ws| {
-        for (p, (w, a, b, s)) in parts.into_iter().enumerate() {
-            build_effective(dev, w, a, b, s, &mut ws.slice_mut(p * out * inp..(p + 1) * out * inp), d)?;
-        }
+        build_stacked(dev, &parts, ws)?;
         let both = Strided {
-            m: t,
+            m: tokens,
             n: out,
             k: inp,
             trans_a: false,
             trans_b: true,
             a: (0, inp, 0),
             b: (0, inp, out * inp),
-            c: (0, out, t * out),
+            c: (0, out, tokens * out),
             batch: 2,
             alpha: 1.0,
             beta: 0.0,
@@ -292,20 +323,38 @@ pub fn forward_pair<T: CudaFloat>(
     })
 }
 
-/// dx = Σ_p dy_p·W_eff,p for the two parts: each W_eff built in turn in the workspace, the
-/// second GEMM adding to the first's product (no separate sum of two dx).
-pub fn dx_pair<T: CudaFloat>(
+/// y [t, Σ out] = x·[W_eff,0; W_eff,1; …]ᵀ: every part's W_eff stacked into one workspace,
+/// then one GEMM (token t's row holds part 0's outputs, then part 1's, …).
+pub fn forward_stacked<T: CudaFloat>(
     dev: &CudaDevice,
-    parts: [PartSlices<'_, T>; 2],
-    dys: [&CudaSlice<T>; 2],
-    dx: &mut CudaSlice<T>,
-    d: Dims,
+    x: &CudaSlice<T>,
+    parts: &[Part<'_, T>],
+    y: &mut CudaSlice<T>,
+    tokens: usize,
 ) -> Result<()> {
-    dev.with_workspace::<T, _>(d.output * d.input, |ws| {
-        for (p, ((w, a, b, s), dy)) in parts.into_iter().zip(dys).enumerate() {
-            build_effective(dev, w, a, b, s, &mut ws.slice_mut(..), d)?;
-            let beta = if p == 0 { 0.0 } else { 1.0 };
-            matmul(dev, dy, ws, dx, Mm::single(d.tokens, d.input, d.output, false, false), 1.0, beta)?;
+    let inp = parts.first().map_or(0, |p| p.w.cols());
+    let rows: usize = parts.iter().map(|p| p.w.rows()).sum();
+    dev.with_workspace::<T, _>(rows * inp, |ws| {
+        build_stacked(dev, parts, ws)?;
+        matmul(dev, x, ws, y, Mm::single(tokens, rows, inp, false, true), 1.0, 0.0)
+    })
+}
+
+/// dx = Σ_p dy_p·W_eff,p over the parts (the same in, any out): each W_eff built in turn in
+/// the workspace, every GEMM after the first adding to dx (no separate sums of gradients).
+pub fn dx_parts<T: CudaFloat>(
+    dev: &CudaDevice,
+    parts: &[(Part<'_, T>, &CudaSlice<T>)],
+    dx: &mut CudaSlice<T>,
+    tokens: usize,
+) -> Result<()> {
+    let most = parts.iter().map(|(p, _)| p.w.rows() * p.w.cols()).max().unwrap_or(0);
+    dev.with_workspace::<T, _>(most, |ws| {
+        for (i, (p, dy)) in parts.iter().enumerate() {
+            let d = p.dims(tokens);
+            build_effective(dev, p.w, p.a, p.b, p.scale, &mut ws.slice_mut(..), d)?;
+            let beta = if i == 0 { 0.0 } else { 1.0 };
+            matmul(dev, *dy, ws, dx, Mm::single(tokens, d.input, d.output, false, false), 1.0, beta)?;
         }
         Ok(())
     })

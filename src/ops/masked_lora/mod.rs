@@ -15,9 +15,11 @@
 pub mod cpu;
 pub mod cuda;
 mod pair;
+mod qkv;
 
 pub use cpu::{AdapterGrad, Dims};
 pub use pair::masked_lora_swiglu;
+pub use qkv::{masked_lora_qkv_rope, Heads};
 
 use crate::autograd::{Saved, Tape};
 use crate::ops::matmul::{self, cpu::fast, Dims as Mm};

@@ -43,13 +43,10 @@ pub fn masked_lora_swiglu(
     let n = d.tokens * d.output;
     let (y, m) = with_compute_type!(x.dtype(), "masked_lora_swiglu", T => {
         let dev = cuda_device(x)?;
-        let (ga, gb, ua, ub) = (gate.a.read()?, gate.b.read()?, up.a.read()?, up.b.read()?);
-        let parts = [
-            (&gate.base, ga.cuda::<T>()?, gb.cuda::<T>()?, gate.scale),
-            (&up.base, ua.cuda::<T>()?, ub.cuda::<T>()?, up.scale),
-        ];
+        let guards = AdapterGuards::new(&[gate, up])?;
+        let parts = guards.parts::<T>()?;
         let mut y = dev.alloc::<T>(2 * n)?;
-        cuda::forward_pair::<T>(dev, x.read()?.cuda()?, parts, y.slice_mut(), d)?;
+        cuda::forward_pair::<T>(dev, x.read()?.cuda()?, [parts[0], parts[1]], y.slice_mut(), d.tokens)?;
         let mut m = dev.alloc::<T>(n)?;
         swiglu::cuda::forward::<T>(dev, &y.slice().slice(..n), &y.slice().slice(n..), m.slice_mut(), n)?;
         Ok::<_, Error>((
@@ -72,7 +69,7 @@ pub fn masked_lora_swiglu(
         tape.record("masked_lora_swiglu", &inputs, &m, saved, move |ctx| {
             let (x, y) = (ctx.saved(0)?, ctx.saved(1)?);
             let (dgate, dup) = swiglu_halves_backward(y, ctx.grad_out(), &out_shape)?;
-            let dx = if ctx.needs(0) { Some(dx_of_pair(x, [&gate, &up], [&dgate, &dup], d)?) } else { None };
+            let dx = if ctx.needs(0) { Some(dx_of_parts(x, &[(&gate, &dgate), (&up, &dup)], d.tokens)?) } else { None };
             let mut grads = vec![dx];
             for (i, (part, dy)) in [(&gate, &dgate), (&up, &dup)].into_iter().enumerate() {
                 let (a, b) = (ctx.saved(2 + 2 * i)?, ctx.saved(3 + 2 * i)?);
@@ -109,18 +106,45 @@ fn swiglu_halves_backward(y: &Tensor, dm: &Tensor, shape: &Shape) -> Result<(Ten
     })
 }
 
-/// dx = dgate·W_eff,gate + dup·W_eff,up (like x).
-fn dx_of_pair(x: &Tensor, parts: [&MaskedLora; 2], dys: [&Tensor; 2], d: super::Dims) -> Result<Tensor> {
-    with_compute_type!(x.dtype(), "masked_lora_swiglu", T => {
+/// dx = Σ_p dy_p·W_eff,p (like x) over the linears that have an output gradient.
+pub(super) fn dx_of_parts(x: &Tensor, parts: &[(&MaskedLora, &Tensor)], tokens: usize) -> Result<Tensor> {
+    with_compute_type!(x.dtype(), "masked_lora group", T => {
         let dev = cuda_device(x)?;
-        let (ga, gb, ua, ub) = (parts[0].a.read()?, parts[0].b.read()?, parts[1].a.read()?, parts[1].b.read()?);
-        let slices = [
-            (&parts[0].base, ga.cuda::<T>()?, gb.cuda::<T>()?, parts[0].scale),
-            (&parts[1].base, ua.cuda::<T>()?, ub.cuda::<T>()?, parts[1].scale),
-        ];
-        let (dg, du) = (dys[0].read()?, dys[1].read()?);
-        let mut dx = dev.alloc::<T>(d.tokens * d.input)?;
-        cuda::dx_pair::<T>(dev, slices, [dg.cuda::<T>()?, du.cuda::<T>()?], dx.slice_mut(), d)?;
+        let linears: Vec<&MaskedLora> = parts.iter().map(|(l, _)| *l).collect();
+        let guards = AdapterGuards::new(&linears)?;
+        let dys = parts.iter().map(|(_, dy)| dy.read()).collect::<Result<Vec<_>>>()?;
+        let mut with_dy = Vec::with_capacity(parts.len());
+        for (p, dy) in guards.parts::<T>()?.into_iter().zip(&dys) {
+            with_dy.push((p, dy.cuda::<T>()?));
+        }
+        let mut dx = dev.alloc::<T>(tokens * x.shape().last_dim())?;
+        cuda::dx_parts::<T>(dev, &with_dy, dx.slice_mut(), tokens)?;
         cuda_tensor(dx, x.shape().clone(), x.device())
     })
+}
+
+/// The read guards of a group's adapters, held while their device slices are in use.
+pub(super) struct AdapterGuards<'a> {
+    linears: Vec<&'a MaskedLora>,
+    guards: Vec<(StorageRead<'a>, StorageRead<'a>)>,
+}
+
+type StorageRead<'a> = std::sync::RwLockReadGuard<'a, crate::storage::Storage>;
+
+impl<'a> AdapterGuards<'a> {
+    pub(super) fn new(linears: &[&'a MaskedLora]) -> Result<Self> {
+        let guards = linears.iter().map(|l| Ok((l.a.read()?, l.b.read()?))).collect::<Result<Vec<_>>>()?;
+        Ok(AdapterGuards { linears: linears.to_vec(), guards })
+    }
+
+    /// Each linear as a device [`cuda::Part`].
+    pub(super) fn parts<T: crate::device::cuda::CudaFloat>(&self) -> Result<Vec<cuda::Part<'_, T>>> {
+        self.linears
+            .iter()
+            .zip(&self.guards)
+            .map(|(l, (a, b))| {
+                Ok(cuda::Part { w: &l.base, a: a.cuda::<T>()?, b: b.cuda::<T>()?, scale: l.scale, rank: l.a.dims()[0] })
+            })
+            .collect()
+    }
 }

@@ -1,5 +1,5 @@
-use super::MaskedLora;
 use super::*;
+use super::{masked_lora_qkv_rope, Heads, MaskedLora};
 use crate::ops::sparse_cases::{f64s, random_tensor, sparse_case};
 use crate::sparse::{BitMask, SparseFormat};
 use crate::testing::{assert_close, assert_close_f64, finite_diff, random_f64};
@@ -350,6 +350,113 @@ fn cuda_swiglu_pair_matches_the_separate_ops() {
                 ["dx", "dA gate", "dB gate", "dA up", "dB up"].iter().zip(grads_gpu.iter().zip(&grads_cpu))
             {
                 assert_close(&format!("{what} {name}"), got, want, tol, rtol);
+            }
+        }
+    }
+}
+
+/// q|k|v with RoPE as one op on CUDA (one node, three outputs) against the separate ops on
+/// the CPU (eight nodes): the outputs and every gradient, through attention (all three
+/// outputs read) and from q alone (k and v without a gradient); GQA and MHA heads, both
+/// adapter-gradient modes, bitmask and 2:4, f32 and bf16; nothing of size out × in is kept.
+#[test]
+fn cuda_qkv_rope_matches_the_separate_ops() {
+    let Some(gpu) = cuda_for_tests("masked_lora::cuda_qkv_rope_matches_the_separate_ops") else { return };
+    let cpu = Device::cpu();
+    let inv_freq = crate::ops::rope::cpu::inv_freq(10_000.0, 6);
+    for (dtype, atol, rtol) in [(DType::F32, 1e-4, 1e-4), (DType::BF16, 5e-2, 3e-2)] {
+        for (input, heads, format, mode) in [
+            (37, Heads { q: 4, kv: 2, dim: 6 }, SparseFormat::Bitmask, AdapterGrad::Exact),
+            (40, Heads { q: 3, kv: 3, dim: 6 }, SparseFormat::NM { n: 2, m: 4 }, AdapterGrad::Rearranged),
+        ] {
+            let what = format!("{dtype} in {input} {heads:?} {format:?} {mode:?}");
+            let outs = [heads.q, heads.kv, heads.kv].map(|h| h * heads.dim);
+            let cases: Vec<Case> = outs
+                .iter()
+                .enumerate()
+                .map(|(i, &o)| case(&cpu, dtype, &[2, 5], input, o, 3, format, 41 + i as u64))
+                .collect();
+            let part =
+                |c: &Case, scale| MaskedLora { base: c.w.clone(), a: c.a.clone(), b: c.b.clone(), scale, grad: mode };
+            let linears = [part(&cases[0], 2.0), part(&cases[1], 0.5), part(&cases[2], 1.5)];
+            let dq = random_tensor(vec![2, 5, heads.q, heads.dim], dtype, &cpu, 50);
+            let run = |dev: &Device, through_attention: bool| {
+                let on = |t: &Tensor| {
+                    let t = t.to_device(dev).unwrap();
+                    if dev.is_cuda() {
+                        t
+                    } else {
+                        t.to_dtype(DType::F32).unwrap()
+                    }
+                };
+                let lin = |p: &MaskedLora| MaskedLora {
+                    base: if dev.is_cuda() {
+                        p.base.to_device(dev).unwrap()
+                    } else {
+                        p.base.to_dtype(DType::F32).unwrap()
+                    },
+                    a: on(&p.a),
+                    b: on(&p.b),
+                    scale: p.scale,
+                    grad: p.grad,
+                };
+                let x = on(&cases[0].x);
+                let ls = [lin(&linears[0]), lin(&linears[1]), lin(&linears[2])];
+                let mut tape = Tape::new();
+                tape.watch(&x);
+                for l in &ls {
+                    tape.watch(&l.a);
+                    tape.watch(&l.b);
+                }
+                let [q, k, v] =
+                    masked_lora_qkv_rope(Some(&mut tape), &x, [&ls[0], &ls[1], &ls[2]], heads, &inv_freq, 3).unwrap();
+                let nodes = tape.len();
+                for entry in tape.saved_report() {
+                    for (shape, _) in &entry.kept {
+                        assert!(
+                            outs.iter().all(|o| shape.elem_count() != o * input),
+                            "{what}: an out × in tensor is kept"
+                        );
+                    }
+                }
+                let mut grads = Grads::new();
+                let mut values: Vec<Vec<f32>> = [&q, &k, &v].iter().map(|t| t.to_f32_vec().unwrap()).collect();
+                if through_attention {
+                    let z = crate::ops::attention::attention(Some(&mut tape), &q, &k, &v).unwrap();
+                    let dz = on(&random_tensor(z.dims().to_vec(), dtype, &cpu, 51));
+                    values.push(z.to_f32_vec().unwrap());
+                    tape.backward_from(&z, dz, &mut grads).unwrap();
+                } else {
+                    tape.backward_from(&q, on(&dq), &mut grads).unwrap();
+                }
+                let mut watched = vec![&x];
+                for l in &ls {
+                    watched.extend([&l.a, &l.b]);
+                }
+                let got: Vec<Option<Vec<f32>>> =
+                    watched.iter().map(|t| grads.get(t).map(|g| g.to_f32_vec().unwrap())).collect();
+                (values, got, nodes)
+            };
+            for through_attention in [true, false] {
+                let (values_cpu, grads_cpu, nodes_cpu) = run(&cpu, through_attention);
+                let (values_gpu, grads_gpu, nodes_gpu) = run(&gpu, through_attention);
+                let what = format!("{what}, through attention {through_attention}");
+                assert_eq!((nodes_cpu, nodes_gpu), (8, 1), "{what}: separate ops on the CPU, one op on CUDA");
+                let tol = atol * (input as f64).sqrt();
+                for (name, (got, want)) in ["q", "k", "v", "attention"].iter().zip(values_gpu.iter().zip(&values_cpu)) {
+                    assert_close(&format!("{what} {name}"), got, want, tol, rtol);
+                }
+                let tol = tol * (10.0 * outs[0] as f64).sqrt();
+                let names = ["dx", "dA q", "dB q", "dA k", "dB k", "dA v", "dB v"];
+                for (name, (got, want)) in names.iter().zip(grads_gpu.iter().zip(&grads_cpu)) {
+                    match (got, want) {
+                        (Some(got), Some(want)) => assert_close(&format!("{what} {name}"), got, want, tol, rtol),
+                        (None, None) => {
+                            assert!(!through_attention && !name.ends_with('q') && *name != "dx", "{what} {name}")
+                        }
+                        _ => panic!("{what} {name}: a gradient on one device only"),
+                    }
+                }
             }
         }
     }

@@ -45,10 +45,15 @@ fn check_heads(x: &Tensor, inv_freq: &[f32], head_dim: usize) -> Result<()> {
     Ok(())
 }
 
-/// x [batch, seq, heads, head_dim] rotated for positions pos_offset + t (forward or inverse).
-fn rotate_sequences(x: &Tensor, inv_freq: &[f32], pos_offset: usize, inverse: bool) -> Result<Tensor> {
-    expect_float("rope", x)?;
-    let [batch, seq, heads, head_dim] = x.shape().dims_n::<4>("rope")?;
+/// Error unless heads of `head_dim` features (of `x`, named in the error) can be rotated
+/// with `inv_freq` at positions pos_offset..pos_offset + seq.
+pub(crate) fn check_sequences(
+    x: &Tensor,
+    inv_freq: &[f32],
+    head_dim: usize,
+    pos_offset: usize,
+    seq: usize,
+) -> Result<()> {
     check_heads(x, inv_freq, head_dim)?;
     if pos_offset.saturating_add(seq) > MAX_POSITIONS {
         return Err(Error::invalid(format!(
@@ -56,6 +61,14 @@ fn rotate_sequences(x: &Tensor, inv_freq: &[f32], pos_offset: usize, inverse: bo
             pos_offset.saturating_add(seq)
         )));
     }
+    Ok(())
+}
+
+/// x [batch, seq, heads, head_dim] rotated for positions pos_offset + t (forward or inverse).
+fn rotate_sequences(x: &Tensor, inv_freq: &[f32], pos_offset: usize, inverse: bool) -> Result<Tensor> {
+    expect_float("rope", x)?;
+    let [batch, seq, heads, head_dim] = x.shape().dims_n::<4>("rope")?;
+    check_sequences(x, inv_freq, head_dim, pos_offset, seq)?;
     let d = RopeDims { tokens: batch * seq, heads, head_dim };
     rotate(x, inv_freq, d, Positions::Offset { seq, pos_offset }, inverse)
 }

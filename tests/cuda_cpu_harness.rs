@@ -121,8 +121,10 @@ fn rope_with_shared(head_dim: usize, shared_bytes: u32) {
         (Buffer::filled(head_dim, 1f32, Guard::After), Buffer::filled(head_dim / 2, 0.5f32, Guard::After));
     let y = Buffer::filled(head_dim, f32::NAN, Guard::After);
     let d = head_dim as i32;
-    let no_positions = cuda_cpu::Null; // positions from pos_offset
-    let args: [&dyn cuda_cpu::Arg; 10] = [&x, &inv_freq, &y, &1i32, &1i32, &1i32, &d, &0i32, &no_positions, &1f32];
+    let (null, no_positions) = (cuda_cpu::Null, cuda_cpu::Null); // positions from pos_offset
+                                                                 // x (a row of d), inv_freq, y0 (1 head), no y1 or y2, 1 token of a sequence of 1.
+    let args: [&dyn cuda_cpu::Arg; 15] =
+        [&x, &d, &inv_freq, &y, &1i32, &null, &0i32, &null, &0i32, &1i32, &1i32, &d, &0i32, &no_positions, &1f32];
     launch("rope", "rope_f32", [1, 1, 1], [128, 1, 1], shared_bytes, &args).unwrap();
 }
 

@@ -144,7 +144,12 @@ pub fn adapter_tile_cols(out: usize, inp: usize, elem: usize) -> usize {
 }
 
 /// dx = dy·W_eff (when `dx` is given) and the exact adapter gradients (when given), the
-/// latter tile by tile over [`adapter_tile_cols`] columns (see [`backward_exact_in_tiles`]).
+/// latter tile by tile: `tile` columns (a multiple of 8, or all of them) per tile, or
+/// [`adapter_tile_cols`]'s when None. dx is one GEMM on W_eff built in the workspace. For
+/// each tile of columns [c, c + w) of the weight: G_c = dyᵀ·x[:, c..c+w] into the
+/// workspace, masked there (`SparseWeight::mask_columns_cuda`), then dB += s·G_c·A[:, c..c+w]ᵀ
+/// and dA[:, c..c+w] = s·Bᵀ·G_c. With more than one tile a bf16 dB is summed in f32 and
+/// rounded once, as the single GEMM rounds it.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_exact<T: CudaFloat>(
     dev: &CudaDevice,
@@ -157,31 +162,9 @@ pub fn backward_exact<T: CudaFloat>(
     dx: Option<&mut CudaSlice<T>>,
     adapters: Option<(&mut CudaSlice<T>, &mut CudaSlice<T>)>,
     d: Dims,
+    tile: Option<usize>,
 ) -> Result<()> {
-    let tile = adapter_tile_cols(d.output, d.input, std::mem::size_of::<T>());
-    backward_exact_in_tiles(dev, x, w, a, b, dy, s, dx, adapters, d, tile)
-}
-
-/// [`backward_exact`] with `tile` columns (a multiple of 8, or all of them) per tile of the
-/// adapter gradients. dx is one GEMM on W_eff built in the workspace. For each tile of
-/// columns [c, c + w) of the weight: G_c = dyᵀ·x[:, c..c+w] into the workspace, masked
-/// there (`SparseWeight::mask_columns_cuda`), then dB += s·G_c·A[:, c..c+w]ᵀ and
-/// dA[:, c..c+w] = s·Bᵀ·G_c. With more than one tile a bf16 dB is summed in f32 and rounded
-/// once, as the single GEMM rounds it.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn backward_exact_in_tiles<T: CudaFloat>(
-    dev: &CudaDevice,
-    x: &CudaSlice<T>,
-    w: &SparseWeight,
-    a: &CudaSlice<T>,
-    b: &CudaSlice<T>,
-    dy: &CudaSlice<T>,
-    s: f32,
-    dx: Option<&mut CudaSlice<T>>,
-    adapters: Option<(&mut CudaSlice<T>, &mut CudaSlice<T>)>,
-    d: Dims,
-    tile: usize,
-) -> Result<()> {
+    let tile = tile.unwrap_or_else(|| adapter_tile_cols(d.output, d.input, std::mem::size_of::<T>()));
     let (out, inp, rank, t) = (d.output, d.input, d.rank, d.tokens);
     if tile == 0 || (tile < inp && !tile.is_multiple_of(8)) {
         return Err(Error::invalid(format!("masked_lora backward: a tile of {tile} columns (a multiple of 8)")));

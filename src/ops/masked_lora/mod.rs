@@ -162,6 +162,7 @@ pub fn backward(
                     dx.as_mut().map(|b| b.slice_mut()),
                     adapters.as_mut().map(|(da, db)| (da.slice_mut(), db.slice_mut())),
                     d,
+                    None,
                 )?;
             }
             let dx = dx.map(|b| cuda_tensor(b, x.shape().clone(), x.device())).transpose()?;

@@ -190,7 +190,7 @@ fn cuda_matches_cpu() {
     }
 }
 
-/// dA and dB (as f32) from [`cuda::backward_exact_in_tiles`] on CUDA tensors.
+/// dA and dB (as f32) from [`cuda::backward_exact`] in tiles of `tile` columns on CUDA tensors.
 #[allow(clippy::too_many_arguments)]
 fn adapter_grads_in_tiles<T: crate::device::cuda::CudaFloat>(
     c: &Case,
@@ -206,7 +206,7 @@ fn adapter_grads_in_tiles<T: crate::device::cuda::CudaFloat>(
     let mut dx = dev.alloc::<T>(d.tokens * d.input)?;
     let (mut ga, mut gb) = (dev.alloc::<T>(d.rank * d.input)?, dev.alloc::<T>(d.output * d.rank)?);
     let (xr, ar, br, dyr) = (x.read()?, a.read()?, b.read()?, dy.read()?);
-    cuda::backward_exact_in_tiles::<T>(
+    cuda::backward_exact::<T>(
         dev,
         xr.cuda()?,
         w,
@@ -217,7 +217,7 @@ fn adapter_grads_in_tiles<T: crate::device::cuda::CudaFloat>(
         with_dx.then_some(dx.slice_mut()),
         Some((ga.slice_mut(), gb.slice_mut())),
         d,
-        tile,
+        Some(tile),
     )?;
     Ok((
         crate::tensor::cuda_tensor(ga, c.a.shape().clone(), gpu)?.to_f32_vec()?,
@@ -281,6 +281,22 @@ fn adapter_tiles_hold_about_the_budget() {
     assert_eq!(cuda::adapter_tile_cols(1 << 30, 64, 4), 8);
 }
 
+/// `t` on `dev`; on the CPU as f32, the CPU path's only dtype (the same dtype-rounded values).
+fn on_device(t: &Tensor, dev: &Device) -> Tensor {
+    let t = t.to_device(dev).unwrap();
+    if dev.is_cuda() {
+        t
+    } else {
+        t.to_dtype(DType::F32).unwrap()
+    }
+}
+
+/// A masked-LoRA linear on `dev`, as [`on_device`] moves tensors.
+fn linear_on(p: &MaskedLora, dev: &Device) -> MaskedLora {
+    let base = if dev.is_cuda() { p.base.to_device(dev) } else { p.base.to_dtype(DType::F32) };
+    MaskedLora { base: base.unwrap(), a: on_device(&p.a, dev), b: on_device(&p.b, dev), scale: p.scale, grad: p.grad }
+}
+
 /// The gate|up pair as one op on CUDA (one node on the tape) against the separate ops on
 /// the CPU (three nodes): m and every gradient, for both adapter-gradient modes, bitmask and
 /// 2:4 bases, f32 and bf16; nothing of size out × in is kept.
@@ -299,27 +315,8 @@ fn cuda_swiglu_pair_matches_the_separate_ops() {
             let part =
                 |c: &Case, scale| MaskedLora { base: c.w.clone(), a: c.a.clone(), b: c.b.clone(), scale, grad: mode };
             let (gate, up) = (part(&g, 2.0), part(&u, 0.5));
-            // The CPU path computes in f32: its inputs are the same (dtype-rounded) values.
             let run = |dev: &Device| {
-                let on = |t: &Tensor| {
-                    let t = t.to_device(dev).unwrap();
-                    if dev.is_cuda() {
-                        t
-                    } else {
-                        t.to_dtype(DType::F32).unwrap()
-                    }
-                };
-                let lin = |p: &MaskedLora| MaskedLora {
-                    base: if dev.is_cuda() {
-                        p.base.to_device(dev).unwrap()
-                    } else {
-                        p.base.to_dtype(DType::F32).unwrap()
-                    },
-                    a: on(&p.a),
-                    b: on(&p.b),
-                    scale: p.scale,
-                    grad: p.grad,
-                };
+                let (on, lin) = (|t: &Tensor| on_device(t, dev), |p: &MaskedLora| linear_on(p, dev));
                 let (x, gate, up) = (on(&g.x), lin(&gate), lin(&up));
                 let mut tape = Tape::new();
                 for t in [&x, &gate.a, &gate.b, &up.a, &up.b] {
@@ -381,25 +378,7 @@ fn cuda_qkv_rope_matches_the_separate_ops() {
             let linears = [part(&cases[0], 2.0), part(&cases[1], 0.5), part(&cases[2], 1.5)];
             let dq = random_tensor(vec![2, 5, heads.q, heads.dim], dtype, &cpu, 50);
             let run = |dev: &Device, through_attention: bool| {
-                let on = |t: &Tensor| {
-                    let t = t.to_device(dev).unwrap();
-                    if dev.is_cuda() {
-                        t
-                    } else {
-                        t.to_dtype(DType::F32).unwrap()
-                    }
-                };
-                let lin = |p: &MaskedLora| MaskedLora {
-                    base: if dev.is_cuda() {
-                        p.base.to_device(dev).unwrap()
-                    } else {
-                        p.base.to_dtype(DType::F32).unwrap()
-                    },
-                    a: on(&p.a),
-                    b: on(&p.b),
-                    scale: p.scale,
-                    grad: p.grad,
-                };
+                let (on, lin) = (|t: &Tensor| on_device(t, dev), |p: &MaskedLora| linear_on(p, dev));
                 let x = on(&cases[0].x);
                 let ls = [lin(&linears[0]), lin(&linears[1]), lin(&linears[2])];
                 let mut tape = Tape::new();

@@ -144,6 +144,11 @@ pub fn plan(input: &PlanInput) -> Result<MemoryPlan> {
         adapter_params += r * (rows + cols);
         largest = largest.max(rows * cols);
     }
+    if input.cuda && input.method != RepairMethod::Seft {
+        // The fused masked-LoRA ops build several W_eff into the one workspace: gate|up
+        // (2 · hidden × dim) and q|k|v ((Hq + 2·Hkv)·hd × dim).
+        largest = largest.max(2 * hidden * dim).max((hq + 2 * hkv) * hd * dim);
+    }
     base *= l;
     kept *= l;
     weights *= l;
@@ -258,6 +263,8 @@ mod tests {
         // The base by hand: 6.48e9 decoder weights · (1 byte of bf16 values at 50% + 1/8 of mask).
         let weights = 32.0 * (4.0 * 4096.0 * 4096.0 + 3.0 * 4096.0 * 11008.0);
         let base = with.get("compressed base") as f64;
+        // The workspace holds gate|up's two W_eff (the fused op's), in bf16.
+        assert_eq!(with.get("workspace"), 2 * 11008 * 4096 * 2);
         assert!((base / (weights * 1.125) - 1.0).abs() < 1e-3, "base {base} vs {}", weights * 1.125);
         assert!(with.total_bytes as f64 / GIB <= 11.0, "with checkpointing: {:.2} GiB", with.total_bytes as f64 / GIB);
         assert!(without.total_bytes as f64 / GIB <= 20.0, "without: {:.2} GiB", without.total_bytes as f64 / GIB);

@@ -12,7 +12,7 @@
 //! Format version 2 records what the training was made from ([`Provenance`]: a content
 //! hash of the base model as loaded, the data files' hashes, the arguments that change the
 //! result), and carries a write id (`sparsetune.write`, written by
-//! [`role::CHECKPOINT`](crate::io::outputs::role::CHECKPOINT)) so that a checkpoint
+//! [`role::CHECKPOINT`]) so that a checkpoint
 //! directory is recognised as ours. Version 1 files still load, with no provenance:
 //! [`Checkpoint::check_provenance`] refuses them, since nothing says what they were made
 //! from.

@@ -6,7 +6,7 @@
 //!
 //! - Every decoder linear becomes a compressed [`SparseWeight`] whose values tensor is the
 //!   trained parameter ([`Linear::Sparse`]): gradients and AdamW moments exist only for kept
-//!   entries, stored like the values ([nnz], or [out, in/m·n] for N:M).
+//!   entries, stored like the values (\[nnz\], or [out, in/m·n] for N:M).
 //! - Evolution (drop–grow–adapt), per linear, after step t of T: the dense gradient G of
 //!   the weight is summed over `grad_batches` micro-batches (the windows the next step will
 //!   read, so a resumed run sees the same ones); k = round(p_t · nnz) with

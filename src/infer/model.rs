@@ -89,9 +89,9 @@ pub fn format_name(f: SparseFormat) -> String {
 /// One decoder layer's weights for inference.
 #[derive(Clone, Debug)]
 pub struct InferLayer {
-    /// RMSNorm weight before attention [dim].
+    /// RMSNorm weight before attention \[dim\].
     pub input_norm: Tensor,
-    /// RMSNorm weight before the MLP [dim].
+    /// RMSNorm weight before the MLP \[dim\].
     pub post_norm: Tensor,
     /// q, k, v, o, gate, up, down in [`Proj::ALL`] order.
     pub linears: [InferLinear; 7],
@@ -129,7 +129,7 @@ pub struct InferModel {
     pub embed: Tensor,
     /// Decoder layers.
     pub layers: Vec<InferLayer>,
-    /// Final norm [dim].
+    /// Final norm \[dim\].
     pub norm: Tensor,
     /// LM head [vocab, dim]; `None` when tied to `embed`.
     pub lm_head: Option<Tensor>,

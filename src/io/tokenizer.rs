@@ -21,7 +21,7 @@
 //! (LLaMA-3's adds BOS): whether it puts BOS before, or EOS after, a probe text.
 //!
 //! A `tokenizer.json` comes from strangers, so it is checked before the `tokenizers` crate
-//! builds it ([`check_tokenizer_json`]): every normalizer, pre-tokenizer, decoder and
+//! builds it (\[`check_tokenizer_json`\]): every normalizer, pre-tokenizer, decoder and
 //! post-processor must be of a known type (recursively through sequences), `Replace` and
 //! `Split` need a non-empty pattern, `Precompiled` (a binary sentencepiece trie no
 //! LLaMA-family tokenizer uses) is refused, the model must be BPE, WordPiece, WordLevel or
@@ -90,7 +90,7 @@ pub const GGUF_TOKENIZER_KEYS: &[(&str, &str)] = &[
 const GPT2_PRE: &[&str] = &["gpt2", "default"];
 
 /// How many times longer than its input the normalizer and pre-tokenizer of a tokenizer
-/// may make a text, at most (see [`check_tokenizer_json`]): beyond it a chain of growing
+/// may make a text, at most (see \[`check_tokenizer_json`\]): beyond it a chain of growing
 /// `Replace` steps could turn a small piece of text into gigabytes.
 pub const MAX_GROWTH: usize = 128;
 

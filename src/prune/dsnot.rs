@@ -8,7 +8,7 @@
 //! - Regrow order G: pruned j by D_ij / var_j^p ascending (kept j count as 0), fixed once.
 //!   If r > 0 the next candidate comes from the top of G, else from the bottom.
 //! - Unstructured prune order P: the kept j by Wanda score |W_ij|·sqrt(scaler_row_j)
-//!   ascending, rearranged as [D < 0 in that order] ++ [D = 0] ++ [D > 0 reversed]; if
+//!   ascending, rearranged as \[D < 0 in that order\] ++ [D = 0] ++ \[D > 0 reversed\]; if
 //!   r < 0 the next candidate comes from the end of P, else from the start.
 //!   N:M: the kept weight with the lowest Wanda score in the regrown weight's group of M,
 //!   among the weights kept by the initial mask and not yet pruned by DSnoT.

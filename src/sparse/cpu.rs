@@ -3,7 +3,7 @@
 //!   Overwrite: out[r, c] = v if kept, else 0
 //!   AddKept:   out[r, c] = out[r, c] + v if kept, else 0   (sum in f32, rounded to T)
 //!   MaskOnly:  out[r, c] = out[r, c] if kept, else 0
-//! and the inverse, [`gather`]: v = dense[r, c] for every kept (r, c) (values [nnz]).
+//! and the inverse, [`gather`]: v = dense[r, c] for every kept (r, c) (values \[nnz\]).
 
 use rayon::prelude::*;
 
@@ -123,7 +123,7 @@ pub fn expand<T: FloatElement>(
     });
 }
 
-/// values[k] ← dense at the k-th kept position (row-major), for every kept entry.
+/// values\[k\] ← dense at the k-th kept position (row-major), for every kept entry.
 pub fn gather<T: FloatElement>(
     rows: usize,
     cols: usize,

@@ -15,13 +15,13 @@ const THREADS: u32 = 256;
 /// Largest mask row in bytes the bitmask kernel holds in shared memory (65,536 columns).
 pub const MAX_STRIDE: usize = 8192;
 
-/// `bitmask_expand_*`: one block of [`THREADS`] per row (its shared prefix counts are
+/// `bitmask_expand_*`: one block of \[`THREADS`\] per row (its shared prefix counts are
 /// static, so no dynamic shared memory).
 pub fn bitmask_geometry(op: &'static str, rows: usize) -> Result<Launch> {
     Ok(Launch { grid: (to_i32(op, rows)? as u32, 1, 1), block: (THREADS, 1, 1), shared_bytes: 0 })
 }
 
-/// `nm_expand_*`: blocks (rows, ⌈cols / [`THREADS`]⌉), one thread per output element.
+/// `nm_expand_*`: blocks (rows, ⌈cols / \[`THREADS`\]⌉), one thread per output element.
 pub fn nm_geometry(op: &'static str, rows: usize, cols: usize) -> Result<Launch> {
     let tiles = to_i32(op, cols.div_ceil(THREADS as usize))? as u32;
     Ok(Launch { grid: (to_i32(op, rows)? as u32, tiles, 1), block: (THREADS, 1, 1), shared_bytes: 0 })

@@ -36,7 +36,7 @@ pub enum SparseFormat {
     },
 }
 
-/// What [`SparseWeight::expand_into`] does with the buffer's previous contents.
+/// What \[`SparseWeight::expand_into`\] does with the buffer's previous contents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expand {
     /// out = W⊙M.

@@ -1,7 +1,7 @@
 //! Writing a model as Hugging Face loads it: [`ModelWriter`], streamed a tensor at a time.
 //!
 //! `--out PATH`: a path ending in `.safetensors` is one file that is a complete model
-//! (config and tokenizer in its metadata, [`super::load`]'s single-file form); any other
+//! (config and tokenizer in its metadata, \[`super::load`\]'s single-file form); any other
 //! path is a directory as transformers' `save_pretrained` writes it:
 //! - `config.json`: the source's own `config.json` with every key kept (they all still
 //!   hold: pruning and merging change values, not shapes) but the dtype (`torch_dtype` /

@@ -40,8 +40,8 @@ pub enum WeightLayout {
     /// Dense HF tensors (zeros where pruned): loads in transformers unchanged.
     Dense,
     /// compressed-tensors `sparse-bitmask` naming: `P.compressed` (kept values, 1-D),
-    /// `P.bitmask` (U8 [rows, ceil(cols/8)]), `P.shape` (U32 [2]), `P.row_offsets` (U32
-    /// [rows]) for every decoder linear P; other tensors dense.
+    /// `P.bitmask` (U8 [rows, ceil(cols/8)]), `P.shape` (U32 \[2\]), `P.row_offsets` (U32
+    /// \[rows\]) for every decoder linear P; other tensors dense.
     SparseBitmask,
 }
 

@@ -15,9 +15,9 @@ use crate::{DType, Device, Error, Result, Tensor};
 /// One decoder layer's weights.
 #[derive(Clone, Debug)]
 pub struct DecoderLayer {
-    /// RMSNorm before attention, [dim].
+    /// RMSNorm before attention, \[dim\].
     pub input_norm: Tensor,
-    /// RMSNorm before the MLP, [dim].
+    /// RMSNorm before the MLP, \[dim\].
     pub post_norm: Tensor,
     /// Query projection [Hq·hd, dim].
     pub q: Linear,
@@ -159,7 +159,7 @@ pub struct Llama {
     pub embed: Tensor,
     /// Decoder layers.
     pub layers: Vec<DecoderLayer>,
-    /// Final norm [dim].
+    /// Final norm \[dim\].
     pub norm: Tensor,
     /// LM head [vocab, dim]; `None` when tied to `embed`.
     pub lm_head: Option<Tensor>,

@@ -82,13 +82,13 @@ impl Proj {
 pub enum Part {
     /// Token embedding [vocab, dim].
     Embed,
-    /// Layer `l`'s pre-attention norm [dim].
+    /// Layer `l`'s pre-attention norm \[dim\].
     InputNorm(usize),
-    /// Layer `l`'s pre-MLP norm [dim].
+    /// Layer `l`'s pre-MLP norm \[dim\].
     PostNorm(usize),
     /// Layer `l`'s projection.
     Linear(usize, Proj),
-    /// Final norm [dim].
+    /// Final norm \[dim\].
     Norm,
     /// LM head [vocab, dim] (absent when tied).
     LmHead,

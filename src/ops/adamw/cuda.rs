@@ -94,7 +94,7 @@ pub struct Row {
 }
 
 /// The kernels' `table` [rows, 6] (param, master, m, v, grad, length) and `chunk_starts`
-/// [rows + 1] (tensor t holds chunks chunk_starts[t] .. chunk_starts[t + 1] of
+/// [rows + 1] (tensor t holds chunks chunk_starts\[t\] .. chunk_starts[t + 1] of
 /// [`MULTI_CHUNK`] values).
 pub fn multi_tables(rows: &[Row]) -> (Vec<u64>, Vec<u64>) {
     let table = rows.iter().flat_map(|r| [r.param, r.master, r.m, r.v, r.grad, r.len as u64]).collect();
@@ -135,7 +135,7 @@ impl MultiTables {
     }
 }
 
-/// sumsq[0] += Σ over the tables' tensors of Σ grad² (f32 gradients), in one launch.
+/// sumsq\[0\] += Σ over the tables' tensors of Σ grad² (f32 gradients), in one launch.
 ///
 /// # Safety
 /// Every address of the tables' grad column is a live f32 device buffer of its row's length,

@@ -1,9 +1,9 @@
 //! KV cache reference: plain loops, softmax in f64.
 //! cache, k, v: [B, S, Hkv, D] row-major (B sequences of capacity S); rows: [N, Hkv, D];
-//! q, o: [N, Hq, D]; seqs, positions: [N].
-//!   write:     cache[seqs[n], positions[n]] = rows[n]
-//!   attention: query head h of row n reads kv head g = h / (Hq / Hkv) of sequence b = seqs[n]
-//!              at keys u = 0 ..= positions[n]; with c = 1/sqrt(D),
+//! q, o: [N, Hq, D]; seqs, positions: \[N\].
+//!   write:     cache[seqs\[n\], positions\[n\]] = rows\[n\]
+//!   attention: query head h of row n reads kv head g = h / (Hq / Hkv) of sequence b = seqs\[n\]
+//!              at keys u = 0 ..= positions\[n\]; with c = 1/sqrt(D),
 //!              s_u = c · q_nh·k[b, u, g],  p_u = e^{s_u − max s} / Σ_u' e^{s_u' − max s},
 //!              o_nh = Σ_u p_u · v[b, u, g]
 //! Indices are trusted here: `super` checks them before calling.
@@ -66,7 +66,7 @@ impl AttentionDims {
     }
 }
 
-/// cache[seqs[n], positions[n]] = rows[n] for every n (a copy, any element type).
+/// cache[seqs\[n\], positions\[n\]] = rows\[n\] for every n (a copy, any element type).
 pub fn write<T: Copy>(cache: &mut [T], rows: &[T], d: CacheDims, seqs: &[u32], positions: &[u32]) {
     let row_len = d.row_len();
     for ((row, &seq), &pos) in rows.chunks_exact(row_len).zip(seqs).zip(positions) {
@@ -75,7 +75,7 @@ pub fn write<T: Copy>(cache: &mut [T], rows: &[T], d: CacheDims, seqs: &[u32], p
     }
 }
 
-/// o [N, Hq, D]: every query row attends the cached keys 0 ..= positions[n] of its sequence.
+/// o [N, Hq, D]: every query row attends the cached keys 0 ..= positions\[n\] of its sequence.
 pub fn attention<F: Real>(q: &[F], k: &[F], v: &[F], d: AttentionDims, seqs: &[u32], positions: &[u32], o: &mut [F]) {
     let dim = d.cache.head_dim;
     let mut scores = Vec::new();

@@ -1,12 +1,12 @@
 //! The fast CPU path of [`super::cpu::attention`] (same layout and formulas), f32 math on
 //! the cache's own element type (BF16 widened as it is read). Rayon tasks:
-//! - a run of at least [`BLOCK_MIN_ROWS`] consecutive rows of one sequence (a prefill) is
-//!   done in blocks of up to [`BLOCK_ROWS`] rows per kv head g, as matrices over the g's
+//! - a run of at least \[`BLOCK_MIN_ROWS`\] consecutive rows of one sequence (a prefill) is
+//!   done in blocks of up to \[`BLOCK_ROWS`\] rows per kv head g, as matrices over the g's
 //!   keys gathered to f32 (P = the block's last position + 1): S = c·Q·Kᵀ [rows·group, P] by
 //!   the gemm crate, e = exp(S − row max) on each row's own keys u ≤ position (0 beyond),
-//!   O = e·V / Σ e ([`block`]);
-//! - any other row, one task per (row n, query head h) ([`attend`]): two passes over the
-//!   keys 0 ..= positions[n], scores s_u = (c·q)·k_u and their max, then p_u = e^{s_u − max},
+//!   O = e·V / Σ e (\[`block`\]);
+//! - any other row, one task per (row n, query head h) (\[`attend`\]): two passes over the
+//!   keys 0 ..= positions\[n\], scores s_u = (c·q)·k_u and their max, then p_u = e^{s_u − max},
 //!   o = Σ_u p_u·v_u / Σ_u p_u; the loops over D auto-vectorize (the dot product keeps 8
 //!   partial sums).
 //!
@@ -115,8 +115,8 @@ impl Task {
     }
 }
 
-/// The tasks of a step's rows: runs of at least [`BLOCK_MIN_ROWS`] rows of one sequence in
-/// blocks of up to [`BLOCK_ROWS`] per kv head, every other row per query head.
+/// The tasks of a step's rows: runs of at least \[`BLOCK_MIN_ROWS`\] rows of one sequence in
+/// blocks of up to \[`BLOCK_ROWS`\] per kv head, every other row per query head.
 pub fn tasks(d: AttentionDims, seqs: &[u32]) -> Vec<Task> {
     let mut tasks = Vec::new();
     let mut start = 0;

@@ -1,6 +1,6 @@
 //! Launches `cuda/kv_cache.cu` (see its header): `kv_write_*` with one block per written row,
 //! `kv_attention_*` with one block per (query row, query head), both 256 threads. The row
-//! indices (seqs, positions: [N] u32) are checked here against the cache and uploaded per call
+//! indices (seqs, positions: \[N\] u32) are checked here against the cache and uploaded per call
 //! (a few bytes).
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
@@ -39,7 +39,7 @@ pub fn attention_geometry(rows: usize, q_heads: usize) -> Result<Launch> {
     Ok(Launch { grid: (x, y, 1), block: (THREADS, 1, 1), shared_bytes: 0 })
 }
 
-/// cache [B, S, Hkv, D] gets rows [N, Hkv, D] at (seqs[n], positions[n]).
+/// cache [B, S, Hkv, D] gets rows [N, Hkv, D] at (seqs\[n\], positions\[n\]).
 pub fn write<T: CudaFloat>(
     dev: &CudaDevice,
     cache: &mut CudaSlice<T>,

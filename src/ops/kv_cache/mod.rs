@@ -1,13 +1,13 @@
 //! The KV cache of generation: keys and values of past tokens kept per sequence, and attention
 //! of new query rows over them. No gradient (inference only).
 //! cache, k_cache, v_cache: [B, S, Hkv, D] (B sequences, capacity S positions each);
-//! rows: [N, Hkv, D]; q, o: [N, Hq, D] with Hkv dividing Hq; seqs, positions: [N] (host u32).
-//!   [`write`]:     cache[seqs[n], positions[n]] = rows[n], in place
+//! rows: [N, Hkv, D]; q, o: [N, Hq, D] with Hkv dividing Hq; seqs, positions: \[N\] (host u32).
+//!   \[`write`\]:     cache[seqs\[n\], positions\[n\]] = rows\[n\], in place
 //!   [`attention`]: query head h of row n reads kv head g = h / (Hq / Hkv) (Hugging Face
-//!                  `repeat_kv` order) of sequence b = seqs[n] at keys u = 0 ..= positions[n];
+//!                  `repeat_kv` order) of sequence b = seqs\[n\] at keys u = 0 ..= positions\[n\];
 //!                  with c = 1/sqrt(D):
 //!                  s_u = c · q_nh·k[b, u, g],  o_nh = Σ_u softmax(s)_u · v[b, u, g]
-//! This is [`crate::ops::attention`]'s causal softmax, with the keys taken from the cache: a
+//! This is \[`crate::ops::attention`\]'s causal softmax, with the keys taken from the cache: a
 //! prefill writes the prompt's keys and values (positions p0 .. p0 + N − 1 of one sequence) and
 //! then attends with those positions; a batched decode step writes and attends one row per
 //! sequence. Softmax in f32 (f64 in the reference `cpu.rs`); o in q's dtype. The CUDA kernel

@@ -147,7 +147,7 @@ pub fn strided<T: GemmFloat>(
 }
 
 /// The fast path for f32 (gemm crate, all cores): `c = alpha·op(a)·op(b)`, or
-/// `c += alpha·op(a)·op(b)` with `accumulate`. Same result as [`reference`] (alpha 1, no
+/// `c += alpha·op(a)·op(b)` with `accumulate`. Same result as \[`reference`\] (alpha 1, no
 /// accumulation) up to f32 summation order.
 pub fn fast(a: &[f32], b: &[f32], c: &mut [f32], d: Dims, alpha: f32, accumulate: bool) {
     let (ars, acs) = d.a_strides();

@@ -48,7 +48,7 @@ pub fn scaler_row_geometry(dim: usize) -> Result<Launch> {
     Launch::grid_1d(dim, THREADS)
 }
 
-/// Adds the column statistics of x [seqs, seq_len, dim] to the three outputs [dim] (sizes
+/// Adds the column statistics of x [seqs, seq_len, dim] to the three outputs \[dim\] (sizes
 /// non-zero; lengths checked here).
 #[allow(clippy::too_many_arguments)]
 pub fn accumulate_columns<T: CudaFloat>(

@@ -1,4 +1,4 @@
-//! RMSNorm reference. x, y, dy, dx: [rows, dim] row-major; w, dw: [dim].
+//! RMSNorm reference. x, y, dy, dx: [rows, dim] row-major; w, dw: \[dim\].
 //!   r = 1 / sqrt(mean_j x_j² + eps),  y_j = x_j · r · w_j
 //!   dx_j = r·dy_j·w_j − x_j · r³ · mean_k(dy_k·w_k·x_k),  dw_j = Σ_rows dy_j · x_j · r
 

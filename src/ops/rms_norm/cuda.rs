@@ -43,7 +43,7 @@ pub fn dw_geometry(rows: usize, dim: usize) -> Result<DwGeometry> {
 }
 
 /// y = rms_norm(x) · w, or with `residual` = (res, sum): sum = x + res (rounded to T) and
-/// y = rms_norm(sum) · w in the same pass. Slices: x, res, sum, y [rows·dim], w [dim]
+/// y = rms_norm(sum) · w in the same pass. Slices: x, res, sum, y [rows·dim], w \[dim\]
 /// (checked by the caller).
 #[allow(clippy::too_many_arguments)]
 pub fn forward<T: CudaFloat>(

@@ -1,5 +1,5 @@
 //! RMSNorm over the last dimension: `y = x / sqrt(mean(x²) + eps) · w`.
-//! x: [..., dim], w: [dim], y like x. Backward gives dx (like x) and dw (like w).
+//! x: [..., dim], w: \[dim\], y like x. Backward gives dx (like x) and dw (like w).
 //!
 //! Fused with the residual stream of a decoder: [`add_rms_norm`] computes s = x + r and
 //! rms_norm(s) in one pass, and the recorded backward folds the gradient x already holds

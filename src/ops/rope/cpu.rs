@@ -61,8 +61,8 @@ impl Positions<'_> {
     }
 }
 
-/// y = R(p)·x for every token, p = positions[token], or the inverse rotation R(p)ᵀ·x when
-/// `inverse` (the backward). x, y: [tokens, heads, head_dim]; positions: [tokens].
+/// y = R(p)·x for every token, p = positions\[token\], or the inverse rotation R(p)ᵀ·x when
+/// `inverse` (the backward). x, y: [tokens, heads, head_dim]; positions: \[tokens\].
 pub fn rotate<F: Real>(x: &[F], inv_freq: &[f32], d: RopeDims, positions: &[u32], inverse: bool, y: &mut [F]) {
     let mut table = Vec::with_capacity(d.head_dim / 2);
     let mut at = None;
@@ -83,7 +83,7 @@ pub fn angles(pos: u32, inv_freq: &[f32], table: &mut Vec<(f64, f64)>) {
     table.extend(inv_freq.iter().map(|&f| ((pos as f32 * f) as f64).sin_cos()));
 }
 
-/// One head y [head_dim] = R·x (R ᵀ·x when `inverse`) with the angles of its position
+/// One head y \[head_dim\] = R·x (R ᵀ·x when `inverse`) with the angles of its position
 /// (`table` from [`angles`], head_dim / 2 entries).
 pub fn rotate_head<F: Real>(x: &[F], table: &[(f64, f64)], inverse: bool, y: &mut [F]) {
     let half = x.len() / 2;

@@ -1,7 +1,7 @@
 //! Rotary position embedding (RoPE) in the Hugging Face "rotate-half" convention, which
 //! our loader uses for every model. x: [batch, seq, heads, head_dim] (head_dim even),
 //! y like x; token t sits at position p = pos_offset + t ([`forward_at`]: x [N, heads,
-//! head_dim], token n at its own position p = positions[n]). With half = head_dim/2, i < half,
+//! head_dim], token n at its own position p = positions\[n\]). With half = head_dim/2, i < half,
 //! and the caller's inverse frequencies inv_freq [half] (f32; the model config computes
 //! them, scaling included; [`cpu::inv_freq`] is the unscaled table 1 / theta^(2i/head_dim)):
 //!   angle = p·inv_freq_i  (one f32 multiply, as HF)

@@ -1,6 +1,6 @@
 //! Trained sparse linear (SEFT): `y = x·(W⊙M)ᵀ` with W⊙M a [`SparseWeight`] [out, in] whose
 //! kept values are the trained tensor and whose mask M is fixed within a step.
-//! x: [..., in] → y: [..., out]; the values' gradient has the values' shape ([nnz], or
+//! x: [..., in] → y: [..., out]; the values' gradient has the values' shape (\[nnz\], or
 //! [out, in/m·n] for N:M), so gradients and optimizer state exist only for kept weights.
 //!
 //! Forward: W⊙M expanded into the device's reusable workspace, then one dense GEMM.

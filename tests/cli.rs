@@ -2,7 +2,9 @@
 //! perplexity, and bad input (empty text, seq-len larger than the text, a missing or
 //! corrupt model) fails with a clear message and exit code 1, never a panic; `generate
 //! --json` reports tokens and speeds, repeats its draw for a seed, and refuses bad flags,
-//! a missing chat template and a prompt beyond the context by name.
+//! a missing chat template and a prompt beyond the context by name; `bench step` reports
+//! throughput and peak next to the plan, on the CPU and with `--device cuda` on the CPU
+//! driver (the GPU script's command, run here before a GPU is lent).
 
 mod common;
 
@@ -470,5 +472,44 @@ fn bench_decode_reports_both_variants() {
         let (code, _, err) = sparsetune(&[&args[..], extra].concat());
         assert_eq!(code, 1, "{extra:?}: {err}");
         assert!(err.contains(flag) && !err.contains("panicked"), "{extra:?}: {err}");
+    }
+}
+
+/// `bench --device cuda step`, the command the GPU script runs, end to end on the CPU driver
+/// of crates/cuda-cpu (the test model's shape): a line per (method, checkpointing) with a
+/// finite loss and the measured peak next to the plan (at this shape the plan's fixed terms
+/// weigh most, so within 10% above and 50% below), and the per-op table of the steps
+/// without checkpointing naming the fused masked-LoRA ops of the default CUDA path.
+#[test]
+fn bench_step_on_cuda_runs_on_the_cpu_driver() {
+    let library = std::path::Path::new(cuda_cpu::DRIVER_DIR).join("libcuda_cpu.so");
+    assert!(library.is_file(), "the CPU driver {} is built with the tests", library.display());
+    let args =
+        ["bench", "--device", "cuda", "--reps", "1", "step", "--shape", "tiny", "--seq-len", "16", "--rank", "4"];
+    let out = std::process::Command::new(common::binary())
+        .args(args)
+        .arg("--profile")
+        .env("LD_LIBRARY_PATH", cuda_cpu::DRIVER_DIR)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    let rows: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let steps: Vec<&serde_json::Value> = rows.iter().filter(|r| r["bench"] == "train_step").collect();
+    assert_eq!(steps.len(), 4, "masked-lora and lors, checkpointing on and off: {stdout}");
+    for r in &steps {
+        assert!(r["device"].as_str().unwrap().contains("cuda-cpu"), "{r}");
+        assert!(r["tokens_per_second"].as_f64().unwrap() > 0.0 && r["last_loss"].as_f64().unwrap().is_finite(), "{r}");
+        let (peak, plan) = (r["peak_bytes"].as_f64().unwrap(), r["planned_peak_bytes"].as_f64().unwrap());
+        assert!(peak <= 1.10 * plan && peak >= 0.5 * plan, "{}: measured {peak} vs planned {plan}", r["method"]);
+    }
+    let tables: Vec<&serde_json::Value> =
+        rows.iter().filter(|r| r["bench"] == "train_step_ops" && r["checkpointing"] == false).collect();
+    assert_eq!(tables.len(), 2, "{stdout}");
+    for t in tables {
+        let ops: Vec<&str> = t["ops"].as_array().unwrap().iter().map(|o| o["op"].as_str().unwrap()).collect();
+        for fused in ["masked_lora_qkv_rope", "masked_lora_swiglu", "attention"] {
+            assert!(ops.contains(&fused), "{fused} in {ops:?}");
+        }
     }
 }

@@ -37,7 +37,7 @@ enum BenchKind {
     /// tensor at a time, so a 7B model needs the memory of one tensor), with a byte-level
     /// tokenizer: the input of the bounded-memory pruning benchmark. Prints one JSON line.
     MakeModel {
-        /// A known shape (llama2-7b, llama2-13b, llama3-8b, smollm2-135m).
+        /// A known shape (llama2-7b, llama2-13b, llama3-8b, smollm2-135m, tiny).
         #[arg(long, default_value = "llama2-7b")]
         shape: String,
         /// Stored dtype: bf16, f16 or f32.
@@ -117,7 +117,7 @@ enum BenchKind {
     /// Pruning a random model of a known shape with calibration (all decoder layers,
     /// sequential, calibration forward included): seconds and peak memory.
     Prune {
-        /// A known shape (llama2-7b, llama2-13b, llama3-8b, smollm2-135m).
+        /// A known shape (llama2-7b, llama2-13b, llama3-8b, smollm2-135m, tiny).
         #[arg(long, default_value = "llama2-7b")]
         shape: String,
         /// wanda, sparsegpt, ria or magnitude.
@@ -138,7 +138,7 @@ enum BenchKind {
     /// combination): tokens/s over `--reps` steps after one warm-up step, measured and
     /// planned peak memory, one JSON line per (method, checkpointing).
     Step {
-        /// A known shape (llama2-7b, llama2-13b, llama3-8b, smollm2-135m).
+        /// A known shape (llama2-7b, llama2-13b, llama3-8b, smollm2-135m, tiny).
         #[arg(long, default_value = "llama2-7b")]
         shape: String,
         /// Comma-separated: masked-lora, lors (LoRS's initialisation is not timed).

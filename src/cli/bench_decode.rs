@@ -27,7 +27,7 @@ pub struct DecodeArgs {
     #[arg(long, conflicts_with = "shape")]
     model: Option<PathBuf>,
     /// Instead of --model, random weights of a known shape (llama2-7b, llama2-13b,
-    /// llama3-8b, smollm2-135m), magnitude-pruned by --sparsity or --nm.
+    /// llama3-8b, smollm2-135m, tiny), magnitude-pruned by --sparsity or --nm.
     #[arg(long)]
     shape: Option<String>,
     /// With --shape: fraction of each row's weights pruned (smallest magnitudes).

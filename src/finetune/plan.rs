@@ -101,8 +101,11 @@ pub fn shape(name: &str) -> Result<LlamaConfig> {
         "llama2-13b" => Ok(c(32000, 5120, 13824, 40, 40, 40, false)),
         "llama3-8b" => Ok(c(128256, 4096, 14336, 32, 32, 8, false)),
         "smollm2-135m" => Ok(c(49152, 576, 1536, 30, 9, 3, true)),
+        // The test model's shape (2 layers, dim 24, GQA): runs the benches end to end in
+        // seconds, on the CPU driver too.
+        "tiny" => Ok(base),
         other => Err(Error::invalid(format!(
-            "unknown shape '{other}' (llama2-7b, llama2-13b, llama3-8b, smollm2-135m; or --model)"
+            "unknown shape '{other}' (llama2-7b, llama2-13b, llama3-8b, smollm2-135m, tiny; or --model)"
         ))),
     }
 }

@@ -65,15 +65,7 @@ impl Linear {
         if let [Linear::MaskedLora(q), Linear::MaskedLora(k), Linear::MaskedLora(v)] = qkv {
             return masked_lora::masked_lora_qkv_rope(tape, x, [q, k, v], heads, inv_freq, pos_offset);
         }
-        let [b, t, _] = x.shape().dims_n::<3>("attention projections")?;
-        let mut tape = tape;
-        let mut out = Vec::with_capacity(3);
-        for (i, (l, h)) in qkv.iter().zip([heads.q, heads.kv, heads.kv]).enumerate() {
-            let y = l.forward(tape.as_deref_mut(), x)?;
-            let y = ops::reshape(tape.as_deref_mut(), &y, [b, t, h, heads.dim])?;
-            out.push(if i < 2 { ops::rope::rope(tape.as_deref_mut(), &y, inv_freq, pos_offset)? } else { y });
-        }
-        out.try_into().map_err(|_| Error::invalid("three projections"))
+        masked_lora::qkv_rope_separate(tape, x, heads, inv_freq, pos_offset, |i, tape, x| qkv[i].forward(tape, x))
     }
 
     /// (out, in).

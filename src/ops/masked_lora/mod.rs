@@ -19,7 +19,7 @@ mod qkv;
 
 pub use cpu::{AdapterGrad, Dims};
 pub use pair::masked_lora_swiglu;
-pub use qkv::{masked_lora_qkv_rope, Heads};
+pub use qkv::{masked_lora_qkv_rope, qkv_rope_separate, Heads};
 
 use crate::autograd::{Saved, Tape};
 use crate::ops::matmul::{self, cpu::fast, Dims as Mm};

@@ -36,10 +36,32 @@ fn fusable(x: &Tensor, qkv: [&MaskedLora; 3], heads: Heads) -> bool {
     x.device().is_cuda() && qkv.iter().zip(rows).all(|(l, r)| l.base.rows() == r && l.base.dtype() == x.dtype())
 }
 
+/// `(q, k, v)` of an attention block from three projections run one by one, recorded on
+/// `tape`: `project(i, tape, x)` is projection i's output [B, T, out_i] (q, k, v in turn),
+/// reshaped to its heads; q and k get RoPE at positions pos_offset + t. The path of any
+/// linears the fused op does not take, and its reference.
+pub fn qkv_rope_separate(
+    mut tape: Option<&mut Tape>,
+    x: &Tensor,
+    heads: Heads,
+    inv_freq: &[f32],
+    pos_offset: usize,
+    mut project: impl FnMut(usize, Option<&mut Tape>, &Tensor) -> Result<Tensor>,
+) -> Result<[Tensor; 3]> {
+    let [b, t, _] = x.shape().dims_n::<3>("attention projections")?;
+    let mut out = Vec::with_capacity(3);
+    for (i, h) in [heads.q, heads.kv, heads.kv].into_iter().enumerate() {
+        let y = project(i, tape.as_deref_mut(), x)?;
+        let y = reshape(tape.as_deref_mut(), &y, [b, t, h, heads.dim])?;
+        out.push(if i < 2 { rope::rope(tape.as_deref_mut(), &y, inv_freq, pos_offset)? } else { y });
+    }
+    out.try_into().map_err(|_| Error::invalid("three projections"))
+}
+
 /// `(q, k, v)` of an attention block (see the module docs), recorded on `tape` when x or an
 /// adapter is tracked.
 pub fn masked_lora_qkv_rope(
-    mut tape: Option<&mut Tape>,
+    tape: Option<&mut Tape>,
     x: &Tensor,
     qkv: [&MaskedLora; 3],
     heads: Heads,
@@ -49,14 +71,10 @@ pub fn masked_lora_qkv_rope(
     let [b, t, _] = x.shape().dims_n::<3>("masked_lora_qkv_rope")?;
     let shapes = [heads.q, heads.kv, heads.kv].map(|h| [b, t, h, heads.dim]);
     if !fusable(x, qkv, heads) {
-        let mut out = Vec::with_capacity(3);
-        for (i, (l, shape)) in qkv.iter().zip(shapes).enumerate() {
-            let y = masked_lora(tape.as_deref_mut(), x, &l.base, &l.a, &l.b, l.scale, l.grad)?;
-            let y = reshape(tape.as_deref_mut(), &y, shape)?;
-            out.push(if i < 2 { rope::rope(tape.as_deref_mut(), &y, inv_freq, pos_offset)? } else { y });
-        }
-        let [q, k, v]: [Tensor; 3] = out.try_into().map_err(|_| Error::invalid("three projections"))?;
-        return Ok([q, k, v]);
+        return qkv_rope_separate(tape, x, heads, inv_freq, pos_offset, |i, tape, x| {
+            let l = qkv[i];
+            masked_lora(tape, x, &l.base, &l.a, &l.b, l.scale, l.grad)
+        });
     }
     for l in qkv {
         check(x, &l.base, &l.a, &l.b)?;

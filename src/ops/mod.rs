@@ -152,6 +152,12 @@ pub(crate) fn expect_same(op: &'static str, ts: &[&Tensor]) -> Result<()> {
     Ok(())
 }
 
+/// `other` has `t`'s shape, dtype and device (an operand of the same shape, a gradient).
+pub(crate) fn expect_alike(op: &'static str, t: &Tensor, other: &Tensor) -> Result<()> {
+    expect_same(op, &[t, other])?;
+    t.shape().expect_eq(op, other.shape())
+}
+
 /// Error unless `t` is a U32 tensor (ids, targets) on `device`.
 pub(crate) fn expect_u32(op: &'static str, t: &Tensor, device: &Device) -> Result<()> {
     if t.dtype() != DType::U32 {

@@ -6,7 +6,7 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::autograd::{Saved, Tape};
-use crate::ops::{cuda_device, cuda_tensor, expect_float, expect_same, host_f32};
+use crate::ops::{cuda_device, cuda_tensor, expect_alike, expect_float, host_f32};
 use crate::storage::{FloatElement, Storage};
 use crate::{with_compute_type, Device, Error, Result, Tensor};
 
@@ -22,8 +22,7 @@ fn binary_forward(op: Binary, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         Binary::Mul => "mul",
     };
     expect_float(name, a)?;
-    expect_same(name, &[a, b])?;
-    a.shape().expect_eq(name, b.shape())?;
+    expect_alike(name, a, b)?;
     let n = a.elem_count();
     match a.device() {
         Device::Cpu(_) => {
@@ -76,8 +75,7 @@ pub fn scale_forward(a: &Tensor, s: f32) -> Result<Tensor> {
 /// a += b in place (a and b must not share storage).
 pub fn add_assign(a: &Tensor, b: &Tensor) -> Result<()> {
     expect_float("add_assign", a)?;
-    expect_same("add_assign", &[a, b])?;
-    a.shape().expect_eq("add_assign", b.shape())?;
+    expect_alike("add_assign", a, b)?;
     if a.same_storage(b) {
         return Err(Error::invalid("add_assign: operands share storage"));
     }

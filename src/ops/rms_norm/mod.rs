@@ -10,7 +10,7 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::autograd::{Saved, Tape};
-use crate::ops::{cuda_device, cuda_tensor, expect_float, expect_same, host_f32};
+use crate::ops::{cuda_device, cuda_tensor, expect_alike, expect_float, expect_same, host_f32};
 use crate::{with_compute_type, Device, Error, Result, Tensor};
 
 fn check(x: &Tensor, w: &Tensor) -> Result<(usize, usize)> {
@@ -21,12 +21,6 @@ fn check(x: &Tensor, w: &Tensor) -> Result<(usize, usize)> {
         return Err(Error::ShapeMismatch { op: "rms_norm", lhs: x.shape().clone(), rhs: w.shape().clone() });
     }
     Ok((x.shape().rows(), dim))
-}
-
-/// `other` has x's shape, dtype and device (a residual, or a pending gradient).
-fn check_like(op: &'static str, x: &Tensor, other: &Tensor) -> Result<()> {
-    expect_same(op, &[x, other])?;
-    x.shape().expect_eq(op, other.shape())
 }
 
 /// Forward without recording.
@@ -44,7 +38,7 @@ pub fn forward_residual(x: &Tensor, res: &Tensor, w: &Tensor, eps: f32) -> Resul
 fn forward_impl(x: &Tensor, res: Option<&Tensor>, w: &Tensor, eps: f32) -> Result<(Option<Tensor>, Tensor)> {
     let (rows, dim) = check(x, w)?;
     if let Some(res) = res {
-        check_like("rms_norm residual", x, res)?;
+        expect_alike("rms_norm residual", x, res)?;
     }
     match x.device() {
         Device::Cpu(_) => {
@@ -85,9 +79,9 @@ pub fn backward(
     want_dw: bool,
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
     let (rows, dim) = check(x, w)?;
-    check_like("rms_norm backward", x, dy)?;
+    expect_alike("rms_norm backward", x, dy)?;
     if let Some(p) = pending {
-        check_like("rms_norm backward (pending gradient)", x, p)?;
+        expect_alike("rms_norm backward (pending gradient)", x, p)?;
     }
     match x.device() {
         Device::Cpu(_) => {

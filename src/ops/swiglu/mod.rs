@@ -6,13 +6,12 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::autograd::{Saved, Tape};
-use crate::ops::{cuda_device, cuda_tensor, expect_float, expect_same, host_f32};
+use crate::ops::{cuda_device, cuda_tensor, expect_alike, expect_float, host_f32};
 use crate::{with_compute_type, Device, Result, Tensor};
 
 fn check(gate: &Tensor, up: &Tensor) -> Result<usize> {
     expect_float("swiglu", gate)?;
-    expect_same("swiglu", &[gate, up])?;
-    gate.shape().expect_eq("swiglu", up.shape())?;
+    expect_alike("swiglu", gate, up)?;
     Ok(gate.elem_count())
 }
 
@@ -43,8 +42,7 @@ pub fn backward(
     want_up: bool,
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
     let n = check(gate, up)?;
-    expect_same("swiglu backward", &[gate, dh])?;
-    gate.shape().expect_eq("swiglu backward", dh.shape())?;
+    expect_alike("swiglu backward", gate, dh)?;
     let shape = gate.shape().clone();
     match gate.device() {
         Device::Cpu(_) => {

@@ -14,7 +14,7 @@
 //!     the tile's rows × 12 tokens per column step in registers, the tokens' values read at
 //!     fixed offsets of their block (8 KiB of cache lines per 12 tokens: both stay in L1).
 //!   - bf16 weights and activations on a CPU with AVX512-BF16 ([`super::bf16_pairs`]):
-//!     dense rows, and masked rows that keep about 40% or more (decoded a tile at a time),
+//!     dense rows, and masked rows that keep about 24% or more (decoded a tile at a time),
 //!     are multiplied by pairs of columns with `vdpbf16ps`, twice the work of an FMA;
 //!     sparser masked rows list their column pairs that keep a weight (below).
 //!   - Masked weights (bitmask, N:M): the zeros are skipped. Each row of the tile becomes a
@@ -1046,14 +1046,14 @@ unsafe fn prefill<S: Simd, T: Stored, Src: Source<T>>(
     rows: Range<usize>,
     out: Dest<'_>,
 ) -> Result<()> {
-    // Masked bf16 rows as dense pairs where they store at least 45% of a dense row's bytes
-    // (about 40% kept); below that, only their pairs that keep a weight. On an AMD EPYC
-    // (2 threads, the default model's prefill): at 50% and 2:4 the dense pairs are 2-6%
-    // faster than the kept pairs; at 70% the kept pairs are 4% faster than the f32 kept
-    // weights, which beat the dense pairs by 8%.
+    // Masked bf16 rows as dense pairs where they store at least 30% of a dense row's bytes
+    // (about 76% pruned); sparser, only their pairs that keep a weight. On an AMD EPYC
+    // (2 threads, 512-token prompt, SmolLM2-135M shapes): the dense pairs run at the dense
+    // model's speed from 50% to 80% pruned, where the kept pairs are 0.95x (70%) to 1.02x
+    // (80%) of it; at 90% the kept pairs are 1.11x, the dense pairs 0.99x.
     if Src::MASKED && T::DTYPE == DType::BF16 && S::LANES == 16 && job.pairs().ready() {
         let stored = src.bytes_before(rows.end) - src.bytes_before(rows.start);
-        return if 20 * stored >= 9 * 2 * rows.len() * job.cols {
+        return if 10 * stored >= 3 * 2 * rows.len() * job.cols {
             prefill_pairs::<S, T, Src>(job, src, rows, out)
         } else {
             prefill_kept::<S, T, Src, 3, true>(job, src, rows, out)
@@ -1084,7 +1084,7 @@ unsafe fn prefill_pairs<S: Simd, T: Stored, Src: Source<T>>(
     let mut scratch = src.scratch();
     // SAFETY: the tile's rows are `stride` whole pairs each, which covers x's pairs
     // (⌈cols / 2⌉ ≤ in_pad / 2), and stay put until the next tile is decoded.
-    super::bf16_pairs::prefill_rows(job.pairs(), rows, out, |range| {
+    super::bf16_pairs::prefill_rows(job.pairs(), rows, out, #[inline(always)] |range| {
         for (i, r) in range.enumerate() {
             let mut reader = src.row::<S>(r, &mut scratch);
             for ch in 0..chunks {

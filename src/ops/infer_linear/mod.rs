@@ -161,11 +161,14 @@ mod tests {
         NM(usize, usize),
     }
 
-    const PATTERNS: [Pattern; 9] = [
+    /// 0.5 and 0.7 take the bf16 prefill's dense pairs, 0.9 its kept pairs (on a CPU with
+    /// AVX512-BF16).
+    const PATTERNS: [Pattern; 10] = [
         Pattern::Dense,
         Pattern::Uniform(0.0),
         Pattern::Uniform(0.5),
         Pattern::Uniform(0.7),
+        Pattern::Uniform(0.9),
         Pattern::Uniform(1.0),
         Pattern::Uneven,
         Pattern::NM(2, 4),

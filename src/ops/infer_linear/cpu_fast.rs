@@ -1084,16 +1084,25 @@ unsafe fn prefill_pairs<S: Simd, T: Stored, Src: Source<T>>(
     let mut scratch = src.scratch();
     // SAFETY: the tile's rows are `stride` whole pairs each, which covers x's pairs
     // (⌈cols / 2⌉ ≤ in_pad / 2), and stay put until the next tile is decoded.
-    super::bf16_pairs::prefill_rows(job.pairs(), rows, out, #[inline(always)] |range| {
-        for (i, r) in range.enumerate() {
-            let mut reader = src.row::<S>(r, &mut scratch);
-            for ch in 0..chunks {
-                S::bf16_pairs(chunk_of::<S, _>(&mut reader, ch, job.cols), tile.as_mut_ptr().add(i * stride + ch * 16));
+    super::bf16_pairs::prefill_rows(
+        job.pairs(),
+        rows,
+        out,
+        #[inline(always)]
+        |range| {
+            for (i, r) in range.enumerate() {
+                let mut reader = src.row::<S>(r, &mut scratch);
+                for ch in 0..chunks {
+                    S::bf16_pairs(
+                        chunk_of::<S, _>(&mut reader, ch, job.cols),
+                        tile.as_mut_ptr().add(i * stride + ch * 16),
+                    );
+                }
+                reader.finish()?;
             }
-            reader.finish()?;
-        }
-        Ok(super::bf16_pairs::TileRows { first: tile.as_ptr().cast(), stride: 2 * stride, whole_pairs: stride })
-    })
+            Ok(super::bf16_pairs::TileRows { first: tile.as_ptr().cast(), stride: 2 * stride, whole_pairs: stride })
+        },
+    )
 }
 
 /// [`prefill`] with RV row vectors (RV · LANES = [`TILE_ROWS`]) and NT tokens per micro-kernel

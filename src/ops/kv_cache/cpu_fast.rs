@@ -35,6 +35,16 @@ fn dot<T: FloatElement>(a: &[f32], b: &[T]) -> f32 {
     partial.iter().sum::<f32>() + tail
 }
 
+/// `out` = `values` widened to f32. A plain loop, not an iterator collected: a collect's
+/// fold is an outlined generic function, compiled without the caller's AVX-512 (the
+/// decode's scores ran as SSE2 code that way).
+#[inline(always)]
+fn widen_into<T: FloatElement>(values: &[T], out: &mut [f32]) {
+    for (o, v) in out.iter_mut().zip(values) {
+        *o = v.to_f32();
+    }
+}
+
 /// e^x for x ≤ 0 (a score minus its row's maximum), within 2·10⁻⁷ relative: x = n·ln 2 + r
 /// with n an integer (rounded by adding 1.5·2²³) and |r| ≤ ln 2 / 2, e^r by its Taylor
 /// polynomial of degree 7, times 2ⁿ built in the exponent bits. Below −87 (e^x < 2⁻¹²⁵)
@@ -239,21 +249,12 @@ fn block<Q: FloatElement, T: FloatElement>(
     let (dim, group) = (d.cache.head_dim, d.group());
     let keys = positions.iter().map(|&p| p as usize + 1).max().unwrap_or(0);
     let r = positions.len() * group;
-    let q_block: Vec<f32> = (0..r)
-        .flat_map(|i| {
-            let at = (first + i / group) * q_stride + (g * group + i % group) * dim;
-            q[at..at + dim].iter().map(|x| x.to_f32())
-        })
-        .collect();
-    let gather = |cache: &[T]| -> Vec<f32> {
-        (0..keys)
-            .flat_map(|u| {
-                let at = d.cache.row_offset(seq, u as u32) + g * dim;
-                cache[at..at + dim].iter().map(|x| x.to_f32())
-            })
-            .collect()
-    };
-    let (k_block, v_block) = (gather(k), gather(v));
+    let mut q_block = vec![0f32; r * dim];
+    for (i, row) in q_block.chunks_exact_mut(dim).enumerate() {
+        let at = (first + i / group) * q_stride + (g * group + i % group) * dim;
+        widen_into(&q[at..at + dim], row);
+    }
+    let (k_block, v_block) = (gather(k, d, seq, g, keys), gather(v, d, seq, g, keys));
     let mut s = vec![0f32; r * keys];
     let c = d.scale() as f32;
     strided(r, keys, dim, (&mut s, keys, 1), false, c, (&q_block, dim, 1), (&k_block, 1, dim), false);
@@ -276,6 +277,18 @@ fn block<Q: FloatElement, T: FloatElement>(
     out
 }
 
+/// Kv head g's rows of keys 0..keys of sequence `seq` in a cache, as f32 [keys, D].
+#[inline(always)]
+fn gather<T: FloatElement>(cache: &[T], d: AttentionDims, seq: u32, g: usize, keys: usize) -> Vec<f32> {
+    let dim = d.cache.head_dim;
+    let mut block = vec![0f32; keys * dim];
+    for (u, row) in block.chunks_exact_mut(dim).enumerate() {
+        let at = d.cache.row_offset(seq, u as u32) + g * dim;
+        widen_into(&cache[at..at + dim], row);
+    }
+    block
+}
+
 /// One query row: `out` [D] = attention of `q_row` [D] (query head `head`) over keys
 /// 0 ..= pos of sequence `seq` (`slot` = (seq, pos)) in the caches [B, S, Hkv, D].
 #[inline(always)]
@@ -295,8 +308,13 @@ fn attend<Q: FloatElement, T: FloatElement>(
     let start = d.cache.row_offset(slot.0, 0) + head / d.group() * dim;
     let (stride, end) = (d.cache.row_len(), start + (keys - 1) * d.cache.row_len() + dim);
     let (k_head, v_head) = (&k[start..end], &v[start..end]);
-    let q_row: Vec<f32> = q_row.iter().map(|x| x.to_f32() * scale).collect();
-    let scores: Vec<f32> = k_head.chunks(stride).map(|k_u| dot(&q_row, &k_u[..dim])).collect();
+    let mut q_scaled = vec![0f32; dim];
+    widen_into(q_row, &mut q_scaled);
+    q_scaled.iter_mut().for_each(|x| *x *= scale);
+    let mut scores = vec![0f32; keys];
+    for (s, k_u) in scores.iter_mut().zip(k_head.chunks(stride)) {
+        *s = dot(&q_scaled, &k_u[..dim]);
+    }
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     out.fill(0.0);
     let mut sum = 0f64;

@@ -24,7 +24,6 @@
 use std::ops::Range;
 
 use super::cpu_fast::{Aligned, Dest, Isa, DECODE_MAX_TOKENS, MT, TILE_ROWS};
-use super::simd::CHUNK;
 use crate::{DType, Error, Result};
 
 /// Rows multiplied into a block's tokens together (each pair of weights broadcast once).
@@ -56,42 +55,43 @@ impl Pairs {
         }
     }
 
-    /// x in pairs, in `buffer` (its contents do not matter), from x [tokens, cols] in the
-    /// f32 prefill layout (`blocked`: blocks of MT tokens, column by column, the columns of
-    /// each chunk of 32 in the lane order `columns`), where the kernel applies to weights of
-    /// `dtype` on `isa` (every value of x a bf16); otherwise not ready.
-    pub(super) fn new(
-        isa: Isa,
-        dtype: DType,
-        blocked: &[f32],
-        columns: &[u8; CHUNK],
-        tokens: usize,
-        cols: usize,
-        buffer: Aligned<u32>,
-    ) -> Pairs {
-        let mut new = Pairs { data: buffer, pairs: 0, tokens: 0, ready: false };
-        if dtype != DType::BF16 || tokens <= DECODE_MAX_TOKENS || cols == 0 || !Self::supported(isa) {
+    /// No activations (not ready), holding `buffer` for the next ones.
+    pub(super) fn none(buffer: Aligned<u32>) -> Pairs {
+        Pairs { data: buffer, pairs: 0, tokens: 0, ready: false }
+    }
+
+    /// Whether the kernel applies to `tokens` tokens of `cols` columns for weights of
+    /// `dtype` on `isa` (when every value of x is a bf16).
+    pub(super) fn applies(isa: Isa, dtype: DType, tokens: usize, cols: usize) -> bool {
+        dtype == DType::BF16 && tokens > DECODE_MAX_TOKENS && cols > 0 && Self::supported(isa)
+    }
+
+    /// x [tokens, cols] in pairs, in `buffer` (its contents do not matter), where the kernel
+    /// [`applies`](Self::applies) and every value of x is a bf16; otherwise not ready.
+    /// Read row by row, each token's pairs written MT apart.
+    pub(super) fn new(isa: Isa, dtype: DType, x: &[f32], tokens: usize, cols: usize, buffer: Aligned<u32>) -> Pairs {
+        let mut new = Pairs::none(buffer);
+        if !Self::applies(isa, dtype, tokens, cols) {
             return new;
         }
-        let (pairs, blocks, in_pad) = (cols.div_ceil(2), tokens.div_ceil(MT), cols.next_multiple_of(CHUNK));
-        assert_eq!(blocked.len(), blocks * MT * in_pad, "infer_linear: blocked activations");
-        // Where column c's tokens are in a block: its lane in the chunk's order.
-        let mut lane = [0usize; CHUNK];
-        for (l, &c) in columns.iter().enumerate() {
-            lane[c as usize] = l;
-        }
-        let at = |c: usize| (c / CHUNK * CHUNK + lane[c % CHUNK]) * MT;
+        assert_eq!(x.len(), tokens * cols, "infer_linear: activations");
+        let (pairs, blocks) = (cols.div_ceil(2), tokens.div_ceil(MT));
         new.data.resize(blocks * pairs * MT);
+        // Padding tokens (the last block's, past `tokens`) hold zeros.
+        if !tokens.is_multiple_of(MT) {
+            new.data[(blocks - 1) * pairs * MT..].fill(0);
+        }
+        let bits = |v: f32| v.to_bits();
         let mut inexact = 0;
-        for (block, x) in new.data.chunks_exact_mut(pairs * MT).zip(blocked.chunks_exact(MT * in_pad)) {
-            // Padding columns (c ≥ cols, up to in_pad) and tokens hold zeros.
-            for (p, out) in block.chunks_exact_mut(MT).enumerate() {
-                let (even, odd) = (&x[at(2 * p)..at(2 * p) + MT], &x[at(2 * p + 1)..at(2 * p + 1) + MT]);
-                for ((o, e), d) in out.iter_mut().zip(even).zip(odd) {
-                    let (e, d) = (e.to_bits(), d.to_bits());
-                    inexact |= (e | d) & 0xffff;
-                    *o = e >> 16 | (d & 0xffff_0000);
-                }
+        for (t, row) in x.chunks_exact(cols).enumerate() {
+            let at = (t / MT) * pairs * MT + t % MT;
+            let block = &mut new.data[at..];
+            let whole = row.chunks_exact(2);
+            // An odd last column pairs with 0.
+            let last = whole.remainder().first().map(|&v| (bits(v), 0));
+            for (p, (e, d)) in whole.map(|c| (bits(c[0]), bits(c[1]))).chain(last).enumerate() {
+                inexact |= (e | d) & 0xffff;
+                block[p * MT] = e >> 16 | (d & 0xffff_0000);
             }
         }
         (new.pairs, new.tokens, new.ready) = (pairs, tokens, inexact == 0);

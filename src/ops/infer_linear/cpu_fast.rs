@@ -37,7 +37,6 @@
 
 use std::marker::PhantomData;
 use std::ops::Range;
-use std::sync::{Mutex, OnceLock};
 
 use rayon::prelude::*;
 
@@ -427,17 +426,14 @@ pub(crate) fn split_ranges(rows: usize, cost_before: impl Fn(usize) -> usize, pa
 /// whole 32-column chunks and, for bf16 weights, in the lane order the weights decode to.
 /// Decode keeps the rows as they are, [tokens, in_pad]; prefill pads the tokens to a
 /// multiple of [`MT`] (zero rows) and stores each block of MT tokens column by column,
-/// [tok_pad / MT, in_pad, MT], and makes [`Pairs`] from that when the AVX512-BF16 kernel
-/// first asks for them.
+/// [tok_pad / MT, in_pad, MT]. Where the AVX512-BF16 kernel applies and every value is a
+/// bf16, prefill holds x as [`Pairs`] only (its kernels then read nothing else).
 pub(crate) struct Activations {
     /// x padded, zeros beyond the data: [tokens, in_pad] in decode, [tok_pad / MT, in_pad,
-    /// MT] in prefill.
+    /// MT] in prefill; empty where `pairs` is ready.
     x: Aligned,
-    /// Prefill: x for the AVX512-BF16 kernel (not ready where it does not apply), once
-    /// asked for.
-    pairs: OnceLock<Pairs>,
-    /// The buffer of the previous pairs, reused (fresh pages cost a fault each).
-    spare: Mutex<Aligned<u32>>,
+    /// Prefill: x for the AVX512-BF16 kernel (not ready where it does not apply).
+    pairs: Pairs,
     isa: Isa,
     dtype: DType,
     cols: usize,
@@ -451,8 +447,7 @@ impl Activations {
     pub(crate) fn new(isa: Isa, dtype: DType, x: &[f32], tokens: usize, cols: usize) -> Self {
         let mut a = Activations {
             x: Aligned::default(),
-            pairs: OnceLock::new(),
-            spare: Mutex::default(),
+            pairs: Pairs::none(Aligned::default()),
             isa,
             dtype,
             cols,
@@ -469,6 +464,14 @@ impl Activations {
         debug_assert_eq!(x.len(), tokens * cols, "infer_linear: activations");
         let in_pad = cols.next_multiple_of(CHUNK);
         let tok_pad = if tokens <= DECODE_MAX_TOKENS { tokens } else { tokens.next_multiple_of(MT) };
+        (self.isa, self.dtype, self.cols, self.in_pad, self.tokens, self.tok_pad) =
+            (isa, dtype, cols, in_pad, tokens, tok_pad);
+        let buffer = std::mem::replace(&mut self.pairs, Pairs::none(Aligned::default())).into_buffer();
+        self.pairs = Pairs::new(isa, dtype, x, tokens, cols, buffer);
+        if self.pairs.ready() {
+            self.x.resize(0);
+            return;
+        }
         let columns = isa.columns(dtype);
         self.x.resize(tok_pad * in_pad);
         let rows = x.chunks_exact(cols.max(1)).take(tokens);
@@ -497,21 +500,11 @@ impl Activations {
                 }
             }
         }
-        if let Some(pairs) = self.pairs.take() {
-            *self.spare.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()) = pairs.into_buffer();
-        }
-        (self.isa, self.dtype, self.cols, self.in_pad, self.tokens, self.tok_pad) =
-            (isa, dtype, cols, in_pad, tokens, tok_pad);
     }
 
-    /// Prefill: x in bf16 pairs, ready where the AVX512-BF16 kernel applies (made from the
-    /// blocks on first use).
+    /// Prefill: x in bf16 pairs, ready where the AVX512-BF16 kernel applies.
     pub(super) fn pairs(&self) -> &Pairs {
-        self.pairs.get_or_init(|| {
-            let buffer = std::mem::take(&mut *self.spare.lock().unwrap_or_else(|p| p.into_inner()));
-            let columns = self.isa.columns(self.dtype);
-            Pairs::new(self.isa, self.dtype, &self.x, &columns, self.tokens, self.cols, buffer)
-        })
+        &self.pairs
     }
 
     /// Tokens.
@@ -942,7 +935,11 @@ unsafe fn part<S: Simd, T: Stored, Src: Source<T>>(
     out: Dest<'_>,
 ) -> Result<()> {
     assert_eq!((out.rows, out.tokens), (rows.len(), job.tokens), "infer_linear: output block size");
-    assert_eq!(job.x.len(), job.tok_pad * job.in_pad, "infer_linear: padded activations");
+    // Where x is held in bf16 pairs only, the masked bf16 prefill is the one kernel here
+    // that reads them (dense bf16 weights take `bf16_pairs::prefill` before this).
+    if job.x.len() != job.tok_pad * job.in_pad && !reads_pairs::<S, T, Src>(job) {
+        return Err(Error::invalid("infer_linear: activations held in bf16 pairs for another kernel"));
+    }
     // Rows in lockstep (independent weight streams and FMA chains) as many as the
     // accumulators, K·NT chunk-wide values, leave registers for: 32 AVX-512 registers, 16
     // AVX2 ones (a chunk is 2 AVX-512 or 4 AVX2 vectors).
@@ -1051,7 +1048,7 @@ unsafe fn prefill<S: Simd, T: Stored, Src: Source<T>>(
     // (2 threads, 512-token prompt, SmolLM2-135M shapes): the dense pairs run at the dense
     // model's speed from 50% to 80% pruned, where the kept pairs are 0.95x (70%) to 1.02x
     // (80%) of it; at 90% the kept pairs are 1.11x, the dense pairs 0.99x.
-    if Src::MASKED && T::DTYPE == DType::BF16 && S::LANES == 16 && job.pairs().ready() {
+    if reads_pairs::<S, T, Src>(job) {
         let stored = src.bytes_before(rows.end) - src.bytes_before(rows.start);
         return if 10 * stored >= 3 * 2 * rows.len() * job.cols {
             prefill_pairs::<S, T, Src>(job, src, rows, out)
@@ -1066,6 +1063,12 @@ unsafe fn prefill<S: Simd, T: Stored, Src: Source<T>>(
         (false, 16) => prefill_tiles::<S, T, Src, 2, 12>(job, src, rows, out),
         (false, _) => prefill_tiles::<S, T, Src, 4, 2>(job, src, rows, out),
     }
+}
+
+/// Whether [`prefill`] of `Src` rows reads x as bf16 pairs (masked bf16 rows with 16 lanes,
+/// pairs ready).
+fn reads_pairs<S: Simd, T: Stored, Src: Source<T>>(job: &Activations) -> bool {
+    Src::MASKED && T::DTYPE == DType::BF16 && S::LANES == 16 && job.pairs().ready()
 }
 
 /// [`prefill`] of masked bf16 rows where x is in bf16 pairs ([`super::bf16_pairs`]): each
@@ -1273,8 +1276,8 @@ unsafe fn prefill_kept<S: Simd, T: Stored, Src: Source<T>, const NV: usize, cons
         sums[..n_rows * tok_pad].fill(0.0);
         for s in 0..steps {
             for b in 0..tokens.div_ceil(MT) {
-                // SAFETY: block b holds in_pad · MT values; every `at` < in_pad · MT.
-                let x = job.x.as_ptr().add(b * MT * in_pad);
+                // Block b of x (read only without PAIRS, where it holds in_pad · MT values).
+                let x = job.x.as_ptr().wrapping_add(b * MT * in_pad);
                 let vectors = (tokens - b * MT).min(MT).div_ceil(S::LANES);
                 for i in 0..n_rows {
                     let list = starts[i * (steps + 1) + s]..starts[i * (steps + 1) + s + 1];
@@ -1288,6 +1291,8 @@ unsafe fn prefill_kept<S: Simd, T: Stored, Src: Source<T>, const NV: usize, cons
                         super::bf16_pairs::kept(job.pairs(), b, w, at, acc);
                         continue;
                     }
+                    // SAFETY: without PAIRS x is padded (`part` checks): block b holds
+                    // in_pad · MT values; every `at` < in_pad · MT.
                     match vectors {
                         1 => kept_micro::<S, 1>(w, at, x, acc),
                         2 => kept_micro::<S, 2>(w, at, x, acc),

@@ -33,7 +33,7 @@ use crate::ops::infer_linear::cpu_fast::{split_ranges, Activations, Dest, Isa, L
 use crate::ops::infer_linear::{Held, Stored};
 use crate::ops::kv_cache::{self, AttentionDims, CacheDims};
 use crate::ops::{rms_norm, rope, swiglu};
-use crate::{Error, Result, Tensor};
+use crate::{DType, Error, Result, Tensor};
 
 /// A buffer the members of a team share: written in disjoint parts within a phase, read
 /// after the sync that ends it.
@@ -80,10 +80,19 @@ impl<'a, T> Shared<'a, T> {
     }
 }
 
-/// `v` rounded to T, as an operation's output of that dtype is.
-#[inline]
+/// `v` rounded to T, as an operation's output of that dtype is. For bf16 the rounding of
+/// `half` (nearest, ties to even; a NaN stays NaN, made quiet) done without a branch, so
+/// that the loops over it vectorize (half's own conversion branches on NaN, which kept the
+/// rounding of a prefill's gate and up outputs scalar: ~7% of the step).
+#[inline(always)]
 fn round<T: Stored>(v: f32) -> f32 {
-    T::from_f32(v).to_f32()
+    if T::DTYPE != DType::BF16 {
+        return T::from_f32(v).to_f32();
+    }
+    let x = v.to_bits();
+    let nan = x & 0x7fff_ffff > 0x7f80_0000;
+    let nearest = x.wrapping_add(0x7fff + (x >> 16 & 1)) & 0xffff_0000;
+    f32::from_bits(if nan { (x | 0x0040_0000) & 0xffff_0000 } else { nearest })
 }
 
 /// The f32 values of a CPU tensor of element type T.
@@ -375,9 +384,9 @@ pub(super) fn step<T: Stored>(
             let part = p.mlp[i].clone();
             product(wg, isa, &act, part.clone(), &mut gate)?;
             product(wu, isa, &act, part.clone(), &mut up)?;
-            for v in gate.iter_mut().chain(up.iter_mut()) {
-                *v = round::<T>(*v);
-            }
+            // Two loops, not one over a chain: a chain's loop does not vectorize.
+            gate.iter_mut().for_each(|v| *v = round::<T>(*v));
+            up.iter_mut().for_each(|v| *v = round::<T>(*v));
             out.resize(up.len(), 0.0);
             swiglu::cpu::forward(&gate, &up, &mut out);
             unsafe { write_columns::<T>(&out, n, &m_s, hidden, part.start) };
@@ -403,6 +412,25 @@ pub(super) fn step<T: Stored>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The branch-free bf16 rounding against `half`'s, bit for bit: ties either way, the
+    /// largest finite values (rounding to infinity), infinities, quiet and signalling NaNs of
+    /// both signs, denormals, and a spread of every other pattern.
+    #[test]
+    fn bf16_rounding_is_halfs() {
+        let half_round = |x: u32| half::bf16::from_f32(f32::from_bits(x)).to_f32().to_bits();
+        let mut patterns: Vec<u32> = (0..=u32::MAX / 7919).map(|i| i * 7919).collect();
+        for high in (0..=0xffffu32).step_by(7) {
+            for low in [0, 1, 0x7fff, 0x8000, 0x8001, 0xffff] {
+                patterns.push(high << 16 | low);
+            }
+        }
+        patterns.extend([0x7f7f_ffff, 0xff7f_ffff, 0x7f80_0000, 0xff80_0000, 0x7f80_0001, 0xffc0_0000, 0x7fff_ffff]);
+        for x in patterns {
+            let got = round::<half::bf16>(f32::from_bits(x)).to_bits();
+            assert_eq!(got, half_round(x), "bits {x:#010x}: {got:#010x} against half's {:#010x}", half_round(x));
+        }
+    }
     use crate::infer::SparseMode;
     use crate::model::llama::{Llama, LlamaConfig};
     use crate::prune::select::Pattern;

@@ -1320,21 +1320,24 @@ unsafe fn prefill_kept<S: Simd, T: Stored, Src: Source<T>, const NV: usize, cons
 /// chains of fused multiply-adds overlap), added together at the end.
 #[inline(always)]
 unsafe fn kept_micro<S: Simd, const NV: usize>(ws: &[f32], ats: &[u32], x: *const f32, sums: *mut f32) {
-    let mut acc = [[S::zero_v(); NV]; 4];
-    let one = |set: &mut [S::V; NV], w: f32, at: u32| {
-        let (w, xk) = (S::splat_v(w), x.add(at as usize));
+    // A function, not a closure: a closure may be compiled apart from the caller's
+    // instruction set, its intrinsics then calls.
+    #[inline(always)]
+    unsafe fn one<S: Simd, const NV: usize>(set: &mut [S::V; NV], w: f32, xk: *const f32) {
+        let w = S::splat_v(w);
         for (v, a) in set.iter_mut().enumerate() {
             *a = S::fma_v(w, S::load_v(xk.add(v * S::LANES)), *a);
         }
-    };
+    }
+    let mut acc = [[S::zero_v(); NV]; 4];
     let quads = ws.len() / 4 * 4;
     for (w4, at4) in ws[..quads].chunks_exact(4).zip(ats[..quads].chunks_exact(4)) {
         for ((set, &w), &at) in acc.iter_mut().zip(w4).zip(at4) {
-            one(set, w, at);
+            one::<S, NV>(set, w, x.add(at as usize));
         }
     }
     for (&w, &at) in ws[quads..].iter().zip(&ats[quads..]) {
-        one(&mut acc[0], w, at);
+        one::<S, NV>(&mut acc[0], w, x.add(at as usize));
     }
     let [s0, s1, s2, s3] = acc;
     for (v, (((&a0, &a1), &a2), &a3)) in s0.iter().zip(&s1).zip(&s2).zip(&s3).enumerate() {

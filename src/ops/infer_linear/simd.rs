@@ -61,6 +61,7 @@ pub(crate) trait Simd: Copy {
     /// The nonzero lanes of `c` packed from the start: their values to `ws` and
     /// `at + lane·step` to `ats`; returns how many. Both have room for 32 elements (lanes
     /// past the count may be written too).
+    #[inline(always)]
     unsafe fn compress_nonzero(c: Self::C, at: u32, step: u32, ws: *mut f32, ats: *mut u32) -> usize {
         let mut lanes = [0f32; CHUNK];
         Self::store(c, lanes.as_mut_ptr());

@@ -404,32 +404,26 @@ mod tests {
         (a, b)
     }
 
-    #[test]
-    fn multi_output_nodes_get_each_gradient() {
+    /// x's gradient [1, 10]·∂y/∂x for y = `combine`(a, b, x) on a tape holding the node
+    /// (a, b) = (2x, 3x), x = [1, −2].
+    fn grad_through_two(combine: impl Fn(&mut Tape, &Tensor, &Tensor, &Tensor) -> Tensor) -> Vec<f32> {
         let x = t(&[1.0, -2.0]);
-        // Both outputs read: dx = 2·da + 3·db.
         let mut tape = Tape::new();
         tape.watch(&x);
         let (a, b) = two_outputs(&mut tape, &x);
-        let y = add(Some(&mut tape), &a, &b).unwrap();
+        let y = combine(&mut tape, &a, &b, &x);
         let mut grads = Grads::new();
         tape.backward_from(&y, t(&[1.0, 10.0]), &mut grads).unwrap();
-        assert_eq!(grads.get(&x).unwrap().to_f32_vec().unwrap(), [5.0, 50.0]);
+        grads.get(&x).unwrap().to_f32_vec().unwrap()
+    }
+
+    #[test]
+    fn multi_output_nodes_get_each_gradient() {
+        // Both outputs read: dx = 2·da + 3·db.
+        assert_eq!(grad_through_two(|tape, a, b, _| add(Some(tape), a, b).unwrap()), [5.0, 50.0]);
         // Only the second output read.
-        let mut tape = Tape::new();
-        tape.watch(&x);
-        let (_, b) = two_outputs(&mut tape, &x);
-        let y = add(Some(&mut tape), &b, &b).unwrap();
-        let mut grads = Grads::new();
-        tape.backward_from(&y, t(&[1.0, 10.0]), &mut grads).unwrap();
-        assert_eq!(grads.get(&x).unwrap().to_f32_vec().unwrap(), [6.0, 60.0]);
+        assert_eq!(grad_through_two(|tape, _, b, _| add(Some(tape), b, b).unwrap()), [6.0, 60.0]);
         // Neither output read: the node is skipped.
-        let mut tape = Tape::new();
-        tape.watch(&x);
-        let _ = two_outputs(&mut tape, &x);
-        let y = add(Some(&mut tape), &x, &x).unwrap();
-        let mut grads = Grads::new();
-        tape.backward_from(&y, t(&[1.0, 10.0]), &mut grads).unwrap();
-        assert_eq!(grads.get(&x).unwrap().to_f32_vec().unwrap(), [2.0, 20.0]);
+        assert_eq!(grad_through_two(|tape, _, _, x| add(Some(tape), x, x).unwrap()), [2.0, 20.0]);
     }
 }

@@ -412,6 +412,11 @@ pub(super) fn step<T: Stored>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::infer::SparseMode;
+    use crate::model::llama::{Llama, LlamaConfig};
+    use crate::prune::select::Pattern;
+    use crate::testing::{awkward_llama, magnitude_pruned};
+    use crate::{DType, Device};
 
     /// The branch-free bf16 rounding against `half`'s, bit for bit: ties either way, the
     /// largest finite values (rounding to infinity), infinities, quiet and signalling NaNs of
@@ -431,11 +436,6 @@ mod tests {
             assert_eq!(got, half_round(x), "bits {x:#010x}: {got:#010x} against half's {:#010x}", half_round(x));
         }
     }
-    use crate::infer::SparseMode;
-    use crate::model::llama::{Llama, LlamaConfig};
-    use crate::prune::select::Pattern;
-    use crate::testing::{awkward_llama, magnitude_pruned};
-    use crate::{DType, Device};
 
     /// The tiny config with room for the 70-token prompt.
     fn long_tiny() -> LlamaConfig {

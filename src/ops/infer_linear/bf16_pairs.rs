@@ -62,7 +62,7 @@ impl Pairs {
 
     /// Whether the kernel applies to `tokens` tokens of `cols` columns for weights of
     /// `dtype` on `isa` (when every value of x is a bf16).
-    pub(super) fn applies(isa: Isa, dtype: DType, tokens: usize, cols: usize) -> bool {
+    fn applies(isa: Isa, dtype: DType, tokens: usize, cols: usize) -> bool {
         dtype == DType::BF16 && tokens > DECODE_MAX_TOKENS && cols > 0 && Self::supported(isa)
     }
 
@@ -81,15 +81,14 @@ impl Pairs {
         if !tokens.is_multiple_of(MT) {
             new.data[(blocks - 1) * pairs * MT..].fill(0);
         }
-        let bits = |v: f32| v.to_bits();
         let mut inexact = 0;
         for (t, row) in x.chunks_exact(cols).enumerate() {
             let at = (t / MT) * pairs * MT + t % MT;
             let block = &mut new.data[at..];
             let whole = row.chunks_exact(2);
             // An odd last column pairs with 0.
-            let last = whole.remainder().first().map(|&v| (bits(v), 0));
-            for (p, (e, d)) in whole.map(|c| (bits(c[0]), bits(c[1]))).chain(last).enumerate() {
+            let last = whole.remainder().first().map(|v| (v.to_bits(), 0));
+            for (p, (e, d)) in whole.map(|c| (c[0].to_bits(), c[1].to_bits())).chain(last).enumerate() {
                 inexact |= (e | d) & 0xffff;
                 block[p * MT] = e >> 16 | (d & 0xffff_0000);
             }

@@ -434,8 +434,6 @@ pub(crate) struct Activations {
     x: Aligned,
     /// Prefill: x for the AVX512-BF16 kernel (not ready where it does not apply).
     pairs: Pairs,
-    isa: Isa,
-    dtype: DType,
     cols: usize,
     in_pad: usize,
     tokens: usize,
@@ -448,8 +446,6 @@ impl Activations {
         let mut a = Activations {
             x: Aligned::default(),
             pairs: Pairs::none(Aligned::default()),
-            isa,
-            dtype,
             cols,
             in_pad: 0,
             tokens: 0,
@@ -464,8 +460,7 @@ impl Activations {
         debug_assert_eq!(x.len(), tokens * cols, "infer_linear: activations");
         let in_pad = cols.next_multiple_of(CHUNK);
         let tok_pad = if tokens <= DECODE_MAX_TOKENS { tokens } else { tokens.next_multiple_of(MT) };
-        (self.isa, self.dtype, self.cols, self.in_pad, self.tokens, self.tok_pad) =
-            (isa, dtype, cols, in_pad, tokens, tok_pad);
+        (self.cols, self.in_pad, self.tokens, self.tok_pad) = (cols, in_pad, tokens, tok_pad);
         let buffer = std::mem::replace(&mut self.pairs, Pairs::none(Aligned::default())).into_buffer();
         self.pairs = Pairs::new(isa, dtype, x, tokens, cols, buffer);
         if self.pairs.ready() {

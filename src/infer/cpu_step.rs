@@ -14,8 +14,8 @@
 //!      q|k|v (by bytes read) and write qkv [N, (Hq + 2·Hkv)·hd]
 //!   2. units (token, head): RoPE of q in place; RoPE of k, then k and v into the cache
 //!   3. attention over the cache → a [N, Hq·hd], in the tasks of the operation's fast path
-//!      (`kv_cache::cpu_fast::tasks`: blocks of a sequence's rows per kv head, or single
-//!      (token, q head)), dealt round-robin
+//!      (`kv_cache::cpu_fast::tasks`: blocks of a sequence's rows per kv head, dealt
+//!      round-robin, or single (token, q head), in contiguous runs)
 //!   4. rows of Wo split: x[:, rows] += a·Wo[rows]ᵀ
 //!   5. h = rms_norm(x); indices of F split: m[:, i] = silu(h·Wg[i]) · (h·Wu[i]) [N, F]
 //!   6. rows of Wd split: x[:, rows] += m·Wd[rows]ᵀ
@@ -277,7 +277,8 @@ pub(super) fn step<T: Stored>(
     // The caches [B, S, Hkv, hd] of every layer, written in place.
     let cache_dims = CacheDims { sequences: cache.batch(), capacity: cache.capacity(), kv_heads: hkv, head_dim: hd };
     let att = AttentionDims { cache: cache_dims, q_heads: hq };
-    let attention_tasks = kv_cache::cpu_fast::tasks(att, seqs);
+    let (attention_blocks, attention_rows): (Vec<_>, Vec<_>) =
+        kv_cache::cpu_fast::tasks(att, seqs).into_iter().partition(|t| matches!(t, kv_cache::cpu_fast::Task::Block { .. }));
     // RoPE's (sin, cos) for each token's position, [N, hd/2].
     let half = hd / 2;
     let mut tables = Vec::with_capacity(n * half);
@@ -359,10 +360,13 @@ pub(super) fn step<T: Stored>(
             }
             me.sync()?;
             // 3. Attention: this member's tasks (blocks of a sequence's rows per kv head,
-            //    or single (token, q head)), dealt round-robin (later blocks see more keys).
+            //    dealt round-robin as later blocks see more keys; single (token, q head) in
+            //    one contiguous run, so that the query heads of a kv head mostly fall to one
+            //    member and its keys and values are fetched from memory once).
             let (kc, vc) = unsafe { (k_caches[l].all(), v_caches[l].all()) };
             let q = unsafe { qkv_s.all() };
-            for task in attention_tasks.iter().skip(i).step_by(me.count()) {
+            let blocks = attention_blocks.iter().skip(i).step_by(me.count());
+            for task in blocks.chain(&attention_rows[me.share(attention_rows.len())]) {
                 let inputs = kv_cache::cpu_fast::Inputs { q, q_stride: qkv_dim, k: kc, v: vc, d: att, seqs, positions };
                 let o = kv_cache::cpu_fast::run(task, &inputs);
                 let mut from = 0;

@@ -6,9 +6,9 @@
 //!   the gemm crate, e = exp(S − row max) on each row's own keys u ≤ position (0 beyond),
 //!   O = e·V / Σ e (\[`block`\]);
 //! - any other row, one task per (row n, query head h) (\[`attend`\]): two passes over the
-//!   keys 0 ..= positions\[n\], scores s_u = (c·q)·k_u and their max, then p_u = e^{s_u − max},
-//!   o = Σ_u p_u·v_u / Σ_u p_u; the loops over D auto-vectorize (the dot product keeps 8
-//!   partial sums).
+//!   keys 0 ..= positions\[n\], scores s_u = (c·q)·k_u and their max, then p_u = e^{s_u − max}
+//!   for all u in one loop, o = Σ_u p_u·v_u / Σ_u p_u with o's columns summed in registers;
+//!   every loop auto-vectorizes.
 //!
 //! Sums of p in f64. Tested against the reference in `super::tests`.
 
@@ -20,19 +20,54 @@ use super::cpu::AttentionDims;
 use crate::ops::matmul::cpu::strided;
 use crate::storage::FloatElement;
 
-/// a·b with `b` widened to f32, in 8 independent partial sums so that it vectorizes.
+/// scores\[u\] = q·keys_u for key rows [keys, D] with a stride of `stride` elements (`q` is
+/// [D] f32, the keys widened). Two loops: each key's products summed in 16 partial sums
+/// (one AVX-512 register; [`LANES`]), stored, and then each key's partial sums added as a
+/// tree. Reducing within the first loop made the compiler vectorize it two lanes wide.
 #[inline(always)]
-fn dot<T: FloatElement>(a: &[f32], b: &[T]) -> f32 {
-    const LANES: usize = 8;
-    let (a8, b8) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y.to_f32()).sum();
-    let mut partial = [0f32; LANES];
-    for (x, y) in a8.zip(b8) {
-        for i in 0..LANES {
-            partial[i] += x[i] * y[i].to_f32();
+fn scores_into<T: FloatElement>(q: &[f32], keys: &[T], stride: usize, scores: &mut [f32]) {
+    let dim = q.len();
+    let (q16, q_tail) = q.as_chunks::<LANES>();
+    let mut partials = vec![[0f32; LANES]; scores.len()];
+    for ((partial, key), s) in partials.iter_mut().zip(keys.chunks(stride)).zip(scores.iter_mut()) {
+        let (k16, k_tail) = key[..dim].as_chunks::<LANES>();
+        let mut acc = [0f32; LANES];
+        for (x, y) in q16.iter().zip(k16) {
+            for i in 0..LANES {
+                acc[i] += x[i] * wide(y[i]);
+            }
         }
+        *partial = acc;
+        *s = q_tail.iter().zip(k_tail).map(|(x, y)| x * wide(*y)).sum();
     }
-    partial.iter().sum::<f32>() + tail
+    for (s, partial) in scores.iter_mut().zip(&partials) {
+        let mut p = *partial;
+        let mut width = LANES;
+        while width > 1 {
+            width /= 2;
+            for i in 0..width {
+                p[i] += p[i + width];
+            }
+        }
+        *s += p[0];
+    }
+}
+
+/// Partial sums of a decode row's scores.
+const LANES: usize = 16;
+
+/// `v` widened to f32. A bf16 is its bits shifted into the high half (exact, and no NaN
+/// test: `half`'s conversion quiets a signalling NaN, a branch in every widening loop; the
+/// NaN stays a NaN either way).
+#[inline(always)]
+fn wide<T: FloatElement>(v: T) -> f32 {
+    if T::DTYPE == crate::DType::BF16 && std::mem::size_of::<T>() == 2 {
+        // SAFETY: T is bf16, two bytes.
+        let bits: u16 = unsafe { std::mem::transmute_copy(&v) };
+        f32::from_bits(u32::from(bits) << 16)
+    } else {
+        v.to_f32()
+    }
 }
 
 /// `out` = `values` widened to f32. A plain loop, not an iterator collected: a collect's
@@ -41,7 +76,7 @@ fn dot<T: FloatElement>(a: &[f32], b: &[T]) -> f32 {
 #[inline(always)]
 fn widen_into<T: FloatElement>(values: &[T], out: &mut [f32]) {
     for (o, v) in out.iter_mut().zip(values) {
-        *o = v.to_f32();
+        *o = wide(*v);
     }
 }
 
@@ -312,19 +347,49 @@ fn attend<Q: FloatElement, T: FloatElement>(
     widen_into(q_row, &mut q_scaled);
     q_scaled.iter_mut().for_each(|x| *x *= scale);
     let mut scores = vec![0f32; keys];
-    for (s, k_u) in scores.iter_mut().zip(k_head.chunks(stride)) {
-        *s = dot(&q_scaled, &k_u[..dim]);
-    }
+    scores_into(&q_scaled, k_head, stride, &mut scores);
+    // p_u = e^{s_u - max} over all keys at once (the exponential has no branch, so this
+    // vectorizes), then o = Σ p_u·v_u / Σ p_u.
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    out.fill(0.0);
-    let mut sum = 0f64;
-    for (v_u, s) in v_head.chunks(stride).zip(scores) {
-        let p = exp_nonpositive(s - max);
-        sum += p as f64;
-        for (acc, x) in out.iter_mut().zip(&v_u[..dim]) {
-            *acc += p * x.to_f32();
-        }
-    }
+    scores.iter_mut().for_each(|s| *s = exp_nonpositive(*s - max));
+    let sum = sum_f64(&scores);
+    weighted_rows(&scores, v_head, stride, out);
     let inv = (1.0 / sum) as f32;
     out.iter_mut().for_each(|x| *x *= inv);
+}
+
+/// `out` [D] = Σ_u p_u·rows_u for rows [keys, D] with a stride of `stride` elements. Each
+/// run of WIDTH columns is summed in registers over all keys, even and odd keys in two
+/// separate sums (added at the end) so that consecutive keys do not wait on each other's
+/// additions; the last columns (D not a multiple of WIDTH) in one plain sum.
+#[inline(always)]
+fn weighted_rows<T: FloatElement>(p: &[f32], rows: &[T], stride: usize, out: &mut [f32]) {
+    const WIDTH: usize = 32;
+    let dim = out.len();
+    let whole = dim - dim % WIDTH;
+    for c in (0..whole).step_by(WIDTH) {
+        let (mut even, mut odd) = ([0f32; WIDTH], [0f32; WIDTH]);
+        let mut keys = rows.chunks(stride).zip(p);
+        while let Some((r0, &p0)) = keys.next() {
+            let r0 = &r0[c..c + WIDTH];
+            for i in 0..WIDTH {
+                even[i] += p0 * wide(r0[i]);
+            }
+            if let Some((r1, &p1)) = keys.next() {
+                let r1 = &r1[c..c + WIDTH];
+                for i in 0..WIDTH {
+                    odd[i] += p1 * wide(r1[i]);
+                }
+            }
+        }
+        for ((o, e), d) in out[c..c + WIDTH].iter_mut().zip(even).zip(odd) {
+            *o = e + d;
+        }
+    }
+    out[whole..].fill(0.0);
+    for (row, &p_u) in rows.chunks(stride).zip(p) {
+        for (acc, x) in out[whole..].iter_mut().zip(&row[whole..dim]) {
+            *acc += p_u * wide(*x);
+        }
+    }
 }

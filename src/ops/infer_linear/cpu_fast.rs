@@ -5,7 +5,10 @@
 //!
 //! - Decode (tokens ≤ [`DECODE_MAX_TOKENS`]): a GEMV; each weight chunk is read once and
 //!   multiplied into every token's accumulators. Up to four rows, from four parts of the
-//!   row range, are read in lockstep: four weight streams from memory at once.
+//!   row range, are read in lockstep: four weight streams from memory at once. For bf16
+//!   weights and activations on a CPU with AVX-512 VBMI2 and BF16, the chunks stay bf16
+//!   (a masked chunk spread by `vpexpandw`) and `vdpbf16ps` multiplies them into x held in
+//!   bf16 pairs ([`Gemv`]): one instruction where the f32 path widens and runs two FMAs.
 //! - Prefill: the tokens are padded to a multiple of [`MT`] and stored in blocks of MT
 //!   tokens column by column ([block][column][token]). Output rows go in tiles of
 //!   [`TILE_ROWS`].
@@ -434,6 +437,10 @@ pub(crate) struct Activations {
     x: Aligned,
     /// Prefill: x for the AVX512-BF16 kernel (not ready where it does not apply).
     pairs: Pairs,
+    /// Decode: x [tokens, in_pad / 2] in bf16 pairs (columns 2p and 2p + 1 of a token in u32
+    /// p, the even one low; zeros beyond the data) for the AVX512-BF16 GEMV, where it
+    /// applies and every value of x is a bf16; empty otherwise.
+    words: Aligned<u32>,
     cols: usize,
     in_pad: usize,
     tokens: usize,
@@ -446,6 +453,7 @@ impl Activations {
         let mut a = Activations {
             x: Aligned::default(),
             pairs: Pairs::none(Aligned::default()),
+            words: Aligned::default(),
             cols,
             in_pad: 0,
             tokens: 0,
@@ -467,6 +475,7 @@ impl Activations {
             self.x.resize(0);
             return;
         }
+        self.fill_words(isa, dtype, x, tokens);
         let columns = isa.columns(dtype);
         self.x.resize(tok_pad * in_pad);
         let rows = x.chunks_exact(cols.max(1)).take(tokens);
@@ -495,6 +504,39 @@ impl Activations {
                 }
             }
         }
+    }
+
+    /// Decode: `words` for x [tokens, cols] where the AVX512-BF16 GEMV applies (AVX-512
+    /// with VBMI2 and BF16, bf16 weights) and every value of x is a bf16; else empty.
+    fn fill_words(&mut self, isa: Isa, dtype: DType, x: &[f32], tokens: usize) {
+        self.words.resize(0);
+        let applies = isa == Isa::Avx512Vbmi2 && dtype == DType::BF16 && self.cols > 0 && Pairs::supported(isa);
+        if !applies || !self.is_decode() {
+            return;
+        }
+        let (cols, width) = (self.cols, self.in_pad / 2);
+        self.words.resize(tokens * width);
+        let mut inexact = 0;
+        for (row, dst) in x.chunks_exact(cols).zip(self.words.chunks_exact_mut(width)) {
+            let whole = row.chunks_exact(2);
+            // An odd last column pairs with 0.
+            let last = whole.remainder().first().map(|v| (v.to_bits(), 0));
+            let pairs = whole.map(|c| (c[0].to_bits(), c[1].to_bits())).chain(last);
+            let (data, pad) = dst.split_at_mut(cols.div_ceil(2));
+            for (d, (e, o)) in data.iter_mut().zip(pairs) {
+                inexact |= (e | o) & 0xffff;
+                *d = e >> 16 | (o & 0xffff_0000);
+            }
+            pad.fill(0);
+        }
+        if inexact != 0 {
+            self.words.resize(0);
+        }
+    }
+
+    /// Decode: x in bf16 pairs ([`Self::fill_words`]), if held.
+    fn words(&self) -> Option<&[u32]> {
+        (!self.words.is_empty()).then_some(&self.words[..])
     }
 
     /// Prefill: x in bf16 pairs, ready where the AVX512-BF16 kernel applies.
@@ -619,7 +661,7 @@ trait Source<T: Stored>: Sync {
     /// Whether rows keep some columns only (prefill then skips the others).
     const MASKED: bool;
     /// Reads one row.
-    type Reader<'s>: RowReader
+    type Reader<'s>: RowReader<T>
     where
         Self: 's,
         T: 's;
@@ -636,20 +678,51 @@ trait Source<T: Stored>: Sync {
     fn bytes_before(&self, r: usize) -> usize;
 }
 
-/// One row's weights, chunk by chunk in order, as f32 in the decoder's lane order.
-trait RowReader {
-    /// Chunk `ch`, wholly inside the row (32·ch + 32 ≤ cols): no branch, no call.
+/// One row's weights, chunk by chunk in order: where each chunk's values are and which
+/// columns they fill ([`RowReader::full_at`], [`RowReader::tail_at`]), or the chunk decoded
+/// as f32 in the decoder's lane order ([`RowReader::full`], [`RowReader::tail`]).
+trait RowReader<T: Stored> {
+    /// Every chunk is whole: the columns are all the chunk's (a dense row).
+    const DENSE: bool;
+    /// Chunk `ch`, wholly inside the row (32·ch + 32 ≤ cols): the mask of its columns that
+    /// hold a value (all 32 bits where [`Self::DENSE`]) and its first value, from which 32
+    /// values are readable; the reader moves past its values. No branch, no call.
     ///
     /// # Safety
-    /// The CPU runs `S`.
-    unsafe fn full<S: Simd>(&mut self, ch: usize) -> S::C;
-    /// The last chunk of a row whose length is not a multiple of 32 (ch = cols / 32).
+    /// The CPU runs `S`; chunks are read in order.
+    unsafe fn full_at<S: Simd>(&mut self, ch: usize) -> (u32, *const T);
+    /// The same for the last chunk of a row whose length is not a multiple of 32
+    /// (ch = cols / 32): no bit beyond the row is set.
     ///
     /// # Safety
-    /// The CPU runs `S`.
-    unsafe fn tail<S: Simd>(&mut self, ch: usize) -> S::C;
+    /// The CPU runs `S`; chunks are read in order.
+    unsafe fn tail_at<S: Simd>(&mut self, ch: usize) -> (u32, *const T);
     /// Error unless the row's mask kept exactly its values.
     fn finish(&self) -> Result<()>;
+
+    /// Chunk `ch` ([`Self::full_at`]) decoded.
+    ///
+    /// # Safety
+    /// The CPU runs `S`; chunks are read in order.
+    #[inline(always)]
+    unsafe fn full<S: Simd>(&mut self, ch: usize) -> S::C {
+        let (bits, at) = self.full_at::<S>(ch);
+        if Self::DENSE {
+            T::chunk::<S>(at)
+        } else {
+            T::expand::<S>(bits, at)
+        }
+    }
+
+    /// The last chunk ([`Self::tail_at`]) decoded, zeros beyond the row.
+    ///
+    /// # Safety
+    /// The CPU runs `S`; chunks are read in order.
+    #[inline(always)]
+    unsafe fn tail<S: Simd>(&mut self, ch: usize) -> S::C {
+        let (bits, at) = self.tail_at::<S>(ch);
+        T::expand::<S>(bits, at)
+    }
 }
 
 /// Chunk `ch` of a row of `cols` columns: [`RowReader::full`] or [`RowReader::tail`].
@@ -657,7 +730,7 @@ trait RowReader {
 /// # Safety
 /// The CPU runs `S`; 32·ch < cols.
 #[inline(always)]
-unsafe fn chunk_of<S: Simd, R: RowReader>(reader: &mut R, ch: usize, cols: usize) -> S::C {
+unsafe fn chunk_of<S: Simd, T: Stored, R: RowReader<T>>(reader: &mut R, ch: usize, cols: usize) -> S::C {
     if (ch + 1) * CHUNK <= cols {
         reader.full::<S>(ch)
     } else {
@@ -695,17 +768,18 @@ impl<T: Stored> Source<T> for DenseSource<'_, T> {
     }
 }
 
-impl<T: Stored> RowReader for DenseRow<'_, T> {
+impl<T: Stored> RowReader<T> for DenseRow<'_, T> {
+    const DENSE: bool = true;
     #[inline(always)]
-    unsafe fn full<S: Simd>(&mut self, ch: usize) -> S::C {
+    unsafe fn full_at<S: Simd>(&mut self, ch: usize) -> (u32, *const T) {
         S::prefetch(self.row.as_ptr().wrapping_add(ch * CHUNK + prefetch_ahead::<T>()).cast());
         // SAFETY: the row is readable up to cols rounded up to 32 (`padded`).
-        T::chunk::<S>(self.row.as_ptr().add(ch * CHUNK))
+        (u32::MAX, self.row.as_ptr().add(ch * CHUNK))
     }
     #[inline(always)]
-    unsafe fn tail<S: Simd>(&mut self, ch: usize) -> S::C {
+    unsafe fn tail_at<S: Simd>(&mut self, ch: usize) -> (u32, *const T) {
         // The row's own columns as a masked chunk: lanes past the row are zero.
-        T::expand::<S>(low_lanes(self.cols - ch * CHUNK), self.row.as_ptr().add(ch * CHUNK))
+        (low_lanes(self.cols - ch * CHUNK), self.row.as_ptr().add(ch * CHUNK))
     }
     #[inline(always)]
     fn finish(&self) -> Result<()> {
@@ -744,36 +818,36 @@ impl<'a, T: Stored> MaskedRow<'a, T> {
         MaskedRow { next: values.as_ptr(), first: values.as_ptr(), mask, cols, count, _values: PhantomData }
     }
 
-    /// The values of mask `bits` from the pointer, which moves past them.
+    /// (`bits`, where the values of mask `bits` start); the pointer moves past them.
     ///
     /// # Safety
     /// The CPU runs `S`; `bits` is the mask of a chunk of this row, in order.
     #[inline(always)]
-    unsafe fn expand<S: Simd>(&mut self, bits: u32) -> S::C {
+    unsafe fn take<S: Simd>(&mut self, bits: u32) -> (u32, *const T) {
         let at = self.next;
-        // SAFETY (this and the read): the masks of the chunks read so far keep at most
-        // `cols` columns, so `at` is at most `cols` values past `first` and 32 values from
-        // it are readable (`new`).
+        // SAFETY: the masks of the chunks read so far keep at most `cols` columns, so `at`
+        // is at most `cols` values past `first` and 32 values from it are readable (`new`).
         self.next = at.add(bits.count_ones() as usize);
         S::prefetch(at.wrapping_add(prefetch_ahead::<T>()).cast());
-        T::expand::<S>(bits, at)
+        (bits, at)
     }
 }
 
-impl<T: Stored> RowReader for MaskedRow<'_, T> {
+impl<T: Stored> RowReader<T> for MaskedRow<'_, T> {
+    const DENSE: bool = false;
     #[inline(always)]
-    unsafe fn full<S: Simd>(&mut self, ch: usize) -> S::C {
+    unsafe fn full_at<S: Simd>(&mut self, ch: usize) -> (u32, *const T) {
         // SAFETY: the row's mask holds cols/8 ≥ 4·ch + 4 bytes.
         let bits = self.mask.as_ptr().add(4 * ch).cast::<u32>().read_unaligned();
-        self.expand::<S>(bits)
+        self.take::<S>(bits)
     }
     #[inline(always)]
-    unsafe fn tail<S: Simd>(&mut self, ch: usize) -> S::C {
+    unsafe fn tail_at<S: Simd>(&mut self, ch: usize) -> (u32, *const T) {
         let mut bits = 0u32;
         for (i, &b) in self.mask[4 * ch..].iter().take(4).enumerate() {
             bits |= (b as u32) << (8 * i);
         }
-        self.expand::<S>(bits & low_lanes(self.cols - ch * CHUNK))
+        self.take::<S>(bits & low_lanes(self.cols - ch * CHUNK))
     }
     #[inline(always)]
     fn finish(&self) -> Result<()> {
@@ -877,9 +951,14 @@ fn run_part<T: Stored, Src: Source<T>>(
     rows: Range<usize>,
     out: Dest<'_>,
 ) -> Result<()> {
-    // SAFETY: `linear` checked that this CPU runs `isa`; `part` checks its slices.
+    // SAFETY: `linear` checked that this CPU runs `isa`; `part` checks its slices; words
+    // are held only where this CPU has AVX512-BF16 and `isa` is AVX-512 with VBMI2.
     unsafe {
         match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vbmi2 if T::DTYPE == DType::BF16 && job.words().is_some() => {
+                x86::avx512_bf16_decode(job, src, rows, out)
+            }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vbmi2 => x86::avx512_vbmi2(job, src, rows, out),
             #[cfg(target_arch = "x86_64")]
@@ -895,8 +974,10 @@ fn run_part<T: Stored, Src: Source<T>>(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use std::arch::x86_64::*;
+
     use super::*;
-    use crate::ops::infer_linear::simd::{Avx2, Avx512};
+    use crate::ops::infer_linear::simd::{expand_words, Avx2, Avx512};
 
     /// An entry point compiled for one instruction set; the kernels inline into it.
     macro_rules! entry {
@@ -916,6 +997,87 @@ mod x86 {
     entry!(avx512_vbmi2, "avx512f,avx512bw,avx512vl,avx512vbmi2,avx2,fma,popcnt", Avx512<true>);
     entry!(avx512, "avx512f,avx512bw,avx512vl,avx2,fma,popcnt", Avx512<false>);
     entry!(avx2, "avx2,fma,popcnt", Avx2);
+
+    /// The decode of bf16 weights with x held in bf16 pairs ([`Activations::fill_words`]),
+    /// by [`Bf16Gemv`].
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 with VBMI2 and BF16; T is bf16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi2,avx512bf16,avx2,fma,popcnt")]
+    pub(super) unsafe fn avx512_bf16_decode<T: Stored, Src: Source<T>>(
+        job: &Activations,
+        src: &Src,
+        rows: Range<usize>,
+        out: Dest<'_>,
+    ) -> Result<()> {
+        assert_eq!(T::DTYPE, DType::BF16, "infer_linear: the bf16 GEMV reads bf16 weights");
+        let words = job.words().expect("infer_linear: the bf16 GEMV needs x in bf16 pairs");
+        assert_eq!((out.rows, out.tokens), (rows.len(), job.tokens), "infer_linear: output block size");
+        assert_eq!(words.len(), job.tokens * job.in_pad / 2, "infer_linear: x in bf16 pairs");
+        let g = Bf16Gemv { x: words.as_ptr(), width: job.in_pad / 2, cols: job.cols };
+        // One sum register per (row, token): four rows in lockstep for up to four tokens.
+        match job.tokens {
+            1 => decode::<_, T, Src, 1, 4>(g, src, rows, out),
+            2 => decode::<_, T, Src, 2, 4>(g, src, rows, out),
+            3 => decode::<_, T, Src, 3, 4>(g, src, rows, out),
+            4 => decode::<_, T, Src, 4, 4>(g, src, rows, out),
+            n => Err(Error::invalid(format!("infer_linear: the bf16 GEMV takes 1 to 4 tokens, not {n}"))),
+        }
+    }
+
+    /// Chunks as 32 bf16 in column order (a masked chunk's values spread over its columns
+    /// by `vpexpandw`), multiplied into x's pairs by `vdpbf16ps`: 16 sums, each of two
+    /// exact products, where the f32 path widens the chunk into two vectors and runs two
+    /// fused multiply-adds. Like the prefill's pairs, it flushes denormal inputs and sums to
+    /// zero.
+    #[derive(Clone, Copy)]
+    pub(super) struct Bf16Gemv {
+        /// x [tokens, width] in pairs.
+        x: *const u32,
+        /// Pairs per token (in_pad / 2).
+        width: usize,
+        cols: usize,
+    }
+
+    impl<T: Stored> Gemv<T> for Bf16Gemv {
+        type S = Avx512<true>;
+        type W = __m512i;
+        type A = __m512;
+        #[inline(always)]
+        unsafe fn zero() -> __m512 {
+            _mm512_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn full<R: RowReader<T>>(reader: &mut R, ch: usize) -> __m512i {
+            let (bits, at) = reader.full_at::<Self::S>(ch);
+            // SAFETY: 32 values are readable at `at` (RowReader), bf16 (the entry checks).
+            let words = _mm512_loadu_si512(at.cast());
+            if R::DENSE {
+                words
+            } else {
+                expand_words(bits, words)
+            }
+        }
+        #[inline(always)]
+        unsafe fn tail<R: RowReader<T>>(reader: &mut R, ch: usize) -> __m512i {
+            let (bits, at) = reader.tail_at::<Self::S>(ch);
+            expand_words(bits, _mm512_loadu_si512(at.cast()))
+        }
+        #[inline(always)]
+        unsafe fn fma<const NT: usize>(self, acc: &mut [__m512; NT], w: __m512i, ch: usize) {
+            for (t, a) in acc.iter_mut().enumerate() {
+                let x = _mm512_loadu_si512(self.x.add(t * self.width + ch * CHUNK / 2).cast());
+                *a = _mm512_dpbf16_ps(*a, std::mem::transmute::<__m512i, __m512bh>(w), std::mem::transmute::<__m512i, __m512bh>(x));
+            }
+        }
+        #[inline(always)]
+        unsafe fn sum(acc: __m512) -> f32 {
+            _mm512_reduce_add_ps(acc)
+        }
+        fn cols(self) -> usize {
+            self.cols
+        }
+    }
 }
 
 /// Rows `rows` of y (transposed, `out` [rows.len(), tokens]): decode or prefill.
@@ -940,15 +1102,108 @@ unsafe fn part<S: Simd, T: Stored, Src: Source<T>>(
     // AVX2 ones (a chunk is 2 AVX-512 or 4 AVX2 vectors).
     let wide = S::LANES >= 16;
     match (job.tokens, wide) {
-        (1, true) => decode::<S, T, Src, 1, 4>(job, src, rows, out),
-        (2, true) => decode::<S, T, Src, 2, 4>(job, src, rows, out),
-        (3, true) => decode::<S, T, Src, 3, 2>(job, src, rows, out),
-        (4, true) => decode::<S, T, Src, 4, 2>(job, src, rows, out),
-        (1, false) => decode::<S, T, Src, 1, 2>(job, src, rows, out),
-        (2, false) => decode::<S, T, Src, 2, 2>(job, src, rows, out),
-        (3, false) => decode::<S, T, Src, 3, 1>(job, src, rows, out),
-        (4, false) => decode::<S, T, Src, 4, 1>(job, src, rows, out),
+        (1, true) => decode::<_, T, Src, 1, 4>(F32Gemv::<S>::new(job), src, rows, out),
+        (2, true) => decode::<_, T, Src, 2, 4>(F32Gemv::<S>::new(job), src, rows, out),
+        (3, true) => decode::<_, T, Src, 3, 2>(F32Gemv::<S>::new(job), src, rows, out),
+        (4, true) => decode::<_, T, Src, 4, 2>(F32Gemv::<S>::new(job), src, rows, out),
+        (1, false) => decode::<_, T, Src, 1, 2>(F32Gemv::<S>::new(job), src, rows, out),
+        (2, false) => decode::<_, T, Src, 2, 2>(F32Gemv::<S>::new(job), src, rows, out),
+        (3, false) => decode::<_, T, Src, 3, 1>(F32Gemv::<S>::new(job), src, rows, out),
+        (4, false) => decode::<_, T, Src, 4, 1>(F32Gemv::<S>::new(job), src, rows, out),
         _ => prefill::<S, T, Src>(job, src, rows, out),
+    }
+}
+
+/// How the GEMV multiplies a row's chunks into the tokens' sums: chunks decoded to f32 and
+/// fused multiply-adds with x in f32 ([`F32Gemv`]), or, for bf16 weights and activations on
+/// a CPU with AVX512-BF16, chunks left as bf16 and `vdpbf16ps` with x in bf16 pairs
+/// (`x86::Bf16Gemv`).
+trait Gemv<T: Stored>: Copy {
+    /// The instruction set.
+    type S: Simd;
+    /// A decoded chunk.
+    type W: Copy;
+    /// One token's sums.
+    type A: Copy;
+    /// Zero sums.
+    ///
+    /// # Safety
+    /// The CPU runs `Self::S`.
+    unsafe fn zero() -> Self::A;
+    /// Chunk `ch` of a row, wholly inside it ([`RowReader::full_at`]).
+    ///
+    /// # Safety
+    /// The CPU runs `Self::S`; chunks are read in order.
+    unsafe fn full<R: RowReader<T>>(reader: &mut R, ch: usize) -> Self::W;
+    /// The row's last chunk ([`RowReader::tail_at`]), zeros beyond the row.
+    ///
+    /// # Safety
+    /// The CPU runs `Self::S`; chunks are read in order.
+    unsafe fn tail<R: RowReader<T>>(reader: &mut R, ch: usize) -> Self::W;
+    /// acc[t] += w · x[t, chunk ch] for the NT tokens.
+    ///
+    /// # Safety
+    /// The CPU runs `Self::S`; x holds NT tokens and chunk ch.
+    unsafe fn fma<const NT: usize>(self, acc: &mut [Self::A; NT], w: Self::W, ch: usize);
+    /// The sum of one token's sums.
+    ///
+    /// # Safety
+    /// The CPU runs `Self::S`.
+    unsafe fn sum(acc: Self::A) -> f32;
+    /// The activations' columns.
+    fn cols(self) -> usize;
+}
+
+/// Chunks as f32 ([`Simd::C`], in the decoder's lane order), x [tokens, in_pad] f32 in the
+/// same order.
+struct F32Gemv<S> {
+    x: *const f32,
+    in_pad: usize,
+    cols: usize,
+    _simd: PhantomData<S>,
+}
+
+impl<S> Clone for F32Gemv<S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<S> Copy for F32Gemv<S> {}
+
+impl<S: Simd> F32Gemv<S> {
+    fn new(job: &Activations) -> Self {
+        F32Gemv { x: job.x.as_ptr(), in_pad: job.in_pad, cols: job.cols, _simd: PhantomData }
+    }
+}
+
+impl<S: Simd, T: Stored> Gemv<T> for F32Gemv<S> {
+    type S = S;
+    type W = S::C;
+    type A = S::C;
+    #[inline(always)]
+    unsafe fn zero() -> S::C {
+        S::zero()
+    }
+    #[inline(always)]
+    unsafe fn full<R: RowReader<T>>(reader: &mut R, ch: usize) -> S::C {
+        reader.full::<S>(ch)
+    }
+    #[inline(always)]
+    unsafe fn tail<R: RowReader<T>>(reader: &mut R, ch: usize) -> S::C {
+        reader.tail::<S>(ch)
+    }
+    #[inline(always)]
+    unsafe fn fma<const NT: usize>(self, acc: &mut [S::C; NT], w: S::C, ch: usize) {
+        for (t, a) in acc.iter_mut().enumerate() {
+            *a = S::fma(w, S::load(self.x.add(t * self.in_pad + ch * CHUNK)), *a);
+        }
+    }
+    #[inline(always)]
+    unsafe fn sum(acc: S::C) -> f32 {
+        S::sum(acc)
+    }
+    fn cols(self) -> usize {
+        self.cols
     }
 }
 
@@ -958,8 +1213,8 @@ unsafe fn part<S: Simd, T: Stored, Src: Source<T>>(
 /// one masked row's stream read 12–13 GB/s of a core's 15 at 50–70% sparsity, four rows'
 /// 15–16 (LLaMA-2-7B shapes, bf16).
 #[inline(always)]
-unsafe fn decode<S: Simd, T: Stored, Src: Source<T>, const NT: usize, const K: usize>(
-    job: &Activations,
+unsafe fn decode<G: Gemv<T>, T: Stored, Src: Source<T>, const NT: usize, const K: usize>(
+    g: G,
     src: &Src,
     rows: Range<usize>,
     out: Dest<'_>,
@@ -974,13 +1229,13 @@ unsafe fn decode<S: Simd, T: Stored, Src: Source<T>, const NT: usize, const K: u
     for i in 0..part {
         let first = rows.start + i;
         match K {
-            4 => lockstep!(S, NT, job, src, out, i, first, part, [0 r0 s0 a0, 1 r1 s1 a1, 2 r2 s2 a2, 3 r3 s3 a3]),
-            2 => lockstep!(S, NT, job, src, out, i, first, part, [0 r0 s0 a0, 1 r1 s1 a1]),
-            _ /* K = 1 */ => lockstep!(S, NT, job, src, out, i, first, part, [0 r0 s0 a0]),
+            4 => lockstep!(G, T, NT, g, src, out, i, first, part, [0 r0 s0 a0, 1 r1 s1 a1, 2 r2 s2 a2, 3 r3 s3 a3]),
+            2 => lockstep!(G, T, NT, g, src, out, i, first, part, [0 r0 s0 a0, 1 r1 s1 a1]),
+            _ /* K = 1 */ => lockstep!(G, T, NT, g, src, out, i, first, part, [0 r0 s0 a0]),
         }
     }
     for i in K * part..n {
-        lockstep!(S, NT, job, src, out, i, rows.start + i, 0, [0 r0 s0 a0]);
+        lockstep!(G, T, NT, g, src, out, i, rows.start + i, 0, [0 r0 s0 a0]);
     }
     Ok(())
 }
@@ -991,40 +1246,29 @@ unsafe fn decode<S: Simd, T: Stored, Src: Source<T>, const NT: usize, const K: u
 /// row (a macro, not an array and a loop) so that every reader and accumulator stays in
 /// registers.
 macro_rules! lockstep {
-    ($S:ty, $NT:ident, $job:ident, $src:ident, $out:ident, $i:expr, $first:expr, $part:expr,
+    ($G:ty, $T:ty, $NT:ident, $g:ident, $src:ident, $out:ident, $i:expr, $first:expr, $part:expr,
      [$($k:literal $r:ident $s:ident $a:ident),+]) => {{
-        let (cols, x, in_pad) = ($job.cols, $job.x.as_ptr(), $job.in_pad);
+        let cols = $g.cols();
         let full = cols / CHUNK;
         $(
-            let mut $r = $src.row::<$S>($first + $k * $part, $s);
-            let mut $a = [<$S>::zero(); $NT];
+            let mut $r = $src.row::<<$G as Gemv<$T>>::S>($first + $k * $part, $s);
+            let mut $a = [<$G as Gemv<$T>>::zero(); $NT];
         )+
         for ch in 0..full {
-            $( fma_tokens::<$S, $NT>(&mut $a, $r.full::<$S>(ch), x, in_pad, ch); )+
+            $( $g.fma::<$NT>(&mut $a, <$G as Gemv<$T>>::full(&mut $r, ch), ch); )+
         }
         if full * CHUNK < cols {
-            $( fma_tokens::<$S, $NT>(&mut $a, $r.tail::<$S>(full), x, in_pad, full); )+
+            $( $g.fma::<$NT>(&mut $a, <$G as Gemv<$T>>::tail(&mut $r, full), full); )+
         }
         $(
             $r.finish()?;
             for (t, acc) in $a.iter().enumerate() {
-                $out.put($i + $k * $part, t, <$S>::sum(*acc));
+                $out.put($i + $k * $part, t, <$G as Gemv<$T>>::sum(*acc));
             }
         )+
     }};
 }
 use lockstep;
-
-/// acc[t] += w · x[t, chunk ch] for the NT tokens of x [NT, in_pad].
-///
-/// # Safety
-/// The CPU runs `S`; x holds NT rows of `in_pad` ≥ 32·ch + 32.
-#[inline(always)]
-unsafe fn fma_tokens<S: Simd, const NT: usize>(acc: &mut [S::C; NT], w: S::C, x: *const f32, in_pad: usize, ch: usize) {
-    for (t, a) in acc.iter_mut().enumerate() {
-        *a = S::fma(w, S::load(x.add(t * in_pad + ch * CHUNK)), *a);
-    }
-}
 
 /// Tiles of [`TILE_ROWS`] rows: [`TILE_COLS`] columns at a time decoded into an f32 block
 /// stored column by column ([column][row], the columns in x's lane order), then multiplied
@@ -1092,7 +1336,7 @@ unsafe fn prefill_pairs<S: Simd, T: Stored, Src: Source<T>>(
                 let mut reader = src.row::<S>(r, &mut scratch);
                 for ch in 0..chunks {
                     S::bf16_pairs(
-                        chunk_of::<S, _>(&mut reader, ch, job.cols),
+                        chunk_of::<S, T, _>(&mut reader, ch, job.cols),
                         tile.as_mut_ptr().add(i * stride + ch * 16),
                     );
                 }
@@ -1135,7 +1379,7 @@ unsafe fn prefill_tiles<S: Simd, T: Stored, Src: Source<T>, const RV: usize, con
             let c1 = (c0 + TILE_COLS / CHUNK).min(chunks);
             for (i, reader) in readers.iter_mut().enumerate() {
                 for ch in c0..c1 {
-                    S::store(chunk_of::<S, _>(reader, ch, job.cols), chunk.as_mut_ptr());
+                    S::store(chunk_of::<S, T, _>(reader, ch, job.cols), chunk.as_mut_ptr());
                     // SAFETY: (ch − c0)·CHUNK + lane < TILE_COLS columns, row i < TILE_ROWS.
                     let column = tile.as_mut_ptr().add((ch - c0) * CHUNK * TILE_ROWS + i);
                     for (lane, &v) in chunk.iter().enumerate() {
@@ -1250,11 +1494,11 @@ unsafe fn prefill_kept<S: Simd, T: Stored, Src: Source<T>, const NV: usize, cons
                 let (chunk, at) = if PAIRS {
                     let mut pairs = [0u32; CHUNK];
                     for (k, half) in pairs.chunks_exact_mut(CHUNK / 2).enumerate().take(chunks - ch) {
-                        S::bf16_pairs(chunk_of::<S, _>(&mut reader, ch + k, job.cols), half.as_mut_ptr());
+                        S::bf16_pairs(chunk_of::<S, T, _>(&mut reader, ch + k, job.cols), half.as_mut_ptr());
                     }
                     (S::load(pairs.as_ptr().cast()), (ch * CHUNK / 2 * MT) as u32)
                 } else {
-                    (chunk_of::<S, _>(&mut reader, ch, job.cols), (ch * CHUNK * MT) as u32)
+                    (chunk_of::<S, T, _>(&mut reader, ch, job.cols), (ch * CHUNK * MT) as u32)
                 };
                 ws.reserve(CHUNK);
                 ats.reserve(CHUNK);

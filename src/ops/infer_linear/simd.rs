@@ -282,7 +282,7 @@ fn expand_array(mask: u32, packed: &[f32; CHUNK]) -> [f32; CHUNK] {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use x86::{Avx2, Avx512};
+pub(super) use x86::{expand_words, Avx2, Avx512};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -331,7 +331,7 @@ mod x86 {
     /// same).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi2")]
-    unsafe fn expand_words(mask: u32, v: __m512i) -> __m512i {
+    pub(crate) unsafe fn expand_words(mask: u32, v: __m512i) -> __m512i {
         let out: __m512i;
         std::arch::asm!(
             "vpexpandw {out}{{{k}}}{{z}}, {v}",

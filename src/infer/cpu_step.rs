@@ -28,7 +28,7 @@ use std::ops::Range;
 
 use super::engine::KvCache;
 use super::model::{InferLinear, InferModel};
-use super::team::{self, Member};
+use super::team::Member;
 use crate::ops::infer_linear::cpu_fast::{split_ranges, Activations, Dest, Isa, Linear};
 use crate::ops::infer_linear::{Held, Stored};
 use crate::ops::kv_cache::{self, AttentionDims, CacheDims};
@@ -320,7 +320,7 @@ pub(super) fn step<T: Stored>(
         Shared::new(&mut logits),
     );
 
-    team::run(members, |me: &Member<'_>| {
+    model.crew.run(members, |me: &Member<'_>| {
         let i = me.index();
         let (mut h, mut out) = (Vec::new(), Vec::new());
         let (mut gate, mut up, mut rotated) = (Vec::new(), Vec::new(), vec![0f32; hd]);

@@ -135,6 +135,8 @@ pub struct InferModel {
     pub lm_head: Option<Tensor>,
     /// The choice made for every decoder linear, layer by layer in [`Proj::ALL`] order.
     pub choices: Vec<LinearChoice>,
+    /// The CPU step's threads, kept between steps (a clone starts its own).
+    pub(super) crew: super::team::Crew,
 }
 
 impl InferModel {
@@ -160,7 +162,7 @@ impl InferModel {
             let linears: [InferLinear; 7] = linears.try_into().expect("seven projections");
             out.push(InferLayer { input_norm: layer.input_norm, post_norm: layer.post_norm, linears });
         }
-        let model = InferModel { config, embed, layers: out, norm, lm_head, choices };
+        let model = InferModel { config, embed, layers: out, norm, lm_head, choices, crew: Default::default() };
         model.advise_huge_pages()?;
         Ok(model)
     }

@@ -326,8 +326,14 @@ impl Crew {
     }
 
     fn launch(&self, count: usize, member: &(dyn Fn(usize) + Sync)) -> Result<()> {
-        let Ok(mut workers) = self.workers.try_lock() else {
-            return spawn_members(count, member);
+        let mut workers = match self.workers.try_lock() {
+            Ok(workers) => workers,
+            // A run that panicked left it poisoned; its threads finished that round.
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                self.workers.clear_poison();
+                p.into_inner()
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return spawn_members(count, member),
         };
         if count <= 1 {
             member(0);
@@ -451,7 +457,21 @@ mod tests {
             };
             assert!(std::panic::catch_unwind(|| run(2, work)).is_err());
             assert!(std::panic::catch_unwind(|| crew.run(2, work)).is_err());
-            crew.run(2, |m| m.sync()).unwrap();
+            // The next runs are the crew's own (its lock is not left poisoned): member 1 runs
+            // on the same thread in both.
+            let member_1 = || {
+                let id = Mutex::new(None);
+                crew.run(2, |m| {
+                    if m.index() == 1 {
+                        *id.lock().unwrap() = Some(std::thread::current().id());
+                    }
+                    m.sync()
+                })
+                .unwrap();
+                id.into_inner().unwrap()
+            };
+            assert_eq!(member_1(), member_1(), "member {panicking} panicked: the crew's thread is not reused");
+            assert!(!crew.workers.is_poisoned());
         }
     }
 

@@ -340,6 +340,13 @@ mod tests {
         }
         assert_eq!(cpu_fast::balanced_ranges(3, |r| r << 30, 8).len(), 3, "never more ranges than rows");
         assert_eq!(cpu_fast::balanced_ranges(100, |r| r, 2), vec![0..100], "small work stays in one range");
+        // A cost that decreases (corrupt row offsets) still gives ranges covering every row.
+        let zigzag = |r: usize| if r.is_multiple_of(2) { r << 20 } else { 0 };
+        for parts in [2, 3, 7] {
+            let ranges = cpu_fast::split_ranges(101, zigzag, parts);
+            assert_eq!((ranges[0].start, ranges.last().unwrap().end), (0, 101), "{parts} parts: {ranges:?}");
+            assert!(ranges.windows(2).all(|p| p[0].end == p[1].start), "{parts} parts: {ranges:?}");
+        }
     }
 
     #[test]
@@ -406,6 +413,7 @@ mod tests {
             assert!(run(&values[..8], &[0, 2, 8], &mask).is_err(), "row 0 keeps more than its offsets give");
             assert!(run(&values[..8], &[0, 4, 8], &mask).is_err(), "row 0 keeps fewer");
             assert!(run(&values[..8], &[0, 9, 8], &mask).is_err(), "offsets decrease");
+            assert!(run(&values[..8], &[1, 3, 8], &mask).is_err(), "offsets start past 0");
             assert!(run(&values, &[0, 3, 8], &mask).is_err(), "values beyond the last offset");
             assert!(run(&values[..8], &[0, 3, 8], &mask[..3]).is_err(), "short mask");
             // A mask keeping all 64 columns of a row of one value: an error, its reads kept

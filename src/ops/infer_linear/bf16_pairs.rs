@@ -26,11 +26,16 @@ use std::ops::Range;
 use super::cpu_fast::{Aligned, Dest, Isa, DECODE_MAX_TOKENS, MT, TILE_ROWS};
 use crate::{DType, Error, Result};
 
+// The kernels' sizes and `TileRows`' fields are read by the x86-64 kernels only; elsewhere
+// `Pairs` are never ready and `prefill_rows` computes nothing.
 /// Rows multiplied into a block's tokens together (each pair of weights broadcast once).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const RB: usize = 8;
 /// Column pairs per step.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const KP: usize = 64;
 /// Vectors of 16 tokens per block.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const NV: usize = MT / 16;
 
 /// x for the kernel: [block][pair][MT] u32 (see the module notes), or not ready.
@@ -131,6 +136,7 @@ pub(super) fn prefill(x: &Pairs, w: &[u16], cols: usize, rows: Range<usize>, out
 /// The rows of one tile for the kernel, as bf16 bits: row i starts at `first` + i·`stride`
 /// (in u16), and its pair p is read as one u32 for p < `whole_pairs`, as the u16 of its even
 /// column (the odd one 0) from there to x's last pair.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) struct TileRows {
     pub(super) first: *const u16,
     pub(super) stride: usize,
@@ -165,6 +171,8 @@ pub(super) unsafe fn prefill_rows(
         // sums holds TILE_ROWS rows of tok_pad.
         #[cfg(target_arch = "x86_64")]
         x86::tile(x, &w, tile.len(), &mut sums, tok_pad);
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = w;
         for t in 0..x.tokens {
             let y = out.token_rows(t, tile.start - rows.start..tile.end - rows.start);
             for (i, v) in y.iter_mut().enumerate() {

@@ -149,14 +149,18 @@ impl Drop for FailOnDrop<'_> {
 }
 
 /// Runs `member(i)` for i in 1..count on threads of their own while the caller runs
-/// `member(0)`; returns once all have returned.
-fn spawn_members(count: usize, member: &(dyn Fn(usize) + Sync)) -> Result<()> {
+/// `member(0)`; returns once all have returned. Where a thread cannot start, `release`
+/// frees the members already started from their syncs before the error is returned.
+fn spawn_members(count: usize, member: &(dyn Fn(usize) + Sync), release: &dyn Fn()) -> Result<()> {
     std::thread::scope(|scope| {
         for index in 1..count {
             std::thread::Builder::new()
                 .name(format!("decode-{index}"))
                 .spawn_scoped(scope, move || member(index))
-                .map_err(|e| Error::invalid(format!("cannot start a decode thread: {e}")))?;
+                .map_err(|e| {
+                    release();
+                    Error::invalid(format!("cannot start a decode thread: {e}"))
+                })?;
         }
         member(0);
         Ok(())
@@ -165,13 +169,14 @@ fn spawn_members(count: usize, member: &(dyn Fn(usize) + Sync)) -> Result<()> {
 
 /// Runs `work` on `threads` members started by `launch` (which runs the member function for
 /// every index 0..count concurrently, index 0 on the calling thread, and returns when all
-/// have returned). Returns the first error a member met (not the errors of those released
-/// because of it); a panic in a member is resumed on the caller once every member has
-/// stopped.
+/// have returned; where it cannot start them all, it calls the release function, which
+/// frees those started from their syncs, and returns the error). Returns the first error a
+/// member met (not the errors of those released because of it); a panic in a member is
+/// resumed on the caller once every member has stopped.
 fn with_members(
     threads: usize,
     work: impl Fn(&Member<'_>) -> Result<()> + Sync,
-    launch: impl FnOnce(usize, &(dyn Fn(usize) + Sync)) -> Result<()>,
+    launch: impl FnOnce(usize, &(dyn Fn(usize) + Sync), &dyn Fn()) -> Result<()>,
 ) -> Result<()> {
     let shared = Shared::new(threads);
     let member = |index: usize| {
@@ -186,11 +191,10 @@ fn with_members(
         }
         guard.done = true;
     };
-    if let Err(e) = launch(shared.members, &member) {
-        // Members that did start were released by the failure.
+    let release = || {
         shared.fail();
-        return Err(e);
-    }
+    };
+    launch(shared.members, &member, &release)?;
     match shared.error.into_inner().unwrap_or_else(|p| p.into_inner()) {
         Some(e) => Err(e),
         None => Ok(()),
@@ -322,10 +326,10 @@ impl Crew {
     /// met, and a member's panic resumed here once every member has stopped
     /// ([`with_members`]).
     pub(crate) fn run(&self, threads: usize, work: impl Fn(&Member<'_>) -> Result<()> + Sync) -> Result<()> {
-        with_members(threads, work, |count, member| self.launch(count, member))
+        with_members(threads, work, |count, member, release| self.launch(count, member, release))
     }
 
-    fn launch(&self, count: usize, member: &(dyn Fn(usize) + Sync)) -> Result<()> {
+    fn launch(&self, count: usize, member: &(dyn Fn(usize) + Sync), release: &dyn Fn()) -> Result<()> {
         let mut workers = match self.workers.try_lock() {
             Ok(workers) => workers,
             // A run that panicked left it poisoned; its threads finished that round.
@@ -333,7 +337,7 @@ impl Crew {
                 self.workers.clear_poison();
                 p.into_inner()
             }
-            Err(std::sync::TryLockError::WouldBlock) => return spawn_members(count, member),
+            Err(std::sync::TryLockError::WouldBlock) => return spawn_members(count, member, release),
         };
         if count <= 1 {
             member(0);
@@ -473,6 +477,26 @@ mod tests {
             assert_eq!(member_1(), member_1(), "member {panicking} panicked: the crew's thread is not reused");
             assert!(!crew.workers.is_poisoned());
         }
+    }
+
+    /// A launch that starts member 1 and then cannot start member 2 (nor run member 0)
+    /// returns its error, and member 1, waiting in its sync, is released instead of
+    /// waiting forever.
+    #[test]
+    fn a_thread_that_cannot_start_releases_the_others() {
+        let err = with_members(
+            3,
+            |m| m.sync(),
+            |_, member, release| {
+                std::thread::scope(|scope| {
+                    scope.spawn(|| member(1));
+                    release();
+                    Err(Error::invalid("no thread for member 2"))
+                })
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("no thread for member 2"), "{err}");
     }
 
     /// A team run from inside a run of the same crew (the crew busy) gets threads of its

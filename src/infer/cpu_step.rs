@@ -277,8 +277,9 @@ pub(super) fn step<T: Stored>(
     // The caches [B, S, Hkv, hd] of every layer, written in place.
     let cache_dims = CacheDims { sequences: cache.batch(), capacity: cache.capacity(), kv_heads: hkv, head_dim: hd };
     let att = AttentionDims { cache: cache_dims, q_heads: hq };
-    let (attention_blocks, attention_rows): (Vec<_>, Vec<_>) =
-        kv_cache::cpu_fast::tasks(att, seqs).into_iter().partition(|t| matches!(t, kv_cache::cpu_fast::Task::Block { .. }));
+    let (attention_blocks, attention_rows): (Vec<_>, Vec<_>) = kv_cache::cpu_fast::tasks(att, seqs)
+        .into_iter()
+        .partition(|t| matches!(t, kv_cache::cpu_fast::Task::Block { .. }));
     // RoPE's (sin, cos) for each token's position, [N, hd/2].
     let half = hd / 2;
     let mut tables = Vec::with_capacity(n * half);

@@ -292,7 +292,8 @@ fn serve(board: &Board, index: usize, count: usize) {
         // Spin for the next round a while, then sleep for it.
         let start = Instant::now();
         let mut spins = 0u32;
-        while board.round.load(Ordering::Acquire) == seen && !(spins.is_multiple_of(64) && start.elapsed() >= IDLE_SPIN) {
+        while board.round.load(Ordering::Acquire) == seen && !(spins.is_multiple_of(64) && start.elapsed() >= IDLE_SPIN)
+        {
             std::hint::spin_loop();
             spins += 1;
         }

@@ -90,12 +90,9 @@ impl Pairs {
         for (t, row) in x.chunks_exact(cols).enumerate() {
             let at = (t / MT) * pairs * MT + t % MT;
             let block = &mut new.data[at..];
-            let whole = row.chunks_exact(2);
-            // An odd last column pairs with 0.
-            let last = whole.remainder().first().map(|v| (v.to_bits(), 0));
-            for (p, (e, d)) in whole.map(|c| (c[0].to_bits(), c[1].to_bits())).chain(last).enumerate() {
-                inexact |= (e | d) & 0xffff;
-                block[p * MT] = e >> 16 | (d & 0xffff_0000);
+            for (p, (pair, dropped)) in pack_pairs(row).enumerate() {
+                inexact |= dropped;
+                block[p * MT] = pair;
             }
         }
         (new.pairs, new.tokens, new.ready) = (pairs, tokens, inexact == 0);
@@ -111,6 +108,18 @@ impl Pairs {
     pub(super) fn ready(&self) -> bool {
         self.ready
     }
+}
+
+/// `row`'s columns in bf16 pairs: for pair p, (column 2p's bf16 bits in the low half and
+/// column 2p + 1's in the high half, an odd last column paired with 0; the bits a bf16
+/// drops from them, nonzero where a value is not a bf16).
+pub(super) fn pack_pairs(row: &[f32]) -> impl Iterator<Item = (u32, u32)> + '_ {
+    let whole = row.chunks_exact(2);
+    let last = whole.remainder().first().map(|v| (v.to_bits(), 0));
+    whole
+        .map(|c| (c[0].to_bits(), c[1].to_bits()))
+        .chain(last)
+        .map(|(e, o)| (e >> 16 | (o & 0xffff_0000), (e | o) & 0xffff))
 }
 
 /// Rows `rows` of y = x·Wᵀ for a dense W [.., cols] (bf16 bits, row-major) into `out`

@@ -527,14 +527,10 @@ impl Activations {
         self.words.resize(tokens * width);
         let mut inexact = 0;
         for (row, dst) in x.chunks_exact(cols).zip(self.words.chunks_exact_mut(width)) {
-            let whole = row.chunks_exact(2);
-            // An odd last column pairs with 0.
-            let last = whole.remainder().first().map(|v| (v.to_bits(), 0));
-            let pairs = whole.map(|c| (c[0].to_bits(), c[1].to_bits())).chain(last);
             let (data, pad) = dst.split_at_mut(cols.div_ceil(2));
-            for (d, (e, o)) in data.iter_mut().zip(pairs) {
-                inexact |= (e | o) & 0xffff;
-                *d = e >> 16 | (o & 0xffff_0000);
+            for (d, (pair, dropped)) in data.iter_mut().zip(super::bf16_pairs::pack_pairs(row)) {
+                inexact |= dropped;
+                *d = pair;
             }
             pad.fill(0);
         }
@@ -1095,7 +1091,11 @@ mod x86 {
         unsafe fn fma<const NT: usize>(self, acc: &mut [__m512; NT], w: __m512i, ch: usize) {
             for (t, a) in acc.iter_mut().enumerate() {
                 let x = _mm512_loadu_si512(self.x.add(t * self.width + ch * CHUNK / 2).cast());
-                *a = _mm512_dpbf16_ps(*a, std::mem::transmute::<__m512i, __m512bh>(w), std::mem::transmute::<__m512i, __m512bh>(x));
+                *a = _mm512_dpbf16_ps(
+                    *a,
+                    std::mem::transmute::<__m512i, __m512bh>(w),
+                    std::mem::transmute::<__m512i, __m512bh>(x),
+                );
             }
         }
         #[inline(always)]
@@ -1184,19 +1184,13 @@ trait Gemv<T: Stored>: Copy {
 
 /// Chunks as f32 ([`Simd::C`], in the decoder's lane order), x [tokens, in_pad] f32 in the
 /// same order.
+#[derive(Clone, Copy)]
 struct F32Gemv<S> {
     x: *const f32,
     in_pad: usize,
     cols: usize,
     _simd: PhantomData<S>,
 }
-
-impl<S> Clone for F32Gemv<S> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<S> Copy for F32Gemv<S> {}
 
 impl<S: Simd> F32Gemv<S> {
     fn new(job: &Activations) -> Self {

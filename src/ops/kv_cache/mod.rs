@@ -215,8 +215,8 @@ mod tests {
                 &[&[5][..], &(3..73).collect::<Vec<u32>>(), &[0]].concat(),
             ),
             case((2, 30, 4, 4, 64), &run(&[(1, 9)]), &[20, 3, 4, 29, 0, 7, 8, 15, 1]),
-            // Single rows over several spans of keys (64 each): 4 spans and a last one of
-            // 9 keys, one span plus one key, exactly two spans; three query heads per kv head.
+            // Single rows over long contexts (265, 65 and 128 keys), three query heads per kv
+            // head.
             case((3, 300, 6, 2, 64), &[0, 2, 1], &[264, 64, 127]),
         ]
     }

@@ -11,6 +11,7 @@
 //! alternate, and the best of a few calls counts. It gives weight GB/s (10⁹ B/s), the share
 //! of the streaming read bandwidth (that 1 GiB buffer summed by the rayon threads, measured
 //! before and after), and the speed-up over dense at the same shape and N.
+//! `INFER_LINEAR_SHAPES=7b_up,smol_up` and `INFER_LINEAR_TOKENS=1` restrict the run.
 
 use std::time::{Duration, Instant};
 
@@ -113,12 +114,15 @@ fn infer_linear(c: &mut Criterion) {
         ("smol_down", 576, 1536, false),
         ("smol_head", 49152, 576, true),
     ];
+    // INFER_LINEAR_SHAPES=7b_up,smol_up (names as above) and INFER_LINEAR_TOKENS=1 (or 128)
+    // run those only.
+    let listed = |var: &str, name: &str| std::env::var(var).map_or(true, |list| list.split(',').any(|s| s == name));
     let mut summary = Vec::new();
     let mut g = c.benchmark_group("infer_linear_bf16");
     g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
-    for (shape, out, input, dense_only) in shapes {
+    for (shape, out, input, dense_only) in shapes.into_iter().filter(|s| listed("INFER_LINEAR_SHAPES", s.0)) {
         let all = variants(out, input, dense_only);
-        for tokens in [1, 128] {
+        for tokens in [1, 128].into_iter().filter(|n| listed("INFER_LINEAR_TOKENS", &n.to_string())) {
             let x = Tensor::from_f32(random_f32(tokens * input, 1.0, 3), [tokens, input], DType::BF16, &Device::cpu())
                 .expect("x");
             for (name, variant) in &all {

@@ -9,29 +9,35 @@
 //                     LSB-first; value slot s of a row sits at column (s / n) * m + position.
 // x: [N, cols], y: [N, rows], in T (f32 or bf16; the values too).
 //
-// Layout of the work (both kernels):
-//   - x is staged once per block in dynamic shared memory as f32 [N][pitch], column c at
-//     c + c/32 (a padding float every 32 columns: at one step the lanes read columns about
-//     VEC/density apart, e.g. 8 or 16, which would fall into 4 or 2 banks unpadded); the
-//     launcher sizes it and refuses x that does not fit (ops::infer_linear then takes its
-//     expand + GEMM path);
-//   - one warp per row, rows grid-strided over the warps of a grid sized to the GPU;
-//   - values are read in 16-byte-aligned windows of 32 * VEC values (VEC = 16 / sizeof(T)):
-//     lane l takes the VEC consecutive values of its 16-byte chunk, in one vector load when
-//     the whole chunk belongs to the row (element loads at the row's two ends), so each
-//     warp load is 512 contiguous bytes; every value then needs its column:
-//   - bitmask: the warp holds 32 mask words (1024 columns, lane l word l) and their exclusive
-//     kept-bit prefix; a lane finds the word of its first value by a 5-step shuffle binary
-//     search, the bit by a popcount select, and walks the following kept bits (lowest set
-//     bit first), the warp shuffling the next non-empty word to the lanes that need it. A
-//     value window that outruns the 32 words moves the warp on to the next 32, so windows
-//     and mask chunks advance independently (sparse stretches and empty rows included);
-//   - N:M: a lane reads the <= 8 position bytes of its VEC slots at once (VEC * bits <= 56
-//     bits, so m <= 128) and counts groups as it goes;
-//   - both: each lane asks for its chunk of the window after next into L2 (prefetch_l2) as
-//     it starts a window, so a warp has more than its current 512 bytes on the way.
-// Robust to inconsistent input: a row reads only values below min(row_offsets[r + 1], nnz),
-// mask bits past cols are dropped, N:M positions >= m are skipped.
+// Both kernels: one warp per row, rows grid-strided over the warps of a grid sized to the
+// GPU; x is staged once per block in dynamic shared memory as f32 [N][pitch]; the launcher
+// sizes the shared memory and refuses x that does not fit (ops::infer_linear then takes its
+// expand + GEMM path).
+//
+// bitmask_decode: the row in segments of 1024 columns (32 mask words, lane l word l):
+//   - the warp scans the words' kept counts (each word's first value in the segment, and
+//     the segment's total), then copies the segment's values, contiguous in memory, into its
+//     own buffer in shared memory with 16-byte loads (512 bytes per warp load; element loads
+//     at the row's two ends, zeros past them);
+//   - then 256 columns per step, 8 per lane: lane l takes mask byte l of the step, its first
+//     value's place from its word's count and the bits below, reads its kept values from the
+//     buffer one after another (zeros for pruned columns) and multiplies them into x's 8
+//     columns (two 16-byte shared loads per token, x [N][pitch = cols rounded up to 256],
+//     zero-padded). No search and no vote per value: per 8 columns, two shuffles, a
+//     popcount, 8 predicated shared loads and 8 FMAs per token;
+//   - memory: the next segment's mask words are loaded while a segment is worked through,
+//     and at each row's start the warp asks for its next row's mask and values in L2
+//     (prefetch_l2), so that a row's reads are L2 hits and a warp keeps a row in flight.
+// nm_decode: values are read in 16-byte-aligned windows of 32 * VEC values (VEC = 16 /
+//   sizeof(T)); lane l takes the VEC consecutive values of its 16-byte chunk, in one vector
+//   load when the whole chunk belongs to the row, reads the <= 8 position bytes of its VEC
+//   slots at once (VEC * bits <= 56 bits, so m <= 128) and counts groups as it goes; x is
+//   staged with a padding float every 32 columns (column c at c + c/32: lanes read columns
+//   about VEC/density apart, which would fall into few banks unpadded); each lane asks for
+//   its chunk of the window after next into L2 as it starts a window.
+// Robust to inconsistent input: a row reads only values below min(row_offsets[r + 1], nnz)
+// (a mask keeping more bits than the row has values gets zeros for the rest), mask bits past
+// cols are dropped, N:M positions >= m are skipped.
 #include "common.cuh"
 
 constexpr int IL_THREADS = 512;
@@ -39,6 +45,8 @@ constexpr int IL_WARPS = IL_THREADS / 32;
 constexpr int IL_MIN_BLOCKS = 2;  // per SM: at most 64 registers a thread (MAX_BLOCKS_PER_SM in cuda.rs)
 constexpr int IL_MAX_TOKENS = 4;  // DECODE_MAX_TOKENS in ops/infer_linear/cuda.rs
 constexpr unsigned IL_FULL = 0xffffffffu;
+constexpr int IL_SEGMENT = 1024;  // bitmask columns per segment: 32 mask words
+constexpr int IL_STEP = 256;      // bitmask columns per step: 8 per lane (BITMASK_STEP in cuda.rs)
 
 // x [N][pitch] as f32 (see the header); sized by the launcher.
 extern __shared__ float infer_linear_x[];
@@ -138,84 +146,100 @@ __device__ __forceinline__ int scan_kept(unsigned word, int& excl) {
     return __shfl_sync(IL_FULL, incl, 31);
 }
 
-// Position of the k-th (from 0) set bit of `bits`, k < popc(bits) (any position otherwise).
-__device__ __forceinline__ int nth_set_bit(unsigned bits, int k) {
-    int pos = 0;
-#pragma unroll
-    for (int half = 16; half > 0; half >>= 1) {
-        const int low = __popc(bits & ((1u << half) - 1u));
-        if (k >= low) {
-            k -= low;
-            bits >>= half;
-            pos += half;
-        }
-    }
-    return pos;
+// Elements of a warp's value buffer: a segment's values and the 16-byte chunks around them.
+template <typename T>
+__device__ constexpr int segment_buffer() {
+    return IL_SEGMENT + 2 * (16 / (int)sizeof(T));
 }
 
-// Index of the lowest set bit of a non-zero word.
-__device__ __forceinline__ int lowest_bit(unsigned bits) { return __popc((bits & (0u - bits)) - 1u); }
+// Asks for the bytes [p, p + n) in L2, one 128-byte line per lane and step.
+__device__ __forceinline__ void prefetch_range(const uint8_t* p, long long n) {
+    for (long long b = 128 * (long long)(threadIdx.x & 31); b < n; b += 32 * 128) prefetch_l2(p + b);
+}
 
 template <typename T>
 __device__ void bitmask_decode(const T* __restrict__ x, const T* __restrict__ values,
                                const uint8_t* __restrict__ mask, const unsigned* __restrict__ row_offsets,
                                T* __restrict__ y, int tokens, int rows, int cols, int stride, unsigned nnz) {
     constexpr int VEC = 16 / sizeof(T);
-    const int pitch = padded(cols), lane = threadIdx.x & 31, words = (cols + 31) >> 5;
-    stage_x(x, tokens, cols, pitch);
-    for (int r = blockIdx.x * IL_WARPS + (threadIdx.x >> 5); r < rows; r += gridDim.x * IL_WARPS) {
+    const int pitch = (cols + IL_STEP - 1) / IL_STEP * IL_STEP, lane = threadIdx.x & 31;
+    const int words = (cols + 31) >> 5, row_step = gridDim.x * IL_WARPS;
+    // x [N][pitch], zeros past cols; then each warp's value buffer (16-byte aligned: pitch
+    // is a multiple of 256 floats and the buffer a multiple of 16 bytes).
+    for (int t = 0; t < tokens; ++t)
+        for (int c = threadIdx.x; c < pitch; c += blockDim.x)
+            infer_linear_x[t * pitch + c] = c < cols ? to_f32(x[(size_t)t * cols + c]) : 0.f;
+    T* buf = reinterpret_cast<T*>(infer_linear_x + tokens * pitch) + (threadIdx.x >> 5) * segment_buffer<T>();
+    __syncthreads();
+    for (int r = blockIdx.x * IL_WARPS + (threadIdx.x >> 5); r < rows; r += row_step) {
         const uint8_t* mrow = mask + (size_t)r * stride;
-        const long long end = min(row_offsets[r + 1], nnz);
+        const long long end = min((long long)row_offsets[r + 1], (long long)nnz);
         const long long start = min((long long)row_offsets[r], end);
+        if (r + row_step < rows) {  // the warp's next row on its way into L2
+            const int next = r + row_step;
+            const long long b = min((long long)row_offsets[next + 1], (long long)nnz);
+            const long long a = min((long long)row_offsets[next], b);
+            prefetch_range(mask + (size_t)next * stride, stride);
+            prefetch_range(reinterpret_cast<const uint8_t*>(values + a), (b - a) * (long long)sizeof(T));
+        }
         float acc[IL_MAX_TOKENS] = {0.f, 0.f, 0.f, 0.f};
-        // The mask chunk in the warp: words chunk_word + lane; its kept values are
-        // values[chunk_base .. chunk_base + kept), the lane's word's from chunk_base + excl.
-        int chunk_word = 0, excl;
+        long long base = start;  // the segment's first value
         unsigned word = load_word(mrow, lane, stride, cols);
-        int kept = scan_kept(word, excl);
-        long long chunk_base = start;
-        for (long long w0 = window_start(values, start); w0 < end; w0 += 32 * VEC) {
-            const long long g0 = w0 + VEC * lane;  // the lane's chunk: values g0 .. g0 + VEC - 1
-            const int ea = clamp_to(start - g0, 0, VEC), eb = clamp_to(end - g0, 0, VEC);
-            // The row's window after next on its way while this one is worked through.
-            if (g0 + 64 * VEC < end) prefetch_l2(values + g0 + 64 * VEC);
-            float v[VEC];
-            load_chunk<T, VEC>(values, g0, ea, eb, v);
-            const long long window_end = min(w0 + 32 * VEC, end);
-            while (true) {
-                // The lane's values in this mask chunk: elements [ca, cb) of its chunk.
-                const int ca = clamp_to(chunk_base - g0, ea, eb), cb = clamp_to(chunk_base + kept - g0, ea, eb);
-                const int q = ca < cb ? (int)(g0 + ca - chunk_base) : 0;  // rank of element ca in the chunk
-                int w = 0;  // the last word whose prefix is <= q: the word holding rank q
+        for (int w0 = 0; w0 < words; w0 += 32) {
+            const unsigned next_word = w0 + 32 < words ? load_word(mrow, w0 + 32 + lane, stride, cols) : 0u;
+            int excl;  // kept bits of the segment's words before this lane's
+            const int total = scan_kept(word, excl);
+            // buf[i] = values[first + i] for the 16-byte chunks over [base, base + total),
+            // zeros outside [base, end).
+            const long long first = window_start(values, base), hi = min(base + total, end);
+            for (long long g0 = first + (long long)VEC * lane; g0 < base + total; g0 += 32 * VEC) {
+                const int ea = clamp_to(base - g0, 0, VEC), eb = clamp_to(hi - g0, 0, VEC);
+                Chunk16<T> c;
+                if (ea == 0 && eb == VEC) {
+                    c = *reinterpret_cast<const Chunk16<T>*>(values + g0);
+                } else {
 #pragma unroll
-                for (int step = 16; step > 0; step >>= 1)
-                    if (__shfl_sync(IL_FULL, excl, w + step) <= q) w += step;
-                unsigned bits = __shfl_sync(IL_FULL, word, w);
-                bits &= ~0u << nth_set_bit(bits, q - __shfl_sync(IL_FULL, excl, w));
+                    for (int e = 0; e < VEC; ++e) c.e[e] = e >= ea && e < eb ? values[g0 + e] : from_f32<T>(0.f);
+                }
+                *reinterpret_cast<Chunk16<T>*>(buf + (g0 - first)) = c;
+            }
+            __syncwarp();
+            const int off = (int)(base - first), seg_cols = min(IL_SEGMENT, cols - 32 * w0);
+            for (int s0 = 0; s0 < seg_cols; s0 += IL_STEP) {
+                // The lane's 8 columns: byte (lane & 3) of the step's word lane / 4.
+                const int q = (s0 >> 5) + (lane >> 2), shift = 8 * (lane & 3);
+                const unsigned wq = __shfl_sync(IL_FULL, word, q);
+                const unsigned bits = (wq >> shift) & 0xffu;
+                const T* kept = buf + off + __shfl_sync(IL_FULL, excl, q) + __popc(wq & ((1u << shift) - 1u));
+                float v[8];
 #pragma unroll
-                for (int e = 0; e < VEC; ++e) {
-                    const bool mine = e >= ca && e < cb;
-                    // Words with no kept bits left: the warp shuffles the next ones in together.
-                    bool need = mine && bits == 0u;
-                    while (__ballot_sync(IL_FULL, need)) {
-                        const unsigned next = __shfl_sync(IL_FULL, word, (w + 1) & 31);
-                        if (need) {
-                            ++w;
-                            bits = next;
-                            need = bits == 0u;
-                        }
-                    }
-                    if (mine) {
-                        accumulate(acc, v[e], ((chunk_word + w) << 5) + lowest_bit(bits), tokens, pitch);
-                        bits &= bits - 1u;
+                for (int e = 0; e < 8; ++e) {
+                    const bool keeps = (bits >> e) & 1u;
+                    v[e] = keeps ? to_f32(*kept) : 0.f;
+                    kept += keeps;
+                }
+                const float* xc = infer_linear_x + 32 * w0 + s0 + 8 * lane;
+#pragma unroll
+                for (int t = 0; t < IL_MAX_TOKENS; ++t) {
+                    if (t < tokens) {
+                        const float4 lo = *reinterpret_cast<const float4*>(xc + t * pitch);
+                        const float4 up = *reinterpret_cast<const float4*>(xc + t * pitch + 4);
+                        float a = acc[t];
+                        a = fmaf(v[0], lo.x, a);
+                        a = fmaf(v[1], lo.y, a);
+                        a = fmaf(v[2], lo.z, a);
+                        a = fmaf(v[3], lo.w, a);
+                        a = fmaf(v[4], up.x, a);
+                        a = fmaf(v[5], up.y, a);
+                        a = fmaf(v[6], up.z, a);
+                        a = fmaf(v[7], up.w, a);
+                        acc[t] = a;
                     }
                 }
-                if (chunk_base + kept >= window_end || chunk_word + 32 >= words) break;
-                chunk_base += kept;
-                chunk_word += 32;
-                word = load_word(mrow, chunk_word + lane, stride, cols);
-                kept = scan_kept(word, excl);
             }
+            __syncwarp();  // the buffer is rewritten by the next segment
+            base += total;
+            word = next_word;
         }
         write_row(y, acc, tokens, rows, r);
     }

@@ -37,9 +37,9 @@ const LIMITS: GpuLimits = GpuLimits { sms: 1, shared_per_block: 227 << 10, share
 
 /// The brief's grid, every pattern on each size with the token count turning over 1..=4:
 /// cols 1, 7, 33, 100, 257 (not multiples of 8 or 32; 100 and 36 for 2:4) × rows 1, 31, 33,
-/// 130; then edges: rows over several 1024-column mask chunks (2500 at 50%, 3000 at 97%,
-/// whose 32-word chunks and words are often empty and value windows span many chunks; 1001
-/// uneven), a 7B row (11008 columns), 2:4 rows ending half way through a position byte (36)
+/// 130; then edges: rows over several 1024-column segments, the last one partial (2500 at
+/// 50%, 3000 at 97%, whose segments and words are often empty; 1001 uneven), a 7B row
+/// (11008 columns), 2:4 rows ending half way through a position byte (36)
 /// or long (4096), 4:8, 5:16 (4-bit positions), 1:2, 2:6 (3 bits, M not a power of two) and
 /// 3:128 (the largest M, 7-bit positions).
 fn cases() -> Vec<Case> {
@@ -120,7 +120,12 @@ fn check<T: CudaFloat>((tokens, rows, cols, pattern): Case, guard: Guard) {
             let nnz = values.len() as u32;
             let args: [&dyn Arg; 10] =
                 [&x_buf, &values_buf, &meta_buf, &offsets, &y, &tokens_i, &rows_i, &cols_i, &stride_i, &nnz];
-            run("infer_linear", &format!("bitmask_decode_{}", T::SUFFIX), bitmask_geometry(d, LIMITS).unwrap(), &args);
+            run(
+                "infer_linear",
+                &format!("bitmask_decode_{}", T::SUFFIX),
+                bitmask_geometry(d, std::mem::size_of::<T>(), LIMITS).unwrap(),
+                &args,
+            );
         }
         SparseFormat::NM { n, m } => {
             let bits = index_bits(m);
@@ -145,22 +150,29 @@ fn geometry_sizes_shared_memory_and_the_grid() {
     let hopper = GpuLimits { sms: 132, shared_per_block: 227 << 10, shared_per_sm: 228 << 10 };
     let ampere = GpuLimits { sms: 108, shared_per_block: 163 << 10, shared_per_sm: 164 << 10 };
     let d = |tokens, rows, cols| Dims { tokens, rows, cols };
-    // x [4, 11008] as f32 with a padding float every 32 columns: 4·4·(11008 + 344) bytes.
-    let g = bitmask_geometry(d(4, 4096, 11008), hopper).unwrap();
-    assert_eq!((g.block, g.shared_bytes), ((512, 1, 1), 4 * 4 * 11352));
+    // Bitmask: x [4, 11008] as f32 (11008 is a multiple of 256), and 16 warp buffers of 1024
+    // values and 32 bytes: 4·4·11008 + 16·(2·1024 + 32) bytes in bf16.
+    let g = bitmask_geometry(d(4, 4096, 11008), 2, hopper).unwrap();
+    assert_eq!((g.block, g.shared_bytes), ((512, 1, 1), 4 * 4 * 11008 + 16 * 2080));
     assert_eq!(g.grid, (132, 1, 1), "one resident block per SM");
-    assert!(decodes(SparseFormat::Bitmask, 4, 11008, hopper));
-    assert!(!decodes(SparseFormat::Bitmask, 4, 11008, ampere), "182 KB do not fit an A100 block");
-    assert!(decodes(SparseFormat::Bitmask, 3, 11008, ampere));
+    assert!(decodes(SparseFormat::Bitmask, 2, 4, 11008, hopper));
+    assert!(!decodes(SparseFormat::Bitmask, 4, 4, 11008, hopper), "236.5 KiB in f32 do not fit a Hopper block");
+    assert!(!decodes(SparseFormat::Bitmask, 2, 4, 11008, ampere), "204.5 KiB do not fit an A100 block");
+    assert!(decodes(SparseFormat::Bitmask, 2, 3, 11008, ampere));
+    // x rounded up to 256 columns: 100 columns take 256 floats.
+    assert_eq!(bitmask_geometry(d(1, 8, 100), 4, hopper).unwrap().shared_bytes, 4 * 256 + 16 * 4128);
+    // N:M: x as f32 with a padding float every 32 columns: 4·4·(11008 + 344) bytes.
+    let g = nm_geometry(d(4, 4096, 11008), 4, hopper).unwrap();
+    assert_eq!((g.block, g.shared_bytes), ((512, 1, 1), 4 * 4 * 11352));
     // Small x: 2 blocks per SM (registers), but never more blocks than rows need.
-    assert_eq!(bitmask_geometry(d(1, 1_000_000, 4096), hopper).unwrap().grid.0, 2 * 132);
-    assert_eq!(bitmask_geometry(d(1, 33, 4096), hopper).unwrap().grid.0, 3);
-    assert!(!decodes(SparseFormat::Bitmask, DECODE_MAX_TOKENS + 1, 64, hopper));
-    assert!(!decodes(SparseFormat::Bitmask, 0, 64, hopper));
-    assert!(decodes(SparseFormat::NM { n: 2, m: 4 }, 2, 4096, hopper));
-    assert!(decodes(SparseFormat::NM { n: 1, m: MAX_NM_M }, 1, 4096, hopper));
-    assert!(!decodes(SparseFormat::NM { n: 1, m: 2 * MAX_NM_M }, 1, 4096, hopper));
-    assert!(bitmask_geometry(d(1, 0, 64), hopper).is_err(), "an empty grid");
-    let err = bitmask_geometry(d(4, 8, 100_000), hopper).unwrap_err().to_string();
+    assert_eq!(bitmask_geometry(d(1, 1_000_000, 4096), 2, hopper).unwrap().grid.0, 2 * 132);
+    assert_eq!(bitmask_geometry(d(1, 33, 4096), 2, hopper).unwrap().grid.0, 3);
+    assert!(!decodes(SparseFormat::Bitmask, 2, DECODE_MAX_TOKENS + 1, 64, hopper));
+    assert!(!decodes(SparseFormat::Bitmask, 2, 0, 64, hopper));
+    assert!(decodes(SparseFormat::NM { n: 2, m: 4 }, 2, 2, 4096, hopper));
+    assert!(decodes(SparseFormat::NM { n: 1, m: MAX_NM_M }, 2, 1, 4096, hopper));
+    assert!(!decodes(SparseFormat::NM { n: 1, m: 2 * MAX_NM_M }, 2, 1, 4096, hopper));
+    assert!(bitmask_geometry(d(1, 0, 64), 2, hopper).is_err(), "an empty grid");
+    let err = bitmask_geometry(d(4, 8, 100_000), 2, hopper).unwrap_err().to_string();
     assert!(err.contains("[4, 100000]") && err.contains("shared memory"), "{err}");
 }

@@ -7,9 +7,10 @@
 //     fiber (runtime/launch.cpp), blocks run one after another on the launching OS thread;
 //   - __syncthreads() as a true barrier of the block's live threads (exited threads count
 //     as arrived, as on sm_70+);
-//   - warp exchange (the __shfl*_sync and __ballot_sync our kernels use): a rendezvous of the
-//     lanes in `mask`; a lane of the mask that exited or does not exist, or a source lane
-//     outside the mask, aborts with a message instead of giving an undefined value;
+//   - warp exchange (the __shfl*_sync, __ballot_sync and __syncwarp our kernels use): a
+//     rendezvous of the lanes in `mask`; a lane of the mask that exited or does not exist, or
+//     a source lane outside the mask, aborts with a message instead of giving an undefined
+//     value;
 //   - __shared__ as `thread_local`: fibers of a block share their OS thread, so that is one
 //     copy per running block, and launches from different OS threads (parallel tests) get
 //     their own; `extern __shared__` arrays are defined by the generated kernel table, each
@@ -114,6 +115,7 @@ template <typename T> T __shfl_up_sync(unsigned mask, T v, unsigned delta, int w
     return cuda_cpu::shuffle(mask, v, (lane & (width - 1)) >= (int)delta ? lane - (int)delta : -1);
 }
 inline unsigned __ballot_sync(unsigned mask, int pred) { return cuda_cpu::warp_ballot(mask, pred != 0); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { cuda_cpu::warp_exchange(mask, 0, -1); }
 
 template <typename T> T atomicAdd(T* p, T v) {
     return cuda_cpu::atomic_update(p, [v](T old) { return old + v; });

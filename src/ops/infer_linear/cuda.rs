@@ -3,13 +3,15 @@
 //! tokens, read straight from a bitmask or N:M (M ≤ [`MAX_NM_M`]) weight.
 //!
 //! Blocks of 512 threads, one warp per row. x is staged per block in dynamic shared memory as
-//! f32 [N, pitch], pitch = cols + ⌊cols/32⌋ (a padding float every 32 columns against bank
-//! conflicts): [`shared_bytes`] = 4·N·pitch. It must fit the GPU's opt-in limit per block
-//! (227 KiB on H100/H200, 163 KiB on A100; 7B shapes, cols ≤ 11008, fit 4 tokens on Hopper,
-//! 3 on A100), else [`decodes`] is false and the op takes its expand + GEMM path. The grid
-//! holds as many blocks as the GPU keeps resident at once (shared memory and threads per SM
-//! permitting), capped by the rows; warps stride over the rows, so x is staged once per
-//! resident block. Each launch's grid, block and shared bytes come from [`bitmask_geometry`]
+//! f32 [N, pitch]. For the bitmask kernel pitch is cols rounded up to 256, and each of the 16
+//! warps also has a buffer for a 1024-column segment's values and 32 bytes
+//! ([`bitmask_shared_bytes`]); for the N:M kernel pitch = cols + ⌊cols/32⌋, a padding float
+//! every 32 columns against bank conflicts ([`nm_shared_bytes`]). It must fit the GPU's
+//! opt-in limit per block (227 KiB on H100/H200, 163 KiB on A100; 7B shapes, cols ≤ 11008,
+//! fit 4 bf16 tokens on Hopper, 3 on A100), else [`decodes`] is false and the op takes its
+//! expand + GEMM path. The grid holds as many blocks as the GPU keeps resident at once (shared
+//! memory and threads per SM permitting), capped by the rows; warps stride over the rows, so
+//! x is staged once per resident block. Each launch's grid, block and shared bytes come from [`bitmask_geometry`]
 //! or [`nm_geometry`] (tests/cuda_on_cpu runs the kernels on the CPU with them).
 
 use cudarc::driver::sys::CUdevice_attribute_enum::{
@@ -81,15 +83,30 @@ pub struct Dims {
     pub cols: usize,
 }
 
-/// Bytes of shared memory x [tokens, cols] takes as f32 with one padding float every 32
-/// columns: 4·tokens·(cols + ⌊cols/32⌋).
-pub fn shared_bytes(tokens: usize, cols: usize) -> Option<usize> {
+/// Bitmask columns per warp segment and per step (`IL_SEGMENT`, `IL_STEP` in the .cu file):
+/// the bitmask kernel's x pitch is cols rounded up to a step.
+const BITMASK_SEGMENT: usize = 1024;
+const BITMASK_STEP: usize = 256;
+
+/// Bytes of shared memory the bitmask kernel takes for x [tokens, cols] and values of
+/// `value_bytes` each: x as f32 [tokens, cols rounded up to 256], and per warp a segment's
+/// values with a 16-byte chunk on each side.
+pub fn bitmask_shared_bytes(tokens: usize, cols: usize, value_bytes: usize) -> Option<usize> {
+    let x = cols.checked_next_multiple_of(BITMASK_STEP)?.checked_mul(tokens)?.checked_mul(std::mem::size_of::<f32>())?;
+    let buffer = BITMASK_SEGMENT.checked_mul(value_bytes)?.checked_add(32)?;
+    x.checked_add(WARPS * buffer)
+}
+
+/// Bytes of shared memory the N:M kernel takes for x [tokens, cols]: f32 with one padding
+/// float every 32 columns, 4·tokens·(cols + ⌊cols/32⌋).
+pub fn nm_shared_bytes(tokens: usize, cols: usize) -> Option<usize> {
     cols.checked_add(cols / 32)?.checked_mul(tokens)?.checked_mul(std::mem::size_of::<f32>())
 }
 
-/// Geometry of either kernel: ⌈rows / 16⌉ blocks of 512 threads at most, fewer when the GPU
-/// cannot keep that many resident (the warps then stride over the rows).
-fn geometry(op: &'static str, d: Dims, limits: GpuLimits) -> Result<Launch> {
+/// Geometry of either kernel, which needs `need` bytes of shared memory (None: more than a
+/// usize): ⌈rows / 16⌉ blocks of 512 threads at most, fewer when the GPU cannot keep that
+/// many resident (the warps then stride over the rows).
+fn geometry(op: &'static str, d: Dims, need: Option<usize>, limits: GpuLimits) -> Result<Launch> {
     if !(1..=DECODE_MAX_TOKENS).contains(&d.tokens) {
         return Err(Error::invalid(format!(
             "{op}: the decode kernels take 1..={DECODE_MAX_TOKENS} tokens, got {}",
@@ -99,10 +116,9 @@ fn geometry(op: &'static str, d: Dims, limits: GpuLimits) -> Result<Launch> {
     if d.rows == 0 {
         return Err(Error::invalid(format!("{op}: no rows to launch for")));
     }
-    let need = shared_bytes(d.tokens, d.cols);
     let shared = need.filter(|&b| b <= limits.shared_per_block).ok_or_else(|| {
         Error::invalid(format!(
-            "{op}: x [{}, {}] takes {} bytes of shared memory as f32, a block of this GPU at most {}",
+            "{op}: x [{}, {}] takes {} bytes of shared memory, a block of this GPU at most {}",
             d.tokens,
             d.cols,
             need.map_or("over usize::MAX".into(), |b| b.to_string()),
@@ -122,9 +138,10 @@ fn geometry(op: &'static str, d: Dims, limits: GpuLimits) -> Result<Launch> {
     })
 }
 
-/// `bitmask_decode_*`: see the module docs.
-pub fn bitmask_geometry(d: Dims, limits: GpuLimits) -> Result<Launch> {
-    geometry(BITMASK_OP, d, limits)
+/// `bitmask_decode_*` with values of `value_bytes` (4 for f32, 2 for bf16): see the module
+/// docs.
+pub fn bitmask_geometry(d: Dims, value_bytes: usize, limits: GpuLimits) -> Result<Launch> {
+    geometry(BITMASK_OP, d, bitmask_shared_bytes(d.tokens, d.cols, value_bytes), limits)
 }
 
 /// `nm_decode_*` for groups of `m` (≤ [`MAX_NM_M`]): as [`bitmask_geometry`].
@@ -134,16 +151,17 @@ pub fn nm_geometry(d: Dims, m: usize, limits: GpuLimits) -> Result<Launch> {
     }
     // Bit offsets of positions within a row (< 8 bits per column) are ints.
     to_i32(NM_OP, d.cols.saturating_mul(8))?;
-    geometry(NM_OP, d, limits)
+    geometry(NM_OP, d, nm_shared_bytes(d.tokens, d.cols), limits)
 }
 
-/// True when the decode kernels compute x [tokens, cols]·Wᵀ for a weight of `format` on a GPU
-/// with `limits` (1..=[`DECODE_MAX_TOKENS`] tokens, N:M groups ≤ [`MAX_NM_M`], x fits in
-/// shared memory); [`super::sparse`] takes its expand + GEMM path otherwise.
-pub fn decodes(format: SparseFormat, tokens: usize, cols: usize, limits: GpuLimits) -> bool {
+/// True when the decode kernels compute x [tokens, cols]·Wᵀ for a weight of `format` with
+/// values of `value_bytes` on a GPU with `limits` (1..=[`DECODE_MAX_TOKENS`] tokens, N:M
+/// groups ≤ [`MAX_NM_M`], the kernel's shared memory fits); [`super::sparse`] takes its
+/// expand + GEMM path otherwise.
+pub fn decodes(format: SparseFormat, value_bytes: usize, tokens: usize, cols: usize, limits: GpuLimits) -> bool {
     let d = Dims { tokens, rows: 1, cols };
     match format {
-        SparseFormat::Bitmask => bitmask_geometry(d, limits).is_ok(),
+        SparseFormat::Bitmask => bitmask_geometry(d, value_bytes, limits).is_ok(),
         SparseFormat::NM { m, .. } => nm_geometry(d, m, limits).is_ok(),
     }
 }
@@ -178,7 +196,7 @@ pub fn bitmask<T: CudaFloat>(
     if d.tokens == 0 || d.rows == 0 {
         return Ok(());
     }
-    let launch = bitmask_geometry(d, limits)?;
+    let launch = bitmask_geometry(d, std::mem::size_of::<T>(), limits)?;
     let f = function(dev, OP, "bitmask_decode", T::SUFFIX, launch)?;
     let (tokens_i, rows_i, cols_i, stride_i) =
         (to_i32(OP, d.tokens)?, to_i32(OP, d.rows)?, to_i32(OP, d.cols)?, to_i32(OP, stride)?);
@@ -187,8 +205,9 @@ pub fn bitmask<T: CudaFloat>(
     b.arg(&tokens_i).arg(&rows_i).arg(&cols_i).arg(&stride_i).arg(&nnz);
     // SAFETY: x holds N·cols, y N·rows, mask rows·stride and offsets rows + 1 elements (checked
     // above); warp r reads its mask row (words past stride are not read) and values
-    // [min(offsets[r], end), end) with end = min(offsets[r + 1], nnz = values.len()), writes
-    // y[t, r] for t < N; shared memory is sized by the geometry for x [N, cols] as f32.
+    // [min(offsets[r], end), end) with end = min(offsets[r + 1], nnz = values.len()) (and asks
+    // for the next row's in L2), writes y[t, r] for t < N; shared memory is sized by the
+    // geometry for x [N, cols] and the warps' value buffers of T.
     unsafe { b.launch(LaunchConfig::from(launch)) }?;
     Ok(())
 }

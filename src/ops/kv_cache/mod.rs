@@ -189,7 +189,7 @@ mod tests {
         positions: Vec<u32>,
     }
 
-    /// (B, S, Hq, Hkv, D, seqs, positions): D in {1, 7, 64, 80, 128}, Hq/Hkv in {1, 3, 4},
+    /// (B, S, Hq, Hkv, D, seqs, positions): D in {1, 7, 40, 64, 80, 128}, Hq/Hkv in {1, 3, 4, 5, 8},
     /// positions out of order and with gaps, sequences of different lengths, N = 1, one key.
     fn cases() -> Vec<Case> {
         let case = |(sequences, capacity, q_heads, kv_heads, head_dim): (usize, usize, usize, usize, usize),
@@ -218,6 +218,10 @@ mod tests {
             // Single rows over long contexts (265, 65 and 128 keys), three query heads per kv
             // head.
             case((3, 300, 6, 2, 64), &[0, 2, 1], &[264, 64, 127]),
+            // Single rows with more query heads per kv head than a row task reads together
+            // (cpu_fast::HEADS = 4): 5 (4 + 1) and 8 (4 + 4).
+            case((2, 50, 10, 2, 64), &[1, 0], &[49, 17]),
+            case((1, 40, 8, 1, 40), &[0], &[39]),
         ]
     }
 

@@ -35,7 +35,8 @@
 //   slots at once (VEC * bits <= 56 bits, so m <= 128) and counts groups as it goes; x is
 //   staged with a padding float every 32 columns (column c at c + c/32: lanes read columns
 //   about VEC/density apart, which would fall into few banks unpadded); each lane asks for
-//   its chunk of the window after next into L2 as it starts a window.
+//   its chunk of the window after next into L2 as it starts a window, and the warp asks for
+//   its next row's values and positions in L2 at each row's start (as bitmask_decode).
 // Robust to inconsistent input: a row reads only values below min(row_offsets[r + 1], nnz)
 // (a mask keeping more bits than the row has values gets zeros for the rest), mask bits past
 // cols are dropped, N:M positions >= m are skipped.
@@ -256,10 +257,16 @@ __device__ void nm_decode(const T* __restrict__ x, const T* __restrict__ values,
     constexpr int VEC = 16 / sizeof(T);
     const int pitch = padded(cols), lane = threadIdx.x & 31, per_row = cols / m * n;
     const unsigned position_mask = (1u << bits) - 1u;
+    const int row_step = gridDim.x * IL_WARPS;
     stage_x(x, tokens, cols, pitch);
-    for (int r = blockIdx.x * IL_WARPS + (threadIdx.x >> 5); r < rows; r += gridDim.x * IL_WARPS) {
+    for (int r = blockIdx.x * IL_WARPS + (threadIdx.x >> 5); r < rows; r += row_step) {
         const uint8_t* prow = positions + (size_t)r * index_stride;
         const long long start = (long long)r * per_row, end = start + per_row;
+        if (r + row_step < rows) {  // the warp's next row on its way into L2
+            const size_t next = (size_t)r + row_step;
+            prefetch_range(positions + next * index_stride, index_stride);
+            prefetch_range(reinterpret_cast<const uint8_t*>(values + next * per_row), (long long)per_row * sizeof(T));
+        }
         float acc[IL_MAX_TOKENS] = {0.f, 0.f, 0.f, 0.f};
         for (long long w0 = window_start(values, start); w0 < end; w0 += 32 * VEC) {
             const long long g0 = w0 + VEC * lane;

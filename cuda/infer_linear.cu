@@ -47,8 +47,10 @@ constexpr int IL_WARPS = IL_THREADS / 32;
 constexpr int IL_MIN_BLOCKS = 2;  // per SM: at most 64 registers a thread (MAX_BLOCKS_PER_SM in cuda.rs)
 constexpr int IL_MAX_TOKENS = 4;  // DECODE_MAX_TOKENS in ops/infer_linear/cuda.rs
 constexpr unsigned IL_FULL = 0xffffffffu;
-constexpr int IL_SEGMENT = 1024;  // bitmask columns per segment: 32 mask words
-constexpr int IL_STEP = 256;      // bitmask columns per step: 8 per lane (BITMASK_STEP in cuda.rs)
+// Bitmask columns per segment (32 mask words) and per step (8 per lane): BITMASK_SEGMENT and
+// BITMASK_STEP in ops/infer_linear/cuda.rs, which size the shared memory.
+constexpr int IL_SEGMENT = 1024;
+constexpr int IL_STEP = 256;
 
 // x [N][pitch] as f32 (see the header); sized by the launcher.
 extern __shared__ float infer_linear_x[];

@@ -1043,7 +1043,7 @@ mod x86 {
         // for one token of masked rows. On an AMD EPYC (Zen 5, 2 threads, LLaMA-2-7B shapes),
         // with four masked rows the GEMV read 80–90% of the dense one's bandwidth, with two
         // 95–105% (bitmask 50%, 11008×4096: 1.39–1.66× dense → 1.70–1.96×; 70%: 2.28–2.47×
-        // → 2.30–2.58×), with one less again (1.33–1.49×).
+        // → 2.30–2.58×), with one row less than with four (50%: 1.33–1.49×).
         match job.tokens {
             1 if Src::MASKED => decode::<_, T, Src, 1, 2>(g, src, rows, out),
             1 => decode::<_, T, Src, 1, 4>(g, src, rows, out),

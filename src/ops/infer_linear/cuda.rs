@@ -11,8 +11,9 @@
 //! fit 4 bf16 tokens on Hopper, 3 on A100), else [`decodes`] is false and the op takes its
 //! expand + GEMM path. The grid holds as many blocks as the GPU keeps resident at once (shared
 //! memory and threads per SM permitting), capped by the rows; warps stride over the rows, so
-//! x is staged once per resident block. Each launch's grid, block and shared bytes come from [`bitmask_geometry`]
-//! or [`nm_geometry`] (tests/cuda_on_cpu runs the kernels on the CPU with them).
+//! x is staged once per resident block. Each launch's grid, block and shared bytes come from
+//! [`bitmask_geometry`] or [`nm_geometry`] (tests/cuda_on_cpu runs the kernels on the CPU
+//! with them).
 
 use cudarc::driver::sys::CUdevice_attribute_enum::{
     CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR,

@@ -218,8 +218,7 @@ mod tests {
             // Single rows over long contexts (265, 65 and 128 keys), three query heads per kv
             // head.
             case((3, 300, 6, 2, 64), &[0, 2, 1], &[264, 64, 127]),
-            // Single rows with more query heads per kv head than a row task reads together
-            // (cpu_fast::HEADS = 4): 5 (4 + 1) and 8 (4 + 4).
+            // Single rows with 5 and 8 query heads per kv head.
             case((2, 50, 10, 2, 64), &[1, 0], &[49, 17]),
             case((1, 40, 8, 1, 40), &[0], &[39]),
         ]

@@ -9,6 +9,8 @@
 //!   weights and activations on a CPU with AVX-512 VBMI2 and BF16, the chunks stay bf16
 //!   (a masked chunk spread by `vpexpandw`) and `vdpbf16ps` multiplies them into x held in
 //!   bf16 pairs ([`Gemv`]): one instruction where the f32 path widens and runs two FMAs.
+//!   Chunks go two at a time; for one token a row's even and odd chunks are summed apart, so
+//!   that a sparse row does not wait on one chain of `vdpbf16ps`.
 //! - Prefill: the tokens are padded to a multiple of [`MT`] and stored in blocks of MT
 //!   tokens column by column ([block][column][token]). Output rows go in tiles of
 //!   [`TILE_ROWS`].
@@ -1038,18 +1040,23 @@ mod x86 {
         let words = job.words().expect("infer_linear: the bf16 GEMV needs x in bf16 pairs");
         assert_eq!((out.rows, out.tokens), (rows.len(), job.tokens), "infer_linear: output block size");
         assert_eq!(words.len(), job.tokens * job.in_pad / 2, "infer_linear: x in bf16 pairs");
-        let g = Bf16Gemv { x: words.as_ptr(), width: job.in_pad / 2, cols: job.cols };
-        // One sum register per (row, token): four rows in lockstep for up to four tokens, two
-        // for one token of masked rows. On an AMD EPYC (Zen 5, 2 threads, LLaMA-2-7B shapes),
-        // with four masked rows the GEMV read 80–90% of the dense one's bandwidth, with two
-        // 95–105% (bitmask 50%, 11008×4096: 1.39–1.66× dense → 1.70–1.96×; 70%: 2.28–2.47×
-        // → 2.30–2.58×), with one row less than with four (50%: 1.33–1.49×).
+        let (x, width, cols) = (words.as_ptr(), job.in_pad / 2, job.cols);
+        let (one, two) = (Bf16Gemv::<2> { x, width, cols }, Bf16Gemv::<1> { x, width, cols });
+        // Four rows in lockstep for up to four tokens, two for one token of masked rows. On
+        // an AMD EPYC (Zen 5, 2 threads, LLaMA-2-7B shapes), with four masked rows the GEMV
+        // read 80–90% of the dense one's bandwidth, with two 95–105% (bitmask 50%,
+        // 11008×4096: 1.39–1.66× dense → 1.70–1.96×; 70%: 2.28–2.47× → 2.30–2.58×), with one
+        // row less than with four (50%: 1.33–1.49×).
+        // For one token, two sum registers per row, for even and odd chunks (`SUMS` = 2):
+        // with one, each row waited on its `vdpbf16ps` chain, and a 70% row (~10 values per
+        // chunk) read 74–77% of the bandwidth; with two 91–105% (70%, 11008×4096: 2.18–2.34×
+        // dense → 2.65–2.72× in runs where memory read ~62 GB/s; 50% and 2:4 unchanged).
         match job.tokens {
-            1 if Src::MASKED => decode::<_, T, Src, 1, 2>(g, src, rows, out),
-            1 => decode::<_, T, Src, 1, 4>(g, src, rows, out),
-            2 => decode::<_, T, Src, 2, 4>(g, src, rows, out),
-            3 => decode::<_, T, Src, 3, 4>(g, src, rows, out),
-            4 => decode::<_, T, Src, 4, 4>(g, src, rows, out),
+            1 if Src::MASKED => decode::<_, T, Src, 1, 2>(one, src, rows, out),
+            1 => decode::<_, T, Src, 1, 4>(one, src, rows, out),
+            2 => decode::<_, T, Src, 2, 4>(two, src, rows, out),
+            3 => decode::<_, T, Src, 3, 4>(two, src, rows, out),
+            4 => decode::<_, T, Src, 4, 4>(two, src, rows, out),
             n => Err(Error::invalid(format!("infer_linear: the bf16 GEMV takes 1 to 4 tokens, not {n}"))),
         }
     }
@@ -1058,9 +1065,10 @@ mod x86 {
     /// by `vpexpandw`), multiplied into x's pairs by `vdpbf16ps`: 16 sums, each of two
     /// exact products, where the f32 path widens the chunk into two vectors and runs two
     /// fused multiply-adds. Like the prefill's pairs, it flushes denormal inputs and sums to
-    /// zero.
+    /// zero. `SUMS` (1 or 2) sum registers per row and token: with two, even chunks go to
+    /// the first and odd ones to the second ([`Gemv::fma_pair`]), two independent chains.
     #[derive(Clone, Copy)]
-    pub(super) struct Bf16Gemv {
+    pub(super) struct Bf16Gemv<const SUMS: usize> {
         /// x [tokens, width] in pairs.
         x: *const u32,
         /// Pairs per token (in_pad / 2).
@@ -1068,13 +1076,26 @@ mod x86 {
         cols: usize,
     }
 
-    impl<T: Stored> Gemv<T> for Bf16Gemv {
+    impl<const SUMS: usize> Bf16Gemv<SUMS> {
+        /// acc + w · x[t, chunk ch] by `vdpbf16ps`.
+        #[inline(always)]
+        unsafe fn dot(self, acc: __m512, w: __m512i, t: usize, ch: usize) -> __m512 {
+            let x = _mm512_loadu_si512(self.x.add(t * self.width + ch * CHUNK / 2).cast());
+            _mm512_dpbf16_ps(
+                acc,
+                std::mem::transmute::<__m512i, __m512bh>(w),
+                std::mem::transmute::<__m512i, __m512bh>(x),
+            )
+        }
+    }
+
+    impl<T: Stored, const SUMS: usize> Gemv<T> for Bf16Gemv<SUMS> {
         type S = Avx512<true>;
         type W = __m512i;
-        type A = __m512;
+        type A = [__m512; SUMS];
         #[inline(always)]
-        unsafe fn zero() -> __m512 {
-            _mm512_setzero_ps()
+        unsafe fn zero() -> [__m512; SUMS] {
+            [_mm512_setzero_ps(); SUMS]
         }
         #[inline(always)]
         unsafe fn full<R: RowReader<T>>(reader: &mut R, ch: usize) -> __m512i {
@@ -1093,19 +1114,21 @@ mod x86 {
             expand_words(bits, _mm512_loadu_si512(at.cast()))
         }
         #[inline(always)]
-        unsafe fn fma<const NT: usize>(self, acc: &mut [__m512; NT], w: __m512i, ch: usize) {
+        unsafe fn fma<const NT: usize>(self, acc: &mut [[__m512; SUMS]; NT], w: __m512i, ch: usize) {
             for (t, a) in acc.iter_mut().enumerate() {
-                let x = _mm512_loadu_si512(self.x.add(t * self.width + ch * CHUNK / 2).cast());
-                *a = _mm512_dpbf16_ps(
-                    *a,
-                    std::mem::transmute::<__m512i, __m512bh>(w),
-                    std::mem::transmute::<__m512i, __m512bh>(x),
-                );
+                a[0] = self.dot(a[0], w, t, ch);
             }
         }
         #[inline(always)]
-        unsafe fn sum(acc: __m512) -> f32 {
-            _mm512_reduce_add_ps(acc)
+        unsafe fn fma_pair<const NT: usize>(self, acc: &mut [[__m512; SUMS]; NT], w: [__m512i; 2], ch: usize) {
+            for (t, a) in acc.iter_mut().enumerate() {
+                a[0] = self.dot(a[0], w[0], t, ch);
+                a[SUMS - 1] = self.dot(a[SUMS - 1], w[1], t, ch + 1);
+            }
+        }
+        #[inline(always)]
+        unsafe fn sum(acc: [__m512; SUMS]) -> f32 {
+            _mm512_reduce_add_ps(if SUMS == 2 { _mm512_add_ps(acc[0], acc[SUMS - 1]) } else { acc[0] })
         }
         fn cols(self) -> usize {
             self.cols
@@ -1178,6 +1201,15 @@ trait Gemv<T: Stored>: Copy {
     /// # Safety
     /// The CPU runs `Self::S`; x holds NT tokens and chunk ch.
     unsafe fn fma<const NT: usize>(self, acc: &mut [Self::A; NT], w: Self::W, ch: usize);
+    /// Chunks ch and ch + 1 ([`Gemv::fma`] of each in order, unless the sums keep them apart).
+    ///
+    /// # Safety
+    /// As [`Gemv::fma`], for both chunks.
+    #[inline(always)]
+    unsafe fn fma_pair<const NT: usize>(self, acc: &mut [Self::A; NT], w: [Self::W; 2], ch: usize) {
+        self.fma::<NT>(acc, w[0], ch);
+        self.fma::<NT>(acc, w[1], ch + 1);
+    }
     /// The sum of one token's sums.
     ///
     /// # Safety
@@ -1268,8 +1300,9 @@ unsafe fn decode<G: Gemv<T>, T: Stored, Src: Source<T>, const NT: usize, const K
 }
 
 /// Rows `first + k·part` (k listed with a reader, scratch and accumulator name each) times
-/// the NT tokens of x, chunk by chunk in lockstep: each chunk is decoded once and multiplied
-/// into its row's NT accumulators; the sums go to output rows `i + k·part`. Written out per
+/// the NT tokens of x, chunk by chunk in lockstep, two chunks of a row at a time
+/// ([`Gemv::fma_pair`]): each chunk is decoded once and multiplied into its row's NT
+/// accumulators; the sums go to output rows `i + k·part`. Written out per
 /// row (a macro, not an array and a loop) so that every reader and accumulator stays in
 /// registers.
 macro_rules! lockstep {
@@ -1281,8 +1314,14 @@ macro_rules! lockstep {
             let mut $r = $src.row::<<$G as Gemv<$T>>::S>($first + $k * $part, $s);
             let mut $a = [<$G as Gemv<$T>>::zero(); $NT];
         )+
-        for ch in 0..full {
-            $( $g.fma::<$NT>(&mut $a, <$G as Gemv<$T>>::full(&mut $r, ch), ch); )+
+        for ch in (0..full - full % 2).step_by(2) {
+            $(
+                let w = [<$G as Gemv<$T>>::full(&mut $r, ch), <$G as Gemv<$T>>::full(&mut $r, ch + 1)];
+                $g.fma_pair::<$NT>(&mut $a, w, ch);
+            )+
+        }
+        if full % 2 == 1 {
+            $( $g.fma::<$NT>(&mut $a, <$G as Gemv<$T>>::full(&mut $r, full - 1), full - 1); )+
         }
         if full * CHUNK < cols {
             $( $g.fma::<$NT>(&mut $a, <$G as Gemv<$T>>::tail(&mut $r, full), full); )+

@@ -4,11 +4,26 @@
 
 use crate::ops::Real;
 
+/// Σ x_j² in f64: eight partial sums (x_j, x_{j+8}, … in sum j % 8), added in order at the
+/// end, then the last dim % 8 terms. Eight independent sums let the loop vectorize; one sum
+/// in order was a chain of dependent f64 additions, ~5% of a 512-token prefill (the decode
+/// engine normalises every row with this function).
+fn sum_squares<F: Real>(x: &[F]) -> f64 {
+    let mut partial = [0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|v| v.to_f64() * v.to_f64()).sum();
+    for c in chunks {
+        for (p, v) in partial.iter_mut().zip(c) {
+            *p += v.to_f64() * v.to_f64();
+        }
+    }
+    partial.iter().sum::<f64>() + tail
+}
+
 /// Forward into `y`.
 pub fn forward<F: Real>(x: &[F], w: &[F], eps: f64, dim: usize, y: &mut [F]) {
     for (xr, yr) in x.chunks_exact(dim).zip(y.chunks_exact_mut(dim)) {
-        let ss: f64 = xr.iter().map(|v| v.to_f64() * v.to_f64()).sum();
-        let r = 1.0 / (ss / dim as f64 + eps).sqrt();
+        let r = 1.0 / (sum_squares(xr) / dim as f64 + eps).sqrt();
         for j in 0..dim {
             yr[j] = F::from_f64(xr[j].to_f64() * r * w[j].to_f64());
         }
@@ -27,8 +42,7 @@ pub fn backward<F: Real>(
 ) {
     let mut dw_acc = vec![0f64; if dw.is_some() { dim } else { 0 }];
     for (row, (xr, dyr)) in x.chunks_exact(dim).zip(dy.chunks_exact(dim)).enumerate() {
-        let ss: f64 = xr.iter().map(|v| v.to_f64() * v.to_f64()).sum();
-        let r = 1.0 / (ss / dim as f64 + eps).sqrt();
+        let r = 1.0 / (sum_squares(xr) / dim as f64 + eps).sqrt();
         let dot: f64 = (0..dim).map(|j| dyr[j].to_f64() * w[j].to_f64() * xr[j].to_f64()).sum();
         let c = dot * r * r * r / dim as f64;
         if let Some(dx) = dx.as_deref_mut() {

@@ -1041,7 +1041,7 @@ mod x86 {
         assert_eq!((out.rows, out.tokens), (rows.len(), job.tokens), "infer_linear: output block size");
         assert_eq!(words.len(), job.tokens * job.in_pad / 2, "infer_linear: x in bf16 pairs");
         let (x, width, cols) = (words.as_ptr(), job.in_pad / 2, job.cols);
-        let (one, two) = (Bf16Gemv::<2> { x, width, cols }, Bf16Gemv::<1> { x, width, cols });
+        let (two_sums, one_sum) = (Bf16Gemv::<2> { x, width, cols }, Bf16Gemv::<1> { x, width, cols });
         // Four rows in lockstep for up to four tokens, two for one token of masked rows. On
         // an AMD EPYC (Zen 5, 2 threads, LLaMA-2-7B shapes), with four masked rows the GEMV
         // read 80–90% of the dense one's bandwidth, with two 95–105% (bitmask 50%,
@@ -1052,11 +1052,11 @@ mod x86 {
         // chunk) read 74–77% of the bandwidth; with two 91–105% (70%, 11008×4096: 2.18–2.34×
         // dense → 2.65–2.72× in runs where memory read ~62 GB/s; 50% and 2:4 unchanged).
         match job.tokens {
-            1 if Src::MASKED => decode::<_, T, Src, 1, 2>(one, src, rows, out),
-            1 => decode::<_, T, Src, 1, 4>(one, src, rows, out),
-            2 => decode::<_, T, Src, 2, 4>(two, src, rows, out),
-            3 => decode::<_, T, Src, 3, 4>(two, src, rows, out),
-            4 => decode::<_, T, Src, 4, 4>(two, src, rows, out),
+            1 if Src::MASKED => decode::<_, T, Src, 1, 2>(two_sums, src, rows, out),
+            1 => decode::<_, T, Src, 1, 4>(two_sums, src, rows, out),
+            2 => decode::<_, T, Src, 2, 4>(one_sum, src, rows, out),
+            3 => decode::<_, T, Src, 3, 4>(one_sum, src, rows, out),
+            4 => decode::<_, T, Src, 4, 4>(one_sum, src, rows, out),
             n => Err(Error::invalid(format!("infer_linear: the bf16 GEMV takes 1 to 4 tokens, not {n}"))),
         }
     }

@@ -44,6 +44,23 @@ use std::sync::RwLockReadGuard;
 use crate::storage::Storage;
 use crate::{DType, Device, Error, Result, Tensor};
 
+/// Σ term(x_j) in f64, in eight partial sums (term j in sum j % 8) added in order at the
+/// end, then the last len % 8 terms in order. Eight independent sums let the loop vectorize
+/// where one sum in order is a chain of dependent additions. Inlined, so that it is compiled
+/// for its caller's instruction set.
+#[inline(always)]
+pub(crate) fn sum_f64_by<T: Copy>(x: &[T], term: impl Fn(T) -> f64) -> f64 {
+    let chunks = x.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|&v| term(v)).sum();
+    let mut partial = [0f64; 8];
+    for c in chunks {
+        for (p, &v) in partial.iter_mut().zip(c) {
+            *p += term(v);
+        }
+    }
+    partial.iter().sum::<f64>() + tail
+}
+
 /// The float types the CPU references are written for: f32 for tensors, f64 for
 /// finite-difference checks. Long sums accumulate in f64 either way.
 pub trait Real:

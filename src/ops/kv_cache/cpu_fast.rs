@@ -18,6 +18,7 @@ use rayon::prelude::*;
 
 use super::cpu::AttentionDims;
 use crate::ops::matmul::cpu::strided;
+use crate::ops::sum_f64_by;
 use crate::storage::FloatElement;
 
 /// scores\[u\] = q·keys_u for key rows [keys, D] with a stride of `stride` elements (`q` is
@@ -103,21 +104,6 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     } else {
         p * scale
     }
-}
-
-/// Σ values in f64, in 8 partial sums (so that it vectorizes).
-#[inline(always)]
-fn sum_f64(values: &[f32]) -> f64 {
-    const LANES: usize = 8;
-    let chunks = values.chunks_exact(LANES);
-    let tail: f64 = chunks.remainder().iter().map(|&v| v as f64).sum();
-    let mut partial = [0f64; LANES];
-    for c in chunks {
-        for i in 0..LANES {
-            partial[i] += c[i] as f64;
-        }
-    }
-    partial.iter().sum::<f64>() + tail
 }
 
 /// Rows of one sequence from which the attention is done in blocks.
@@ -300,7 +286,7 @@ fn block<Q: FloatElement, T: FloatElement>(
         for x in &mut row[..seen] {
             *x = exp_nonpositive(*x - max);
         }
-        *sum = sum_f64(&row[..seen]);
+        *sum = sum_f64_by(&row[..seen], f64::from);
         row[seen..].fill(0.0);
     }
     let mut out = vec![0f32; r * dim];
@@ -352,7 +338,7 @@ fn attend<Q: FloatElement, T: FloatElement>(
     // vectorizes), then o = Σ p_u·v_u / Σ p_u.
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     scores.iter_mut().for_each(|s| *s = exp_nonpositive(*s - max));
-    let sum = sum_f64(&scores);
+    let sum = sum_f64_by(&scores, f64::from);
     weighted_rows(&scores, v_head, stride, out);
     let inv = (1.0 / sum) as f32;
     out.iter_mut().for_each(|x| *x *= inv);

@@ -2,22 +2,12 @@
 //!   r = 1 / sqrt(mean_j x_j² + eps),  y_j = x_j · r · w_j
 //!   dx_j = r·dy_j·w_j − x_j · r³ · mean_k(dy_k·w_k·x_k),  dw_j = Σ_rows dy_j · x_j · r
 
-use crate::ops::Real;
+use crate::ops::{sum_f64_by, Real};
 
-/// Σ x_j² in f64: eight partial sums (x_j, x_{j+8}, … in sum j % 8), added in order at the
-/// end, then the last dim % 8 terms. Eight independent sums let the loop vectorize; one sum
-/// in order was a chain of dependent f64 additions, ~5% of a 512-token prefill (the decode
-/// engine normalises every row with this function).
+/// Σ x_j² in f64 ([`sum_f64_by`]: one sum in order was a chain of dependent f64 additions,
+/// ~5% of a 512-token prefill; the decode engine normalises every row with this function).
 fn sum_squares<F: Real>(x: &[F]) -> f64 {
-    let mut partial = [0f64; 8];
-    let chunks = x.chunks_exact(8);
-    let tail: f64 = chunks.remainder().iter().map(|v| v.to_f64() * v.to_f64()).sum();
-    for c in chunks {
-        for (p, v) in partial.iter_mut().zip(c) {
-            *p += v.to_f64() * v.to_f64();
-        }
-    }
-    partial.iter().sum::<f64>() + tail
+    sum_f64_by(x, |v| v.to_f64() * v.to_f64())
 }
 
 /// Forward into `y`.

@@ -34,7 +34,23 @@ struct TensorInner {
     shape: Shape,
     dtype: DType,
     device: Device,
-    storage: Arc<RwLock<Storage>>,
+    storage: Arc<StorageCell>,
+}
+
+/// A tensor's data with its stamp: a value unique within the process, drawn afresh when the
+/// storage is made and each time write access to it is taken, so equal stamps mean the same
+/// data, unchanged (what [`crate::device::workspace::Workspace`] checks before reusing a
+/// matrix built from tensors).
+struct StorageCell {
+    data: RwLock<Storage>,
+    stamp: AtomicU64,
+}
+
+/// A fresh stamp (see [`StorageCell`]).
+fn fresh_stamp() -> u64 {
+    // Identity only, like TensorId.
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl std::fmt::Debug for Tensor {
@@ -83,7 +99,7 @@ impl Tensor {
             dtype: storage.dtype(),
             shape,
             device: device.clone(),
-            storage: Arc::new(RwLock::new(storage)),
+            storage: Arc::new(StorageCell { data: RwLock::new(storage), stamp: AtomicU64::new(fresh_stamp()) }),
         })))
     }
 
@@ -204,12 +220,22 @@ impl Tensor {
 
     /// Read access to the storage.
     pub fn read(&self) -> Result<RwLockReadGuard<'_, Storage>> {
-        self.0.storage.read().map_err(|_| lock_err())
+        self.0.storage.data.read().map_err(|_| lock_err())
     }
 
     /// Write access to the storage (in-place updates: optimizer steps, gradient accumulation).
+    /// Draws a new [`Self::stamp`].
     pub fn write(&self) -> Result<RwLockWriteGuard<'_, Storage>> {
-        self.0.storage.write().map_err(|_| lock_err())
+        let guard = self.0.storage.data.write().map_err(|_| lock_err())?;
+        self.0.storage.stamp.store(fresh_stamp(), Ordering::Relaxed);
+        Ok(guard)
+    }
+
+    /// The storage's stamp: unique within the process, new each time the storage is made or
+    /// written through [`Self::write`]. Two equal stamps read at different times mean the data
+    /// did not change in between.
+    pub(crate) fn stamp(&self) -> u64 {
+        self.0.storage.stamp.load(Ordering::Relaxed)
     }
 
     /// True when no other tensor handle or view shares this storage.
@@ -494,6 +520,23 @@ mod tests {
         assert_eq!((m.current_bytes, m.peak_bytes), (0, 5000));
         dev.reset_peak_memory();
         assert_eq!(dev.memory().peak_bytes, 0);
+    }
+
+    #[test]
+    fn stamps_change_with_every_write_and_are_shared_by_views() {
+        let dev = Device::cpu();
+        let t = Tensor::zeros([2, 3], DType::F32, &dev).unwrap();
+        let (u, view) = (Tensor::zeros([2, 3], DType::F32, &dev).unwrap(), t.reshape([6]).unwrap());
+        let s0 = t.stamp();
+        assert_ne!(s0, u.stamp(), "two storages");
+        assert_eq!((t.clone().stamp(), view.stamp()), (s0, s0), "a clone and a view share the storage's stamp");
+        drop(t.read().unwrap());
+        assert_eq!(t.stamp(), s0, "reading changes nothing");
+        t.copy_from(&u).unwrap();
+        let s1 = view.stamp();
+        assert_ne!(s1, s0, "written through another handle");
+        drop(view.write().unwrap());
+        assert_ne!(t.stamp(), s1);
     }
 
     #[test]

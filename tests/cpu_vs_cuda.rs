@@ -190,7 +190,11 @@ fn training_steps_match_cpu() {
             let loss =
                 t.model.loss(Some(&mut tape), &ids, &targets, ForwardOptions { checkpoint_layers: true }).unwrap();
             let mut grads = Grads::new();
+            let reused = t.model.device().workspace_reuses();
             tape.backward(&loss, &mut grads).unwrap();
+            // Each layer's down projection, recomputed last, finds its W_eff in the workspace.
+            let layers = t.model.config.num_hidden_layers;
+            assert_eq!(t.model.device().workspace_reuses() - reused, layers, "W_eff reused per layer");
             t.params.iter().map(|(_, p)| grads.get(p).unwrap().to_f32_vec().unwrap()).collect()
         };
         for step in 1..=3 {

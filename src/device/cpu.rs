@@ -44,6 +44,24 @@ impl CpuDevice {
         self.workspace.with(n, |n| T::wrap_cpu(self.buffer(vec![T::default(); n])), f)
     }
 
+    /// Runs `build` then `f` on `n` elements of the workspace, skipping `build` when the
+    /// workspace still holds what a build with the same `key` left there
+    /// ([`Workspace::with_built`], whose rules `key` and `f` follow).
+    pub fn with_built_workspace<T: Element, R>(
+        &self,
+        n: usize,
+        key: Option<&[u64]>,
+        build: impl FnOnce(&mut [T]) -> Result<()>,
+        f: impl FnOnce(&mut [T]) -> Result<R>,
+    ) -> Result<R> {
+        self.workspace.with_built(n, key, |n| T::wrap_cpu(self.buffer(vec![T::default(); n])), build, f)
+    }
+
+    /// Builds the workspace skipped because it still held them ([`Workspace::reuses`]).
+    pub fn workspace_reuses(&self) -> usize {
+        self.workspace.reuses()
+    }
+
     /// Bytes held by the workspace.
     pub fn workspace_bytes(&self) -> usize {
         self.workspace.bytes()

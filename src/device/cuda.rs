@@ -177,6 +177,23 @@ impl CudaDevice {
         self.0.workspace.with(n, |n| Ok(T::wrap_cuda(self.alloc::<T>(n)?)), f)
     }
 
+    /// [`super::CpuDevice::with_built_workspace`] on this device: `build` skipped when the
+    /// workspace still holds what a build with the same `key` left there.
+    pub fn with_built_workspace<T: crate::storage::Element, R>(
+        &self,
+        n: usize,
+        key: Option<&[u64]>,
+        build: impl FnOnce(&mut CudaSlice<T>) -> Result<()>,
+        f: impl FnOnce(&mut CudaSlice<T>) -> Result<R>,
+    ) -> Result<R> {
+        self.0.workspace.with_built(n, key, |n| Ok(T::wrap_cuda(self.alloc::<T>(n)?)), build, f)
+    }
+
+    /// Builds the workspace skipped because it still held them.
+    pub fn workspace_reuses(&self) -> usize {
+        self.0.workspace.reuses()
+    }
+
     /// Bytes held by the workspace.
     pub fn workspace_bytes(&self) -> usize {
         self.0.workspace.bytes()

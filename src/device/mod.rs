@@ -69,6 +69,15 @@ impl Device {
         }
     }
 
+    /// How many masked-weight builds the device's workspace skipped because it still held
+    /// them (a backward right after its forward; see [`workspace::Workspace::with_built`]).
+    pub fn workspace_reuses(&self) -> usize {
+        match self {
+            Device::Cpu(d) => d.workspace_reuses(),
+            Device::Cuda(d) => d.workspace_reuses(),
+        }
+    }
+
     /// Resets the peak counter to the current value.
     pub fn reset_peak_memory(&self) {
         match self {
@@ -155,6 +164,45 @@ mod tests {
         assert_eq!(dev.workspace_bytes(), 1200);
         let nested = dev.with_workspace::<f32, _>(10, |_| dev.with_workspace::<f32, _>(10, |_| Ok(())));
         assert!(nested.unwrap_err().to_string().contains("in use"));
+    }
+
+    #[test]
+    fn workspace_build_is_skipped_only_while_intact() {
+        let dev = CpuDevice::new();
+        let builds = std::cell::Cell::new(0);
+        let build = |w: &mut [f32]| {
+            builds.set(builds.get() + 1);
+            w.fill(builds.get() as f32);
+            Ok(())
+        };
+        let read = |w: &mut [f32]| Ok(w[0]);
+        assert_eq!(dev.with_built_workspace::<f32, _>(8, Some(&[1, 2]), build, read).unwrap(), 1.0);
+        assert_eq!(
+            dev.with_built_workspace::<f32, _>(8, Some(&[1, 2]), build, read).unwrap(),
+            1.0,
+            "held: not rebuilt"
+        );
+        assert_eq!((builds.get(), dev.workspace_reuses()), (1, 1));
+        assert_eq!(dev.with_built_workspace::<f32, _>(8, Some(&[1, 3]), build, read).unwrap(), 2.0, "another key");
+        dev.with_workspace::<f32, _>(8, |_| Ok(())).unwrap();
+        assert_eq!(
+            dev.with_built_workspace::<f32, _>(8, Some(&[1, 3]), build, read).unwrap(),
+            3.0,
+            "forgotten after a use"
+        );
+        assert_eq!(
+            dev.with_built_workspace::<f32, _>(64, Some(&[1, 3]), build, read).unwrap(),
+            4.0,
+            "forgotten when regrown"
+        );
+        let failed = dev.with_built_workspace::<f32, _>(64, Some(&[9]), |_| Err(crate::Error::invalid("x")), read);
+        assert!(failed.is_err());
+        assert_eq!(
+            dev.with_built_workspace::<f32, _>(64, Some(&[1, 3]), build, read).unwrap(),
+            5.0,
+            "a failed build holds nothing"
+        );
+        assert_eq!((builds.get(), dev.workspace_reuses()), (5, 1));
     }
 
     #[test]

@@ -109,7 +109,8 @@ pub fn build_effective<T: CudaFloat>(
     Ok(())
 }
 
-/// y = x·W_effᵀ.
+/// y = x·W_effᵀ, W_eff built in the workspace under `key` (see
+/// [`crate::device::CudaDevice::with_built_workspace`]; `None`: always built, never reused).
 #[allow(clippy::too_many_arguments)]
 pub fn forward<T: CudaFloat>(
     dev: &CudaDevice,
@@ -120,11 +121,14 @@ pub fn forward<T: CudaFloat>(
     s: f32,
     y: &mut CudaSlice<T>,
     d: Dims,
+    key: Option<&[u64]>,
 ) -> Result<()> {
-    dev.with_workspace::<T, _>(d.output * d.input, |ws| {
-        build_effective(dev, w, a, b, s, &mut ws.slice_mut(..), d)?;
-        matmul(dev, x, ws, y, Mm::single(d.tokens, d.output, d.input, false, true), 1.0, 0.0)
-    })
+    dev.with_built_workspace::<T, _>(
+        d.output * d.input,
+        key,
+        |ws| build_effective(dev, w, a, b, s, &mut ws.slice_mut(..), d),
+        |ws| matmul(dev, x, ws, y, Mm::single(d.tokens, d.output, d.input, false, true), 1.0, 0.0),
+    )
 }
 
 /// Bytes of G = dyᵀ·x one tile of the exact adapter gradients holds: small enough that the
@@ -145,7 +149,8 @@ pub fn adapter_tile_cols(out: usize, inp: usize, elem: usize) -> usize {
 
 /// dx = dy·W_eff (when `dx` is given) and the exact adapter gradients (when given), the
 /// latter tile by tile: `tile` columns (a multiple of 8, or all of them) per tile, or
-/// [`adapter_tile_cols`]'s when None. dx is one GEMM on W_eff built in the workspace. For
+/// [`adapter_tile_cols`]'s when None. dx is one GEMM on W_eff built in the workspace, or
+/// found there when it still holds the build `key` names (as [`forward`] left it). For
 /// each tile of columns [c, c + w) of the weight: G_c = dyᵀ·x[:, c..c+w] into the
 /// workspace, masked there (`SparseWeight::mask_columns_cuda`), then dB += s·G_c·A[:, c..c+w]ᵀ
 /// and dA[:, c..c+w] = s·Bᵀ·G_c. With more than one tile a bf16 dB is summed in f32 and
@@ -163,6 +168,7 @@ pub fn backward_exact<T: CudaFloat>(
     adapters: Option<(&mut CudaSlice<T>, &mut CudaSlice<T>)>,
     d: Dims,
     tile: Option<usize>,
+    key: Option<&[u64]>,
 ) -> Result<()> {
     let tile = tile.unwrap_or_else(|| adapter_tile_cols(d.output, d.input, std::mem::size_of::<T>()));
     let (out, inp, rank, t) = (d.output, d.input, d.rank, d.tokens);
@@ -170,13 +176,16 @@ pub fn backward_exact<T: CudaFloat>(
         return Err(Error::invalid(format!("masked_lora backward: a tile of {tile} columns (a multiple of 8)")));
     }
     let tile = tile.min(inp);
-    let ws_len = if dx.is_some() { out * inp } else { out * tile };
-    dev.with_workspace::<T, _>(ws_len, |ws| {
-        if let Some(dx) = dx {
-            build_effective(dev, w, a, b, s, &mut ws.slice_mut(..), d)?;
-            matmul(dev, dy, ws, dx, Mm::single(t, inp, out, false, false), 1.0, 0.0)?;
-        }
-        let Some((da, db)) = adapters else { return Ok(()) };
+    if let Some(dx) = dx {
+        dev.with_built_workspace::<T, _>(
+            out * inp,
+            key,
+            |ws| build_effective(dev, w, a, b, s, &mut ws.slice_mut(..), d),
+            |ws| matmul(dev, dy, ws, dx, Mm::single(t, inp, out, false, false), 1.0, 0.0),
+        )?;
+    }
+    let Some((da, db)) = adapters else { return Ok(()) };
+    dev.with_workspace::<T, _>(out * tile, |ws| {
         let tiles = inp.div_ceil(tile).max(1);
         // dB summed over the tiles: in place when T is f32 or there is one tile, else in f32.
         let mut db32 =

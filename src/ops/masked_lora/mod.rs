@@ -5,7 +5,8 @@
 //! Forward ("masked LoRA fused matmul"): W_eff is built in the device's reusable workspace
 //! (GEMM s·B·A, then one expansion pass adding W's kept values and zeroing the rest), then
 //! one dense GEMM. Backward ("sparse recompute backward", [`Saved::Recompute`]): W_eff is
-//! rebuilt in the workspace for dx = dy·W_eff; the exact adapter gradients reuse the same
+//! rebuilt in the workspace for dx = dy·W_eff, unless the workspace still holds the one the
+//! forward built from the same unchanged tensors (a layer's last linear under checkpointing); the exact adapter gradients reuse the same
 //! workspace for G = dyᵀ·x, masked in place and contracted at once into dB = s·(M⊙G)·Aᵀ and
 //! dA = s·Bᵀ·(M⊙G) (on CUDA a tile of columns of G at a time, sized to stay in L2); the
 //! rearranged (LoRS) ones need no out × in product. The op saves x, A and B; nothing of size
@@ -70,6 +71,20 @@ pub(super) fn check(x: &Tensor, w: &SparseWeight, a: &Tensor, b: &Tensor) -> Res
     Ok(Dims { tokens: x.shape().rows(), input: inp, output: out, rank: r })
 }
 
+/// What W_eff built from these inputs is keyed by in the device workspace
+/// ([`crate::device::workspace::Workspace::with_built`]): the stamps of the base's tensors and
+/// of A and B (new whenever any of them is written), the scale and the sizes. A backward that
+/// finds its forward's W_eff still in the workspace (the layer's last linear, recomputed just
+/// before its backward under checkpointing) multiplies by it without rebuilding it.
+fn weff_key(w: &SparseWeight, a: &Tensor, b: &Tensor, scale: f32) -> Vec<u64> {
+    let offsets = w.row_offsets().map_or(0, Tensor::stamp);
+    let sizes = [w.rows(), w.cols(), a.dims()[0]].map(|n| n as u64);
+    [w.values().stamp(), w.meta().stamp(), offsets, a.stamp(), b.stamp(), u64::from(scale.to_bits())]
+        .into_iter()
+        .chain(sizes)
+        .collect()
+}
+
 /// ws ← W⊙M + s·M⊙(B·A) on the host.
 fn build_effective_host(w: &SparseWeight, a: &[f32], b: &[f32], s: f32, ws: &mut [f32], d: Dims) -> Result<()> {
     fast(b, a, ws, Mm::single(d.output, d.input, d.rank, false, false), s, false);
@@ -80,21 +95,27 @@ fn build_effective_host(w: &SparseWeight, a: &[f32], b: &[f32], s: f32, ws: &mut
 pub fn forward(x: &Tensor, w: &SparseWeight, a: &Tensor, b: &Tensor, scale: f32) -> Result<Tensor> {
     let d = check(x, w, a, b)?;
     let shape = linear_out_shape(x, d.output);
+    let key = weff_key(w, a, b, scale);
     match x.device() {
         Device::Cpu(dev) => {
             let (xh, ah, bh) = (host_f32(x)?, host_f32(a)?, host_f32(b)?);
             let mut y = vec![0f32; d.tokens * d.output];
-            dev.with_workspace::<f32, _>(d.output * d.input, |ws| {
-                build_effective_host(w, &ah, &bh, scale, ws, d)?;
-                fast(&xh, ws, &mut y, Mm::single(d.tokens, d.output, d.input, false, true), 1.0, false);
-                Ok(())
-            })?;
+            dev.with_built_workspace::<f32, _>(
+                d.output * d.input,
+                Some(&key),
+                |ws| build_effective_host(w, &ah, &bh, scale, ws, d),
+                |ws| {
+                    fast(&xh, ws, &mut y, Mm::single(d.tokens, d.output, d.input, false, true), 1.0, false);
+                    Ok(())
+                },
+            )?;
             Tensor::from_f32(y, shape, DType::F32, x.device())
         }
         Device::Cuda(_) => with_compute_type!(x.dtype(), "masked_lora", T => {
             let dev = cuda_device(x)?;
             let mut y = dev.alloc::<T>(d.tokens * d.output)?;
-            cuda::forward::<T>(dev, x.read()?.cuda()?, w, a.read()?.cuda()?, b.read()?.cuda()?, scale, y.slice_mut(), d)?;
+            let (ar, br) = (a.read()?, b.read()?);
+            cuda::forward::<T>(dev, x.read()?.cuda()?, w, ar.cuda()?, br.cuda()?, scale, y.slice_mut(), d, Some(&key))?;
             cuda_tensor(y, shape, x.device())
         }),
     }
@@ -117,23 +138,29 @@ pub fn backward(
     expect_same("masked_lora backward", &[x, dy])?;
     linear_out_shape(x, d.output).expect_eq("masked_lora backward (dy)", dy.shape())?;
     let exact_adapters = want_adapters && mode == AdapterGrad::Exact;
+    let key = weff_key(w, a, b, scale);
     let (dx, mut da, mut db) = match x.device() {
         Device::Cpu(dev) => {
             let (xh, ah, bh, dyh) = (host_f32(x)?, host_f32(a)?, host_f32(b)?, host_f32(dy)?);
             let mut dx = want_dx.then(|| vec![0f32; d.tokens * d.input]);
             let mut adapters = exact_adapters.then(|| (vec![0f32; d.rank * d.input], vec![0f32; d.output * d.rank]));
-            if dx.is_some() || adapters.is_some() {
-                dev.with_workspace::<f32, _>(d.output * d.input, |ws| {
-                    if let Some(dx) = dx.as_mut() {
-                        build_effective_host(w, &ah, &bh, scale, ws, d)?;
+            if let Some(dx) = dx.as_mut() {
+                dev.with_built_workspace::<f32, _>(
+                    d.output * d.input,
+                    Some(&key),
+                    |ws| build_effective_host(w, &ah, &bh, scale, ws, d),
+                    |ws| {
                         fast(&dyh, ws, dx, Mm::single(d.tokens, d.input, d.output, false, false), 1.0, false);
-                    }
-                    if let Some((da, db)) = adapters.as_mut() {
-                        fast(&dyh, &xh, ws, Mm::single(d.output, d.input, d.tokens, true, false), 1.0, false);
-                        w.expand_into_host(ws, Expand::MaskOnly)?;
-                        fast(ws, &ah, db, Mm::single(d.output, d.rank, d.input, false, true), scale, false);
-                        fast(&bh, ws, da, Mm::single(d.rank, d.input, d.output, true, false), scale, false);
-                    }
+                        Ok(())
+                    },
+                )?;
+            }
+            if let Some((da, db)) = adapters.as_mut() {
+                dev.with_workspace::<f32, _>(d.output * d.input, |ws| {
+                    fast(&dyh, &xh, ws, Mm::single(d.output, d.input, d.tokens, true, false), 1.0, false);
+                    w.expand_into_host(ws, Expand::MaskOnly)?;
+                    fast(ws, &ah, db, Mm::single(d.output, d.rank, d.input, false, true), scale, false);
+                    fast(&bh, ws, da, Mm::single(d.rank, d.input, d.output, true, false), scale, false);
                     Ok(())
                 })?;
             }
@@ -163,6 +190,7 @@ pub fn backward(
                     adapters.as_mut().map(|(da, db)| (da.slice_mut(), db.slice_mut())),
                     d,
                     None,
+                    Some(&key),
                 )?;
             }
             let dx = dx.map(|b| cuda_tensor(b, x.shape().clone(), x.device())).transpose()?;

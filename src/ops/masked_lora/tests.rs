@@ -124,6 +124,68 @@ fn tape_keeps_no_out_by_in_tensor_and_reuses_the_workspace() {
     assert!(dev.memory().current_bytes <= before + (4 * 48 + 40 * 4) * 4 * 2);
 }
 
+/// A backward right after its forward multiplies by the W_eff the forward left in the
+/// workspace; after A or the base is written in place, or another op used the workspace, it
+/// rebuilds it. Every dx, dA and dB against the dense reference on the inputs of the moment.
+fn weff_reuse_follows_the_inputs(dev: &Device) {
+    let mut c = case(dev, DType::F32, &[2, 5], 40, 24, 3, SparseFormat::Bitmask, 21);
+    let s = 1.5f32;
+    let check = |c: &Case, w_dense: &[f32], what: &str| {
+        let w: Vec<f64> = w_dense.iter().map(|&v| v as f64).collect();
+        let r = cpu::backward(
+            &f64s(&c.x),
+            &w,
+            &c.keep,
+            &f64s(&c.a),
+            &f64s(&c.b),
+            &f64s(&c.dy),
+            s as f64,
+            c.d,
+            AdapterGrad::Exact,
+        );
+        let (dx, da, db) = backward(&c.x, &c.w, &c.a, &c.b, &c.dy, s, AdapterGrad::Exact, true, true).unwrap();
+        assert_close_f64(&format!("{what}: dx"), &f64s(&dx.unwrap()), &r.0, 1e-5, 1e-5);
+        assert_close_f64(&format!("{what}: dA"), &f64s(&da.unwrap()), &r.1, 1e-4, 1e-5);
+        assert_close_f64(&format!("{what}: dB"), &f64s(&db.unwrap()), &r.2, 1e-4, 1e-5);
+    };
+    let start = dev.workspace_reuses();
+    forward(&c.x, &c.w, &c.a, &c.b, s).unwrap();
+    check(&c, &c.w_dense, "right after the forward");
+    assert_eq!(dev.workspace_reuses(), start + 1, "the forward's W_eff was reused");
+    check(&c, &c.w_dense, "a second backward (the adapter gradients overwrote the workspace)");
+    assert_eq!(dev.workspace_reuses(), start + 1);
+
+    forward(&c.x, &c.w, &c.a, &c.b, s).unwrap();
+    let a2 = random_tensor(c.a.dims().to_vec(), DType::F32, dev, 77);
+    c.a.copy_from(&a2).unwrap();
+    check(&c, &c.w_dense, "A written in place after the forward");
+
+    forward(&c.x, &c.w, &c.a, &c.b, s).unwrap();
+    let doubled: Vec<f32> = c.w.values().to_f32_vec().unwrap().iter().map(|v| 2.0 * v).collect();
+    let values = Tensor::from_f32(doubled, c.w.values().shape().clone(), DType::F32, dev).unwrap();
+    c.w.values().copy_from(&values).unwrap();
+    c.w_dense.iter_mut().for_each(|v| *v *= 2.0);
+    check(&c, &c.w_dense, "the base's values written in place after the forward");
+
+    forward(&c.x, &c.w, &c.a, &c.b, s).unwrap();
+    let other = case(dev, DType::F32, &[3], 40, 24, 3, SparseFormat::Bitmask, 22);
+    forward(&other.x, &other.w, &other.a, &other.b, s).unwrap();
+    check(&c, &c.w_dense, "another linear's forward in between");
+    assert_eq!(dev.workspace_reuses(), start + 1, "only the first backward reused");
+}
+
+#[test]
+fn backward_reuses_the_forwards_weight_only_while_its_inputs_are_unchanged() {
+    weff_reuse_follows_the_inputs(&Device::cpu());
+}
+
+#[test]
+fn cuda_backward_reuses_the_forwards_weight_only_while_its_inputs_are_unchanged() {
+    if let Some(gpu) = cuda_for_tests("cuda_backward_reuses_the_forwards_weight_only_while_its_inputs_are_unchanged") {
+        weff_reuse_follows_the_inputs(&gpu);
+    }
+}
+
 #[test]
 fn bad_inputs_are_errors() {
     let dev = Device::cpu();
@@ -218,6 +280,7 @@ fn adapter_grads_in_tiles<T: crate::device::cuda::CudaFloat>(
         Some((ga.slice_mut(), gb.slice_mut())),
         d,
         Some(tile),
+        None,
     )?;
     Ok((
         crate::tensor::cuda_tensor(ga, c.a.shape().clone(), gpu)?.to_f32_vec()?,

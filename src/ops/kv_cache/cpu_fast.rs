@@ -8,7 +8,10 @@
 //! - any other row, one task per (row n, query head h) (\[`attend`\]): two passes over the
 //!   keys 0 ..= positions\[n\], scores s_u = (c·q)·k_u and their max, then p_u = e^{s_u − max}
 //!   for all u in one loop, o = Σ_u p_u·v_u / Σ_u p_u with o's columns summed in registers;
-//!   every loop auto-vectorizes.
+//!   every loop auto-vectorizes. With AVX-512 (bf16 or f32, D a multiple of 16 up to 128)
+//!   the two loops over the keys are the `x86` kernels instead: 16 keys' scores at once, a
+//!   key's columns all at once, the same additions in the same order (the same bits, tested);
+//!   the key and value rows are prefetched ahead of their reads.
 //!
 //! Sums of p in f64. Tested against the reference in `super::tests`.
 
@@ -25,12 +28,43 @@ use crate::storage::FloatElement;
 /// [D] f32, the keys widened). Two loops: each key's products summed in 16 partial sums
 /// (one AVX-512 register; [`LANES`]), stored, and then each key's partial sums added as a
 /// tree. Reducing within the first loop made the compiler vectorize it two lanes wide.
+/// With `WIDE` (AVX-512), whole runs of 16 keys go through [`x86::scores16`] instead: the
+/// same products and additions, the tree of each key's partial sums done for 16 keys at once.
 #[inline(always)]
-fn scores_into<T: FloatElement>(q: &[f32], keys: &[T], stride: usize, scores: &mut [f32]) {
+fn scores_into<T: FloatElement, const WIDE: bool>(
+    q: &[f32],
+    keys: &[T],
+    values: &[T],
+    stride: usize,
+    scores: &mut [f32],
+) {
     let dim = q.len();
     let (q16, q_tail) = q.as_chunks::<LANES>();
-    let mut partials = vec![[0f32; LANES]; scores.len()];
-    for ((partial, key), s) in partials.iter_mut().zip(keys.chunks(stride)).zip(scores.iter_mut()) {
+    // A key's sum over an empty tail (dim a multiple of 16), to which its partials are added.
+    let empty: f32 = std::iter::empty::<f32>().sum();
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if WIDE && x86::takes::<T>(dim) {
+        let n = scores.len() / LANES * LANES;
+        for u0 in (0..n).step_by(LANES) {
+            for u in u0..u0 + LANES {
+                prefetch_row(keys, (u + 2 * LANES) * stride, dim);
+                prefetch_row(values, u * stride, dim);
+            }
+            // SAFETY: the CPU runs AVX-512 (WIDE); keys u0 .. u0 + 16 lie within `keys`
+            // (each a row of dim values, stride apart), dim a multiple of 16 up to 128.
+            unsafe { x86::scores16(q16, keys[u0 * stride..].as_ptr(), stride, empty, &mut scores[u0..u0 + LANES]) };
+        }
+        done = n;
+    }
+    let mut partials = vec![[0f32; LANES]; scores.len() - done];
+    let keys_left = keys.get(done * stride..).unwrap_or(&[]);
+    for (u, ((partial, key), s)) in
+        partials.iter_mut().zip(keys_left.chunks(stride)).zip(scores[done..].iter_mut()).enumerate()
+    {
+        let u = u + done;
+        prefetch_row(keys, (u + AHEAD) * stride, dim);
+        prefetch_row(values, u * stride, dim);
         let (k16, k_tail) = key[..dim].as_chunks::<LANES>();
         let mut acc = [0f32; LANES];
         for (x, y) in q16.iter().zip(k16) {
@@ -41,7 +75,7 @@ fn scores_into<T: FloatElement>(q: &[f32], keys: &[T], stride: usize, scores: &m
         *partial = acc;
         *s = q_tail.iter().zip(k_tail).map(|(x, y)| x * wide(*y)).sum();
     }
-    for (s, partial) in scores.iter_mut().zip(&partials) {
+    for (s, partial) in scores[done..].iter_mut().zip(&partials) {
         let mut p = *partial;
         let mut width = LANES;
         while width > 1 {
@@ -56,6 +90,30 @@ fn scores_into<T: FloatElement>(q: &[f32], keys: &[T], stride: usize, scores: &m
 
 /// Partial sums of a decode row's scores.
 const LANES: usize = 16;
+
+/// Keys ahead of the one being read whose rows are fetched into the cache.
+const AHEAD: usize = 8;
+
+/// Asks for the cache lines of `rows[at .. at + dim]` (nothing past the slice's end): the
+/// decode reads a kv head's rows of keys and values one cache row (all kv heads) apart, and
+/// the hardware's prefetchers did not fetch them ahead (the reads waited on memory; the
+/// cache of a layer leaves the caches while the weights of the others stream through).
+#[inline(always)]
+fn prefetch_row<T>(rows: &[T], at: usize, dim: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(row) = rows.get(at..at + dim) {
+        let bytes = std::mem::size_of_val(row);
+        for line in (0..bytes).step_by(64) {
+            // SAFETY: a prefetch reads nothing; the address lies within `row`.
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().cast::<i8>().add(line));
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (rows, at, dim);
+}
 
 /// `v` widened to f32. A bf16 is its bits shifted into the high half (exact, and no NaN
 /// test: `half`'s conversion quiets a signalling NaN, a branch in every widening loop; the
@@ -199,34 +257,35 @@ pub fn run<Q: FloatElement, T: FloatElement>(task: &Task, inputs: &Inputs<'_, Q,
             Isa::Portable => {}
         }
     }
-    run_plain(task, inputs)
+    run_plain::<Q, T, false>(task, inputs)
 }
 
 /// [`run_plain`] compiled for one instruction set (the loops inline into it).
 #[cfg(target_arch = "x86_64")]
 macro_rules! entry {
-    ($name:ident, $features:literal) => {
+    ($name:ident, $features:literal, $wide:literal) => {
         #[target_feature(enable = $features)]
         unsafe fn $name<Q: FloatElement, T: FloatElement>(task: &Task, inputs: &Inputs<'_, Q, T>) -> Vec<f32> {
-            run_plain(task, inputs)
+            run_plain::<Q, T, $wide>(task, inputs)
         }
     };
 }
 
 #[cfg(target_arch = "x86_64")]
-entry!(run_avx512, "avx512f,avx512bw,avx512vl,avx2,fma");
+entry!(run_avx512, "avx512f,avx512bw,avx512vl,avx2,fma", true);
 #[cfg(target_arch = "x86_64")]
-entry!(run_avx2, "avx2,fma");
+entry!(run_avx2, "avx2,fma", false);
 
+/// One task; `WIDE`: the CPU runs AVX-512 and the decode rows may use [`x86`]'s kernels.
 #[inline(always)]
-fn run_plain<Q: FloatElement, T: FloatElement>(task: &Task, x: &Inputs<'_, Q, T>) -> Vec<f32> {
+fn run_plain<Q: FloatElement, T: FloatElement, const WIDE: bool>(task: &Task, x: &Inputs<'_, Q, T>) -> Vec<f32> {
     let dim = x.d.cache.head_dim;
     match *task {
         Task::Block { ref rows, g } => block(x, x.seqs[rows.start], &x.positions[rows.clone()], rows.start, g),
         Task::Row { n, head } => {
             let mut out = vec![0f32; dim];
             let at = n * x.q_stride + head * dim;
-            attend(&x.q[at..at + dim], x.k, x.v, x.d, (x.seqs[n], x.positions[n]), head, &mut out);
+            attend::<Q, T, WIDE>(&x.q[at..at + dim], x.k, x.v, x.d, (x.seqs[n], x.positions[n]), head, &mut out);
             out
         }
     }
@@ -313,7 +372,7 @@ fn gather<T: FloatElement>(cache: &[T], d: AttentionDims, seq: u32, g: usize, ke
 /// One query row: `out` [D] = attention of `q_row` [D] (query head `head`) over keys
 /// 0 ..= pos of sequence `seq` (`slot` = (seq, pos)) in the caches [B, S, Hkv, D].
 #[inline(always)]
-fn attend<Q: FloatElement, T: FloatElement>(
+fn attend<Q: FloatElement, T: FloatElement, const WIDE: bool>(
     q_row: &[Q],
     k: &[T],
     v: &[T],
@@ -333,13 +392,13 @@ fn attend<Q: FloatElement, T: FloatElement>(
     widen_into(q_row, &mut q_scaled);
     q_scaled.iter_mut().for_each(|x| *x *= scale);
     let mut scores = vec![0f32; keys];
-    scores_into(&q_scaled, k_head, stride, &mut scores);
+    scores_into::<T, WIDE>(&q_scaled, k_head, v_head, stride, &mut scores);
     // p_u = e^{s_u - max} over all keys at once (the exponential has no branch, so this
     // vectorizes), then o = Σ p_u·v_u / Σ p_u.
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     scores.iter_mut().for_each(|s| *s = exp_nonpositive(*s - max));
     let sum = sum_f64_by(&scores, f64::from);
-    weighted_rows(&scores, v_head, stride, out);
+    weighted_rows::<T, WIDE>(&scores, v_head, stride, out);
     let inv = (1.0 / sum) as f32;
     out.iter_mut().for_each(|x| *x *= inv);
 }
@@ -348,10 +407,19 @@ fn attend<Q: FloatElement, T: FloatElement>(
 /// run of WIDTH columns is summed in registers over all keys, even and odd keys in two
 /// separate sums (added at the end) so that consecutive keys do not wait on each other's
 /// additions; the last columns (D not a multiple of WIDTH) in one plain sum.
+/// With `WIDE` (AVX-512) and D a multiple of 32 up to 128, all of a key's columns at once
+/// ([`x86::weighted`]; the same even and odd sums per column).
 #[inline(always)]
-fn weighted_rows<T: FloatElement>(p: &[f32], rows: &[T], stride: usize, out: &mut [f32]) {
+fn weighted_rows<T: FloatElement, const WIDE: bool>(p: &[f32], rows: &[T], stride: usize, out: &mut [f32]) {
     const WIDTH: usize = 32;
     let dim = out.len();
+    #[cfg(target_arch = "x86_64")]
+    if WIDE && x86::takes::<T>(dim) && dim.is_multiple_of(WIDTH) {
+        // SAFETY: the CPU runs AVX-512 (WIDE); p.len() rows of dim values lie within `rows`,
+        // stride apart (the caller's slice ends at the last row's end).
+        unsafe { x86::weighted(p, rows, stride, out) };
+        return;
+    }
     let whole = dim - dim % WIDTH;
     for c in (0..whole).step_by(WIDTH) {
         let (mut even, mut odd) = ([0f32; WIDTH], [0f32; WIDTH]);
@@ -376,6 +444,176 @@ fn weighted_rows<T: FloatElement>(p: &[f32], rows: &[T], stride: usize, out: &mu
     for (row, &p_u) in rows.chunks(stride).zip(p) {
         for (acc, x) in out[whole..].iter_mut().zip(&row[whole..dim]) {
             *acc += p_u * wide(*x);
+        }
+    }
+}
+
+/// AVX-512 forms of a decode row's two loops over the keys ([`scores_into`], [`weighted_rows`])
+/// for bf16 or f32 caches and D a multiple of 16 up to 128: the same products and additions
+/// in the same order, so the same results, with fewer instructions per key.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::LANES;
+    use crate::storage::FloatElement;
+    use crate::DType;
+
+    /// Whether these kernels take T and D.
+    pub(super) fn takes<T: FloatElement>(dim: usize) -> bool {
+        matches!(T::DTYPE, DType::BF16 | DType::F32) && dim.is_multiple_of(LANES) && (LANES..=128).contains(&dim)
+    }
+
+    /// 16 values of T (bf16 or f32) at `p` as f32, as `super::wide` widens them.
+    #[inline(always)]
+    unsafe fn load16<T: FloatElement>(p: *const T) -> __m512 {
+        if T::DTYPE == DType::BF16 {
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast()))))
+        } else {
+            _mm512_loadu_ps(p.cast())
+        }
+    }
+
+    /// out[u] = empty + tree(partials of key u) for the 16 keys at `keys`, `stride` apart,
+    /// where key u's 16 partial sums are Σ_c q[c]·k_u[c] over its chunks c of 16 columns in
+    /// order (a product, then an addition), and the tree adds lanes i and i + w for w = 8, 4,
+    /// 2, 1 as [`super::scores_into`] does. The 16 trees run at once, two vectors into one at
+    /// each level (level 1 pairs their 256-bit halves, level 2 their 128-bit quarters, levels
+    /// 3 and 4 lanes within quarters), leaving key 4j + k in lane 4k + j.
+    ///
+    /// # Safety
+    /// The CPU runs AVX-512F; 16 rows of 16·q.len() ≤ 128 values of T are readable at `keys`.
+    #[inline(always)]
+    pub(super) unsafe fn scores16<T: FloatElement>(
+        q: &[[f32; LANES]],
+        keys: *const T,
+        stride: usize,
+        empty: f32,
+        out: &mut [f32],
+    ) {
+        assert!(out.len() == LANES && q.len() <= 8, "attention: 16 scores of at most 128 columns");
+        let mut qv = [_mm512_setzero_ps(); 8];
+        for (v, c) in qv.iter_mut().zip(q) {
+            *v = _mm512_loadu_ps(c.as_ptr());
+        }
+        let mut acc = [_mm512_setzero_ps(); LANES];
+        for (u, a) in acc.iter_mut().enumerate() {
+            let row = keys.add(u * stride);
+            for (c, &qc) in qv.iter().enumerate().take(q.len()) {
+                *a = _mm512_add_ps(*a, _mm512_mul_ps(qc, load16(row.add(c * LANES))));
+            }
+        }
+        let l1: [__m512; 8] = std::array::from_fn(|m| {
+            let (a, b) = (acc[2 * m], acc[2 * m + 1]);
+            _mm512_add_ps(_mm512_shuffle_f32x4::<0x44>(a, b), _mm512_shuffle_f32x4::<0xee>(a, b))
+        });
+        let l2: [__m512; 4] = std::array::from_fn(|m| {
+            let (c, d) = (l1[2 * m], l1[2 * m + 1]);
+            _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(c, d), _mm512_shuffle_f32x4::<0xdd>(c, d))
+        });
+        let l3: [__m512; 2] = std::array::from_fn(|m| {
+            let (g, h) = (l2[2 * m], l2[2 * m + 1]);
+            _mm512_add_ps(_mm512_shuffle_ps::<0x44>(g, h), _mm512_shuffle_ps::<0xee>(g, h))
+        });
+        let l4 = _mm512_add_ps(_mm512_shuffle_ps::<0x88>(l3[0], l3[1]), _mm512_shuffle_ps::<0xdd>(l3[0], l3[1]));
+        // Key 4j + k from lane 4k + j.
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        let sums = _mm512_permutexvar_ps(order, l4);
+        _mm512_storeu_ps(out.as_mut_ptr(), _mm512_add_ps(_mm512_set1_ps(empty), sums));
+    }
+
+    /// `out` [D] = Σ_u p_u·rows_u as [`super::weighted_rows`] sums it (even and odd keys
+    /// apart, each a product then an addition, the two sums added at the end), all D ≤ 128
+    /// columns of a key at once.
+    ///
+    /// # Safety
+    /// The CPU runs AVX-512F; D = out.len() a multiple of 16 up to 128; p.len() rows of D
+    /// values lie within `rows`, `stride` apart.
+    #[inline(always)]
+    pub(super) unsafe fn weighted<T: FloatElement>(p: &[f32], rows: &[T], stride: usize, out: &mut [f32]) {
+        match out.len() / LANES {
+            2 => weighted_n::<T, 2>(p, rows, stride, out),
+            4 => weighted_n::<T, 4>(p, rows, stride, out),
+            6 => weighted_n::<T, 6>(p, rows, stride, out),
+            _ => weighted_n::<T, 8>(p, rows, stride, out),
+        }
+    }
+
+    /// [`weighted`] for D = 16·V.
+    #[inline(always)]
+    unsafe fn weighted_n<T: FloatElement, const V: usize>(p: &[f32], rows: &[T], stride: usize, out: &mut [f32]) {
+        assert!(out.len() == V * LANES, "attention: output of {} columns", V * LANES);
+        if let Some(last) = p.len().checked_sub(1) {
+            assert!(last * stride + V * LANES <= rows.len(), "attention: value rows");
+        }
+        let (mut even, mut odd) = ([_mm512_setzero_ps(); V], [_mm512_setzero_ps(); V]);
+        let base = rows.as_ptr();
+        let pairs = p.len() / 2;
+        for k in 0..pairs {
+            let (u0, u1) = (2 * k, 2 * k + 1);
+            let (p0, p1) = (_mm512_set1_ps(p[u0]), _mm512_set1_ps(p[u1]));
+            let (r0, r1) = (base.add(u0 * stride), base.add(u1 * stride));
+            for j in 0..V {
+                even[j] = _mm512_add_ps(even[j], _mm512_mul_ps(p0, load16(r0.add(j * LANES))));
+                odd[j] = _mm512_add_ps(odd[j], _mm512_mul_ps(p1, load16(r1.add(j * LANES))));
+            }
+        }
+        if p.len() % 2 == 1 {
+            let u = p.len() - 1;
+            let (p0, r0) = (_mm512_set1_ps(p[u]), base.add(u * stride));
+            for (j, e) in even.iter_mut().enumerate() {
+                *e = _mm512_add_ps(*e, _mm512_mul_ps(p0, load16(r0.add(j * LANES))));
+            }
+        }
+        for j in 0..V {
+            _mm512_storeu_ps(out.as_mut_ptr().add(j * LANES), _mm512_add_ps(even[j], odd[j]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::kv_cache::CacheDims;
+    use crate::testing::random_f32;
+
+    /// The AVX-512 decode rows give the portable loops' results bit for bit: f32 and bf16
+    /// caches, D from 16 to 128 and past it, key counts below, at and around multiples of 16
+    /// (the rest of a run of 16 keys takes the portable loop).
+    #[test]
+    fn wide_decode_rows_equal_the_portable_ones_bit_for_bit() {
+        if !matches!(
+            crate::ops::infer_linear::cpu_fast::Isa::best(),
+            crate::ops::infer_linear::cpu_fast::Isa::Avx512Vbmi2 | crate::ops::infer_linear::cpu_fast::Isa::Avx512
+        ) {
+            eprintln!("skipped: this CPU has no AVX-512");
+            return;
+        }
+        fn check<T: FloatElement>(dim: usize, positions: [u32; 2], seed: u64) {
+            let cache = CacheDims { sequences: 2, capacity: 80, kv_heads: 2, head_dim: dim };
+            let d = AttentionDims { cache, q_heads: 6 };
+            let cast = |v: Vec<f32>| v.into_iter().map(T::from_f32).collect::<Vec<T>>();
+            let q = cast(random_f32(2 * 6 * dim, 2.0, seed));
+            let (k, v) = (cast(random_f32(cache.len(), 2.0, seed + 1)), cast(random_f32(cache.len(), 1.0, seed + 2)));
+            let seqs = [1, 0];
+            let inputs = Inputs { q: &q, q_stride: 6 * dim, k: &k, v: &v, d, seqs: &seqs, positions: &positions };
+            for (n, keys) in positions.iter().map(|p| p + 1).enumerate() {
+                for head in 0..6 {
+                    let task = Task::Row { n, head };
+                    // SAFETY: the CPU runs AVX-512 (checked above).
+                    let wide = unsafe { run_avx512(&task, &inputs) };
+                    let plain = run_plain::<T, T, false>(&task, &inputs);
+                    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&wide), bits(&plain), "{} D {dim} keys {keys} head {head}", T::DTYPE);
+                }
+            }
+        }
+        for (i, dim) in [16, 32, 48, 64, 96, 128, 144].into_iter().enumerate() {
+            for (j, positions) in [[0, 14], [15, 16], [31, 47], [69, 79]].into_iter().enumerate() {
+                let seed = (10 * i + j) as u64;
+                check::<f32>(dim, positions, seed);
+                check::<half::bf16>(dim, positions, seed);
+            }
         }
     }
 }

@@ -1077,6 +1077,16 @@ mod x86 {
     }
 
     impl<const SUMS: usize> Bf16Gemv<SUMS> {
+        /// A row's one vector of sums: the even and odd chunks' sums added.
+        #[inline(always)]
+        unsafe fn row(acc: [__m512; SUMS]) -> __m512 {
+            if SUMS == 2 {
+                _mm512_add_ps(acc[0], acc[SUMS - 1])
+            } else {
+                acc[0]
+            }
+        }
+
         /// acc + w · x[t, chunk ch] by `vdpbf16ps`.
         #[inline(always)]
         unsafe fn dot(self, acc: __m512, w: __m512i, t: usize, ch: usize) -> __m512 {
@@ -1128,7 +1138,21 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn sum(acc: [__m512; SUMS]) -> f32 {
-            _mm512_reduce_add_ps(if SUMS == 2 { _mm512_add_ps(acc[0], acc[SUMS - 1]) } else { acc[0] })
+            _mm512_reduce_add_ps(Self::row(acc))
+        }
+        /// The tree of `_mm512_reduce_add_ps` (halves of 256, 128, 64 and 32 bits added,
+        /// lower plus upper) for two rows at once: both rows' 256-bit halves in one vector.
+        #[inline(always)]
+        unsafe fn sum_pair(a: [__m512; SUMS], b: [__m512; SUMS]) -> [f32; 2] {
+            let (a, b) = (Self::row(a), Self::row(b));
+            // [a lo256 + a hi256 | b lo256 + b hi256]
+            let h = _mm512_add_ps(_mm512_shuffle_f32x4::<0x44>(a, b), _mm512_shuffle_f32x4::<0xee>(a, b));
+            // each 256-bit half: lo128 + hi128
+            let q = _mm512_add_ps(h, _mm512_shuffle_f32x4::<0xb1>(h, h));
+            // each 128-bit quarter: lo64 + hi64, then lane 0 + lane 1
+            let d = _mm512_add_ps(q, _mm512_permute_ps::<0x4e>(q));
+            let e = _mm512_add_ps(d, _mm512_permute_ps::<0xb1>(d));
+            [_mm512_cvtss_f32(e), _mm512_cvtss_f32(_mm512_shuffle_f32x4::<0x02>(e, e))]
         }
         fn cols(self) -> usize {
             self.cols
@@ -1215,6 +1239,15 @@ trait Gemv<T: Stored>: Copy {
     /// # Safety
     /// The CPU runs `Self::S`.
     unsafe fn sum(acc: Self::A) -> f32;
+    /// [`Gemv::sum`] of two rows' sums, bit for bit (where both reduce at once, two
+    /// reductions in the instructions of one).
+    ///
+    /// # Safety
+    /// The CPU runs `Self::S`.
+    #[inline(always)]
+    unsafe fn sum_pair(a: Self::A, b: Self::A) -> [f32; 2] {
+        [Self::sum(a), Self::sum(b)]
+    }
     /// The activations' columns.
     fn cols(self) -> usize;
 }
@@ -1326,15 +1359,37 @@ macro_rules! lockstep {
         if full * CHUNK < cols {
             $( $g.fma::<$NT>(&mut $a, <$G as Gemv<$T>>::tail(&mut $r, full), full); )+
         }
-        $(
-            $r.finish()?;
-            for (t, acc) in $a.iter().enumerate() {
-                $out.put($i + $k * $part, t, <$G as Gemv<$T>>::sum(*acc));
-            }
-        )+
+        $( $r.finish()?; )+
+        put_rows::<$G, $T, $NT, _>(&mut $out, $i, $part, [$( $a ),+]);
     }};
 }
 use lockstep;
+
+/// Each token's sums of the K rows `i + k·part` (k < K) into `out`, two rows at a time
+/// ([`Gemv::sum_pair`]).
+///
+/// # Safety
+/// The CPU runs `G::S`.
+#[inline(always)]
+unsafe fn put_rows<G: Gemv<T>, T: Stored, const NT: usize, const K: usize>(
+    out: &mut Dest<'_>,
+    i: usize,
+    part: usize,
+    rows: [[G::A; NT]; K],
+) {
+    for k in (0..K - K % 2).step_by(2) {
+        for (t, (&a, &b)) in rows[k].iter().zip(&rows[k + 1]).enumerate() {
+            let [s0, s1] = G::sum_pair(a, b);
+            out.put(i + k * part, t, s0);
+            out.put(i + (k + 1) * part, t, s1);
+        }
+    }
+    if K % 2 == 1 {
+        for (t, &a) in rows[K - 1].iter().enumerate() {
+            out.put(i + (K - 1) * part, t, G::sum(a));
+        }
+    }
+}
 
 /// Tiles of [`TILE_ROWS`] rows: [`TILE_COLS`] columns at a time decoded into an f32 block
 /// stored column by column ([column][row], the columns in x's lane order), then multiplied
@@ -1648,5 +1703,39 @@ unsafe fn kept_micro<S: Simd, const NV: usize>(ws: &[f32], ats: &[u32], x: *cons
     for (v, (((&a0, &a1), &a2), &a3)) in s0.iter().zip(&s1).zip(&s2).zip(&s3).enumerate() {
         let p = sums.add(v * S::LANES);
         S::store_v(S::add_v(S::load_v(p), S::add_v(S::add_v(a0, a1), S::add_v(a2, a3))), p);
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use std::arch::x86_64::*;
+
+    use super::*;
+
+    /// Two rows' sums reduced at once equal each row's own reduction bit for bit, with one
+    /// and with two sum registers per row (random values of mixed signs and magnitudes).
+    #[test]
+    fn paired_row_sums_equal_single_ones_bit_for_bit() {
+        if !matches!(Isa::best(), Isa::Avx512Vbmi2 | Isa::Avx512) {
+            eprintln!("skipped: this CPU has no AVX-512");
+            return;
+        }
+        let values = crate::testing::random_f32(64 * 200, 1.0, 3);
+        let scaled: Vec<f32> = values.iter().enumerate().map(|(i, v)| v * 10f32.powi((i % 7) as i32 - 3)).collect();
+        // SAFETY: the CPU runs AVX-512F (checked above); each load reads 16 of the values.
+        unsafe {
+            let vector = |k: usize| _mm512_loadu_ps(scaled[16 * k..].as_ptr());
+            for r in 0..50 {
+                let (a, b) = ([vector(4 * r), vector(4 * r + 1)], [vector(4 * r + 2), vector(4 * r + 3)]);
+                type Two = x86::Bf16Gemv<2>;
+                let got = <Two as Gemv<half::bf16>>::sum_pair(a, b);
+                let want = [<Two as Gemv<half::bf16>>::sum(a), <Two as Gemv<half::bf16>>::sum(b)];
+                assert_eq!(got.map(f32::to_bits), want.map(f32::to_bits), "two sums, case {r}");
+                type One = x86::Bf16Gemv<1>;
+                let got = <One as Gemv<half::bf16>>::sum_pair([a[0]], [b[1]]);
+                let want = [<One as Gemv<half::bf16>>::sum([a[0]]), <One as Gemv<half::bf16>>::sum([b[1]])];
+                assert_eq!(got.map(f32::to_bits), want.map(f32::to_bits), "one sum, case {r}");
+            }
+        }
     }
 }

@@ -224,7 +224,8 @@ impl Tensor {
     }
 
     /// Write access to the storage (in-place updates: optimizer steps, gradient accumulation).
-    /// Draws a new [`Self::stamp`].
+    /// Draws a new stamp for the storage (how a workspace knows a matrix it built from this
+    /// tensor is stale).
     pub fn write(&self) -> Result<RwLockWriteGuard<'_, Storage>> {
         let guard = self.0.storage.data.write().map_err(|_| lock_err())?;
         self.0.storage.stamp.store(fresh_stamp(), Ordering::Relaxed);

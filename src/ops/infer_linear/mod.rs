@@ -19,7 +19,7 @@ mod bf16_pairs;
 pub mod cpu;
 pub(crate) mod cpu_fast;
 pub mod cuda;
-mod simd;
+pub(crate) mod simd;
 
 use std::sync::RwLockReadGuard;
 

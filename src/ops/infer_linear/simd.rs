@@ -282,6 +282,8 @@ fn expand_array(mask: u32, packed: &[f32; CHUNK]) -> [f32; CHUNK] {
 }
 
 #[cfg(target_arch = "x86_64")]
+pub(crate) use x86::widen16;
+#[cfg(target_arch = "x86_64")]
 pub(super) use x86::{expand_words, Avx2, Avx512};
 
 #[cfg(target_arch = "x86_64")]
@@ -297,7 +299,7 @@ mod x86 {
 
     /// 16 bf16 (u16) in a 256-bit register widened to f32.
     #[inline(always)]
-    unsafe fn widen16(v: __m256i) -> __m512 {
+    pub(crate) unsafe fn widen16(v: __m256i) -> __m512 {
         _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16))
     }
 

@@ -456,6 +456,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::LANES;
+    use crate::ops::infer_linear::simd::widen16;
     use crate::storage::FloatElement;
     use crate::DType;
 
@@ -468,7 +469,7 @@ mod x86 {
     #[inline(always)]
     unsafe fn load16<T: FloatElement>(p: *const T) -> __m512 {
         if T::DTYPE == DType::BF16 {
-            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast()))))
+            widen16(_mm256_loadu_si256(p.cast()))
         } else {
             _mm512_loadu_ps(p.cast())
         }

@@ -6,7 +6,8 @@
 //! (GEMM s·B·A, then one expansion pass adding W's kept values and zeroing the rest), then
 //! one dense GEMM. Backward ("sparse recompute backward", [`Saved::Recompute`]): W_eff is
 //! rebuilt in the workspace for dx = dy·W_eff, unless the workspace still holds the one the
-//! forward built from the same unchanged tensors (a layer's last linear under checkpointing); the exact adapter gradients reuse the same
+//! forward built from the same unchanged tensors (a layer's last linear under
+//! checkpointing); the exact adapter gradients reuse the same
 //! workspace for G = dyᵀ·x, masked in place and contracted at once into dB = s·(M⊙G)·Aᵀ and
 //! dA = s·Bᵀ·(M⊙G) (on CUDA a tile of columns of G at a time, sized to stay in L2); the
 //! rearranged (LoRS) ones need no out × in product. The op saves x, A and B; nothing of size

@@ -15,8 +15,9 @@
 //!   2. units (token, head): RoPE of q in place; RoPE of k, then k and v into the cache
 //!   3. attention over the cache → a [N, Hq·hd], in the tasks of the operation's fast path
 //!      (`kv_cache::cpu_fast::tasks`: blocks of a sequence's rows per kv head, dealt
-//!      round-robin, or single (token, q head), in contiguous runs)
-//!   4. rows of Wo split: x[:, rows] += a·Wo[rows]ᵀ
+//!      round-robin, and the other rows' spans of keys per kv head, in contiguous runs)
+//!   4. the spans merged into a (every thread its own copy); rows of Wo split:
+//!      x[:, rows] += a·Wo[rows]ᵀ
 //!   5. h = rms_norm(x); indices of F split: m[:, i] = silu(h·Wg[i]) · (h·Wu[i]) [N, F]
 //!   6. rows of Wd split: x[:, rows] += m·Wd[rows]ᵀ
 //!
@@ -277,9 +278,11 @@ pub(super) fn step<T: Stored>(
     // The caches [B, S, Hkv, hd] of every layer, written in place.
     let cache_dims = CacheDims { sequences: cache.batch(), capacity: cache.capacity(), kv_heads: hkv, head_dim: hd };
     let att = AttentionDims { cache: cache_dims, q_heads: hq };
-    let (attention_blocks, attention_rows): (Vec<_>, Vec<_>) = kv_cache::cpu_fast::tasks(att, seqs)
+    let (attention_blocks, spans): (Vec<_>, Vec<_>) = kv_cache::cpu_fast::tasks(att, seqs, positions)
         .into_iter()
         .partition(|t| matches!(t, kv_cache::cpu_fast::Task::Block { .. }));
+    let span_runs = kv_cache::cpu_fast::span_runs(&spans);
+    let group = att.group();
     // RoPE's (sin, cos) for each token's position, [N, hd/2].
     let half = hd / 2;
     let mut tables = Vec::with_capacity(n * half);
@@ -312,6 +315,12 @@ pub(super) fn step<T: Stored>(
         }
     }
     let (mut qkv, mut a, mut m) = (vec![f32::NAN; n * qkv_dim], vec![f32::NAN; n * q_dim], vec![f32::NAN; n * hidden]);
+    // The spans' results: m and l per (span, head of its group), o per (span, head) [D].
+    let (mut span_max, mut span_sum, mut span_o) = (
+        vec![f32::NAN; spans.len() * group],
+        vec![f64::NAN; spans.len() * group],
+        vec![f32::NAN; spans.len() * group * hd],
+    );
     let mut logits = vec![f32::NAN; rows.len() * vocab];
     let (x, qkv_s, a_s, m_s, logits_s) = (
         Shared::new(&mut x),
@@ -320,12 +329,15 @@ pub(super) fn step<T: Stored>(
         Shared::new(&mut m),
         Shared::new(&mut logits),
     );
+    let (max_s, sum_s, span_o_s) = (Shared::new(&mut span_max), Shared::new(&mut span_sum), Shared::new(&mut span_o));
 
     model.crew.run(members, |me: &Member<'_>| {
         let i = me.index();
         let (mut h, mut out) = (Vec::new(), Vec::new());
         let (mut gate, mut up, mut rotated) = (Vec::new(), Vec::new(), vec![0f32; hd]);
         let mut act = Activations::new(isa, dtype, &[], 0, 0);
+        // This member's copy of a with the spans' rows merged in.
+        let (mut a_merged, mut merged) = (Vec::new(), vec![0f32; group * hd]);
         // SAFETY (every block below): each phase writes only this member's part of a shared
         // buffer — its rows of a linear, or its units (token, head) — and reads buffers that
         // no member writes in that phase; a sync ends every phase.
@@ -360,16 +372,16 @@ pub(super) fn step<T: Stored>(
                 }
             }
             me.sync()?;
-            // 3. Attention: this member's tasks (blocks of a sequence's rows per kv head,
-            //    dealt round-robin as later blocks see more keys; single (token, q head) in
-            //    one contiguous run, so that the query heads of a kv head mostly fall to one
-            //    member and its keys and values are fetched from memory once).
+            // 3. Attention: this member's tasks: blocks of a sequence's rows per kv head,
+            //    dealt round-robin as later blocks see more keys, and one contiguous run of
+            //    the spans (a row's keys per kv head in parts of equal size), whose results
+            //    each member merges in the next phase.
             let (kc, vc) = unsafe { (k_caches[l].all(), v_caches[l].all()) };
             let q = unsafe { qkv_s.all() };
-            let blocks = attention_blocks.iter().skip(i).step_by(me.count());
-            for task in blocks.chain(&attention_rows[me.share(attention_rows.len())]) {
-                let inputs = kv_cache::cpu_fast::Inputs { q, q_stride: qkv_dim, k: kc, v: vc, d: att, seqs, positions };
-                let o = kv_cache::cpu_fast::run(task, &inputs);
+            let inputs = kv_cache::cpu_fast::Inputs { q, q_stride: qkv_dim, k: kc, v: vc, d: att, seqs, positions };
+            for task in attention_blocks.iter().skip(i).step_by(me.count()) {
+                let kv_cache::cpu_fast::Task::Block { ref rows, g } = *task else { continue };
+                let o = kv_cache::cpu_fast::run_block(rows.clone(), g, &inputs);
                 let mut from = 0;
                 for (at, len) in task.places(att) {
                     for (d, &v) in unsafe { a_s.write(at..at + len) }.iter_mut().zip(&o[from..from + len]) {
@@ -378,9 +390,37 @@ pub(super) fn step<T: Stored>(
                     from += len;
                 }
             }
+            for s in me.share(spans.len()) {
+                let kv_cache::cpu_fast::Task::Span { n: row, g, ref keys } = spans[s] else { continue };
+                let out = unsafe {
+                    kv_cache::cpu_fast::SpanOut {
+                        max: max_s.write(s * group..(s + 1) * group),
+                        sum: sum_s.write(s * group..(s + 1) * group),
+                        o: span_o_s.write(s * group * hd..(s + 1) * group * hd),
+                    }
+                };
+                kv_cache::cpu_fast::run_span(row, g, keys.clone(), &inputs, out);
+            }
             me.sync()?;
-            // 4. x += a·Woᵀ on this member's rows.
-            act.fill(isa, dtype, unsafe { a_s.all() }, n, q_dim);
+            // 4. x += a·Woᵀ on this member's rows, a with the spans merged (each member
+            //    merges them all into its own copy).
+            let a_all: &[f32] = if span_runs.is_empty() {
+                unsafe { a_s.all() }
+            } else {
+                a_merged.clear();
+                a_merged.extend_from_slice(unsafe { a_s.all() });
+                let (max, sum, o) = unsafe { (max_s.all(), sum_s.all(), span_o_s.all()) };
+                for (row, g, r) in &span_runs {
+                    let (m0, m1) = (r.start * group, r.end * group);
+                    kv_cache::cpu_fast::merge(&max[m0..m1], &sum[m0..m1], &o[m0 * hd..m1 * hd], group, &mut merged);
+                    let at = (row * hq + g * group) * hd;
+                    for (d, &v) in a_merged[at..at + group * hd].iter_mut().zip(&merged) {
+                        *d = round::<T>(v);
+                    }
+                }
+                &a_merged
+            };
+            act.fill(isa, dtype, a_all, n, q_dim);
             unsafe { add_rows::<T>(wo, isa, &act, p.o[i].clone(), &mut out, &x, dim) }?;
             me.sync()?;
             // 5. h = rms_norm(x); m = silu(h·Wgᵀ)·(h·Wuᵀ) on this member's indices.

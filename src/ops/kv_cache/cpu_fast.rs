@@ -1,17 +1,22 @@
 //! The fast CPU path of [`super::cpu::attention`] (same layout and formulas), f32 math on
-//! the cache's own element type (BF16 widened as it is read). Rayon tasks:
+//! the cache's own element type (BF16 widened as it is read). Tasks:
 //! - a run of at least \[`BLOCK_MIN_ROWS`\] consecutive rows of one sequence (a prefill) is
 //!   done in blocks of up to \[`BLOCK_ROWS`\] rows per kv head g, as matrices over the g's
 //!   keys gathered to f32 (P = the block's last position + 1): S = c·Q·Kᵀ [rows·group, P] by
 //!   the gemm crate, e = exp(S − row max) on each row's own keys u ≤ position (0 beyond),
 //!   O = e·V / Σ e (\[`block`\]);
-//! - any other row, one task per (row n, query head h) (\[`attend`\]): two passes over the
-//!   keys 0 ..= positions\[n\], scores s_u = (c·q)·k_u and their max, then p_u = e^{s_u − max}
-//!   for all u in one loop, o = Σ_u p_u·v_u / Σ_u p_u with o's columns summed in registers;
-//!   every loop auto-vectorizes. With AVX-512 (bf16 or f32, D a multiple of 16 up to 128)
-//!   the two loops over the keys are the `x86` kernels instead: 16 keys' scores at once, a
-//!   key's columns all at once, the same additions in the same order (the same bits, tested);
-//!   the key and value rows are prefetched ahead of their reads.
+//! - any other row n (a decode step's) in spans of up to [`SPAN_KEYS`] of its keys
+//!   0 ..= positions\[n\], one task per (n, kv head g, span): for each query head h of g,
+//!   two passes over the span's keys, scores s_u = (c·q_h)·k_u and their max m, then
+//!   p_u = e^{s_u − m} in one loop, l = Σ_u p_u and o = Σ_u p_u·v_u with o's columns summed
+//!   in registers (\[`span`\]); then [`merge`] joins a row's spans in order:
+//!   M = max m, o = Σ e^{m − M}·o / Σ e^{m − M}·l (with one span, o / l). The query heads of
+//!   a kv head read its keys and values in turn while they are in L1, and a step's
+//!   rows are cut into equal parts however many query heads share a kv head. Every loop
+//!   auto-vectorizes. With AVX-512 (bf16 or f32, D a multiple of 16 up to 128) the two loops
+//!   over the keys are the `x86` kernels instead: 16 keys' scores at once, a key's columns
+//!   all at once, the same additions in the same order (the same bits, tested); the key and
+//!   value rows are prefetched ahead of their reads.
 //!
 //! Sums of p in f64. Tested against the reference in `super::tests`.
 
@@ -23,6 +28,7 @@ use super::cpu::AttentionDims;
 use crate::ops::matmul::cpu::strided;
 use crate::ops::sum_f64_by;
 use crate::storage::FloatElement;
+use crate::DType;
 
 /// scores\[u\] = q·keys_u for key rows [keys, D] with a stride of `stride` elements (`q` is
 /// [D] f32, the keys widened). Two loops: each key's products summed in 16 partial sums
@@ -30,12 +36,15 @@ use crate::storage::FloatElement;
 /// tree. Reducing within the first loop made the compiler vectorize it two lanes wide.
 /// With `WIDE` (AVX-512), whole runs of 16 keys go through [`x86::scores16`] instead: the
 /// same products and additions, the tree of each key's partial sums done for 16 keys at once.
+/// With `fetch`, the key rows are prefetched ahead of their reads and each value row as its
+/// key is read.
 #[inline(always)]
 fn scores_into<T: FloatElement, const WIDE: bool>(
     q: &[f32],
     keys: &[T],
     values: &[T],
     stride: usize,
+    fetch: bool,
     scores: &mut [f32],
 ) {
     let dim = q.len();
@@ -47,9 +56,11 @@ fn scores_into<T: FloatElement, const WIDE: bool>(
     if WIDE && x86::takes::<T>(dim) {
         let n = scores.len() / LANES * LANES;
         for u0 in (0..n).step_by(LANES) {
-            for u in u0..u0 + LANES {
-                prefetch_row(keys, (u + 2 * LANES) * stride, dim);
-                prefetch_row(values, u * stride, dim);
+            if fetch {
+                for u in u0..u0 + LANES {
+                    prefetch_row(keys, (u + 2 * LANES) * stride, dim);
+                    prefetch_row(values, u * stride, dim);
+                }
             }
             // SAFETY: the CPU runs AVX-512 (WIDE); keys u0 .. u0 + 16 lie within `keys`
             // (each a row of dim values, stride apart), dim a multiple of 16 up to 128.
@@ -63,8 +74,10 @@ fn scores_into<T: FloatElement, const WIDE: bool>(
         partials.iter_mut().zip(keys_left.chunks(stride)).zip(scores[done..].iter_mut()).enumerate()
     {
         let u = u + done;
-        prefetch_row(keys, (u + AHEAD) * stride, dim);
-        prefetch_row(values, u * stride, dim);
+        if fetch {
+            prefetch_row(keys, (u + AHEAD) * stride, dim);
+            prefetch_row(values, u * stride, dim);
+        }
         let (k16, k_tail) = key[..dim].as_chunks::<LANES>();
         let mut acc = [0f32; LANES];
         for (x, y) in q16.iter().zip(k16) {
@@ -169,8 +182,11 @@ const BLOCK_MIN_ROWS: usize = 8;
 /// Most rows (tokens) of one block.
 const BLOCK_ROWS: usize = 64;
 
+/// Keys of a decode row's span (a multiple of 16, the AVX-512 scores' run).
+pub const SPAN_KEYS: usize = 64;
+
 /// Work of one task: a block of rows of one sequence for the query heads of kv head `g`, or
-/// one (row, head).
+/// a span of one row's keys for them.
 #[derive(Clone, Debug)]
 pub enum Task {
     /// Rows `rows` (one sequence), query heads g·group .. (g + 1)·group.
@@ -180,33 +196,36 @@ pub enum Task {
         /// Kv head.
         g: usize,
     },
-    /// Query row n, query head `head`.
-    Row {
+    /// Query row n, query heads g·group .. (g + 1)·group, keys `keys` (a part of
+    /// 0 ..= positions\[n\]).
+    Span {
         /// Query row.
         n: usize,
-        /// Query head.
-        head: usize,
+        /// Kv head.
+        g: usize,
+        /// Keys.
+        keys: Range<usize>,
     },
 }
 
 impl Task {
     /// The parts of o [N, Hq, D] this task's output fills, in its order: (offset in o,
-    /// length), consecutive in the output.
+    /// length), consecutive in the output (a span's, once its row's spans are merged).
     pub fn places(&self, d: AttentionDims) -> Vec<(usize, usize)> {
-        let dim = d.cache.head_dim;
+        let (dim, group) = (d.cache.head_dim, d.group());
         match *self {
             Task::Block { ref rows, g } => {
-                let group = d.group();
                 rows.clone().map(|n| ((n * d.q_heads + g * group) * dim, group * dim)).collect()
             }
-            Task::Row { n, head } => vec![((n * d.q_heads + head) * dim, dim)],
+            Task::Span { n, g, .. } => vec![((n * d.q_heads + g * group) * dim, group * dim)],
         }
     }
 }
 
 /// The tasks of a step's rows: runs of at least \[`BLOCK_MIN_ROWS`\] rows of one sequence in
-/// blocks of up to \[`BLOCK_ROWS`\] per kv head, every other row per query head.
-pub fn tasks(d: AttentionDims, seqs: &[u32]) -> Vec<Task> {
+/// blocks of up to \[`BLOCK_ROWS`\] per kv head, every other row in spans of up to
+/// [`SPAN_KEYS`] keys per kv head (a row's spans of a kv head consecutive, in key order).
+pub fn tasks(d: AttentionDims, seqs: &[u32], positions: &[u32]) -> Vec<Task> {
     let mut tasks = Vec::new();
     let mut start = 0;
     while start < seqs.len() {
@@ -216,11 +235,75 @@ pub fn tasks(d: AttentionDims, seqs: &[u32]) -> Vec<Task> {
                 tasks.extend((0..d.cache.kv_heads).map(|g| Task::Block { rows: r..(r + BLOCK_ROWS).min(end), g }));
             }
         } else {
-            tasks.extend((start..end).flat_map(|n| (0..d.q_heads).map(move |head| Task::Row { n, head })));
+            for (n, &position) in positions.iter().enumerate().take(end).skip(start) {
+                let keys = position as usize + 1;
+                for g in 0..d.cache.kv_heads {
+                    tasks.extend((0..keys).step_by(SPAN_KEYS).map(|k| Task::Span {
+                        n,
+                        g,
+                        keys: k..(k + SPAN_KEYS).min(keys),
+                    }));
+                }
+            }
         }
         start = end;
     }
     tasks
+}
+
+/// The runs of consecutive spans of one (row, kv head) among `spans` (span tasks in the
+/// order [`tasks`] gives them): (row n, kv head g, indices in `spans`).
+pub fn span_runs(spans: &[Task]) -> Vec<(usize, usize, Range<usize>)> {
+    let mut runs: Vec<(usize, usize, Range<usize>)> = Vec::new();
+    for (i, task) in spans.iter().enumerate() {
+        if let Task::Span { n, g, .. } = *task {
+            match runs.last_mut() {
+                Some((rn, rg, r)) if (*rn, *rg) == (n, g) && r.end == i => r.end = i + 1,
+                _ => runs.push((n, g, i..i + 1)),
+            }
+        }
+    }
+    runs
+}
+
+/// A span's results for the `group` query heads of its kv head, head j at j: the largest
+/// score m, l = Σ e^{s − m} (f64) and o = Σ e^{s − m}·v [D] (not divided by l).
+pub struct SpanOut<'a> {
+    /// m per head [group].
+    pub max: &'a mut [f32],
+    /// l per head [group].
+    pub sum: &'a mut [f64],
+    /// o per head [group, D].
+    pub o: &'a mut [f32],
+}
+
+/// The attention of one (row, kv head) from its spans' results in key order (span s, head
+/// j at s·group + j; o [spans, group, D]): for each head, M = max m,
+/// out = Σ e^{m − M}·o / Σ e^{m − M}·l, the sums in span order (f64 for l). With one span,
+/// o / l as the span computed them. `out` [group, D].
+pub fn merge(max: &[f32], sum: &[f64], o: &[f32], group: usize, out: &mut [f32]) {
+    let dim = out.len() / group.max(1);
+    let spans = max.len() / group.max(1);
+    assert!(
+        max.len() == spans * group && sum.len() == max.len() && o.len() == max.len() * dim && out.len() == group * dim,
+        "attention: span results of {} heads",
+        group
+    );
+    for (j, acc) in out.chunks_exact_mut(dim).enumerate() {
+        let top = (0..spans).map(|s| max[s * group + j]).fold(f32::NEG_INFINITY, f32::max);
+        acc.fill(0.0);
+        let mut total = 0f64;
+        for s in 0..spans {
+            let at = s * group + j;
+            let w = exp_nonpositive(max[at] - top);
+            total += f64::from(w) * sum[at];
+            for (a, &x) in acc.iter_mut().zip(&o[at * dim..(at + 1) * dim]) {
+                *a += w * x;
+            }
+        }
+        let inv = (1.0 / total) as f32;
+        acc.iter_mut().for_each(|a| *a *= inv);
+    }
 }
 
 /// What the tasks of one step read: queries whose row n, head h starts at n·q_stride + h·D,
@@ -243,53 +326,78 @@ pub struct Inputs<'a, Q, T> {
     pub positions: &'a [u32],
 }
 
-/// The output of `task` ([`Task::places`] says where it goes). The loops are compiled for
-/// AVX-512 or AVX2 as well and the best this CPU runs is taken (the same arithmetic in
-/// every lane, so the same results).
-pub fn run<Q: FloatElement, T: FloatElement>(task: &Task, inputs: &Inputs<'_, Q, T>) -> Vec<f32> {
+/// A block task's output [rows, group, D] ([`Task::places`] says where it goes). The loops
+/// are compiled for AVX-512 or AVX2 as well and the best this CPU runs is taken (the same
+/// arithmetic in every lane, so the same results).
+pub fn run_block<Q: FloatElement, T: FloatElement>(
+    rows: Range<usize>,
+    g: usize,
+    inputs: &Inputs<'_, Q, T>,
+) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     {
         use crate::ops::infer_linear::cpu_fast::Isa;
         match Isa::best() {
             // SAFETY: this CPU runs the instruction set.
-            Isa::Avx512Vbmi2 | Isa::Avx512 => return unsafe { run_avx512(task, inputs) },
-            Isa::Avx2 => return unsafe { run_avx2(task, inputs) },
+            Isa::Avx512Vbmi2 | Isa::Avx512 => return unsafe { block_avx512(rows, g, inputs) },
+            Isa::Avx2 => return unsafe { block_avx2(rows, g, inputs) },
             Isa::Portable => {}
         }
     }
-    run_plain::<Q, T, false>(task, inputs)
+    block(inputs, rows, g)
 }
 
-/// [`run_plain`] compiled for one instruction set (the loops inline into it).
+/// A span task's results (row n, kv head g, keys `keys`) into `out`, compiled as
+/// [`run_block`] is.
+pub fn run_span<Q: FloatElement, T: FloatElement>(
+    n: usize,
+    g: usize,
+    keys: Range<usize>,
+    inputs: &Inputs<'_, Q, T>,
+    out: SpanOut<'_>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::ops::infer_linear::cpu_fast::Isa;
+        match Isa::best() {
+            // SAFETY: this CPU runs the instruction set.
+            Isa::Avx512Vbmi2 | Isa::Avx512 => return unsafe { span_avx512(n, g, keys, inputs, out) },
+            Isa::Avx2 => return unsafe { span_avx2(n, g, keys, inputs, out) },
+            Isa::Portable => {}
+        }
+    }
+    span::<Q, T, false>(n, g, keys, inputs, out)
+}
+
+/// [`block`] and [`span`] compiled for one instruction set (the loops inline into them).
 #[cfg(target_arch = "x86_64")]
 macro_rules! entry {
-    ($name:ident, $features:literal, $wide:literal) => {
+    ($block:ident, $span:ident, $features:literal, $wide:literal) => {
         #[target_feature(enable = $features)]
-        unsafe fn $name<Q: FloatElement, T: FloatElement>(task: &Task, inputs: &Inputs<'_, Q, T>) -> Vec<f32> {
-            run_plain::<Q, T, $wide>(task, inputs)
+        unsafe fn $block<Q: FloatElement, T: FloatElement>(
+            rows: Range<usize>,
+            g: usize,
+            inputs: &Inputs<'_, Q, T>,
+        ) -> Vec<f32> {
+            block(inputs, rows, g)
+        }
+        #[target_feature(enable = $features)]
+        unsafe fn $span<Q: FloatElement, T: FloatElement>(
+            n: usize,
+            g: usize,
+            keys: Range<usize>,
+            inputs: &Inputs<'_, Q, T>,
+            out: SpanOut<'_>,
+        ) {
+            span::<Q, T, $wide>(n, g, keys, inputs, out)
         }
     };
 }
 
 #[cfg(target_arch = "x86_64")]
-entry!(run_avx512, "avx512f,avx512bw,avx512vl,avx2,fma", true);
+entry!(block_avx512, span_avx512, "avx512f,avx512bw,avx512vl,avx2,fma", true);
 #[cfg(target_arch = "x86_64")]
-entry!(run_avx2, "avx2,fma", false);
-
-/// One task; `WIDE`: the CPU runs AVX-512 and the decode rows may use [`x86`]'s kernels.
-#[inline(always)]
-fn run_plain<Q: FloatElement, T: FloatElement, const WIDE: bool>(task: &Task, x: &Inputs<'_, Q, T>) -> Vec<f32> {
-    let dim = x.d.cache.head_dim;
-    match *task {
-        Task::Block { ref rows, g } => block(x, x.seqs[rows.start], &x.positions[rows.clone()], rows.start, g),
-        Task::Row { n, head } => {
-            let mut out = vec![0f32; dim];
-            let at = n * x.q_stride + head * dim;
-            attend::<Q, T, WIDE>(&x.q[at..at + dim], x.k, x.v, x.d, (x.seqs[n], x.positions[n]), head, &mut out);
-            out
-        }
-    }
-}
+entry!(block_avx2, span_avx2, "avx2,fma", false);
 
 /// o [N, Hq, D] (f32) from q [N, Hq, D] and the caches [B, S, Hkv, D].
 pub fn attention<T: FloatElement>(
@@ -301,15 +409,44 @@ pub fn attention<T: FloatElement>(
     positions: &[u32],
     o: &mut [f32],
 ) {
-    let tasks = tasks(d, seqs);
     let inputs = Inputs { q, q_stride: d.q_heads * d.cache.head_dim, k, v, d, seqs, positions };
-    let results: Vec<Vec<f32>> = tasks.par_iter().map(|t| run(t, &inputs)).collect();
-    for (task, out) in tasks.iter().zip(results) {
+    let (blocks, spans): (Vec<Task>, Vec<Task>) =
+        tasks(d, seqs, positions).into_iter().partition(|t| matches!(t, Task::Block { .. }));
+    let results: Vec<Vec<f32>> = blocks
+        .par_iter()
+        .map(|t| match *t {
+            Task::Block { ref rows, g } => run_block(rows.clone(), g, &inputs),
+            Task::Span { .. } => unreachable!("spans are apart"),
+        })
+        .collect();
+    for (task, out) in blocks.iter().zip(results) {
         let mut from = 0;
         for (at, len) in task.places(d) {
             o[at..at + len].copy_from_slice(&out[from..from + len]);
             from += len;
         }
+    }
+    let (dim, group) = (d.cache.head_dim, d.group());
+    let (mut max, mut sum, mut part) =
+        (vec![0f32; spans.len() * group], vec![0f64; spans.len() * group], vec![0f32; spans.len() * group * dim]);
+    spans
+        .par_iter()
+        .zip(max.par_chunks_mut(group))
+        .zip(sum.par_chunks_mut(group))
+        .zip(part.par_chunks_mut(group * dim))
+        .for_each(|(((t, max), sum), o)| {
+            if let Task::Span { n, g, ref keys } = *t {
+                run_span(n, g, keys.clone(), &inputs, SpanOut { max, sum, o });
+            }
+        });
+    for (n, g, r) in span_runs(&spans) {
+        let at = (n * d.q_heads + g * group) * dim;
+        let (m, l, p) = (
+            &max[r.start * group..r.end * group],
+            &sum[r.start * group..r.end * group],
+            &part[r.start * group * dim..r.end * group * dim],
+        );
+        merge(m, l, p, group, &mut o[at..at + group * dim]);
     }
 }
 
@@ -318,14 +455,9 @@ pub fn attention<T: FloatElement>(
 /// largest position plus one), S [R, P] = c·Q·Kᵀ, e = exp(S − row max) on each row's keys
 /// u ≤ its position (0 beyond), O [R, D] = e·V / Σ e. Returns O as [rows, group, D].
 #[inline(always)]
-fn block<Q: FloatElement, T: FloatElement>(
-    inputs: &Inputs<'_, Q, T>,
-    seq: u32,
-    positions: &[u32],
-    first: usize,
-    g: usize,
-) -> Vec<f32> {
+fn block<Q: FloatElement, T: FloatElement>(inputs: &Inputs<'_, Q, T>, rows: Range<usize>, g: usize) -> Vec<f32> {
     let Inputs { q, q_stride, k, v, d, .. } = *inputs;
+    let (seq, first, positions) = (inputs.seqs[rows.start], rows.start, &inputs.positions[rows]);
     let (dim, group) = (d.cache.head_dim, d.group());
     let keys = positions.iter().map(|&p| p as usize + 1).max().unwrap_or(0);
     let r = positions.len() * group;
@@ -369,38 +501,71 @@ fn gather<T: FloatElement>(cache: &[T], d: AttentionDims, seq: u32, g: usize, ke
     block
 }
 
-/// One query row: `out` [D] = attention of `q_row` [D] (query head `head`) over keys
-/// 0 ..= pos of sequence `seq` (`slot` = (seq, pos)) in the caches [B, S, Hkv, D].
+/// Row n's keys `keys` for the query heads of kv head g (module notes): per head, m, l and
+/// o into `out`.
 #[inline(always)]
-fn attend<Q: FloatElement, T: FloatElement, const WIDE: bool>(
-    q_row: &[Q],
-    k: &[T],
-    v: &[T],
-    d: AttentionDims,
-    slot: (u32, u32),
-    head: usize,
-    out: &mut [f32],
+fn span<Q: FloatElement, T: FloatElement, const WIDE: bool>(
+    n: usize,
+    g: usize,
+    keys: Range<usize>,
+    x: &Inputs<'_, Q, T>,
+    out: SpanOut<'_>,
 ) {
-    let dim = d.cache.head_dim;
+    let d = x.d;
+    let (dim, group) = (d.cache.head_dim, d.group());
+    assert!(!keys.is_empty() && keys.end <= x.positions[n] as usize + 1, "attention: span {keys:?} of row {n}");
+    // Kv head g of this sequence from key keys.start, [len, D] with a stride of one cache
+    // row (Hkv·D).
+    let stride = d.cache.row_len();
+    let start = d.cache.row_offset(x.seqs[n], keys.start as u32) + g * dim;
+    let end = start + (keys.len() - 1) * stride + dim;
+    let (k_rows, v_rows) = (&x.k[start..end], &x.v[start..end]);
+    let mut scores = vec![0f32; keys.len()];
+    if group == 1 || T::DTYPE == DType::F32 {
+        heads::<Q, T, WIDE>(n, g, x, (k_rows, v_rows, stride), true, &mut scores, out);
+    } else {
+        // The group's heads read the rows widened once (exactly, so the same results).
+        let mut k_wide = vec![0f32; keys.len() * dim];
+        let mut v_wide = vec![0f32; keys.len() * dim];
+        for (u, (kw, vw)) in k_wide.chunks_exact_mut(dim).zip(v_wide.chunks_exact_mut(dim)).enumerate() {
+            prefetch_row(k_rows, (u + AHEAD) * stride, dim);
+            prefetch_row(v_rows, (u + AHEAD) * stride, dim);
+            widen_into(&k_rows[u * stride..u * stride + dim], kw);
+            widen_into(&v_rows[u * stride..u * stride + dim], vw);
+        }
+        heads::<Q, f32, WIDE>(n, g, x, (&k_wide, &v_wide, dim), false, &mut scores, out);
+    }
+}
+
+/// [`span`]'s work per query head of kv head g over its keys and values `rows` ([keys, D]
+/// each, rows `stride` apart; prefetched as read with `fetch`).
+#[inline(always)]
+fn heads<Q: FloatElement, T: FloatElement, const WIDE: bool>(
+    n: usize,
+    g: usize,
+    x: &Inputs<'_, Q, impl FloatElement>,
+    (k_rows, v_rows, stride): (&[T], &[T], usize),
+    fetch: bool,
+    scores: &mut [f32],
+    out: SpanOut<'_>,
+) {
+    let d = x.d;
+    let (dim, group) = (d.cache.head_dim, d.group());
     let scale = d.scale() as f32;
-    let keys = slot.1 as usize + 1;
-    // Kv head g of this sequence, [keys, D] with a stride of one cache row (Hkv·D).
-    let start = d.cache.row_offset(slot.0, 0) + head / d.group() * dim;
-    let (stride, end) = (d.cache.row_len(), start + (keys - 1) * d.cache.row_len() + dim);
-    let (k_head, v_head) = (&k[start..end], &v[start..end]);
     let mut q_scaled = vec![0f32; dim];
-    widen_into(q_row, &mut q_scaled);
-    q_scaled.iter_mut().for_each(|x| *x *= scale);
-    let mut scores = vec![0f32; keys];
-    scores_into::<T, WIDE>(&q_scaled, k_head, v_head, stride, &mut scores);
-    // p_u = e^{s_u - max} over all keys at once (the exponential has no branch, so this
-    // vectorizes), then o = Σ p_u·v_u / Σ p_u.
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    scores.iter_mut().for_each(|s| *s = exp_nonpositive(*s - max));
-    let sum = sum_f64_by(&scores, f64::from);
-    weighted_rows::<T, WIDE>(&scores, v_head, stride, out);
-    let inv = (1.0 / sum) as f32;
-    out.iter_mut().for_each(|x| *x *= inv);
+    for j in 0..group {
+        let at = n * x.q_stride + (g * group + j) * dim;
+        widen_into(&x.q[at..at + dim], &mut q_scaled);
+        q_scaled.iter_mut().for_each(|v| *v *= scale);
+        scores_into::<T, WIDE>(&q_scaled, k_rows, v_rows, stride, fetch, scores);
+        // p_u = e^{s_u - m} over all keys at once (the exponential has no branch, so this
+        // vectorizes), then l = Σ p_u and o = Σ p_u·v_u.
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        scores.iter_mut().for_each(|s| *s = exp_nonpositive(*s - max));
+        out.max[j] = max;
+        out.sum[j] = sum_f64_by(scores, f64::from);
+        weighted_rows::<T, WIDE>(scores, v_rows, stride, &mut out.o[j * dim..(j + 1) * dim]);
+    }
 }
 
 /// `out` [D] = Σ_u p_u·rows_u for rows [keys, D] with a stride of `stride` elements. Each
@@ -504,18 +669,23 @@ mod x86 {
                 *a = _mm512_add_ps(*a, _mm512_mul_ps(qc, load16(row.add(c * LANES))));
             }
         }
-        let l1: [__m512; 8] = std::array::from_fn(|m| {
+        // Plain loops, not `std::array::from_fn`: its closures are compiled without this
+        // function's AVX-512, and each intrinsic in them became a call.
+        let mut l1 = [_mm512_setzero_ps(); 8];
+        for (m, l) in l1.iter_mut().enumerate() {
             let (a, b) = (acc[2 * m], acc[2 * m + 1]);
-            _mm512_add_ps(_mm512_shuffle_f32x4::<0x44>(a, b), _mm512_shuffle_f32x4::<0xee>(a, b))
-        });
-        let l2: [__m512; 4] = std::array::from_fn(|m| {
+            *l = _mm512_add_ps(_mm512_shuffle_f32x4::<0x44>(a, b), _mm512_shuffle_f32x4::<0xee>(a, b));
+        }
+        let mut l2 = [_mm512_setzero_ps(); 4];
+        for (m, l) in l2.iter_mut().enumerate() {
             let (c, d) = (l1[2 * m], l1[2 * m + 1]);
-            _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(c, d), _mm512_shuffle_f32x4::<0xdd>(c, d))
-        });
-        let l3: [__m512; 2] = std::array::from_fn(|m| {
+            *l = _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(c, d), _mm512_shuffle_f32x4::<0xdd>(c, d));
+        }
+        let mut l3 = [_mm512_setzero_ps(); 2];
+        for (m, l) in l3.iter_mut().enumerate() {
             let (g, h) = (l2[2 * m], l2[2 * m + 1]);
-            _mm512_add_ps(_mm512_shuffle_ps::<0x44>(g, h), _mm512_shuffle_ps::<0xee>(g, h))
-        });
+            *l = _mm512_add_ps(_mm512_shuffle_ps::<0x44>(g, h), _mm512_shuffle_ps::<0xee>(g, h));
+        }
         let l4 = _mm512_add_ps(_mm512_shuffle_ps::<0x88>(l3[0], l3[1]), _mm512_shuffle_ps::<0xdd>(l3[0], l3[1]));
         // Key 4j + k from lane 4k + j.
         let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
@@ -598,15 +768,24 @@ mod tests {
             let (k, v) = (cast(random_f32(cache.len(), 2.0, seed + 1)), cast(random_f32(cache.len(), 1.0, seed + 2)));
             let seqs = [1, 0];
             let inputs = Inputs { q: &q, q_stride: 6 * dim, k: &k, v: &v, d, seqs: &seqs, positions: &positions };
-            for (n, keys) in positions.iter().map(|p| p + 1).enumerate() {
-                for head in 0..6 {
-                    let task = Task::Row { n, head };
-                    // SAFETY: the CPU runs AVX-512 (checked above).
-                    let wide = unsafe { run_avx512(&task, &inputs) };
-                    let plain = run_plain::<T, T, false>(&task, &inputs);
-                    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                    assert_eq!(bits(&wide), bits(&plain), "{} D {dim} keys {keys} head {head}", T::DTYPE);
-                }
+            let spans: Vec<Task> = tasks(d, &seqs, &positions);
+            let group = d.group();
+            for task in &spans {
+                let Task::Span { n, g, ref keys } = *task else { panic!("two rows make spans, not blocks") };
+                let run = |wide: bool| {
+                    let (mut max, mut sum, mut o) = (vec![0f32; group], vec![0f64; group], vec![0f32; group * dim]);
+                    let out = SpanOut { max: &mut max, sum: &mut sum, o: &mut o };
+                    if wide {
+                        // SAFETY: the CPU runs AVX-512 (checked above).
+                        unsafe { span_avx512(n, g, keys.clone(), &inputs, out) }
+                    } else {
+                        span::<T, T, false>(n, g, keys.clone(), &inputs, out)
+                    }
+                    let mut bits: Vec<u64> = max.iter().chain(&o).map(|v| u64::from(v.to_bits())).collect();
+                    bits.extend(sum.iter().map(|v| v.to_bits()));
+                    bits
+                };
+                assert_eq!(run(true), run(false), "{} D {dim} row {n} kv head {g} keys {keys:?}", T::DTYPE);
             }
         }
         for (i, dim) in [16, 32, 48, 64, 96, 128, 144].into_iter().enumerate() {

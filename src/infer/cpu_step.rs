@@ -338,6 +338,7 @@ pub(super) fn step<T: Stored>(
         let mut act = Activations::new(isa, dtype, &[], 0, 0);
         // This member's copy of a with the spans' rows merged in.
         let (mut a_merged, mut merged) = (Vec::new(), vec![0f32; group * hd]);
+        let mut span_scratch = kv_cache::cpu_fast::SpanScratch::default();
         // SAFETY (every block below): each phase writes only this member's part of a shared
         // buffer — its rows of a linear, or its units (token, head) — and reads buffers that
         // no member writes in that phase; a sync ends every phase.
@@ -399,7 +400,7 @@ pub(super) fn step<T: Stored>(
                         o: span_o_s.write(s * group * hd..(s + 1) * group * hd),
                     }
                 };
-                kv_cache::cpu_fast::run_span(row, g, keys.clone(), &inputs, out);
+                kv_cache::cpu_fast::run_span(row, g, keys.clone(), &inputs, out, &mut span_scratch);
             }
             me.sync()?;
             // 4. x += a·Woᵀ on this member's rows, a with the spans merged (each member

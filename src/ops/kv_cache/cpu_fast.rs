@@ -266,6 +266,18 @@ pub fn span_runs(spans: &[Task]) -> Vec<(usize, usize, Range<usize>)> {
     runs
 }
 
+/// Working space of span tasks, kept from one to the next by the caller (its contents do
+/// not matter).
+#[derive(Default)]
+pub struct SpanScratch {
+    /// A span's keys and values widened to f32.
+    wide: Vec<f32>,
+    /// A head's scores, then its weights.
+    scores: Vec<f32>,
+    /// A query row scaled.
+    q: Vec<f32>,
+}
+
 /// A span's results for the `group` query heads of its kv head, head j at j: the largest
 /// score m, l = Σ e^{s − m} (f64) and o = Σ e^{s − m}·v [D] (not divided by l).
 pub struct SpanOut<'a> {
@@ -355,18 +367,19 @@ pub fn run_span<Q: FloatElement, T: FloatElement>(
     keys: Range<usize>,
     inputs: &Inputs<'_, Q, T>,
     out: SpanOut<'_>,
+    scratch: &mut SpanScratch,
 ) {
     #[cfg(target_arch = "x86_64")]
     {
         use crate::ops::infer_linear::cpu_fast::Isa;
         match Isa::best() {
             // SAFETY: this CPU runs the instruction set.
-            Isa::Avx512Vbmi2 | Isa::Avx512 => return unsafe { span_avx512(n, g, keys, inputs, out) },
-            Isa::Avx2 => return unsafe { span_avx2(n, g, keys, inputs, out) },
+            Isa::Avx512Vbmi2 | Isa::Avx512 => return unsafe { span_avx512(n, g, keys, inputs, out, scratch) },
+            Isa::Avx2 => return unsafe { span_avx2(n, g, keys, inputs, out, scratch) },
             Isa::Portable => {}
         }
     }
-    span::<Q, T, false>(n, g, keys, inputs, out)
+    span::<Q, T, false>(n, g, keys, inputs, out, scratch)
 }
 
 /// [`block`] and [`span`] compiled for one instruction set (the loops inline into them).
@@ -388,8 +401,9 @@ macro_rules! entry {
             keys: Range<usize>,
             inputs: &Inputs<'_, Q, T>,
             out: SpanOut<'_>,
+            scratch: &mut SpanScratch,
         ) {
-            span::<Q, T, $wide>(n, g, keys, inputs, out)
+            span::<Q, T, $wide>(n, g, keys, inputs, out, scratch)
         }
     };
 }
@@ -434,9 +448,9 @@ pub fn attention<T: FloatElement>(
         .zip(max.par_chunks_mut(group))
         .zip(sum.par_chunks_mut(group))
         .zip(part.par_chunks_mut(group * dim))
-        .for_each(|(((t, max), sum), o)| {
+        .for_each_init(SpanScratch::default, |scratch, (((t, max), sum), o)| {
             if let Task::Span { n, g, ref keys } = *t {
-                run_span(n, g, keys.clone(), &inputs, SpanOut { max, sum, o });
+                run_span(n, g, keys.clone(), &inputs, SpanOut { max, sum, o }, scratch);
             }
         });
     for (n, g, r) in span_runs(&spans) {
@@ -510,6 +524,7 @@ fn span<Q: FloatElement, T: FloatElement, const WIDE: bool>(
     keys: Range<usize>,
     x: &Inputs<'_, Q, T>,
     out: SpanOut<'_>,
+    scratch: &mut SpanScratch,
 ) {
     let d = x.d;
     let (dim, group) = (d.cache.head_dim, d.group());
@@ -520,20 +535,23 @@ fn span<Q: FloatElement, T: FloatElement, const WIDE: bool>(
     let start = d.cache.row_offset(x.seqs[n], keys.start as u32) + g * dim;
     let end = start + (keys.len() - 1) * stride + dim;
     let (k_rows, v_rows) = (&x.k[start..end], &x.v[start..end]);
-    let mut scores = vec![0f32; keys.len()];
+    let SpanScratch { wide, scores, q } = scratch;
+    scores.resize(keys.len(), 0.0);
+    q.resize(dim, 0.0);
     if group == 1 || T::DTYPE == DType::F32 {
-        heads::<Q, T, WIDE>(n, g, x, (k_rows, v_rows, stride), true, &mut scores, out);
+        heads::<Q, T, WIDE>(n, g, x, (k_rows, v_rows, stride), true, (q, scores), out);
     } else {
         // The group's heads read the rows widened once (exactly, so the same results).
-        let mut k_wide = vec![0f32; keys.len() * dim];
-        let mut v_wide = vec![0f32; keys.len() * dim];
+        // Every value of the scratch is written before it is read.
+        wide.resize(2 * keys.len() * dim, 0.0);
+        let (k_wide, v_wide) = wide.split_at_mut(keys.len() * dim);
         for (u, (kw, vw)) in k_wide.chunks_exact_mut(dim).zip(v_wide.chunks_exact_mut(dim)).enumerate() {
             prefetch_row(k_rows, (u + AHEAD) * stride, dim);
             prefetch_row(v_rows, (u + AHEAD) * stride, dim);
             widen_into(&k_rows[u * stride..u * stride + dim], kw);
             widen_into(&v_rows[u * stride..u * stride + dim], vw);
         }
-        heads::<Q, f32, WIDE>(n, g, x, (&k_wide, &v_wide, dim), false, &mut scores, out);
+        heads::<Q, f32, WIDE>(n, g, x, (k_wide, v_wide, dim), false, (q, scores), out);
     }
 }
 
@@ -546,18 +564,17 @@ fn heads<Q: FloatElement, T: FloatElement, const WIDE: bool>(
     x: &Inputs<'_, Q, impl FloatElement>,
     (k_rows, v_rows, stride): (&[T], &[T], usize),
     fetch: bool,
-    scores: &mut [f32],
+    (q_scaled, scores): (&mut [f32], &mut [f32]),
     out: SpanOut<'_>,
 ) {
     let d = x.d;
     let (dim, group) = (d.cache.head_dim, d.group());
     let scale = d.scale() as f32;
-    let mut q_scaled = vec![0f32; dim];
     for j in 0..group {
         let at = n * x.q_stride + (g * group + j) * dim;
-        widen_into(&x.q[at..at + dim], &mut q_scaled);
+        widen_into(&x.q[at..at + dim], q_scaled);
         q_scaled.iter_mut().for_each(|v| *v *= scale);
-        scores_into::<T, WIDE>(&q_scaled, k_rows, v_rows, stride, fetch, scores);
+        scores_into::<T, WIDE>(q_scaled, k_rows, v_rows, stride, fetch, scores);
         // p_u = e^{s_u - m} over all keys at once (the exponential has no branch, so this
         // vectorizes), then l = Σ p_u and o = Σ p_u·v_u.
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -775,11 +792,12 @@ mod tests {
                 let run = |wide: bool| {
                     let (mut max, mut sum, mut o) = (vec![0f32; group], vec![0f64; group], vec![0f32; group * dim]);
                     let out = SpanOut { max: &mut max, sum: &mut sum, o: &mut o };
+                    let mut scratch = SpanScratch::default();
                     if wide {
                         // SAFETY: the CPU runs AVX-512 (checked above).
-                        unsafe { span_avx512(n, g, keys.clone(), &inputs, out) }
+                        unsafe { span_avx512(n, g, keys.clone(), &inputs, out, &mut scratch) }
                     } else {
-                        span::<T, T, false>(n, g, keys.clone(), &inputs, out)
+                        span::<T, T, false>(n, g, keys.clone(), &inputs, out, &mut scratch)
                     }
                     let mut bits: Vec<u64> = max.iter().chain(&o).map(|v| u64::from(v.to_bits())).collect();
                     bits.extend(sum.iter().map(|v| v.to_bits()));

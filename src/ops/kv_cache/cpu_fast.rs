@@ -279,11 +279,11 @@ pub struct SpanScratch {
 }
 
 /// A span's results for the `group` query heads of its kv head, head j at j: the largest
-/// score m, l = Σ e^{s − m} (f64) and o = Σ e^{s − m}·v [D] (not divided by l).
+/// score m, l = Σ e^{s − m} (f64) and o = Σ e^{s − m}·v, D values (not divided by l).
 pub struct SpanOut<'a> {
-    /// m per head [group].
+    /// m per head (`group` values).
     pub max: &'a mut [f32],
-    /// l per head [group].
+    /// l per head (`group` values).
     pub sum: &'a mut [f64],
     /// o per head [group, D].
     pub o: &'a mut [f32],

@@ -11,8 +11,9 @@
 //!   p_u = e^{s_u − m} in one loop, l = Σ_u p_u and o = Σ_u p_u·v_u with o's columns summed
 //!   in registers (\[`span`\]); then [`merge`] joins a row's spans in order:
 //!   M = max m, o = Σ e^{m − M}·o / Σ e^{m − M}·l (with one span, o / l). The query heads of
-//!   a kv head read its keys and values in turn while they are in L1, and a step's
-//!   rows are cut into equal parts however many query heads share a kv head. Every loop
+//!   a kv head read its keys and values in turn while they are in L1 (a bf16 cache's rows
+//!   widened to f32 once per span, in a [`SpanScratch`]), and a step's rows are cut into
+//!   equal parts however many query heads share a kv head. Every loop
 //!   auto-vectorizes. With AVX-512 (bf16 or f32, D a multiple of 16 up to 128) the two loops
 //!   over the keys are the `x86` kernels instead: 16 keys' scores at once, a key's columns
 //!   all at once, the same additions in the same order (the same bits, tested); the key and

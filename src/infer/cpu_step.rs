@@ -381,7 +381,9 @@ pub(super) fn step<T: Stored>(
             let q = unsafe { qkv_s.all() };
             let inputs = kv_cache::cpu_fast::Inputs { q, q_stride: qkv_dim, k: kc, v: vc, d: att, seqs, positions };
             for task in attention_blocks.iter().skip(i).step_by(me.count()) {
-                let kv_cache::cpu_fast::Task::Block { ref rows, g } = *task else { unreachable!("blocks are apart") };
+                let kv_cache::cpu_fast::Task::Block { ref rows, g } = *task else {
+                    unreachable!("the block list holds blocks only")
+                };
                 let o = kv_cache::cpu_fast::run_block(rows.clone(), g, &inputs);
                 let mut from = 0;
                 for (at, len) in task.places(att) {
@@ -393,7 +395,7 @@ pub(super) fn step<T: Stored>(
             }
             for s in me.share(spans.len()) {
                 let kv_cache::cpu_fast::Task::Span { n: row, g, ref keys } = spans[s] else {
-                    unreachable!("spans are apart")
+                    unreachable!("the span list holds spans only")
                 };
                 let out = unsafe {
                     kv_cache::cpu_fast::SpanOut {

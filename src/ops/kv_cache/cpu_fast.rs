@@ -431,7 +431,7 @@ pub fn attention<T: FloatElement>(
         .par_iter()
         .map(|t| match *t {
             Task::Block { ref rows, g } => run_block(rows.clone(), g, &inputs),
-            Task::Span { .. } => unreachable!("spans are apart"),
+            Task::Span { .. } => unreachable!("the block list holds blocks only"),
         })
         .collect();
     for (task, out) in blocks.iter().zip(results) {

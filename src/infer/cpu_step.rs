@@ -281,7 +281,7 @@ pub(super) fn step<T: Stored>(
     let (attention_blocks, spans): (Vec<_>, Vec<_>) = kv_cache::cpu_fast::tasks(att, seqs, positions)
         .into_iter()
         .partition(|t| matches!(t, kv_cache::cpu_fast::Task::Block { .. }));
-    let span_runs = kv_cache::cpu_fast::span_runs(&spans);
+    let span_runs = kv_cache::cpu_fast::span_runs(&spans, att);
     let group = att.group();
     // RoPE's (sin, cos) for each token's position, [N, hd/2].
     let half = hd / 2;
@@ -415,11 +415,10 @@ pub(super) fn step<T: Stored>(
                 a_merged.clear();
                 a_merged.extend_from_slice(unsafe { a_s.all() });
                 let (max, sum, o) = unsafe { (max_s.all(), sum_s.all(), span_o_s.all()) };
-                for (row, g, r) in &span_runs {
+                for (at, r) in &span_runs {
                     let (m0, m1) = (r.start * group, r.end * group);
                     kv_cache::cpu_fast::merge(&max[m0..m1], &sum[m0..m1], &o[m0 * hd..m1 * hd], group, &mut merged);
-                    let at = (row * hq + g * group) * hd;
-                    for (d, &v) in a_merged[at..at + group * hd].iter_mut().zip(&merged) {
+                    for (d, &v) in a_merged[*at..*at + group * hd].iter_mut().zip(&merged) {
                         *d = round::<T>(v);
                     }
                 }

@@ -213,14 +213,17 @@ impl Task {
     /// The parts of o [N, Hq, D] this task's output fills, in its order: (offset in o,
     /// length), consecutive in the output (a span's, once its row's spans are merged).
     pub fn places(&self, d: AttentionDims) -> Vec<(usize, usize)> {
-        let (dim, group) = (d.cache.head_dim, d.group());
+        let len = d.group() * d.cache.head_dim;
         match *self {
-            Task::Block { ref rows, g } => {
-                rows.clone().map(|n| ((n * d.q_heads + g * group) * dim, group * dim)).collect()
-            }
-            Task::Span { n, g, .. } => vec![((n * d.q_heads + g * group) * dim, group * dim)],
+            Task::Block { ref rows, g } => rows.clone().map(|n| (group_at(d, n, g), len)).collect(),
+            Task::Span { n, g, .. } => vec![(group_at(d, n, g), len)],
         }
     }
+}
+
+/// Where the outputs of row n's query heads g·group .. (g + 1)·group start in o [N, Hq, D].
+fn group_at(d: AttentionDims, n: usize, g: usize) -> usize {
+    (n * d.q_heads + g * d.group()) * d.cache.head_dim
 }
 
 /// The tasks of a step's rows: runs of at least \[`BLOCK_MIN_ROWS`\] rows of one sequence in
@@ -253,14 +256,16 @@ pub fn tasks(d: AttentionDims, seqs: &[u32], positions: &[u32]) -> Vec<Task> {
 }
 
 /// The runs of consecutive spans of one (row, kv head) among `spans` (span tasks in the
-/// order [`tasks`] gives them): (row n, kv head g, indices in `spans`).
-pub fn span_runs(spans: &[Task]) -> Vec<(usize, usize, Range<usize>)> {
-    let mut runs: Vec<(usize, usize, Range<usize>)> = Vec::new();
+/// order [`tasks`] gives them): (where their merged output starts in o [N, Hq, D], indices
+/// in `spans`).
+pub fn span_runs(spans: &[Task], d: AttentionDims) -> Vec<(usize, Range<usize>)> {
+    let mut runs: Vec<(usize, Range<usize>)> = Vec::new();
     for (i, task) in spans.iter().enumerate() {
         if let Task::Span { n, g, .. } = *task {
+            let at = group_at(d, n, g);
             match runs.last_mut() {
-                Some((rn, rg, r)) if (*rn, *rg) == (n, g) && r.end == i => r.end = i + 1,
-                _ => runs.push((n, g, i..i + 1)),
+                Some((run_at, r)) if *run_at == at && r.end == i => r.end = i + 1,
+                _ => runs.push((at, i..i + 1)),
             }
         }
     }
@@ -454,8 +459,7 @@ pub fn attention<T: FloatElement>(
                 run_span(n, g, keys.clone(), &inputs, SpanOut { max, sum, o }, scratch);
             }
         });
-    for (n, g, r) in span_runs(&spans) {
-        let at = (n * d.q_heads + g * group) * dim;
+    for (at, r) in span_runs(&spans, d) {
         let (m, l, p) = (
             &max[r.start * group..r.end * group],
             &sum[r.start * group..r.end * group],

@@ -278,9 +278,7 @@ pub(super) fn step<T: Stored>(
     // The caches [B, S, Hkv, hd] of every layer, written in place.
     let cache_dims = CacheDims { sequences: cache.batch(), capacity: cache.capacity(), kv_heads: hkv, head_dim: hd };
     let att = AttentionDims { cache: cache_dims, q_heads: hq };
-    let (attention_blocks, spans): (Vec<_>, Vec<_>) = kv_cache::cpu_fast::tasks(att, seqs, positions)
-        .into_iter()
-        .partition(|t| matches!(t, kv_cache::cpu_fast::Task::Block { .. }));
+    let kv_cache::cpu_fast::Tasks { blocks: attention_blocks, spans } = kv_cache::cpu_fast::tasks(att, seqs, positions);
     let span_runs = kv_cache::cpu_fast::span_runs(&spans, att);
     let group = att.group();
     // RoPE's (sin, cos) for each token's position, [N, hd/2].
@@ -381,10 +379,7 @@ pub(super) fn step<T: Stored>(
             let q = unsafe { qkv_s.all() };
             let inputs = kv_cache::cpu_fast::Inputs { q, q_stride: qkv_dim, k: kc, v: vc, d: att, seqs, positions };
             for task in attention_blocks.iter().skip(i).step_by(me.count()) {
-                let kv_cache::cpu_fast::Task::Block { ref rows, g } = *task else {
-                    unreachable!("the block list holds blocks only")
-                };
-                let o = kv_cache::cpu_fast::run_block(rows.clone(), g, &inputs);
+                let o = kv_cache::cpu_fast::run_block(task, &inputs);
                 let mut from = 0;
                 for (at, len) in task.places(att) {
                     for (d, &v) in unsafe { a_s.write(at..at + len) }.iter_mut().zip(&o[from..from + len]) {
@@ -394,9 +389,6 @@ pub(super) fn step<T: Stored>(
                 }
             }
             for s in me.share(spans.len()) {
-                let kv_cache::cpu_fast::Task::Span { n: row, g, ref keys } = spans[s] else {
-                    unreachable!("the span list holds spans only")
-                };
                 let out = unsafe {
                     kv_cache::cpu_fast::SpanOut {
                         max: max_s.write(s * group..(s + 1) * group),
@@ -404,7 +396,7 @@ pub(super) fn step<T: Stored>(
                         o: span_o_s.write(s * group * hd..(s + 1) * group * hd),
                     }
                 };
-                kv_cache::cpu_fast::run_span(row, g, keys.clone(), &inputs, out, &mut span_scratch);
+                kv_cache::cpu_fast::run_span(&spans[s], &inputs, out, &mut span_scratch);
             }
             me.sync()?;
             // 4. x += a·Woᵀ on this member's rows, a with the spans merged (each member

@@ -186,39 +186,43 @@ const BLOCK_ROWS: usize = 64;
 /// Keys of a decode row's span (a multiple of 16, the AVX-512 scores' run).
 pub const SPAN_KEYS: usize = 64;
 
-/// Work of one task: a block of rows of one sequence for the query heads of kv head `g`, or
-/// a span of one row's keys for them.
+/// A block task: rows `rows` of one sequence, query heads g·group .. (g + 1)·group.
 #[derive(Clone, Debug)]
-pub enum Task {
-    /// Rows `rows` (one sequence), query heads g·group .. (g + 1)·group.
-    Block {
-        /// Query rows.
-        rows: Range<usize>,
-        /// Kv head.
-        g: usize,
-    },
-    /// Query row n, query heads g·group .. (g + 1)·group, keys `keys` (a part of
-    /// 0 ..= positions\[n\]).
-    Span {
-        /// Query row.
-        n: usize,
-        /// Kv head.
-        g: usize,
-        /// Keys.
-        keys: Range<usize>,
-    },
+pub struct Block {
+    /// Query rows.
+    pub rows: Range<usize>,
+    /// Kv head.
+    pub g: usize,
 }
 
-impl Task {
-    /// The parts of o [N, Hq, D] this task's output fills, in its order: (offset in o,
-    /// length), consecutive in the output (a span's, once its row's spans are merged).
+impl Block {
+    /// The parts of o [N, Hq, D] this block's output fills, in its order: (offset in o,
+    /// length), one per row.
     pub fn places(&self, d: AttentionDims) -> Vec<(usize, usize)> {
         let len = d.group() * d.cache.head_dim;
-        match *self {
-            Task::Block { ref rows, g } => rows.clone().map(|n| (group_at(d, n, g), len)).collect(),
-            Task::Span { n, g, .. } => vec![(group_at(d, n, g), len)],
-        }
+        self.rows.clone().map(|n| (group_at(d, n, self.g), len)).collect()
     }
+}
+
+/// A span task: query row n, query heads g·group .. (g + 1)·group, keys `keys` (a part of
+/// 0 ..= positions\[n\]).
+#[derive(Clone, Debug)]
+pub struct Span {
+    /// Query row.
+    pub n: usize,
+    /// Kv head.
+    pub g: usize,
+    /// Keys.
+    pub keys: Range<usize>,
+}
+
+/// A step's attention tasks.
+#[derive(Clone, Debug, Default)]
+pub struct Tasks {
+    /// The blocks, each sequence's in row order and per block in kv head order.
+    pub blocks: Vec<Block>,
+    /// The spans, a row's spans of a kv head consecutive and in key order.
+    pub spans: Vec<Span>,
 }
 
 /// Where the outputs of row n's query heads g·group .. (g + 1)·group start in o [N, Hq, D].
@@ -229,20 +233,20 @@ fn group_at(d: AttentionDims, n: usize, g: usize) -> usize {
 /// The tasks of a step's rows: runs of at least \[`BLOCK_MIN_ROWS`\] rows of one sequence in
 /// blocks of up to \[`BLOCK_ROWS`\] per kv head, every other row in spans of up to
 /// [`SPAN_KEYS`] keys per kv head (a row's spans of a kv head consecutive, in key order).
-pub fn tasks(d: AttentionDims, seqs: &[u32], positions: &[u32]) -> Vec<Task> {
-    let mut tasks = Vec::new();
+pub fn tasks(d: AttentionDims, seqs: &[u32], positions: &[u32]) -> Tasks {
+    let mut tasks = Tasks::default();
     let mut start = 0;
     while start < seqs.len() {
         let end = start + seqs[start..].iter().take_while(|&&s| s == seqs[start]).count();
         if end - start >= BLOCK_MIN_ROWS {
             for r in (start..end).step_by(BLOCK_ROWS) {
-                tasks.extend((0..d.cache.kv_heads).map(|g| Task::Block { rows: r..(r + BLOCK_ROWS).min(end), g }));
+                tasks.blocks.extend((0..d.cache.kv_heads).map(|g| Block { rows: r..(r + BLOCK_ROWS).min(end), g }));
             }
         } else {
             for (n, &position) in positions.iter().enumerate().take(end).skip(start) {
                 let keys = position as usize + 1;
                 for g in 0..d.cache.kv_heads {
-                    tasks.extend((0..keys).step_by(SPAN_KEYS).map(|k| Task::Span {
+                    tasks.spans.extend((0..keys).step_by(SPAN_KEYS).map(|k| Span {
                         n,
                         g,
                         keys: k..(k + SPAN_KEYS).min(keys),
@@ -255,18 +259,16 @@ pub fn tasks(d: AttentionDims, seqs: &[u32], positions: &[u32]) -> Vec<Task> {
     tasks
 }
 
-/// The runs of consecutive spans of one (row, kv head) among `spans` (span tasks in the
-/// order [`tasks`] gives them): (where their merged output starts in o [N, Hq, D], indices
-/// in `spans`).
-pub fn span_runs(spans: &[Task], d: AttentionDims) -> Vec<(usize, Range<usize>)> {
+/// The runs of consecutive spans of one (row, kv head) among `spans` (in the order
+/// [`tasks`] gives them): (where their merged output starts in o [N, Hq, D], indices in
+/// `spans`).
+pub fn span_runs(spans: &[Span], d: AttentionDims) -> Vec<(usize, Range<usize>)> {
     let mut runs: Vec<(usize, Range<usize>)> = Vec::new();
-    for (i, task) in spans.iter().enumerate() {
-        if let Task::Span { n, g, .. } = *task {
-            let at = group_at(d, n, g);
-            match runs.last_mut() {
-                Some((run_at, r)) if *run_at == at && r.end == i => r.end = i + 1,
-                _ => runs.push((at, i..i + 1)),
-            }
+    for (i, span) in spans.iter().enumerate() {
+        let at = group_at(d, span.n, span.g);
+        match runs.last_mut() {
+            Some((run_at, r)) if *run_at == at && r.end == i => r.end = i + 1,
+            _ => runs.push((at, i..i + 1)),
         }
     }
     runs
@@ -344,33 +346,26 @@ pub struct Inputs<'a, Q, T> {
     pub positions: &'a [u32],
 }
 
-/// A block task's output [rows, group, D] ([`Task::places`] says where it goes). The loops
+/// A block task's output [rows, group, D] ([`Block::places`] says where it goes). The loops
 /// are compiled for AVX-512 or AVX2 as well and the best this CPU runs is taken (the same
 /// arithmetic in every lane, so the same results).
-pub fn run_block<Q: FloatElement, T: FloatElement>(
-    rows: Range<usize>,
-    g: usize,
-    inputs: &Inputs<'_, Q, T>,
-) -> Vec<f32> {
+pub fn run_block<Q: FloatElement, T: FloatElement>(task: &Block, inputs: &Inputs<'_, Q, T>) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     {
         use crate::ops::infer_linear::cpu_fast::Isa;
         match Isa::best() {
             // SAFETY: this CPU runs the instruction set.
-            Isa::Avx512Vbmi2 | Isa::Avx512 => return unsafe { block_avx512(rows, g, inputs) },
-            Isa::Avx2 => return unsafe { block_avx2(rows, g, inputs) },
+            Isa::Avx512Vbmi2 | Isa::Avx512 => return unsafe { block_avx512(task, inputs) },
+            Isa::Avx2 => return unsafe { block_avx2(task, inputs) },
             Isa::Portable => {}
         }
     }
-    block(inputs, rows, g)
+    block(task, inputs)
 }
 
-/// A span task's results (row n, kv head g, keys `keys`) into `out`, compiled as
-/// [`run_block`] is.
+/// A span task's results into `out`, compiled as [`run_block`] is.
 pub fn run_span<Q: FloatElement, T: FloatElement>(
-    n: usize,
-    g: usize,
-    keys: Range<usize>,
+    task: &Span,
     inputs: &Inputs<'_, Q, T>,
     out: SpanOut<'_>,
     scratch: &mut SpanScratch,
@@ -380,12 +375,12 @@ pub fn run_span<Q: FloatElement, T: FloatElement>(
         use crate::ops::infer_linear::cpu_fast::Isa;
         match Isa::best() {
             // SAFETY: this CPU runs the instruction set.
-            Isa::Avx512Vbmi2 | Isa::Avx512 => return unsafe { span_avx512(n, g, keys, inputs, out, scratch) },
-            Isa::Avx2 => return unsafe { span_avx2(n, g, keys, inputs, out, scratch) },
+            Isa::Avx512Vbmi2 | Isa::Avx512 => return unsafe { span_avx512(task, inputs, out, scratch) },
+            Isa::Avx2 => return unsafe { span_avx2(task, inputs, out, scratch) },
             Isa::Portable => {}
         }
     }
-    span::<Q, T, false>(n, g, keys, inputs, out, scratch)
+    span::<Q, T, false>(task, inputs, out, scratch)
 }
 
 /// [`block`] and [`span`] compiled for one instruction set (the loops inline into them).
@@ -393,23 +388,17 @@ pub fn run_span<Q: FloatElement, T: FloatElement>(
 macro_rules! entry {
     ($block:ident, $span:ident, $features:literal, $wide:literal) => {
         #[target_feature(enable = $features)]
-        unsafe fn $block<Q: FloatElement, T: FloatElement>(
-            rows: Range<usize>,
-            g: usize,
-            inputs: &Inputs<'_, Q, T>,
-        ) -> Vec<f32> {
-            block(inputs, rows, g)
+        unsafe fn $block<Q: FloatElement, T: FloatElement>(task: &Block, inputs: &Inputs<'_, Q, T>) -> Vec<f32> {
+            block(task, inputs)
         }
         #[target_feature(enable = $features)]
         unsafe fn $span<Q: FloatElement, T: FloatElement>(
-            n: usize,
-            g: usize,
-            keys: Range<usize>,
+            task: &Span,
             inputs: &Inputs<'_, Q, T>,
             out: SpanOut<'_>,
             scratch: &mut SpanScratch,
         ) {
-            span::<Q, T, $wide>(n, g, keys, inputs, out, scratch)
+            span::<Q, T, $wide>(task, inputs, out, scratch)
         }
     };
 }
@@ -430,15 +419,8 @@ pub fn attention<T: FloatElement>(
     o: &mut [f32],
 ) {
     let inputs = Inputs { q, q_stride: d.q_heads * d.cache.head_dim, k, v, d, seqs, positions };
-    let (blocks, spans): (Vec<Task>, Vec<Task>) =
-        tasks(d, seqs, positions).into_iter().partition(|t| matches!(t, Task::Block { .. }));
-    let results: Vec<Vec<f32>> = blocks
-        .par_iter()
-        .map(|t| match *t {
-            Task::Block { ref rows, g } => run_block(rows.clone(), g, &inputs),
-            Task::Span { .. } => unreachable!("the block list holds blocks only"),
-        })
-        .collect();
+    let Tasks { blocks, spans } = tasks(d, seqs, positions);
+    let results: Vec<Vec<f32>> = blocks.par_iter().map(|t| run_block(t, &inputs)).collect();
     for (task, out) in blocks.iter().zip(results) {
         let mut from = 0;
         for (at, len) in task.places(d) {
@@ -455,9 +437,7 @@ pub fn attention<T: FloatElement>(
         .zip(sum.par_chunks_mut(group))
         .zip(part.par_chunks_mut(group * dim))
         .for_each_init(SpanScratch::default, |scratch, (((t, max), sum), o)| {
-            if let Task::Span { n, g, ref keys } = *t {
-                run_span(n, g, keys.clone(), &inputs, SpanOut { max, sum, o }, scratch);
-            }
+            run_span(t, &inputs, SpanOut { max, sum, o }, scratch);
         });
     for (at, r) in span_runs(&spans, d) {
         let (m, l, p) = (
@@ -474,8 +454,9 @@ pub fn attention<T: FloatElement>(
 /// largest position plus one), S [R, P] = c·Q·Kᵀ, e = exp(S − row max) on each row's keys
 /// u ≤ its position (0 beyond), O [R, D] = e·V / Σ e. Returns O as [rows, group, D].
 #[inline(always)]
-fn block<Q: FloatElement, T: FloatElement>(inputs: &Inputs<'_, Q, T>, rows: Range<usize>, g: usize) -> Vec<f32> {
+fn block<Q: FloatElement, T: FloatElement>(task: &Block, inputs: &Inputs<'_, Q, T>) -> Vec<f32> {
     let Inputs { q, q_stride, k, v, d, .. } = *inputs;
+    let (rows, g) = (task.rows.clone(), task.g);
     let (seq, first, positions) = (inputs.seqs[rows.start], rows.start, &inputs.positions[rows]);
     let (dim, group) = (d.cache.head_dim, d.group());
     let keys = positions.iter().map(|&p| p as usize + 1).max().unwrap_or(0);
@@ -524,13 +505,12 @@ fn gather<T: FloatElement>(cache: &[T], d: AttentionDims, seq: u32, g: usize, ke
 /// o into `out`.
 #[inline(always)]
 fn span<Q: FloatElement, T: FloatElement, const WIDE: bool>(
-    n: usize,
-    g: usize,
-    keys: Range<usize>,
+    task: &Span,
     x: &Inputs<'_, Q, T>,
     out: SpanOut<'_>,
     scratch: &mut SpanScratch,
 ) {
+    let (n, g, keys) = (task.n, task.g, task.keys.clone());
     let d = x.d;
     let (dim, group) = (d.cache.head_dim, d.group());
     assert!(!keys.is_empty() && keys.end <= x.positions[n] as usize + 1, "attention: span {keys:?} of row {n}");
@@ -790,19 +770,20 @@ mod tests {
             let (k, v) = (cast(random_f32(cache.len(), 2.0, seed + 1)), cast(random_f32(cache.len(), 1.0, seed + 2)));
             let seqs = [1, 0];
             let inputs = Inputs { q: &q, q_stride: 6 * dim, k: &k, v: &v, d, seqs: &seqs, positions: &positions };
-            let spans: Vec<Task> = tasks(d, &seqs, &positions);
+            let Tasks { blocks, spans } = tasks(d, &seqs, &positions);
+            assert!(blocks.is_empty(), "two rows make spans, not blocks");
             let group = d.group();
             for task in &spans {
-                let Task::Span { n, g, ref keys } = *task else { panic!("two rows make spans, not blocks") };
+                let Span { n, g, ref keys } = *task;
                 let run = |wide: bool| {
                     let (mut max, mut sum, mut o) = (vec![0f32; group], vec![0f64; group], vec![0f32; group * dim]);
                     let out = SpanOut { max: &mut max, sum: &mut sum, o: &mut o };
                     let mut scratch = SpanScratch::default();
                     if wide {
                         // SAFETY: the CPU runs AVX-512 (checked above).
-                        unsafe { span_avx512(n, g, keys.clone(), &inputs, out, &mut scratch) }
+                        unsafe { span_avx512(task, &inputs, out, &mut scratch) }
                     } else {
-                        span::<T, T, false>(n, g, keys.clone(), &inputs, out, &mut scratch)
+                        span::<T, T, false>(task, &inputs, out, &mut scratch)
                     }
                     let mut bits: Vec<u64> = max.iter().chain(&o).map(|v| u64::from(v.to_bits())).collect();
                     bits.extend(sum.iter().map(|v| v.to_bits()));

@@ -407,9 +407,8 @@ pub(super) fn step<T: Stored>(
                 a_merged.clear();
                 a_merged.extend_from_slice(unsafe { a_s.all() });
                 let (max, sum, o) = unsafe { (max_s.all(), sum_s.all(), span_o_s.all()) };
-                for (at, r) in &span_runs {
-                    let (m0, m1) = (r.start * group, r.end * group);
-                    kv_cache::cpu_fast::merge(&max[m0..m1], &sum[m0..m1], &o[m0 * hd..m1 * hd], group, &mut merged);
+                for (at, run) in &span_runs {
+                    kv_cache::cpu_fast::merge(max, sum, o, run.clone(), group, &mut merged);
                     for (d, &v) in a_merged[*at..*at + group * hd].iter_mut().zip(&merged) {
                         *d = round::<T>(v);
                     }

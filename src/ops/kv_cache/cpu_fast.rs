@@ -297,12 +297,15 @@ pub struct SpanOut<'a> {
     pub o: &'a mut [f32],
 }
 
-/// The attention of one (row, kv head) from its spans' results in key order (span s, head
-/// j at s·group + j; o [spans, group, D]): for each head, M = max m,
-/// out = Σ e^{m − M}·o / Σ e^{m − M}·l, the sums in span order (f64 for l). With one span,
-/// o / l as the span computed them. `out` [group, D].
-pub fn merge(max: &[f32], sum: &[f64], o: &[f32], group: usize, out: &mut [f32]) {
+/// The attention of one (row, kv head) from the results of its spans `run` (a run of
+/// [`span_runs`]) in key order, among a step's span results (span s, head j at s·group + j;
+/// o [spans, group, D]): for each head, M = max m, out = Σ e^{m − M}·o / Σ e^{m − M}·l, the
+/// sums in span order (f64 for l). With one span, o / l as the span computed them.
+/// `out` [group, D].
+pub fn merge(max: &[f32], sum: &[f64], o: &[f32], run: Range<usize>, group: usize, out: &mut [f32]) {
     let dim = out.len() / group.max(1);
+    let (m0, m1) = (run.start * group, run.end * group);
+    let (max, sum, o) = (&max[m0..m1], &sum[m0..m1], &o[m0 * dim..m1 * dim]);
     let spans = max.len() / group.max(1);
     assert!(
         max.len() == spans * group && sum.len() == max.len() && o.len() == max.len() * dim && out.len() == group * dim,
@@ -439,13 +442,8 @@ pub fn attention<T: FloatElement>(
         .for_each_init(SpanScratch::default, |scratch, (((t, max), sum), o)| {
             run_span(t, &inputs, SpanOut { max, sum, o }, scratch);
         });
-    for (at, r) in span_runs(&spans, d) {
-        let (m, l, p) = (
-            &max[r.start * group..r.end * group],
-            &sum[r.start * group..r.end * group],
-            &part[r.start * group * dim..r.end * group * dim],
-        );
-        merge(m, l, p, group, &mut o[at..at + group * dim]);
+    for (at, run) in span_runs(&spans, d) {
+        merge(&max, &sum, &part, run, group, &mut o[at..at + group * dim]);
     }
 }
 

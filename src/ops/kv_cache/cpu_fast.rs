@@ -164,18 +164,39 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0;
     let below = x < -87.0;
     let xc = if below { -87.0 } else { x };
-    let n = (xc * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let rounded = xc * std::f32::consts::LOG2_E + ROUND;
+    let n = rounded - ROUND;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     let mut p = 1.0 / 5040.0;
     for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
         p = p * r + c;
     }
-    let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
+    // 2ⁿ from the integer in `rounded`'s low bits (its bits are ROUND's plus n, for
+    // −126 ≤ n ≤ 0), not from `n as i32`: that saturating conversion kept the loops over
+    // this function scalar.
+    let scale = f32::from_bits(rounded.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
     if below {
         0.0
     } else {
         p * scale
     }
+}
+
+/// The largest of `x` that is not NaN (−∞ when none is), as
+/// `x.iter().copied().fold(f32::NEG_INFINITY, f32::max)` gives it, in 16 running maxima,
+/// each taking a value greater than it: one `vmaxps` per 16 values (`f32::max` kept the
+/// loop scalar, ~4.5 cycles a value).
+#[inline(always)]
+fn max_of(x: &[f32]) -> f32 {
+    let larger = |m: f32, v: f32| if v > m { v } else { m };
+    let (chunks, tail) = x.as_chunks::<LANES>();
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    for c in chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = larger(*m, v);
+        }
+    }
+    lanes.iter().chain(tail).copied().fold(f32::NEG_INFINITY, larger)
 }
 
 /// Rows of one sequence from which the attention is done in blocks.
@@ -471,7 +492,7 @@ fn block<Q: FloatElement, T: FloatElement>(task: &Block, inputs: &Inputs<'_, Q, 
     let mut sums = vec![0f64; r];
     for (i, (row, sum)) in s.chunks_exact_mut(keys).zip(&mut sums).enumerate() {
         let seen = positions[i / group] as usize + 1;
-        let max = row[..seen].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = max_of(&row[..seen]);
         for x in &mut row[..seen] {
             *x = exp_nonpositive(*x - max);
         }
@@ -560,7 +581,7 @@ fn heads<Q: FloatElement, T: FloatElement, const WIDE: bool>(
         scores_into::<T, WIDE>(q_scaled, k_rows, v_rows, stride, fetch, scores);
         // p_u = e^{s_u - m} over all keys at once (the exponential has no branch, so this
         // vectorizes), then l = Σ p_u and o = Σ p_u·v_u.
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = max_of(scores);
         scores.iter_mut().for_each(|s| *s = exp_nonpositive(*s - max));
         out.max[j] = max;
         out.sum[j] = sum_f64_by(scores, f64::from);
@@ -657,15 +678,38 @@ mod x86 {
         empty: f32,
         out: &mut [f32],
     ) {
-        assert!(out.len() == LANES && q.len() <= 8, "attention: 16 scores of at most 128 columns");
-        let mut qv = [_mm512_setzero_ps(); 8];
+        match q.len() {
+            1 => scores16_n::<T, 1>(q, keys, stride, empty, out),
+            2 => scores16_n::<T, 2>(q, keys, stride, empty, out),
+            3 => scores16_n::<T, 3>(q, keys, stride, empty, out),
+            4 => scores16_n::<T, 4>(q, keys, stride, empty, out),
+            5 => scores16_n::<T, 5>(q, keys, stride, empty, out),
+            6 => scores16_n::<T, 6>(q, keys, stride, empty, out),
+            7 => scores16_n::<T, 7>(q, keys, stride, empty, out),
+            _ => scores16_n::<T, 8>(q, keys, stride, empty, out),
+        }
+    }
+
+    /// [`scores16`] for C = D/16 chunks, a number known when compiled so that a key's
+    /// chunks unroll (with D read at run time, each key's chunks were a loop of their own
+    /// and the 16 keys' sums waited on its branches).
+    #[inline(always)]
+    unsafe fn scores16_n<T: FloatElement, const C: usize>(
+        q: &[[f32; LANES]],
+        keys: *const T,
+        stride: usize,
+        empty: f32,
+        out: &mut [f32],
+    ) {
+        assert!(out.len() == LANES && q.len() == C && C <= 8, "attention: 16 scores of at most 128 columns");
+        let mut qv = [_mm512_setzero_ps(); C];
         for (v, c) in qv.iter_mut().zip(q) {
             *v = _mm512_loadu_ps(c.as_ptr());
         }
         let mut acc = [_mm512_setzero_ps(); LANES];
         for (u, a) in acc.iter_mut().enumerate() {
             let row = keys.add(u * stride);
-            for (c, &qc) in qv.iter().enumerate().take(q.len()) {
+            for (c, &qc) in qv.iter().enumerate() {
                 *a = _mm512_add_ps(*a, _mm512_mul_ps(qc, load16(row.add(c * LANES))));
             }
         }

@@ -4,6 +4,10 @@
 //! cost a fifth of the step; in a prefill, the per-operation tensors (allocation, page
 //! faults, dtype conversions) cost about as much again.
 //!
+//! What does not change between steps — the weights held for reading and checked against
+//! the config, the norms in f32, each member's rows of every linear — is a [`Plan`], made
+//! once per generation (made per step, it cost ~3% of a decode step of the default model).
+//!
 //! It computes what the engine's operations compute (`InferModel::forward_rows`), with the
 //! same CPU functions in the same order and the same rounding to the model's dtype after each
 //! operation, so its logits equal theirs bit for bit.
@@ -211,9 +215,289 @@ unsafe fn add_rows<T: Stored>(
     Ok(())
 }
 
-/// The logits [rows.len(), vocab] (f32 values of the model's dtype) of one step: `tokens[i]`
-/// of sequence `seqs[i]` at `positions[i]` (distinct slots of `cache`, checked by the
-/// caller), its keys and values written into `cache`; `rows` index the tokens.
+/// Every weight of a model held for reading, from which a [`Plan`] is built: held for as
+/// long as a generation runs, so that its steps do not take them again.
+pub(super) struct Holds<'m> {
+    /// q, k, v, o, gate, up, down of each layer.
+    layers: Vec<[Held<'m>; 7]>,
+    head: Held<'m>,
+}
+
+impl<'m> Holds<'m> {
+    pub(super) fn new(model: &'m InferModel) -> Result<Self> {
+        let layers = model
+            .layers
+            .iter()
+            .map(|l| {
+                let [a, b, c, d, e, f, g] = &l.linears;
+                Ok([hold(a)?, hold(b)?, hold(c)?, hold(d)?, hold(e)?, hold(f)?, hold(g)?])
+            })
+            .collect::<Result<_>>()?;
+        Ok(Holds { layers, head: Held::dense(model.head())? })
+    }
+}
+
+/// What every step of a generation reads the same way: the weights as the kernels read
+/// them (checked against the config once), the norms in f32, and each member's rows of
+/// every linear.
+pub(super) struct Plan<'h, T> {
+    layers: Vec<LayerWeights<'h, T>>,
+    head: Linear<'h, T>,
+    final_norm: Vec<f32>,
+    members: usize,
+    layer_parts: Vec<LayerParts>,
+    head_parts: Vec<Range<usize>>,
+}
+
+impl<'h, T: Stored> Plan<'h, T> {
+    /// The plan of `model` (whose weights `holds` holds) for the current rayon pool's
+    /// thread count.
+    pub(super) fn new(model: &InferModel, holds: &'h Holds<'_>) -> Result<Self> {
+        let c = &model.config;
+        let (dim, hidden, vocab) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+        let (q_dim, kv_dim) = (c.num_attention_heads * c.head_dim(), c.num_key_value_heads * c.head_dim());
+        let head = holds.head.linear::<T>()?;
+        let shapes =
+            [(q_dim, dim), (kv_dim, dim), (kv_dim, dim), (dim, q_dim), (hidden, dim), (hidden, dim), (dim, hidden)];
+        if holds.layers.len() != model.layers.len() {
+            return Err(Error::invalid("the held weights are not the model's"));
+        }
+        let mut layers = Vec::with_capacity(holds.layers.len());
+        for (l, (layer, h)) in model.layers.iter().zip(&holds.layers).enumerate() {
+            let [a, b, c, d, e, f, g] = h;
+            let linears = [a.linear()?, b.linear()?, c.linear()?, d.linear()?, e.linear()?, f.linear()?, g.linear()?];
+            for (i, (w, want)) in linears.iter().zip(shapes).enumerate() {
+                if (w.rows(), w.cols()) != want {
+                    return Err(Error::invalid(format!(
+                        "layer {l}: linear {i} is {}x{}, the config makes it {}x{}",
+                        w.rows(),
+                        w.cols(),
+                        want.0,
+                        want.1
+                    )));
+                }
+            }
+            layers.push(LayerWeights {
+                input_norm: host::<T>(&layer.input_norm)?,
+                post_norm: host::<T>(&layer.post_norm)?,
+                linears,
+            });
+        }
+        if (head.rows(), head.cols()) != (vocab, dim) {
+            return Err(Error::invalid(format!("the LM head is {}x{}, not {vocab}x{dim}", head.rows(), head.cols())));
+        }
+        let members = rayon::current_num_threads().max(1);
+        let layer_parts = layers.iter().map(|w| LayerParts::new(&w.linears, members)).collect();
+        let head_parts = parts(&head, members);
+        Ok(Plan { layers, head, final_norm: host::<T>(&model.norm)?, members, layer_parts, head_parts })
+    }
+
+    /// The logits [rows.len(), vocab] (f32 values of the model's dtype) of one step:
+    /// `tokens[i]` of sequence `seqs[i]` at `positions[i]` (distinct slots of `cache`,
+    /// checked by the caller), its keys and values written into `cache`; `rows` index the
+    /// tokens. `model` is the one the plan was made for.
+    pub(super) fn step(
+        &self,
+        model: &InferModel,
+        cache: &KvCache,
+        seqs: &[u32],
+        positions: &[u32],
+        tokens: &[u32],
+        rows: &[usize],
+    ) -> Result<Vec<f32>> {
+        let c = &model.config;
+        let n = tokens.len();
+        let (dim, hidden, vocab) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+        let (hq, hkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
+        let (q_dim, kv_dim) = (hq * hd, hkv * hd);
+        let qkv_dim = q_dim + 2 * kv_dim;
+        let eps = c.rms_norm_eps as f32;
+        let inv_freq = c.rope_inv_freq();
+        let (isa, dtype) = (Isa::best(), model.dtype());
+        let Plan { layers, head, final_norm, members, layer_parts, head_parts } = self;
+        let members = *members;
+
+        // The caches [B, S, Hkv, hd] of every layer, written in place.
+        let cache_dims =
+            CacheDims { sequences: cache.batch(), capacity: cache.capacity(), kv_heads: hkv, head_dim: hd };
+        let att = AttentionDims { cache: cache_dims, q_heads: hq };
+        let kv_cache::cpu_fast::Tasks { blocks: attention_blocks, spans } =
+            kv_cache::cpu_fast::tasks(att, seqs, positions);
+        let span_runs = kv_cache::cpu_fast::span_runs(&spans, att);
+        let group = att.group();
+        // RoPE's (sin, cos) for each token's position, [N, hd/2].
+        let half = hd / 2;
+        let mut tables = Vec::with_capacity(n * half);
+        let mut table = Vec::with_capacity(half);
+        for &p in positions {
+            rope::cpu::angles(p, &inv_freq, &mut table);
+            tables.extend_from_slice(&table);
+        }
+        let (keys, values) = cache.tensors();
+        let mut key_guards = keys.iter().map(Tensor::write).collect::<Result<Vec<_>>>()?;
+        let mut value_guards = values.iter().map(Tensor::write).collect::<Result<Vec<_>>>()?;
+        let k_caches: Vec<Shared<'_, T>> =
+            key_guards.iter_mut().map(|g| Ok(Shared::new(g.cpu_mut::<T>()?))).collect::<Result<_>>()?;
+        let v_caches: Vec<Shared<'_, T>> =
+            value_guards.iter_mut().map(|g| Ok(Shared::new(g.cpu_mut::<T>()?))).collect::<Result<_>>()?;
+        if k_caches.iter().chain(&v_caches).any(|s| s.len != cache_dims.len()) || k_caches.len() != layers.len() {
+            return Err(Error::invalid("the KV cache does not match the model"));
+        }
+
+        // x [N, D]: the embedding rows.
+        let mut x = Vec::with_capacity(n * dim);
+        {
+            let embed = model.embed.read()?;
+            let embed = embed.cpu::<T>()?;
+            for &t in tokens {
+                let row = embed
+                    .get(t as usize * dim..(t as usize + 1) * dim)
+                    .ok_or_else(|| Error::invalid(format!("token id {t} is outside the vocabulary of {vocab}")))?;
+                x.extend(row.iter().map(|v| v.to_f32()));
+            }
+        }
+        let (mut qkv, mut a, mut m) =
+            (vec![f32::NAN; n * qkv_dim], vec![f32::NAN; n * q_dim], vec![f32::NAN; n * hidden]);
+        // The spans' results: m and l per (span, head of its group), o per (span, head) [D].
+        let (mut span_max, mut span_sum, mut span_o) = (
+            vec![f32::NAN; spans.len() * group],
+            vec![f64::NAN; spans.len() * group],
+            vec![f32::NAN; spans.len() * group * hd],
+        );
+        let mut logits = vec![f32::NAN; rows.len() * vocab];
+        let (x, qkv_s, a_s, m_s, logits_s) = (
+            Shared::new(&mut x),
+            Shared::new(&mut qkv),
+            Shared::new(&mut a),
+            Shared::new(&mut m),
+            Shared::new(&mut logits),
+        );
+        let (max_s, sum_s, span_o_s) =
+            (Shared::new(&mut span_max), Shared::new(&mut span_sum), Shared::new(&mut span_o));
+
+        model.crew.run(members, |me: &Member<'_>| {
+            let i = me.index();
+            let (mut h, mut out) = (Vec::new(), Vec::new());
+            let (mut gate, mut up, mut rotated) = (Vec::new(), Vec::new(), vec![0f32; hd]);
+            let mut act = Activations::new(isa, dtype, &[], 0, 0);
+            // This member's copy of a with the spans' rows merged in.
+            let (mut a_merged, mut merged) = (Vec::new(), vec![0f32; group * hd]);
+            let mut span_scratch = kv_cache::cpu_fast::SpanScratch::default();
+            // SAFETY (every block below): each phase writes only this member's part of a shared
+            // buffer — its rows of a linear, or its units (token, head) — and reads buffers that
+            // no member writes in that phase; a sync ends every phase.
+            for (l, w) in layers.iter().enumerate() {
+                let [wq, wk, wv, wo, wg, wu, wd] = &w.linears;
+                let p = &layer_parts[l];
+                // 1. h = rms_norm(x); this member's rows of q, k and v.
+                norm::<T>(unsafe { x.all() }, &w.input_norm, eps, dim, &mut h);
+                act.fill(isa, dtype, &h, n, dim);
+                for (wt, part, base) in [(wq, &p.q[i], 0), (wk, &p.k[i], q_dim), (wv, &p.v[i], q_dim + kv_dim)] {
+                    product(wt, isa, &act, part.clone(), &mut out)?;
+                    unsafe { write_columns::<T>(&out, n, &qkv_s, qkv_dim, base + part.start) };
+                }
+                me.sync()?;
+                // 2. RoPE of q in place; RoPE of k, and k and v into the cache.
+                for unit in me.share(n * (hq + hkv)) {
+                    let (t, head) = (unit / (hq + hkv), unit % (hq + hkv));
+                    let at = t * qkv_dim + head * hd;
+                    let src = unsafe { qkv_s.write(at..at + hd) };
+                    rope::cpu::rotate_head(src, &tables[t * half..(t + 1) * half], false, &mut rotated);
+                    for (s, &r) in src.iter_mut().zip(&rotated) {
+                        *s = round::<T>(r);
+                    }
+                    if let Some(g) = head.checked_sub(hq) {
+                        let slot = cache_dims.row_offset(seqs[t], positions[t]) + g * hd;
+                        let v_at = t * qkv_dim + q_dim + kv_dim + g * hd;
+                        let v_row = unsafe { qkv_s.read(v_at..v_at + hd) };
+                        let (kc, vc) =
+                            unsafe { (k_caches[l].write(slot..slot + hd), v_caches[l].write(slot..slot + hd)) };
+                        for ((kd, vd), (&k, &v)) in kc.iter_mut().zip(vc.iter_mut()).zip(src.iter().zip(v_row)) {
+                            (*kd, *vd) = (T::from_f32(k), T::from_f32(v));
+                        }
+                    }
+                }
+                me.sync()?;
+                // 3. Attention: this member's tasks: blocks of a sequence's rows per kv head,
+                //    dealt round-robin as later blocks see more keys, and one contiguous run of
+                //    the spans (a row's keys per kv head in parts of equal size), whose results
+                //    each member merges in the next phase.
+                let (kc, vc) = unsafe { (k_caches[l].all(), v_caches[l].all()) };
+                let q = unsafe { qkv_s.all() };
+                let inputs = kv_cache::cpu_fast::Inputs { q, q_stride: qkv_dim, k: kc, v: vc, d: att, seqs, positions };
+                for task in attention_blocks.iter().skip(i).step_by(me.count()) {
+                    let o = kv_cache::cpu_fast::run_block(task, &inputs);
+                    let mut from = 0;
+                    for (at, len) in task.places(att) {
+                        for (d, &v) in unsafe { a_s.write(at..at + len) }.iter_mut().zip(&o[from..from + len]) {
+                            *d = round::<T>(v);
+                        }
+                        from += len;
+                    }
+                }
+                for s in me.share(spans.len()) {
+                    let out = unsafe {
+                        kv_cache::cpu_fast::SpanOut {
+                            max: max_s.write(s * group..(s + 1) * group),
+                            sum: sum_s.write(s * group..(s + 1) * group),
+                            o: span_o_s.write(s * group * hd..(s + 1) * group * hd),
+                        }
+                    };
+                    kv_cache::cpu_fast::run_span(&spans[s], &inputs, out, &mut span_scratch);
+                }
+                me.sync()?;
+                // 4. x += a·Woᵀ on this member's rows, a with the spans merged (each member
+                //    merges them all into its own copy).
+                let a_all: &[f32] = if span_runs.is_empty() {
+                    unsafe { a_s.all() }
+                } else {
+                    a_merged.clear();
+                    a_merged.extend_from_slice(unsafe { a_s.all() });
+                    let (max, sum, o) = unsafe { (max_s.all(), sum_s.all(), span_o_s.all()) };
+                    for (at, run) in &span_runs {
+                        kv_cache::cpu_fast::merge(max, sum, o, run.clone(), group, &mut merged);
+                        for (d, &v) in a_merged[*at..*at + group * hd].iter_mut().zip(&merged) {
+                            *d = round::<T>(v);
+                        }
+                    }
+                    &a_merged
+                };
+                act.fill(isa, dtype, a_all, n, q_dim);
+                unsafe { add_rows::<T>(wo, isa, &act, p.o[i].clone(), &mut out, &x, dim) }?;
+                me.sync()?;
+                // 5. h = rms_norm(x); m = silu(h·Wgᵀ)·(h·Wuᵀ) on this member's indices.
+                norm::<T>(unsafe { x.all() }, &w.post_norm, eps, dim, &mut h);
+                act.fill(isa, dtype, &h, n, dim);
+                let part = p.mlp[i].clone();
+                product(wg, isa, &act, part.clone(), &mut gate)?;
+                product(wu, isa, &act, part.clone(), &mut up)?;
+                // Two loops, not one over a chain: a chain's loop does not vectorize.
+                gate.iter_mut().for_each(|v| *v = round::<T>(*v));
+                up.iter_mut().for_each(|v| *v = round::<T>(*v));
+                out.resize(up.len(), 0.0);
+                swiglu::cpu::forward(&gate, &up, &mut out);
+                unsafe { write_columns::<T>(&out, n, &m_s, hidden, part.start) };
+                me.sync()?;
+                // 6. x += m·Wdᵀ on this member's rows.
+                act.fill(isa, dtype, unsafe { m_s.all() }, n, hidden);
+                unsafe { add_rows::<T>(wd, isa, &act, p.down[i].clone(), &mut out, &x, dim) }?;
+                me.sync()?;
+            }
+            // The logits of the rows asked for; this member's rows of the head.
+            let x = unsafe { x.all() };
+            let picked: Vec<f32> = rows.iter().flat_map(|&r| x[r * dim..(r + 1) * dim].iter().copied()).collect();
+            norm::<T>(&picked, final_norm, eps, dim, &mut h);
+            act.fill(isa, dtype, &h, rows.len(), dim);
+            let part = head_parts[i].clone();
+            product(head, isa, &act, part.clone(), &mut out)?;
+            unsafe { write_columns::<T>(&out, rows.len(), &logits_s, vocab, part.start) };
+            Ok(())
+        })?;
+        Ok(logits)
+    }
+}
+
+/// One step of `model` (a [`Plan`] made for it): see [`Plan::step`].
 pub(super) fn step<T: Stored>(
     model: &InferModel,
     cache: &KvCache,
@@ -222,231 +506,8 @@ pub(super) fn step<T: Stored>(
     tokens: &[u32],
     rows: &[usize],
 ) -> Result<Vec<f32>> {
-    let c = &model.config;
-    let n = tokens.len();
-    let (dim, hidden, vocab) = (c.hidden_size, c.intermediate_size, c.vocab_size);
-    let (hq, hkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
-    let (q_dim, kv_dim) = (hq * hd, hkv * hd);
-    let qkv_dim = q_dim + 2 * kv_dim;
-    let eps = c.rms_norm_eps as f32;
-    let inv_freq = c.rope_inv_freq();
-    let (isa, dtype) = (Isa::best(), model.dtype());
-
-    // Every weight held for reading and checked against the config once.
-    let held: Vec<[Held<'_>; 7]> = model
-        .layers
-        .iter()
-        .map(|l| {
-            let [a, b, c, d, e, f, g] = &l.linears;
-            Ok([hold(a)?, hold(b)?, hold(c)?, hold(d)?, hold(e)?, hold(f)?, hold(g)?])
-        })
-        .collect::<Result<_>>()?;
-    let head_held = Held::dense(model.head())?;
-    let head = head_held.linear::<T>()?;
-    let shapes =
-        [(q_dim, dim), (kv_dim, dim), (kv_dim, dim), (dim, q_dim), (hidden, dim), (hidden, dim), (dim, hidden)];
-    let mut layers = Vec::with_capacity(held.len());
-    for (l, (layer, h)) in model.layers.iter().zip(&held).enumerate() {
-        let [a, b, c, d, e, f, g] = h;
-        let linears = [a.linear()?, b.linear()?, c.linear()?, d.linear()?, e.linear()?, f.linear()?, g.linear()?];
-        for (i, (w, want)) in linears.iter().zip(shapes).enumerate() {
-            if (w.rows(), w.cols()) != want {
-                return Err(Error::invalid(format!(
-                    "layer {l}: linear {i} is {}x{}, the config makes it {}x{}",
-                    w.rows(),
-                    w.cols(),
-                    want.0,
-                    want.1
-                )));
-            }
-        }
-        layers.push(LayerWeights {
-            input_norm: host::<T>(&layer.input_norm)?,
-            post_norm: host::<T>(&layer.post_norm)?,
-            linears,
-        });
-    }
-    if (head.rows(), head.cols()) != (vocab, dim) {
-        return Err(Error::invalid(format!("the LM head is {}x{}, not {vocab}x{dim}", head.rows(), head.cols())));
-    }
-    let final_norm = host::<T>(&model.norm)?;
-
-    let members = rayon::current_num_threads().max(1);
-    let layer_parts: Vec<LayerParts> = layers.iter().map(|w| LayerParts::new(&w.linears, members)).collect();
-    let head_parts = parts(&head, members);
-
-    // The caches [B, S, Hkv, hd] of every layer, written in place.
-    let cache_dims = CacheDims { sequences: cache.batch(), capacity: cache.capacity(), kv_heads: hkv, head_dim: hd };
-    let att = AttentionDims { cache: cache_dims, q_heads: hq };
-    let kv_cache::cpu_fast::Tasks { blocks: attention_blocks, spans } = kv_cache::cpu_fast::tasks(att, seqs, positions);
-    let span_runs = kv_cache::cpu_fast::span_runs(&spans, att);
-    let group = att.group();
-    // RoPE's (sin, cos) for each token's position, [N, hd/2].
-    let half = hd / 2;
-    let mut tables = Vec::with_capacity(n * half);
-    let mut table = Vec::with_capacity(half);
-    for &p in positions {
-        rope::cpu::angles(p, &inv_freq, &mut table);
-        tables.extend_from_slice(&table);
-    }
-    let (keys, values) = cache.tensors();
-    let mut key_guards = keys.iter().map(Tensor::write).collect::<Result<Vec<_>>>()?;
-    let mut value_guards = values.iter().map(Tensor::write).collect::<Result<Vec<_>>>()?;
-    let k_caches: Vec<Shared<'_, T>> =
-        key_guards.iter_mut().map(|g| Ok(Shared::new(g.cpu_mut::<T>()?))).collect::<Result<_>>()?;
-    let v_caches: Vec<Shared<'_, T>> =
-        value_guards.iter_mut().map(|g| Ok(Shared::new(g.cpu_mut::<T>()?))).collect::<Result<_>>()?;
-    if k_caches.iter().chain(&v_caches).any(|s| s.len != cache_dims.len()) || k_caches.len() != layers.len() {
-        return Err(Error::invalid("the KV cache does not match the model"));
-    }
-
-    // x [N, D]: the embedding rows.
-    let mut x = Vec::with_capacity(n * dim);
-    {
-        let embed = model.embed.read()?;
-        let embed = embed.cpu::<T>()?;
-        for &t in tokens {
-            let row = embed
-                .get(t as usize * dim..(t as usize + 1) * dim)
-                .ok_or_else(|| Error::invalid(format!("token id {t} is outside the vocabulary of {vocab}")))?;
-            x.extend(row.iter().map(|v| v.to_f32()));
-        }
-    }
-    let (mut qkv, mut a, mut m) = (vec![f32::NAN; n * qkv_dim], vec![f32::NAN; n * q_dim], vec![f32::NAN; n * hidden]);
-    // The spans' results: m and l per (span, head of its group), o per (span, head) [D].
-    let (mut span_max, mut span_sum, mut span_o) = (
-        vec![f32::NAN; spans.len() * group],
-        vec![f64::NAN; spans.len() * group],
-        vec![f32::NAN; spans.len() * group * hd],
-    );
-    let mut logits = vec![f32::NAN; rows.len() * vocab];
-    let (x, qkv_s, a_s, m_s, logits_s) = (
-        Shared::new(&mut x),
-        Shared::new(&mut qkv),
-        Shared::new(&mut a),
-        Shared::new(&mut m),
-        Shared::new(&mut logits),
-    );
-    let (max_s, sum_s, span_o_s) = (Shared::new(&mut span_max), Shared::new(&mut span_sum), Shared::new(&mut span_o));
-
-    model.crew.run(members, |me: &Member<'_>| {
-        let i = me.index();
-        let (mut h, mut out) = (Vec::new(), Vec::new());
-        let (mut gate, mut up, mut rotated) = (Vec::new(), Vec::new(), vec![0f32; hd]);
-        let mut act = Activations::new(isa, dtype, &[], 0, 0);
-        // This member's copy of a with the spans' rows merged in.
-        let (mut a_merged, mut merged) = (Vec::new(), vec![0f32; group * hd]);
-        let mut span_scratch = kv_cache::cpu_fast::SpanScratch::default();
-        // SAFETY (every block below): each phase writes only this member's part of a shared
-        // buffer — its rows of a linear, or its units (token, head) — and reads buffers that
-        // no member writes in that phase; a sync ends every phase.
-        for (l, w) in layers.iter().enumerate() {
-            let [wq, wk, wv, wo, wg, wu, wd] = &w.linears;
-            let p = &layer_parts[l];
-            // 1. h = rms_norm(x); this member's rows of q, k and v.
-            norm::<T>(unsafe { x.all() }, &w.input_norm, eps, dim, &mut h);
-            act.fill(isa, dtype, &h, n, dim);
-            for (wt, part, base) in [(wq, &p.q[i], 0), (wk, &p.k[i], q_dim), (wv, &p.v[i], q_dim + kv_dim)] {
-                product(wt, isa, &act, part.clone(), &mut out)?;
-                unsafe { write_columns::<T>(&out, n, &qkv_s, qkv_dim, base + part.start) };
-            }
-            me.sync()?;
-            // 2. RoPE of q in place; RoPE of k, and k and v into the cache.
-            for unit in me.share(n * (hq + hkv)) {
-                let (t, head) = (unit / (hq + hkv), unit % (hq + hkv));
-                let at = t * qkv_dim + head * hd;
-                let src = unsafe { qkv_s.write(at..at + hd) };
-                rope::cpu::rotate_head(src, &tables[t * half..(t + 1) * half], false, &mut rotated);
-                for (s, &r) in src.iter_mut().zip(&rotated) {
-                    *s = round::<T>(r);
-                }
-                if let Some(g) = head.checked_sub(hq) {
-                    let slot = cache_dims.row_offset(seqs[t], positions[t]) + g * hd;
-                    let v_at = t * qkv_dim + q_dim + kv_dim + g * hd;
-                    let v_row = unsafe { qkv_s.read(v_at..v_at + hd) };
-                    let (kc, vc) = unsafe { (k_caches[l].write(slot..slot + hd), v_caches[l].write(slot..slot + hd)) };
-                    for ((kd, vd), (&k, &v)) in kc.iter_mut().zip(vc.iter_mut()).zip(src.iter().zip(v_row)) {
-                        (*kd, *vd) = (T::from_f32(k), T::from_f32(v));
-                    }
-                }
-            }
-            me.sync()?;
-            // 3. Attention: this member's tasks: blocks of a sequence's rows per kv head,
-            //    dealt round-robin as later blocks see more keys, and one contiguous run of
-            //    the spans (a row's keys per kv head in parts of equal size), whose results
-            //    each member merges in the next phase.
-            let (kc, vc) = unsafe { (k_caches[l].all(), v_caches[l].all()) };
-            let q = unsafe { qkv_s.all() };
-            let inputs = kv_cache::cpu_fast::Inputs { q, q_stride: qkv_dim, k: kc, v: vc, d: att, seqs, positions };
-            for task in attention_blocks.iter().skip(i).step_by(me.count()) {
-                let o = kv_cache::cpu_fast::run_block(task, &inputs);
-                let mut from = 0;
-                for (at, len) in task.places(att) {
-                    for (d, &v) in unsafe { a_s.write(at..at + len) }.iter_mut().zip(&o[from..from + len]) {
-                        *d = round::<T>(v);
-                    }
-                    from += len;
-                }
-            }
-            for s in me.share(spans.len()) {
-                let out = unsafe {
-                    kv_cache::cpu_fast::SpanOut {
-                        max: max_s.write(s * group..(s + 1) * group),
-                        sum: sum_s.write(s * group..(s + 1) * group),
-                        o: span_o_s.write(s * group * hd..(s + 1) * group * hd),
-                    }
-                };
-                kv_cache::cpu_fast::run_span(&spans[s], &inputs, out, &mut span_scratch);
-            }
-            me.sync()?;
-            // 4. x += a·Woᵀ on this member's rows, a with the spans merged (each member
-            //    merges them all into its own copy).
-            let a_all: &[f32] = if span_runs.is_empty() {
-                unsafe { a_s.all() }
-            } else {
-                a_merged.clear();
-                a_merged.extend_from_slice(unsafe { a_s.all() });
-                let (max, sum, o) = unsafe { (max_s.all(), sum_s.all(), span_o_s.all()) };
-                for (at, run) in &span_runs {
-                    kv_cache::cpu_fast::merge(max, sum, o, run.clone(), group, &mut merged);
-                    for (d, &v) in a_merged[*at..*at + group * hd].iter_mut().zip(&merged) {
-                        *d = round::<T>(v);
-                    }
-                }
-                &a_merged
-            };
-            act.fill(isa, dtype, a_all, n, q_dim);
-            unsafe { add_rows::<T>(wo, isa, &act, p.o[i].clone(), &mut out, &x, dim) }?;
-            me.sync()?;
-            // 5. h = rms_norm(x); m = silu(h·Wgᵀ)·(h·Wuᵀ) on this member's indices.
-            norm::<T>(unsafe { x.all() }, &w.post_norm, eps, dim, &mut h);
-            act.fill(isa, dtype, &h, n, dim);
-            let part = p.mlp[i].clone();
-            product(wg, isa, &act, part.clone(), &mut gate)?;
-            product(wu, isa, &act, part.clone(), &mut up)?;
-            // Two loops, not one over a chain: a chain's loop does not vectorize.
-            gate.iter_mut().for_each(|v| *v = round::<T>(*v));
-            up.iter_mut().for_each(|v| *v = round::<T>(*v));
-            out.resize(up.len(), 0.0);
-            swiglu::cpu::forward(&gate, &up, &mut out);
-            unsafe { write_columns::<T>(&out, n, &m_s, hidden, part.start) };
-            me.sync()?;
-            // 6. x += m·Wdᵀ on this member's rows.
-            act.fill(isa, dtype, unsafe { m_s.all() }, n, hidden);
-            unsafe { add_rows::<T>(wd, isa, &act, p.down[i].clone(), &mut out, &x, dim) }?;
-            me.sync()?;
-        }
-        // The logits of the rows asked for; this member's rows of the head.
-        let x = unsafe { x.all() };
-        let picked: Vec<f32> = rows.iter().flat_map(|&r| x[r * dim..(r + 1) * dim].iter().copied()).collect();
-        norm::<T>(&picked, &final_norm, eps, dim, &mut h);
-        act.fill(isa, dtype, &h, rows.len(), dim);
-        let part = head_parts[i].clone();
-        product(&head, isa, &act, part.clone(), &mut out)?;
-        unsafe { write_columns::<T>(&out, rows.len(), &logits_s, vocab, part.start) };
-        Ok(())
-    })?;
-    Ok(logits)
+    let holds = Holds::new(model)?;
+    Plan::<T>::new(model, &holds)?.step(model, cache, seqs, positions, tokens, rows)
 }
 
 #[cfg(test)]

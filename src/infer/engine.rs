@@ -19,6 +19,9 @@ use super::cpu_step;
 use super::model::InferModel;
 use crate::{ops, with_compute_type, DType, Device, Error, Result, Tensor};
 
+/// A step's logits [rows.len(), vocab] from (cache, seqs, positions, tokens, rows).
+type RunStep<'a> = dyn Fn(&KvCache, &[u32], &[u32], &[u32], &[usize]) -> Result<Vec<f32>> + 'a;
+
 /// Keys and values of every layer for `batch` sequences of up to `capacity` positions.
 #[derive(Debug)]
 pub struct KvCache {
@@ -164,6 +167,35 @@ impl InferModel {
     /// sequence in order), adding them to the cache; returns the logits [rows.len(), vocab]
     /// (f32, on the host, row by row) of the tokens at indices `rows`.
     pub fn step(&self, cache: &mut KvCache, seqs: &[u32], tokens: &[u32], rows: &[usize]) -> Result<Vec<Vec<f32>>> {
+        self.with_runner(|run| self.step_on(run, cache, seqs, tokens, rows))
+    }
+
+    /// Calls `f` with the function that computes a step's logits [rows.len(), vocab] (f32
+    /// values of the model's dtype) from (cache, seqs, positions, tokens, rows): on the CPU
+    /// a [`cpu_step::Plan`], which holds every weight for reading until `f` returns and
+    /// checks and splits them once for all of `f`'s steps; on CUDA the operations.
+    fn with_runner<R>(&self, f: impl FnOnce(&RunStep<'_>) -> Result<R>) -> Result<R> {
+        match self.device() {
+            Device::Cpu(_) => with_compute_type!(self.dtype(), "step", T => {
+                let holds = cpu_step::Holds::new(self)?;
+                let plan = cpu_step::Plan::<T>::new(self, &holds)?;
+                f(&|cache, seqs, positions, tokens, rows| plan.step(self, cache, seqs, positions, tokens, rows))
+            }),
+            Device::Cuda(_) => f(&|cache, seqs, positions, tokens, rows| {
+                self.forward_rows(cache, seqs, positions, tokens, rows)?.to_f32_vec()
+            }),
+        }
+    }
+
+    /// [`InferModel::step`] through `run` (from [`InferModel::with_runner`]).
+    fn step_on(
+        &self,
+        run: &RunStep<'_>,
+        cache: &mut KvCache,
+        seqs: &[u32],
+        tokens: &[u32],
+        rows: &[usize],
+    ) -> Result<Vec<Vec<f32>>> {
         if seqs.len() != tokens.len() || tokens.is_empty() {
             return Err(Error::invalid(format!("a step of {} tokens for {} sequence slots", tokens.len(), seqs.len())));
         }
@@ -182,10 +214,16 @@ impl InferModel {
         if let Some(&r) = rows.iter().find(|&&r| r >= tokens.len()) {
             return Err(Error::invalid(format!("row {r} of a step of {} tokens", tokens.len())));
         }
-        let logits = self.logits(cache, seqs, &positions, tokens, rows)?.to_f32_vec()?;
+        let mut logits = run(cache, seqs, &positions, tokens, rows)?;
         cache.lens = next;
-        let vocab = self.config.vocab_size;
-        Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The first row keeps the buffer (a decode step's only one is not copied).
+        let rest = logits.split_off(self.config.vocab_size);
+        let mut out = vec![logits];
+        out.extend(rest.chunks_exact(self.config.vocab_size).map(<[f32]>::to_vec));
+        Ok(out)
     }
 
     /// Sum of next-token losses over one window of tokens (predicting tokens[1..] from
@@ -287,7 +325,8 @@ impl InferModel {
     /// tokens), then decode steps over one token of every unfinished sequence. `pick(seq,
     /// logits)` chooses each next token (greedy or a sampler); `emit(seq, token)` sees each
     /// one as it is chosen. A sequence stops at a stop id, after `max_new` tokens, or at
-    /// the model's context.
+    /// the model's context. On the CPU the model's weights are held for reading until it
+    /// returns: `pick` and `emit` must not write them.
     pub fn generate(
         &self,
         prompts: &[Vec<u32>],
@@ -313,6 +352,23 @@ impl InferModel {
                 )));
             }
         }
+        // The plan's making counts in the prefill's time.
+        let started = Instant::now();
+        self.with_runner(|run| self.generate_on(run, started, prompts, opts, &mut pick, &mut emit))
+    }
+
+    /// [`InferModel::generate`] through `run` (from [`InferModel::with_runner`]), its
+    /// arguments checked, the prefill timed from `started`.
+    fn generate_on(
+        &self,
+        run: &RunStep<'_>,
+        started: Instant,
+        prompts: &[Vec<u32>],
+        opts: &GenerateOptions,
+        pick: &mut impl FnMut(usize, &[f32]) -> Result<u32>,
+        emit: &mut impl FnMut(usize, u32) -> Result<()>,
+    ) -> Result<Generation> {
+        let context = self.context();
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
         let capacity = (longest + opts.max_new).min(context);
         let mut cache = self.new_cache(prompts.len(), capacity)?;
@@ -327,9 +383,8 @@ impl InferModel {
             cache_bytes: cache.bytes(),
         };
         let mut active = Vec::with_capacity(batch);
-        let t0 = Instant::now();
         for (s, prompt) in prompts.iter().enumerate() {
-            let logits = self.step(&mut cache, &vec![s as u32; prompt.len()], prompt, &[prompt.len() - 1])?;
+            let logits = self.step_on(run, &mut cache, &vec![s as u32; prompt.len()], prompt, &[prompt.len() - 1])?;
             let token = pick(s, &logits[0])?;
             emit(s, token)?;
             out.tokens[s].push(token);
@@ -338,14 +393,14 @@ impl InferModel {
                 active.push(s);
             }
         }
-        out.prefill_seconds = t0.elapsed().as_secs_f64();
+        out.prefill_seconds = started.elapsed().as_secs_f64();
         let t1 = Instant::now();
         while !active.is_empty() {
             let seqs: Vec<u32> = active.iter().map(|&s| s as u32).collect();
             let tokens: Vec<u32> =
                 active.iter().map(|&s| *out.tokens[s].last().expect("one token per sequence")).collect();
             let all: Vec<usize> = (0..active.len()).collect();
-            let logits = self.step(&mut cache, &seqs, &tokens, &all)?;
+            let logits = self.step_on(run, &mut cache, &seqs, &tokens, &all)?;
             for (&s, row) in active.iter().zip(&logits) {
                 let token = pick(s, row)?;
                 emit(s, token)?;

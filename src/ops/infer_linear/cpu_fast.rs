@@ -311,9 +311,10 @@ impl<'a, T: Stored> Linear<'a, T> {
                 sized("mask", mask.len(), rows * stride)?;
                 sized("row offsets", offsets.len(), rows + 1)?;
                 // That they increase in between is checked where rows are read
-                // (`BitmaskSource::check_rows`): the decode step builds its weights' Linear
-                // each step, and a check over all offsets here read the default model's 620 KB
-                // of them from memory every token (~60 µs of ~3.5 ms).
+                // (`BitmaskSource::check_rows`): a check over all offsets here read the
+                // default model's 620 KB of them from memory each time its linears were
+                // built (then every token, ~60 µs of ~3.5 ms; now once per generation, but
+                // `InferModel::step` still builds them per call).
                 if offsets.first() != Some(&0) || offsets[rows] as usize != values.len() {
                     return Err(Error::invalid(format!(
                         "infer_linear: row offsets do not run from 0 to the {} values",

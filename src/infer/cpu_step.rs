@@ -241,6 +241,7 @@ impl<'m> Holds<'m> {
 /// them (checked against the config once), the norms in f32, and each member's rows of
 /// every linear.
 pub(super) struct Plan<'h, T> {
+    model: &'h InferModel,
     layers: Vec<LayerWeights<'h, T>>,
     head: Linear<'h, T>,
     final_norm: Vec<f32>,
@@ -252,7 +253,7 @@ pub(super) struct Plan<'h, T> {
 impl<'h, T: Stored> Plan<'h, T> {
     /// The plan of `model` (whose weights `holds` holds) for the current rayon pool's
     /// thread count.
-    pub(super) fn new(model: &InferModel, holds: &'h Holds<'_>) -> Result<Self> {
+    pub(super) fn new(model: &'h InferModel, holds: &'h Holds<'_>) -> Result<Self> {
         let c = &model.config;
         let (dim, hidden, vocab) = (c.hidden_size, c.intermediate_size, c.vocab_size);
         let (q_dim, kv_dim) = (c.num_attention_heads * c.head_dim(), c.num_key_value_heads * c.head_dim());
@@ -289,22 +290,22 @@ impl<'h, T: Stored> Plan<'h, T> {
         let members = rayon::current_num_threads().max(1);
         let layer_parts = layers.iter().map(|w| LayerParts::new(&w.linears, members)).collect();
         let head_parts = parts(&head, members);
-        Ok(Plan { layers, head, final_norm: host::<T>(&model.norm)?, members, layer_parts, head_parts })
+        Ok(Plan { model, layers, head, final_norm: host::<T>(&model.norm)?, members, layer_parts, head_parts })
     }
 
     /// The logits [rows.len(), vocab] (f32 values of the model's dtype) of one step:
     /// `tokens[i]` of sequence `seqs[i]` at `positions[i]` (distinct slots of `cache`,
     /// checked by the caller), its keys and values written into `cache`; `rows` index the
-    /// tokens. `model` is the one the plan was made for.
+    /// tokens.
     pub(super) fn step(
         &self,
-        model: &InferModel,
         cache: &KvCache,
         seqs: &[u32],
         positions: &[u32],
         tokens: &[u32],
         rows: &[usize],
     ) -> Result<Vec<f32>> {
+        let Plan { model, layers, head, final_norm, members, layer_parts, head_parts } = self;
         let c = &model.config;
         let n = tokens.len();
         let (dim, hidden, vocab) = (c.hidden_size, c.intermediate_size, c.vocab_size);
@@ -314,7 +315,6 @@ impl<'h, T: Stored> Plan<'h, T> {
         let eps = c.rms_norm_eps as f32;
         let inv_freq = c.rope_inv_freq();
         let (isa, dtype) = (Isa::best(), model.dtype());
-        let Plan { layers, head, final_norm, members, layer_parts, head_parts } = self;
         let members = *members;
 
         // The caches [B, S, Hkv, hd] of every layer, written in place.
@@ -497,7 +497,7 @@ impl<'h, T: Stored> Plan<'h, T> {
     }
 }
 
-/// One step of `model` (a [`Plan`] made for it): see [`Plan::step`].
+/// One step of `model` through a [`Plan`] made for it: see [`Plan::step`].
 pub(super) fn step<T: Stored>(
     model: &InferModel,
     cache: &KvCache,
@@ -507,7 +507,7 @@ pub(super) fn step<T: Stored>(
     rows: &[usize],
 ) -> Result<Vec<f32>> {
     let holds = Holds::new(model)?;
-    Plan::<T>::new(model, &holds)?.step(model, cache, seqs, positions, tokens, rows)
+    Plan::<T>::new(model, &holds)?.step(cache, seqs, positions, tokens, rows)
 }
 
 #[cfg(test)]

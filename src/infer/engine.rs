@@ -179,7 +179,7 @@ impl InferModel {
             Device::Cpu(_) => with_compute_type!(self.dtype(), "step", T => {
                 let holds = cpu_step::Holds::new(self)?;
                 let plan = cpu_step::Plan::<T>::new(self, &holds)?;
-                f(&|cache, seqs, positions, tokens, rows| plan.step(self, cache, seqs, positions, tokens, rows))
+                f(&|cache, seqs, positions, tokens, rows| plan.step(cache, seqs, positions, tokens, rows))
             }),
             Device::Cuda(_) => f(&|cache, seqs, positions, tokens, rows| {
                 self.forward_rows(cache, seqs, positions, tokens, rows)?.to_f32_vec()

@@ -497,19 +497,6 @@ impl<'h, T: Stored> Plan<'h, T> {
     }
 }
 
-/// One step of `model` through a [`Plan`] made for it: see [`Plan::step`].
-pub(super) fn step<T: Stored>(
-    model: &InferModel,
-    cache: &KvCache,
-    seqs: &[u32],
-    positions: &[u32],
-    tokens: &[u32],
-    rows: &[usize],
-) -> Result<Vec<f32>> {
-    let holds = Holds::new(model)?;
-    Plan::<T>::new(model, &holds)?.step(cache, seqs, positions, tokens, rows)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -578,7 +565,8 @@ mod tests {
                 let want = model.forward_rows(&ops, seqs, &positions, tokens, rows).unwrap().to_f32_vec().unwrap();
                 ops.advance(seqs);
                 let got = crate::with_compute_type!(model.dtype(), "test", T => {
-                    step::<T>(model, &ours, seqs, &positions, tokens, rows)
+                    let holds = Holds::new(model).unwrap();
+                    Plan::<T>::new(model, &holds).unwrap().step(&ours, seqs, &positions, tokens, rows)
                 })
                 .unwrap();
                 ours.advance(seqs);

@@ -254,9 +254,7 @@ impl InferModel {
     ) -> Result<Tensor> {
         match self.device() {
             Device::Cpu(_) => {
-                let logits = with_compute_type!(self.dtype(), "step", T => {
-                    cpu_step::step::<T>(self, cache, seqs, positions, tokens, rows)
-                })?;
+                let logits = self.with_runner(|run| run(cache, seqs, positions, tokens, rows))?;
                 Tensor::from_f32(logits, [rows.len(), self.config.vocab_size], self.dtype(), self.device())
             }
             Device::Cuda(_) => self.forward_rows(cache, seqs, positions, tokens, rows),

@@ -204,29 +204,17 @@ fn check_logits(logits: &[f32]) -> Result<f32> {
     if logits.is_empty() {
         return Err(Error::invalid("sampling: empty logits (a vocabulary of 0 tokens)"));
     }
-    // One pass with no early exit, 16 lanes at a time (it vectorizes): a running maximum
-    // (`>` keeps the lane's value on NaN) and whether any logit is NaN or +inf.
-    const LANES: usize = 16;
-    let (mut max, mut bad) = ([f32::NEG_INFINITY; LANES], [false; LANES]);
-    let mut chunks = logits.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for ((m, b), &l) in max.iter_mut().zip(&mut bad).zip(chunk) {
-            *m = if l > *m { l } else { *m };
-            *b |= l.is_nan() || l == f32::INFINITY;
-        }
-    }
-    for &l in chunks.remainder() {
-        max[0] = if l > max[0] { l } else { max[0] };
-        bad[0] |= l.is_nan() || l == f32::INFINITY;
-    }
-    if bad.contains(&true) {
+    // Passes with no early exit (they vectorize): whether any logit is NaN or +inf, then
+    // the largest.
+    let bad = logits.iter().fold(false, |b, &l| b | (l.is_nan() || l == f32::INFINITY));
+    if bad {
         let (i, l) = logits.iter().enumerate().find(|(_, l)| l.is_nan() || **l == f32::INFINITY).expect("a bad logit");
         return Err(Error::invalid(format!(
             "sampling: the logit of token {i} is {l} (of {} logits): logits must be finite or -inf",
             logits.len()
         )));
     }
-    let max = max.into_iter().fold(f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
+    let max = crate::ops::max_f32(logits);
     if max == f32::NEG_INFINITY {
         return Err(Error::invalid(format!("sampling: all {} logits are -inf: no token can be chosen", logits.len())));
     }

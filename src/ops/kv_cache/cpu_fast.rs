@@ -27,7 +27,7 @@ use rayon::prelude::*;
 
 use super::cpu::AttentionDims;
 use crate::ops::matmul::cpu::strided;
-use crate::ops::sum_f64_by;
+use crate::ops::{max_f32, sum_f64_by};
 use crate::storage::FloatElement;
 use crate::DType;
 
@@ -180,23 +180,6 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     } else {
         p * scale
     }
-}
-
-/// The largest of `x` that is not NaN (−∞ when none is), as
-/// `x.iter().copied().fold(f32::NEG_INFINITY, f32::max)` gives it, in 16 running maxima,
-/// each taking a value greater than it: one `vmaxps` per 16 values (`f32::max` kept the
-/// loop scalar, ~4.5 cycles a value).
-#[inline(always)]
-fn max_of(x: &[f32]) -> f32 {
-    let larger = |m: f32, v: f32| if v > m { v } else { m };
-    let (chunks, tail) = x.as_chunks::<LANES>();
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    for c in chunks {
-        for (m, &v) in lanes.iter_mut().zip(c) {
-            *m = larger(*m, v);
-        }
-    }
-    lanes.iter().chain(tail).copied().fold(f32::NEG_INFINITY, larger)
 }
 
 /// Rows of one sequence from which the attention is done in blocks.
@@ -492,7 +475,7 @@ fn block<Q: FloatElement, T: FloatElement>(task: &Block, inputs: &Inputs<'_, Q, 
     let mut sums = vec![0f64; r];
     for (i, (row, sum)) in s.chunks_exact_mut(keys).zip(&mut sums).enumerate() {
         let seen = positions[i / group] as usize + 1;
-        let max = max_of(&row[..seen]);
+        let max = max_f32(&row[..seen]);
         for x in &mut row[..seen] {
             *x = exp_nonpositive(*x - max);
         }
@@ -581,7 +564,7 @@ fn heads<Q: FloatElement, T: FloatElement, const WIDE: bool>(
         scores_into::<T, WIDE>(q_scaled, k_rows, v_rows, stride, fetch, scores);
         // p_u = e^{s_u - m} over all keys at once (the exponential has no branch, so this
         // vectorizes), then l = Σ p_u and o = Σ p_u·v_u.
-        let max = max_of(scores);
+        let max = max_f32(scores);
         scores.iter_mut().for_each(|s| *s = exp_nonpositive(*s - max));
         out.max[j] = max;
         out.sum[j] = sum_f64_by(scores, f64::from);

@@ -50,11 +50,12 @@ fn scores_into<T: FloatElement, const WIDE: bool>(
 ) {
     let dim = q.len();
     let (q16, q_tail) = q.as_chunks::<LANES>();
-    // A key's sum over an empty tail (dim a multiple of 16), to which its partials are added.
-    let empty: f32 = std::iter::empty::<f32>().sum();
-    let mut done = 0;
+    // Keys done by the AVX-512 kernel (runs of 16), the rest by the loops below.
     #[cfg(target_arch = "x86_64")]
-    if WIDE && x86::takes::<T>(dim) {
+    let done = if WIDE && x86::takes::<T>(dim) {
+        // A key's sum over an empty tail (dim a multiple of 16), to which its partials are
+        // added.
+        let empty: f32 = std::iter::empty::<f32>().sum();
         let n = scores.len() / LANES * LANES;
         for u0 in (0..n).step_by(LANES) {
             if fetch {
@@ -67,8 +68,12 @@ fn scores_into<T: FloatElement, const WIDE: bool>(
             // (each a row of dim values, stride apart), dim a multiple of 16 up to 128.
             unsafe { x86::scores16(q16, keys[u0 * stride..].as_ptr(), stride, empty, &mut scores[u0..u0 + LANES]) };
         }
-        done = n;
-    }
+        n
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
     let mut partials = vec![[0f32; LANES]; scores.len() - done];
     let keys_left = keys.get(done * stride..).unwrap_or(&[]);
     for (u, ((partial, key), s)) in
@@ -769,7 +774,7 @@ mod x86 {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
     use crate::ops::kv_cache::CacheDims;

@@ -1,8 +1,8 @@
 // KV cache for generation: new key/value rows written at (sequence, position), and attention of
 // query rows over the cached keys of their own sequence up to their own position.
-//   cache, k_cache, v_cache: [B, S, Hkv, D]; rows: [N, Hkv, D]; q, o: [N, Hq, D];
+//   cache, k_cache, v_cache: [B, Hkv, S, D]; rows: [N, Hkv, D]; q, o: [N, Hq, D];
 //   seqs, positions: [N] u32 (the launcher checked seqs < B, positions < S).
-// kv_write_*: cache[seqs[n], positions[n]] = rows[n]; one block per row n.
+// kv_write_*: cache[seqs[n], g, positions[n]] = rows[n, g] for every g; one block per row n.
 // kv_attention_*: one block per (row n, query head h); h reads kv head g = h / (Hq / Hkv) of
 // sequence b = seqs[n] at keys u = 0 .. positions[n]; c = 1/sqrt(D):
 //   s_u = c q.k_u,  o = sum_u e^{s_u - m} v_u / sum_u e^{s_u - m}  (m = max_u s_u)
@@ -21,11 +21,16 @@ constexpr int KV_CHUNKS = KV_MAX_D / 32;       // elements of a head vector per 
 template <typename T>
 __device__ void kv_write(T* __restrict__ cache, const T* __restrict__ rows,
                          const unsigned* __restrict__ seqs, const unsigned* __restrict__ positions,
-                         int capacity, int row_len) {
+                         int capacity, int kv_heads, int D) {
     const int n = blockIdx.x;  // the grid has exactly N blocks
-    T* dst = cache + ((size_t)seqs[n] * capacity + positions[n]) * row_len;
+    const int row_len = kv_heads * D;
+    // Head g's vector goes to ((seqs[n] * Hkv + g) * S + positions[n]) * D.
+    T* dst = cache + ((size_t)seqs[n] * kv_heads * capacity + positions[n]) * D;
     const T* src = rows + (size_t)n * row_len;
-    for (int e = threadIdx.x; e < row_len; e += blockDim.x) dst[e] = src[e];
+    for (int e = threadIdx.x; e < row_len; e += blockDim.x) {
+        const int g = e / D;
+        dst[(size_t)g * capacity * D + (e - g * D)] = src[e];
+    }
 }
 
 template <typename T>
@@ -38,8 +43,8 @@ __device__ void kv_attention(const T* __restrict__ q, const T* __restrict__ k_ca
     __shared__ float warp_acc[KV_WARPS][KV_MAX_D];
     const int n = blockIdx.x, h = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = h / (q_heads / kv_heads);
-    const size_t kv_stride = (size_t)kv_heads * D;  // from one position to the next
-    const size_t head0 = (size_t)seqs[n] * capacity * kv_stride + (size_t)g * D;  // key 0, head g
+    // Key 0 of kv head g of the sequence; a head's keys are D apart.
+    const size_t head0 = ((size_t)seqs[n] * kv_heads + g) * capacity * D;
     const size_t q_at = ((size_t)n * q_heads + h) * D;
 
     float qd[KV_CHUNKS], acc[KV_CHUNKS];
@@ -52,8 +57,8 @@ __device__ void kv_attention(const T* __restrict__ q, const T* __restrict__ k_ca
     float m = -INFINITY, l = 0.f;
     const int keys = (int)positions[n] + 1;
     for (int u = warp; u < keys; u += KV_WARPS) {
-        const T* k_row = k_cache + head0 + (size_t)u * kv_stride;
-        const T* v_row = v_cache + head0 + (size_t)u * kv_stride;
+        const T* k_row = k_cache + head0 + (size_t)u * D;
+        const T* v_row = v_cache + head0 + (size_t)u * D;
         float s = 0.f;
 #pragma unroll
         for (int c = 0; c < KV_CHUNKS; ++c) {
@@ -100,8 +105,8 @@ __device__ void kv_attention(const T* __restrict__ q, const T* __restrict__ k_ca
 #define KV_CACHE_KERNELS(T, S)                                                                    \
     extern "C" __global__ void __launch_bounds__(KV_THREADS) kv_write_##S(                        \
         T* cache, const T* rows, const unsigned* seqs, const unsigned* positions, int capacity,   \
-        int row_len) {                                                                            \
-        kv_write<T>(cache, rows, seqs, positions, capacity, row_len);                             \
+        int kv_heads, int D) {                                                                    \
+        kv_write<T>(cache, rows, seqs, positions, capacity, kv_heads, D);                         \
     }                                                                                             \
     extern "C" __global__ void __launch_bounds__(KV_THREADS) kv_attention_##S(                    \
         const T* q, const T* k_cache, const T* v_cache, T* o, const unsigned* seqs,               \

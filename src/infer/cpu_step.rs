@@ -317,7 +317,7 @@ impl<'h, T: Stored> Plan<'h, T> {
         let (isa, dtype) = (Isa::best(), model.dtype());
         let members = *members;
 
-        // The caches [B, S, Hkv, hd] of every layer, written in place.
+        // The caches [B, Hkv, S, hd] of every layer, written in place.
         let cache_dims =
             CacheDims { sequences: cache.batch(), capacity: cache.capacity(), kv_heads: hkv, head_dim: hd };
         let att = AttentionDims { cache: cache_dims, q_heads: hq };
@@ -407,7 +407,7 @@ impl<'h, T: Stored> Plan<'h, T> {
                         *s = round::<T>(r);
                     }
                     if let Some(g) = head.checked_sub(hq) {
-                        let slot = cache_dims.row_offset(seqs[t], positions[t]) + g * hd;
+                        let slot = cache_dims.key_offset(seqs[t], g, positions[t]);
                         let v_at = t * qkv_dim + q_dim + kv_dim + g * hd;
                         let v_row = unsafe { qkv_s.read(v_at..v_at + hd) };
                         let (kc, vc) =

@@ -9,7 +9,7 @@
 //!     x += a·Woᵀ; h = rms_norm(x); x += (silu(h·Wgᵀ)·(h·Wuᵀ))·Wdᵀ
 //!   logits = rms_norm(x[rows])·Headᵀ for the rows asked for    [rows, vocab]
 //! Prefill is one step over a prompt's tokens (positions 0..T); decode is one step over one
-//! token of every unfinished sequence. The cache is [B, capacity, Hkv, hd] per layer for K
+//! token of every unfinished sequence. The cache is [B, Hkv, capacity, hd] per layer for K
 //! and for V, allocated once through the device allocator (its bytes show in
 //! `Device::memory`).
 
@@ -156,7 +156,7 @@ impl InferModel {
                 self.context()
             )));
         }
-        let shape = [batch, capacity, c.num_key_value_heads, c.head_dim()];
+        let shape = [batch, c.num_key_value_heads, capacity, c.head_dim()];
         let zeros = || Tensor::zeros(shape, self.dtype(), self.device());
         let keys = (0..self.layers.len()).map(|_| zeros()).collect::<Result<Vec<_>>>()?;
         let values = (0..self.layers.len()).map(|_| zeros()).collect::<Result<Vec<_>>>()?;

@@ -9,7 +9,7 @@ use sparsetune::testing::{assert_close, random_f32};
 
 use crate::{buffer, i32s, nan_buffer, run, tensor, tolerance, widen};
 
-/// Cache [B, S, Hkv, D], Hq query heads, and the distinct (sequence, position) of every row.
+/// Cache [B, Hkv, S, D], Hq query heads, and the distinct (sequence, position) of every row.
 #[derive(Clone, Copy, Debug)]
 struct Case {
     sequences: usize,
@@ -54,18 +54,18 @@ fn check<T: CudaFloat>(c: Case, guard: Guard) {
     let cache = CacheDims { sequences: c.sequences, capacity: c.capacity, kv_heads: c.kv_heads, head_dim: c.head_dim };
     let d = AttentionDims { cache, q_heads: c.q_heads };
     let n = c.seqs.len();
-    let cache_dims = [c.sequences, c.capacity, c.kv_heads, c.head_dim];
+    let cache_dims = cache.shape();
     let (seqs, positions) = (Buffer::from_slice(c.seqs, guard), Buffer::from_slice(c.positions, guard));
 
     let k = tensor::<T>(random_f32(cache.len(), 2.0, 1), &cache_dims);
     let rows = tensor::<T>(random_f32(n * cache.row_len(), 2.0, 2), &[n, c.kv_heads, c.head_dim]);
     let (k_buf, rows_buf) = (buffer::<T>(&k, guard), buffer::<T>(&rows, guard));
-    let [capacity_i, row_len_i] = i32s([c.capacity, cache.row_len()]);
+    let [capacity_i, kv_heads_i, dim_i] = i32s([c.capacity, c.kv_heads, c.head_dim]);
     run(
         "kv_cache",
         &format!("kv_write_{}", T::SUFFIX),
         write_geometry(n).unwrap(),
-        &[&k_buf, &rows_buf, &seqs, &positions, &capacity_i, &row_len_i],
+        &[&k_buf, &rows_buf, &seqs, &positions, &capacity_i, &kv_heads_i, &dim_i],
     );
     kv_cache::write(&k, &rows, c.seqs, c.positions).unwrap();
     let written: Vec<u8> = bytemuck::cast_slice(&k_buf.to_vec()).to_vec();
@@ -75,7 +75,7 @@ fn check<T: CudaFloat>(c: Case, guard: Guard) {
     let q = tensor::<T>(random_f32(n * c.q_heads * c.head_dim, 2.0, 4), &[n, c.q_heads, c.head_dim]);
     let (q_buf, v_buf) = (buffer::<T>(&q, guard), buffer::<T>(&v, guard));
     let o = nan_buffer::<T>(q.elem_count(), guard);
-    let [q_heads_i, kv_heads_i, dim_i] = i32s([c.q_heads, c.kv_heads, c.head_dim]);
+    let [q_heads_i] = i32s([c.q_heads]);
     let scale_log2 = (std::f64::consts::LOG2_E * d.scale()) as f32;
     run(
         "kv_cache",

@@ -1,16 +1,16 @@
 //! KV cache reference: plain loops, softmax in f64.
-//! cache, k, v: [B, S, Hkv, D] row-major (B sequences of capacity S); rows: [N, Hkv, D];
+//! cache, k, v: [B, Hkv, S, D] row-major (B sequences of capacity S); rows: [N, Hkv, D];
 //! q, o: [N, Hq, D]; seqs, positions: \[N\].
-//!   write:     cache[seqs\[n\], positions\[n\]] = rows\[n\]
+//!   write:     cache[seqs\[n\], g, positions\[n\]] = rows\[n, g\] for g < Hkv
 //!   attention: query head h of row n reads kv head g = h / (Hq / Hkv) of sequence b = seqs\[n\]
 //!              at keys u = 0 ..= positions\[n\]; with c = 1/sqrt(D),
-//!              s_u = c · q_nh·k[b, u, g],  p_u = e^{s_u − max s} / Σ_u' e^{s_u' − max s},
-//!              o_nh = Σ_u p_u · v[b, u, g]
+//!              s_u = c · q_nh·k[b, g, u],  p_u = e^{s_u − max s} / Σ_u' e^{s_u' − max s},
+//!              o_nh = Σ_u p_u · v[b, g, u]
 //! Indices are trusted here: `super` checks them before calling.
 
 use crate::ops::Real;
 
-/// Sizes of a KV cache [B, S, Hkv, D].
+/// Sizes of a KV cache [B, Hkv, S, D].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheDims {
     /// Sequences B.
@@ -24,12 +24,17 @@ pub struct CacheDims {
 }
 
 impl CacheDims {
-    /// Elements of one cached position (all heads): Hkv·D.
+    /// Elements of one written row (all kv heads of one position): Hkv·D.
     pub fn row_len(&self) -> usize {
         self.kv_heads * self.head_dim
     }
 
-    /// Elements of the whole cache: B·S·Hkv·D.
+    /// The cache tensor's dims [B, Hkv, S, D].
+    pub fn shape(&self) -> [usize; 4] {
+        [self.sequences, self.kv_heads, self.capacity, self.head_dim]
+    }
+
+    /// Elements of the whole cache: B·Hkv·S·D.
     pub fn len(&self) -> usize {
         self.sequences * self.capacity * self.row_len()
     }
@@ -39,9 +44,9 @@ impl CacheDims {
         self.len() == 0
     }
 
-    /// Offset of cache[seq, pos, 0, 0].
-    pub fn row_offset(&self, seq: u32, pos: u32) -> usize {
-        (seq as usize * self.capacity + pos as usize) * self.row_len()
+    /// Offset of cache[seq, g, pos, 0]: kv head g's vector at position `pos`.
+    pub fn key_offset(&self, seq: u32, g: usize, pos: u32) -> usize {
+        ((seq as usize * self.kv_heads + g) * self.capacity + pos as usize) * self.head_dim
     }
 }
 
@@ -66,12 +71,15 @@ impl AttentionDims {
     }
 }
 
-/// cache[seqs\[n\], positions\[n\]] = rows\[n\] for every n (a copy, any element type).
+/// cache[seqs\[n\], g, positions\[n\]] = rows\[n, g\] for every n and kv head g (a copy, any
+/// element type).
 pub fn write<T: Copy>(cache: &mut [T], rows: &[T], d: CacheDims, seqs: &[u32], positions: &[u32]) {
-    let row_len = d.row_len();
-    for ((row, &seq), &pos) in rows.chunks_exact(row_len).zip(seqs).zip(positions) {
-        let at = d.row_offset(seq, pos);
-        cache[at..at + row_len].copy_from_slice(row);
+    let dim = d.head_dim;
+    for ((row, &seq), &pos) in rows.chunks_exact(d.row_len()).zip(seqs).zip(positions) {
+        for (g, head) in row.chunks_exact(dim).enumerate() {
+            let at = d.key_offset(seq, g, pos);
+            cache[at..at + dim].copy_from_slice(head);
+        }
     }
 }
 
@@ -85,7 +93,7 @@ pub fn attention<F: Real>(q: &[F], k: &[F], v: &[F], d: AttentionDims, seqs: &[u
             let row = (n * d.q_heads + h) * dim;
             let q_row = &q[row..row + dim];
             // Start of kv head g's vector at position u of this sequence.
-            let key = |u: u32| d.cache.row_offset(seq, u) + h / d.group() * dim;
+            let key = |u: u32| d.cache.key_offset(seq, h / d.group(), u);
             scores.clear();
             for u in 0..=pos {
                 let k_row = &k[key(u)..key(u) + dim];

@@ -11,8 +11,9 @@
 //!   p_u = e^{s_u − m} in one loop, l = Σ_u p_u and o = Σ_u p_u·v_u with o's columns summed
 //!   in registers (\[`span`\]); then [`merge`] joins a row's spans in order:
 //!   M = max m, o = Σ e^{m − M}·o / Σ e^{m − M}·l (with one span, o / l). The query heads of
-//!   a kv head read its keys and values in turn while they are in L1 (a bf16 cache's rows
-//!   widened to f32 once per span, in a [`SpanScratch`]), and a step's rows are cut into
+//!   a kv head read its keys and values in turn while they are in L1 (a span's rows are
+//!   consecutive in the cache [B, Hkv, S, D]; a bf16 cache's rows widened to f32 once per
+//!   span, in a [`SpanScratch`]), and a step's rows are cut into
 //!   equal parts however many query heads share a kv head. Every loop
 //!   auto-vectorizes. With AVX-512 (bf16 or f32, D a multiple of 16 up to 128) the two loops
 //!   over the keys are the `x86` kernels instead: 16 keys' scores at once, a key's columns
@@ -31,8 +32,8 @@ use crate::ops::{max_f32, sum_f64_by};
 use crate::storage::FloatElement;
 use crate::DType;
 
-/// scores\[u\] = q·keys_u for key rows [keys, D] with a stride of `stride` elements (`q` is
-/// [D] f32, the keys widened). Two loops: each key's products summed in 16 partial sums
+/// scores\[u\] = q·keys_u for key rows [keys, D] one after another (`q` is [D] f32, the keys
+/// widened). Two loops: each key's products summed in 16 partial sums
 /// (one AVX-512 register; [`LANES`]), stored, and then each key's partial sums added as a
 /// tree. Reducing within the first loop made the compiler vectorize it two lanes wide.
 /// With `WIDE` (AVX-512), whole runs of 16 keys go through [`x86::scores16`] instead: the
@@ -44,7 +45,6 @@ fn scores_into<T: FloatElement, const WIDE: bool>(
     q: &[f32],
     keys: &[T],
     values: &[T],
-    stride: usize,
     fetch: bool,
     scores: &mut [f32],
 ) {
@@ -60,13 +60,13 @@ fn scores_into<T: FloatElement, const WIDE: bool>(
         for u0 in (0..n).step_by(LANES) {
             if fetch {
                 for u in u0..u0 + LANES {
-                    prefetch_row(keys, (u + 2 * LANES) * stride, dim);
-                    prefetch_row(values, u * stride, dim);
+                    prefetch_row(keys, (u + 2 * LANES) * dim, dim);
+                    prefetch_row(values, u * dim, dim);
                 }
             }
             // SAFETY: the CPU runs AVX-512 (WIDE); keys u0 .. u0 + 16 lie within `keys`
-            // (each a row of dim values, stride apart), dim a multiple of 16 up to 128.
-            unsafe { x86::scores16(q16, keys[u0 * stride..].as_ptr(), stride, empty, &mut scores[u0..u0 + LANES]) };
+            // (rows of dim values one after another), dim a multiple of 16 up to 128.
+            unsafe { x86::scores16(q16, keys[u0 * dim..].as_ptr(), empty, &mut scores[u0..u0 + LANES]) };
         }
         n
     } else {
@@ -75,16 +75,16 @@ fn scores_into<T: FloatElement, const WIDE: bool>(
     #[cfg(not(target_arch = "x86_64"))]
     let done = 0;
     let mut partials = vec![[0f32; LANES]; scores.len() - done];
-    let keys_left = keys.get(done * stride..).unwrap_or(&[]);
+    let keys_left = keys.get(done * dim..).unwrap_or(&[]);
     for (u, ((partial, key), s)) in
-        partials.iter_mut().zip(keys_left.chunks(stride)).zip(scores[done..].iter_mut()).enumerate()
+        partials.iter_mut().zip(keys_left.chunks(dim)).zip(scores[done..].iter_mut()).enumerate()
     {
         let u = u + done;
         if fetch {
-            prefetch_row(keys, (u + AHEAD) * stride, dim);
-            prefetch_row(values, u * stride, dim);
+            prefetch_row(keys, (u + AHEAD) * dim, dim);
+            prefetch_row(values, u * dim, dim);
         }
-        let (k16, k_tail) = key[..dim].as_chunks::<LANES>();
+        let (k16, k_tail) = key.as_chunks::<LANES>();
         let mut acc = [0f32; LANES];
         for (x, y) in q16.iter().zip(k16) {
             for i in 0..LANES {
@@ -114,9 +114,8 @@ const LANES: usize = 16;
 const AHEAD: usize = 8;
 
 /// Asks for the cache lines of `rows[at .. at + dim]` (nothing past the slice's end): the
-/// decode reads a kv head's rows of keys and values one cache row (all kv heads) apart, and
-/// the hardware's prefetchers did not fetch them ahead (the reads waited on memory; the
-/// cache of a layer leaves the caches while the weights of the others stream through).
+/// cache of a layer leaves the CPU's caches while the weights of the others stream through,
+/// and a decode span's reads of its keys and values waited on memory without this.
 #[inline(always)]
 fn prefetch_row<T>(rows: &[T], at: usize, dim: usize) {
     #[cfg(target_arch = "x86_64")]
@@ -339,7 +338,7 @@ pub fn merge(max: &[f32], sum: &[f64], o: &[f32], run: Range<usize>, group: usiz
 }
 
 /// What the tasks of one step read: queries whose row n, head h starts at n·q_stride + h·D,
-/// the caches [B, S, Hkv, D], their sizes, and each row's sequence and position.
+/// the caches [B, Hkv, S, D], their sizes, and each row's sequence and position.
 #[derive(Clone, Copy)]
 pub struct Inputs<'a, Q, T> {
     /// Queries.
@@ -420,7 +419,7 @@ entry!(block_avx512, span_avx512, "avx512f,avx512bw,avx512vl,avx2,fma", true);
 #[cfg(target_arch = "x86_64")]
 entry!(block_avx2, span_avx2, "avx2,fma", false);
 
-/// o [N, Hq, D] (f32) from q [N, Hq, D] and the caches [B, S, Hkv, D].
+/// o [N, Hq, D] (f32) from q [N, Hq, D] and the caches [B, Hkv, S, D].
 pub fn attention<T: FloatElement>(
     q: &[T],
     k: &[T],
@@ -496,15 +495,13 @@ fn block<Q: FloatElement, T: FloatElement>(task: &Block, inputs: &Inputs<'_, Q, 
     out
 }
 
-/// Kv head g's rows of keys 0..keys of sequence `seq` in a cache, as f32 [keys, D].
+/// Kv head g's rows of keys 0..keys of sequence `seq` in a cache (consecutive there), as f32
+/// [keys, D].
 #[inline(always)]
 fn gather<T: FloatElement>(cache: &[T], d: AttentionDims, seq: u32, g: usize, keys: usize) -> Vec<f32> {
-    let dim = d.cache.head_dim;
-    let mut block = vec![0f32; keys * dim];
-    for (u, row) in block.chunks_exact_mut(dim).enumerate() {
-        let at = d.cache.row_offset(seq, u as u32) + g * dim;
-        widen_into(&cache[at..at + dim], row);
-    }
+    let at = d.cache.key_offset(seq, g, 0);
+    let mut block = vec![0f32; keys * d.cache.head_dim];
+    widen_into(&cache[at..at + block.len()], &mut block);
     block
 }
 
@@ -521,40 +518,38 @@ fn span<Q: FloatElement, T: FloatElement, const WIDE: bool>(
     let d = x.d;
     let (dim, group) = (d.cache.head_dim, d.group());
     assert!(!keys.is_empty() && keys.end <= x.positions[n] as usize + 1, "attention: span {keys:?} of row {n}");
-    // Kv head g of this sequence from key keys.start, [len, D] with a stride of one cache
-    // row (Hkv·D).
-    let stride = d.cache.row_len();
-    let start = d.cache.row_offset(x.seqs[n], keys.start as u32) + g * dim;
-    let end = start + (keys.len() - 1) * stride + dim;
+    // Kv head g of this sequence from key keys.start, [len, D] one row after another.
+    let start = d.cache.key_offset(x.seqs[n], g, keys.start as u32);
+    let end = start + keys.len() * dim;
     let (k_rows, v_rows) = (&x.k[start..end], &x.v[start..end]);
     let SpanScratch { wide, scores, q } = scratch;
     scores.resize(keys.len(), 0.0);
     q.resize(dim, 0.0);
     if group == 1 || T::DTYPE == DType::F32 {
-        heads::<Q, T, WIDE>(n, g, x, (k_rows, v_rows, stride), true, (q, scores), out);
+        heads::<Q, T, WIDE>(n, g, x, (k_rows, v_rows), true, (q, scores), out);
     } else {
         // The group's heads read the rows widened once (exactly, so the same results).
         // Every value of the scratch is written before it is read.
         wide.resize(2 * keys.len() * dim, 0.0);
         let (k_wide, v_wide) = wide.split_at_mut(keys.len() * dim);
         for (u, (kw, vw)) in k_wide.chunks_exact_mut(dim).zip(v_wide.chunks_exact_mut(dim)).enumerate() {
-            prefetch_row(k_rows, (u + AHEAD) * stride, dim);
-            prefetch_row(v_rows, (u + AHEAD) * stride, dim);
-            widen_into(&k_rows[u * stride..u * stride + dim], kw);
-            widen_into(&v_rows[u * stride..u * stride + dim], vw);
+            prefetch_row(k_rows, (u + AHEAD) * dim, dim);
+            prefetch_row(v_rows, (u + AHEAD) * dim, dim);
+            widen_into(&k_rows[u * dim..(u + 1) * dim], kw);
+            widen_into(&v_rows[u * dim..(u + 1) * dim], vw);
         }
-        heads::<Q, f32, WIDE>(n, g, x, (k_wide, v_wide, dim), false, (q, scores), out);
+        heads::<Q, f32, WIDE>(n, g, x, (k_wide, v_wide), false, (q, scores), out);
     }
 }
 
 /// [`span`]'s work per query head of kv head g over its keys and values `rows` ([keys, D]
-/// each, rows `stride` apart; prefetched as read with `fetch`).
+/// each; prefetched as read with `fetch`).
 #[inline(always)]
 fn heads<Q: FloatElement, T: FloatElement, const WIDE: bool>(
     n: usize,
     g: usize,
     x: &Inputs<'_, Q, impl FloatElement>,
-    (k_rows, v_rows, stride): (&[T], &[T], usize),
+    (k_rows, v_rows): (&[T], &[T]),
     fetch: bool,
     (q_scaled, scores): (&mut [f32], &mut [f32]),
     out: SpanOut<'_>,
@@ -566,38 +561,38 @@ fn heads<Q: FloatElement, T: FloatElement, const WIDE: bool>(
         let at = n * x.q_stride + (g * group + j) * dim;
         widen_into(&x.q[at..at + dim], q_scaled);
         q_scaled.iter_mut().for_each(|v| *v *= scale);
-        scores_into::<T, WIDE>(q_scaled, k_rows, v_rows, stride, fetch, scores);
+        scores_into::<T, WIDE>(q_scaled, k_rows, v_rows, fetch, scores);
         // p_u = e^{s_u - m} over all keys at once (the exponential has no branch, so this
         // vectorizes), then l = Σ p_u and o = Σ p_u·v_u.
         let max = max_f32(scores);
         scores.iter_mut().for_each(|s| *s = exp_nonpositive(*s - max));
         out.max[j] = max;
         out.sum[j] = sum_f64_by(scores, f64::from);
-        weighted_rows::<T, WIDE>(scores, v_rows, stride, &mut out.o[j * dim..(j + 1) * dim]);
+        weighted_rows::<T, WIDE>(scores, v_rows, &mut out.o[j * dim..(j + 1) * dim]);
     }
 }
 
-/// `out` [D] = Σ_u p_u·rows_u for rows [keys, D] with a stride of `stride` elements. Each
+/// `out` [D] = Σ_u p_u·rows_u for rows [keys, D] one after another. Each
 /// run of WIDTH columns is summed in registers over all keys, even and odd keys in two
 /// separate sums (added at the end) so that consecutive keys do not wait on each other's
 /// additions; the last columns (D not a multiple of WIDTH) in one plain sum.
 /// With `WIDE` (AVX-512) and D a multiple of 32 up to 128, all of a key's columns at once
 /// ([`x86::weighted`]; the same even and odd sums per column).
 #[inline(always)]
-fn weighted_rows<T: FloatElement, const WIDE: bool>(p: &[f32], rows: &[T], stride: usize, out: &mut [f32]) {
+fn weighted_rows<T: FloatElement, const WIDE: bool>(p: &[f32], rows: &[T], out: &mut [f32]) {
     const WIDTH: usize = 32;
     let dim = out.len();
     #[cfg(target_arch = "x86_64")]
     if WIDE && x86::takes::<T>(dim) && dim.is_multiple_of(WIDTH) {
-        // SAFETY: the CPU runs AVX-512 (WIDE); p.len() rows of dim values lie within `rows`,
-        // stride apart (the caller's slice ends at the last row's end).
-        unsafe { x86::weighted(p, rows, stride, out) };
+        // SAFETY: the CPU runs AVX-512 (WIDE); p.len() rows of dim values lie within `rows`
+        // (the caller's slice holds them all).
+        unsafe { x86::weighted(p, rows, out) };
         return;
     }
     let whole = dim - dim % WIDTH;
     for c in (0..whole).step_by(WIDTH) {
         let (mut even, mut odd) = ([0f32; WIDTH], [0f32; WIDTH]);
-        let mut keys = rows.chunks(stride).zip(p);
+        let mut keys = rows.chunks(dim).zip(p);
         while let Some((r0, &p0)) = keys.next() {
             let r0 = &r0[c..c + WIDTH];
             for i in 0..WIDTH {
@@ -615,8 +610,8 @@ fn weighted_rows<T: FloatElement, const WIDE: bool>(p: &[f32], rows: &[T], strid
         }
     }
     out[whole..].fill(0.0);
-    for (row, &p_u) in rows.chunks(stride).zip(p) {
-        for (acc, x) in out[whole..].iter_mut().zip(&row[whole..dim]) {
+    for (row, &p_u) in rows.chunks(dim).zip(p) {
+        for (acc, x) in out[whole..].iter_mut().zip(&row[whole..]) {
             *acc += p_u * wide(*x);
         }
     }
@@ -649,7 +644,8 @@ mod x86 {
         }
     }
 
-    /// out[u] = empty + tree(partials of key u) for the 16 keys at `keys`, `stride` apart,
+    /// out[u] = empty + tree(partials of key u) for the 16 keys at `keys` (rows of 16·q.len()
+    /// values one after another),
     /// where key u's 16 partial sums are Σ_c q[c]·k_u[c] over its chunks c of 16 columns in
     /// order (a product, then an addition), and the tree adds lanes i and i + w for w = 8, 4,
     /// 2, 1 as [`super::scores_into`] does. The 16 trees run at once, two vectors into one at
@@ -659,22 +655,16 @@ mod x86 {
     /// # Safety
     /// The CPU runs AVX-512F; 16 rows of 16·q.len() ≤ 128 values of T are readable at `keys`.
     #[inline(always)]
-    pub(super) unsafe fn scores16<T: FloatElement>(
-        q: &[[f32; LANES]],
-        keys: *const T,
-        stride: usize,
-        empty: f32,
-        out: &mut [f32],
-    ) {
+    pub(super) unsafe fn scores16<T: FloatElement>(q: &[[f32; LANES]], keys: *const T, empty: f32, out: &mut [f32]) {
         match q.len() {
-            1 => scores16_n::<T, 1>(q, keys, stride, empty, out),
-            2 => scores16_n::<T, 2>(q, keys, stride, empty, out),
-            3 => scores16_n::<T, 3>(q, keys, stride, empty, out),
-            4 => scores16_n::<T, 4>(q, keys, stride, empty, out),
-            5 => scores16_n::<T, 5>(q, keys, stride, empty, out),
-            6 => scores16_n::<T, 6>(q, keys, stride, empty, out),
-            7 => scores16_n::<T, 7>(q, keys, stride, empty, out),
-            _ => scores16_n::<T, 8>(q, keys, stride, empty, out),
+            1 => scores16_n::<T, 1>(q, keys, empty, out),
+            2 => scores16_n::<T, 2>(q, keys, empty, out),
+            3 => scores16_n::<T, 3>(q, keys, empty, out),
+            4 => scores16_n::<T, 4>(q, keys, empty, out),
+            5 => scores16_n::<T, 5>(q, keys, empty, out),
+            6 => scores16_n::<T, 6>(q, keys, empty, out),
+            7 => scores16_n::<T, 7>(q, keys, empty, out),
+            _ => scores16_n::<T, 8>(q, keys, empty, out),
         }
     }
 
@@ -685,7 +675,6 @@ mod x86 {
     unsafe fn scores16_n<T: FloatElement, const C: usize>(
         q: &[[f32; LANES]],
         keys: *const T,
-        stride: usize,
         empty: f32,
         out: &mut [f32],
     ) {
@@ -696,7 +685,7 @@ mod x86 {
         }
         let mut acc = [_mm512_setzero_ps(); LANES];
         for (u, a) in acc.iter_mut().enumerate() {
-            let row = keys.add(u * stride);
+            let row = keys.add(u * C * LANES);
             for (c, &qc) in qv.iter().enumerate() {
                 *a = _mm512_add_ps(*a, _mm512_mul_ps(qc, load16(row.add(c * LANES))));
             }
@@ -731,23 +720,24 @@ mod x86 {
     ///
     /// # Safety
     /// The CPU runs AVX-512F; D = out.len() a multiple of 16 up to 128; p.len() rows of D
-    /// values lie within `rows`, `stride` apart.
+    /// values lie within `rows`, one after another.
     #[inline(always)]
-    pub(super) unsafe fn weighted<T: FloatElement>(p: &[f32], rows: &[T], stride: usize, out: &mut [f32]) {
+    pub(super) unsafe fn weighted<T: FloatElement>(p: &[f32], rows: &[T], out: &mut [f32]) {
         match out.len() / LANES {
-            2 => weighted_n::<T, 2>(p, rows, stride, out),
-            4 => weighted_n::<T, 4>(p, rows, stride, out),
-            6 => weighted_n::<T, 6>(p, rows, stride, out),
-            _ => weighted_n::<T, 8>(p, rows, stride, out),
+            2 => weighted_n::<T, 2>(p, rows, out),
+            4 => weighted_n::<T, 4>(p, rows, out),
+            6 => weighted_n::<T, 6>(p, rows, out),
+            _ => weighted_n::<T, 8>(p, rows, out),
         }
     }
 
     /// [`weighted`] for D = 16·V.
     #[inline(always)]
-    unsafe fn weighted_n<T: FloatElement, const V: usize>(p: &[f32], rows: &[T], stride: usize, out: &mut [f32]) {
+    unsafe fn weighted_n<T: FloatElement, const V: usize>(p: &[f32], rows: &[T], out: &mut [f32]) {
+        let stride = V * LANES;
         assert!(out.len() == V * LANES, "attention: output of {} columns", V * LANES);
         if let Some(last) = p.len().checked_sub(1) {
-            assert!(last * stride + V * LANES <= rows.len(), "attention: value rows");
+            assert!((last + 1) * stride <= rows.len(), "attention: value rows");
         }
         let (mut even, mut odd) = ([_mm512_setzero_ps(); V], [_mm512_setzero_ps(); V]);
         let base = rows.as_ptr();

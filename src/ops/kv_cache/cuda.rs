@@ -39,7 +39,7 @@ pub fn attention_geometry(rows: usize, q_heads: usize) -> Result<Launch> {
     Ok(Launch { grid: (x, y, 1), block: (THREADS, 1, 1), shared_bytes: 0 })
 }
 
-/// cache [B, S, Hkv, D] gets rows [N, Hkv, D] at (seqs\[n\], positions\[n\]).
+/// cache [B, Hkv, S, D] gets rows [N, Hkv, D] at (seqs\[n\], positions\[n\]) of every kv head.
 pub fn write<T: CudaFloat>(
     dev: &CudaDevice,
     cache: &mut CudaSlice<T>,
@@ -58,17 +58,20 @@ pub fn write<T: CudaFloat>(
     let launch = write_geometry(seqs.len())?;
     let f = dev.function("kv_cache", &format!("kv_write_{}", T::SUFFIX))?;
     let (seqs_dev, positions_dev) = (dev.htod(seqs)?, dev.htod(positions)?);
-    let (capacity_i, row_len_i) = (to_i32(OP, d.capacity)?, to_i32(OP, d.row_len())?);
+    // The kernel indexes a row's Hkv·D elements with an int (offsets in the cache in size_t).
+    to_i32(OP, d.row_len())?;
+    let (capacity_i, kv_heads_i, dim_i) = (to_i32(OP, d.capacity)?, to_i32(OP, d.kv_heads)?, to_i32(OP, d.head_dim)?);
     let mut b = dev.stream().launch_builder(&f);
-    b.arg(cache).arg(rows).arg(seqs_dev.slice()).arg(positions_dev.slice()).arg(&capacity_i).arg(&row_len_i);
-    // SAFETY: seqs[n] < B and positions[n] < S (checked above), so block n writes Hkv·D
-    // elements inside the cache's B·S·Hkv·D and reads row n of rows' N·Hkv·D; seqs and
-    // positions hold N elements, one per block.
+    b.arg(cache).arg(rows).arg(seqs_dev.slice()).arg(positions_dev.slice());
+    b.arg(&capacity_i).arg(&kv_heads_i).arg(&dim_i);
+    // SAFETY: seqs[n] < B and positions[n] < S (checked above), so block n writes D elements
+    // of each of the Hkv heads of its sequence inside the cache's B·Hkv·S·D and reads row n
+    // of rows' N·Hkv·D; seqs and positions hold N elements, one per block.
     unsafe { b.launch(LaunchConfig::from(launch)) }?;
     Ok(())
 }
 
-/// o [N, Hq, D] from q [N, Hq, D] and the caches [B, S, Hkv, D]; D ≤ [`MAX_HEAD_DIM`].
+/// o [N, Hq, D] from q [N, Hq, D] and the caches [B, Hkv, S, D]; D ≤ [`MAX_HEAD_DIM`].
 #[allow(clippy::too_many_arguments)]
 pub fn attention<T: CudaFloat>(
     dev: &CudaDevice,
@@ -116,7 +119,7 @@ pub fn attention<T: CudaFloat>(
     let mut b = dev.stream().launch_builder(&f);
     b.arg(q).arg(k_cache).arg(v_cache).arg(o).arg(seqs_dev.slice()).arg(positions_dev.slice());
     b.arg(&q_heads_i).arg(&kv_heads_i).arg(&capacity_i).arg(&dim_i).arg(&scale_log2);
-    // SAFETY: q and o hold N·Hq·D elements, the caches B·S·Hkv·D, seqs and positions N
+    // SAFETY: q and o hold N·Hq·D elements, the caches B·Hkv·S·D, seqs and positions N
     // (checked above); block (n, h) reads q and writes o at row n, head h, and reads keys
     // 0..=positions[n] < S of sequence seqs[n] < B, kv head h / (Hq/Hkv) < Hkv, D ≤ 256
     // elements each (the kernel's per-lane registers and shared rows).

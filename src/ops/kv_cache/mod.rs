@@ -1,12 +1,13 @@
 //! The KV cache of generation: keys and values of past tokens kept per sequence, and attention
 //! of new query rows over them. No gradient (inference only).
-//! cache, k_cache, v_cache: [B, S, Hkv, D] (B sequences, capacity S positions each);
-//! rows: [N, Hkv, D]; q, o: [N, Hq, D] with Hkv dividing Hq; seqs, positions: \[N\] (host u32).
-//!   \[`write`\]:     cache[seqs\[n\], positions\[n\]] = rows\[n\], in place
+//! cache, k_cache, v_cache: [B, Hkv, S, D] (B sequences, capacity S positions each; a kv
+//! head's keys of one sequence are one run of S·D elements); rows: [N, Hkv, D];
+//! q, o: [N, Hq, D] with Hkv dividing Hq; seqs, positions: \[N\] (host u32).
+//!   \[`write`\]:     cache[seqs\[n\], g, positions\[n\]] = rows\[n, g\] for every g, in place
 //!   [`attention`]: query head h of row n reads kv head g = h / (Hq / Hkv) (Hugging Face
 //!                  `repeat_kv` order) of sequence b = seqs\[n\] at keys u = 0 ..= positions\[n\];
 //!                  with c = 1/sqrt(D):
-//!                  s_u = c · q_nh·k[b, u, g],  o_nh = Σ_u softmax(s)_u · v[b, u, g]
+//!                  s_u = c · q_nh·k[b, g, u],  o_nh = Σ_u softmax(s)_u · v[b, g, u]
 //! This is \[`crate::ops::attention`\]'s causal softmax, with the keys taken from the cache: a
 //! prefill writes the prompt's keys and values (positions p0 .. p0 + N − 1 of one sequence) and
 //! then attends with those positions; a batched decode step writes and attends one row per
@@ -22,9 +23,9 @@ pub use cpu::{AttentionDims, CacheDims};
 use crate::ops::{cuda_device, cuda_tensor, expect_float, expect_same};
 use crate::{with_compute_type, Device, Error, Result, Shape, Tensor};
 
-/// The sizes of a cache tensor [B, S, Hkv, D] (Hkv, D > 0).
+/// The sizes of a cache tensor [B, Hkv, S, D] (Hkv, D > 0).
 fn cache_dims(op: &'static str, cache: &Tensor) -> Result<CacheDims> {
-    let [sequences, capacity, kv_heads, head_dim] = cache.shape().dims_n::<4>(op)?;
+    let [sequences, kv_heads, capacity, head_dim] = cache.shape().dims_n::<4>(op)?;
     if kv_heads == 0 || head_dim == 0 {
         return Err(Error::BadShape { op, shape: cache.shape().clone(), msg: "no heads or head dimension 0".into() });
     }
@@ -50,7 +51,7 @@ pub(crate) fn check_indices(op: &str, d: CacheDims, seqs: &[u32], positions: &[u
     if seqs.len() != positions.len() {
         return Err(Error::invalid(format!("{op}: {} sequence ids but {} positions", seqs.len(), positions.len())));
     }
-    let cache = Shape::new([d.sequences, d.capacity, d.kv_heads, d.head_dim]);
+    let cache = Shape::new(d.shape());
     for (n, (&seq, &pos)) in seqs.iter().zip(positions).enumerate() {
         if seq as usize >= d.sequences {
             return Err(Error::invalid(format!(
@@ -68,8 +69,9 @@ pub(crate) fn check_indices(op: &str, d: CacheDims, seqs: &[u32], positions: &[u
     Ok(())
 }
 
-/// Writes `rows` [N, Hkv, D] into `cache` [B, S, Hkv, D] in place: row n at sequence
-/// `seqs[n]`, position `positions[n]` (distinct slots; same dtype and device).
+/// Writes `rows` [N, Hkv, D] into `cache` [B, Hkv, S, D] in place: row n at sequence
+/// `seqs[n]`, position `positions[n]` of every kv head (distinct slots; same dtype and
+/// device).
 pub fn write(cache: &Tensor, rows: &Tensor, seqs: &[u32], positions: &[u32]) -> Result<()> {
     const OP: &str = "kv_cache::write";
     expect_float(OP, cache)?;
@@ -103,7 +105,7 @@ pub fn write(cache: &Tensor, rows: &Tensor, seqs: &[u32], positions: &[u32]) -> 
     }
 }
 
-/// Attention of `q` [N, Hq, D] over the caches [B, S, Hkv, D]: row n sees keys
+/// Attention of `q` [N, Hq, D] over the caches [B, Hkv, S, D]: row n sees keys
 /// 0 ..= `positions[n]` of sequence `seqs[n]` (written before the call). Returns o [N, Hq, D]
 /// in q's dtype.
 pub fn attention(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, seqs: &[u32], positions: &[u32]) -> Result<Tensor> {
@@ -229,7 +231,7 @@ mod tests {
         parts.iter().flat_map(|&(seq, count)| std::iter::repeat_n(seq, count)).collect()
     }
 
-    /// Random q [N, Hq, D] and caches [B, S, Hkv, D] for a case, as f32 values.
+    /// Random q [N, Hq, D] and caches [B, Hkv, S, D] for a case, as f32 values.
     fn inputs(c: &Case, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let q_len = c.seqs.len() * c.d.q_heads * c.d.cache.head_dim;
         let len = c.d.cache.len();
@@ -277,7 +279,7 @@ mod tests {
         .unwrap();
         let want = want.to_f32_vec().unwrap();
         // Sequence 1 of a cache with room for 20 positions of 3 sequences.
-        let cache = || Tensor::zeros([3, 20, hkv, dim], f, &dev).unwrap();
+        let cache = || Tensor::zeros([3, hkv, 20, dim], f, &dev).unwrap();
         let rows = |x: &[f32], tokens: std::ops::Range<usize>, heads| {
             tensor(
                 x[tokens.start * heads * dim..tokens.end * heads * dim].to_vec(),
@@ -312,9 +314,9 @@ mod tests {
         let dev = Device::cpu();
         let ln3 = 3f32.ln();
         let f = DType::F32;
-        // Cache [2 sequences, 3 positions, 1 head, 4]: keys and values in sequence 1.
+        // Cache [2 sequences, 1 head, 3 positions, 4]: keys and values in sequence 1.
         let (k_cache, v_cache) =
-            (Tensor::zeros([2, 3, 1, 4], f, &dev).unwrap(), Tensor::zeros([2, 3, 1, 4], f, &dev).unwrap());
+            (Tensor::zeros([2, 1, 3, 4], f, &dev).unwrap(), Tensor::zeros([2, 1, 3, 4], f, &dev).unwrap());
         write(&k_cache, &tensor(vec![0., 0., 1., 0., 0., 1., 0., 0.], &[2, 1, 4], f, &dev), &[1, 1], &[0, 1]).unwrap();
         write(&v_cache, &tensor(vec![4., 0., -4., 8., 0., 4., 8., -4.], &[2, 1, 4], f, &dev), &[1, 1], &[0, 1])
             .unwrap();
@@ -330,13 +332,19 @@ mod tests {
     fn write_places_rows_and_nothing_else() {
         let dev = Device::cpu();
         for dtype in [DType::F32, DType::BF16] {
-            let before = random_f32(2 * 4 * 3 * 2, 1.0, 7);
-            let cache = tensor(before.clone(), &[2, 4, 3, 2], dtype, &dev);
+            // Cache [2 sequences, 3 kv heads, 4 positions, 2]; row 0 (values 1..=6) to sequence
+            // 1 at position 2, row 1 (7..=12) to sequence 0 at position 3. Head g of a row
+            // lands at ((seq·3 + g)·4 + pos)·2.
+            let before = random_f32(2 * 3 * 4 * 2, 1.0, 7);
+            let cache = tensor(before.clone(), &[2, 3, 4, 2], dtype, &dev);
             let rows: Vec<f32> = (1..=12).map(|x| x as f32).collect();
-            write(&cache, &tensor(rows.clone(), &[2, 3, 2], dtype, &dev), &[1, 0], &[2, 3]).unwrap();
-            let mut want = tensor(before, &[2, 4, 3, 2], dtype, &dev).to_f32_vec().unwrap();
-            want[(4 + 2) * 6..(4 + 3) * 6].copy_from_slice(&rows[..6]);
-            want[3 * 6..4 * 6].copy_from_slice(&rows[6..]);
+            write(&cache, &tensor(rows, &[2, 3, 2], dtype, &dev), &[1, 0], &[2, 3]).unwrap();
+            let mut want = tensor(before, &[2, 3, 4, 2], dtype, &dev).to_f32_vec().unwrap();
+            for (at, pair) in
+                [(28, [1., 2.]), (36, [3., 4.]), (44, [5., 6.]), (6, [7., 8.]), (14, [9., 10.]), (22, [11., 12.])]
+            {
+                want[at..at + 2].copy_from_slice(&pair);
+            }
             assert_eq!(cache.to_f32_vec().unwrap(), want, "{dtype}");
             // No rows: nothing changes.
             write(&cache, &Tensor::zeros([0, 3, 2], dtype, &dev).unwrap(), &[], &[]).unwrap();
@@ -349,13 +357,13 @@ mod tests {
         let dev = Device::cpu();
         let z = |shape: &[usize], dtype| Tensor::zeros(shape, dtype, &dev).unwrap();
         let f = DType::F32;
-        let cache = z(&[2, 5, 2, 3], f);
+        let cache = z(&[2, 2, 5, 3], f);
         let rows = z(&[2, 2, 3], f);
         let write_err = |cache: &Tensor, rows: &Tensor, seqs: &[u32], positions: &[u32]| {
             write(cache, rows, seqs, positions).unwrap_err().to_string()
         };
         let e = write_err(&cache, &rows, &[0, 2], &[0, 1]);
-        assert!(e.contains("row 1 names sequence 2") && e.contains("[2, 5, 2, 3]"), "{e}");
+        assert!(e.contains("row 1 names sequence 2") && e.contains("[2, 2, 5, 3]"), "{e}");
         let e = write_err(&cache, &rows, &[0, 1], &[5, 1]);
         assert!(e.contains("row 0 is at position 5") && e.contains("5 per sequence"), "{e}");
         let e = write_err(&cache, &rows, &[0], &[0]);
@@ -367,18 +375,18 @@ mod tests {
         let e = write_err(&cache, &z(&[2, 2, 3], DType::BF16), &[0, 1], &[0, 0]);
         assert!(e.contains("dtype"), "{e}");
         let e = write_err(&cache, &z(&[2, 3, 3], f), &[0, 1], &[0, 0]);
-        assert!(e.contains("[2, 5, 2, 3]") && e.contains("[2, 3, 3]"), "{e}");
+        assert!(e.contains("[2, 2, 5, 3]") && e.contains("[2, 3, 3]"), "{e}");
         let e = write_err(&cache, &z(&[2, 6], f), &[0, 1], &[0, 0]);
         assert!(e.contains("[2, 6]") && e.contains("rank 3"), "{e}");
         let e = write_err(&z(&[2, 5, 6], f), &rows, &[0, 1], &[0, 0]);
         assert!(e.contains("[2, 5, 6]") && e.contains("rank 4"), "{e}");
-        let e = write_err(&z(&[2, 5, 0, 3], f), &z(&[1, 0, 3], f), &[0], &[0]);
+        let e = write_err(&z(&[2, 0, 5, 3], f), &z(&[1, 0, 3], f), &[0], &[0]);
         assert!(e.contains("no heads"), "{e}");
         let view = cache.reshape([10, 2, 3]).unwrap();
         assert!(write_err(&cache, &view, &(0..10).map(|i| i / 5).collect::<Vec<_>>(), &[0, 1, 2, 3, 4, 0, 1, 2, 3, 4])
             .contains("share"));
         assert!(
-            write_err(&z(&[2, 5, 2, 3], DType::U32), &z(&[2, 2, 3], DType::U32), &[0, 1], &[0, 0]).contains("dtype")
+            write_err(&z(&[2, 2, 5, 3], DType::U32), &z(&[2, 2, 3], DType::U32), &[0, 1], &[0, 0]).contains("dtype")
         );
 
         let q = z(&[2, 4, 3], f);
@@ -393,14 +401,14 @@ mod tests {
         let e = att_err(&q, &cache, &cache, &[1], &[0]);
         assert!(e.contains("[2, 4, 3] has 2 rows"), "{e}");
         let e = att_err(&z(&[2, 4, 4], f), &cache, &cache, &[1, 0], &[0, 0]);
-        assert!(e.contains("[2, 4, 4]") && e.contains("[2, 5, 2, 3]"), "{e}");
+        assert!(e.contains("[2, 4, 4]") && e.contains("[2, 2, 5, 3]"), "{e}");
         let e = att_err(&z(&[2, 3, 3], f), &cache, &cache, &[1, 0], &[0, 0]);
         assert!(e.contains("3 heads") && e.contains("2 kv heads"), "{e}");
-        let e = att_err(&q, &cache, &z(&[2, 6, 2, 3], f), &[1, 0], &[0, 0]);
-        assert!(e.contains("[2, 5, 2, 3]") && e.contains("[2, 6, 2, 3]"), "{e}");
+        let e = att_err(&q, &cache, &z(&[2, 2, 6, 3], f), &[1, 0], &[0, 0]);
+        assert!(e.contains("[2, 2, 5, 3]") && e.contains("[2, 2, 6, 3]"), "{e}");
         let e = att_err(&z(&[2, 12], f), &cache, &cache, &[1, 0], &[0, 0]);
         assert!(e.contains("rank 3"), "{e}");
-        let e = att_err(&q, &z(&[2, 5, 2, 3], DType::BF16), &z(&[2, 5, 2, 3], DType::BF16), &[1, 0], &[0, 0]);
+        let e = att_err(&q, &z(&[2, 2, 5, 3], DType::BF16), &z(&[2, 2, 5, 3], DType::BF16), &[1, 0], &[0, 0]);
         assert!(e.contains("dtype"), "{e}");
     }
 
@@ -423,7 +431,7 @@ mod tests {
             for (i, c) in long.iter().enumerate() {
                 let what = format!("kv_cache {dtype} {:?}", c.d);
                 let cd = c.d.cache;
-                let cache_shape = [cd.sequences, cd.capacity, cd.kv_heads, cd.head_dim];
+                let cache_shape = cd.shape();
                 let (q, k, v) = inputs(c, 100 + 10 * i as u64);
                 let q = tensor(q, &[c.seqs.len(), c.d.q_heads, cd.head_dim], dtype, &cpu);
                 let (k, v) = (tensor(k, &cache_shape, dtype, &cpu), tensor(v, &cache_shape, dtype, &cpu));
@@ -451,10 +459,10 @@ mod tests {
             }
         }
         let q = Tensor::zeros([1, 2, 257], DType::F32, &gpu).unwrap();
-        let kv = Tensor::zeros([1, 3, 1, 257], DType::F32, &gpu).unwrap();
+        let kv = Tensor::zeros([1, 1, 3, 257], DType::F32, &gpu).unwrap();
         let e = attention(&q, &kv, &kv, &[0], &[2]).unwrap_err().to_string();
         assert!(e.contains("MAX_HEAD_DIM") && e.contains("257"), "{e}");
-        let kv_cpu = Tensor::zeros([1, 3, 1, 8], DType::F32, &cpu).unwrap();
+        let kv_cpu = Tensor::zeros([1, 1, 3, 8], DType::F32, &cpu).unwrap();
         let q = Tensor::zeros([1, 2, 8], DType::F32, &gpu).unwrap();
         assert!(matches!(attention(&q, &kv_cpu, &kv_cpu, &[0], &[0]), Err(Error::DeviceMismatch { .. })));
     }

@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use super::cpu_step;
 use super::model::InferModel;
+use crate::ops::kv_cache::CacheDims;
 use crate::{ops, with_compute_type, DType, Device, Error, Result, Tensor};
 
 /// A step's logits [rows.len(), vocab] from (cache, seqs, positions, tokens, rows).
@@ -156,7 +157,9 @@ impl InferModel {
                 self.context()
             )));
         }
-        let shape = [batch, c.num_key_value_heads, capacity, c.head_dim()];
+        // The layout is the op's ([B, Hkv, capacity, hd]).
+        let shape =
+            CacheDims { sequences: batch, capacity, kv_heads: c.num_key_value_heads, head_dim: c.head_dim() }.shape();
         let zeros = || Tensor::zeros(shape, self.dtype(), self.device());
         let keys = (0..self.layers.len()).map(|_| zeros()).collect::<Result<Vec<_>>>()?;
         let values = (0..self.layers.len()).map(|_| zeros()).collect::<Result<Vec<_>>>()?;

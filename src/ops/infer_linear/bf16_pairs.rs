@@ -1,4 +1,4 @@
-//! The dense bf16 prefill on CPUs with AVX512-BF16: y [tokens, rows] = x [tokens, cols] · Wᵀ
+//! The dense bf16 prefill on [`Isa::Avx512Bf16`] (AVX512-BF16, taken on AMD CPUs): y [tokens, rows] = x [tokens, cols] · Wᵀ
 //! for W [rows, cols] bf16 as stored and x whose values are all bf16 (the engine rounds its
 //! activations to the model's dtype), by `vdpbf16ps`: one instruction multiplies 16 pairs
 //! of bf16 (two adjacent columns) exactly and adds both products to 16 f32 sums, twice the
@@ -20,7 +20,8 @@
 //! - [`kept`]: the sparser masked rows' kernel, one listed pair of weights (a column pair
 //!   that keeps one) broadcast into a block's 48 tokens at a time.
 //!
-//! Used by [`super::cpu_fast`] where [`Pairs::ready`] (the CPU has AVX512-BF16, the tokens
+//! Used by [`super::cpu_fast`] where [`Pairs::ready`] (the instruction set is
+//! [`Isa::Avx512Bf16`], the tokens
 //! take the prefill path, the weight is bf16 and x is exactly bf16); elsewhere the f32 path
 //! runs.
 
@@ -50,17 +51,9 @@ pub(super) struct Pairs {
 }
 
 impl Pairs {
-    /// Whether this CPU runs the kernel, and `isa` is one it belongs to (AVX-512).
+    /// Whether `isa` is the kernel's ([`Isa::Avx512Bf16`]) and this CPU runs it.
     pub(super) fn supported(isa: Isa) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            matches!(isa, Isa::Avx512Vbmi2 | Isa::Avx512) && isa.available() && is_x86_feature_detected!("avx512bf16")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = isa;
-            false
-        }
+        isa == Isa::Avx512Bf16 && isa.available()
     }
 
     /// No activations (not ready), holding `buffer` for the next ones.
@@ -130,7 +123,7 @@ impl Pairs {
 /// the CPU has AVX-512 BW, none elsewhere.
 fn vector_groups(isa: Isa, tokens: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
-    if matches!(isa, Isa::Avx512Vbmi2 | Isa::Avx512) && isa.available() {
+    if isa.is_avx512() && isa.available() {
         return tokens / 16;
     }
     let _ = (isa, tokens);
@@ -374,10 +367,11 @@ mod tests {
     /// 8 or 32, tokens not a multiple of 48, several tiles, blocks and pair steps.
     #[test]
     fn matches_the_reference() {
-        let Some(isa) = [Isa::Avx512Vbmi2, Isa::Avx512].into_iter().find(|&i| Pairs::supported(i)) else {
+        let isa = Isa::Avx512Bf16;
+        if !Pairs::supported(isa) {
             println!("skipped: this CPU has no AVX512-BF16");
             return;
-        };
+        }
         for (rows, cols, tokens) in [(1, 1, 5), (7, 13, 17), (33, 129, 49), (70, 300, 101), (257, 1001, 48)] {
             let x: Vec<f32> = random_f32(tokens * cols, 1.0, 3).into_iter().map(bf16).collect();
             let wf: Vec<f32> = random_f32(rows * cols, 1.0, 4).into_iter().map(bf16).collect();
@@ -401,10 +395,11 @@ mod tests {
     /// path.
     #[test]
     fn pairs_only_for_exact_bf16_prefill() {
-        let Some(isa) = [Isa::Avx512Vbmi2, Isa::Avx512].into_iter().find(|&i| Pairs::supported(i)) else {
+        let isa = Isa::Avx512Bf16;
+        if !Pairs::supported(isa) {
             println!("skipped: this CPU has no AVX512-BF16");
             return;
-        };
+        }
         let mut x: Vec<f32> = random_f32(10 * 8, 1.0, 5).into_iter().map(bf16).collect();
         let ready = |dtype, x: &[f32], tokens| Activations::new(isa, dtype, x, tokens, 8).pairs().ready();
         assert!(ready(DType::BF16, &x, 10));
@@ -423,6 +418,6 @@ mod tests {
             inexact[at] = f32::from_bits(inexact[at].to_bits() | 1);
             assert!(!ready(&inexact), "a value that is not a bf16 at token {}, column {}", at / 70, at % 70);
         }
-        assert!(!Pairs::supported(Isa::Avx2) && !Pairs::supported(Isa::Portable));
+        assert!([Isa::Avx512Vbmi2, Isa::Avx512, Isa::Avx2, Isa::Portable].iter().all(|&i| !Pairs::supported(i)));
     }
 }

@@ -6,7 +6,7 @@
 //! - Decode (tokens ≤ [`DECODE_MAX_TOKENS`]): a GEMV; each weight chunk is read once and
 //!   multiplied into every token's accumulators. Up to four rows, from four parts of the
 //!   row range, are read in lockstep: four weight streams from memory at once. For bf16
-//!   weights and activations on a CPU with AVX-512 VBMI2 and BF16, the chunks stay bf16
+//!   weights and activations on [`Isa::Avx512Bf16`] (taken on AMD CPUs), the chunks stay bf16
 //!   (a masked chunk spread by `vpexpandw`) and `vdpbf16ps` multiplies them into x held in
 //!   bf16 pairs ([`Gemv`]): one instruction where the f32 path widens and runs two FMAs.
 //!   Chunks go two at a time; for one token a row's even and odd chunks are summed apart, so
@@ -18,7 +18,7 @@
 //!     (16 KiB) stored column by column and multiplied by the tokens as outer products: all
 //!     the tile's rows × 12 tokens per column step in registers, the tokens' values read at
 //!     fixed offsets of their block (8 KiB of cache lines per 12 tokens: both stay in L1).
-//!   - bf16 weights and activations on a CPU with AVX512-BF16 ([`super::bf16_pairs`]):
+//!   - bf16 weights and activations on [`Isa::Avx512Bf16`] ([`super::bf16_pairs`]):
 //!     dense rows, and masked rows that keep about 24% or more (decoded a tile at a time),
 //!     are multiplied by pairs of columns with `vdpbf16ps`, twice the work of an FMA;
 //!     sparser masked rows list their column pairs that keep a weight (below).
@@ -72,6 +72,10 @@ const PART_BYTES: usize = 256 << 10;
 /// The instruction set the kernels use, chosen at run time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
+    /// AVX-512 F/BW/VL with VBMI2 and BF16: as [`Isa::Avx512Vbmi2`], and bf16 weights with
+    /// bf16 activations multiplied by `vdpbf16ps` ([`super::bf16_pairs`], the decode's
+    /// `Bf16Gemv`). [`Isa::best`] takes it on AMD CPUs only (see [`Isa::preferred`]).
+    Avx512Bf16,
     /// AVX-512 F/BW/VL with VBMI2 (16-bit expand).
     Avx512Vbmi2,
     /// AVX-512 F/BW/VL without VBMI2.
@@ -84,7 +88,7 @@ pub enum Isa {
 
 impl Isa {
     /// Every instruction set, best first.
-    pub const ALL: [Isa; 4] = [Isa::Avx512Vbmi2, Isa::Avx512, Isa::Avx2, Isa::Portable];
+    pub const ALL: [Isa; 5] = [Isa::Avx512Bf16, Isa::Avx512Vbmi2, Isa::Avx512, Isa::Avx2, Isa::Portable];
 
     /// Whether this CPU runs it.
     pub fn available(self) -> bool {
@@ -95,8 +99,10 @@ impl Isa {
                 && is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512bw")
                 && is_x86_feature_detected!("avx512vl");
+            let vbmi2 = avx512 && is_x86_feature_detected!("avx512vbmi2");
             match self {
-                Isa::Avx512Vbmi2 => avx512 && is_x86_feature_detected!("avx512vbmi2"),
+                Isa::Avx512Bf16 => vbmi2 && is_x86_feature_detected!("avx512bf16"),
+                Isa::Avx512Vbmi2 => vbmi2,
                 Isa::Avx512 => avx512,
                 Isa::Avx2 => avx2,
                 Isa::Portable => true,
@@ -108,9 +114,29 @@ impl Isa {
         }
     }
 
-    /// The best one this CPU runs.
+    /// The best one this CPU runs: the first of [`Isa::ALL`] that it runs and that is
+    /// [preferred](Isa::preferred) on it.
     pub fn best() -> Isa {
-        Isa::ALL.into_iter().find(|isa| isa.available()).unwrap_or(Isa::Portable)
+        Isa::ALL.into_iter().find(|isa| isa.available() && isa.preferred()).unwrap_or(Isa::Portable)
+    }
+
+    /// Whether [`Isa::best`] may take it on this CPU. [`Isa::Avx512Bf16`] only on AMD CPUs:
+    /// there `vdpbf16ps` made the bf16 GEMV and prefill faster than widening to f32 and two
+    /// FMAs; on an Intel Xeon (Emerald Rapids) one `vdpbf16ps` cost as much as ~4 FMAs
+    /// (0.74 ns each, 16 independent sums, against 0.18 ns per FMA) and shares its port with
+    /// `vpexpandw`: a Wanda 70% row read 11.9 GB/s from memory with it and 13.2 without
+    /// (one thread), and the dense bf16 prefill of the default model ran 456–494 tokens/s
+    /// with it and 515–693 without. Every other instruction set: wherever it runs.
+    pub fn preferred(self) -> bool {
+        match self {
+            Isa::Avx512Bf16 => cpu_is_amd(),
+            _ => true,
+        }
+    }
+
+    /// Whether it is an AVX-512 set (the other kernels that have AVX-512 loops take them).
+    pub fn is_avx512(self) -> bool {
+        matches!(self, Isa::Avx512Bf16 | Isa::Avx512Vbmi2 | Isa::Avx512)
     }
 
     /// The column of each lane of a decoded chunk of weights of `dtype`: bf16 ones in
@@ -121,7 +147,7 @@ impl Isa {
         }
         match self {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vbmi2 => <super::simd::Avx512<true> as Simd>::BF16_COLUMNS,
+            Isa::Avx512Bf16 | Isa::Avx512Vbmi2 => <super::simd::Avx512<true> as Simd>::BF16_COLUMNS,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => <super::simd::Avx512<false> as Simd>::BF16_COLUMNS,
             #[cfg(target_arch = "x86_64")]
@@ -133,12 +159,33 @@ impl Isa {
     /// Its name.
     pub fn name(self) -> &'static str {
         match self {
+            Isa::Avx512Bf16 => "avx512+vbmi2+bf16",
             Isa::Avx512Vbmi2 => "avx512+vbmi2",
             Isa::Avx512 => "avx512",
             Isa::Avx2 => "avx2+fma",
             Isa::Portable => "portable",
         }
     }
+}
+
+/// Whether the CPU's vendor string (CPUID leaf 0) is AMD's. Read once: in a virtual
+/// machine each CPUID traps to the hypervisor, and [`Isa::best`] is asked for every
+/// attention task (with a CPUID per call, the default model decoded ~20% slower).
+fn cpu_is_amd() -> bool {
+    static AMD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AMD.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: every x86-64 CPU has CPUID (a safe function in newer Rust).
+            #[allow(unused_unsafe)]
+            let id = unsafe { std::arch::x86_64::__cpuid(0) };
+            [id.ebx, id.edx, id.ecx] == [0x6874_7541, 0x6974_6e65, 0x444d_4163]
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
 }
 
 /// A weight matrix [rows, cols] as stored (see [`crate::sparse::SparseWeight`]).
@@ -518,11 +565,11 @@ impl Activations {
         }
     }
 
-    /// Decode: `words` for x [tokens, cols] where the AVX512-BF16 GEMV applies (AVX-512
-    /// with VBMI2 and BF16, bf16 weights) and every value of x is a bf16; else empty.
+    /// Decode: `words` for x [tokens, cols] where the AVX512-BF16 GEMV applies
+    /// ([`Isa::Avx512Bf16`], bf16 weights) and every value of x is a bf16; else empty.
     fn fill_words(&mut self, isa: Isa, dtype: DType, x: &[f32], tokens: usize) {
         self.words.resize(0);
-        let applies = isa == Isa::Avx512Vbmi2 && dtype == DType::BF16 && self.cols > 0 && Pairs::supported(isa);
+        let applies = dtype == DType::BF16 && self.cols > 0 && Pairs::supported(isa);
         if !applies || !self.is_decode() {
             return;
         }
@@ -979,15 +1026,15 @@ fn run_part<T: Stored, Src: Source<T>>(
     out: Dest<'_>,
 ) -> Result<()> {
     // SAFETY: `linear` checked that this CPU runs `isa`; `part` checks its slices; words
-    // are held only where this CPU has AVX512-BF16 and `isa` is AVX-512 with VBMI2.
+    // are held only for `Isa::Avx512Bf16` (the CPU has AVX-512 with VBMI2 and BF16).
     unsafe {
         match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vbmi2 if T::DTYPE == DType::BF16 && job.words().is_some() => {
+            Isa::Avx512Bf16 if T::DTYPE == DType::BF16 && job.words().is_some() => {
                 x86::avx512_bf16_decode(job, src, rows, out)
             }
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vbmi2 => x86::avx512_vbmi2(job, src, rows, out),
+            Isa::Avx512Bf16 | Isa::Avx512Vbmi2 => x86::avx512_vbmi2(job, src, rows, out),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => x86::avx512(job, src, rows, out),
             #[cfg(target_arch = "x86_64")]
@@ -1197,7 +1244,7 @@ unsafe fn part<S: Simd, T: Stored, Src: Source<T>>(
 
 /// How the GEMV multiplies a row's chunks into the tokens' sums: chunks decoded to f32 and
 /// fused multiply-adds with x in f32 ([`F32Gemv`]), or, for bf16 weights and activations on
-/// a CPU with AVX512-BF16, chunks left as bf16 and `vdpbf16ps` with x in bf16 pairs
+/// [`Isa::Avx512Bf16`], chunks left as bf16 and `vdpbf16ps` with x in bf16 pairs
 /// (`x86::Bf16Gemv`).
 trait Gemv<T: Stored>: Copy {
     /// The instruction set.
@@ -1722,7 +1769,7 @@ mod tests {
     /// and with two sum registers per row (random values of mixed signs and magnitudes).
     #[test]
     fn paired_row_sums_equal_single_ones_bit_for_bit() {
-        if !matches!(Isa::best(), Isa::Avx512Vbmi2 | Isa::Avx512) {
+        if !Isa::best().is_avx512() {
             eprintln!("skipped: this CPU has no AVX-512");
             return;
         }

@@ -366,7 +366,7 @@ pub fn run_block<Q: FloatElement, T: FloatElement>(task: &Block, inputs: &Inputs
         use crate::ops::infer_linear::cpu_fast::Isa;
         match Isa::best() {
             // SAFETY: this CPU runs the instruction set.
-            Isa::Avx512Vbmi2 | Isa::Avx512 => return unsafe { block_avx512(task, inputs) },
+            Isa::Avx512Bf16 | Isa::Avx512Vbmi2 | Isa::Avx512 => return unsafe { block_avx512(task, inputs) },
             Isa::Avx2 => return unsafe { block_avx2(task, inputs) },
             Isa::Portable => {}
         }
@@ -386,7 +386,9 @@ pub fn run_span<Q: FloatElement, T: FloatElement>(
         use crate::ops::infer_linear::cpu_fast::Isa;
         match Isa::best() {
             // SAFETY: this CPU runs the instruction set.
-            Isa::Avx512Vbmi2 | Isa::Avx512 => return unsafe { span_avx512(task, inputs, out, scratch) },
+            Isa::Avx512Bf16 | Isa::Avx512Vbmi2 | Isa::Avx512 => {
+                return unsafe { span_avx512(task, inputs, out, scratch) }
+            }
             Isa::Avx2 => return unsafe { span_avx2(task, inputs, out, scratch) },
             Isa::Portable => {}
         }
@@ -775,10 +777,7 @@ mod tests {
     /// (the rest of a run of 16 keys takes the portable loop).
     #[test]
     fn wide_decode_rows_equal_the_portable_ones_bit_for_bit() {
-        if !matches!(
-            crate::ops::infer_linear::cpu_fast::Isa::best(),
-            crate::ops::infer_linear::cpu_fast::Isa::Avx512Vbmi2 | crate::ops::infer_linear::cpu_fast::Isa::Avx512
-        ) {
+        if !crate::ops::infer_linear::cpu_fast::Isa::best().is_avx512() {
             eprintln!("skipped: this CPU has no AVX-512");
             return;
         }

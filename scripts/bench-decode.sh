@@ -33,8 +33,8 @@ show() { python3 -c "
 import json, sys
 for l in sys.stdin:
     d = json.loads(l)
-    print('$1', d['dtype'], d['variant'], d['format'], 'decode', round(d['decode_tokens_per_second'], 1),
-          'prefill', round(d['prefill_tokens_per_second'], 1), 'read GB/s', round(d['read_gbps'], 1),
+    print('$1', d['dtype'], d['variant'], d['format'], 'decode', round(d['decode_tokens_per_second'], 2),
+          'prefill', round(d['prefill_tokens_per_second'], 2), 'read GB/s', round(d['read_gbps'], 1),
           'machine', round(d['machine_read_gbps'], 1), 'weight bytes', d['weight_bytes'], 'resident', d['resident_bytes'])"; }
 for dt in bf16 f32; do
     "$B" bench --reps 3 decode --model "$M" --dtype "$dt" --tokens 128 --context 512 --threads "$T" 2>/dev/null \

@@ -1227,9 +1227,14 @@ unsafe fn part<S: Simd, T: Stored, Src: Source<T>>(
     }
     // Rows in lockstep (independent weight streams and FMA chains) as many as the
     // accumulators, K·NT chunk-wide values, leave registers for: 32 AVX-512 registers, 16
-    // AVX2 ones (a chunk is 2 AVX-512 or 4 AVX2 vectors).
+    // AVX2 ones (a chunk is 2 AVX-512 or 4 AVX2 vectors). One token of masked rows: two
+    // rows, as in the bf16 GEMV; with four the eight chunks in flight need eight masks, one
+    // more than the mask registers, and the compiler spilled them (Intel Xeon, one thread,
+    // rows in cache: 1536×576 at 70% 1.65–1.84 ns a chunk with four, 1.56 with two; 4096×4096
+    // 1.50 → 1.46, 50% 1.64 → 1.57).
     let wide = S::LANES >= 16;
     match (job.tokens, wide) {
+        (1, true) if Src::MASKED => decode::<_, T, Src, 1, 2>(F32Gemv::<S>::new(job), src, rows, out),
         (1, true) => decode::<_, T, Src, 1, 4>(F32Gemv::<S>::new(job), src, rows, out),
         (2, true) => decode::<_, T, Src, 2, 4>(F32Gemv::<S>::new(job), src, rows, out),
         (3, true) => decode::<_, T, Src, 3, 2>(F32Gemv::<S>::new(job), src, rows, out),

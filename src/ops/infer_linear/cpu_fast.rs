@@ -135,6 +135,7 @@ impl Isa {
     }
 
     /// Whether it is an AVX-512 set (the other kernels that have AVX-512 loops take them).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub fn is_avx512(self) -> bool {
         matches!(self, Isa::Avx512Bf16 | Isa::Avx512Vbmi2 | Isa::Avx512)
     }

@@ -1,8 +1,8 @@
-//! The dense bf16 prefill on [`Isa::Avx512Bf16`] (AVX512-BF16, taken on AMD CPUs): y [tokens, rows] = x [tokens, cols] · Wᵀ
-//! for W [rows, cols] bf16 as stored and x whose values are all bf16 (the engine rounds its
-//! activations to the model's dtype), by `vdpbf16ps`: one instruction multiplies 16 pairs
-//! of bf16 (two adjacent columns) exactly and adds both products to 16 f32 sums, twice the
-//! work of an f32 fused multiply-add.
+//! The dense bf16 prefill on [`Isa::Avx512Bf16`] (AVX512-BF16, taken on AMD CPUs):
+//! y [tokens, rows] = x [tokens, cols] · Wᵀ for W [rows, cols] bf16 as stored and x whose
+//! values are all bf16 (the engine rounds its activations to the model's dtype), by
+//! `vdpbf16ps`: one instruction multiplies 16 pairs of bf16 (two adjacent columns) exactly
+//! and adds both products to 16 f32 sums, twice the work of an f32 fused multiply-add.
 //!
 //! - x as [`Pairs`]: in blocks of [`MT`] tokens, for each column pair p every token's
 //!   (x[t, 2p], x[t, 2p + 1]) as one u32, the even column in the low half; an odd last
@@ -21,9 +21,8 @@
 //!   that keeps one) broadcast into a block's 48 tokens at a time.
 //!
 //! Used by [`super::cpu_fast`] where [`Pairs::ready`] (the instruction set is
-//! [`Isa::Avx512Bf16`], the tokens
-//! take the prefill path, the weight is bf16 and x is exactly bf16); elsewhere the f32 path
-//! runs.
+//! [`Isa::Avx512Bf16`], the tokens take the prefill path, the weight is bf16 and x is
+//! exactly bf16); elsewhere the f32 path runs.
 
 use std::ops::Range;
 

@@ -366,9 +366,9 @@ pub fn run_block<Q: FloatElement, T: FloatElement>(task: &Block, inputs: &Inputs
         use crate::ops::infer_linear::cpu_fast::Isa;
         match Isa::best() {
             // SAFETY: this CPU runs the instruction set.
-            Isa::Avx512Bf16 | Isa::Avx512Vbmi2 | Isa::Avx512 => return unsafe { block_avx512(task, inputs) },
+            isa if isa.is_avx512() => return unsafe { block_avx512(task, inputs) },
             Isa::Avx2 => return unsafe { block_avx2(task, inputs) },
-            Isa::Portable => {}
+            _ => {}
         }
     }
     block(task, inputs)
@@ -386,11 +386,9 @@ pub fn run_span<Q: FloatElement, T: FloatElement>(
         use crate::ops::infer_linear::cpu_fast::Isa;
         match Isa::best() {
             // SAFETY: this CPU runs the instruction set.
-            Isa::Avx512Bf16 | Isa::Avx512Vbmi2 | Isa::Avx512 => {
-                return unsafe { span_avx512(task, inputs, out, scratch) }
-            }
+            isa if isa.is_avx512() => return unsafe { span_avx512(task, inputs, out, scratch) },
             Isa::Avx2 => return unsafe { span_avx2(task, inputs, out, scratch) },
-            Isa::Portable => {}
+            _ => {}
         }
     }
     span::<Q, T, false>(task, inputs, out, scratch)

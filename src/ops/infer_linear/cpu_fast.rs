@@ -13,8 +13,7 @@
 //!   that a sparse row does not wait on one chain of `vdpbf16ps`.
 //! - Prefill: the tokens are padded to a multiple of [`MT`] and stored in blocks of MT
 //!   tokens column by column ([block][column][token]; with AVX-512 by 16×16 transposes in
-//!   registers). Output rows go in tiles of [`TILE_ROWS`]; while a tile multiplies, the next
-//!   one's dense rows are prefetched.
+//!   registers). Output rows go in tiles of [`TILE_ROWS`].
 //!   - Dense weights: [`TILE_COLS`] columns of the tile are decoded into an f32 block
 //!     (16 KiB) stored column by column and multiplied by the tokens as outer products: all
 //!     the tile's rows × 12 tokens per column step in registers, the tokens' values read at
@@ -756,13 +755,6 @@ trait Source<T: Stored>: Sync {
     unsafe fn row<'s, S: Simd>(&'s self, r: usize, scratch: &'s mut Scratch<T>) -> Self::Reader<'s>;
     /// Bytes stored for rows 0..r.
     fn bytes_before(&self, r: usize) -> usize;
-    /// Prefetches into L2 part `part` of `parts` of the bytes stored for rows `rows`
-    /// (dense sources; others do nothing).
-    ///
-    /// # Safety
-    /// The CPU runs `S`.
-    #[inline(always)]
-    unsafe fn prefetch_rows<S: Simd>(&self, _rows: Range<usize>, _part: usize, _parts: usize) {}
 }
 
 /// One row's weights, chunk by chunk in order: where each chunk's values are and which
@@ -852,15 +844,6 @@ impl<T: Stored> Source<T> for DenseSource<'_, T> {
     }
     fn bytes_before(&self, r: usize) -> usize {
         r * self.cols * std::mem::size_of::<T>()
-    }
-    #[inline(always)]
-    unsafe fn prefetch_rows<S: Simd>(&self, rows: Range<usize>, part: usize, parts: usize) {
-        let bytes = self.w.get(rows.start * self.cols..rows.end * self.cols).unwrap_or(&[]).as_ptr_range();
-        let len = bytes.end as usize - bytes.start as usize;
-        let (from, to) = (len * part / parts, len * (part + 1) / parts);
-        for at in (from..to).step_by(64) {
-            S::prefetch(bytes.start.cast::<u8>().wrapping_add(at));
-        }
     }
 }
 
@@ -1673,11 +1656,6 @@ unsafe fn prefill_tiles<S: Simd, T: Stored, Src: Source<T>, const RV: usize, con
                     }
                 }
             }
-            // The next tile's weights, a part per column step, while this one multiplies
-            // (read when the tile starts, they were ~8% of the kernel's time).
-            let next = (start + TILE_ROWS).min(rows.end)..(start + 2 * TILE_ROWS).min(rows.end);
-            let steps = chunks.div_ceil(TILE_COLS / CHUNK);
-            src.prefetch_rows::<S>(next, c0 / (TILE_COLS / CHUNK), steps);
             let width = (c1 - c0) * CHUNK;
             for t0 in (0..tokens.next_multiple_of(NT)).step_by(NT) {
                 // SAFETY: tokens t0 .. t0 + NT of one block of MT (NT divides MT) and columns
@@ -1784,6 +1762,8 @@ unsafe fn prefill_kept<S: Simd, T: Stored, Src: Source<T>, const NV: usize, cons
     let (mut ws, mut ats): (Vec<f32>, Vec<u32>) = (Vec::new(), Vec::new());
     let mut starts = vec![0usize; TILE_ROWS * (steps + 1)];
     let mut sums = Aligned::zeros(TILE_ROWS * tok_pad);
+    // Token blocks, and the values between two blocks' activations.
+    let (blocks, stride) = (tokens.div_ceil(MT), MT * in_pad);
     let first = rows.start;
     for start in rows.clone().step_by(TILE_ROWS) {
         let n_rows = TILE_ROWS.min(rows.end - start);
@@ -1825,11 +1805,10 @@ unsafe fn prefill_kept<S: Simd, T: Stored, Src: Source<T>, const NV: usize, cons
             sums[..n_rows * tok_pad].fill(0.0);
         }
         for s in 0..steps {
-            let blocks = tokens.div_ceil(MT);
             let mut b = 0;
             while b < blocks {
                 // Block b of x (read only without PAIRS, where it holds in_pad · MT values).
-                let x = job.x.as_ptr().wrapping_add(b * MT * in_pad);
+                let x = job.x.as_ptr().wrapping_add(b * stride);
                 let vectors = (tokens - b * MT).min(MT).div_ceil(S::LANES);
                 // Two whole blocks at once where there are (16 lanes: 2 × 3 vectors of tokens
                 // in 2 sets of accumulators).
@@ -1849,7 +1828,6 @@ unsafe fn prefill_kept<S: Simd, T: Stored, Src: Source<T>, const NV: usize, cons
                     // SAFETY: without PAIRS x is padded (`part` checks): block b (and b + 1
                     // where `two`) holds in_pad · MT values; every `at` < in_pad · MT; sums
                     // row i holds tok_pad ≥ (b + 2) · MT values where `two`.
-                    let stride = MT * in_pad;
                     match vectors {
                         _ if two => kept_micro::<S, 3, 2, 2>(w, at, x, stride, acc, s == 0),
                         1 => kept_micro::<S, 1, 1, 4>(w, at, x, stride, acc, s == 0),

@@ -26,7 +26,7 @@
 
 use std::ops::Range;
 
-use super::cpu_fast::{Aligned, Dest, Isa, DECODE_MAX_TOKENS, MT, TILE_ROWS};
+use super::cpu_fast::{Aligned, Dest, Isa, GEMV_MAX_TOKENS, MT, TILE_ROWS};
 use crate::{DType, Error, Result};
 
 // The kernels' sizes and `TileRows`' fields are read by the x86-64 kernels only; elsewhere
@@ -63,7 +63,7 @@ impl Pairs {
     /// Whether the kernel applies to `tokens` tokens of `cols` columns for weights of
     /// `dtype` on `isa` (when every value of x is a bf16).
     fn applies(isa: Isa, dtype: DType, tokens: usize, cols: usize) -> bool {
-        dtype == DType::BF16 && tokens > DECODE_MAX_TOKENS && cols > 0 && Self::supported(isa)
+        dtype == DType::BF16 && tokens > GEMV_MAX_TOKENS && cols > 0 && Self::supported(isa)
     }
 
     /// x [tokens, cols] in pairs, in `buffer` (its contents do not matter), where the kernel
@@ -371,7 +371,7 @@ mod tests {
             println!("skipped: this CPU has no AVX512-BF16");
             return;
         }
-        for (rows, cols, tokens) in [(1, 1, 5), (7, 13, 17), (33, 129, 49), (70, 300, 101), (257, 1001, 48)] {
+        for (rows, cols, tokens) in [(1, 1, 25), (7, 13, 26), (33, 129, 49), (70, 300, 101), (257, 1001, 48)] {
             let x: Vec<f32> = random_f32(tokens * cols, 1.0, 3).into_iter().map(bf16).collect();
             let wf: Vec<f32> = random_f32(rows * cols, 1.0, 4).into_iter().map(bf16).collect();
             let w: Vec<u16> = wf.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
@@ -390,7 +390,7 @@ mod tests {
         }
     }
 
-    /// Activations that are not all bf16, decode token counts and f32 weights keep the f32
+    /// Activations that are not all bf16, GEMV token counts and f32 weights keep the f32
     /// path.
     #[test]
     fn pairs_only_for_exact_bf16_prefill() {
@@ -399,13 +399,15 @@ mod tests {
             println!("skipped: this CPU has no AVX512-BF16");
             return;
         }
-        let mut x: Vec<f32> = random_f32(10 * 8, 1.0, 5).into_iter().map(bf16).collect();
+        let tokens = GEMV_MAX_TOKENS + 1;
+        let mut x: Vec<f32> = random_f32(tokens * 8, 1.0, 5).into_iter().map(bf16).collect();
         let ready = |dtype, x: &[f32], tokens| Activations::new(isa, dtype, x, tokens, 8).pairs().ready();
-        assert!(ready(DType::BF16, &x, 10));
-        assert!(!ready(DType::F32, &x, 10), "f32 weights");
+        assert!(ready(DType::BF16, &x, tokens));
+        assert!(!ready(DType::F32, &x, tokens), "f32 weights");
         assert!(!ready(DType::BF16, &x[..32], 4), "decode");
+        assert!(!ready(DType::BF16, &x[..8 * GEMV_MAX_TOKENS], GEMV_MAX_TOKENS), "GEMV passes");
         x[17] += 1e-6;
-        assert!(!ready(DType::BF16, &x, 10), "an activation that is not a bf16");
+        assert!(!ready(DType::BF16, &x, tokens), "an activation that is not a bf16");
         // 40 tokens of 70 columns: an inexact value where 16-token groups are packed 32
         // columns at a time (on x86-64 with AVX-512 BW), in a group's last columns, and in
         // the tokens after the last group.

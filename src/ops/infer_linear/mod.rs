@@ -5,8 +5,8 @@
 //! the result rounded to the output dtype.
 //!
 //! CPU: `cpu.rs` is the reference (plain loops, f64 sums); `cpu_fast.rs` the fast path
-//! (decode GEMV for up to four tokens, tiled prefill beyond; threads over row ranges of
-//! equal bytes; AVX-512, AVX2+FMA or portable SIMD chosen at run time, `simd.rs`).
+//! (a GEMV for up to 24 tokens, four at a time over each few rows, tiled prefill beyond;
+//! threads over row ranges of equal bytes; AVX-512, AVX2+FMA or portable SIMD chosen at run time, `simd.rs`).
 //! CUDA: [`dense`] is cuBLAS ([`crate::ops::matmul::forward`]). [`sparse`] decodes (1..=4
 //! tokens, where time is bytes read) with its own kernels, `cuda.rs` / `cuda/infer_linear.cu`:
 //! one warp per row reads the row's values in 16-byte chunks and finds their columns in the
@@ -238,7 +238,9 @@ mod tests {
         (257, 1001),
         (7, 36),
     ];
-    const TOKENS: [usize; 8] = [1, 2, 3, 4, 5, 17, 64, 101];
+    // 7 and 24: GEMV passes (the last one padded, and whole); 25: one padded prefill block;
+    // 101: blocks two at a time and one alone.
+    const TOKENS: [usize; 8] = [1, 2, 3, 4, 7, 24, 25, 101];
 
     /// Every instruction set this CPU has, forced, against the reference (f64 sums).
     #[test]

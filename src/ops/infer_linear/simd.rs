@@ -99,6 +99,16 @@ pub(crate) trait Simd: Copy {
             *out.add(p) = two[0] | two[1] << 16;
         }
     }
+    /// dst[j·dst_stride + i] = src[i·src_stride + j] for i, j < 16: a 16×16 block
+    /// transposed (the prefill's weight tiles, decoded row by row, stored column by column).
+    #[inline(always)]
+    unsafe fn transpose_16x16(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
+        for i in 0..16 {
+            for j in 0..16 {
+                *dst.add(j * dst_stride + i) = *src.add(i * src_stride + j);
+            }
+        }
+    }
     /// Hints that the cache line at p will be read soon, into L2 (any address; nothing is
     /// read).
     #[inline(always)]
@@ -284,7 +294,7 @@ fn expand_array(mask: u32, packed: &[f32; CHUNK]) -> [f32; CHUNK] {
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86::widen16;
 #[cfg(target_arch = "x86_64")]
-pub(super) use x86::{expand_words, Avx2, Avx512};
+pub(super) use x86::{expand_words, transpose16, Avx2, Avx512};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -342,6 +352,39 @@ mod x86 {
             v = in(zmm_reg) v,
             options(pure, nomem, nostack),
         );
+        out
+    }
+
+    /// The transpose of a 16×16 f32 matrix held as 16 rows.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+        // Pairs of rows interleaved within 128-bit lanes, then pairs of those by 64 bits:
+        // u[4k + m] holds, in 128-bit lane L, column 4L + m of rows 4k .. 4k + 3.
+        let mut t = [_mm512_setzero_ps(); 16];
+        for k in 0..8 {
+            t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+            t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+        }
+        let mut u = [_mm512_setzero_ps(); 16];
+        for k in 0..4 {
+            let [a, b, c, d] = [0, 1, 2, 3].map(|i| _mm512_castps_pd(t[4 * k + i]));
+            u[4 * k] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+            u[4 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+            u[4 * k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+            u[4 * k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+        }
+        // Column 4L + m: lane L of u[m], u[4 + m], u[8 + m], u[12 + m].
+        let mut out = [_mm512_setzero_ps(); 16];
+        for m in 0..4 {
+            let low01 = _mm512_shuffle_f32x4::<0x44>(u[m], u[4 + m]);
+            let high01 = _mm512_shuffle_f32x4::<0x44>(u[8 + m], u[12 + m]);
+            let low23 = _mm512_shuffle_f32x4::<0xEE>(u[m], u[4 + m]);
+            let high23 = _mm512_shuffle_f32x4::<0xEE>(u[8 + m], u[12 + m]);
+            out[m] = _mm512_shuffle_f32x4::<0x88>(low01, high01);
+            out[4 + m] = _mm512_shuffle_f32x4::<0xDD>(low01, high01);
+            out[8 + m] = _mm512_shuffle_f32x4::<0x88>(low23, high23);
+            out[12 + m] = _mm512_shuffle_f32x4::<0xDD>(low23, high23);
+        }
         out
     }
 
@@ -454,6 +497,13 @@ mod x86 {
         #[inline(always)]
         unsafe fn sum(c: Self::C) -> f32 {
             _mm512_reduce_add_ps(_mm512_add_ps(c[0], c[1]))
+        }
+        #[inline(always)]
+        unsafe fn transpose_16x16(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
+            let rows: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(src.add(i * src_stride)));
+            for (j, column) in transpose16(rows).into_iter().enumerate() {
+                _mm512_storeu_ps(dst.add(j * dst_stride), column);
+            }
         }
         #[inline(always)]
         unsafe fn dense_bf16(p: *const u16) -> Self::C {

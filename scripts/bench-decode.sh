@@ -44,6 +44,14 @@ for m in ${PRUNED_DIRS:-}; do
     "$B" bench --reps 3 decode --model "$m" --dtype bf16 --tokens 128 --context 128 --threads "$T" 2>/dev/null \
         | show "$m, context 128:"
 done
+# Short prompts (the first pruned directory): up to 24 tokens take the GEMV in passes of four.
+P="${PRUNED_DIRS:-}"
+for m in ${P%% *}; do
+    for c in 8 24; do
+        "$B" bench --reps 5 decode --model "$m" --dtype bf16 --tokens 16 --context "$c" --threads "$T" 2>/dev/null \
+            | show "$m, a $c-token prompt:"
+    done
+done
 for s in "--sparsity 0.5" "--sparsity 0.7" "--nm 2:4"; do
     "$B" bench --reps 2 decode --shape llama2-7b --layers "${LAYERS:-16}" $s --tokens 32 --context 64 --threads "$T" \
         2>/dev/null | show "llama2-7b, ${LAYERS:-16} layers, $s:"

@@ -355,8 +355,9 @@ mod x86 {
         out
     }
 
-    /// The transpose of a 16×16 f32 matrix held as 16 rows.
-    #[target_feature(enable = "avx512f")]
+    /// The transpose of a 16×16 f32 matrix held as 16 rows (inlined into its callers, which
+    /// run AVX-512F).
+    #[inline(always)]
     pub(crate) unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
         // Pairs of rows interleaved within 128-bit lanes, then pairs of those by 64 bits:
         // u[4k + m] holds, in 128-bit lane L, column 4L + m of rows 4k .. 4k + 3.
@@ -367,7 +368,10 @@ mod x86 {
         }
         let mut u = [_mm512_setzero_ps(); 16];
         for k in 0..4 {
-            let [a, b, c, d] = [0, 1, 2, 3].map(|i| _mm512_castps_pd(t[4 * k + i]));
+            // Written out, not an array's `map`: its closure may be compiled apart from the
+            // caller's instruction set.
+            let (a, b) = (_mm512_castps_pd(t[4 * k]), _mm512_castps_pd(t[4 * k + 1]));
+            let (c, d) = (_mm512_castps_pd(t[4 * k + 2]), _mm512_castps_pd(t[4 * k + 3]));
             u[4 * k] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
             u[4 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
             u[4 * k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
@@ -500,7 +504,12 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn transpose_16x16(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
-            let rows: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(src.add(i * src_stride)));
+            // A loop, not `array::from_fn`: its closure was compiled apart from the caller's
+            // instruction set, each load a call.
+            let mut rows = [_mm512_setzero_ps(); 16];
+            for (i, row) in rows.iter_mut().enumerate() {
+                *row = _mm512_loadu_ps(src.add(i * src_stride));
+            }
             for (j, column) in transpose16(rows).into_iter().enumerate() {
                 _mm512_storeu_ps(dst.add(j * dst_stride), column);
             }

@@ -5,8 +5,9 @@
 //!
 //! - Decode (tokens ≤ [`GEMV_MAX_TOKENS`]): a GEMV; each weight chunk is read once and
 //!   multiplied into every token's accumulators, [`DECODE_MAX_TOKENS`] tokens at a time
-//!   (more tokens take passes over the same few rows, again from cache). Up to four rows, from four parts of the
-//!   row range, are read in lockstep: four weight streams from memory at once. For bf16
+//!   (more tokens take passes over the same few rows, again from cache). Up to four rows,
+//!   from four parts of the row range, are read in lockstep: four weight streams from
+//!   memory at once. For bf16
 //!   weights and activations on [`Isa::Avx512Bf16`] (taken on AMD CPUs), the chunks stay bf16
 //!   (a masked chunk spread by `vpexpandw`) and `vdpbf16ps` multiplies them into x held in
 //!   bf16 pairs ([`Gemv`]): one instruction where the f32 path widens and runs two FMAs.
@@ -636,16 +637,6 @@ impl Activations {
     fn is_decode(&self) -> bool {
         self.tokens <= GEMV_MAX_TOKENS
     }
-
-    /// GEMV passes of [`DECODE_MAX_TOKENS`] tokens (the tokens padded with zero rows to
-    /// whole passes), or one pass of every token where they are fewer.
-    fn passes(&self) -> usize {
-        if self.tokens <= DECODE_MAX_TOKENS {
-            1
-        } else {
-            self.tok_pad / DECODE_MAX_TOKENS
-        }
-    }
 }
 
 /// A buffer of 4-byte elements (f32, or the u32 bf16 pairs of [`super::bf16_pairs`]) whose
@@ -1198,13 +1189,12 @@ mod x86 {
         // with one, each row waited on its `vdpbf16ps` chain, and a 70% row (~10 values per
         // chunk) read 74–77% of the bandwidth; with two 91–105% (70%, 11008×4096: 2.18–2.34×
         // dense → 2.65–2.72× in runs where memory read ~62 GB/s; 50% and 2:4 unchanged).
-        let passes = job.passes();
         match job.tokens {
-            1 if Src::MASKED => decode::<_, T, Src, 1, 2>(two_sums, src, rows, out, passes),
-            1 => decode::<_, T, Src, 1, 4>(two_sums, src, rows, out, passes),
-            2 => decode::<_, T, Src, 2, 4>(one_sum, src, rows, out, passes),
-            3 => decode::<_, T, Src, 3, 4>(one_sum, src, rows, out, passes),
-            4..=GEMV_MAX_TOKENS => decode::<_, T, Src, 4, 4>(one_sum, src, rows, out, passes),
+            1 if Src::MASKED => decode::<_, T, Src, 1, 2>(two_sums, src, rows, out),
+            1 => decode::<_, T, Src, 1, 4>(two_sums, src, rows, out),
+            2 => decode::<_, T, Src, 2, 4>(one_sum, src, rows, out),
+            3 => decode::<_, T, Src, 3, 4>(one_sum, src, rows, out),
+            4..=GEMV_MAX_TOKENS => decode::<_, T, Src, 4, 4>(one_sum, src, rows, out),
             n => {
                 Err(Error::invalid(format!("infer_linear: the bf16 GEMV takes 1 to {GEMV_MAX_TOKENS} tokens, not {n}")))
             }
@@ -1337,17 +1327,17 @@ unsafe fn part<S: Simd, T: Stored, Src: Source<T>>(
     // more than the mask registers, and the compiler spilled them (Intel Xeon, one thread,
     // rows in cache: 1536×576 at 70% 1.65–1.84 ns a chunk with four, 1.56 with two; 4096×4096
     // 1.50 → 1.46, 50% 1.64 → 1.57).
-    let (wide, g, passes) = (S::LANES >= 16, F32Gemv::<S>::new(job), job.passes());
+    let (wide, g) = (S::LANES >= 16, F32Gemv::<S>::new(job));
     match (job.tokens, wide) {
-        (1, true) if Src::MASKED => decode::<_, T, Src, 1, 2>(g, src, rows, out, passes),
-        (1, true) => decode::<_, T, Src, 1, 4>(g, src, rows, out, passes),
-        (2, true) => decode::<_, T, Src, 2, 4>(g, src, rows, out, passes),
-        (3, true) => decode::<_, T, Src, 3, 2>(g, src, rows, out, passes),
-        (4..=GEMV_MAX_TOKENS, true) => decode::<_, T, Src, 4, 2>(g, src, rows, out, passes),
-        (1, false) => decode::<_, T, Src, 1, 2>(g, src, rows, out, passes),
-        (2, false) => decode::<_, T, Src, 2, 2>(g, src, rows, out, passes),
-        (3, false) => decode::<_, T, Src, 3, 1>(g, src, rows, out, passes),
-        (4..=GEMV_MAX_TOKENS, false) => decode::<_, T, Src, 4, 1>(g, src, rows, out, passes),
+        (1, true) if Src::MASKED => decode::<_, T, Src, 1, 2>(g, src, rows, out),
+        (1, true) => decode::<_, T, Src, 1, 4>(g, src, rows, out),
+        (2, true) => decode::<_, T, Src, 2, 4>(g, src, rows, out),
+        (3, true) => decode::<_, T, Src, 3, 2>(g, src, rows, out),
+        (4..=GEMV_MAX_TOKENS, true) => decode::<_, T, Src, 4, 2>(g, src, rows, out),
+        (1, false) => decode::<_, T, Src, 1, 2>(g, src, rows, out),
+        (2, false) => decode::<_, T, Src, 2, 2>(g, src, rows, out),
+        (3, false) => decode::<_, T, Src, 3, 1>(g, src, rows, out),
+        (4..=GEMV_MAX_TOKENS, false) => decode::<_, T, Src, 4, 1>(g, src, rows, out),
         _ => prefill::<S, T, Src>(job, src, rows, out),
     }
 }
@@ -1462,20 +1452,20 @@ impl<S: Simd, T: Stored> Gemv<T> for F32Gemv<S> {
     }
 }
 
-/// GEMV for `passes` · NT tokens (x and `out` from token 0 of each pass on; where a pass
-/// goes past `out`'s tokens, x holds zero rows there and their sums are dropped), K rows at
-/// a time in lockstep: the range is cut into K parts of ⌊n/K⌋ rows (the rest, at its end,
-/// row by row) and row i of every part is read with row i of the others ([`lockstep!`]),
-/// for every pass before the next rows (their weights then come from cache). The K rows are K weight streams from memory at once:
-/// one masked row's stream read 12–13 GB/s of a core's 15 at 50–70% sparsity, four rows'
-/// 15–16 (LLaMA-2-7B shapes, bf16).
+/// GEMV for `out`'s tokens, NT at a time (with NT = [`DECODE_MAX_TOKENS`], in passes over
+/// each row group, x and `out` from the pass's first token on; where the last pass goes
+/// past the tokens, x holds zero rows and their sums are dropped), K rows at a time in
+/// lockstep: the range is cut into K parts of ⌊n/K⌋ rows (the rest, at its end, row by row)
+/// and row i of every part is read with row i of the others ([`lockstep!`]), every pass
+/// before the next rows (their weights then come from cache). The K rows are K weight
+/// streams from memory at once: one masked row's stream read 12–13 GB/s of a core's 15 at
+/// 50–70% sparsity, four rows' 15–16 (LLaMA-2-7B shapes, bf16).
 #[inline(always)]
 unsafe fn decode<G: Gemv<T>, T: Stored, Src: Source<T>, const NT: usize, const K: usize>(
     g: G,
     src: &Src,
     rows: Range<usize>,
     out: Dest<'_>,
-    passes: usize,
 ) -> Result<()> {
     const { assert!(K == 1 || K == 2 || K == 4, "infer_linear: decode reads 1, 2 or 4 rows in lockstep") };
     // A source's working space for each of the K rows (empty for the others).
@@ -1484,9 +1474,9 @@ unsafe fn decode<G: Gemv<T>, T: Stored, Src: Source<T>, const NT: usize, const K
     let mut out = out;
     let n = rows.len();
     let part = n / K;
-    // Passes are of DECODE_MAX_TOKENS: a constant 1 for fewer tokens, so that the decode of
-    // one token compiles without the pass loop.
-    let passes = if NT == DECODE_MAX_TOKENS { passes } else { 1 };
+    // Passes of DECODE_MAX_TOKENS tokens (x holds zero rows up to the last one's end); a
+    // constant 1 for fewer tokens, so that the decode of one token compiles without the loop.
+    let passes = if NT == DECODE_MAX_TOKENS { out.tokens.div_ceil(NT) } else { 1 };
     for i in 0..part {
         let first = rows.start + i;
         for p in 0..passes {

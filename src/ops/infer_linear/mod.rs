@@ -6,7 +6,8 @@
 //!
 //! CPU: `cpu.rs` is the reference (plain loops, f64 sums); `cpu_fast.rs` the fast path
 //! (a GEMV for up to 24 tokens, four at a time over each few rows, tiled prefill beyond;
-//! threads over row ranges of equal bytes; AVX-512, AVX2+FMA or portable SIMD chosen at run time, `simd.rs`).
+//! threads over row ranges of equal bytes; AVX-512, AVX2+FMA or portable SIMD chosen at run
+//! time, `simd.rs`).
 //! CUDA: [`dense`] is cuBLAS ([`crate::ops::matmul::forward`]). [`sparse`] decodes (1..=4
 //! tokens, where time is bytes read) with its own kernels, `cuda.rs` / `cuda/infer_linear.cu`:
 //! one warp per row reads the row's values in 16-byte chunks and finds their columns in the

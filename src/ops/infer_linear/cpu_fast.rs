@@ -25,11 +25,14 @@
 //!     dense rows, and masked rows that keep about 24% or more (decoded a tile at a time),
 //!     are multiplied by pairs of columns with `vdpbf16ps`, twice the work of an FMA;
 //!     sparser masked rows list their column pairs that keep a weight (below).
-//!   - Masked weights (bitmask, N:M): the zeros are skipped. Each row of the tile becomes a
-//!     list of its kept weights (value, column); then, [`KC`] columns at a time (a block's
-//!     activations for them stay in L1), every kept weight of a row is multiplied into
-//!     a block's MT tokens, held in MT/LANES vectors (two whole blocks at once with AVX-512):
-//!     the work is the kept count, not the row length.
+//!   - Masked weights (bitmask, N:M) that keep at most 55% of their weights: the zeros are
+//!     skipped. Each row of the tile becomes a list of its kept weights (value, column),
+//!     read straight from the mask and the packed values; then, [`KC`] or 2·KC columns at a
+//!     time (the blocks' activations for them stay in L1), every kept weight of a row is
+//!     multiplied into a pass of tokens held in registers (with AVX-512 up to 9 vectors:
+//!     three blocks, or two and the last partial one; a weight and its column are loaded
+//!     once for all of them): the work is the kept count, not the row length. Denser
+//!     masked rows are decoded into the dense tiles.
 //!
 //! Rows prefetch their values [`PREFETCH_BYTES`] ahead: at 50–70% sparsity a row's values
 //! end within a page or two, where the hardware prefetchers would restart.
@@ -67,12 +70,15 @@ pub const TILE_COLS: usize = 128;
 /// Prefill pads the tokens to a multiple of this and stores them in blocks of this many
 /// (every micro-kernel's token count divides it; 3 AVX-512 vectors, 6 AVX2 ones).
 pub const MT: usize = 48;
-/// Columns per step of the masked prefill (a multiple of [`CHUNK`]): a block's activations
-/// for them, MT × KC f32 (24 KiB), stay in L1.
-pub const KC: usize = 128;
+/// Columns per step of the masked prefill (a multiple of [`CHUNK`]): the activations of
+/// up to three blocks for them (36 KiB), or two blocks for two steps (48 KiB), stay in L1.
+pub const KC: usize = 64;
 /// Bytes of a row's values prefetched ahead of the chunk it reads (hardware prefetchers
 /// stop at page boundaries; the streams of rows run across them).
 const PREFETCH_BYTES: usize = 4096;
+/// The densest masked rows (percent of their weights kept) that [`prefill`] lists; denser
+/// ones take the dense tiles.
+const LISTED_MAX_PERCENT: usize = 55;
 /// Decode work per thread task, in bytes of weights.
 const PART_BYTES: usize = 256 << 10;
 
@@ -787,6 +793,9 @@ trait Source<T: Stored>: Sync {
     unsafe fn row<'s, S: Simd>(&'s self, r: usize, scratch: &'s mut Scratch<T>) -> Self::Reader<'s>;
     /// Bytes stored for rows 0..r.
     fn bytes_before(&self, r: usize) -> usize;
+    /// Values stored for rows 0..r (every weight of a dense row, the kept ones of a masked
+    /// one).
+    fn values_before(&self, r: usize) -> usize;
 }
 
 /// One row's weights, chunk by chunk in order: where each chunk's values are and which
@@ -876,6 +885,9 @@ impl<T: Stored> Source<T> for DenseSource<'_, T> {
     }
     fn bytes_before(&self, r: usize) -> usize {
         r * self.cols * std::mem::size_of::<T>()
+    }
+    fn values_before(&self, r: usize) -> usize {
+        r * self.cols
     }
 }
 
@@ -1020,6 +1032,9 @@ impl<T: Stored> Source<T> for BitmaskSource<'_, T> {
     fn bytes_before(&self, r: usize) -> usize {
         self.offsets[r] as usize * std::mem::size_of::<T>() + r * self.stride
     }
+    fn values_before(&self, r: usize) -> usize {
+        self.offsets[r] as usize
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -1068,6 +1083,9 @@ impl<T: Stored> Source<T> for NmSource<'_, T> {
     }
     fn bytes_before(&self, r: usize) -> usize {
         r * (self.per_row * std::mem::size_of::<T>() + self.pos_stride)
+    }
+    fn values_before(&self, r: usize) -> usize {
+        r * self.per_row
     }
 }
 
@@ -1587,8 +1605,15 @@ unsafe fn prefill<S: Simd, T: Stored, Src: Source<T>>(
             prefill_kept::<S, T, Src, 3, true>(job, src, rows, out)
         };
     }
+    // Masked rows that keep at most 55% of their weights are listed (the work is the kept
+    // count); denser ones are decoded into the dense tiles. On an Intel Xeon (Emerald
+    // Rapids; 128 tokens, 2 threads, bf16, the default model's shapes) listed rows ran
+    // 0.83–0.88x the dense speed at 30% pruned, 0.91–0.98x at 40%, 1.00–1.07x at 50% and
+    // 1.03–1.12x at 55%; decoded into tiles, 0.89–1.02x at all of them.
+    let kept = src.values_before(rows.end) - src.values_before(rows.start);
+    let listed = Src::MASKED && 100 * kept <= LISTED_MAX_PERCENT * rows.len() * job.cols;
     // Dense, AVX-512: 2 row vectors × 12 tokens = 24 accumulators; 8 lanes: 4 × 2 = 8.
-    match (Src::MASKED, S::LANES) {
+    match (listed, S::LANES) {
         (true, 16) => prefill_kept::<S, T, Src, 3, false>(job, src, rows, out),
         (true, _) => prefill_kept::<S, T, Src, 6, false>(job, src, rows, out),
         (false, 16) => prefill_tiles::<S, T, Src, 2, 12>(job, src, rows, out),
@@ -1770,10 +1795,12 @@ unsafe fn micro<S: Simd, const RV: usize, const NT: usize>(
 }
 
 /// [`prefill`] for masked rows, NV vectors of LANES tokens (NV · LANES = [`MT`]): each row of a
-/// tile is listed as its kept weights (decoded chunk by chunk, the zero lanes dropped:
-/// values, and their columns' offsets in a token block, column · MT), then
-/// for each [`KC`]-column step, token block and row, the row's kept weights of the step are
-/// multiplied into the block's tokens ([`kept_micro`]).
+/// tile is listed as its kept weights, chunk by chunk straight from the mask and the packed
+/// values (the values widened to f32; their columns' offsets in a token block, x's lane of
+/// the column · MT, compressed by the mask), then for each pass over token blocks (with 16
+/// lanes up to three blocks at once) and each [`KC`]-column step (two steps for up to two
+/// blocks), every row's kept weights of the step are multiplied into the pass's tokens
+/// ([`kept_micro`]).
 ///
 /// With PAIRS (bf16 weights, x in [`Pairs`], AVX-512): the list holds the row's column pairs
 /// that keep a weight (both weights' bf16 bits in one u32, stored as f32 bits, zero where
@@ -1797,8 +1824,15 @@ unsafe fn prefill_kept<S: Simd, T: Stored, Src: Source<T>, const NV: usize, cons
     let mut scratch = src.scratch();
     // ws, ats: the tile's rows one after the other; row i's entries of step s are
     // starts[i·(steps+1) + s] .. starts[i·(steps+1) + s + 1]; sums [TILE_ROWS][tok_pad].
-    let (mut ws, mut ats): (Vec<f32>, Vec<u32>) = (Vec::new(), Vec::new());
+    let (mut ws, mut ats): (Vec<f32>, Vec<u32>) =
+        (Vec::with_capacity(TILE_ROWS * in_pad), Vec::with_capacity(TILE_ROWS * in_pad));
     let mut starts = vec![0usize; TILE_ROWS * (steps + 1)];
+    // Column c of a chunk is x's lane offsets[c] / MT of it (the lane order of decoded chunks).
+    let order = if T::DTYPE == DType::BF16 { S::BF16_COLUMNS } else { NATURAL };
+    let mut offsets = [0u32; CHUNK];
+    for (lane, &column) in order.iter().enumerate() {
+        offsets[column as usize] = (lane * MT) as u32;
+    }
     let mut sums = Aligned::zeros(TILE_ROWS * tok_pad);
     // Token blocks, and the values between two blocks' activations.
     let (blocks, stride) = (tokens.div_ceil(MT), MT * in_pad);
@@ -1810,30 +1844,38 @@ unsafe fn prefill_kept<S: Simd, T: Stored, Src: Source<T>, const NV: usize, cons
         for i in 0..n_rows {
             let mut reader = src.row::<S>(start + i, &mut scratch);
             let bounds = &mut starts[i * (steps + 1)..(i + 1) * (steps + 1)];
+            ws.reserve(chunks * CHUNK);
+            ats.reserve(chunks * CHUNK);
+            let mut len = ws.len();
             // Pairs: two chunks (32 pairs) at a time; KC / CHUNK is even.
             for ch in (0..chunks).step_by(if PAIRS { 2 } else { 1 }) {
-                let len = ws.len();
                 if ch % (KC / CHUNK) == 0 {
                     bounds[ch / (KC / CHUNK)] = len;
                 }
-                let (chunk, at) = if PAIRS {
+                // SAFETY: `reserve` made room for a whole row (chunks · CHUNK elements) past
+                // the row's start, and at most CHUNK are written per chunk from `len`
+                // (in_pad · MT fits u32, checked above).
+                let (w_at, at_at) = (ws.as_mut_ptr().add(len), ats.as_mut_ptr().add(len));
+                len += if PAIRS {
                     let mut pairs = [0u32; CHUNK];
                     for (k, half) in pairs.chunks_exact_mut(CHUNK / 2).enumerate().take(chunks - ch) {
                         S::bf16_pairs(chunk_of::<S, T, _>(&mut reader, ch + k, job.cols), half.as_mut_ptr());
                     }
-                    (S::load(pairs.as_ptr().cast()), (ch * CHUNK / 2 * MT) as u32)
+                    // A pair whose bits read as ±0.0 is dropped: its products are zeros.
+                    let at = (ch * CHUNK / 2 * MT) as u32;
+                    S::compress_nonzero(S::load(pairs.as_ptr().cast()), at, MT as u32, w_at, at_at)
                 } else {
-                    (chunk_of::<S, T, _>(&mut reader, ch, job.cols), (ch * CHUNK * MT) as u32)
+                    // Straight from the mask and the packed values: the values as they are
+                    // (widened), their columns' offsets compressed by the mask.
+                    let (bits, values) =
+                        if (ch + 1) * CHUNK <= job.cols { reader.full_at::<S>(ch) } else { reader.tail_at::<S>(ch) };
+                    T::widen::<S>(values, w_at);
+                    S::compress_offsets(bits, (ch * CHUNK * MT) as u32, &offsets, at_at)
                 };
-                ws.reserve(CHUNK);
-                ats.reserve(CHUNK);
-                // SAFETY: `reserve` made room for CHUNK elements past `len`; the first n are
-                // written before set_len (in_pad · MT fits u32, checked above). A pair whose
-                // bits read as ±0.0 is dropped: its products are zeros.
-                let n = S::compress_nonzero(chunk, at, MT as u32, ws.as_mut_ptr().add(len), ats.as_mut_ptr().add(len));
-                ws.set_len(len + n);
-                ats.set_len(len + n);
             }
+            // SAFETY: every element below `len` was written above.
+            ws.set_len(len);
+            ats.set_len(len);
             bounds[steps] = ws.len();
             reader.finish()?;
         }
@@ -1842,47 +1884,91 @@ unsafe fn prefill_kept<S: Simd, T: Stored, Src: Source<T>, const NV: usize, cons
         if PAIRS {
             sums[..n_rows * tok_pad].fill(0.0);
         }
-        for s in 0..steps {
+        for s0 in (0..steps).step_by(2) {
             let mut b = 0;
             while b < blocks {
                 // Block b of x (read only without PAIRS, where it holds in_pad · MT values).
                 let x = job.x.as_ptr().wrapping_add(b * stride);
-                let vectors = (tokens - b * MT).min(MT).div_ceil(S::LANES);
-                // Two whole blocks at once where there are (16 lanes: 2 × 3 vectors of tokens
-                // in 2 sets of accumulators).
-                let two = !PAIRS && NV == 3 && tokens >= (b + 2) * MT;
-                for i in 0..n_rows {
-                    let list = starts[i * (steps + 1) + s]..starts[i * (steps + 1) + s + 1];
-                    let (w, at) = (&ws[list.clone()], &ats[list]);
-                    // SAFETY: sums row i holds tok_pad ≥ (b + 1) · MT values.
-                    let acc = sums.as_mut_ptr().add(i * tok_pad + b * MT);
-                    if PAIRS {
-                        // SAFETY: pairs are ready (asserted), hence AVX512-BF16; a kept
-                        // pair's offset is below the block's pairs · MT (past ⌈cols / 2⌉
-                        // every pair is zero).
-                        super::bf16_pairs::kept(job.pairs(), b, w, at, acc);
-                        continue;
+                // The blocks of this pass: with 16 lanes (without PAIRS) up to three whole
+                // blocks, or the whole ones left and the partial last one (at most 9 vectors
+                // of tokens, in 2 sets of accumulators: each kept weight and its offset are
+                // read once for all of them); otherwise one block.
+                let rest = tokens - b * MT;
+                let (whole, part) = if !PAIRS && NV == 3 {
+                    if rest >= 3 * MT {
+                        (3, 0)
+                    } else {
+                        (rest / MT, (rest % MT).div_ceil(S::LANES))
                     }
-                    // SAFETY: without PAIRS x is padded (`part` checks): block b (and b + 1
-                    // where `two`) holds in_pad · MT values; every `at` < in_pad · MT; sums
-                    // row i holds tok_pad ≥ (b + 2) · MT values where `two`.
-                    match vectors {
-                        _ if two => kept_micro::<S, 3, 2, 2>(w, at, x, stride, acc, s == 0),
-                        1 => kept_micro::<S, 1, 1, 4>(w, at, x, stride, acc, s == 0),
-                        2 => kept_micro::<S, 2, 1, 4>(w, at, x, stride, acc, s == 0),
-                        3 => kept_micro::<S, 3, 1, 4>(w, at, x, stride, acc, s == 0),
-                        4 => kept_micro::<S, 4, 1, 4>(w, at, x, stride, acc, s == 0),
-                        5 => kept_micro::<S, 5, 1, 4>(w, at, x, stride, acc, s == 0),
-                        _ => kept_micro::<S, 6, 1, 4>(w, at, x, stride, acc, s == 0),
+                } else {
+                    (0, rest.min(MT).div_ceil(S::LANES))
+                };
+                // Two steps per call for up to two blocks, one for three: the blocks'
+                // activations for the columns of a call (48 or 36 KiB) stay in L1.
+                let span = if whole + usize::from(part > 0) <= 2 { 2 } else { 1 };
+                for s in (s0..(s0 + 2).min(steps)).step_by(span) {
+                    let end = (s + span).min(steps);
+                    for i in 0..n_rows {
+                        let list = starts[i * (steps + 1) + s]..starts[i * (steps + 1) + end];
+                        let (w, at) = (&ws[list.clone()], &ats[list]);
+                        // SAFETY: sums row i holds tok_pad ≥ (b + 1) · MT values.
+                        let acc = sums.as_mut_ptr().add(i * tok_pad + b * MT);
+                        if PAIRS {
+                            // SAFETY: pairs are ready (asserted), hence AVX512-BF16; a kept
+                            // pair's offset is below the block's pairs · MT (past ⌈cols / 2⌉
+                            // every pair is zero).
+                            super::bf16_pairs::kept(job.pairs(), b, w, at, acc);
+                            continue;
+                        }
+                        // SAFETY: without PAIRS x is padded (`part` checks): blocks b .. b + whole
+                        // (and the next one where part > 0) hold in_pad · MT values each; every
+                        // `at` < in_pad · MT; sums row i holds tok_pad ≥ (b + whole + 1) · MT
+                        // values where part > 0, (b + whole) · MT otherwise.
+                        let first = s == 0;
+                        match (whole, part) {
+                            (3, _) => kept_micro::<S, 3, 3, 0, 2>(w, at, x, stride, acc, first),
+                            (2, 0) => kept_micro::<S, 3, 2, 0, 2>(w, at, x, stride, acc, first),
+                            (2, 1) => kept_micro::<S, 3, 2, 1, 2>(w, at, x, stride, acc, first),
+                            (2, 2) => kept_micro::<S, 3, 2, 2, 2>(w, at, x, stride, acc, first),
+                            (2, _) => kept_micro::<S, 3, 2, 3, 2>(w, at, x, stride, acc, first),
+                            (1, 0) => kept_micro::<S, 3, 1, 0, 4>(w, at, x, stride, acc, first),
+                            (1, 1) => kept_micro::<S, 3, 1, 1, 2>(w, at, x, stride, acc, first),
+                            (1, 2) => kept_micro::<S, 3, 1, 2, 2>(w, at, x, stride, acc, first),
+                            (1, _) => kept_micro::<S, 3, 1, 3, 2>(w, at, x, stride, acc, first),
+                            (_, 1) => kept_micro::<S, 0, 0, 1, 4>(w, at, x, stride, acc, first),
+                            (_, 2) => kept_micro::<S, 0, 0, 2, 4>(w, at, x, stride, acc, first),
+                            (_, 3) => kept_micro::<S, 0, 0, 3, 4>(w, at, x, stride, acc, first),
+                            (_, 4) => kept_micro::<S, 0, 0, 4, 4>(w, at, x, stride, acc, first),
+                            (_, 5) => kept_micro::<S, 0, 0, 5, 4>(w, at, x, stride, acc, first),
+                            _ => kept_micro::<S, 0, 0, 6, 4>(w, at, x, stride, acc, first),
+                        }
                     }
                 }
-                b += if two { 2 } else { 1 };
+                b += whole + usize::from(part > 0);
             }
         }
-        // Token by token: each token's rows of y are contiguous.
+        // Into y token by token (each token's rows are adjacent there): 16 rows × 16 tokens
+        // at a time transposed (`transpose_16x16`; one scalar copy per value took ~7% of a
+        // 96-token masked prefill), the rest value by value.
+        let (whole_rows, whole_tokens) = (n_rows / 16 * 16, tokens / 16 * 16);
+        let mut block = [0f32; 16 * 16];
+        let rows_at = start - first;
+        for i0 in (0..whole_rows).step_by(16) {
+            for t0 in (0..whole_tokens).step_by(16) {
+                // SAFETY: sums rows i0 .. i0 + 16 ≤ n_rows hold tok_pad ≥ t0 + 16 values each;
+                // the block is 16 × 16.
+                S::transpose_16x16(sums.as_ptr().add(i0 * tok_pad + t0), tok_pad, block.as_mut_ptr(), 16);
+                for (t, rows) in block.chunks_exact(16).enumerate() {
+                    let y: &mut [f32; 16] =
+                        out.token_rows(t0 + t, rows_at + i0..rows_at + i0 + 16).try_into().expect("16 rows");
+                    *y = rows.try_into().expect("16 rows");
+                }
+            }
+        }
         for t in 0..tokens {
-            let y = out.token_rows(t, start - first..start - first + n_rows);
-            for (i, v) in y.iter_mut().enumerate() {
+            let y = out.token_rows(t, rows_at..rows_at + n_rows);
+            let done = if t < whole_tokens { whole_rows } else { 0 };
+            for (i, v) in y.iter_mut().enumerate().skip(done) {
                 *v = sums[i * tok_pad + t];
             }
         }
@@ -1890,14 +1976,14 @@ unsafe fn prefill_kept<S: Simd, T: Stored, Src: Source<T>, const NV: usize, cons
     Ok(())
 }
 
-/// sums[t] += Σ_e ws[e] · x[ats[e] + t] for the NV · LANES tokens of each of B blocks
-/// (x: the first block's activations, [column][MT], the next one `stride` values further;
-/// sums: the first block's, the next one MT further): SETS kept weights per step in SETS
-/// sets of accumulators (the chains of fused multiply-adds overlap), added together at
-/// the end. Two blocks at once load a weight and its offset once for twice the products.
-/// With `first`, the sums are set (=), not added to.
+/// sums[t] += Σ_e ws[e] · x[ats[e] + t] for the tokens of B whole blocks of NV vectors and
+/// then NL vectors of the next block (x: the first block's activations, [column][MT], each
+/// next one `stride` values further; sums: the first block's, each next one MT further):
+/// SETS kept weights per step in SETS sets of accumulators (the chains of fused
+/// multiply-adds overlap), added together at the end. A weight and its offset are loaded
+/// once for all the blocks' products. With `first`, the sums are set (=), not added to.
 #[inline(always)]
-unsafe fn kept_micro<S: Simd, const NV: usize, const B: usize, const SETS: usize>(
+unsafe fn kept_micro<S: Simd, const NV: usize, const B: usize, const NL: usize, const SETS: usize>(
     ws: &[f32],
     ats: &[u32],
     x: *const f32,
@@ -1905,41 +1991,62 @@ unsafe fn kept_micro<S: Simd, const NV: usize, const B: usize, const SETS: usize
     sums: *mut f32,
     first: bool,
 ) {
+    /// One set of accumulators: the whole blocks' vectors, then the last block's.
+    #[derive(Clone, Copy)]
+    struct Set<V, const NV: usize, const B: usize, const NL: usize> {
+        whole: [[V; NV]; B],
+        last: [V; NL],
+    }
     // A function, not a closure: a closure may be compiled apart from the caller's
     // instruction set, its intrinsics then calls.
     #[inline(always)]
-    unsafe fn one<S: Simd, const NV: usize, const B: usize>(
-        set: &mut [[S::V; NV]; B],
+    unsafe fn one<S: Simd, const NV: usize, const B: usize, const NL: usize>(
+        set: &mut Set<S::V, NV, B, NL>,
         w: f32,
         xk: *const f32,
         stride: usize,
     ) {
         let w = S::splat_v(w);
-        for (b, block) in set.iter_mut().enumerate() {
+        for (b, block) in set.whole.iter_mut().enumerate() {
             for (v, a) in block.iter_mut().enumerate() {
                 *a = S::fma_v(w, S::load_v(xk.add(b * stride + v * S::LANES)), *a);
             }
         }
+        for (v, a) in set.last.iter_mut().enumerate() {
+            *a = S::fma_v(w, S::load_v(xk.add(B * stride + v * S::LANES)), *a);
+        }
     }
-    let mut acc = [[[S::zero_v(); NV]; B]; SETS];
+    // Closures avoided (array::from_fn, a store helper): see `one`.
+    let mut acc = [Set::<S::V, NV, B, NL> { whole: [[S::zero_v(); NV]; B], last: [S::zero_v(); NL] }; SETS];
     let whole = ws.len() / SETS * SETS;
     for (w_set, at_set) in ws[..whole].chunks_exact(SETS).zip(ats[..whole].chunks_exact(SETS)) {
         for ((set, &w), &at) in acc.iter_mut().zip(w_set).zip(at_set) {
-            one::<S, NV, B>(set, w, x.add(at as usize), stride);
+            one::<S, NV, B, NL>(set, w, x.add(at as usize), stride);
         }
     }
     for (&w, &at) in ws[whole..].iter().zip(&ats[whole..]) {
-        one::<S, NV, B>(&mut acc[0], w, x.add(at as usize), stride);
+        one::<S, NV, B, NL>(&mut acc[0], w, x.add(at as usize), stride);
     }
-    for b in 0..B {
-        for v in 0..NV {
-            let mut total = acc[0][b][v];
-            for set in &acc[1..] {
-                total = S::add_v(total, set[b][v]);
+    let mut totals = acc[0];
+    for set in &acc[1..] {
+        for (b, block) in set.whole.iter().enumerate() {
+            for (v, &a) in block.iter().enumerate() {
+                totals.whole[b][v] = S::add_v(totals.whole[b][v], a);
             }
+        }
+        for (v, &a) in set.last.iter().enumerate() {
+            totals.last[v] = S::add_v(totals.last[v], a);
+        }
+    }
+    for (b, block) in totals.whole.iter().enumerate() {
+        for (v, &total) in block.iter().enumerate() {
             let p = sums.add(b * MT + v * S::LANES);
             S::store_v(if first { total } else { S::add_v(S::load_v(p), total) }, p);
         }
+    }
+    for (v, &total) in totals.last.iter().enumerate() {
+        let p = sums.add(B * MT + v * S::LANES);
+        S::store_v(if first { total } else { S::add_v(S::load_v(p), total) }, p);
     }
 }
 

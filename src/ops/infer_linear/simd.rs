@@ -73,6 +73,26 @@ pub(crate) trait Simd: Copy {
         }
         n
     }
+    /// The masked prefill's listing of a chunk's kept columns: for the set bits
+    /// c_0 < c_1 < … of `bits`, ats[j] = at + offsets[c_j]; returns how many. `ats` has room
+    /// for 32 elements (entries past the count may be written too).
+    #[inline(always)]
+    unsafe fn compress_offsets(bits: u32, at: u32, offsets: &[u32; CHUNK], ats: *mut u32) -> usize {
+        let (mut rest, mut n) = (bits, 0);
+        while rest != 0 {
+            *ats.add(n) = at + offsets[rest.trailing_zeros() as usize];
+            n += 1;
+            rest &= rest - 1;
+        }
+        n
+    }
+    /// 32 bf16 (as u16) at p widened to f32 in their order, written to `out`.
+    #[inline(always)]
+    unsafe fn widen_bf16(p: *const u16, out: *mut f32) {
+        for i in 0..CHUNK {
+            *out.add(i) = bf16_bits_to_f32(*p.add(i));
+        }
+    }
     /// acc + w·x, lane by lane.
     unsafe fn fma(w: Self::C, x: Self::C, acc: Self::C) -> Self::C;
     /// Sum of the 32 values.
@@ -169,6 +189,8 @@ pub(crate) trait Stored: crate::storage::FloatElement {
     unsafe fn chunk<S: Simd>(p: *const Self) -> S::C;
     /// Packed values at p expanded to the columns `mask` keeps.
     unsafe fn expand<S: Simd>(mask: u32, p: *const Self) -> S::C;
+    /// 32 values at p as f32 in their order, written to `out` (packed values stay packed).
+    unsafe fn widen<S: Simd>(p: *const Self, out: *mut f32);
 }
 
 impl Stored for f32 {
@@ -180,6 +202,10 @@ impl Stored for f32 {
     unsafe fn expand<S: Simd>(mask: u32, p: *const Self) -> S::C {
         S::expand_f32(mask, p)
     }
+    #[inline(always)]
+    unsafe fn widen<S: Simd>(p: *const Self, out: *mut f32) {
+        S::store(S::load(p), out)
+    }
 }
 
 impl Stored for half::bf16 {
@@ -190,6 +216,10 @@ impl Stored for half::bf16 {
     #[inline(always)]
     unsafe fn expand<S: Simd>(mask: u32, p: *const Self) -> S::C {
         S::expand_bf16(mask, p.cast())
+    }
+    #[inline(always)]
+    unsafe fn widen<S: Simd>(p: *const Self, out: *mut f32) {
+        S::widen_bf16(p.cast(), out)
     }
 }
 
@@ -486,6 +516,22 @@ mod x86 {
                 n += keep.count_ones() as usize;
             }
             n
+        }
+        #[inline(always)]
+        unsafe fn compress_offsets(bits: u32, at: u32, offsets: &[u32; CHUNK], ats: *mut u32) -> usize {
+            let first = _mm512_set1_epi32(at as i32);
+            let low = bits as u16;
+            for (half, keep) in [low, (bits >> 16) as u16].into_iter().enumerate() {
+                let columns = _mm512_add_epi32(first, _mm512_loadu_si512(offsets.as_ptr().add(16 * half).cast()));
+                let written = if half == 0 { 0 } else { low.count_ones() as usize };
+                _mm512_storeu_si512(ats.add(written).cast(), _mm512_maskz_compress_epi32(keep, columns));
+            }
+            bits.count_ones() as usize
+        }
+        #[inline(always)]
+        unsafe fn widen_bf16(p: *const u16, out: *mut f32) {
+            _mm512_storeu_ps(out, widen16(_mm256_loadu_si256(p.cast())));
+            _mm512_storeu_ps(out.add(16), widen16(_mm256_loadu_si256(p.add(16).cast())));
         }
         #[inline(always)]
         unsafe fn fma(w: Self::C, x: Self::C, acc: Self::C) -> Self::C {

@@ -1889,19 +1889,16 @@ unsafe fn prefill_kept<S: Simd, T: Stored, Src: Source<T>, const NV: usize, cons
             while b < blocks {
                 // Block b of x (read only without PAIRS, where it holds in_pad · MT values).
                 let x = job.x.as_ptr().wrapping_add(b * stride);
-                // The blocks of this pass: with 16 lanes (without PAIRS) up to three whole
-                // blocks, or the whole ones left and the partial last one (at most 9 vectors
-                // of tokens, in 2 sets of accumulators: each kept weight and its offset are
-                // read once for all of them); otherwise one block.
+                // The blocks of this pass: with 16 lanes (without PAIRS) three whole blocks,
+                // or two and the partial last one (at most 9 vectors of tokens, in 2 sets of
+                // accumulators: each kept weight and its offset are read once for all of
+                // them); otherwise one block (fewer than two whole blocks left: one at a
+                // time).
                 let rest = tokens - b * MT;
-                let (whole, part) = if !PAIRS && NV == 3 {
-                    if rest >= 3 * MT {
-                        (3, 0)
-                    } else {
-                        (rest / MT, (rest % MT).div_ceil(S::LANES))
-                    }
-                } else {
-                    (0, rest.min(MT).div_ceil(S::LANES))
+                let (whole, part) = match rest {
+                    _ if PAIRS || NV != 3 || rest < 2 * MT => (0, rest.min(MT).div_ceil(S::LANES)),
+                    _ if rest >= 3 * MT => (3, 0),
+                    _ => (2, (rest - 2 * MT).div_ceil(S::LANES)),
                 };
                 // Two steps per call for up to two blocks, one for three: the blocks'
                 // activations for the columns of a call (48 or 36 KiB) stay in L1.
@@ -1925,22 +1922,27 @@ unsafe fn prefill_kept<S: Simd, T: Stored, Src: Source<T>, const NV: usize, cons
                         // `at` < in_pad · MT; sums row i holds tok_pad ≥ (b + whole + 1) · MT
                         // values where part > 0, (b + whole) · MT otherwise.
                         let first = s == 0;
-                        match (whole, part) {
-                            (3, _) => kept_micro::<S, 3, 3, 0, 2>(w, at, x, stride, acc, first),
-                            (2, 0) => kept_micro::<S, 3, 2, 0, 2>(w, at, x, stride, acc, first),
-                            (2, 1) => kept_micro::<S, 3, 2, 1, 2>(w, at, x, stride, acc, first),
-                            (2, 2) => kept_micro::<S, 3, 2, 2, 2>(w, at, x, stride, acc, first),
-                            (2, _) => kept_micro::<S, 3, 2, 3, 2>(w, at, x, stride, acc, first),
-                            (1, 0) => kept_micro::<S, 3, 1, 0, 4>(w, at, x, stride, acc, first),
-                            (1, 1) => kept_micro::<S, 3, 1, 1, 2>(w, at, x, stride, acc, first),
-                            (1, 2) => kept_micro::<S, 3, 1, 2, 2>(w, at, x, stride, acc, first),
-                            (1, _) => kept_micro::<S, 3, 1, 3, 2>(w, at, x, stride, acc, first),
-                            (_, 1) => kept_micro::<S, 0, 0, 1, 4>(w, at, x, stride, acc, first),
-                            (_, 2) => kept_micro::<S, 0, 0, 2, 4>(w, at, x, stride, acc, first),
-                            (_, 3) => kept_micro::<S, 0, 0, 3, 4>(w, at, x, stride, acc, first),
-                            (_, 4) => kept_micro::<S, 0, 0, 4, 4>(w, at, x, stride, acc, first),
-                            (_, 5) => kept_micro::<S, 0, 0, 5, 4>(w, at, x, stride, acc, first),
-                            _ => kept_micro::<S, 0, 0, 6, 4>(w, at, x, stride, acc, first),
+                        // NV is 3 with 16 lanes, 6 with 8: each compiles its own arms only.
+                        if NV == 3 {
+                            match (whole, part) {
+                                (3, _) => kept_micro::<S, 3, 3, 9, 2>(w, at, x, stride, acc, first),
+                                (2, 0) => kept_micro::<S, 3, 2, 6, 2>(w, at, x, stride, acc, first),
+                                (2, 1) => kept_micro::<S, 3, 2, 7, 2>(w, at, x, stride, acc, first),
+                                (2, 2) => kept_micro::<S, 3, 2, 8, 2>(w, at, x, stride, acc, first),
+                                (2, _) => kept_micro::<S, 3, 2, 9, 2>(w, at, x, stride, acc, first),
+                                (_, 1) => kept_micro::<S, NV, 0, 1, 4>(w, at, x, stride, acc, first),
+                                (_, 2) => kept_micro::<S, NV, 0, 2, 4>(w, at, x, stride, acc, first),
+                                _ => kept_micro::<S, NV, 0, 3, 4>(w, at, x, stride, acc, first),
+                            }
+                        } else {
+                            match part {
+                                1 => kept_micro::<S, NV, 0, 1, 4>(w, at, x, stride, acc, first),
+                                2 => kept_micro::<S, NV, 0, 2, 4>(w, at, x, stride, acc, first),
+                                3 => kept_micro::<S, NV, 0, 3, 4>(w, at, x, stride, acc, first),
+                                4 => kept_micro::<S, NV, 0, 4, 4>(w, at, x, stride, acc, first),
+                                5 => kept_micro::<S, NV, 0, 5, 4>(w, at, x, stride, acc, first),
+                                _ => kept_micro::<S, NV, 0, 6, 4>(w, at, x, stride, acc, first),
+                            }
                         }
                     }
                 }
@@ -1976,14 +1978,15 @@ unsafe fn prefill_kept<S: Simd, T: Stored, Src: Source<T>, const NV: usize, cons
     Ok(())
 }
 
-/// sums[t] += Σ_e ws[e] · x[ats[e] + t] for the tokens of B whole blocks of NV vectors and
-/// then NL vectors of the next block (x: the first block's activations, [column][MT], each
-/// next one `stride` values further; sums: the first block's, each next one MT further):
-/// SETS kept weights per step in SETS sets of accumulators (the chains of fused
-/// multiply-adds overlap), added together at the end. A weight and its offset are loaded
-/// once for all the blocks' products. With `first`, the sums are set (=), not added to.
+/// sums[t] += Σ_e ws[e] · x[ats[e] + t] for the tokens of NT vectors: B whole blocks of NV
+/// vectors, then NT − B·NV vectors of the next block (x: the first block's activations,
+/// [column][MT], each next one `stride` values further; sums: the first block's, each next
+/// one MT further): SETS kept weights per step in SETS sets of accumulators (the chains of
+/// fused multiply-adds overlap), added together at the end. A weight and its offset are
+/// loaded once for all the blocks' products. With `first`, the sums are set (=), not added
+/// to.
 #[inline(always)]
-unsafe fn kept_micro<S: Simd, const NV: usize, const B: usize, const NL: usize, const SETS: usize>(
+unsafe fn kept_micro<S: Simd, const NV: usize, const B: usize, const NT: usize, const SETS: usize>(
     ws: &[f32],
     ats: &[u32],
     x: *const f32,
@@ -1991,61 +1994,46 @@ unsafe fn kept_micro<S: Simd, const NV: usize, const B: usize, const NL: usize, 
     sums: *mut f32,
     first: bool,
 ) {
-    /// One set of accumulators: the whole blocks' vectors, then the last block's.
-    #[derive(Clone, Copy)]
-    struct Set<V, const NV: usize, const B: usize, const NL: usize> {
-        whole: [[V; NV]; B],
-        last: [V; NL],
+    /// Vector v's offset from a block's start in `block` values per block.
+    #[inline(always)]
+    fn offset<const NV: usize, const B: usize>(v: usize, block: usize, lanes: usize) -> usize {
+        if v < B * NV {
+            v / NV * block + v % NV * lanes
+        } else {
+            B * block + (v - B * NV) * lanes
+        }
     }
     // A function, not a closure: a closure may be compiled apart from the caller's
     // instruction set, its intrinsics then calls.
     #[inline(always)]
-    unsafe fn one<S: Simd, const NV: usize, const B: usize, const NL: usize>(
-        set: &mut Set<S::V, NV, B, NL>,
+    unsafe fn one<S: Simd, const NV: usize, const B: usize, const NT: usize>(
+        set: &mut [S::V; NT],
         w: f32,
         xk: *const f32,
         stride: usize,
     ) {
         let w = S::splat_v(w);
-        for (b, block) in set.whole.iter_mut().enumerate() {
-            for (v, a) in block.iter_mut().enumerate() {
-                *a = S::fma_v(w, S::load_v(xk.add(b * stride + v * S::LANES)), *a);
-            }
-        }
-        for (v, a) in set.last.iter_mut().enumerate() {
-            *a = S::fma_v(w, S::load_v(xk.add(B * stride + v * S::LANES)), *a);
+        for (v, a) in set.iter_mut().enumerate() {
+            *a = S::fma_v(w, S::load_v(xk.add(offset::<NV, B>(v, stride, S::LANES))), *a);
         }
     }
-    // Closures avoided (array::from_fn, a store helper): see `one`.
-    let mut acc = [Set::<S::V, NV, B, NL> { whole: [[S::zero_v(); NV]; B], last: [S::zero_v(); NL] }; SETS];
-    let whole = ws.len() / SETS * SETS;
-    for (w_set, at_set) in ws[..whole].chunks_exact(SETS).zip(ats[..whole].chunks_exact(SETS)) {
+    const { assert!(NV > 0 && B * NV <= NT) };
+    let mut acc = [[S::zero_v(); NT]; SETS];
+    let full = ws.len() / SETS * SETS;
+    for (w_set, at_set) in ws[..full].chunks_exact(SETS).zip(ats[..full].chunks_exact(SETS)) {
         for ((set, &w), &at) in acc.iter_mut().zip(w_set).zip(at_set) {
-            one::<S, NV, B, NL>(set, w, x.add(at as usize), stride);
+            one::<S, NV, B, NT>(set, w, x.add(at as usize), stride);
         }
     }
-    for (&w, &at) in ws[whole..].iter().zip(&ats[whole..]) {
-        one::<S, NV, B, NL>(&mut acc[0], w, x.add(at as usize), stride);
+    for (&w, &at) in ws[full..].iter().zip(&ats[full..]) {
+        one::<S, NV, B, NT>(&mut acc[0], w, x.add(at as usize), stride);
     }
-    let mut totals = acc[0];
-    for set in &acc[1..] {
-        for (b, block) in set.whole.iter().enumerate() {
-            for (v, &a) in block.iter().enumerate() {
-                totals.whole[b][v] = S::add_v(totals.whole[b][v], a);
-            }
+    for v in 0..NT {
+        let mut total = acc[0][v];
+        for set in &acc[1..] {
+            total = S::add_v(total, set[v]);
         }
-        for (v, &a) in set.last.iter().enumerate() {
-            totals.last[v] = S::add_v(totals.last[v], a);
-        }
-    }
-    for (b, block) in totals.whole.iter().enumerate() {
-        for (v, &total) in block.iter().enumerate() {
-            let p = sums.add(b * MT + v * S::LANES);
-            S::store_v(if first { total } else { S::add_v(S::load_v(p), total) }, p);
-        }
-    }
-    for (v, &total) in totals.last.iter().enumerate() {
-        let p = sums.add(B * MT + v * S::LANES);
+        let p = sums.add(offset::<NV, B>(v, MT, S::LANES));
         S::store_v(if first { total } else { S::add_v(S::load_v(p), total) }, p);
     }
 }

@@ -204,7 +204,8 @@ impl Stored for f32 {
     }
     #[inline(always)]
     unsafe fn widen<S: Simd>(p: *const Self, out: *mut f32) {
-        S::store(S::load(p), out)
+        // A fixed-size copy (vector moves).
+        out.cast::<[f32; CHUNK]>().write_unaligned(p.cast::<[f32; CHUNK]>().read_unaligned())
     }
 }
 

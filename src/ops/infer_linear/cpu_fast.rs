@@ -1921,27 +1921,27 @@ unsafe fn prefill_kept<S: Simd, T: Stored, Src: Source<T>, const NV: usize, cons
                         // (and the next one where part > 0) hold in_pad · MT values each; every
                         // `at` < in_pad · MT; sums row i holds tok_pad ≥ (b + whole + 1) · MT
                         // values where part > 0, (b + whole) · MT otherwise.
-                        let first = s == 0;
+                        let setting = s == 0;
                         // NV is 3 with 16 lanes, 6 with 8: each compiles its own arms only.
                         if NV == 3 {
                             match (whole, part) {
-                                (3, _) => kept_micro::<S, 3, 3, 9, 2>(w, at, x, stride, acc, first),
-                                (2, 0) => kept_micro::<S, 3, 2, 6, 2>(w, at, x, stride, acc, first),
-                                (2, 1) => kept_micro::<S, 3, 2, 7, 2>(w, at, x, stride, acc, first),
-                                (2, 2) => kept_micro::<S, 3, 2, 8, 2>(w, at, x, stride, acc, first),
-                                (2, _) => kept_micro::<S, 3, 2, 9, 2>(w, at, x, stride, acc, first),
-                                (_, 1) => kept_micro::<S, NV, 0, 1, 4>(w, at, x, stride, acc, first),
-                                (_, 2) => kept_micro::<S, NV, 0, 2, 4>(w, at, x, stride, acc, first),
-                                _ => kept_micro::<S, NV, 0, 3, 4>(w, at, x, stride, acc, first),
+                                (3, _) => kept_micro::<S, 3, 3, 9, 2>(w, at, x, stride, acc, setting),
+                                (2, 0) => kept_micro::<S, 3, 2, 6, 2>(w, at, x, stride, acc, setting),
+                                (2, 1) => kept_micro::<S, 3, 2, 7, 2>(w, at, x, stride, acc, setting),
+                                (2, 2) => kept_micro::<S, 3, 2, 8, 2>(w, at, x, stride, acc, setting),
+                                (2, _) => kept_micro::<S, 3, 2, 9, 2>(w, at, x, stride, acc, setting),
+                                (_, 1) => kept_micro::<S, NV, 0, 1, 4>(w, at, x, stride, acc, setting),
+                                (_, 2) => kept_micro::<S, NV, 0, 2, 4>(w, at, x, stride, acc, setting),
+                                _ => kept_micro::<S, NV, 0, 3, 4>(w, at, x, stride, acc, setting),
                             }
                         } else {
                             match part {
-                                1 => kept_micro::<S, NV, 0, 1, 4>(w, at, x, stride, acc, first),
-                                2 => kept_micro::<S, NV, 0, 2, 4>(w, at, x, stride, acc, first),
-                                3 => kept_micro::<S, NV, 0, 3, 4>(w, at, x, stride, acc, first),
-                                4 => kept_micro::<S, NV, 0, 4, 4>(w, at, x, stride, acc, first),
-                                5 => kept_micro::<S, NV, 0, 5, 4>(w, at, x, stride, acc, first),
-                                _ => kept_micro::<S, NV, 0, 6, 4>(w, at, x, stride, acc, first),
+                                1 => kept_micro::<S, NV, 0, 1, 4>(w, at, x, stride, acc, setting),
+                                2 => kept_micro::<S, NV, 0, 2, 4>(w, at, x, stride, acc, setting),
+                                3 => kept_micro::<S, NV, 0, 3, 4>(w, at, x, stride, acc, setting),
+                                4 => kept_micro::<S, NV, 0, 4, 4>(w, at, x, stride, acc, setting),
+                                5 => kept_micro::<S, NV, 0, 5, 4>(w, at, x, stride, acc, setting),
+                                _ => kept_micro::<S, NV, 0, 6, 4>(w, at, x, stride, acc, setting),
                             }
                         }
                     }

@@ -79,6 +79,35 @@ pub(crate) fn max_f32(x: &[f32]) -> f32 {
     lanes.iter().chain(tail).copied().fold(f32::NEG_INFINITY, larger)
 }
 
+/// e^x for x ≤ 0 (a score minus its row's maximum), within 2·10⁻⁷ relative: x = n·ln 2 + r
+/// with n an integer (rounded by adding 1.5·2²³) and |r| ≤ ln 2 / 2, e^r by its Taylor
+/// polynomial of degree 7, times 2ⁿ built in the exponent bits. Below −87 (e^x < 2⁻¹²⁵)
+/// it gives 0; NaN stays NaN. No calls and no branches, so that loops over it vectorize.
+#[inline(always)]
+pub(crate) fn exp_nonpositive(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0;
+    let below = x < -87.0;
+    let xc = if below { -87.0 } else { x };
+    let rounded = xc * std::f32::consts::LOG2_E + ROUND;
+    let n = rounded - ROUND;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let mut p = 1.0 / 5040.0;
+    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = p * r + c;
+    }
+    // 2ⁿ from the integer in `rounded`'s low bits (its bits are ROUND's plus n, for
+    // −126 ≤ n ≤ 0), not from `n as i32`: that saturating conversion kept the loops over
+    // this function scalar.
+    let scale = f32::from_bits(rounded.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
+    if below {
+        0.0
+    } else {
+        p * scale
+    }
+}
+
 /// The float types the CPU references are written for: f32 for tensors, f64 for
 /// finite-difference checks. Long sums accumulate in f64 either way.
 pub trait Real:

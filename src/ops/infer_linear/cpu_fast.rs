@@ -182,6 +182,38 @@ impl Isa {
     }
 }
 
+/// `work()` compiled for `isa` where it is an AVX-512 or the AVX2 one that this CPU runs,
+/// otherwise for the build's target. Only code inlined into it is compiled so: `work` is a
+/// closure marked `#[inline(always)]`; functions it calls keep their own compilation (the
+/// kernels choose their instruction set themselves).
+#[inline(always)]
+pub(crate) fn compiled_for<R>(isa: Isa, work: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        /// `work()` with AVX-512.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+        unsafe fn avx512<R>(work: impl FnOnce() -> R) -> R {
+            work()
+        }
+        /// `work()` with AVX2 and FMA.
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<R>(work: impl FnOnce() -> R) -> R {
+            work()
+        }
+        if isa.is_avx512() && isa.available() {
+            // SAFETY: this CPU runs AVX-512 F/BW/VL (every AVX-512 `Isa` has them) and AVX2.
+            return unsafe { avx512(work) };
+        }
+        if isa == Isa::Avx2 && isa.available() {
+            // SAFETY: this CPU runs AVX2 and FMA.
+            return unsafe { avx2(work) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = isa;
+    work()
+}
+
 /// Whether the CPU's vendor string (CPUID leaf 0) is AMD's. Read once: in a virtual
 /// machine each CPUID traps to the hypervisor, and [`Isa::best`] is asked for every
 /// attention task (with a CPUID per call, the default model decoded ~20% slower).

@@ -10,7 +10,9 @@ fn sum_squares<F: Real>(x: &[F]) -> f64 {
     sum_f64_by(x, |v| v.to_f64() * v.to_f64())
 }
 
-/// Forward into `y`.
+/// Forward into `y`. Inlined, so that it is compiled for its caller's instruction set (the
+/// inference step's members run AVX-512 or AVX2 code).
+#[inline(always)]
 pub fn forward<F: Real>(x: &[F], w: &[F], eps: f64, dim: usize, y: &mut [F]) {
     for (xr, yr) in x.chunks_exact(dim).zip(y.chunks_exact_mut(dim)) {
         let r = 1.0 / (sum_squares(xr) / dim as f64 + eps).sqrt();

@@ -323,9 +323,9 @@ fn expand_array(mask: u32, packed: &[f32; CHUNK]) -> [f32; CHUNK] {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::widen16;
+pub(super) use x86::{expand_words, Avx2, Avx512};
 #[cfg(target_arch = "x86_64")]
-pub(super) use x86::{expand_words, transpose16, Avx2, Avx512};
+pub(crate) use x86::{transpose16, widen16};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {

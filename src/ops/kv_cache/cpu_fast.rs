@@ -2,9 +2,13 @@
 //! the cache's own element type (BF16 widened as it is read). Tasks:
 //! - a run of at least \[`BLOCK_MIN_ROWS`\] consecutive rows of one sequence (a prefill) is
 //!   done in blocks of up to \[`BLOCK_ROWS`\] rows per kv head g, as matrices over the g's
-//!   keys gathered to f32 (P = the block's last position + 1): S = c·Q·Kᵀ [rows·group, P] by
-//!   the gemm crate, e = exp(S − row max) on each row's own keys u ≤ position (0 beyond),
-//!   O = e·V / Σ e (\[`block`\]);
+//!   keys gathered to f32 (P = the block's last position + 1): S = c·Q·Kᵀ [rows·group, P],
+//!   e = exp(S − row max) on each row's own keys u ≤ position (0 beyond), O = e·V / Σ e
+//!   (\[`block`\]). The two products by the gemm crate, or with AVX-512 (D a multiple of
+//!   16 up to 128) by the `x86` block kernels: 8 rows × 32 keys of S at a time from K
+//!   transposed, then 4 (or 2) rows × D of O at a time, each over the keys its rows see
+//!   (not every P: the causal half of a block's own keys is skipped); tested against the
+//!   gemm path (atol 1e-5 + rtol 1e-4: other sums, other roundings);
 //! - any other row n (a decode step's) in spans of up to [`SPAN_KEYS`] of its keys
 //!   0 ..= positions\[n\], one task per (n, kv head g, span): for each query head h of g,
 //!   two passes over the span's keys, scores s_u = (c·q_h)·k_u and their max m, then
@@ -342,7 +346,7 @@ pub fn run_block<Q: FloatElement, T: FloatElement>(task: &Block, inputs: &Inputs
             _ => {}
         }
     }
-    block(task, inputs)
+    block::<Q, T, false>(task, inputs)
 }
 
 /// A span task's results into `out`, compiled as [`run_block`] is.
@@ -371,7 +375,7 @@ macro_rules! entry {
     ($block:ident, $span:ident, $features:literal, $wide:literal) => {
         #[target_feature(enable = $features)]
         unsafe fn $block<Q: FloatElement, T: FloatElement>(task: &Block, inputs: &Inputs<'_, Q, T>) -> Vec<f32> {
-            block(task, inputs)
+            block::<Q, T, $wide>(task, inputs)
         }
         #[target_feature(enable = $features)]
         unsafe fn $span<Q: FloatElement, T: FloatElement>(
@@ -429,27 +433,44 @@ pub fn attention<T: FloatElement>(
 /// Attention of rows `first ..` (positions `positions`, all of sequence `seq`) for the
 /// query heads of kv head g, as matrices: with R = rows·group queries and P keys (the
 /// largest position plus one), S [R, P] = c·Q·Kᵀ, e = exp(S − row max) on each row's keys
-/// u ≤ its position (0 beyond), O [R, D] = e·V / Σ e. Returns O as [rows, group, D].
+/// u ≤ its position (0 beyond), O [R, D] = e·V / Σ e. Returns O as [rows, group, D]. With
+/// `WIDE` (AVX-512) and a D they take, the products are the `x86` block kernels.
 #[inline(always)]
-fn block<Q: FloatElement, T: FloatElement>(task: &Block, inputs: &Inputs<'_, Q, T>) -> Vec<f32> {
+fn block<Q: FloatElement, T: FloatElement, const WIDE: bool>(task: &Block, inputs: &Inputs<'_, Q, T>) -> Vec<f32> {
     let Inputs { q, q_stride, k, v, d, .. } = *inputs;
     let (rows, g) = (task.rows.clone(), task.g);
     let (seq, first, positions) = (inputs.seqs[rows.start], rows.start, &inputs.positions[rows]);
     let (dim, group) = (d.cache.head_dim, d.group());
     let keys = positions.iter().map(|&p| p as usize + 1).max().unwrap_or(0);
     let r = positions.len() * group;
-    let mut q_block = vec![0f32; r * dim];
-    for (i, row) in q_block.chunks_exact_mut(dim).enumerate() {
+    // Rows up to a multiple of 8 (zeros), which the AVX-512 kernels compute and drop.
+    let padded = r.next_multiple_of(8);
+    let mut q_block = vec![0f32; padded * dim];
+    for (i, row) in q_block.chunks_exact_mut(dim).take(r).enumerate() {
         let at = (first + i / group) * q_stride + (g * group + i % group) * dim;
         widen_into(&q[at..at + dim], row);
     }
     let (k_block, v_block) = (gather(k, d, seq, g, keys), gather(v, d, seq, g, keys));
-    let mut s = vec![0f32; r * keys];
+    // Keys each row sees (its position + 1).
+    let seen: Vec<usize> = (0..padded).map(|i| positions.get(i / group).map_or(0, |&p| p as usize + 1)).collect();
+    #[cfg(target_arch = "x86_64")]
+    let wide = WIDE && x86::takes::<f32>(dim);
+    #[cfg(not(target_arch = "x86_64"))]
+    let wide = false;
+    let mut s = vec![0f32; padded * keys];
     let c = d.scale() as f32;
-    strided(r, keys, dim, (&mut s, keys, 1), false, c, (&q_block, dim, 1), (&k_block, 1, dim), false);
+    if wide {
+        // SAFETY: the CPU runs AVX-512 (WIDE); D is one the kernels take; the buffers are
+        // [padded, D], [keys, D] and [padded, keys], `seen` ≤ keys.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            x86::block_scores(&q_block, &k_block, dim, &seen, c, &mut s)
+        };
+    } else {
+        strided(r, keys, dim, (&mut s, keys, 1), false, c, (&q_block, dim, 1), (&k_block, 1, dim), false);
+    }
     let mut sums = vec![0f64; r];
-    for (i, (row, sum)) in s.chunks_exact_mut(keys).zip(&mut sums).enumerate() {
-        let seen = positions[i / group] as usize + 1;
+    for ((row, sum), &seen) in s.chunks_exact_mut(keys).zip(&mut sums).zip(&seen) {
         let max = max_f32(&row[..seen]);
         for x in &mut row[..seen] {
             *x = exp_nonpositive(*x - max);
@@ -457,8 +478,17 @@ fn block<Q: FloatElement, T: FloatElement>(task: &Block, inputs: &Inputs<'_, Q, 
         *sum = sum_f64_by(&row[..seen], f64::from);
         row[seen..].fill(0.0);
     }
-    let mut out = vec![0f32; r * dim];
-    strided(r, dim, keys, (&mut out, dim, 1), false, 1.0, (&s, keys, 1), (&v_block, dim, 1), false);
+    let mut out = vec![0f32; padded * dim];
+    if wide {
+        // SAFETY: as above; e is [padded, keys] with zeros past each row's keys.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            x86::block_weighted(&s, &v_block, dim, &seen, &mut out)
+        };
+    } else {
+        strided(r, dim, keys, (&mut out, dim, 1), false, 1.0, (&s, keys, 1), (&v_block, dim, 1), false);
+    }
+    out.truncate(r * dim);
     for (row, sum) in out.chunks_exact_mut(dim).zip(sums) {
         let inv = (1.0 / sum) as f32;
         row.iter_mut().for_each(|x| *x *= inv);
@@ -596,7 +626,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::LANES;
-    use crate::ops::infer_linear::simd::widen16;
+    use crate::ops::infer_linear::simd::{transpose16, widen16};
     use crate::storage::FloatElement;
     use crate::DType;
 
@@ -733,6 +763,135 @@ mod x86 {
             _mm512_storeu_ps(out.as_mut_ptr().add(j * LANES), _mm512_add_ps(even[j], odd[j]));
         }
     }
+    /// S [R, keys] = c·Q·Kᵀ (the attention block's scores) for Q [R, D] (R a multiple of 8)
+    /// and K [keys, D], f32, row i for its keys u < seen\[i\] only (the rest of a row is
+    /// left as it is). K is transposed once into [D, keys rounded up to 16] (zeros past
+    /// keys); then 8 rows at a time × 32 keys, each column d a broadcast of q_i\[d\] and an
+    /// FMA into 16 sums of 32 keys' (two K vectors loaded for the 8 rows), up to the 8 rows'
+    /// largest seen.
+    ///
+    /// # Safety
+    /// The CPU runs AVX-512F; `takes::<f32>(dim)`; q.len() = R·D, k.len() = keys·D,
+    /// s.len() = R·keys with keys = k.len() / D, seen.len() = R, every seen ≤ keys.
+    #[inline(always)]
+    pub(super) unsafe fn block_scores(q: &[f32], k: &[f32], dim: usize, seen: &[usize], c: f32, s: &mut [f32]) {
+        let (rows, keys) = (seen.len(), k.len() / dim);
+        assert!(
+            rows.is_multiple_of(8)
+                && q.len() == rows * dim
+                && s.len() == rows * keys
+                && seen.iter().all(|&n| n <= keys),
+            "attention: block scores sizes"
+        );
+        let stride = keys.next_multiple_of(LANES);
+        let mut kt = vec![0f32; dim * stride];
+        // 16×16 blocks transposed in registers (stored one element at a time, each key's
+        // columns went to D cache lines: ~15% of the block's time); the last keys one by one.
+        let whole = keys / LANES * LANES;
+        for u0 in (0..whole).step_by(LANES) {
+            for j0 in (0..dim).step_by(LANES) {
+                let mut rows = [_mm512_setzero_ps(); LANES];
+                for (i, r) in rows.iter_mut().enumerate() {
+                    *r = _mm512_loadu_ps(k.as_ptr().add((u0 + i) * dim + j0));
+                }
+                for (i, &c) in transpose16(rows).iter().enumerate() {
+                    _mm512_storeu_ps(kt.as_mut_ptr().add((j0 + i) * stride + u0), c);
+                }
+            }
+        }
+        for (u, key) in k.chunks_exact(dim).enumerate().skip(whole) {
+            for (j, &x) in key.iter().enumerate() {
+                kt[j * stride + u] = x;
+            }
+        }
+        let scale = _mm512_set1_ps(c);
+        for i0 in (0..rows).step_by(8) {
+            let limit = seen[i0..i0 + 8].iter().copied().max().unwrap_or(0);
+            let mut u0 = 0;
+            while u0 < limit {
+                let two = u0 + LANES < limit;
+                let mut acc = [[_mm512_setzero_ps(); 2]; 8];
+                let (qp, kp) = (q.as_ptr().add(i0 * dim), kt.as_ptr().add(u0));
+                for j in 0..dim {
+                    let k0 = _mm512_loadu_ps(kp.add(j * stride));
+                    let k1 = if two { _mm512_loadu_ps(kp.add(j * stride + LANES)) } else { _mm512_setzero_ps() };
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let qb = _mm512_set1_ps(*qp.add(r * dim + j));
+                        a[0] = _mm512_fmadd_ps(qb, k0, a[0]);
+                        a[1] = _mm512_fmadd_ps(qb, k1, a[1]);
+                    }
+                }
+                for (r, a) in acc.iter().enumerate() {
+                    let row = s.as_mut_ptr().add((i0 + r) * keys);
+                    for (h, &v) in a.iter().enumerate().take(if two { 2 } else { 1 }) {
+                        let at = u0 + h * LANES;
+                        let m: __mmask16 = if at + LANES <= keys { 0xffff } else { (1u16 << (keys - at)) - 1 };
+                        _mm512_mask_storeu_ps(row.add(at), m, _mm512_mul_ps(v, scale));
+                    }
+                }
+                u0 += if two { 2 * LANES } else { LANES };
+            }
+        }
+    }
+
+    /// out [R, D] = e·V (the attention block's unnormalized output) for e [R, keys] (zeros
+    /// past each row's seen keys, R a multiple of 8) and V [keys, D], f32: a few rows at a
+    /// time (4 for D ≤ 80, else 2) with all their D sums in registers, each key u < the rows'
+    /// largest seen a load of v_u and, per row, a broadcast of e_iu and an FMA per 16 columns.
+    ///
+    /// # Safety
+    /// As [`block_scores`], with e for q, V for K and out.len() = R·D.
+    #[inline(always)]
+    pub(super) unsafe fn block_weighted(e: &[f32], v: &[f32], dim: usize, seen: &[usize], out: &mut [f32]) {
+        match dim / LANES {
+            1 => weighted_block::<1, 4>(e, v, seen, out),
+            2 => weighted_block::<2, 4>(e, v, seen, out),
+            3 => weighted_block::<3, 4>(e, v, seen, out),
+            4 => weighted_block::<4, 4>(e, v, seen, out),
+            5 => weighted_block::<5, 4>(e, v, seen, out),
+            6 => weighted_block::<6, 2>(e, v, seen, out),
+            7 => weighted_block::<7, 2>(e, v, seen, out),
+            _ => weighted_block::<8, 2>(e, v, seen, out),
+        }
+    }
+
+    /// [`block_weighted`] for D = 16·C, NR rows at a time.
+    #[inline(always)]
+    unsafe fn weighted_block<const C: usize, const NR: usize>(e: &[f32], v: &[f32], seen: &[usize], out: &mut [f32]) {
+        let (rows, dim) = (seen.len(), C * LANES);
+        let keys = v.len() / dim;
+        assert!(
+            rows.is_multiple_of(NR)
+                && e.len() == rows * keys
+                && out.len() == rows * dim
+                && seen.iter().all(|&n| n <= keys),
+            "attention: block output sizes"
+        );
+        for i0 in (0..rows).step_by(NR) {
+            let limit = seen[i0..i0 + NR].iter().copied().max().unwrap_or(0);
+            let mut acc = [[_mm512_setzero_ps(); C]; NR];
+            let ep = e.as_ptr().add(i0 * keys);
+            for u in 0..limit {
+                let vp = v.as_ptr().add(u * dim);
+                let mut vu = [_mm512_setzero_ps(); C];
+                for (j, x) in vu.iter_mut().enumerate() {
+                    *x = _mm512_loadu_ps(vp.add(j * LANES));
+                }
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let w = _mm512_set1_ps(*ep.add(r * keys + u));
+                    for (x, &y) in a.iter_mut().zip(&vu) {
+                        *x = _mm512_fmadd_ps(w, y, *x);
+                    }
+                }
+            }
+            for (r, a) in acc.iter().enumerate() {
+                let row = out.as_mut_ptr().add((i0 + r) * dim);
+                for (j, &x) in a.iter().enumerate() {
+                    _mm512_storeu_ps(row.add(j * LANES), x);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
@@ -785,6 +944,48 @@ mod tests {
                 let seed = (10 * i + j) as u64;
                 check::<f32>(dim, positions, seed);
                 check::<half::bf16>(dim, positions, seed);
+            }
+        }
+    }
+
+    /// The AVX-512 prefill blocks against the `gemm` ones (the portable path), atol 1e-5 +
+    /// rtol 1e-4: f32 and bf16 caches, D from 16 to 128 and past it (that one takes the
+    /// `gemm` path too), 3 and 1 query heads per kv head (row counts not a multiple of 8),
+    /// a prompt of 9 and one of 70 rows (a block of 64 and one of 6), and a chunk at
+    /// positions 37..50 attending to the 37 keys before it as well.
+    #[test]
+    fn wide_blocks_match_the_portable_ones() {
+        if !crate::ops::infer_linear::cpu_fast::Isa::best().is_avx512() {
+            eprintln!("skipped: this CPU has no AVX-512");
+            return;
+        }
+        fn check<T: FloatElement>(dim: usize, q_heads: usize, positions: &[u32], seed: u64) {
+            let cache = CacheDims { sequences: 2, capacity: 80, kv_heads: 2, head_dim: dim };
+            let d = AttentionDims { cache, q_heads };
+            let n = positions.len();
+            let cast = |v: Vec<f32>| v.into_iter().map(T::from_f32).collect::<Vec<T>>();
+            let q = cast(random_f32(n * q_heads * dim, 2.0, seed));
+            let (k, v) = (cast(random_f32(cache.len(), 2.0, seed + 1)), cast(random_f32(cache.len(), 1.0, seed + 2)));
+            let seqs = vec![1; n];
+            let inputs = Inputs { q: &q, q_stride: q_heads * dim, k: &k, v: &v, d, seqs: &seqs, positions };
+            let Tasks { blocks, spans } = tasks(d, &seqs, positions);
+            assert!(spans.is_empty() && !blocks.is_empty(), "a run of {n} rows makes blocks");
+            for task in &blocks {
+                // SAFETY: the CPU runs AVX-512 (checked above).
+                let got = unsafe { block_avx512(task, &inputs) };
+                let want = block::<T, T, false>(task, &inputs);
+                let what = format!("{} D {dim} Hq {q_heads} rows {:?} kv head {}", T::DTYPE, task.rows, task.g);
+                crate::testing::assert_close(&what, &got, &want, 1e-5, 1e-4);
+            }
+        }
+        let prompt = |range: std::ops::Range<u32>| range.collect::<Vec<u32>>();
+        for (i, dim) in [16, 32, 48, 64, 80, 96, 128, 144].into_iter().enumerate() {
+            for (j, q_heads) in [6, 2].into_iter().enumerate() {
+                for (l, positions) in [prompt(0..9), prompt(0..70), prompt(37..50)].iter().enumerate() {
+                    let seed = (100 * i + 10 * j + l) as u64;
+                    check::<f32>(dim, q_heads, positions, seed);
+                    check::<half::bf16>(dim, q_heads, positions, seed);
+                }
             }
         }
     }

@@ -79,9 +79,10 @@ pub(crate) fn max_f32(x: &[f32]) -> f32 {
     lanes.iter().chain(tail).copied().fold(f32::NEG_INFINITY, larger)
 }
 
-/// e^x for x ≤ 0 (a score minus its row's maximum), within 2·10⁻⁷ relative: x = n·ln 2 + r
-/// with n an integer (rounded by adding 1.5·2²³) and |r| ≤ ln 2 / 2, e^r by its Taylor
-/// polynomial of degree 7, times 2ⁿ built in the exponent bits. Below −87 (e^x < 2⁻¹²⁵)
+/// e^x for x ≤ 0 (an attention score minus its row's maximum, or −|g| for SwiGLU's σ),
+/// within 2·10⁻⁷ relative: x = n·ln 2 + r with n an integer (rounded by adding 1.5·2²³) and
+/// |r| ≤ ln 2 / 2, e^r by its Taylor polynomial of degree 7, times 2ⁿ built in the exponent
+/// bits. Tested in `kv_cache::tests`. Below −87 (e^x < 2⁻¹²⁵)
 /// it gives 0; NaN stays NaN. No calls and no branches, so that loops over it vectorize.
 #[inline(always)]
 pub(crate) fn exp_nonpositive(x: f32) -> f32 {

@@ -384,14 +384,14 @@ impl<'h, T: Stored> Plan<'h, T> {
             compiled_for(
                 isa,
                 #[inline(always)]
-                || {
+                |_| {
                     let i = me.index();
                     let (mut h, mut out) = (Vec::new(), Vec::new());
                     let (mut gate, mut up, mut rotated) = (Vec::new(), Vec::new(), vec![0f32; hd]);
                     let mut act = Activations::new(isa, dtype, &[], 0, 0);
                     // This member's copy of a with the spans' rows merged in.
                     let (mut a_merged, mut merged) = (Vec::new(), vec![0f32; group * hd]);
-                    let mut span_scratch = kv_cache::cpu_fast::SpanScratch::default();
+                    let mut attention_scratch = kv_cache::cpu_fast::Scratch::default();
                     // SAFETY (every block below): each phase writes only this member's part of a shared
                     // buffer — its rows of a linear, or its units (token, head) — and reads buffers that
                     // no member writes in that phase; a sync ends every phase.
@@ -438,7 +438,7 @@ impl<'h, T: Stored> Plan<'h, T> {
                         let inputs =
                             kv_cache::cpu_fast::Inputs { q, q_stride: qkv_dim, k: kc, v: vc, d: att, seqs, positions };
                         for task in attention_blocks.iter().skip(i).step_by(me.count()) {
-                            let o = kv_cache::cpu_fast::run_block(task, &inputs);
+                            let o = kv_cache::cpu_fast::run_block(task, &inputs, &mut attention_scratch);
                             let mut from = 0;
                             for (at, len) in task.places(att) {
                                 for (d, &v) in unsafe { a_s.write(at..at + len) }.iter_mut().zip(&o[from..from + len]) {
@@ -455,7 +455,7 @@ impl<'h, T: Stored> Plan<'h, T> {
                                     o: span_o_s.write(s * group * hd..(s + 1) * group * hd),
                                 }
                             };
-                            kv_cache::cpu_fast::run_span(&spans[s], &inputs, out, &mut span_scratch);
+                            kv_cache::cpu_fast::run_span(&spans[s], &inputs, out, &mut attention_scratch);
                         }
                         me.sync()?;
                         // 4. x += a·Woᵀ on this member's rows, a with the spans merged (each member

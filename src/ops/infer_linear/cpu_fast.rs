@@ -182,23 +182,24 @@ impl Isa {
     }
 }
 
-/// `work()` compiled for `isa` where it is an AVX-512 or the AVX2 one that this CPU runs,
-/// otherwise for the build's target. Only code inlined into it is compiled so: `work` is a
-/// closure marked `#[inline(always)]`; functions it calls keep their own compilation (the
-/// kernels choose their instruction set themselves).
+/// `work(wide)` compiled for `isa` where it is an AVX-512 or the AVX2 one that this CPU
+/// runs, otherwise for the build's target; `wide` says it runs compiled for AVX-512 (for
+/// code that takes its 512-bit kernels then: a constant in each compilation). Only code
+/// inlined into it is compiled so: `work` is a closure marked `#[inline(always)]`; functions
+/// it calls keep their own compilation (the kernels choose their instruction set themselves).
 #[inline(always)]
-pub(crate) fn compiled_for<R>(isa: Isa, work: impl FnOnce() -> R) -> R {
+pub(crate) fn compiled_for<R>(isa: Isa, work: impl FnOnce(bool) -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
-        /// `work()` with AVX-512.
+        /// `work(true)` with AVX-512.
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-        unsafe fn avx512<R>(work: impl FnOnce() -> R) -> R {
-            work()
+        unsafe fn avx512<R>(work: impl FnOnce(bool) -> R) -> R {
+            work(true)
         }
-        /// `work()` with AVX2 and FMA.
+        /// `work(false)` with AVX2 and FMA.
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2<R>(work: impl FnOnce() -> R) -> R {
-            work()
+        unsafe fn avx2<R>(work: impl FnOnce(bool) -> R) -> R {
+            work(false)
         }
         if isa.is_avx512() && isa.available() {
             // SAFETY: this CPU runs AVX-512 F/BW/VL (every AVX-512 `Isa` has them) and AVX2.
@@ -211,7 +212,7 @@ pub(crate) fn compiled_for<R>(isa: Isa, work: impl FnOnce() -> R) -> R {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = isa;
-    work()
+    work(false)
 }
 
 /// Whether the CPU's vendor string (CPUID leaf 0) is AMD's. Read once: in a virtual

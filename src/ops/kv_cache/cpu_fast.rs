@@ -17,7 +17,7 @@
 //!   M = max m, o = Σ e^{m − M}·o / Σ e^{m − M}·l (with one span, o / l). The query heads of
 //!   a kv head read its keys and values in turn while they are in L1 (a span's rows are
 //!   consecutive in the cache [B, Hkv, S, D]; a bf16 cache's rows widened to f32 once per
-//!   span, in a [`SpanScratch`]), and a step's rows are cut into
+//!   span, in a [`Scratch`]), and a step's rows are cut into
 //!   equal parts however many query heads share a kv head. Every loop
 //!   auto-vectorizes. With AVX-512 (bf16 or f32, D a multiple of 16 up to 128) the two loops
 //!   over the keys are the `x86` kernels instead: 16 keys' scores at once, a key's columns
@@ -31,6 +31,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::cpu::AttentionDims;
+use crate::ops::infer_linear::cpu_fast::{compiled_for, Isa};
 use crate::ops::matmul::cpu::strided;
 use crate::ops::{exp_nonpositive, max_f32, sum_f64_by};
 use crate::storage::FloatElement;
@@ -257,16 +258,40 @@ pub fn span_runs(spans: &[Span], d: AttentionDims) -> Vec<(usize, Range<usize>)>
     runs
 }
 
-/// Working space of span tasks, kept from one to the next by the caller (its contents do
-/// not matter).
+/// Working space of attention tasks, kept from one to the next by the caller (its contents
+/// do not matter: every value is written before it is read).
 #[derive(Default)]
-pub struct SpanScratch {
+pub struct Scratch {
     /// A span's keys and values widened to f32.
     wide: Vec<f32>,
     /// A head's scores, then its weights.
     scores: Vec<f32>,
     /// A query row scaled.
     q: Vec<f32>,
+    /// A block's: queries [R, D], keys and values [P, D], K transposed, scores then
+    /// weights [R, P], keys each row sees, Σ e per row, output [R, D].
+    block: BlockScratch,
+}
+
+#[derive(Default)]
+struct BlockScratch {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    kt: Vec<f32>,
+    s: Vec<f32>,
+    seen: Vec<usize>,
+    sums: Vec<f64>,
+    out: Vec<f32>,
+}
+
+/// The first `len` values of `buf`, grown (with zeros) where it is shorter; what it held
+/// before is left in place.
+fn first<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
+    if buf.len() < len {
+        buf.resize(len, T::default());
+    }
+    &mut buf[..len]
 }
 
 /// A span's results for the `group` query heads of its kv head, head j at j: the largest
@@ -332,67 +357,48 @@ pub struct Inputs<'a, Q, T> {
     pub positions: &'a [u32],
 }
 
-/// A block task's output [rows, group, D] ([`Block::places`] says where it goes). The loops
-/// are compiled for AVX-512 or AVX2 as well and the best this CPU runs is taken (the same
-/// arithmetic in every lane, so the same results).
-pub fn run_block<Q: FloatElement, T: FloatElement>(task: &Block, inputs: &Inputs<'_, Q, T>) -> Vec<f32> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use crate::ops::infer_linear::cpu_fast::Isa;
-        match Isa::best() {
-            // SAFETY: this CPU runs the instruction set.
-            isa if isa.is_avx512() => return unsafe { block_avx512(task, inputs) },
-            Isa::Avx2 => return unsafe { block_avx2(task, inputs) },
-            _ => {}
-        }
-    }
-    block::<Q, T, false>(task, inputs)
+/// A block task's output [rows, group, D] ([`Block::places`] says where it goes), in
+/// `scratch`. Compiled for the best instruction set this CPU runs ([`compiled_for`]; the
+/// AVX-512 block kernels there).
+pub fn run_block<'s, Q: FloatElement, T: FloatElement>(
+    task: &Block,
+    inputs: &Inputs<'_, Q, T>,
+    scratch: &'s mut Scratch,
+) -> &'s [f32] {
+    let scratch = &mut scratch.block;
+    compiled_for(
+        Isa::best(),
+        #[inline(always)]
+        |wide| {
+            if wide {
+                block::<Q, T, true>(task, inputs, scratch)
+            } else {
+                block::<Q, T, false>(task, inputs, scratch)
+            }
+        },
+    )
 }
 
-/// A span task's results into `out`, compiled as [`run_block`] is.
+/// A span task's results into `out`, compiled as [`run_block`] is (the same arithmetic in
+/// every lane, so the same results on every instruction set).
 pub fn run_span<Q: FloatElement, T: FloatElement>(
     task: &Span,
     inputs: &Inputs<'_, Q, T>,
     out: SpanOut<'_>,
-    scratch: &mut SpanScratch,
+    scratch: &mut Scratch,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use crate::ops::infer_linear::cpu_fast::Isa;
-        match Isa::best() {
-            // SAFETY: this CPU runs the instruction set.
-            isa if isa.is_avx512() => return unsafe { span_avx512(task, inputs, out, scratch) },
-            Isa::Avx2 => return unsafe { span_avx2(task, inputs, out, scratch) },
-            _ => {}
-        }
-    }
-    span::<Q, T, false>(task, inputs, out, scratch)
+    compiled_for(
+        Isa::best(),
+        #[inline(always)]
+        |wide| {
+            if wide {
+                span::<Q, T, true>(task, inputs, out, scratch)
+            } else {
+                span::<Q, T, false>(task, inputs, out, scratch)
+            }
+        },
+    )
 }
-
-/// [`block`] and [`span`] compiled for one instruction set (the loops inline into them).
-#[cfg(target_arch = "x86_64")]
-macro_rules! entry {
-    ($block:ident, $span:ident, $features:literal, $wide:literal) => {
-        #[target_feature(enable = $features)]
-        unsafe fn $block<Q: FloatElement, T: FloatElement>(task: &Block, inputs: &Inputs<'_, Q, T>) -> Vec<f32> {
-            block::<Q, T, $wide>(task, inputs)
-        }
-        #[target_feature(enable = $features)]
-        unsafe fn $span<Q: FloatElement, T: FloatElement>(
-            task: &Span,
-            inputs: &Inputs<'_, Q, T>,
-            out: SpanOut<'_>,
-            scratch: &mut SpanScratch,
-        ) {
-            span::<Q, T, $wide>(task, inputs, out, scratch)
-        }
-    };
-}
-
-#[cfg(target_arch = "x86_64")]
-entry!(block_avx512, span_avx512, "avx512f,avx512bw,avx512vl,avx2,fma", true);
-#[cfg(target_arch = "x86_64")]
-entry!(block_avx2, span_avx2, "avx2,fma", false);
 
 /// o [N, Hq, D] (f32) from q [N, Hq, D] and the caches [B, Hkv, S, D].
 pub fn attention<T: FloatElement>(
@@ -406,7 +412,8 @@ pub fn attention<T: FloatElement>(
 ) {
     let inputs = Inputs { q, q_stride: d.q_heads * d.cache.head_dim, k, v, d, seqs, positions };
     let Tasks { blocks, spans } = tasks(d, seqs, positions);
-    let results: Vec<Vec<f32>> = blocks.par_iter().map(|t| run_block(t, &inputs)).collect();
+    let results: Vec<Vec<f32>> =
+        blocks.par_iter().map_init(Scratch::default, |scratch, t| run_block(t, &inputs, scratch).to_vec()).collect();
     for (task, out) in blocks.iter().zip(results) {
         let mut from = 0;
         for (at, len) in task.places(d) {
@@ -422,7 +429,7 @@ pub fn attention<T: FloatElement>(
         .zip(max.par_chunks_mut(group))
         .zip(sum.par_chunks_mut(group))
         .zip(part.par_chunks_mut(group * dim))
-        .for_each_init(SpanScratch::default, |scratch, (((t, max), sum), o)| {
+        .for_each_init(Scratch::default, |scratch, (((t, max), sum), o)| {
             run_span(t, &inputs, SpanOut { max, sum, o }, scratch);
         });
     for (at, run) in span_runs(&spans, d) {
@@ -436,60 +443,69 @@ pub fn attention<T: FloatElement>(
 /// u ≤ its position (0 beyond), O [R, D] = e·V / Σ e. Returns O as [rows, group, D]. With
 /// `WIDE` (AVX-512) and a D they take, the products are the `x86` block kernels.
 #[inline(always)]
-fn block<Q: FloatElement, T: FloatElement, const WIDE: bool>(task: &Block, inputs: &Inputs<'_, Q, T>) -> Vec<f32> {
+fn block<'s, Q: FloatElement, T: FloatElement, const WIDE: bool>(
+    task: &Block,
+    inputs: &Inputs<'_, Q, T>,
+    scratch: &'s mut BlockScratch,
+) -> &'s [f32] {
     let Inputs { q, q_stride, k, v, d, .. } = *inputs;
     let (rows, g) = (task.rows.clone(), task.g);
-    let (seq, first, positions) = (inputs.seqs[rows.start], rows.start, &inputs.positions[rows]);
+    let (seq, first_row, positions) = (inputs.seqs[rows.start], rows.start, &inputs.positions[rows]);
     let (dim, group) = (d.cache.head_dim, d.group());
     let keys = positions.iter().map(|&p| p as usize + 1).max().unwrap_or(0);
     let r = positions.len() * group;
     // Rows up to a multiple of 8 (zeros), which the AVX-512 kernels compute and drop.
     let padded = r.next_multiple_of(8);
-    let mut q_block = vec![0f32; padded * dim];
+    let BlockScratch { q: q_block, k: k_block, v: v_block, kt, s, seen, sums, out } = scratch;
+    let q_block = first(q_block, padded * dim);
     for (i, row) in q_block.chunks_exact_mut(dim).take(r).enumerate() {
-        let at = (first + i / group) * q_stride + (g * group + i % group) * dim;
+        let at = (first_row + i / group) * q_stride + (g * group + i % group) * dim;
         widen_into(&q[at..at + dim], row);
     }
-    let (k_block, v_block) = (gather(k, d, seq, g, keys), gather(v, d, seq, g, keys));
+    q_block[r * dim..].fill(0.0);
+    let (k_block, v_block) = (gather(k, d, seq, g, keys, k_block), gather(v, d, seq, g, keys, v_block));
     // Keys each row sees (its position + 1).
-    let seen: Vec<usize> = (0..padded).map(|i| positions.get(i / group).map_or(0, |&p| p as usize + 1)).collect();
+    seen.clear();
+    seen.extend((0..padded).map(|i| positions.get(i / group).map_or(0, |&p| p as usize + 1)));
     #[cfg(target_arch = "x86_64")]
     let wide = WIDE && x86::takes::<f32>(dim);
     #[cfg(not(target_arch = "x86_64"))]
     let wide = false;
-    let mut s = vec![0f32; padded * keys];
+    let s = first(s, padded * keys);
+    // The padding rows' weights, which the output kernel reads along with their group's.
+    s[r * keys..].fill(0.0);
     let c = d.scale() as f32;
     if wide {
         // SAFETY: the CPU runs AVX-512 (WIDE); D is one the kernels take; the buffers are
         // [padded, D], [keys, D] and [padded, keys], `seen` ≤ keys.
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            x86::block_scores(&q_block, &k_block, dim, &seen, c, &mut s)
+            x86::block_scores(q_block, k_block, dim, seen, c, kt, s)
         };
     } else {
-        strided(r, keys, dim, (&mut s, keys, 1), false, c, (&q_block, dim, 1), (&k_block, 1, dim), false);
+        strided(r, keys, dim, (s, keys, 1), false, c, (q_block, dim, 1), (k_block, 1, dim), false);
     }
-    let mut sums = vec![0f64; r];
-    for ((row, sum), &seen) in s.chunks_exact_mut(keys).zip(&mut sums).zip(&seen) {
+    sums.clear();
+    for (row, &seen) in s.chunks_exact_mut(keys).zip(seen.iter()).take(r) {
         let max = max_f32(&row[..seen]);
         for x in &mut row[..seen] {
             *x = exp_nonpositive(*x - max);
         }
-        *sum = sum_f64_by(&row[..seen], f64::from);
+        sums.push(sum_f64_by(&row[..seen], f64::from));
         row[seen..].fill(0.0);
     }
-    let mut out = vec![0f32; padded * dim];
+    let out = first(out, padded * dim);
     if wide {
         // SAFETY: as above; e is [padded, keys] with zeros past each row's keys.
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            x86::block_weighted(&s, &v_block, dim, &seen, &mut out)
+            x86::block_weighted(s, v_block, dim, seen, out)
         };
     } else {
-        strided(r, dim, keys, (&mut out, dim, 1), false, 1.0, (&s, keys, 1), (&v_block, dim, 1), false);
+        strided(r, dim, keys, (out, dim, 1), false, 1.0, (s, keys, 1), (v_block, dim, 1), false);
     }
-    out.truncate(r * dim);
-    for (row, sum) in out.chunks_exact_mut(dim).zip(sums) {
+    let out = &mut out[..r * dim];
+    for (row, &sum) in out.chunks_exact_mut(dim).zip(sums.iter()) {
         let inv = (1.0 / sum) as f32;
         row.iter_mut().for_each(|x| *x *= inv);
     }
@@ -497,12 +513,19 @@ fn block<Q: FloatElement, T: FloatElement, const WIDE: bool>(task: &Block, input
 }
 
 /// Kv head g's rows of keys 0..keys of sequence `seq` in a cache (consecutive there), as f32
-/// [keys, D].
+/// [keys, D] in `buf`.
 #[inline(always)]
-fn gather<T: FloatElement>(cache: &[T], d: AttentionDims, seq: u32, g: usize, keys: usize) -> Vec<f32> {
+fn gather<'b, T: FloatElement>(
+    cache: &[T],
+    d: AttentionDims,
+    seq: u32,
+    g: usize,
+    keys: usize,
+    buf: &'b mut Vec<f32>,
+) -> &'b [f32] {
     let at = d.cache.key_offset(seq, g, 0);
-    let mut block = vec![0f32; keys * d.cache.head_dim];
-    widen_into(&cache[at..at + block.len()], &mut block);
+    let block = first(buf, keys * d.cache.head_dim);
+    widen_into(&cache[at..at + block.len()], block);
     block
 }
 
@@ -513,7 +536,7 @@ fn span<Q: FloatElement, T: FloatElement, const WIDE: bool>(
     task: &Span,
     x: &Inputs<'_, Q, T>,
     out: SpanOut<'_>,
-    scratch: &mut SpanScratch,
+    scratch: &mut Scratch,
 ) {
     let (n, g, keys) = (task.n, task.g, task.keys.clone());
     let d = x.d;
@@ -523,7 +546,7 @@ fn span<Q: FloatElement, T: FloatElement, const WIDE: bool>(
     let start = d.cache.key_offset(x.seqs[n], g, keys.start as u32);
     let end = start + keys.len() * dim;
     let (k_rows, v_rows) = (&x.k[start..end], &x.v[start..end]);
-    let SpanScratch { wide, scores, q } = scratch;
+    let Scratch { wide, scores, q, .. } = scratch;
     scores.resize(keys.len(), 0.0);
     q.resize(dim, 0.0);
     if group == 1 || T::DTYPE == DType::F32 {
@@ -765,8 +788,8 @@ mod x86 {
     }
     /// S [R, keys] = c·Q·Kᵀ (the attention block's scores) for Q [R, D] (R a multiple of 8)
     /// and K [keys, D], f32, row i for its keys u < seen\[i\] only (the rest of a row is
-    /// left as it is). K is transposed once into [D, keys rounded up to 16] (zeros past
-    /// keys); then 8 rows at a time × 32 keys, each column d a broadcast of q_i\[d\] and an
+    /// left as it is). K is transposed once into `kt` [D, keys rounded up to 16] (zeros past
+    /// keys; `kt` is working space, its contents on entry do not matter); then 8 rows at a time × 32 keys, each column d a broadcast of q_i\[d\] and an
     /// FMA into 16 sums of 32 keys' (two K vectors loaded for the 8 rows), up to the 8 rows'
     /// largest seen.
     ///
@@ -774,7 +797,15 @@ mod x86 {
     /// The CPU runs AVX-512F; `takes::<f32>(dim)`; q.len() = R·D, k.len() = keys·D,
     /// s.len() = R·keys with keys = k.len() / D, seen.len() = R, every seen ≤ keys.
     #[inline(always)]
-    pub(super) unsafe fn block_scores(q: &[f32], k: &[f32], dim: usize, seen: &[usize], c: f32, s: &mut [f32]) {
+    pub(super) unsafe fn block_scores(
+        q: &[f32],
+        k: &[f32],
+        dim: usize,
+        seen: &[usize],
+        c: f32,
+        kt: &mut Vec<f32>,
+        s: &mut [f32],
+    ) {
         let (rows, keys) = (seen.len(), k.len() / dim);
         assert!(
             rows.is_multiple_of(8)
@@ -784,7 +815,10 @@ mod x86 {
             "attention: block scores sizes"
         );
         let stride = keys.next_multiple_of(LANES);
-        let mut kt = vec![0f32; dim * stride];
+        let kt = super::first(kt, dim * stride);
+        for row in kt.chunks_exact_mut(stride) {
+            row[keys..].fill(0.0);
+        }
         // 16×16 blocks transposed in registers (stored one element at a time, each key's
         // columns went to D cache lines: ~15% of the block's time); the last keys one by one.
         let whole = keys / LANES * LANES;
@@ -900,6 +934,27 @@ mod tests {
     use crate::ops::kv_cache::CacheDims;
     use crate::testing::random_f32;
 
+    /// Working space whose every value is NaN (as large as the tests' tasks need): a value
+    /// read before it is written shows in the results.
+    fn poisoned() -> Scratch {
+        let nan = |n: usize| vec![f32::NAN; n];
+        Scratch {
+            wide: nan(1 << 16),
+            scores: nan(1 << 10),
+            q: nan(1 << 10),
+            block: BlockScratch {
+                q: nan(1 << 16),
+                k: nan(1 << 16),
+                v: nan(1 << 16),
+                kt: nan(1 << 16),
+                s: nan(1 << 16),
+                seen: vec![usize::MAX; 1 << 10],
+                sums: vec![f64::NAN; 1 << 10],
+                out: nan(1 << 16),
+            },
+        }
+    }
+
     /// The AVX-512 decode rows give the portable loops' results bit for bit: f32 and bf16
     /// caches, D from 16 to 128 and past it, key counts below, at and around multiples of 16
     /// (the rest of a run of 16 keys takes the portable loop).
@@ -925,10 +980,9 @@ mod tests {
                 let run = |wide: bool| {
                     let (mut max, mut sum, mut o) = (vec![0f32; group], vec![0f64; group], vec![0f32; group * dim]);
                     let out = SpanOut { max: &mut max, sum: &mut sum, o: &mut o };
-                    let mut scratch = SpanScratch::default();
+                    let mut scratch = poisoned();
                     if wide {
-                        // SAFETY: the CPU runs AVX-512 (checked above).
-                        unsafe { span_avx512(task, &inputs, out, &mut scratch) }
+                        run_span(task, &inputs, out, &mut scratch)
                     } else {
                         span::<T, T, false>(task, &inputs, out, &mut scratch)
                     }
@@ -952,7 +1006,8 @@ mod tests {
     /// rtol 1e-4: f32 and bf16 caches, D from 16 to 128 and past it (that one takes the
     /// `gemm` path too), 3 and 1 query heads per kv head (row counts not a multiple of 8),
     /// a prompt of 9 and one of 70 rows (a block of 64 and one of 6), and a chunk at
-    /// positions 37..50 attending to the 37 keys before it as well.
+    /// positions 37..50 attending to the 37 keys before it as well; both kernels in one
+    /// working space, NaN at first, that each task leaves to the next.
     #[test]
     fn wide_blocks_match_the_portable_ones() {
         if !crate::ops::infer_linear::cpu_fast::Isa::best().is_avx512() {
@@ -970,10 +1025,11 @@ mod tests {
             let inputs = Inputs { q: &q, q_stride: q_heads * dim, k: &k, v: &v, d, seqs: &seqs, positions };
             let Tasks { blocks, spans } = tasks(d, &seqs, positions);
             assert!(spans.is_empty() && !blocks.is_empty(), "a run of {n} rows makes blocks");
+            // One scratch for all the blocks of both kernels, NaN where nothing was written yet.
+            let mut scratch = poisoned();
             for task in &blocks {
-                // SAFETY: the CPU runs AVX-512 (checked above).
-                let got = unsafe { block_avx512(task, &inputs) };
-                let want = block::<T, T, false>(task, &inputs);
+                let got = run_block(task, &inputs, &mut scratch).to_vec();
+                let want = block::<T, T, false>(task, &inputs, &mut scratch.block).to_vec();
                 let what = format!("{} D {dim} Hq {q_heads} rows {:?} kv head {}", T::DTYPE, task.rows, task.g);
                 crate::testing::assert_close(&what, &got, &want, 1e-5, 1e-4);
             }

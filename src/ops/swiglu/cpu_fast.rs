@@ -37,7 +37,7 @@ pub fn forward(gate: &[f32], up: &[f32], h: &mut [f32]) {
     compiled_for(
         Isa::best(),
         #[inline(always)]
-        || run(gate, up, h),
+        |_| run(gate, up, h),
     )
 }
 

@@ -787,11 +787,11 @@ mod x86 {
         }
     }
     /// S [R, keys] = c·Q·Kᵀ (the attention block's scores) for Q [R, D] (R a multiple of 8)
-    /// and K [keys, D], f32, row i for its keys u < seen\[i\] only (the rest of a row is
-    /// left as it is). K is transposed once into `kt` [D, keys rounded up to 16] (zeros past
-    /// keys; `kt` is working space, its contents on entry do not matter); then 8 rows at a time × 32 keys, each column d a broadcast of q_i\[d\] and an
-    /// FMA into 16 sums of 32 keys' (two K vectors loaded for the 8 rows), up to the 8 rows'
-    /// largest seen.
+    /// and K [keys, D], f32, each 8 rows for the keys below their largest seen\[i\] (rounded
+    /// up to 16, at most keys; the rest of a row is left as it is). K is transposed once
+    /// into `kt` [D, keys rounded up to 16] (zeros past keys; `kt` is working space, its
+    /// contents on entry do not matter); then 8 rows × 32 keys at a time (16 for the last 16),
+    /// each column d a broadcast of q_i\[d\] and an FMA per K vector loaded for the 8 rows.
     ///
     /// # Safety
     /// The CPU runs AVX-512F; `takes::<f32>(dim)`; q.len() = R·D, k.len() = keys·D,
@@ -843,29 +843,56 @@ mod x86 {
             let limit = seen[i0..i0 + 8].iter().copied().max().unwrap_or(0);
             let mut u0 = 0;
             while u0 < limit {
-                let two = u0 + LANES < limit;
-                let mut acc = [[_mm512_setzero_ps(); 2]; 8];
-                let (qp, kp) = (q.as_ptr().add(i0 * dim), kt.as_ptr().add(u0));
-                for j in 0..dim {
-                    let k0 = _mm512_loadu_ps(kp.add(j * stride));
-                    let k1 = if two { _mm512_loadu_ps(kp.add(j * stride + LANES)) } else { _mm512_setzero_ps() };
-                    for (r, a) in acc.iter_mut().enumerate() {
-                        let qb = _mm512_set1_ps(*qp.add(r * dim + j));
-                        a[0] = _mm512_fmadd_ps(qb, k0, a[0]);
-                        a[1] = _mm512_fmadd_ps(qb, k1, a[1]);
-                    }
-                }
-                for (r, a) in acc.iter().enumerate() {
-                    let row = s.as_mut_ptr().add((i0 + r) * keys);
-                    for (h, &v) in a.iter().enumerate().take(if two { 2 } else { 1 }) {
-                        let at = u0 + h * LANES;
-                        let m: __mmask16 = if at + LANES <= keys { 0xffff } else { (1u16 << (keys - at)) - 1 };
-                        _mm512_mask_storeu_ps(row.add(at), m, _mm512_mul_ps(v, scale));
-                    }
-                }
-                u0 += if two { 2 * LANES } else { LANES };
+                let (qp, kp, row) = (q.as_ptr().add(i0 * dim), kt.as_ptr().add(u0), s.as_mut_ptr().add(i0 * keys));
+                u0 += if u0 + LANES < limit {
+                    scores_8xh::<2>(qp, kp, dim, stride, scale, row, keys, u0)
+                } else {
+                    scores_8xh::<1>(qp, kp, dim, stride, scale, row, keys, u0)
+                };
             }
         }
+    }
+
+    /// [`block_scores`]' step: keys u0 .. u0 + 16·H of 8 rows (q rows at `qp`, D apart; Kᵀ's
+    /// columns from `kp`, rows `stride` apart; S rows from `row`, `keys` apart), scaled by
+    /// `scale`, the keys past `keys` not stored; returns the keys done (16·H).
+    ///
+    /// # Safety
+    /// As [`block_scores`]: 8 rows of q and of S, and D rows of 16·H columns of Kᵀ, readable
+    /// (S writable) there.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn scores_8xh<const H: usize>(
+        qp: *const f32,
+        kp: *const f32,
+        dim: usize,
+        stride: usize,
+        scale: __m512,
+        row: *mut f32,
+        keys: usize,
+        u0: usize,
+    ) -> usize {
+        let mut acc = [[_mm512_setzero_ps(); H]; 8];
+        for j in 0..dim {
+            let mut k = [_mm512_setzero_ps(); H];
+            for (h, kh) in k.iter_mut().enumerate() {
+                *kh = _mm512_loadu_ps(kp.add(j * stride + h * LANES));
+            }
+            for (r, a) in acc.iter_mut().enumerate() {
+                let qb = _mm512_set1_ps(*qp.add(r * dim + j));
+                for (x, &kh) in a.iter_mut().zip(&k) {
+                    *x = _mm512_fmadd_ps(qb, kh, *x);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for (h, &v) in a.iter().enumerate() {
+                let at = u0 + h * LANES;
+                let m: __mmask16 = if at + LANES <= keys { 0xffff } else { (1u16 << (keys - at)) - 1 };
+                _mm512_mask_storeu_ps(row.add(r * keys + at), m, _mm512_mul_ps(v, scale));
+            }
+        }
+        H * LANES
     }
 
     /// out [R, D] = e·V (the attention block's unnormalized output) for e [R, keys] (zeros

@@ -358,8 +358,8 @@ pub struct Inputs<'a, Q, T> {
 }
 
 /// A block task's output [rows, group, D] ([`Block::places`] says where it goes), in
-/// `scratch`. Compiled for the best instruction set this CPU runs ([`compiled_for`]; the
-/// AVX-512 block kernels there).
+/// `scratch`. Compiled for the best instruction set this CPU runs (the inference linear's
+/// `compiled_for`; the AVX-512 block kernels there).
 pub fn run_block<'s, Q: FloatElement, T: FloatElement>(
     task: &Block,
     inputs: &Inputs<'_, Q, T>,

@@ -470,7 +470,7 @@ fn block<'s, Q: FloatElement, T: FloatElement, const WIDE: bool>(
     #[cfg(target_arch = "x86_64")]
     let wide = WIDE && x86::takes::<f32>(dim);
     #[cfg(not(target_arch = "x86_64"))]
-    let wide = false;
+    let (wide, _) = (false, kt);
     let s = first(s, padded * keys);
     // The padding rows' weights, which the output kernel reads along with their group's.
     s[r * keys..].fill(0.0);

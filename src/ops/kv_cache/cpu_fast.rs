@@ -853,6 +853,36 @@ mod x86 {
         }
     }
 
+    /// acc\[r\]\[h\] = Σ_k a\[r·a_row + k\] · b\[k·b_row + 16h ..\]\[..16\] for k < steps:
+    /// R rows × H vectors of sums in registers, each step H vector loads of b and, per row,
+    /// a broadcast of a and H FMAs (the block kernels' products, k in order).
+    ///
+    /// # Safety
+    /// The CPU runs AVX-512F; a and b are readable there.
+    #[inline(always)]
+    unsafe fn outer_sums<const R: usize, const H: usize>(
+        a: *const f32,
+        a_row: usize,
+        b: *const f32,
+        b_row: usize,
+        steps: usize,
+    ) -> [[__m512; H]; R] {
+        let mut acc = [[_mm512_setzero_ps(); H]; R];
+        for k in 0..steps {
+            let mut bk = [_mm512_setzero_ps(); H];
+            for (h, x) in bk.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(b.add(k * b_row + h * LANES));
+            }
+            for (r, sums) in acc.iter_mut().enumerate() {
+                let ak = _mm512_set1_ps(*a.add(r * a_row + k));
+                for (x, &y) in sums.iter_mut().zip(&bk) {
+                    *x = _mm512_fmadd_ps(ak, y, *x);
+                }
+            }
+        }
+        acc
+    }
+
     /// [`block_scores`]' step: keys u0 .. u0 + 16·H of 8 rows (q rows at `qp`, D apart; Kᵀ's
     /// columns from `kp`, rows `stride` apart; S rows from `row`, `keys` apart), scaled by
     /// `scale`, the keys past `keys` not stored; returns the keys done (16·H).
@@ -872,19 +902,7 @@ mod x86 {
         keys: usize,
         u0: usize,
     ) -> usize {
-        let mut acc = [[_mm512_setzero_ps(); H]; 8];
-        for j in 0..dim {
-            let mut k = [_mm512_setzero_ps(); H];
-            for (h, kh) in k.iter_mut().enumerate() {
-                *kh = _mm512_loadu_ps(kp.add(j * stride + h * LANES));
-            }
-            for (r, a) in acc.iter_mut().enumerate() {
-                let qb = _mm512_set1_ps(*qp.add(r * dim + j));
-                for (x, &kh) in a.iter_mut().zip(&k) {
-                    *x = _mm512_fmadd_ps(qb, kh, *x);
-                }
-            }
-        }
+        let acc = outer_sums::<8, H>(qp, dim, kp, stride, dim);
         for (r, a) in acc.iter().enumerate() {
             for (h, &v) in a.iter().enumerate() {
                 let at = u0 + h * LANES;
@@ -930,21 +948,7 @@ mod x86 {
         );
         for i0 in (0..rows).step_by(NR) {
             let limit = seen[i0..i0 + NR].iter().copied().max().unwrap_or(0);
-            let mut acc = [[_mm512_setzero_ps(); C]; NR];
-            let ep = e.as_ptr().add(i0 * keys);
-            for u in 0..limit {
-                let vp = v.as_ptr().add(u * dim);
-                let mut vu = [_mm512_setzero_ps(); C];
-                for (j, x) in vu.iter_mut().enumerate() {
-                    *x = _mm512_loadu_ps(vp.add(j * LANES));
-                }
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let w = _mm512_set1_ps(*ep.add(r * keys + u));
-                    for (x, &y) in a.iter_mut().zip(&vu) {
-                        *x = _mm512_fmadd_ps(w, y, *x);
-                    }
-                }
-            }
+            let acc = outer_sums::<NR, C>(e.as_ptr().add(i0 * keys), keys, v.as_ptr(), dim, limit);
             for (r, a) in acc.iter().enumerate() {
                 let row = out.as_mut_ptr().add((i0 + r) * dim);
                 for (j, &x) in a.iter().enumerate() {

@@ -547,15 +547,13 @@ fn span<Q: FloatElement, T: FloatElement, const WIDE: bool>(
     let end = start + keys.len() * dim;
     let (k_rows, v_rows) = (&x.k[start..end], &x.v[start..end]);
     let Scratch { wide, scores, q, .. } = scratch;
-    scores.resize(keys.len(), 0.0);
-    q.resize(dim, 0.0);
+    let (scores, q) = (first(scores, keys.len()), first(q, dim));
     if group == 1 || T::DTYPE == DType::F32 {
         heads::<Q, T, WIDE>(n, g, x, (k_rows, v_rows), true, (q, scores), out);
     } else {
         // The group's heads read the rows widened once (exactly, so the same results).
         // Every value of the scratch is written before it is read.
-        wide.resize(2 * keys.len() * dim, 0.0);
-        let (k_wide, v_wide) = wide.split_at_mut(keys.len() * dim);
+        let (k_wide, v_wide) = first(wide, 2 * keys.len() * dim).split_at_mut(keys.len() * dim);
         for (u, (kw, vw)) in k_wide.chunks_exact_mut(dim).zip(v_wide.chunks_exact_mut(dim)).enumerate() {
             prefetch_row(k_rows, (u + AHEAD) * dim, dim);
             prefetch_row(v_rows, (u + AHEAD) * dim, dim);

@@ -41,7 +41,8 @@
 //! bytes read (kept values + mask), since pruning leaves rows with different kept counts.
 //! N:M rows get their column mask built in a small per-row buffer first (2:4 a byte of
 //! positions at a time, [`Simd::two_four_mask`]; other patterns position by position), then
-//! run the bitmask kernel. A masked row's values are read through a pointer that moves by
+//! run the bitmask kernel; the decode of bf16 2:4 rows whose length is whole blocks of 64
+//! on a CPU with AVX-512 VBMI and BF16 is [`super::two_four`]'s instead. A masked row's values are read through a pointer that moves by
 //! each chunk's popcount, with no bound per chunk: a row keeps at most `cols` columns and
 //! is readable for `cols` + 32 values (the last rows of a matrix are copied, padded). A
 //! row whose mask disagrees with its value count is an error after the row.
@@ -53,6 +54,7 @@ use rayon::prelude::*;
 
 use super::bf16_pairs::Pairs;
 use super::simd::{Portable, Simd, Stored, CHUNK, NATURAL};
+use super::two_four::TwoFour;
 use crate::sparse::cpu::{meta_stride, visit_row};
 use crate::sparse::{check_nm, SparseFormat};
 use crate::{DType, Error, Result};
@@ -346,7 +348,7 @@ impl<'a> Dest<'a> {
 
     /// Stores v at (row i, token t).
     #[inline(always)]
-    fn put(&mut self, i: usize, t: usize, v: f32) {
+    pub(super) fn put(&mut self, i: usize, t: usize, v: f32) {
         let at = i + t * self.token_stride;
         assert!(i < self.rows && t < self.tokens && at < self.len, "infer_linear: output ({i}, {t}) outside its part");
         // SAFETY: in bounds (checked), and (i, t) of this part is written by this Dest only.
@@ -502,9 +504,31 @@ impl<'a, T: Stored> Linear<'a, T> {
                 s.check_rows(rows.clone())?;
                 run_part(isa, x, s, rows, out)
             }
+            Kind::NM(s) if s.two_four && T::DTYPE == DType::BF16 && isa == Isa::Avx512Bf16 && two_four_gathers(x) => {
+                let words = x.words().expect("infer_linear: x in bf16 pairs (two_four_gathers)");
+                // SAFETY: T is bf16 and x's pairs are two bf16 each: u16 in memory.
+                let (x16, values) = unsafe {
+                    (
+                        std::slice::from_raw_parts(words.as_ptr().cast::<u16>(), 2 * words.len()),
+                        std::slice::from_raw_parts(s.values.as_ptr().cast::<u16>(), s.values.len()),
+                    )
+                };
+                let w = TwoFour { x: x16, in_pad: x.in_pad, tokens: x.tokens, values, positions: s.positions, cols };
+                super::two_four::decode(w, rows, out)
+            }
             Kind::NM(s) => run_part(isa, x, s, rows, out),
         }
     }
+}
+
+/// Whether 2:4 bf16 rows take [`super::two_four::decode`] for these activations: decode
+/// of up to four tokens held in bf16 pairs, whole blocks of 64 columns, and a CPU with the
+/// kernel's instructions.
+fn two_four_gathers(x: &Activations) -> bool {
+    x.words().is_some()
+        && (1..=super::two_four::MAX_TOKENS).contains(&x.tokens)
+        && x.cols.is_multiple_of(super::two_four::BLOCK)
+        && super::two_four::available()
 }
 
 /// Row ranges of about equal cost (`cost_before(r)`: cost of rows 0..r, increasing), about

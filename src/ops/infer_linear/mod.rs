@@ -7,7 +7,8 @@
 //! CPU: `cpu.rs` is the reference (plain loops, f64 sums); `cpu_fast.rs` the fast path
 //! (a GEMV for up to 24 tokens, four at a time over each few rows, tiled prefill beyond;
 //! threads over row ranges of equal bytes; AVX-512, AVX2+FMA or portable SIMD chosen at run
-//! time, `simd.rs`).
+//! time, `simd.rs`); `two_four.rs` the bf16 2:4 decode on AVX-512 with VBMI and BF16, which
+//! gathers x at each row's kept columns instead of spreading the row's values.
 //! CUDA: [`dense`] is cuBLAS ([`crate::ops::matmul::forward`]). [`sparse`] decodes (1..=4
 //! tokens, where time is bytes read) with its own kernels, `cuda.rs` / `cuda/infer_linear.cu`:
 //! one warp per row reads the row's values in 16-byte chunks and finds their columns in the
@@ -21,6 +22,7 @@ pub mod cpu;
 pub(crate) mod cpu_fast;
 pub mod cuda;
 pub(crate) mod simd;
+mod two_four;
 
 use std::sync::RwLockReadGuard;
 
@@ -223,8 +225,9 @@ mod tests {
         Some(Case { w, compressed, x, what: format!("{dtype} {pattern:?} {tokens}x{cols} -> {rows}") })
     }
 
-    /// (out, in): in 36 has a 2:4 row ending half way through a mask byte.
-    const SIZES: [(usize, usize); 13] = [
+    /// (out, in): in 36 has a 2:4 row ending half way through a mask byte; 64 and 576 are
+    /// whole blocks of the 2:4 gather decode (`two_four.rs`; 576 odd, 64 one block).
+    const SIZES: [(usize, usize); 15] = [
         (1, 8),
         (7, 13),
         (33, 24),
@@ -238,6 +241,8 @@ mod tests {
         (1, 24),
         (257, 1001),
         (7, 36),
+        (4, 64),
+        (33, 576),
     ];
     // 7 and 24: GEMV passes (the last one padded, and whole); 25: one padded prefill block;
     // then blocks of 48 tokens, which masked rows take together: 60, 75 and 90, a whole
@@ -435,6 +440,31 @@ mod tests {
             assert!(nm(&[0b1101_0000]).is_err(), "a repeated position");
             assert!(nm(&[0b1101_0100, 0]).is_err(), "positions too long");
             assert!(linear(isa, &x[..7], 1, 1, 8, Weights::Dense(&values[..8])).is_err(), "short x");
+        }
+        // bf16 2:4 over whole blocks of 64 columns (the gather decode where the CPU has it):
+        // group 4 of row 1 repeats a position (16 bytes of positions a row).
+        // x exactly bf16, as the engine's activations (the decode then holds it in bf16 pairs).
+        let x: Vec<f32> = random_f32(3 * 128, 1.0, 6).into_iter().map(|v| half::bf16::from_f32(v).to_f32()).collect();
+        let values: Vec<half::bf16> = random_f32(3 * 64, 1.0, 7).into_iter().map(half::bf16::from_f32).collect();
+        let mut positions = vec![0b1101_0100u8; 3 * 16];
+        for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+            for tokens in 1..=3 {
+                let run = |positions: &[u8]| {
+                    linear(
+                        isa,
+                        &x[..tokens * 128],
+                        tokens,
+                        3,
+                        128,
+                        Weights::NM { values: &values, positions, n: 2, m: 4 },
+                    )
+                };
+                assert!(run(&positions).is_ok(), "{}", isa.name());
+                positions[16 + 2] = 0b1101_0101;
+                let err = run(&positions).expect_err("a repeated position in a bf16 row").to_string();
+                println!("{}, {tokens} tokens: {err}", isa.name());
+                positions[16 + 2] = 0b1101_0100;
+            }
         }
     }
 

@@ -1,5 +1,5 @@
-//! The bf16 2:4 decode on AVX-512 with VBMI and BF16 (taken on AMD Zen 4 and recent Intel
-//! Xeons): y [tokens, rows] = x [tokens, cols] · Wᵀ for 1 to [`MAX_TOKENS`] tokens, W
+//! The bf16 2:4 decode on AVX-512 with VBMI and BF16 (taken where the decode runs
+//! `Isa::Avx512Bf16`, chosen on AMD CPUs such as Zen 4): y [tokens, rows] = x [tokens, cols] · Wᵀ for 1 to [`MAX_TOKENS`] tokens, W
 //! [rows, cols] 2:4 in bf16 (every group of four columns keeps two: a row's cols/2 values
 //! packed, and one 2-bit position per value, least significant bits first), cols a multiple
 //! of [`BLOCK`] (64), x [tokens, in_pad] bf16 as u16 (in_pad ≥ cols).

@@ -42,10 +42,11 @@
 //! N:M rows get their column mask built in a small per-row buffer first (2:4 a byte of
 //! positions at a time, [`Simd::two_four_mask`]; other patterns position by position), then
 //! run the bitmask kernel; the decode of bf16 2:4 rows whose length is whole blocks of 64
-//! on a CPU with AVX-512 VBMI and BF16 is [`super::two_four`]'s instead. A masked row's values are read through a pointer that moves by
-//! each chunk's popcount, with no bound per chunk: a row keeps at most `cols` columns and
-//! is readable for `cols` + 32 values (the last rows of a matrix are copied, padded). A
-//! row whose mask disagrees with its value count is an error after the row.
+//! on a CPU with AVX-512 VBMI and BF16 is [`super::two_four`]'s instead. A masked row's
+//! values are read through a pointer that moves by each chunk's popcount, with no bound per
+//! chunk: a row keeps at most `cols` columns and is readable for `cols` + 32 values (the
+//! last rows of a matrix are copied, padded). A row whose mask disagrees with its value
+//! count is an error after the row.
 
 use std::marker::PhantomData;
 use std::ops::Range;
@@ -76,8 +77,8 @@ pub const MT: usize = 48;
 /// up to three blocks for them (36 KiB), or two blocks for two steps (48 KiB), stay in L1.
 pub const KC: usize = 64;
 /// Bytes of a row's values prefetched ahead of the chunk it reads (hardware prefetchers
-/// stop at page boundaries; the streams of rows run across them).
-const PREFETCH_BYTES: usize = 4096;
+/// stop at page boundaries; the streams of rows run across them; also the 2:4 gather's).
+pub(super) const PREFETCH_BYTES: usize = 4096;
 /// The densest masked rows (percent of their weights kept) that [`prefill`] lists; denser
 /// ones take the dense tiles.
 const LISTED_MAX_PERCENT: usize = 55;

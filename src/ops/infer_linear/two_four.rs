@@ -1,6 +1,6 @@
 //! The bf16 2:4 decode on AVX-512 with VBMI and BF16 (taken where the decode runs
-//! `Isa::Avx512Bf16`, chosen on AMD CPUs such as Zen 4): y [tokens, rows] = x [tokens, cols] · Wᵀ for 1 to [`MAX_TOKENS`] tokens, W
-//! [rows, cols] 2:4 in bf16 (every group of four columns keeps two: a row's cols/2 values
+//! `Isa::Avx512Bf16`, chosen on AMD CPUs such as Zen 4): y [tokens, rows] = x [tokens,
+//! cols] · Wᵀ for 1 to [`MAX_TOKENS`] tokens, W [rows, cols] 2:4 in bf16 (every group of four columns keeps two: a row's cols/2 values
 //! packed, and one 2-bit position per value, least significant bits first), cols a multiple
 //! of [`BLOCK`] (64), x [tokens, in_pad] bf16 as u16 (in_pad ≥ cols).
 //!
@@ -28,14 +28,12 @@ pub(super) const BLOCK: usize = 64;
 /// Most tokens per call (the decode's passes of four).
 pub(super) const MAX_TOKENS: usize = 4;
 
-/// Whether [`decode`] runs on this CPU.
+/// Whether [`decode`] runs on this CPU: `Isa::Avx512Bf16`'s instructions and VBMI
+/// (`vpmultishiftqb`).
 pub(super) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vbmi")
-            && std::arch::is_x86_feature_detected!("avx512bf16")
+        super::cpu_fast::Isa::Avx512Bf16.available() && std::arch::is_x86_feature_detected!("avx512vbmi")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -111,9 +109,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::*;
-
-    /// Bytes of a row's values prefetched ahead (into L2), as the other decode kernels.
-    const PREFETCH_BYTES: usize = 4096;
+    use crate::ops::infer_linear::cpu_fast::PREFETCH_BYTES;
 
     /// `vpmultishiftqb` control: the low byte of word j takes the 8 bits from bit 2j of the
     /// positions (position j in its two low bits); the high bytes take bit 0 (masked off).

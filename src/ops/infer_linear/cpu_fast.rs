@@ -916,6 +916,20 @@ unsafe fn chunk_of<S: Simd, T: Stored, R: RowReader<T>>(reader: &mut R, ch: usiz
     }
 }
 
+/// Chunk `ch` of a bf16 row of `cols` columns as its 16 column pairs at `out`
+/// ([`Simd::expand_bf16_pairs`]), zeros beyond the row.
+///
+/// # Safety
+/// The CPU runs `S`; T is bf16; 32·ch < cols; chunks are read in order; `out` is writable
+/// for 16 u32.
+#[inline(always)]
+unsafe fn pairs_of<S: Simd, T: Stored, R: RowReader<T>>(reader: &mut R, ch: usize, cols: usize, out: *mut u32) {
+    assert_eq!(T::DTYPE, DType::BF16, "infer_linear: bf16 pairs of bf16 weights");
+    let (bits, at) = if (ch + 1) * CHUNK <= cols { reader.full_at::<S>(ch) } else { reader.tail_at::<S>(ch) };
+    // SAFETY: 32 values are readable at `at` (RowReader), bf16 (asserted).
+    S::expand_bf16_pairs(bits, at.cast(), out)
+}
+
 #[derive(Clone, Copy)]
 struct DenseSource<'a, T> {
     w: &'a [T],
@@ -1686,8 +1700,9 @@ fn reads_pairs<S: Simd, T: Stored, Src: Source<T>>(job: &Activations) -> bool {
 }
 
 /// [`prefill`] of masked bf16 rows where x is in bf16 pairs ([`super::bf16_pairs`]): each
-/// tile's rows decoded chunk by chunk into column pairs (zeros where pruned), then
-/// multiplied as dense rows by `vdpbf16ps`.
+/// tile's rows decoded chunk by chunk into column pairs (zeros where pruned;
+/// [`Simd::expand_bf16_pairs`], with VBMI2 one `vpexpandw` a chunk), then multiplied as dense
+/// rows by `vdpbf16ps`.
 #[inline(always)]
 unsafe fn prefill_pairs<S: Simd, T: Stored, Src: Source<T>>(
     job: &Activations,
@@ -1710,10 +1725,7 @@ unsafe fn prefill_pairs<S: Simd, T: Stored, Src: Source<T>>(
             for (i, r) in range.enumerate() {
                 let mut reader = src.row::<S>(r, &mut scratch);
                 for ch in 0..chunks {
-                    S::bf16_pairs(
-                        chunk_of::<S, T, _>(&mut reader, ch, job.cols),
-                        tile.as_mut_ptr().add(i * stride + ch * 16),
-                    );
+                    pairs_of::<S, T, _>(&mut reader, ch, job.cols, tile.as_mut_ptr().add(i * stride + ch * 16));
                 }
                 reader.finish()?;
             }
@@ -1917,7 +1929,7 @@ unsafe fn prefill_kept<S: Simd, T: Stored, Src: Source<T>, const NV: usize, cons
                 len += if PAIRS {
                     let mut pairs = [0u32; CHUNK];
                     for (k, half) in pairs.chunks_exact_mut(CHUNK / 2).enumerate().take(chunks - ch) {
-                        S::bf16_pairs(chunk_of::<S, T, _>(&mut reader, ch + k, job.cols), half.as_mut_ptr());
+                        pairs_of::<S, T, _>(&mut reader, ch + k, job.cols, half.as_mut_ptr());
                     }
                     // A pair whose bits read as ±0.0 is dropped: its products are zeros.
                     let at = (ch * CHUNK / 2 * MT) as u32;

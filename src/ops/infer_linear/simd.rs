@@ -105,6 +105,13 @@ pub(crate) trait Simd: Copy {
     /// bf16 values at p expanded to the columns `mask` keeps, widened; p must be readable for
     /// 32 values whatever the mask.
     unsafe fn expand_bf16(mask: u32, p: *const u16) -> Self::C;
+    /// bf16 values at p expanded to the columns `mask` keeps, written to `out` as the chunk's
+    /// 16 column pairs ([`Self::bf16_pairs`] of [`Self::expand_bf16`], the same bits); p
+    /// must be readable for 32 values whatever the mask.
+    #[inline(always)]
+    unsafe fn expand_bf16_pairs(mask: u32, p: *const u16, out: *mut u32) {
+        Self::bf16_pairs(Self::expand_bf16(mask, p), out)
+    }
     /// A chunk decoded from bf16 values (lane order [`Self::BF16_COLUMNS`]) as its 16 column
     /// pairs in column order, for [`super::bf16_pairs`]: out[p] holds the bf16 bits of
     /// column 2p (low half) and 2p + 1.
@@ -429,7 +436,9 @@ mod x86 {
     /// 2:4 position bytes → mask bytes, 64 at a time.
     #[inline(always)]
     unsafe fn two_four_512(positions: &[u8], out: &mut [u8]) {
-        let table = _mm512_broadcast_i32x4(_mm_loadu_si128(TWO_FOUR_NIBBLE.as_ptr().cast()));
+        // A plain read, not `_mm_loadu_si128`: in a large caller the compiler left that
+        // intrinsic out of line (a call, `tests/simd_inlined.rs`).
+        let table = _mm512_broadcast_i32x4(TWO_FOUR_NIBBLE.as_ptr().cast::<__m128i>().read_unaligned());
         let table_high = _mm512_slli_epi16(table, 4);
         let nibble = _mm512_set1_epi8(15);
         let n = out.len().min(positions.len());
@@ -592,6 +601,16 @@ mod x86 {
                 let first = widen16(_mm256_loadu_si256(p.cast()));
                 let second = widen16(_mm256_loadu_si256(p.add(low.count_ones() as usize).cast()));
                 [expand_floats(low, first), expand_floats((mask >> 16) as u16, second)]
+            }
+        }
+        #[inline(always)]
+        unsafe fn expand_bf16_pairs(mask: u32, p: *const u16, out: *mut u32) {
+            if VBMI2 {
+                // The expanded words are the pairs already (column 2p in the low half of
+                // u32 p): no widening into two f32 vectors and permuting back.
+                _mm512_storeu_si512(out.cast(), expand_words(mask, _mm512_loadu_si512(p.cast())));
+            } else {
+                Self::bf16_pairs(Self::expand_bf16(mask, p), out)
             }
         }
         #[inline(always)]
@@ -772,7 +791,7 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn two_four_mask(positions: &[u8], out: &mut [u8]) {
-            let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(TWO_FOUR_NIBBLE.as_ptr().cast()));
+            let table = _mm256_broadcastsi128_si256(TWO_FOUR_NIBBLE.as_ptr().cast::<__m128i>().read_unaligned());
             let table_high = _mm256_slli_epi16(table, 4);
             let nibble = _mm256_set1_epi8(15);
             let n = out.len().min(positions.len());

@@ -1664,14 +1664,16 @@ unsafe fn prefill<S: Simd, T: Stored, Src: Source<T>>(
     rows: Range<usize>,
     out: Dest<'_>,
 ) -> Result<()> {
-    // Masked bf16 rows as dense pairs where they store at least 30% of a dense row's bytes
-    // (about 76% pruned); sparser, only their pairs that keep a weight. On an AMD EPYC
-    // (2 threads, 512-token prompt, SmolLM2-135M shapes): the dense pairs run at the dense
-    // model's speed from 50% to 80% pruned, where the kept pairs are 0.95x (70%) to 1.02x
-    // (80%) of it; at 90% the kept pairs are 1.11x, the dense pairs 0.99x.
+    // Masked bf16 rows as dense pairs where they store at least 40% of a dense row's bytes
+    // (up to about 66% pruned); sparser, only their pairs that keep a weight. On an AMD EPYC
+    // (Zen 4, 2 threads, the default model pruned by Wanda, sparse / dense prefill of 128
+    // and 512 tokens): 70% pruned, kept pairs 1.07-1.15x, dense pairs 0.96-1.03x; 60%, both
+    // 0.95-1.02x; LLaMA-2-7B shapes at 70% (64 tokens), both 0.94-0.98x. (With the code
+    // of 2026-12-05, on that session's AMD EPYC, the kept pairs were 0.95x at 70%, 1.02x at
+    // 80% and 1.11x at 90%, and the cut was 30%.)
     if reads_pairs::<S, T, Src>(job) {
         let stored = src.bytes_before(rows.end) - src.bytes_before(rows.start);
-        return if 10 * stored >= 3 * 2 * rows.len() * job.cols {
+        return if 10 * stored >= 4 * 2 * rows.len() * job.cols {
             prefill_pairs::<S, T, Src>(job, src, rows, out)
         } else {
             prefill_kept::<S, T, Src, 3, true>(job, src, rows, out)

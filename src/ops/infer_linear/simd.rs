@@ -115,6 +115,7 @@ pub(crate) trait Simd: Copy {
     /// A chunk decoded from bf16 values (lane order [`Self::BF16_COLUMNS`]) as its 16 column
     /// pairs in column order, for [`super::bf16_pairs`]: out[p] holds the bf16 bits of
     /// column 2p (low half) and 2p + 1.
+    #[inline(always)]
     unsafe fn bf16_pairs(c: Self::C, out: *mut u32) {
         let mut lanes = [0f32; CHUNK];
         Self::store(c, lanes.as_mut_ptr());

@@ -1007,6 +1007,20 @@ trait RowReader<T: Stored> {
         let (bits, at) = self.tail_at::<S>(ch);
         T::expand::<S>(bits, at)
     }
+
+    /// Chunk `ch` of a row of `cols` columns as (mask, where its values start):
+    /// [`Self::full_at`] or [`Self::tail_at`].
+    ///
+    /// # Safety
+    /// The CPU runs `S`; 32·ch < cols; chunks are read in order.
+    #[inline(always)]
+    unsafe fn chunk_at<S: Simd>(&mut self, ch: usize, cols: usize) -> (u32, *const T) {
+        if (ch + 1) * CHUNK <= cols {
+            self.full_at::<S>(ch)
+        } else {
+            self.tail_at::<S>(ch)
+        }
+    }
 }
 
 /// Chunk `ch` of a row of `cols` columns: [`RowReader::full`] or [`RowReader::tail`].
@@ -1031,7 +1045,7 @@ unsafe fn chunk_of<S: Simd, T: Stored, R: RowReader<T>>(reader: &mut R, ch: usiz
 #[inline(always)]
 unsafe fn pairs_of<S: Simd, T: Stored, R: RowReader<T>>(reader: &mut R, ch: usize, cols: usize, out: *mut u32) {
     assert_eq!(T::DTYPE, DType::BF16, "infer_linear: bf16 pairs of bf16 weights");
-    let (bits, at) = if (ch + 1) * CHUNK <= cols { reader.full_at::<S>(ch) } else { reader.tail_at::<S>(ch) };
+    let (bits, at) = reader.chunk_at::<S>(ch, cols);
     // SAFETY: 32 values are readable at `at` (RowReader), bf16 (asserted).
     S::expand_bf16_pairs(bits, at.cast(), out)
 }
@@ -2065,8 +2079,7 @@ unsafe fn prefill_kept<S: Simd, T: Stored, Src: Source<T>, const NV: usize, cons
                 } else {
                     // Straight from the mask and the packed values: the values as they are
                     // (widened), their columns' offsets compressed by the mask.
-                    let (bits, values) =
-                        if (ch + 1) * CHUNK <= job.cols { reader.full_at::<S>(ch) } else { reader.tail_at::<S>(ch) };
+                    let (bits, values) = reader.chunk_at::<S>(ch, job.cols);
                     T::widen::<S>(values, w_at);
                     S::compress_offsets(bits, (ch * CHUNK * MT) as u32, &offsets, at_at)
                 };

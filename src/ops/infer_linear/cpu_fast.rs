@@ -628,9 +628,9 @@ unsafe fn decode_into<S: Simd, T: Stored, Src: Source<T>>(
     Ok(())
 }
 
-/// Whether 2:4 bf16 rows take [`super::two_four::decode`] for these activations: decode
-/// of up to four tokens held in bf16 pairs, whole blocks of 64 columns, and a CPU with the
-/// kernel's instructions.
+/// Whether 2:4 bf16 rows take [`super::two_four::decode`] for these activations: 1 to
+/// [`super::two_four::MAX_TOKENS`] tokens held in bf16 pairs, whole blocks of 64 columns,
+/// and a CPU with the kernel's instructions.
 fn two_four_gathers(x: &Activations) -> bool {
     x.words().is_some()
         && (1..=super::two_four::MAX_TOKENS).contains(&x.tokens)

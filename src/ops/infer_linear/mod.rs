@@ -445,11 +445,12 @@ mod tests {
         // bf16 2:4 over whole blocks of 64 columns (the gather decode where the CPU has it):
         // group 4 of row 1 repeats a position (16 bytes of positions a row).
         // x exactly bf16, as the engine's activations (the decode then holds it in bf16 pairs).
-        let x: Vec<f32> = random_f32(3 * 128, 1.0, 6).into_iter().map(|v| half::bf16::from_f32(v).to_f32()).collect();
+        let x: Vec<f32> = random_f32(7 * 128, 1.0, 6).into_iter().map(|v| half::bf16::from_f32(v).to_f32()).collect();
         let values: Vec<half::bf16> = random_f32(3 * 64, 1.0, 7).into_iter().map(half::bf16::from_f32).collect();
         let mut positions = vec![0b1101_0100u8; 3 * 16];
         for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
-            for tokens in 1..=3 {
+            // 5 and 7 tokens: two passes, the second padded.
+            for tokens in [1, 2, 3, 5, 7] {
                 let run = |positions: &[u8]| {
                     linear(
                         isa,

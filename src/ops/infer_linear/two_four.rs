@@ -1,8 +1,11 @@
 //! The bf16 2:4 decode on AVX-512 with VBMI and BF16 (taken where the decode runs
 //! `Isa::Avx512Bf16`, chosen on AMD CPUs such as Zen 4): y [tokens, rows] = x [tokens,
-//! cols] · Wᵀ for 1 to [`MAX_TOKENS`] tokens, W [rows, cols] 2:4 in bf16 (every group of four columns keeps two: a row's cols/2 values
+//! cols] · Wᵀ for 1 to [`MAX_TOKENS`] tokens (more than [`PASS_TOKENS`] in passes of that
+//! many, each row's passes one after another while its values are in L1), W [rows,
+//! cols] 2:4 in bf16 (every group of four columns keeps two: a row's cols/2 values
 //! packed, and one 2-bit position per value, least significant bits first), cols a multiple
-//! of [`BLOCK`] (64), x [tokens, in_pad] bf16 as u16 (in_pad ≥ cols).
+//! of [`BLOCK`] (64), x [tokens, in_pad] bf16 as u16 (in_pad ≥ cols; with more than
+//! [`PASS_TOKENS`] tokens, zero rows up to a multiple of it).
 //!
 //! Instead of spreading each row's values over their columns (the bitmask kernel's
 //! `vpexpandw`, which 2:4 rows reach through a mask built from their positions), x is
@@ -20,13 +23,19 @@
 
 use std::ops::Range;
 
-use super::cpu_fast::Dest;
+use super::cpu_fast::{Dest, DECODE_MAX_TOKENS};
 use crate::{Error, Result};
 
 /// Columns per step: 32 kept values, one vector of bf16.
 pub(super) const BLOCK: usize = 64;
-/// Most tokens per call (the decode's passes of four).
-pub(super) const MAX_TOKENS: usize = 4;
+/// Tokens per pass over a row (the decode's passes of four).
+pub(super) const PASS_TOKENS: usize = DECODE_MAX_TOKENS;
+/// Most tokens: two passes. One core of an AMD EPYC 9004, 1536×576 in cache, time against
+/// the dense GEMV's in the same run: with 5 and 8 tokens 1.81× and 1.74× through the mask
+/// and `vpexpandw` in passes, 1.48× and 1.28–1.45× here; with more, the rows decoded once
+/// (`cpu_fast::masked_part`) are as fast or faster (12 tokens 1.42–1.51× either way, 16
+/// and 24 tokens 1.23–1.34× there, 1.30–1.47× here).
+pub(super) const MAX_TOKENS: usize = 2 * PASS_TOKENS;
 
 /// Whether [`decode`] runs on this CPU: `Isa::Avx512Bf16`'s instructions and VBMI
 /// (`vpmultishiftqb`).
@@ -44,7 +53,7 @@ pub(super) fn available() -> bool {
 /// A 2:4 weight's buffers and x, checked by [`decode`].
 #[derive(Clone, Copy)]
 pub(super) struct TwoFour<'a> {
-    /// x [tokens, in_pad], bf16 bits.
+    /// x [tokens, in_pad], bf16 bits (zero rows up to a whole pass beyond them).
     pub x: &'a [u16],
     pub in_pad: usize,
     pub tokens: usize,
@@ -55,15 +64,25 @@ pub(super) struct TwoFour<'a> {
     pub cols: usize,
 }
 
+impl TwoFour<'_> {
+    /// The same with x from token t0 on (its tokens t0.. as 0..).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    fn tokens_on(self, t0: usize) -> Self {
+        TwoFour { x: &self.x[t0 * self.in_pad..], tokens: self.tokens - t0, ..self }
+    }
+}
+
 /// Rows `rows` of y into `out` ([rows.len(), tokens], row i of it is row rows.start + i).
 pub(super) fn decode(w: TwoFour<'_>, rows: Range<usize>, out: Dest<'_>) -> Result<()> {
     let (per_row, pos_stride) = (w.cols / 2, w.cols / 8);
+    // Rows of x read: the tokens, or whole passes.
+    let x_rows = if w.tokens <= PASS_TOKENS { w.tokens } else { w.tokens.next_multiple_of(PASS_TOKENS) };
     if !available()
         || w.cols == 0
         || !w.cols.is_multiple_of(BLOCK)
         || !(1..=MAX_TOKENS).contains(&w.tokens)
         || w.in_pad < w.cols
-        || w.x.len() < w.tokens * w.in_pad
+        || w.x.len() < x_rows * w.in_pad
         || w.values.len() < rows.end * per_row
         || w.positions.len() < rows.end * pos_stride
     {
@@ -133,33 +152,39 @@ mod x86 {
         g
     };
 
-    /// Rows i and i + ⌊n/2⌋ in lockstep (two weight streams), the odd last row alone.
+    /// Rows i and i + ⌊n/2⌋ in lockstep (two weight streams), the odd last row alone; each
+    /// pair's passes of NT tokens one after another (one pass unless NT is
+    /// [`PASS_TOKENS`]).
     ///
     /// # Safety
-    /// The CPU runs AVX-512 F, BW, VBMI and BF16; `w` holds rows `rows` and NT tokens.
+    /// The CPU runs AVX-512 F, BW, VBMI and BF16; `w` holds rows `rows`, and NT tokens or
+    /// its tokens rounded up to a multiple of NT.
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512bf16")]
     pub(super) unsafe fn decode<const NT: usize>(w: TwoFour<'_>, rows: Range<usize>, mut out: Dest<'_>) -> Result<()> {
         let (n, first) = (rows.len(), rows.start);
         let part = n / 2;
+        let passes = if NT == PASS_TOKENS { w.tokens.div_ceil(NT) } else { 1 };
         let mut bad = None;
+        // Row i of y from the R rows' sums of the pass from token t0 (padding tokens dropped).
+        let mut put = |i: usize, t0: usize, sums: &[f32; NT], repeats: u64| {
+            for (t, &s) in sums.iter().enumerate().take(w.tokens - t0) {
+                out.put(i, t0 + t, s);
+            }
+            if repeats != 0 {
+                bad.get_or_insert(first + i);
+            }
+        };
         for i in 0..part {
-            let (sums, repeats) = row_sums::<NT, 2>(w, [first + i, first + i + part]);
-            for (k, row) in [i, i + part].into_iter().enumerate() {
-                for (t, &s) in sums[k].iter().enumerate() {
-                    out.put(row, t, s);
-                }
-                if repeats[k] != 0 {
-                    bad.get_or_insert(first + row);
-                }
+            for p in 0..passes {
+                let (sums, repeats) = row_sums::<NT, 2>(w.tokens_on(p * NT), [first + i, first + i + part]);
+                put(i, p * NT, &sums[0], repeats[0]);
+                put(i + part, p * NT, &sums[1], repeats[1]);
             }
         }
         if n % 2 == 1 {
-            let (sums, repeats) = row_sums::<NT, 1>(w, [first + n - 1]);
-            for (t, &s) in sums[0].iter().enumerate() {
-                out.put(n - 1, t, s);
-            }
-            if repeats[0] != 0 {
-                bad.get_or_insert(first + n - 1);
+            for p in 0..passes {
+                let (sums, repeats) = row_sums::<NT, 1>(w.tokens_on(p * NT), [first + n - 1]);
+                put(n - 1, p * NT, &sums[0], repeats[0]);
             }
         }
         match bad {

@@ -12,9 +12,10 @@
 //!   (a masked chunk spread by `vpexpandw`) and `vdpbf16ps` multiplies them into x held in
 //!   bf16 pairs ([`Gemv`]): one instruction where the f32 path widens and runs two FMAs.
 //!   Chunks go two at a time; for one token a row's even and odd chunks are summed apart, so
-//!   that a sparse row does not wait on one chain of `vdpbf16ps`; five to eight tokens go
-//!   in one pass of two rows. Masked rows with 9 or more tokens are decoded a few at a
-//!   time into dense rows first ([`masked_part`]), so that each chunk is expanded once.
+//!   that a sparse row does not wait on one chain of `vdpbf16ps`; five to eight tokens of
+//!   masked rows go in one pass of two rows. Masked rows with 9 or more tokens are decoded
+//!   a few at a time into dense rows first ([`masked_part`]), so that each chunk is
+//!   expanded once.
 //! - Prefill: the tokens are padded to a multiple of [`MT`] and stored in blocks of MT
 //!   tokens column by column ([block][column][token]; with AVX-512 by 16×16 transposes in
 //!   registers). Output rows go in tiles of [`TILE_ROWS`].
@@ -1421,21 +1422,23 @@ mod x86 {
         // with one, each row waited on its `vdpbf16ps` chain, and a 70% row (~10 values per
         // chunk) read 74–77% of the bandwidth; with two 91–105% (70%, 11008×4096: 2.18–2.34×
         // dense → 2.65–2.72× in runs where memory read ~62 GB/s; 50% and 2:4 unchanged).
-        // Five to eight tokens in one pass, two rows in lockstep (the sums of four rows
-        // would take every register), instead of two passes of four: a masked chunk is
+        // Five to eight tokens of masked rows in one pass, two rows in lockstep (the sums of
+        // four rows would take every register), instead of two passes of four: a chunk is
         // expanded once, and no padding token is multiplied. One core of an AMD EPYC 9004,
-        // 1536×576 in cache, fastest of 300 calls in runs of both builds, 5 / 6 / 7 / 8
-        // tokens: dense 75 / 78 / 80 / 86 → 52 / 64–80 / 73 / 81 µs, 50% 115 / 118 / 120 /
-        // 123 → 68 / 80–97 / 91 / 104.
+        // 1536×576 50% in cache, fastest of 300 calls, 5 / 6 / 7 / 8 tokens: 115 / 118 / 120
+        // / 123 → 68 / 80–97 / 91 / 104 µs; 2 threads, 11008×4096 from memory: 5 tokens
+        // 2.7–3.2 → 2.0–2.2 ms, 8 tokens even (3.2–3.5 ms). Dense rows keep passes of four
+        // rows: with two, faster in cache (75 → 52 µs) but from memory they read much less
+        // (5 tokens 3.3–3.5 → 3.8–4.3 ms, 8 tokens 3.5–3.8 → 4.9–5.0).
         match job.tokens {
             1 if Src::MASKED => decode::<_, T, Src, 1, 2>(two_sums, src, rows, out),
             1 => decode::<_, T, Src, 1, 4>(two_sums, src, rows, out),
             2 => decode::<_, T, Src, 2, 4>(one_sum, src, rows, out),
             3 => decode::<_, T, Src, 3, 4>(one_sum, src, rows, out),
-            5 => decode::<_, T, Src, 5, 2>(one_sum, src, rows, out),
-            6 => decode::<_, T, Src, 6, 2>(one_sum, src, rows, out),
-            7 => decode::<_, T, Src, 7, 2>(one_sum, src, rows, out),
-            8 => decode::<_, T, Src, 8, 2>(one_sum, src, rows, out),
+            5 if Src::MASKED => decode::<_, T, Src, 5, 2>(one_sum, src, rows, out),
+            6 if Src::MASKED => decode::<_, T, Src, 6, 2>(one_sum, src, rows, out),
+            7 if Src::MASKED => decode::<_, T, Src, 7, 2>(one_sum, src, rows, out),
+            8 if Src::MASKED => decode::<_, T, Src, 8, 2>(one_sum, src, rows, out),
             4..=GEMV_MAX_TOKENS => decode::<_, T, Src, 4, 4>(one_sum, src, rows, out),
             n => {
                 Err(Error::invalid(format!("infer_linear: the bf16 GEMV takes 1 to {GEMV_MAX_TOKENS} tokens, not {n}")))

@@ -245,11 +245,12 @@ mod tests {
         (33, 576),
     ];
     // 5 to 8: one pass of all of them for masked rows in the AVX512-BF16 GEMV, two passes
-    // of four (the last one padded for 5 to 7) elsewhere and in the 2:4 gather decode; 9 and 24: GEMV passes
-    // (the last one padded, and whole; masked rows decoded first); 25: one padded prefill
-    // block; then blocks of 48 tokens, which masked rows take together: 60, 75 and 90, a
-    // whole block and a padded one of 1, 2 and 3 vectors in one pass; 101, two whole and a
-    // padded one in one pass; 170, three whole in one pass, then a padded one alone.
+    // of four (the last one padded for 5 to 7) elsewhere and in the 2:4 gather decode; 9
+    // and 24: GEMV passes (the last one padded, and whole; masked rows decoded first); 25:
+    // one padded prefill block; then blocks of 48 tokens, which masked rows take together:
+    // 60, 75 and 90, a whole block and a padded one of 1, 2 and 3 vectors in one pass; 101,
+    // two whole and a padded one in one pass; 170, three whole in one pass, then a padded
+    // one alone.
     const TOKENS: [usize; 16] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 24, 25, 60, 75, 90, 101, 170];
 
     /// Every instruction set this CPU has, forced, against the reference (f64 sums).

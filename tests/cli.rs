@@ -428,6 +428,9 @@ fn generate_refuses_what_it_cannot_do_by_name() {
     assert!(gen(&["--max-new", "0"]).contains("--max-new"));
     assert!(gen(&["--temperature", "1", "--top-p", "1.5"]).contains("--top-p"));
     assert!(gen(&["--temperature", "1", "--top-p", "0"]).contains("--top-p"));
+    // Negative numbers reach the checks (not clap's "unexpected argument").
+    assert!(gen(&["--temperature", "1", "--top-p", "-0.5"]).contains("--top-p must be in (0, 1]"));
+    assert!(gen(&["--temperature", "-1"]).contains("--temperature must be"));
     assert!(gen(&["--chat"]).contains("no chat template"));
     assert!(gen(&["--sparse", "maybe"]).contains("--sparse"));
     // The fixture's context is 128 positions.
@@ -435,6 +438,22 @@ fn generate_refuses_what_it_cannot_do_by_name() {
     let (code, _, err) = sparsetune(&["generate", "--model", &model, "--prompt", &long]);
     assert_eq!(code, 1);
     assert!(err.contains("--prompt") && err.contains("context"), "{err}");
+}
+
+/// The summary line on stderr says why generation stopped: after --max-new tokens, or at
+/// a full context (the fixture's 128 positions) when --max-new asks for more.
+#[test]
+fn generate_says_why_it_stopped() {
+    let model = fixture_model();
+    let summary = |prompt: &str, max_new: &str| {
+        let (code, _, err) = sparsetune(&["generate", "--model", &model, "--prompt", prompt, "--max-new", max_new]);
+        assert_eq!(code, 0, "{err}");
+        err.lines().last().unwrap_or_default().to_string()
+    };
+    let short = summary("Call me", "3");
+    assert!(short.contains("3 generated") && short.contains("stopped after --max-new 3"), "{short}");
+    let full = summary("Call me", "500");
+    assert!(full.contains("context of 128 positions is full"), "{full}");
 }
 
 /// `bench decode` on one layer of the default model's shape, 50% pruned: one JSON line per

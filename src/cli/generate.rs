@@ -12,7 +12,7 @@ use super::{default_model, device_and_dtype, progress};
 use crate::infer::chat::{ChatTemplate, Message};
 use crate::infer::generation_config::stop_ids;
 use crate::infer::sample::{Sampler, Sampling};
-use crate::infer::{GenerateOptions, InferModel, SparseMode};
+use crate::infer::{Finish, GenerateOptions, InferModel, SparseMode};
 use crate::io::Tokenizer;
 use crate::model::llama;
 use crate::{Error, Result};
@@ -34,13 +34,13 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 64)]
     max_new: usize,
     /// Sampling temperature; 0 (the default) is greedy decoding.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f32,
     /// Sample only among the K most likely tokens.
     #[arg(long)]
     top_k: Option<usize>,
     /// Sample only among the most likely tokens whose probabilities add up to P, in (0, 1].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     top_p: Option<f32>,
     /// Seed of the sampler (same seed, same tokens).
     #[arg(long, default_value_t = 0)]
@@ -93,7 +93,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let stop = stop_ids(&model_path, &tokenizer, model.config.vocab_size)?;
     let mut sampler = Sampler::new(sampling)?;
     let opts = GenerateOptions { max_new: a.max_new, stop: stop.clone() };
-    let mut stream = TextStream::new(&tokenizer, !a.json);
+    let mut stream = TextStream::new(&tokenizer, &prompt, !a.json);
     if !a.json && !a.chat {
         print!("{}", a.prompt);
     }
@@ -124,14 +124,24 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         println!("{v}");
     } else {
         eprintln!(
-            "[{} prompt tokens: {:.1} tokens/s prefill; {} generated: {:.1} tokens/s decode]",
+            "[{} prompt tokens: {:.1} tokens/s prefill; {} generated: {:.1} tokens/s decode; {}]",
             prompt.len(),
             gen.prefill_tokens_per_second(),
             gen.tokens[0].len(),
-            gen.decode_tokens_per_second()
+            gen.decode_tokens_per_second(),
+            finish_text(gen.finish[0], a.max_new, model.context())
         );
     }
     Ok(())
+}
+
+/// Why generation stopped, for the summary line.
+fn finish_text(finish: Finish, max_new: usize, context: usize) -> String {
+    match finish {
+        Finish::Stop => "stopped at an end-of-sequence id".to_string(),
+        Finish::Length => format!("stopped after --max-new {max_new}"),
+        Finish::Context => format!("stopped: the model's context of {context} positions is full"),
+    }
 }
 
 /// The prompt's ids: a rendered chat template already holds its special tokens (its BOS
@@ -146,42 +156,175 @@ fn encode_prompt(tokenizer: &Tokenizer, text: &str, chat: bool) -> Result<Vec<u3
     Ok(ids)
 }
 
-/// Prints generated text as it grows: the decoding of all tokens so far, from where the
-/// last print ended (a token may complete a character another began), holding back a
-/// trailing partial character.
+/// Prompt tokens a [`TextStream`] decodes before the generated ones: a tokenizer that
+/// strips the first token's leading space (SentencePiece style) then prints the space a
+/// continuation starts with, as in the decoding of prompt and continuation together.
+const STREAM_CONTEXT_TOKENS: usize = 5;
+
+/// Prints generated text as it grows. Each new token's text is the decoding of a short
+/// window of tokens (those of the last piece printed and the ones since) less the decoding
+/// of the same window without the new ones, so a step decodes a few tokens, not all of
+/// them, and a token that completes a character another began prints the whole
+/// character; a trailing partial character is held back until it completes (or the
+/// stream ends).
 struct TextStream<'a> {
     tokenizer: &'a Tokenizer,
+    /// The window: tokens of the last piece printed (or the prompt's last few), then the
+    /// tokens not yet printed.
     tokens: Vec<u32>,
-    printed: usize,
+    /// Where the tokens not yet printed start in `tokens`.
+    read: usize,
     enabled: bool,
 }
 
 impl<'a> TextStream<'a> {
-    fn new(tokenizer: &'a Tokenizer, enabled: bool) -> Self {
-        TextStream { tokenizer, tokens: Vec::new(), printed: 0, enabled }
+    /// A stream continuing `prompt` (its last few tokens give the first pieces context);
+    /// nothing is printed unless `enabled`.
+    fn new(tokenizer: &'a Tokenizer, prompt: &[u32], enabled: bool) -> Self {
+        let tokens = prompt[prompt.len().saturating_sub(STREAM_CONTEXT_TOKENS)..].to_vec();
+        TextStream { tokenizer, read: tokens.len(), tokens, enabled }
     }
 
+    /// The text `token` completes, if any: the window's decoding past the decoding of the
+    /// tokens already printed in it. None while the text ends in a partial character.
+    fn piece(&mut self, token: u32) -> Result<Option<String>> {
+        self.tokens.push(token);
+        let (printed, now) = self.texts()?;
+        let new = &now[unprinted_from(&printed, &now)..];
+        if new.is_empty() || new.ends_with('\u{FFFD}') {
+            return Ok(None);
+        }
+        let new = new.to_string();
+        self.tokens.drain(..self.read);
+        self.read = self.tokens.len();
+        Ok(Some(new))
+    }
+
+    /// The text held back at the end (a partial character, printed as the tokenizer
+    /// decodes it), if any.
+    fn rest(&mut self) -> Result<Option<String>> {
+        if self.read == self.tokens.len() {
+            return Ok(None);
+        }
+        let (printed, now) = self.texts()?;
+        let rest = Some(now[unprinted_from(&printed, &now)..].to_string()).filter(|r| !r.is_empty());
+        self.read = self.tokens.len();
+        Ok(rest)
+    }
+
+    /// The decodings of the window's printed tokens and of the whole window.
+    fn texts(&self) -> Result<(String, String)> {
+        Ok((self.tokenizer.decode(&self.tokens[..self.read])?, self.tokenizer.decode(&self.tokens)?))
+    }
+
+    /// Prints `token`'s text (stop ids print nothing).
     fn push(&mut self, token: u32, stop: &[u32]) -> Result<()> {
         if !self.enabled || stop.contains(&token) {
             return Ok(());
         }
-        self.tokens.push(token);
-        let text = self.tokenizer.decode(&self.tokens)?;
-        if text.ends_with('\u{FFFD}') || text.len() <= self.printed || !text.is_char_boundary(self.printed) {
-            return Ok(());
+        match self.piece(token)? {
+            Some(text) => print_now(&text),
+            None => Ok(()),
         }
-        let mut out = std::io::stdout().lock();
-        out.write_all(&text.as_bytes()[self.printed..])
-            .and_then(|()| out.flush())
-            .map_err(|e| Error::io("<stdout>", e))?;
-        self.printed = text.len();
-        Ok(())
     }
 
+    /// Prints what was held back and ends the line.
     fn finish(&mut self) -> Result<()> {
         if self.enabled {
+            if let Some(text) = self.rest()? {
+                print_now(&text)?;
+            }
             println!();
         }
         Ok(())
+    }
+}
+
+/// Where the text not yet printed starts in `now`, a window's decoding whose first tokens
+/// decoded to `printed`: after `printed` where `now` begins with it. Otherwise a byte run
+/// became invalid UTF-8 with the new tokens (a byte-fallback tokenizer then decodes each of
+/// its bytes as U+FFFD, the printed ones too): what was printed stays, and the text goes
+/// on from the first character boundary at or past the printed length, so that the
+/// stream never stalls.
+fn unprinted_from(printed: &str, now: &str) -> usize {
+    if now.starts_with(printed) {
+        return printed.len();
+    }
+    (printed.len()..now.len()).find(|&i| now.is_char_boundary(i)).unwrap_or(now.len())
+}
+
+/// Writes `text` to stdout and flushes it.
+fn print_now(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(|e| Error::io("<stdout>", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tokenizer of the test fixtures: SentencePiece style with byte fallback, or byte-level
+    /// BPE (GPT-2 style).
+    fn fixture(path: &str) -> Tokenizer {
+        Tokenizer::from_file(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+    }
+
+    /// The streamed pieces of `generated` after `prompt`, with what `finish` prints.
+    fn streamed(tokenizer: &Tokenizer, prompt: &[u32], generated: &[u32]) -> String {
+        let mut stream = TextStream::new(tokenizer, prompt, true);
+        let mut text = String::new();
+        for &t in generated {
+            text.extend(stream.piece(t).unwrap());
+            assert!(stream.tokens.len() <= STREAM_CONTEXT_TOKENS + generated.len(), "the window grew");
+        }
+        text.extend(stream.rest().unwrap());
+        text
+    }
+
+    /// The pieces joined are the decoding of prompt and continuation together less the
+    /// prompt's decoding, for text with characters of 1 to 4 bytes (split across byte
+    /// tokens by the byte-fallback tokenizer) and for random ids, in both fixture styles.
+    #[test]
+    fn stream_pieces_join_into_the_full_decoding() {
+        for path in ["tests/fixtures/tokenizers/llama2-style.json", "tests/fixtures/hf/llama3-untied/tokenizer.json"] {
+            let tok = fixture(path);
+            let prompt = tok.encode("Call me Ishmael. Some years ago").unwrap();
+            let mut cases = vec![];
+            for text in [" never mind how long", " naïve café, 日本語 and 🙂🙂!", "🙂", " a\nb  c"] {
+                cases.push(tok.encode(text).unwrap());
+            }
+            // Random ids, less those of lone bytes that are no character (a run of them can
+            // make bytes printed before it invalid: checked below).
+            let mut x = 7u64;
+            let mut random = vec![];
+            while random.len() < 200 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let id = ((x >> 33) % tok.vocab_size() as u64) as u32;
+                if !tok.decode(&[id]).unwrap().contains('\u{FFFD}') {
+                    random.push(id);
+                }
+            }
+            cases.push(random);
+            for generated in cases {
+                let whole = tok.decode(&[&prompt[..], &generated[..]].concat()).unwrap();
+                let head = tok.decode(&prompt).unwrap();
+                let want = whole.strip_prefix(head.as_str()).unwrap_or_else(|| panic!("{path}: {whole:?}"));
+                assert_eq!(streamed(&tok, &prompt, &generated), want, "{path}: ids {generated:?}");
+            }
+        }
+    }
+
+    /// A lone lead byte between byte tokens (byte fallback) turns the run invalid, its bytes
+    /// printed before it included: the stream goes on and prints every character after.
+    #[test]
+    fn an_invalid_byte_run_does_not_stall_the_stream() {
+        let tok = fixture("tests/fixtures/tokenizers/llama2-style.json");
+        let byte = |b: u8| tok.token_to_id(&format!("<0x{b:02X}>")).unwrap();
+        let tail = tok.encode(" the whale").unwrap();
+        let generated = [&[byte(b'7'), byte(0xC2), byte(b't')][..], &tail].concat();
+        let whole = tok.decode(&generated).unwrap();
+        assert!(whole.starts_with("\u{FFFD}"), "the fixture decodes the run {whole:?}");
+        let text = streamed(&tok, &[], &generated);
+        assert!(text.ends_with(" the whale") && text.chars().count() == whole.chars().count(), "{text:?} / {whole:?}");
     }
 }

@@ -10,7 +10,8 @@
 #    the dense 32000x4096 head that both variants read caps the ratios below the issue's
 #    targets: at 4 layers 50% / 70% / 2:4 can reach at most 1.60x / 2.22x / 1.60x dense, at 16
 #    layers 1.72x / 2.58x / 1.72x; 16 layers take ~11 GB and ~4 minutes per pattern).
-# Prints one line per measurement. Usage: scripts/bench-decode.sh [threads]
+# Prints one line per measurement; a sparse line ends with the paired speedups (the median
+# over rounds of sparse / dense in the same round). Usage: scripts/bench-decode.sh [threads]
 set -u
 T="${1:-2}"
 cd "$(dirname "$0")/.."
@@ -35,7 +36,9 @@ for l in sys.stdin:
     d = json.loads(l)
     print('$1', d['dtype'], d['variant'], d['format'], 'decode', round(d['decode_tokens_per_second'], 2),
           'prefill', round(d['prefill_tokens_per_second'], 2), 'read GB/s', round(d['read_gbps'], 1),
-          'machine', round(d['machine_read_gbps'], 1), 'weight bytes', d['weight_bytes'], 'resident', d['resident_bytes'])"; }
+          'machine', round(d['machine_read_gbps'], 1), 'weight bytes', d['weight_bytes'], 'resident', d['resident_bytes'],
+          *(['paired speedup: decode', round(d['decode_speedup'], 3), 'prefill', round(d['prefill_speedup'], 3)]
+            if 'decode_speedup' in d else []))"; }
 for dt in bf16 f32; do
     "$B" bench --reps 3 decode --model "$M" --dtype "$dt" --tokens 128 --context 512 --threads "$T" 2>/dev/null \
         | head -1 | show "default model, context 512:"
@@ -53,7 +56,7 @@ for m in ${P%% *}; do
     done
 done
 for s in "--sparsity 0.5" "--sparsity 0.7" "--nm 2:4"; do
-    "$B" bench --reps 2 decode --shape llama2-7b --layers "${LAYERS:-16}" $s --tokens 32 --context 64 --threads "$T" \
+    "$B" bench --reps 3 decode --shape llama2-7b --layers "${LAYERS:-16}" $s --tokens 32 --context 64 --threads "$T" \
         2>/dev/null | show "llama2-7b, ${LAYERS:-16} layers, $s:"
 done
 echo "# end $(date -u) load $(cut -d' ' -f1-3 /proc/loadavg)"

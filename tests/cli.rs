@@ -478,6 +478,15 @@ fn bench_decode_reports_both_variants() {
             assert!(line[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {line}");
         }
     }
+    // One round: the paired speedups are the ratios of the two lines' speeds.
+    for (key, speed) in
+        [("decode_speedup", "decode_tokens_per_second"), ("prefill_speedup", "prefill_tokens_per_second")]
+    {
+        let want = sparse[speed].as_f64().unwrap() / dense[speed].as_f64().unwrap();
+        let got = sparse[key].as_f64().unwrap_or(f64::NAN);
+        assert!((got - want).abs() <= 1e-9 * want, "{key}: {got} vs {want}");
+        assert!(dense.get(key).is_none(), "{key} on the dense line");
+    }
     for key in ["weight_bytes", "resident_bytes"] {
         let (d, s) = (dense[key].as_u64().unwrap(), sparse[key].as_u64().unwrap());
         assert!(s < d, "{key}: sparse {s} is not below dense {d}");

@@ -6,7 +6,10 @@
 //! `decode_tokens_per_second`, `prefill_tokens_per_second`, `weight_bytes`, `read_gbps`
 //! (weight bytes × decode tokens/s), `machine_read_gbps` (the host's streaming read, or on
 //! CUDA the GPU's read of a 2 GiB buffer), `resident_bytes` (every weight the variant holds,
-//! the embedding included).
+//! the embedding included). The sparse line adds `decode_speedup` and `prefill_speedup`:
+//! the median over rounds of sparse / dense in the same round (the two variants measured
+//! seconds apart, where the machine's memory speed can move between its states over
+//! minutes; the ratio of the two medians can pair rounds run in different states).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -103,12 +106,15 @@ pub fn run(a: DecodeArgs, device: &Device, reps: usize) -> Result<()> {
                 }
             }
         }
+        let paired = |of: fn(&Measured) -> &Vec<f64>| {
+            let mut ratios: Vec<f64> = of(&measured[1]).iter().zip(of(&measured[0])).map(|(s, d)| s / d).collect();
+            median(&mut ratios)
+        };
+        let speedups = [("decode_speedup", paired(|m| &m.decode)), ("prefill_speedup", paired(|m| &m.prefill))];
         for ((name, v), m) in variants.iter().zip(&mut measured) {
             let decode = median(&mut m.decode);
             let weight_bytes = v.weight_bytes_per_token();
-            println!(
-                "{}",
-                serde_json::json!({
+            let mut line = serde_json::json!({
                     "bench": "decode", "variant": name, "format": format_of(v), "model": what,
                     "layers": v.layers.len(), "dtype": dtype.as_str(), "device": device.label(),
                     "threads": threads, "context": a.context, "tokens": a.tokens, "reps": reps.max(1),
@@ -118,8 +124,13 @@ pub fn run(a: DecodeArgs, device: &Device, reps: usize) -> Result<()> {
                     "resident_bytes": v.resident_bytes(),
                     "read_gbps": weight_bytes as f64 * decode / 1e9,
                     "machine_read_gbps": machine,
-                })
-            );
+            });
+            if *name == "sparse" {
+                for (key, ratio) in speedups {
+                    line[key] = ratio.into();
+                }
+            }
+            println!("{line}");
         }
         Ok(())
     })
@@ -196,9 +207,14 @@ fn parse_cache_size(s: &str) -> Option<usize> {
     digits.parse::<usize>().ok()?.checked_mul(unit)
 }
 
+/// The median (of an even count, the mean of the two middle values); NaN when empty.
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// GB/s of summing a buffer four times the last-level cache (at least 1 GiB, at most 8 GiB)
@@ -239,7 +255,15 @@ fn device_read_gbps(device: &Device) -> Result<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_cache_size;
+    use super::{median, parse_cache_size};
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&mut [5.0]), 5.0);
+        assert!(median(&mut []).is_nan());
+    }
 
     #[test]
     fn cache_sizes_parse_as_linux_writes_them() {

@@ -4,8 +4,9 @@
 //! step reads and the machine's streaming-read bandwidth measured by the bench itself.
 //! One JSON line per variant: `variant` (dense | sparse), `format`,
 //! `decode_tokens_per_second`, `prefill_tokens_per_second`, `weight_bytes`, `read_gbps`
-//! (weight bytes × decode tokens/s), `machine_read_gbps` (the host's streaming read, or on
-//! CUDA the GPU's read of a 2 GiB buffer), `resident_bytes` (every weight the variant holds,
+//! (weight bytes × decode tokens/s), `machine_read_gbps` (the host's streaming read, the
+//! fastest of three passes in each round and the median over rounds, or on CUDA the GPU's
+//! read of a 2 GiB buffer), `resident_bytes` (every weight the variant holds,
 //! the embedding included). The sparse line adds `decode_speedup` and `prefill_speedup`:
 //! the median over rounds of sparse / dense in the same round (the two variants measured
 //! seconds apart, where the machine's memory speed can move between its states over
@@ -88,10 +89,14 @@ pub fn run(a: DecodeArgs, device: &Device, reps: usize) -> Result<()> {
             ("dense", InferModel::new(model.clone(), SparseMode::Off)?),
             ("sparse", InferModel::new(model, sparse_mode)?),
         ];
-        let machine = match device {
-            Device::Cuda(_) => device_read_gbps(device)?,
-            Device::Cpu(_) => machine_read_gbps(),
+        // On the CPU the streaming read is measured in every round, beside the variants
+        // (the memory's speed moves between states within minutes), and reported as the
+        // median of the rounds, as the variants' speeds are.
+        let probe = match device {
+            Device::Cuda(_) => None,
+            Device::Cpu(_) => Some(ReadProbe::new()),
         };
+        let mut machine_reads = vec![];
         let prompt = prompt_tokens(a.context, vocab);
         let opts = GenerateOptions { max_new: a.tokens, stop: vec![] };
         let mut measured: Vec<Measured> =
@@ -105,7 +110,14 @@ pub fn run(a: DecodeArgs, device: &Device, reps: usize) -> Result<()> {
                     m.decode.push(gen.decode_tokens_per_second());
                 }
             }
+            if let (Some(probe), true) = (&probe, round > 0) {
+                machine_reads.push(probe.best_gbps(3));
+            }
         }
+        let machine = match &probe {
+            Some(_) => median(&mut machine_reads),
+            None => device_read_gbps(device)?,
+        };
         let paired = |of: fn(&Measured) -> &Vec<f64>| {
             let mut ratios: Vec<f64> = of(&measured[1]).iter().zip(of(&measured[0])).map(|(s, d)| s / d).collect();
             median(&mut ratios)
@@ -217,25 +229,37 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// GB/s of summing a buffer four times the last-level cache (at least 1 GiB, at most 8 GiB)
-/// with the current pool's threads (best of 5): the memory read bandwidth a decode step's
-/// weight reads can reach. A buffer that fits the cache in good part would measure the cache.
-fn machine_read_gbps() -> f64 {
-    use rayon::prelude::*;
-    let bytes = last_level_cache_bytes().map_or(1 << 30, |c| c.saturating_mul(4).clamp(1 << 30, 8 << 30));
-    let words = bytes / 8;
-    let buf: Vec<u64> = (0..words as u64).into_par_iter().map(|i| i.wrapping_mul(0x9e37_79b9)).collect();
-    let mut best = 0f64;
-    for _ in 0..5 {
-        let t = Instant::now();
-        let sum = buf
-            .par_chunks(1 << 16)
-            .map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x)))
-            .reduce(|| 0, u64::wrapping_add);
-        std::hint::black_box(sum);
-        best = best.max((words * 8) as f64 / t.elapsed().as_secs_f64() / 1e9);
+/// The host's streaming read: a buffer four times the last-level cache (at least 1 GiB, at
+/// most 8 GiB), summed with the current pool's threads. A buffer that fits the cache in
+/// good part would measure the cache.
+struct ReadProbe {
+    buf: Vec<u64>,
+}
+
+impl ReadProbe {
+    fn new() -> Self {
+        use rayon::prelude::*;
+        let bytes = last_level_cache_bytes().map_or(1 << 30, |c| c.saturating_mul(4).clamp(1 << 30, 8 << 30));
+        ReadProbe { buf: (0..(bytes / 8) as u64).into_par_iter().map(|i| i.wrapping_mul(0x9e37_79b9)).collect() }
     }
-    best
+
+    /// GB/s of the fastest of `passes` sums of the buffer: the memory read bandwidth a
+    /// decode step's weight reads can reach.
+    fn best_gbps(&self, passes: usize) -> f64 {
+        use rayon::prelude::*;
+        let mut best = 0f64;
+        for _ in 0..passes {
+            let t = Instant::now();
+            let sum = self
+                .buf
+                .par_chunks(1 << 16)
+                .map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x)))
+                .reduce(|| 0, u64::wrapping_add);
+            std::hint::black_box(sum);
+            best = best.max((self.buf.len() * 8) as f64 / t.elapsed().as_secs_f64() / 1e9);
+        }
+        best
+    }
 }
 
 /// GB/s of reading a 2 GiB bf16 buffer on a GPU once (the sum of its squares, best of 5; the

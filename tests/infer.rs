@@ -2,7 +2,8 @@
 //! KV cache gives the tokens of a full forward per step (and its logits within tolerance);
 //! a batch of prompts of different lengths gives what each prompt gives alone; the sparse
 //! kernels (bitmask, 2:4, 4:8) give the dense path's logits on the same pruned weights;
-//! `--sparse auto` compresses exactly the pruned linears; bad requests are errors.
+//! `--sparse auto` compresses exactly the pruned linears; two models run in turns of decode
+//! steps give what each gives alone; bad requests are errors.
 
 use sparsetune::infer::{Finish, GenerateOptions, InferModel, SparseMode};
 use sparsetune::model::llama::{ForwardOptions, Llama, LlamaConfig};
@@ -178,4 +179,36 @@ fn the_kv_cache_holds_every_layer_once() {
     assert_eq!(cache.bytes(), 2 * config.num_hidden_layers * 3 * 20 * per_position);
     let beyond = config.max_position_embeddings + 1;
     assert!(engine.new_cache(1, beyond).unwrap_err().to_string().contains("context"));
+}
+
+/// Two models in turns of decode steps each give the tokens they give alone (a dense model
+/// and a pruned one run compressed, so their tokens differ), with the stop reasons and
+/// counts of `generate`, whatever the turn's length; a turn of 0 steps is refused.
+#[test]
+fn two_models_in_turns_give_what_each_gives_alone() {
+    let base = tiny(&awkward_llama(), DType::F32, 11);
+    let sparse = pruned(&base, &[0, 1, 2], Pattern::Unstructured(0.7));
+    let (a, b) = (InferModel::new(base, SparseMode::Off).unwrap(), InferModel::new(sparse, SparseMode::Auto).unwrap());
+    let prompt = vec![7u32, 1, 30, 2];
+    let (alone_a, _) = greedy(&a, std::slice::from_ref(&prompt), 11);
+    let (alone_b, _) = greedy(&b, std::slice::from_ref(&prompt), 11);
+    assert_ne!(alone_a, alone_b, "the pruned model should decode other tokens");
+    let opts = GenerateOptions { max_new: 11, stop: vec![] };
+    for turn in [1, 3, 11, 50] {
+        let [ga, gb] = a.generate_in_turns(&b, &prompt, &opts, turn).unwrap();
+        for (name, g, alone) in [("dense", &ga, &alone_a), ("pruned", &gb, &alone_b)] {
+            assert_eq!(&g.tokens, alone, "{name}, turns of {turn}");
+            assert_eq!(g.finish, vec![Finish::Length], "{name}, turns of {turn}");
+            assert_eq!((g.prefill_tokens, g.decode_tokens), (4, 10), "{name}, turns of {turn}");
+            assert!(g.prefill_seconds > 0.0 && g.decode_seconds > 0.0, "{name}: times {g:?}");
+        }
+    }
+    // A stop id ends one model's generation; the other goes on to max_new.
+    let at = alone_a[0].iter().position(|t| !alone_b[0].contains(t)).expect("a token only the dense model decodes");
+    let stop_opts = GenerateOptions { max_new: 11, stop: vec![alone_a[0][at]] };
+    let [ga, gb] = a.generate_in_turns(&b, &prompt, &stop_opts, 2).unwrap();
+    assert_eq!((ga.tokens[0].as_slice(), ga.finish[0]), (&alone_a[0][..=at], Finish::Stop));
+    assert_eq!((&gb.tokens, gb.finish[0]), (&alone_b, Finish::Length));
+    assert!(a.generate_in_turns(&b, &prompt, &opts, 0).unwrap_err().to_string().contains("turn"));
+    assert!(a.generate_in_turns(&b, &[], &opts, 4).unwrap_err().to_string().contains("empty"));
 }

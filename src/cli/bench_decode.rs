@@ -1,16 +1,18 @@
 //! `sparsetune bench decode`: prefill and decode speed of the model as loaded (pruned
 //! linears compressed and run by the sparse kernels) against the same weights dense,
-//! interleaved in one process (`--reps` rounds, medians), with the weight bytes one decode
-//! step reads and the machine's streaming-read bandwidth measured by the bench itself.
+//! interleaved in one process (`--reps` rounds, medians; in each round both prefills, then
+//! decode steps in turns of 16 per variant, [`crate::infer::InferModel::generate_in_turns`]),
+//! with the weight bytes one decode step reads and the machine's streaming-read bandwidth
+//! measured by the bench itself.
 //! One JSON line per variant: `variant` (dense | sparse), `format`,
 //! `decode_tokens_per_second`, `prefill_tokens_per_second`, `weight_bytes`, `read_gbps`
 //! (weight bytes × decode tokens/s), `machine_read_gbps` (the host's streaming read, the
 //! fastest of three passes in each round and the median over rounds, or on CUDA the GPU's
 //! read of a 2 GiB buffer), `resident_bytes` (every weight the variant holds,
 //! the embedding included). The sparse line adds `decode_speedup` and `prefill_speedup`:
-//! the median over rounds of sparse / dense in the same round (the two variants measured
-//! seconds apart, where the machine's memory speed can move between its states over
-//! minutes; the ratio of the two medians can pair rounds run in different states).
+//! the median over rounds of sparse / dense in the same round (the ratio of the two medians
+//! can pair rounds run in different states of the machine's memory speed, which moves
+//! within seconds to minutes on a shared host).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -18,7 +20,6 @@ use std::time::Instant;
 use clap::Args;
 
 use crate::finetune::plan;
-use crate::infer::sample::argmax;
 use crate::infer::{GenerateOptions, InferModel, SparseMode};
 use crate::model::llama::{self, Llama, Part};
 use crate::prune::select::{magnitude_pruned, Pattern};
@@ -57,6 +58,11 @@ pub struct DecodeArgs {
     #[arg(long)]
     threads: Option<usize>,
 }
+
+/// Decode steps of one variant before the other's turn: short enough that both meet the
+/// same memory conditions (they move within seconds), long enough that the switch between
+/// the variants' threads and caches costs nothing measurable.
+const TURN: usize = 16;
 
 /// One variant's medians.
 struct Measured {
@@ -102,10 +108,11 @@ pub fn run(a: DecodeArgs, device: &Device, reps: usize) -> Result<()> {
         let mut measured: Vec<Measured> =
             variants.iter().map(|_| Measured { prefill: vec![], decode: vec![] }).collect();
         for round in 0..=reps.max(1) {
-            for ((_, v), m) in variants.iter().zip(&mut measured) {
-                let gen = v.generate(std::slice::from_ref(&prompt), &opts, |_, l| argmax(l), |_, _| Ok(()))?;
-                if round > 0 {
-                    // Round 0 warms caches and the allocator.
+            let [(_, dense), (_, sparse)] = &variants;
+            let gens = dense.generate_in_turns(sparse, &prompt, &opts, TURN)?;
+            if round > 0 {
+                // Round 0 warms caches and the allocator.
+                for (gen, m) in gens.iter().zip(&mut measured) {
                     m.prefill.push(gen.prefill_tokens_per_second());
                     m.decode.push(gen.decode_tokens_per_second());
                 }

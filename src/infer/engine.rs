@@ -335,6 +335,57 @@ impl InferModel {
         mut pick: impl FnMut(usize, &[f32]) -> Result<u32>,
         mut emit: impl FnMut(usize, u32) -> Result<()>,
     ) -> Result<Generation> {
+        self.check_generation(prompts, opts)?;
+        // The plan's making counts in the prefill's time.
+        let started = Instant::now();
+        self.with_runner(|run| {
+            let setup = started.elapsed().as_secs_f64();
+            let mut progress = self.start_on(run, setup, prompts, opts, &mut pick, &mut emit)?;
+            self.continue_on(run, &mut progress, opts, usize::MAX, &mut pick, &mut emit)?;
+            Ok(progress.finished(opts))
+        })
+    }
+
+    /// Greedy generation after `prompt` by this model and by `other` in turns: both
+    /// prefills, then `turn` decode steps of one, `turn` of the other, and so on until both
+    /// have stopped (as [`InferModel::generate`] stops them), each model's prefill and
+    /// decode timed on its own. Two models compared this way meet the same conditions of a
+    /// shared machine turn by turn, where one generation after the other can run in
+    /// different states of its memory's speed (`sparsetune bench decode`). On the CPU
+    /// both models' weights are held for reading until it returns.
+    pub fn generate_in_turns(
+        &self,
+        other: &InferModel,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        turn: usize,
+    ) -> Result<[Generation; 2]> {
+        if turn == 0 {
+            return Err(Error::invalid("a turn of 0 decode steps"));
+        }
+        let prompts = [prompt.to_vec()];
+        self.check_generation(&prompts, opts)?;
+        other.check_generation(&prompts, opts)?;
+        let (mut pick, mut emit) = (|_: usize, l: &[f32]| super::sample::argmax(l), |_: usize, _: u32| Ok(()));
+        let started = Instant::now();
+        self.with_runner(|run| {
+            let setup = started.elapsed().as_secs_f64();
+            let started = Instant::now();
+            other.with_runner(|other_run| {
+                let other_setup = started.elapsed().as_secs_f64();
+                let mut mine = self.start_on(run, setup, &prompts, opts, &mut pick, &mut emit)?;
+                let mut theirs = other.start_on(other_run, other_setup, &prompts, opts, &mut pick, &mut emit)?;
+                while !(mine.active.is_empty() && theirs.active.is_empty()) {
+                    self.continue_on(run, &mut mine, opts, turn, &mut pick, &mut emit)?;
+                    other.continue_on(other_run, &mut theirs, opts, turn, &mut pick, &mut emit)?;
+                }
+                Ok([mine.finished(opts), theirs.finished(opts)])
+            })
+        })
+    }
+
+    /// Checks the arguments of a generation.
+    fn check_generation(&self, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<()> {
         if prompts.is_empty() {
             return Err(Error::invalid("generation needs at least one prompt"));
         }
@@ -353,22 +404,22 @@ impl InferModel {
                 )));
             }
         }
-        // The plan's making counts in the prefill's time.
-        let started = Instant::now();
-        self.with_runner(|run| self.generate_on(run, started, prompts, opts, &mut pick, &mut emit))
+        Ok(())
     }
 
-    /// [`InferModel::generate`] through `run` (from [`InferModel::with_runner`]), its
-    /// arguments checked, the prefill timed from `started`.
-    fn generate_on(
+    /// The prefill of a generation (its arguments checked) through `run` (from
+    /// [`InferModel::with_runner`]), its time with `setup` seconds added: a cache, each
+    /// prompt's step and first token.
+    fn start_on(
         &self,
         run: &RunStep<'_>,
-        started: Instant,
+        setup: f64,
         prompts: &[Vec<u32>],
         opts: &GenerateOptions,
         pick: &mut impl FnMut(usize, &[f32]) -> Result<u32>,
         emit: &mut impl FnMut(usize, u32) -> Result<()>,
-    ) -> Result<Generation> {
+    ) -> Result<Progress> {
+        let started = Instant::now();
         let context = self.context();
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
         let capacity = (longest + opts.max_new).min(context);
@@ -394,27 +445,60 @@ impl InferModel {
                 active.push(s);
             }
         }
-        out.prefill_seconds = started.elapsed().as_secs_f64();
-        let t1 = Instant::now();
-        while !active.is_empty() {
+        out.prefill_seconds = setup + started.elapsed().as_secs_f64();
+        Ok(Progress { cache, out, active })
+    }
+
+    /// Up to `steps` decode steps of `p` through `run` (fewer where every sequence stops);
+    /// their time adds to its decode seconds.
+    fn continue_on(
+        &self,
+        run: &RunStep<'_>,
+        p: &mut Progress,
+        opts: &GenerateOptions,
+        steps: usize,
+        pick: &mut impl FnMut(usize, &[f32]) -> Result<u32>,
+        emit: &mut impl FnMut(usize, u32) -> Result<()>,
+    ) -> Result<()> {
+        let Progress { cache, out, active } = p;
+        let started = Instant::now();
+        for _ in 0..steps {
+            if active.is_empty() {
+                break;
+            }
             let seqs: Vec<u32> = active.iter().map(|&s| s as u32).collect();
             let tokens: Vec<u32> =
                 active.iter().map(|&s| *out.tokens[s].last().expect("one token per sequence")).collect();
             let all: Vec<usize> = (0..active.len()).collect();
-            let logits = self.step_on(run, &mut cache, &seqs, &tokens, &all)?;
+            let logits = self.step_on(run, cache, &seqs, &tokens, &all)?;
             for (&s, row) in active.iter().zip(&logits) {
                 let token = pick(s, row)?;
                 emit(s, token)?;
                 out.tokens[s].push(token);
                 out.decode_tokens += 1;
             }
-            active.retain(|&s| finish_of(&cache, s, &out, opts).is_none());
+            active.retain(|&s| finish_of(cache, s, out, opts).is_none());
         }
-        out.decode_seconds = t1.elapsed().as_secs_f64();
-        for s in 0..batch {
-            out.finish[s] = finish_of(&cache, s, &out, opts).expect("every sequence has stopped");
+        out.decode_seconds += started.elapsed().as_secs_f64();
+        Ok(())
+    }
+}
+
+/// A generation under way: its cache, its tokens and times so far, the sequences still
+/// going.
+struct Progress {
+    cache: KvCache,
+    out: Generation,
+    active: Vec<usize>,
+}
+
+impl Progress {
+    /// The generation, once every sequence has stopped, with why each did.
+    fn finished(mut self, opts: &GenerateOptions) -> Generation {
+        for s in 0..self.out.tokens.len() {
+            self.out.finish[s] = finish_of(&self.cache, s, &self.out, opts).expect("every sequence has stopped");
         }
-        Ok(out)
+        self.out
     }
 }
 

@@ -1,5 +1,6 @@
 //! The whole model on CUDA against the CPU reference: logits, loss and every weight
-//! gradient of a tiny random LLaMA (f32 and bf16), with and without checkpointing.
+//! gradient of a tiny random LLaMA (f32 and bf16), with and without checkpointing; pruning,
+//! masked LoRA, training steps, and the generation engine's prefill and decode steps.
 //! Per-op CUDA checks live next to each op (src/ops/*/mod.rs). Skips without a GPU.
 
 mod common;
@@ -225,11 +226,63 @@ fn training_steps_match_cpu() {
     }
 }
 
+/// The generation engine on CUDA against the CPU: two prompts of different lengths in one
+/// cache, each prefilled, then five batched decode steps fed the CPU's greedy tokens, for the
+/// dense model and for models pruned to a bitmask and to 2:4 (kept compressed: the CUDA
+/// decode and prefill kernels), f32 and bf16: the format of every linear, and every row's
+/// logits.
+#[test]
+fn generation_on_cuda_matches_cpu() {
+    use sparsetune::infer::{sample::argmax, InferModel, SparseMode};
+    use sparsetune::prune::select::Pattern;
+    use sparsetune::testing::magnitude_pruned;
+    let Some(gpu) = cuda_for_tests("generation_on_cuda_matches_cpu") else { return };
+    let cpu = Device::cpu();
+    for (dtype, atol, rtol) in [(DType::F32, 1e-4, 1e-3), (DType::BF16, 3e-2, 3e-2)] {
+        let base = common::tiny_model(dtype, &cpu, 41);
+        let layers: Vec<usize> = (0..base.config.num_hidden_layers).collect();
+        let models = [
+            ("dense", base.clone()),
+            ("bitmask", magnitude_pruned(&base, &layers, Pattern::Unstructured(0.6)).unwrap()),
+            ("2:4", magnitude_pruned(&base, &layers, Pattern::NM { n: 2, m: 4 }).unwrap()),
+        ];
+        for (form, model) in models {
+            let what = format!("{form} {dtype}");
+            let on_gpu = model.to(&gpu, dtype).unwrap();
+            let (ec, eg) =
+                (InferModel::new(model, SparseMode::Auto).unwrap(), InferModel::new(on_gpu, SparseMode::Auto).unwrap());
+            let formats: Vec<&str> = eg.choices.iter().map(|c| c.format.as_str()).collect();
+            assert!(formats.iter().all(|f| *f == form), "{what}: {formats:?}");
+            assert_eq!(formats.len(), ec.choices.len(), "{what}");
+            let (mut cache_c, mut cache_g) = (ec.new_cache(2, 24).unwrap(), eg.new_cache(2, 24).unwrap());
+            let prompts = [vec![3u32, 14, 15, 9, 2, 6, 5], vec![27u32, 1, 8]];
+            let mut next = Vec::new();
+            for (s, prompt) in prompts.iter().enumerate() {
+                let (seqs, rows) = (vec![s as u32; prompt.len()], (0..prompt.len()).collect::<Vec<_>>());
+                let c = ec.step(&mut cache_c, &seqs, prompt, &rows).unwrap();
+                let g = eg.step(&mut cache_g, &seqs, prompt, &rows).unwrap();
+                for (r, (g, c)) in g.iter().zip(&c).enumerate() {
+                    assert_close(&format!("{what}: prompt {s}, row {r}"), g, c, atol, rtol);
+                }
+                next.push(argmax(c.last().unwrap()).unwrap());
+            }
+            for step in 0..5 {
+                let c = ec.step(&mut cache_c, &[0, 1], &next, &[0, 1]).unwrap();
+                let g = eg.step(&mut cache_g, &[0, 1], &next, &[0, 1]).unwrap();
+                for (s, (g, c)) in g.iter().zip(&c).enumerate() {
+                    assert_close(&format!("{what}: decode step {step}, sequence {s}"), g, c, atol, rtol);
+                }
+                next = c.iter().map(|l| argmax(l).unwrap()).collect();
+            }
+        }
+    }
+}
+
 /// The tests above on the CPU driver of crates/cuda-cpu (in a child process whose GPU it
 /// is): every launcher, kernel and cuBLAS call they make runs on the CPU, on a machine
 /// without a GPU too.
 #[test]
 fn on_the_cpu_driver() {
     let passed = cuda_cpu::run_on_cpu_driver(None, "on_the_cpu_driver").unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(passed, 4, "tests of cpu_vs_cuda.rs run on the CPU driver");
+    assert_eq!(passed, 5, "tests of cpu_vs_cuda.rs run on the CPU driver");
 }

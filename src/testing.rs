@@ -100,7 +100,9 @@ pub fn worst_error(got: &[f64], want: &[f64], atol: f64, rtol: f64) -> Option<(u
 
 /// Panics with the worst element when `got` is not within `atol + rtol·|want|` of `want`.
 pub fn assert_close_f64(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {
-    let max_abs = got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
+    // NaN once any difference is NaN (`f64::max` would pass over it).
+    let max_abs =
+        got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0.0, |m, e| if e.is_nan() || e > m { e } else { m });
     if let Some((i, g, w, r)) = worst_error(got, want, atol, rtol) {
         panic!(
             "{what}: mismatch at index {i}: got {g:e}, want {w:e} ({r:.2}× the tolerance \
@@ -199,5 +201,26 @@ pub fn awkward_llama() -> crate::model::llama::LlamaConfig {
         tie_word_embeddings: false,
         max_position_embeddings: 128,
         ..crate::model::llama::LlamaConfig::tiny()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::assert_close_f64;
+
+    /// The failure message names the worst element, and its maximum error is NaN where a
+    /// difference is NaN (it read 0 with one NaN among exact values).
+    #[test]
+    fn a_nan_shows_in_the_maximum_error() {
+        let message = |got: Vec<f64>| {
+            let err = std::panic::catch_unwind(|| assert_close_f64("case", &got, &[1.0, 2.0, 3.0], 1e-6, 0.0))
+                .expect_err("a mismatch panics");
+            err.downcast_ref::<String>().cloned().unwrap_or_default()
+        };
+        let m = message(vec![1.0, f64::NAN, 3.0]);
+        assert!(m.contains("index 1") && m.contains("max abs error NaN"), "{m}");
+        let m = message(vec![1.0, 2.5, 3.0]);
+        assert!(m.contains("index 1") && m.contains("max abs error 5e-1"), "{m}");
+        assert_close_f64("case", &[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0], 0.0, 0.0);
     }
 }

@@ -116,9 +116,9 @@ pub fn run(a: DecodeArgs, device: &Device, reps: usize) -> Result<()> {
                     m.prefill.push(gen.prefill_tokens_per_second());
                     m.decode.push(gen.decode_tokens_per_second());
                 }
-            }
-            if let (Some(probe), true) = (&probe, round > 0) {
-                machine_reads.push(probe.best_gbps(3));
+                if let Some(probe) = &probe {
+                    machine_reads.push(probe.best_gbps(3));
+                }
             }
         }
         let machine = match &probe {

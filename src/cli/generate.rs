@@ -189,12 +189,10 @@ impl<'a> TextStream<'a> {
     /// tokens already printed in it. None while the text ends in a partial character.
     fn piece(&mut self, token: u32) -> Result<Option<String>> {
         self.tokens.push(token);
-        let (printed, now) = self.texts()?;
-        let new = &now[unprinted_from(&printed, &now)..];
+        let new = self.unprinted()?;
         if new.is_empty() || new.ends_with('\u{FFFD}') {
             return Ok(None);
         }
-        let new = new.to_string();
         self.tokens.drain(..self.read);
         self.read = self.tokens.len();
         Ok(Some(new))
@@ -206,15 +204,15 @@ impl<'a> TextStream<'a> {
         if self.read == self.tokens.len() {
             return Ok(None);
         }
-        let (printed, now) = self.texts()?;
-        let rest = Some(now[unprinted_from(&printed, &now)..].to_string()).filter(|r| !r.is_empty());
+        let rest = self.unprinted()?;
         self.read = self.tokens.len();
-        Ok(rest)
+        Ok(Some(rest).filter(|r| !r.is_empty()))
     }
 
-    /// The decodings of the window's printed tokens and of the whole window.
-    fn texts(&self) -> Result<(String, String)> {
-        Ok((self.tokenizer.decode(&self.tokens[..self.read])?, self.tokenizer.decode(&self.tokens)?))
+    /// The window's decoding past the decoding of its printed tokens ([`unprinted_from`]).
+    fn unprinted(&self) -> Result<String> {
+        let (printed, now) = (self.tokenizer.decode(&self.tokens[..self.read])?, self.tokenizer.decode(&self.tokens)?);
+        Ok(now[unprinted_from(&printed, &now)..].to_string())
     }
 
     /// Prints `token`'s text (stop ids print nothing).

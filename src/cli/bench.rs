@@ -179,6 +179,8 @@ fn spd(n: usize) -> Vec<f64> {
     h
 }
 
+/// The median seconds of `reps` calls of `f` (at least one) after a first call that is not
+/// timed; of an even count, the mean of the two middle times.
 fn median_seconds(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?;
     let mut t = Vec::with_capacity(reps);
@@ -187,8 +189,7 @@ fn median_seconds(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64>
         f()?;
         t.push(s.elapsed().as_secs_f64());
     }
-    t.sort_by(f64::total_cmp);
-    Ok(t[t.len() / 2])
+    Ok(super::bench_decode::median(&mut t))
 }
 
 fn cuda(device: &Device) -> Option<&CudaDevice> {

@@ -227,7 +227,7 @@ fn parse_cache_size(s: &str) -> Option<usize> {
 }
 
 /// The median (of an even count, the mean of the two middle values); NaN when empty.
-fn median(v: &mut [f64]) -> f64 {
+pub(super) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => f64::NAN,
